@@ -1,0 +1,30 @@
+"""One place that turns the library's errors into messages and exit codes."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+import typer
+
+T = TypeVar("T")
+
+
+def run_guarded(fn: Callable[[], T]) -> T:
+    """Run a command body; user errors exit 2 with their message, failures exit 1."""
+    from pydantic import ValidationError
+
+    from medvision.cohort.build import CohortBuildError
+    from medvision.cohort.spec import SpecError
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return fn()
+    except (SpecError, ValidationError, FileNotFoundError, ValueError) as e:
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    except CohortBuildError as e:
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None

@@ -1,0 +1,108 @@
+"""``medvision cohort ...``: build, show, synthesise and import cohorts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from medvision.cli._errors import run_guarded
+
+app = typer.Typer(help="Build and inspect cohorts (DICOM or photo folders + a labels CSV).", no_args_is_help=True)
+
+
+@app.command("build")
+def build(
+    spec: Path | None = typer.Argument(None, help="A cohort spec (cohorts/NAME.yaml)."),
+    images: Path | None = typer.Option(None, help="Images folder (instead of a spec)."),
+    labels: Path | None = typer.Option(None, help="Labels CSV (with --images)."),
+    key_column: str | None = typer.Option(None, help="CSV column that identifies the image (default: first)."),
+    join: str = typer.Option("stem", help="What the key column holds: sop_instance_uid|relpath|filename|stem."),
+    label_column: str = typer.Option("label", help="CSV column with the class label."),
+    patient_column: str | None = typer.Option(None, help="CSV column with the patient id."),
+    subgroup: list[str] = typer.Option([], help="Subgroup from a CSV column, NAME=COLUMN (repeatable)."),
+    size: int = typer.Option(224, help="Side of the cached square images."),
+    channels: int = typer.Option(3, help="1 (grayscale) or 3 (RGB) channels in the cache."),
+    record_paths: bool = typer.Option(True, help="Record relative paths in the manifest."),
+    out: Path | None = typer.Option(None, help="Output folder (default: cohorts/build/NAME)."),
+) -> None:
+    """Index, label, pseudonymise, split and cache a cohort. Writes manifest.parquet, quarantine.csv,
+    cohort.json and cache/ into OUT."""
+
+    def body() -> None:
+        from medvision.cohort.build import build_cohort
+        from medvision.cohort.card import print_card
+        from medvision.cohort.spec import load_spec, spec_from_folder
+
+        if (spec is None) == (images is None):
+            raise ValueError("give either a cohort spec file or --images DIR (not both)")
+        if spec is not None:
+            s = load_spec(spec)
+        else:
+            s = spec_from_folder(images, labels=labels, key_column=key_column, join=join,
+                                 label_column=label_column, patient_column=patient_column,
+                                 subgroups=dict(_pair(x) for x in subgroup), size=size, channels=channels,
+                                 record_paths=record_paths)
+        target = out or Path("cohorts") / "build" / s.name
+        card = build_cohort(s, target)
+        print_card(card)
+        typer.echo(f"cohort written to {target}")
+
+    run_guarded(body)
+
+
+def _pair(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise ValueError(f"--subgroup expects NAME=COLUMN, got {text!r}")
+    k, v = text.split("=", 1)
+    return k.strip(), v.strip()
+
+
+@app.command("show")
+def show(out: Path = typer.Argument(..., help="A built cohort folder.")) -> None:
+    """Print the cohort card: counts per split, label and subgroup; quarantine reasons."""
+
+    def body() -> None:
+        from medvision.cohort.card import print_card
+        from medvision.cohort.cohort import open_cohort
+
+        print_card(open_cohort(out).card)
+
+    run_guarded(body)
+
+
+@app.command("synth")
+def synth(
+    out: Path = typer.Argument(..., help="Folder to write the synthetic source (images, labels.csv, cohort.yaml)."),
+    kind: str = typer.Option("derm", help="derm (VL photographic + photos) or cxr (DX/CR grayscale)."),
+    patients: int = typer.Option(200, help="Number of patients."),
+    seed: int = typer.Option(0, help="Seed: the same seed writes the same files."),
+    size: int = typer.Option(64, help="Image side in pixels."),
+) -> None:
+    """Write a synthetic DICOM cohort with planted structure (sites, subgroups, rare conditions, fake PHI)."""
+
+    def body() -> None:
+        from medvision.cohort.synth import synthesize
+
+        if kind not in ("derm", "cxr"):
+            raise ValueError(f"--kind must be derm or cxr, got {kind!r}")
+        spec_path = synthesize(out, kind=kind, patients=patients, seed=seed, size=size)
+        typer.echo(f"synthetic {kind} cohort written to {out}; build it with: medvision cohort build {spec_path}")
+
+    run_guarded(body)
+
+
+@app.command("import-medmnist")
+def import_medmnist(
+    npz: Path = typer.Argument(..., help="A MedMNIST .npz file."),
+    out: Path = typer.Argument(..., help="Folder to write PNGs, labels.csv and cohort.yaml."),
+) -> None:
+    """Turn a MedMNIST .npz into a cohort source (official splits kept)."""
+
+    def body() -> None:
+        from medvision.cohort.medmnist import import_medmnist as run
+
+        spec_path = run(npz, out)
+        typer.echo(f"MedMNIST cohort source written to {out}; build it with: medvision cohort build {spec_path}")
+
+    run_guarded(body)

@@ -1,0 +1,80 @@
+"""A built cohort folder, opened read-only: the manifest, its card and its cache.
+
+Later stages (datasets, training, evaluation) see a cohort only through this object, so they
+never depend on how it was built and never see anything the build kept private.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from medvision.cohort.spec import PreprocessSpec
+from medvision.data.cache import PreprocessCache
+
+__all__ = ["Cohort", "open_cohort"]
+
+
+@dataclass(frozen=True)
+class Cohort:
+    root: Path
+    manifest: pd.DataFrame
+    card: dict
+    cache: PreprocessCache
+
+    @property
+    def classes(self) -> list[str]:
+        """Inlier classes then training-outlier conditions: index i is ``label_idx == i``."""
+        return list(self.card["classes"])
+
+    @property
+    def num_inlier_classes(self) -> int:
+        return int(self.card["num_inlier_classes"])
+
+    @property
+    def num_outlier_classes(self) -> int:
+        return len(self.classes) - self.num_inlier_classes
+
+    @property
+    def label_columns(self) -> list[str]:
+        """Multi-label cohorts: the 0/1 label columns; empty for multi-class cohorts."""
+        return [c for c in self.manifest.columns if c.startswith("label__")]
+
+    @property
+    def in_chans(self) -> int:
+        return int(self.card["spec"]["preprocess"]["channels"])
+
+    @property
+    def manifest_sha256(self) -> str:
+        return str(self.card["manifest_sha256"])
+
+    @property
+    def subgroups(self) -> list[str]:
+        return list(self.card["subgroups"])
+
+    def rows(self, split: str, label_fraction: float | None = None, labelled: bool = True) -> pd.DataFrame:
+        """Manifest rows of one split; ``label_fraction`` keeps the nested subset of training patients."""
+        m = self.manifest[self.manifest["split"] == split]
+        if label_fraction is not None and label_fraction < 1.0:
+            declared = self.card["label_fractions"]
+            if not any(abs(label_fraction - f) < 1e-9 for f in declared):
+                raise ValueError(f"label fraction {label_fraction} was not declared for cohort "
+                                 f"{self.card['name']}; declared: {declared} (splits.label_fractions)")
+            m = m[m["label_fraction"] <= label_fraction + 1e-12]
+        if labelled:
+            m = m[m["label"].notna()]
+        return m.reset_index(drop=True)
+
+
+def open_cohort(root: str | Path) -> Cohort:
+    root = Path(root)
+    card_path, manifest_path = root / "cohort.json", root / "manifest.parquet"
+    if not card_path.exists() or not manifest_path.exists():
+        raise FileNotFoundError(f"{root} is not a built cohort (no cohort.json / manifest.parquet); "
+                                "run `medvision cohort build` first")
+    card = json.loads(card_path.read_text())
+    params = PreprocessSpec.model_validate(card["spec"]["preprocess"])
+    return Cohort(root, pd.read_parquet(manifest_path), card, PreprocessCache(root / "cache", params))

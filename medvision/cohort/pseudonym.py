@@ -1,0 +1,75 @@
+"""Keyed pseudonyms for patients, studies, series and images.
+
+A plain hash of a patient ID can be reversed by hashing every plausible MRN, so pseudonyms are
+HMAC-SHA256 under a secret key. The key lives outside every output folder (an environment
+variable or a key file), so sharing a cohort never shares the means to re-identify it, while
+rebuilding a cohort with the same key gives the same pseudonyms (joins across builds still work).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+__all__ = ["KEY_ENV", "Pseudonymizer", "resolve_key"]
+
+KEY_ENV = "MEDVISION_PSEUDONYM_KEY"
+KEY_FILE_ENV = "MEDVISION_PSEUDONYM_KEY_FILE"
+
+
+def _default_key_file() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "medvision" / "pseudonym.key"
+
+
+def resolve_key(key_file: Path | None, out_dir: Path) -> tuple[bytes, str]:
+    """The secret key and a description of where it came from (never the key itself).
+
+    Order: $MEDVISION_PSEUDONYM_KEY (hex), an explicit key file, $MEDVISION_PSEUDONYM_KEY_FILE,
+    then ~/.config/medvision/pseudonym.key, created with mode 0600 on first use.
+    """
+    env = os.environ.get(KEY_ENV)
+    if env:
+        try:
+            key = bytes.fromhex(env.strip())
+        except ValueError as e:
+            raise ValueError(f"${KEY_ENV} must be a hex string (e.g. from `openssl rand -hex 32`)") from e
+        if len(key) < 16:
+            raise ValueError(f"${KEY_ENV} is too short: use at least 16 bytes (32 hex characters)")
+        return key, f"${KEY_ENV}"
+    path = key_file or (Path(os.environ[KEY_FILE_ENV]) if os.environ.get(KEY_FILE_ENV) else _default_key_file())
+    path = path.expanduser().resolve()
+    out = out_dir.expanduser().resolve()
+    if path == out or out in path.parents:
+        raise ValueError(
+            f"pseudonym key file {path} lies inside the output folder {out}; keep it outside, or anyone "
+            "holding the cohort could re-identify patients"
+        )
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32) + "\n")
+    try:
+        key = bytes.fromhex(path.read_text().strip())
+    except ValueError as e:
+        raise ValueError(f"pseudonym key file {path} does not hold a hex key") from e
+    return key, str(path)
+
+
+class Pseudonymizer:
+    """Maps identifiers to stable, unlinkable tokens: ``P-3f9a...`` for patients, ``I-...`` for images."""
+
+    PREFIX = {"patient": "P", "study": "S", "series": "R", "image": "I"}
+
+    def __init__(self, key: bytes, length: int = 16) -> None:
+        self._key = key
+        self._length = length
+
+    def __call__(self, kind: str, value: str) -> str:
+        prefix = self.PREFIX[kind]
+        digest = hmac.new(self._key, f"{kind}\x00{value}".encode(), hashlib.sha256).hexdigest()
+        return f"{prefix}-{digest[: self._length]}"

@@ -1,0 +1,79 @@
+"""Preprocessing and the on-disk cache: geometry, storage types, keys that never go stale."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medvision.cohort.pseudonym import Pseudonymizer, resolve_key
+from medvision.cohort.spec import PreprocessSpec
+from medvision.data.cache import PreprocessCache, entry_key
+from medvision.data.preprocess import preprocess
+
+
+def test_preprocess_shapes_channels_and_dtype():
+    rng = np.random.default_rng(0)
+    gray = rng.random((1, 40, 60), dtype=np.float32)
+    rgb = rng.random((3, 50, 30), dtype=np.float32)
+    out = preprocess(gray, PreprocessSpec(size=32, channels=3))
+    assert out.shape == (3, 32, 32) and out.dtype == np.uint8
+    assert np.array_equal(out[0], out[1]) and np.array_equal(out[1], out[2])
+    out = preprocess(rgb, PreprocessSpec(size=16, channels=1, dtype="float16"))
+    assert out.shape == (1, 16, 16) and out.dtype == np.float16
+    # luminance of a pure-green image is the BT.601 green weight
+    green = np.zeros((3, 8, 8), np.float32)
+    green[1] = 1.0
+    assert np.allclose(preprocess(green, PreprocessSpec(size=8, channels=1, dtype="float16")), 0.587, atol=1e-3)
+
+
+def test_preprocess_pad_keeps_aspect_ratio():
+    img = np.ones((1, 20, 40), np.float32)  # wide white image
+    out = preprocess(img, PreprocessSpec(size=40, channels=1, fit="pad"))
+    assert out.shape == (1, 40, 40)
+    assert (out[0, :10] == 0).all() and (out[0, 30:] == 0).all() and (out[0, 10:30] == 255).all()
+
+
+def test_cache_round_trip_and_reopen(tmp_path):
+    params = PreprocessSpec(size=8, channels=1)
+    cache = PreprocessCache(tmp_path, params)
+    arrays = {f"k{i}": np.full((1, 8, 8), i, np.uint8) for i in range(5)}
+    assert cache.append(arrays.items()) == 5
+    assert cache.append([("k0", arrays["k0"])]) == 0  # existing keys are not written twice
+    assert cache.append([("k9", np.full((1, 8, 8), 9, np.uint8))]) == 1  # a second shard
+    reopened = PreprocessCache(tmp_path, params)
+    assert len(reopened) == 6
+    for k, a in arrays.items():
+        assert np.array_equal(reopened.get(k), a)
+    assert reopened.get("k9")[0, 0, 0] == 9
+    assert np.allclose(reopened.to_float(reopened.get("k4")), 4 / 255)
+    with pytest.raises(KeyError, match="rebuild"):
+        reopened.get("nope")
+
+
+def test_changed_recipe_or_content_never_hits_a_stale_entry(tmp_path):
+    a, b = PreprocessSpec(size=8), PreprocessSpec(size=16)
+    assert entry_key("abc", 0, a) != entry_key("abc", 0, b)
+    assert entry_key("abc", 0, a) != entry_key("abd", 0, a)
+    assert entry_key("abc", 0, a) != entry_key("abc", 1, a)
+    PreprocessCache(tmp_path, a).append([(entry_key("abc", 0, a), np.zeros((3, 8, 8), np.uint8))])
+    other = PreprocessCache(tmp_path, b)
+    assert len(other) == 0 and entry_key("abc", 0, a) not in other
+
+
+def test_pseudonyms_are_keyed_stable_and_unlinkable(tmp_path, monkeypatch):
+    monkeypatch.delenv("MEDVISION_PSEUDONYM_KEY", raising=False)
+    key_file = tmp_path / "keys" / "k.key"
+    key1, where = resolve_key(key_file, tmp_path / "out")
+    assert key_file.exists() and (key_file.stat().st_mode & 0o777) == 0o600 and where == str(key_file)
+    key2, _ = resolve_key(key_file, tmp_path / "out")
+    assert key1 == key2  # generated once, then reused
+    p1, p2 = Pseudonymizer(key1), Pseudonymizer(b"another-key-0123456789")
+    assert p1("patient", "MRN123") == p1("patient", "MRN123")
+    assert p1("patient", "MRN123") != p2("patient", "MRN123")
+    assert p1("patient", "MRN123") != p1("study", "MRN123")
+    assert "MRN123" not in p1("patient", "MRN123")
+    with pytest.raises(ValueError, match="inside the output folder"):
+        resolve_key(tmp_path / "out" / "k.key", tmp_path / "out")
+    monkeypatch.setenv("MEDVISION_PSEUDONYM_KEY", "zz")
+    with pytest.raises(ValueError, match="hex"):
+        resolve_key(None, tmp_path / "out")
