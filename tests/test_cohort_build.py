@@ -74,6 +74,18 @@ def source(tmp_path, monkeypatch):
     ds["PixelData"].VR = "OB"
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=["mpeg2"])
     ds.save_as(bad / "mpeg2.dcm", enforce_file_format=True)
+    # malformed identifying values: pydicom's validation would quote them in its warnings
+    from pydicom import config
+
+    config.settings.writing_validation_mode = config.IGNORE
+    try:
+        ds = pydicom.dcmread(good)
+        ds.PatientName = "VERYLONGSURNAMEXYZ" * 5 + "^JANE"
+        ds.PatientBirthDate = "1957-03-12"
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=["bad-values"])
+        ds.save_as(img / "site0" / "s000" / "i9.dcm", enforce_file_format=True)
+    finally:
+        config.settings.writing_validation_mode = config.WARN
     pd.DataFrame(rows).to_csv(tmp_path / "src" / "labels.csv", index=False)
     spec = {"name": "tiny", "images": "images",
             "labels": {"csv": "labels.csv", "join": "sop_instance_uid", "key_column": "sop",
@@ -91,7 +103,7 @@ def _all_text(out: Path) -> str:
     return "\n".join(parts)
 
 
-def test_build_accounts_for_every_file_and_leaks_no_phi(source, tmp_path, caplog):
+def test_build_accounts_for_every_file_and_leaks_no_phi(source, tmp_path, caplog, recwarn):
     caplog.set_level(logging.DEBUG)
     out = tmp_path / "out"
     card = build_cohort(source, out)
@@ -109,12 +121,18 @@ def test_build_accounts_for_every_file_and_leaks_no_phi(source, tmp_path, caplog
     # subgroups and sites from headers; unlabelled image kept, not dropped
     assert set(m["sex"]) == {"M", "F"} and m["age_band"].str.match(r"^(\d+-\d+|<\d+|\d+\+)$").all()
     assert set(m.loc[m["site"] == "South", "split"]) == {"site_ood"}
-    assert m["label"].isna().sum() == 0 or (m.loc[m["label"].isna(), "split"].isin(["unlabelled", "site_ood"])).all()
-    assert card["images"] == len(m) == 12 and card["quarantined"] == 4
+    # unlabelled images are kept; they follow their patient (unlabelled patients form their own pool)
+    unl = m[m["label"].isna()]
+    assert len(unl) == 3
+    labelled_patients = set(m.loc[m["label"].notna(), "patient_id"])
+    for patient, split in zip(unl["patient_id"], unl["split"]):
+        assert split in ("unlabelled", "site_ood") or patient in labelled_patients
+    assert card["images"] == len(m) == 13 and card["quarantined"] == 4
     assert m["patient_id"].str.match(r"^P-[0-9a-f]{16}$").all()
     # PHI never leaves the cohort layer
-    text = _all_text(out) + caplog.text
-    for value in [*PHI["names"], *PHI["ids"], *PHI["dobs"], *PHI["acc"], "SMITH", "JOHN"]:
+    text = _all_text(out) + caplog.text + "\n".join(str(w.message) for w in recwarn)
+    for value in [*PHI["names"], *PHI["ids"], *PHI["dobs"], *PHI["acc"], "SMITH", "JOHN", "VERYLONGSURNAMEXYZ",
+                  "1957-03-12"]:
         assert value not in text, value
     assert not any(uid in text for uid in pd.read_csv(source.parent / "labels.csv")["sop"])
 

@@ -83,7 +83,7 @@ def build_cohort(spec: CohortSpec | str | Path, out: str | Path) -> dict:
     manifest["label_idx"] = manifest["label"].map({c: i for i, c in enumerate(classes)}).fillna(-1).astype("int64")
     manifest = _order_columns(manifest)
 
-    quarantine = _quarantine_frame(rejected, files, spec)
+    quarantine = _quarantine_frame(rejected, files, spec, _identifier_set(rows))
     _check_every_file_accounted(files, rows, quarantine, spec)
 
     manifest.to_parquet(out / "manifest.parquet", index=False)
@@ -239,7 +239,8 @@ def _decode_file(root: str, relpath: str, frames: list[int], params) -> list[tup
         except ImageReadError as e:
             results.append((fr, sha, key, e.reason + (f" ({e.hint})" if e.hint else "")))
         except Exception as e:  # noqa: BLE001 - a decoder bug must quarantine one file, not stop the build
-            results.append((fr, sha, key, f"unexpected decoding error: {type(e).__name__}: {e}"[:300]))
+            # The exception's text may quote header values, so only its type is kept.
+            results.append((fr, sha, key, f"unexpected decoding error ({type(e).__name__}); please report it"))
     return results
 
 
@@ -385,8 +386,29 @@ def _order_columns(m: pd.DataFrame) -> pd.DataFrame:
     return m[[*_FIRST, *[c for c in m.columns if c not in _FIRST]]]
 
 
-def _quarantine_frame(rejected: list[Rejected], files: list[str], spec: CohortSpec) -> pd.DataFrame:
+def _identifier_set(rows: pd.DataFrame) -> set[str]:
+    toks: set[str] = set()
+    for _, row in rows.iterrows():
+        toks.update(_identifier_tokens(row))
+        toks.update(str(v).lower() for v in (row.get("birth_date"), row.get("sop_uid"), row.get("study_uid"))
+                    if v)
+    return toks
+
+
+def _scrub(text: str, identifiers: set[str]) -> str:
+    """Library messages can quote header values; no identifier we know of survives into a reason."""
+    low = text.lower()
+    for tok in identifiers:
+        while tok in low:
+            i = low.index(tok)
+            text, low = text[:i] + "[redacted]" + text[i + len(tok):], low[:i] + "[redacted]" + low[i + len(tok):]
+    return text
+
+
+def _quarantine_frame(rejected: list[Rejected], files: list[str], spec: CohortSpec,
+                      identifiers: set[str]) -> pd.DataFrame:
     q = pd.DataFrame([asdict(r) for r in rejected], columns=["relpath", "stage", "reason"])
+    q["reason"] = q["reason"].map(lambda r: _scrub(str(r), identifiers))
     number = {f: i for i, f in enumerate(files)}
     q.insert(0, "file_number", q["relpath"].map(number).astype("int64"))
     if not spec.record_paths:

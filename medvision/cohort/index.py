@@ -73,14 +73,15 @@ def list_files(root: Path) -> list[str]:
 def _index_one(root: str, relpath: str) -> IndexedFile | Rejected:
     path = Path(root) / relpath
     try:
-        if is_dicom(path):
-            return _index_dicom(path, relpath)
-        if path.suffix.lower() in PHOTO_SUFFIXES:
+        if path.suffix.lower() in PHOTO_SUFFIXES and not is_dicom(path):
             return _index_photo(path, relpath)
-        return Rejected(relpath, "index", "not a DICOM file (no DICM preamble) nor a supported photo "
-                        f"({', '.join(sorted(PHOTO_SUFFIXES))})")
+        # Anything else is tried as DICOM: the reader also accepts legacy files without a preamble.
+        return _index_dicom(path, relpath)
     except ImageReadError as e:
-        return Rejected(relpath, "index", e.reason + (f" ({e.hint})" if e.hint else ""))
+        reason = e.reason + (f" ({e.hint})" if e.hint else "")
+        if path.suffix.lower() not in (".dcm", ".dicom", "") and "not a DICOM" in e.reason:
+            reason += f"; supported photos are {', '.join(sorted(PHOTO_SUFFIXES))}"
+        return Rejected(relpath, "index", reason)
     except Exception as e:  # noqa: BLE001 - one bad file must never stop a build
         return Rejected(relpath, "index", f"unexpected error while reading the header: {type(e).__name__}")
 
@@ -105,7 +106,9 @@ def _index_photo(path: Path, relpath: str) -> IndexedFile | Rejected:
     try:
         with Image.open(path) as im:
             width, height = im.size
-            channels = 1 if im.mode in ("1", "L", "I", "I;16", "F") else 3
+            if im.mode == "F":
+                return Rejected(relpath, "index", "floating-point photos are not supported; export as 8/16-bit")
+            channels = 1 if im.mode in ("1", "L", "LA", "La", "I") or im.mode.startswith("I;16") else 3
             fmt = im.format
     except (UnidentifiedImageError, OSError) as e:
         return Rejected(relpath, "index", f"photo could not be opened: {e.__class__.__name__}")
