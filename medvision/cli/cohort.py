@@ -21,9 +21,13 @@ def build(
     label_column: str = typer.Option("label", help="CSV column with the class label."),
     patient_column: str | None = typer.Option(None, help="CSV column with the patient id."),
     subgroup: list[str] = typer.Option([], help="Subgroup from a CSV column, NAME=COLUMN (repeatable)."),
+    sex_column: str | None = typer.Option(None, help="CSV column with the patient's sex."),
+    age_column: str | None = typer.Option(None, help="CSV column with the age in years."),
+    site_column: str | None = typer.Option(None, help="CSV column naming the acquisition site."),
     size: int = typer.Option(224, help="Side of the cached square images."),
     channels: int = typer.Option(3, help="1 (grayscale) or 3 (RGB) channels in the cache."),
     record_paths: bool = typer.Option(True, help="Record relative paths in the manifest."),
+    name: str | None = typer.Option(None, help="Cohort name (default: the images folder's name)."),
     out: Path | None = typer.Option(None, help="Output folder (default: cohorts/build/NAME)."),
 ) -> None:
     """Index, label, pseudonymise, split and cache a cohort. Writes manifest.parquet, quarantine.csv,
@@ -41,8 +45,9 @@ def build(
         else:
             s = spec_from_folder(images, labels=labels, key_column=key_column, join=join,
                                  label_column=label_column, patient_column=patient_column,
-                                 subgroups=dict(_pair(x) for x in subgroup), size=size, channels=channels,
-                                 record_paths=record_paths)
+                                 subgroups=dict(_pair(x) for x in subgroup), sex_column=sex_column,
+                                 age_column=age_column, site_column=site_column, size=size, channels=channels,
+                                 record_paths=record_paths, name=name)
         target = out or Path("cohorts") / "build" / s.name
         card = build_cohort(s, target)
         print_card(card)

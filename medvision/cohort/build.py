@@ -198,7 +198,8 @@ def _check_paths(rows: pd.DataFrame, spec: CohortSpec) -> None:
         raise CohortBuildError(
             f"{leaks} image path(s) contain a patient identifier (PatientID, PatientName or the labels CSV's "
             "patient column) in a folder or file name. The manifest records relative paths, so it would carry "
-            "them. Set `record_paths: false` in the cohort spec (paths are then kept out of every output), "
+            "them. Set `record_paths: false` in the cohort spec (`--no-record-paths` on the command line; "
+            "paths are then kept out of every output), "
             "or rename the folders."
         )
 

@@ -149,9 +149,13 @@ def spec_from_folder(
     label_column: str = "label",
     patient_column: str | None = None,
     subgroups: dict[str, str] | None = None,
+    sex_column: str | None = None,
+    age_column: str | None = None,
+    site_column: str | None = None,
     size: int = 224,
     channels: int = 3,
     record_paths: bool = True,
+    name: str | None = None,
 ) -> CohortSpec:
     """A spec with defaults for everything but the folder and the CSV columns (``cohort build --images``)."""
     images = Path(images).expanduser().resolve()
@@ -167,8 +171,10 @@ def spec_from_folder(
                 raise SpecError(f"labels CSV {labels} is empty")
             key_column = header[0]
         lab = {"csv": labels, "join": join, "key_column": key_column, "label_columns": [label_column],
-               "patient_column": patient_column, "subgroup_columns": subgroups or {}}
-    raw = {"name": images.name or "cohort", "images": images, "labels": lab, "record_paths": record_paths,
+               "patient_column": patient_column, "subgroup_columns": subgroups or {}, "sex_column": sex_column,
+               "age_column": age_column, "site_column": site_column}
+    default_name = images.parent.name if images.name in ("images", "imgs", "dicom") else images.name
+    raw = {"name": name or default_name or "cohort", "images": images, "labels": lab, "record_paths": record_paths,
            "preprocess": {"size": size, "channels": channels}}
     try:
         return CohortSpec.model_validate(raw)
