@@ -1,0 +1,17 @@
+"""Errors of the backbone layer; each message names the thing at fault and says what to do."""
+
+from __future__ import annotations
+
+__all__ = ["HubUnavailableError", "UnknownBackboneError", "WeightsError"]
+
+
+class UnknownBackboneError(ValueError):
+    """A backbone name that is neither registered in medvision nor a timm model."""
+
+
+class WeightsError(ValueError):
+    """Weights that cannot be found, read, or matched to the backbone they were asked for."""
+
+
+class HubUnavailableError(WeightsError):
+    """Hub weights were asked for on a machine that cannot download them (offline or hub unreachable)."""

@@ -1,0 +1,215 @@
+"""``create_backbone``: a name and a weights string in, a :class:`Backbone` with its record out."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import timm
+from pydantic import ValidationError
+from torch import nn
+
+from medvision.models._checkpoint import load_weights_file, sha256_file
+from medvision.models.artifact import SavedBackbone, read_saved_backbone
+from medvision.models.backbone import Backbone
+from medvision.models.errors import WeightsError
+from medvision.models.moe import MoEConfig
+from medvision.models.record import WeightsRecord, reduce_channels
+from medvision.models.registry import BackboneSpec, get_backbone_spec
+from medvision.models.upcycle import apply_moe
+from medvision.models.weights import (
+    FileWeights,
+    HubWeights,
+    MlflowWeights,
+    create_from_hub,
+    download_mlflow_artifact,
+    parse_weights,
+)
+
+__all__ = ["create_backbone"]
+
+_RESERVED = ("num_classes", "pretrained", "pretrained_cfg", "checkpoint_path")
+
+
+def create_backbone(name: str, weights: str = "none", in_chans: int = 3, **model_kwargs: Any) -> Backbone:
+    """Build a backbone by name and fill it with weights.
+
+    Args:
+        name: a registry name (``list_backbones()``) or any timm model name, optionally with its ``.tag``.
+        weights: ``none``, ``hub``, ``hub:TAG``, ``file:PATH`` or ``mlflow:runs:/RUN_ID/backbone`` (see
+            :mod:`medvision.models.weights`).
+        in_chans: input channels; 1 adapts a three-channel pretrained stem by summing its filters and reduces
+            mean/std to one value.
+        **model_kwargs: passed to timm (``img_size``, ``drop_path_rate``, ...), plus ``moe`` (a
+            :class:`MoEConfig` or dict) to give a ViT mixture-of-experts layers. With ``weights="hub"`` an MoE
+            model is sparse-upcycled from the dense hub checkpoint.
+
+    Returns:
+        A :class:`Backbone` whose ``weights_record`` says where its weights came from.
+
+    Raises:
+        UnknownBackboneError: unknown name (lists close matches).
+        WeightsError: weights missing, unreadable or not fitting (names the keys);
+            HubUnavailableError when hub weights cannot be downloaded here.
+
+    Example:
+        >>> bb = create_backbone("bit-tiny", in_chans=1)
+        >>> bb(torch.rand(2, 1, 32, 32)).shape == (2, bb.num_features)
+        True
+    """
+    if in_chans < 1:
+        raise ValueError(f"in_chans must be at least 1, got {in_chans}")
+    reserved = sorted(set(model_kwargs) & set(_RESERVED))
+    if reserved:
+        raise ValueError(
+            f"create_backbone does not take {reserved}: backbones have no classifier (heads live in "
+            "medvision.heads) and weights are chosen with weights='hub' / 'file:PATH'"
+        )
+    source = parse_weights(weights)
+    if isinstance(source, MlflowWeights):
+        with tempfile.TemporaryDirectory(prefix="medvision-mlflow-") as tmp:
+            local = download_mlflow_artifact(source.uri, Path(tmp))
+            saved = read_saved_backbone(local)
+            if saved is None:
+                raise WeightsError(f"MLflow artifact {source.uri!r} is a file, not a save_backbone() folder")
+            return _from_saved(saved, name, in_chans, model_kwargs, source=f"mlflow:{source.uri}")
+    if isinstance(source, FileWeights):
+        saved = read_saved_backbone(source.path) if source.path.exists() else None
+        if saved is not None:
+            return _from_saved(saved, name, in_chans, model_kwargs, source=f"file:{source.path}")
+        return _from_file(get_backbone_spec(name), source.path, in_chans, model_kwargs)
+    spec = get_backbone_spec(name)
+    if isinstance(source, HubWeights):
+        return _from_hub(spec, source.tag, in_chans, model_kwargs)
+    model, moe = _build(spec, in_chans, model_kwargs)
+    record = _record(spec, model, in_chans, source="none", sha256=None, licence=None, upstream=None)
+    return Backbone(model, record, _build_spec(spec, model_kwargs, moe))
+
+
+def _from_hub(spec: BackboneSpec, tag: str | None, in_chans: int, kwargs: dict[str, Any]) -> Backbone:
+    hub_name = f"{spec.arch}.{tag}" if tag else spec.hub_name
+    if hub_name is None or spec.builder is not None:
+        reason = spec.no_hub_reason or "timm publishes no pretrained weights for it"
+        raise WeightsError(
+            f"backbone {spec.name!r} has no hub weights: {reason}. Use weights='file:PATH' or weights='none'"
+        )
+    timm_kwargs = dict(kwargs)
+    moe = _moe_config(timm_kwargs.pop("moe", None), spec)
+    model = create_from_hub(hub_name, spec.name, in_chans, **{**spec.arch_kwargs, **timm_kwargs})
+    if moe is not None:
+        apply_moe(model, moe, copy_dense=True)  # MoE from hub weights = sparse upcycling of the dense ones
+    cfg = model.pretrained_cfg
+    record = _record(
+        spec,
+        model,
+        in_chans,
+        source=f"hub:{hub_name}",
+        sha256=None,
+        licence=cfg.get("license"),
+        upstream=cfg.get("num_classes") or None,
+    )
+    return Backbone(model, record, _build_spec(spec, kwargs, moe))
+
+
+def _from_file(spec: BackboneSpec, path: Path, in_chans: int, kwargs: dict[str, Any]) -> Backbone:
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist; check the path given after 'file:'")
+    model, moe = _build(spec, in_chans, kwargs)
+    upstream = load_weights_file(model, path, spec.name)
+    record = _record(
+        spec, model, in_chans, source=f"file:{path}", sha256=sha256_file(path), licence=None, upstream=upstream
+    )
+    return Backbone(model, record, _build_spec(spec, kwargs, moe))
+
+
+def _from_saved(saved: SavedBackbone, name: str, in_chans: int, kwargs: dict[str, Any], source: str) -> Backbone:
+    if name != saved.name:
+        raise WeightsError(
+            f"{source} holds weights saved for backbone {saved.name!r}, not {name!r}; "
+            f"ask for create_backbone({saved.name!r}, ...) or use load_backbone_dir()"
+        )
+    spec = get_backbone_spec(saved.name)
+    merged = {**saved.model_kwargs, **kwargs}
+    model, moe = _build(spec, in_chans, merged)
+    digest = sha256_file(saved.weights_path)
+    if saved.record.sha256 is not None and saved.record.sha256 != digest:
+        raise WeightsError(
+            f"{saved.weights_path}: SHA-256 {digest[:12]}... differs from {saved.record.sha256[:12]}... recorded "
+            "when it was saved; the file was modified or corrupted, re-save or re-fetch it"
+        )
+    load_weights_file(model, saved.weights_path, spec.name)
+    record = replace(saved.record, source=source, sha256=digest).with_channels(in_chans)
+    return Backbone(model, record, _build_spec(spec, merged, moe))
+
+
+def _build(spec: BackboneSpec, in_chans: int, kwargs: dict[str, Any]) -> tuple[nn.Module, MoEConfig | None]:
+    """The architecture alone (random weights), MoE layers included."""
+    timm_kwargs = dict(kwargs)
+    moe = _moe_config(timm_kwargs.pop("moe", None), spec)
+    timm_kwargs = {**spec.arch_kwargs, **timm_kwargs}
+    if spec.builder is not None:
+        model = spec.builder(in_chans=in_chans, **timm_kwargs)
+    else:
+        # `arch.tag` (not pretrained) attaches the named weights' config, so mean/std and input size in the
+        # record describe those weights even before a file fills them.
+        model = timm.create_model(
+            spec.hub_name or spec.arch, pretrained=False, num_classes=0, in_chans=in_chans, **timm_kwargs
+        )
+    if moe is not None:
+        apply_moe(model, moe, copy_dense=False)
+    return model, moe
+
+
+def _moe_config(value: MoEConfig | dict[str, Any] | None, spec: BackboneSpec) -> MoEConfig | None:
+    if value is None:
+        return spec.moe
+    if isinstance(value, MoEConfig):
+        return value
+    try:
+        return MoEConfig.model_validate(value)
+    except ValidationError as e:
+        raise ValueError(f"moe settings for backbone {spec.name!r} are invalid: {e}") from e
+
+
+def _build_spec(spec: BackboneSpec, kwargs: dict[str, Any], moe: MoEConfig | None) -> dict[str, Any]:
+    model_kwargs = {k: v for k, v in kwargs.items() if k != "moe"}
+    if moe is not None:
+        model_kwargs["moe"] = moe.model_dump(mode="json")
+    return {"name": spec.name, "model_kwargs": model_kwargs}
+
+
+def _record(
+    spec: BackboneSpec,
+    model: nn.Module,
+    in_chans: int,
+    *,
+    source: str,
+    sha256: str | None,
+    licence: str | None,
+    upstream: int | None,
+) -> WeightsRecord:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    mean = tuple(cfg.get("mean") or (0.5, 0.5, 0.5))
+    std = tuple(cfg.get("std") or (0.5, 0.5, 0.5))
+    return WeightsRecord(
+        name=spec.name,
+        source=source,
+        sha256=sha256,
+        input_size=_input_size(model, in_chans, cfg),
+        in_chans=in_chans,
+        mean=reduce_channels(mean, in_chans),
+        std=reduce_channels(std, in_chans),
+        licence=licence,
+        num_classes_upstream=upstream,
+    )
+
+
+def _input_size(model: nn.Module, in_chans: int, cfg: dict[str, Any]) -> tuple[int, int, int]:
+    """The model's own image size when it is fixed (ViTs), else the weights' configured size."""
+    img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if img_size is not None:
+        return (in_chans, int(img_size[0]), int(img_size[1]))
+    size = cfg.get("input_size") or (3, 224, 224)
+    return (in_chans, int(size[-2]), int(size[-1]))
