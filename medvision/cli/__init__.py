@@ -10,6 +10,7 @@ import typer
 
 from medvision.cli._errors import run_guarded
 from medvision.cli.cohort import app as cohort_app
+from medvision.cli.weights import app as weights_app
 
 __all__ = ["app", "main"]
 
@@ -21,6 +22,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(cohort_app, name="cohort")
+app.add_typer(weights_app, name="weights")
 
 
 @app.command("demo")

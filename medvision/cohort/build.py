@@ -335,17 +335,22 @@ def _site(row: pd.Series, how: str) -> str:
     return "/".join(parts) if parts else UNKNOWN
 
 
+def _given(value: object) -> str:
+    """A header value, or "" when absent: photos have no UIDs, and pandas turns missing ones into NaN (truthy)."""
+    return "" if value is None or (isinstance(value, float) and value != value) else str(value)
+
+
 def _public_manifest(rows: pd.DataFrame, spec: CohortSpec, pseudo: Pseudonymizer) -> pd.DataFrame:
     """Identifiers become pseudonyms; everything else identifying is dropped here."""
     def patient_of(r: pd.Series) -> str:
-        raw = r["csv_patient"] or r["patient_id"]
+        raw = _given(r["csv_patient"]) or _given(r["patient_id"])
         return pseudo("patient", str(raw)) if raw else pseudo("patient", "file:" + r["relpath"])
 
     m = pd.DataFrame(index=rows.index)
-    m["image_id"] = [pseudo("image", f"{r.sop_uid or r.relpath}#{r.frame}") for r in rows.itertuples()]
+    m["image_id"] = [pseudo("image", f"{_given(r.sop_uid) or r.relpath}#{r.frame}") for r in rows.itertuples()]
     m["patient_id"] = rows.apply(patient_of, axis=1)
-    m["study_id"] = [pseudo("study", s or "file:" + p) for s, p in zip(rows["study_uid"], rows["relpath"])]
-    m["series_id"] = [pseudo("series", s or "file:" + p) for s, p in zip(rows["series_uid"], rows["relpath"])]
+    m["study_id"] = [pseudo("study", _given(s) or "file:" + p) for s, p in zip(rows["study_uid"], rows["relpath"])]
+    m["series_id"] = [pseudo("series", _given(s) or "file:" + p) for s, p in zip(rows["series_uid"], rows["relpath"])]
     m["relpath"] = rows["relpath"] if spec.record_paths else None
     m["frame"] = rows["frame"].astype("int64")
     m["kind"] = rows["kind"]
