@@ -6,9 +6,16 @@ STAMP   := $(VENV)/.installed
 # Exactly these builds exist on the project's machines (others download gigabytes).
 TORCH   := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test demo lint bench clean
+# The report tests open the HTML in Debian's headless Chromium.
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-install: $(STAMP)
+.PHONY: install browser test demo lint bench clean
+
+install: $(STAMP) browser
+
+browser:
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get install -y -q chromium >/dev/null || \
+	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q chromium >/dev/null; }; }
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,6 +36,9 @@ lint: install
 
 bench: install
 	$(BIN)/python benchmarks/ingest.py
+	$(BIN)/python benchmarks/bootstrap.py
+	$(BIN)/python benchmarks/train_step.py
+	$(BIN)/python benchmarks/pretrain_step.py
 
 clean:
-	rm -rf demo-output .pytest_cache
+	rm -rf demo-output .pytest_cache reports/generated

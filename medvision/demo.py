@@ -1,35 +1,28 @@
-"""``make demo``: the main job end to end on an embedded default, on CPU, with no network.
+"""``make demo``: the whole product on an embedded default, on CPU, offline, in a few minutes.
 
-It writes a synthetic dermatology cohort of real DICOM files (fake PHI in the headers), builds it
-into a cohort (pseudonyms, patient-level splits, held-out site and conditions, the image cache)
-and shows its card. Stages that exist downstream are added here as they land, so the demo is
-always the product's current main path.
+It runs ``pipelines/demo.yaml``: a synthetic dermatology cohort of real DICOM files (fake PHI in the
+headers) → MICLe pretraining → HOD fine-tuning at two label fractions → evaluation on the test set, the
+held-out site and the held-out conditions → the clinical report. Every stage is an MLflow run in a SQLite
+store in the working directory; the demo ends by printing the report's path and how to browse the runs.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from rich.console import Console
+from medvision.pipeline import PipelineResult, load_pipeline, print_summary, run_pipeline
 
-from medvision.cohort.build import build_cohort
-from medvision.cohort.card import print_card
-from medvision.cohort.synth import synthesize
+__all__ = ["DEMO_PIPELINE", "run_demo"]
 
-__all__ = ["run_demo"]
+#: The demo pipeline shipped with the repository.
+DEMO_PIPELINE = Path(__file__).resolve().parent.parent / "pipelines" / "demo.yaml"
 
 
-def run_demo(out: str | Path, patients: int = 120, seed: int = 0) -> dict:
-    """Run the demo into ``out``; returns the cohort card."""
-    console = Console()
-    out = Path(out).resolve()
-    console.rule("1/2  synthetic DICOM cohort")
-    spec_path = synthesize(out / "source", kind="derm", patients=patients, seed=seed)
-    console.print(f"wrote {spec_path.parent} (DICOM + photos, labels.csv, cohort.yaml)")
-    console.rule("2/2  cohort build")
-    card = build_cohort(spec_path, out / "cohort")
-    print_card(card, console)
-    console.rule("done")
-    console.print(f"cohort: {out / 'cohort'}  (manifest.parquet, quarantine.csv, cohort.json, cache/)")
-    console.print(f"look again with: .venv/bin/medvision cohort show {out / 'cohort'}")
-    return card
+def run_demo(out: str | Path = "demo-output", overrides: list[str] | None = None) -> PipelineResult:
+    """Run the demo pipeline with its outputs under ``out``; returns the pipeline's result."""
+    if not DEMO_PIPELINE.exists():
+        raise FileNotFoundError(f"{DEMO_PIPELINE} not found: run the demo from a medvision source checkout")
+    spec = load_pipeline(DEMO_PIPELINE, [f"output_dir={Path(out)}", *(overrides or [])])
+    result = run_pipeline(spec)
+    print_summary(result)
+    return result

@@ -10,6 +10,10 @@ import typer
 
 from medvision.cli._errors import run_guarded
 from medvision.cli.cohort import app as cohort_app
+from medvision.cli.evaluate import evaluate_command, report_command
+from medvision.cli.finetune import finetune_command
+from medvision.cli.pretrain import pretrain_command
+from medvision.cli.run import run_command
 from medvision.cli.weights import app as weights_app
 
 __all__ = ["app", "main"]
@@ -23,18 +27,22 @@ app = typer.Typer(
 )
 app.add_typer(cohort_app, name="cohort")
 app.add_typer(weights_app, name="weights")
+app.command("finetune")(finetune_command)
+app.command("pretrain")(pretrain_command)
+app.command("run")(run_command)
+app.command("evaluate")(evaluate_command)
+app.command("report")(report_command)
 
 
 @app.command("demo")
 def demo(
     out: str = typer.Option("demo-output", help="Folder for the demo's cohort, runs and report."),
-    patients: int = typer.Option(120, help="Synthetic patients to generate."),
-    seed: int = typer.Option(0, help="Seed of the synthetic cohort."),
+    set_: list[str] = typer.Option(None, "--set", help="Override a key of pipelines/demo.yaml (params.patients=80)."),
 ) -> None:
-    """Run the main job end to end on a synthetic DICOM cohort (CPU, SQLite MLflow, no network)."""
+    """Run pipelines/demo.yaml end to end: synthetic DICOM cohort → MICLe → HOD → evaluation → report (CPU, offline)."""
     from medvision.demo import run_demo
 
-    run_guarded(lambda: run_demo(out, patients=patients, seed=seed))
+    run_guarded(lambda: run_demo(out, set_ or []))
 
 
 def main() -> None:

@@ -1,0 +1,159 @@
+"""Pretraining-step benchmark: medvision's SimCLR step through the Lightning Trainer vs a bare PyTorch loop.
+
+Both sides train the same backbone + projection head with the same NT-Xent loss, the same LARS optimiser
+(decay / no-decay groups, per-step warm-up + cosine schedule) and the same augmentation-free input pairs
+(random tensors already in memory, served by one shared DataLoader). The medvision side is
+:class:`medvision.ssl.PretrainModule` driven by ``lightning.Trainer`` (callbacks, epoch logging of
+``train/loss`` and ``train/micle_multi_instance_share``, schedule): everything a real run does per step;
+checkpoints and the kNN monitor run once per epoch and are left out. Rounds alternate the two sides in one
+process so machine noise hits both alike; the median round is reported. Target: medvision / bare >= 0.95.
+Prints a table, then one JSON object as the last line.
+
+    .venv/bin/python benchmarks/pretrain_step.py [--backbone resnet-tiny] [--size 64] [--batch 32] [--steps 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DataLoader, Dataset
+
+from medvision.models import create_backbone
+from medvision.ssl import LARS, PretrainModule, PretrainOptimConfig, ProjectionHead, nt_xent_loss
+from medvision.training.module import WarmupCosine
+
+
+class _Pairs(Dataset):
+    """Fixed random view pairs (no augmentation, so only the training step is measured)."""
+
+    def __init__(self, n: int, chans: int, size: int) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.v1 = torch.rand(n, chans, size, size, generator=g)
+        self.v2 = torch.rand(n, chans, size, size, generator=g)
+
+    def __len__(self) -> int:
+        return len(self.v1)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"view1": self.v1[i], "view2": self.v2[i], "multi_instance": torch.tensor(1.0)}
+
+
+class _Timer(Callback):
+    """Seconds from the start of batch ``skip`` to the end of the last batch."""
+
+    def __init__(self, skip: int) -> None:
+        self.skip, self.t0, self.t1 = skip, 0.0, 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.skip:
+            _sync()
+            self.t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        _sync()
+        self.t1 = time.perf_counter()
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _module(args, optim: PretrainOptimConfig) -> PretrainModule:
+    torch.manual_seed(0)
+    backbone = create_backbone(args.backbone, "none", args.chans)
+    head = ProjectionHead(backbone.num_features, backbone.num_features, 128, 2)
+    return PretrainModule(backbone, head, optim, temperature=0.1, batch_size=args.batch)
+
+
+def run_lightning(args, loader: DataLoader, optim: PretrainOptimConfig) -> float:
+    module = _module(args, optim)
+    timer = _Timer(args.skip)
+    trainer = L.Trainer(
+        accelerator=args.accelerator, devices=1, precision=args.precision, max_epochs=1,
+        limit_train_batches=args.steps, limit_val_batches=0, num_sanity_val_steps=0, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
+    )
+    trainer.fit(module, train_dataloaders=loader)
+    return (args.steps - args.skip) * 2 * args.batch / (timer.t1 - timer.t0)
+
+
+def run_bare(args, loader: DataLoader, optim: PretrainOptimConfig) -> float:
+    module = _module(args, optim)
+    device = torch.device("cuda" if args.accelerator in ("gpu", "cuda") or (
+        args.accelerator == "auto" and torch.cuda.is_available()) else "cpu")
+    backbone, head = module.backbone.to(device).train(), module.projection.to(device).train()
+    params = [p for p in list(backbone.parameters()) + list(head.parameters()) if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": optim.weight_decay, "lars": True},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "lars": False}]
+    opt = LARS(groups, lr=optim.peak_lr(args.batch), momentum=optim.momentum,
+               trust_coefficient=optim.trust_coefficient)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(round(optim.warmup_epochs * args.steps), args.steps))
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16-mixed")
+    t0 = 0.0
+    for i, batch in enumerate(loader):
+        if i == args.steps:
+            break
+        if i == args.skip:
+            _sync()
+            t0 = time.perf_counter()
+        v1, v2 = batch["view1"].to(device), batch["view2"].to(device)
+        with autocast:
+            z = head(backbone(torch.cat([v1, v2])))
+            loss = nt_xent_loss(z[: len(v1)], z[len(v1):], 0.1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        _ = loss.detach()  # the Lightning side keeps the loss for epoch logging; no host sync here either
+    _sync()
+    return (args.steps - args.skip) * 2 * args.batch / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--backbone", default="resnet-tiny")
+    p.add_argument("--chans", type=int, default=3)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--batch", type=int, default=32, help="pairs per step (2x images)")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--skip", type=int, default=5, help="warm-up steps left out of the timing")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--accelerator", default="cpu")
+    p.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    optim = PretrainOptimConfig(name="lars", epochs=2, warmup_epochs=0.2, lr=0.3)
+    data = _Pairs(args.batch * args.steps, args.chans, args.size)
+    loader = DataLoader(data, batch_size=args.batch, shuffle=False, drop_last=True)
+    rows: list[tuple[int, str, float]] = []
+    for r in range(args.rounds):
+        order = (("medvision", run_lightning), ("bare", run_bare))
+        for name, fn in order if r % 2 == 0 else order[::-1]:
+            rows.append((r, name, fn(args, loader, optim)))
+    med = {n: statistics.median(v for _, m, v in rows if m == n) for n in ("medvision", "bare")}
+    ratio = med["medvision"] / med["bare"]
+    print(f"pretraining step: {args.backbone}, {args.batch} pairs x {args.size}px, {args.steps - args.skip} timed "
+          f"steps, LARS, {args.precision}, accelerator={args.accelerator}, torch threads={torch.get_num_threads()}")
+    print(f"{'round':>5}  {'side':<10} {'images/s':>10}")
+    for r, name, v in rows:
+        print(f"{r:>5}  {name:<10} {v:>10.1f}")
+    print(f"median medvision {med['medvision']:.1f} images/s, bare {med['bare']:.1f} images/s, ratio {ratio:.3f} "
+          f"(target >= 0.95: {'met' if ratio >= 0.95 else 'NOT met'})")
+    print(json.dumps({"benchmark": "pretrain_step", "backbone": args.backbone, "batch_pairs": args.batch,
+                      "size": args.size, "precision": args.precision, "accelerator": args.accelerator,
+                      "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+                      "medvision_images_per_s": round(med["medvision"], 2), "bare_images_per_s": round(med["bare"], 2),
+                      "ratio": round(ratio, 4), "target": 0.95, "met": ratio >= 0.95}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""``python -m medvision.cli``: the medvision command without the console script."""
+
+from medvision.cli import main
+
+main()

@@ -1,0 +1,272 @@
+"""Config machinery every stage shares: YAML in, a validated pydantic model out.
+
+A stage (cohort build, fine-tuning, SSL pretraining, a pipeline) describes its settings as a
+pydantic model with every default in one place and ``extra="forbid"`` (subclass
+:class:`StrictModel`). This module does the rest, the same way for all of them:
+
+* :func:`load_config` reads a YAML file, applies ``--set a.b.c=value`` overrides and validates;
+* an override whose dotted path does not exist fails *before* validation, naming the path and
+  the keys that are allowed there, so ``--set optim.lr=...`` with a typo never silently adds a
+  key;
+* a :class:`pydantic.ValidationError` becomes a :class:`ConfigError` whose message names every
+  bad key, says what is wrong and lists the allowed keys (with a "did you mean" hint);
+* :func:`to_yaml` and :func:`flatten` give the resolved config back as YAML (an artifact that
+  reproduces the run) and as flat dotted keys (tracking parameters).
+
+Example:
+    >>> class Optim(StrictModel):
+    ...     lr: float = 0.1
+    >>> class Stage(StrictModel):
+    ...     optim: Optim = Optim()
+    >>> parse_config({}, Stage, ["optim.lr=0.01"]).optim.lr
+    0.01
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+__all__ = [
+    "ConfigError",
+    "StrictModel",
+    "apply_overrides",
+    "explain_validation_error",
+    "flatten",
+    "load_config",
+    "parse_config",
+    "to_yaml",
+]
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """Base of every config section: unknown keys are errors, so a typo fails at load time."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used. The message names the file, the key and what is allowed."""
+
+
+# -- loading -----------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path, model: type[M], overrides: Sequence[str] | None = None) -> M:
+    """Read a YAML config, apply ``key.path=value`` overrides and validate it as ``model``.
+
+    Args:
+        path: the YAML file; its top level must be a mapping.
+        model: the stage's config model (a :class:`StrictModel` tree).
+        overrides: ``"a.b.c=value"`` strings, applied in order; values are parsed as YAML
+            scalars/flow values (``1e-3`` stays a number, ``[1, 2]`` a list, ``null`` is None).
+
+    Returns:
+        The validated config.
+
+    Raises:
+        ConfigError: missing/unreadable file, invalid YAML, an override naming an unknown key,
+            or values that fail validation. The message names each bad key.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file ({e.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    return parse_config({} if raw is None else raw, model, overrides, source=str(path))
+
+
+def parse_config(
+    raw: Mapping[str, Any], model: type[M], overrides: Sequence[str] | None = None, source: str = "config"
+) -> M:
+    """Validate an already-parsed mapping (plus overrides) as ``model``; see :func:`load_config`."""
+    if not isinstance(raw, Mapping):
+        allowed = ", ".join(model.model_fields)
+        raise ConfigError(f"{source}: the top level must be a mapping of keys ({allowed})")
+    data = apply_overrides(raw, overrides or [], model, source=source)
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(explain_validation_error(err, model, source)) from None
+
+
+def apply_overrides(
+    raw: Mapping[str, Any], overrides: Sequence[str], model: type[BaseModel], source: str = "config"
+) -> dict[str, Any]:
+    """Return a copy of ``raw`` with each ``"a.b.c=value"`` override set.
+
+    The dotted path is checked against ``model`` first: a key that the model does not have fails
+    here, naming the full path and the keys allowed at that level. Below a free-form mapping
+    field (``dict[str, ...]``, e.g. a head's options) any key is accepted; the component that
+    owns the mapping validates it.
+
+    Raises:
+        ConfigError: malformed override, unknown key, or a path that goes below a plain value.
+    """
+    data = _deep_copy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"{source}: override {item!r} must look like section.key=value (e.g. optim.lr=0.01)")
+        parts = key.split(".")
+        _check_path(model, parts, source)
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{source}: override {key}: value {text!r} is not a valid YAML value ({e})") from None
+        node = data
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+# -- error messages ----------------------------------------------------------------------------
+
+
+def explain_validation_error(err: ValidationError, model: type[BaseModel], source: str = "config") -> str:
+    """One line per problem: the dotted key, what is wrong, and the keys allowed next to it."""
+    lines = [f"{source}: invalid configuration ({err.error_count()} problem(s)):"]
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"]]
+        where = ".".join(loc) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_keys(model, loc[:-1])
+            hint = _did_you_mean(loc[-1], allowed)
+            lines.append(f"  - {where}: unknown key.{hint} Allowed here: {', '.join(allowed) or '(none)'}")
+        elif e["type"] == "missing":
+            lines.append(f"  - {where}: required, but not given")
+        else:
+            got = e.get("input")
+            shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+            lines.append(f"  - {where}: {e['msg']}{shown}")
+    return "\n".join(lines)
+
+
+# -- output ------------------------------------------------------------------------------------
+
+
+def to_yaml(config: BaseModel) -> str:
+    """The config as YAML (JSON-compatible values, keys in declaration order): reloads to the same model."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, default_flow_style=False)
+
+
+def flatten(config: BaseModel | Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flat ``{"a.b.c": value}`` view (tracking parameters). Lists stay values; empty mappings are kept."""
+    data = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, prefix=f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+# -- private: walking a model's type tree ------------------------------------------------------
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value
+
+
+def _models_in(annotation: Any, through_lists: bool = False) -> list[type[BaseModel]] | None:
+    """Config sections an annotation can hold; ``None`` when it is a free-form mapping (any key).
+
+    ``through_lists`` also looks inside ``list[Section]`` (error locations index into lists;
+    overrides do not: a list is set whole, as a YAML flow value).
+    """
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _models_in(typing.get_args(annotation)[0], through_lists)
+    if through_lists and origin in (list, tuple) and typing.get_args(annotation):
+        return _models_in(typing.get_args(annotation)[0], through_lists)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    if annotation is Any or annotation is dict or origin in (dict, Mapping):
+        return None
+    if origin in (typing.Union, types.UnionType):
+        found: list[type[BaseModel]] = []
+        for arg in typing.get_args(annotation):
+            sub = _models_in(arg, through_lists)
+            if sub is None:
+                return None
+            found.extend(sub)
+        return found
+    return []
+
+
+def _check_path(model: type[BaseModel], parts: list[str], source: str) -> None:
+    models: list[type[BaseModel]] | None = [model]
+    for depth, part in enumerate(parts):
+        if models is None:  # inside a free-form mapping: its owner validates the keys
+            return
+        here = ".".join(parts[:depth]) or "the top level"
+        if not models:
+            raise ConfigError(
+                f"{source}: override {'.'.join(parts)}: {here} is a single value, it has no key {part!r}"
+            )
+        holders = [m for m in models if part in m.model_fields]
+        if not holders:
+            allowed = sorted({k for m in models for k in m.model_fields})
+            hint = _did_you_mean(part, allowed)
+            raise ConfigError(
+                f"{source}: override {'.'.join(parts)}: unknown key {'.'.join(parts[: depth + 1])!r}.{hint} "
+                f"Allowed under {here}: {', '.join(allowed)}"
+            )
+        next_models: list[type[BaseModel]] = []
+        for m in holders:
+            sub = _models_in(m.model_fields[part].annotation)
+            if sub is None:
+                next_models = None  # type: ignore[assignment]
+                break
+            next_models.extend(sub)
+        models = next_models
+
+
+def _allowed_keys(model: type[BaseModel], loc: list[str]) -> list[str]:
+    models: list[type[BaseModel]] | None = [model]
+    for part in loc:
+        if part.isdigit():  # an index into a list of sections
+            continue
+        if not models:
+            return []
+        holders = [m for m in models if part in m.model_fields]
+        nxt: list[type[BaseModel]] = []
+        for m in holders:
+            sub = _models_in(m.model_fields[part].annotation, through_lists=True)
+            if sub is None:
+                return []
+            nxt.extend(sub)
+        models = nxt
+    return sorted({k for m in models or [] for k in m.model_fields})
+
+
+def _did_you_mean(word: str, allowed: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, list(allowed), n=1, cutoff=0.6)
+    return f" Did you mean {close[0]!r}?" if close else ""

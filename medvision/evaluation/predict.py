@@ -1,0 +1,90 @@
+"""Run a trained classifier over cohort rows: the predictions table every metric is computed from.
+
+A predictions table has one row per image with pseudonymous ids, the manifest's subgroup columns, the
+label, one ``p:<class>`` column per inlier class, and the head's OOD score when it has one; logits and
+embeddings travel next to it as arrays (the feature-space detectors need them). Nothing here computes a
+metric: predictions are written once and every number in ``metrics.json`` is derived from them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from medvision.cohort.cohort import Cohort
+from medvision.data.dataset import CohortDataset
+
+__all__ = ["Predictions", "SUBGROUP_EXCLUDE", "load_run_classifier", "predict_rows"]
+
+#: Manifest columns that are not subgroup attributes (ids, paths, image facts).
+SUBGROUP_EXCLUDE = frozenset({
+    "image_id", "patient_id", "study_id", "series_id", "relpath", "frame", "split", "label_fraction", "label",
+    "label_idx", "kind", "modality", "view", "photometric", "transfer_syntax", "height", "width", "channels",
+    "content_sha256", "cache_key",
+})
+
+
+@dataclass
+class Predictions:
+    """One evaluation set's outputs: the table plus the arrays detectors need (row order shared)."""
+
+    frame: pd.DataFrame
+    logits: np.ndarray
+    probs: np.ndarray
+    embeddings: np.ndarray
+    ood_score: np.ndarray | None
+
+    def subset(self, mask: np.ndarray) -> Predictions:
+        return Predictions(self.frame[mask].reset_index(drop=True), self.logits[mask], self.probs[mask],
+                           self.embeddings[mask], None if self.ood_score is None else self.ood_score[mask])
+
+    @staticmethod
+    def concat(parts: list[Predictions]) -> Predictions:
+        ood = None if any(p.ood_score is None for p in parts) else np.concatenate([p.ood_score for p in parts])
+        return Predictions(pd.concat([p.frame for p in parts], ignore_index=True),
+                           np.concatenate([p.logits for p in parts]), np.concatenate([p.probs for p in parts]),
+                           np.concatenate([p.embeddings for p in parts]), ood)
+
+
+def load_run_classifier(run_id: str, tracking_uri: str, dst: Path):
+    """Download the classifier a fine-tuning run logged (its pyfunc model's artifact) and load it on CPU."""
+    import mlflow.artifacts
+
+    from medvision.training.classifier import load_classifier
+
+    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model/artifacts/classifier",
+                                                dst_path=str(dst), tracking_uri=tracking_uri)
+    return load_classifier(local)
+
+
+@torch.inference_mode()
+def predict_rows(classifier, cohort: Cohort, rows: pd.DataFrame, batch_size: int = 64) -> Predictions:
+    """The classifier's outputs on ``rows`` (manifest rows of one or more splits), in row order."""
+    classifier.eval()
+    loader = DataLoader(CohortDataset(cohort, rows), batch_size=batch_size, shuffle=False, num_workers=0)
+    logits, probs, feats, scores = [], [], [], []
+    for batch in loader:
+        emb = classifier.embed(batch["image"])
+        out = classifier.head(emb)
+        feats.append(emb.float().numpy())
+        logits.append(out.logits.float().numpy())
+        probs.append(out.probs.float().numpy())
+        if out.ood_score is not None:
+            scores.append(out.ood_score.float().numpy())
+    k, n = len(classifier.classes), len(rows)  # inlier classes (a HOD head's outlier logits are extra)
+    p = np.concatenate(probs) if probs else np.zeros((0, k), np.float32)
+    frame = rows[[c for c in rows.columns if c in ("image_id", "patient_id", "split", "label", "label_idx")
+                  or c not in SUBGROUP_EXCLUDE]].reset_index(drop=True).copy()
+    for j, name in enumerate(classifier.classes):
+        frame[f"p:{name}"] = p[:, j].astype(np.float64)
+    ood = np.concatenate(scores).astype(np.float64) if scores else None
+    if ood is not None:
+        frame["ood_score"] = ood
+    empty = np.zeros((n, 0), np.float32)
+    return Predictions(frame, np.concatenate(logits) if logits else empty, p,
+                       np.concatenate(feats) if feats else empty, ood)

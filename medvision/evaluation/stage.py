@@ -1,0 +1,264 @@
+"""The evaluate stage: trained runs × evaluation sets → predictions tables and ``metrics.json``.
+
+For each model it predicts on the training rows (only to fit the feature-space OOD detectors), the
+validation rows (operating point, temperature, label-shift prior) and each requested set, then derives
+every table from those predictions (:mod:`medvision.evaluation.tables`). Outputs, in one folder:
+
+* ``predictions/<model>/<set>.parquet`` — one row per image, pseudonymous ids only;
+* ``metrics.json`` — everything the report shows, machine-readable (schema: ``docs/metrics.md``);
+* ``saliency/`` — image and attribution arrays of a few correct, wrong and most-OOD cases.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medvision.cohort.cohort import open_cohort
+from medvision.evaluation.calibration import TemperatureScaler
+from medvision.evaluation.metrics import choose_operating_point
+from medvision.evaluation.predict import Predictions, load_run_classifier, predict_rows
+from medvision.evaluation.tables import (
+    calibration_tables,
+    discrimination,
+    fit_detectors,
+    label_shift_table,
+    ood_tables,
+    subgroup_table,
+)
+
+__all__ = ["METRICS_SCHEMA", "EvaluationRequest", "evaluate_models"]
+
+METRICS_SCHEMA = 1
+#: Sets whose rows are all outliers (never scored for discrimination).
+OUTLIER_SETS = frozenset({"condition_ood"})
+
+
+@dataclass
+class EvaluationRequest:
+    """What to evaluate and how; ``models`` are dicts with at least ``run_id`` (plus stage/member facts)."""
+
+    cohort_dir: Path
+    models: list[dict[str, Any]]
+    sets: list[str] = field(default_factory=lambda: ["test", "site_ood", "condition_ood"])
+    subgroups: list[str] = field(default_factory=lambda: ["sex", "age_band", "site"])
+    bootstrap: int = 1000
+    min_patients: int = 20
+    ensemble: bool = False
+    referral_rate: float = 0.1
+    saliency: int = 3
+    seed: int = 0
+    tracking_uri: str | None = None
+    positive_class: str | None = None
+
+
+def evaluate_models(request: EvaluationRequest, folder: Path) -> dict[str, float]:
+    """Evaluate every model of ``request`` into ``folder``; return headline metrics (for the stage's run)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cohort = open_cohort(request.cohort_dir)
+    results, headline, primary, member_preds = [], {}, None, {}
+    for model in request.models:
+        name = f"{model.get('stage', 'model')}-{model.get('member')}" if len(request.models) > 1 else "model"
+        with tempfile.TemporaryDirectory(prefix="medvision-eval-") as tmp:
+            classifier, card = load_run_classifier(model["run_id"], request.tracking_uri, Path(tmp))
+        entry, preds = _evaluate_one(classifier, cohort, request, model, name, folder)
+        entry["history"] = _history(model["run_id"], request.tracking_uri)
+        results.append(entry)
+        member_preds[name] = preds
+        is_primary = primary is None or model.get("label_fraction", 1.0) > primary[0].get("label_fraction", 1.0)
+        if is_primary:
+            primary = (model, classifier, preds, entry)
+        for set_name, metrics in entry["sets"].items():
+            if "auroc" in metrics and metrics["auroc"]["value"] is not None:
+                headline[re.sub(r"[^A-Za-z0-9_./ -]", "_", f"{name}/{set_name}/auroc")] = metrics["auroc"]["value"]
+    ensemble = _ensemble(member_preds, results, request) if request.ensemble and len(member_preds) > 1 else None
+    saliency = []
+    if request.saliency and primary is not None:
+        saliency = _saliency(primary, cohort, request, folder)
+    doc = {
+        "schema": METRICS_SCHEMA,
+        "cohort": {"name": cohort.card["name"], "manifest_sha256": cohort.manifest_sha256,
+                   "classes": list(cohort.card["classes"])[: int(cohort.card["num_inlier_classes"])],
+                   "dir": str(Path(request.cohort_dir).resolve())},
+        "settings": {"sets": request.sets, "subgroups": request.subgroups, "bootstrap": request.bootstrap,
+                     "min_patients": request.min_patients, "referral_rate": request.referral_rate,
+                     "seed": request.seed, "positive_class": results[0]["positive_class"] if results else None},
+        "primary_model": primary[3]["name"] if primary else None,
+        "models": results,
+        "saliency": saliency,
+        "ensemble": ensemble,
+    }
+    (folder / "metrics.json").write_text(json.dumps(_clean(doc), indent=1))
+    return headline
+
+
+def _evaluate_one(classifier, cohort, request: EvaluationRequest, model: dict[str, Any], name: str,
+                  folder: Path) -> tuple[dict[str, Any], dict[str, Predictions]]:
+    classes = list(classifier.classes)
+    k = len(classes)
+    positive = classes.index(request.positive_class) if request.positive_class in classes else (1 if k == 2 else 0)
+    lf = model.get("label_fraction") or 1.0
+    train_rows = cohort.rows("train", label_fraction=lf if lf < 1 else None)
+    preds = {"train": predict_rows(classifier, cohort, train_rows), "val": predict_rows(classifier, cohort,
+                                                                                         cohort.rows("val"))}
+    for s in request.sets:
+        rows = cohort.rows(s, labelled=False)
+        if len(rows):
+            preds[s] = predict_rows(classifier, cohort, rows)
+    out_dir = folder / "predictions" / name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for s, p in preds.items():
+        if s != "train":
+            p.frame.to_parquet(out_dir / f"{s}.parquet", index=False)
+
+    inlier = {s: p.subset(((p.frame["label_idx"] >= 0) & (p.frame["label_idx"] < k)).to_numpy())
+              for s, p in preds.items()}
+    val = inlier["val"]
+    y_val = val.frame["label_idx"].to_numpy()
+    has_both = bool((y_val == positive).any() and (y_val != positive).any())
+    # No operating point without both outcomes on validation: the test set may never choose it (spec §10).
+    op = choose_operating_point(y_val == positive, val.probs[:, positive], rule="youden") if has_both else None
+    scaler = TemperatureScaler().fit(np.log(np.clip(val.probs, 1e-12, None)), y_val)
+    detectors = fit_detectors(preds["train"])
+
+    entry: dict[str, Any] = {
+        "name": name, "run_id": model["run_id"], "stage": model.get("stage"), "member": model.get("member"),
+        "backbone": model.get("backbone"), "weights": model.get("weights"), "head": model.get("head"),
+        "label_fraction": lf, "seed": model.get("seed"), "classes": classes, "positive_class": classes[positive],
+        "operating_point": None if op is None else {"rule": "Youden's J on validation", "threshold": op.threshold},
+        "temperature": float(scaler.temperature_), "sets": {}, "calibration": {}, "ood": {}, "subgroups": {},
+    }
+    for s in request.sets:
+        if s not in inlier or s in OUTLIER_SETS or not len(inlier[s].frame):
+            continue
+        entry["sets"][s] = discrimination(inlier[s], positive, op, request.bootstrap, request.seed)
+    id_set = "test" if "test" in inlier else next(iter(entry["sets"]), None)
+    if id_set:
+        metrics, reliability = calibration_tables(inlier[id_set], scaler)
+        entry["calibration"] = {"set": id_set, "metrics": metrics, "reliability": reliability}
+        rows, diffs, overall = subgroup_table(inlier[id_set], request.subgroups, positive, request.min_patients,
+                                              request.bootstrap, request.seed)
+        entry["subgroups"] = {"set": id_set, "metric": f"AUROC ({classes[positive]} vs rest)" if k > 2 else "AUROC",
+                              "overall": overall, "table": rows, "differences": diffs}
+        outlier_sets = [s for s in request.sets if s in OUTLIER_SETS and s in preds and len(preds[s].frame)]
+        if outlier_sets:
+            outliers = Predictions.concat([preds[s] for s in outlier_sets])
+            det, scores, deferral = ood_tables(inlier[id_set], outliers, detectors, request.bootstrap, request.seed)
+            entry["ood"] = {"inliers": id_set, "outliers": outlier_sets, "detectors": det, "scores": scores,
+                            "deferral": deferral, "primary": "hod" if any(d["detector"] == "hod" for d in det)
+                            else "msp"}
+    if "site_ood" in inlier and len(inlier["site_ood"].frame):
+        entry["label_shift"] = label_shift_table(val, inlier["site_ood"])
+    return entry, preds
+
+
+def _ensemble(member_preds: dict[str, dict[str, Predictions]], results: list[dict[str, Any]],
+              request: EvaluationRequest) -> dict[str, Any]:
+    """Greedy selection (with replacement) on validation NLL, then the ensemble scored like any model."""
+    from medvision.evaluation.ensemble import greedy_ensemble
+
+    k = len(results[0]["classes"])
+    positive = results[0]["classes"].index(results[0]["positive_class"])
+
+    def inliers(p: Predictions) -> Predictions:
+        return p.subset(((p.frame["label_idx"] >= 0) & (p.frame["label_idx"] < k)).to_numpy())
+
+    val = {name: inliers(preds["val"]) for name, preds in member_preds.items()}
+    first = next(iter(val.values()))
+    selection = greedy_ensemble({n: v.probs for n, v in val.items()}, first.frame["label_idx"].to_numpy())
+    sets: dict[str, Any] = {}
+    for s in request.sets:
+        if s in OUTLIER_SETS or any(s not in preds for preds in member_preds.values()):
+            continue
+        parts = {n: inliers(preds[s]) for n, preds in member_preds.items()}
+        base = next(iter(parts.values()))
+        if not len(base.frame):
+            continue
+        combined = Predictions(base.frame, base.logits, selection.predict_proba({n: p.probs for n, p in parts.items()}),
+                               base.embeddings, None)
+        sets[s] = discrimination(combined, positive, None, request.bootstrap, request.seed)
+    return {"members": selection.members, "val_nll": selection.history, "sets": sets}
+
+
+def _history(run_id: str, tracking_uri: str | None) -> list[dict[str, Any]]:
+    """Per-epoch metrics of the training run (learning curves for the report)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(run_id)
+    rows = []
+    for key in run.data.metrics:
+        if key.startswith(("train/loss", "val/")):
+            rows += [{"metric": key, "epoch": int(m.step), "value": float(m.value)}
+                     for m in client.get_metric_history(run_id, key)]
+    return rows
+
+
+def _saliency(primary, cohort, request: EvaluationRequest, folder: Path) -> list[dict[str, Any]]:
+    """Integrated Gradients and Grad-CAM for the most confident correct and wrong test cases and the most OOD."""
+    import torch
+
+    from medvision.data.dataset import CohortDataset
+    from medvision.evaluation.saliency import pick_cases, saliency_maps
+
+    _, classifier, preds, entry = primary
+    k = len(entry["classes"])
+    parts = []
+    if "test" in preds:
+        test = preds["test"]
+        parts.append(test.subset(((test.frame["label_idx"] >= 0) & (test.frame["label_idx"] < k)).to_numpy()))
+    parts += [preds[s] for s in request.sets if s in OUTLIER_SETS and s in preds]
+    parts = [p for p in parts if len(p.frame)]
+    if not parts:
+        return []
+    both = Predictions.concat(parts)
+    y = both.frame["label_idx"].to_numpy()
+    inlier = (y >= 0) & (y < k)
+    y_pred, conf = both.probs.argmax(1), both.probs.max(1)
+    ood = both.ood_score if both.ood_score is not None else 1.0 - conf
+    # correct/wrong among inliers; "most OOD" among every case (outliers included) by the deployed score
+    cases = [(int(np.flatnonzero(inlier)[i]), c) for i, c in
+             pick_cases(y[inlier], y_pred[inlier], conf[inlier], None, n_per_category=request.saliency,
+                        seed=request.seed)]
+    taken = {i for i, _ in cases}
+    cases += [(int(i), "most-ood") for i in np.argsort(-ood, kind="stable") if int(i) not in taken][: request.saliency]
+    rows = cohort.manifest.set_index("image_id").loc[[both.frame["image_id"][i] for i, _ in cases]].reset_index()
+    ds = CohortDataset(cohort, rows)
+    images = torch.stack([ds[j]["image"] for j in range(len(ds))])
+    targets = [int(y_pred[i]) for i, _ in cases]
+    ig = saliency_maps(classifier, images, targets, method="integrated_gradients")
+    cam = saliency_maps(classifier, images, targets, method="gradcam")
+    out = folder / "saliency"
+    out.mkdir(exist_ok=True)
+    records = []
+    for j, (i, category) in enumerate(cases):
+        fname = f"case-{j:02d}.npz"
+        np.savez_compressed(out / fname, image=images[j].numpy(), integrated_gradients=ig[j], gradcam=cam[j])
+        label = both.frame["label"][i]
+        records.append({"case_id": both.frame["image_id"][i], "category": category, "file": f"saliency/{fname}",
+                        "true_label": None if pd.isna(label) else str(label),
+                        "predicted_label": entry["classes"][int(y_pred[i])], "confidence": float(conf[i]),
+                        "ood_score": None if both.ood_score is None else float(both.ood_score[i])})
+    return records
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: NaN and infinities become null; numpy scalars become Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -1,0 +1,190 @@
+"""From predictions to the tables of ``metrics.json``: one function per question a clinician asks.
+
+Each function takes :class:`~medvision.evaluation.predict.Predictions` (already restricted to the rows it
+is about) and returns plain records, with confidence intervals from one shared patient-level
+:class:`~medvision.evaluation.bootstrap.Bootstrap` per set. Conventions are the method spec's (§10):
+AUROC is macro one-vs-rest over inlier classes (binary AUROC for two classes); the operating point is
+chosen on validation, never on test; OOD metrics treat the outlier as the positive class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medvision.evaluation._weighted import batched_auroc
+from medvision.evaluation.bootstrap import Bootstrap, BootstrapResult
+from medvision.evaluation.calibration import (
+    TemperatureScaler,
+    brier_score,
+    expected_calibration_error,
+    nll,
+    reliability_diagram,
+)
+from medvision.evaluation.label_shift import EMPriorEstimator, compare_adjustment
+from medvision.evaluation.metrics import OperatingPoint
+from medvision.evaluation.ood import (
+    DeferralCosts,
+    KNNDetector,
+    MahalanobisDetector,
+    deferral_curve,
+    energy_score,
+    max_logit_score,
+    msp_score,
+    ood_metrics,
+)
+from medvision.evaluation.predict import Predictions
+from medvision.evaluation.subgroups import SubgroupFrame
+
+__all__ = [
+    "calibration_tables",
+    "discrimination",
+    "fit_detectors",
+    "label_shift_table",
+    "ood_tables",
+    "subgroup_table",
+]
+
+
+def _ci(r: BootstrapResult) -> dict[str, float]:
+    return {"value": _f(r.point), "low": _f(r.low), "high": _f(r.high)}
+
+
+def _f(x: Any) -> float | None:
+    x = float(x)
+    return None if np.isnan(x) else x
+
+
+def macro_auroc_batched(y: np.ndarray, probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Macro one-vs-rest AUROC for every resample (binary AUROC of class 1 when there are two classes)."""
+    if probs.shape[1] == 2:
+        return batched_auroc(y == 1, probs[:, 1], weights)
+    per_class = [batched_auroc(y == k, probs[:, k], weights) for k in range(probs.shape[1]) if (y == k).any()]
+    return np.nanmean(np.stack(per_class), axis=0) if per_class else np.full(len(weights), np.nan)
+
+
+def discrimination(pred: Predictions, positive: int, op: OperatingPoint | None, n_resamples: int,
+                   seed: int) -> dict[str, Any]:
+    """AUROC, accuracy and (for the positive class) sensitivity/specificity at the validation operating point."""
+    y = pred.frame["label_idx"].to_numpy()
+    bs = Bootstrap(pred.frame["patient_id"].to_numpy(), n_resamples=max(n_resamples, 1), seed=seed)
+    out: dict[str, Any] = {"n_images": int(len(y)), "n_patients": int(pred.frame["patient_id"].nunique()),
+                           "auroc": _ci(bs.ci(macro_auroc_batched, y, pred.probs)),
+                           "accuracy": _ci(bs.ci("accuracy", y, pred.probs.argmax(1)))}
+    if op is not None:
+        is_pos = y == positive
+        called = op.predict(pred.probs[:, positive])
+        out["sensitivity"] = _ci(bs.ci("sensitivity", is_pos, called))
+        out["specificity"] = _ci(bs.ci("specificity", is_pos, called))
+    return out
+
+
+def calibration_tables(pred: Predictions, scaler: TemperatureScaler) -> tuple[list[dict], list[dict]]:
+    """NLL / Brier / ECE before and after temperature scaling, and both reliability diagrams (15 bins)."""
+    y = pred.frame["label_idx"].to_numpy()
+    scaled = scaler.predict_proba(np.log(np.clip(pred.probs, 1e-12, None)))
+    metrics, reliability = [], []
+    for method, p in (("uncalibrated", pred.probs), (f"temperature-scaled (T={scaler.temperature_:.2f})", scaled)):
+        metrics.append({"method": method, "nll": nll(y, p), "brier": brier_score(y, p),
+                        "ece": expected_calibration_error(y, p, n_bins=15)})
+        diagram = reliability_diagram(y, p, n_bins=15)
+        for r in diagram.to_dict("records"):
+            if r.get("count", 0):
+                reliability.append({"method": method, "confidence": float(r["confidence"]),
+                                    "accuracy": float(r["accuracy"]), "count": int(r["count"])})
+    return metrics, reliability
+
+
+def fit_detectors(train: Predictions) -> dict[str, Any]:
+    """Feature-space detectors fitted on the training embeddings (labels for Mahalanobis' class means)."""
+    y = train.frame["label_idx"].to_numpy()
+    keep = y >= 0
+    maha = MahalanobisDetector().fit(train.embeddings[keep], y[keep])
+    knn = KNNDetector(k=min(10, max(1, int(keep.sum()) - 1))).fit(train.embeddings[keep])
+    return {"mahalanobis": maha, "knn": knn}
+
+
+def _scores(pred: Predictions, detectors: dict[str, Any], k: int) -> dict[str, np.ndarray]:
+    logits = pred.logits[:, :k]
+    scores = {"msp": msp_score(pred.probs), "max_logit": max_logit_score(logits), "energy": energy_score(logits)}
+    if pred.ood_score is not None:
+        scores["hod"] = pred.ood_score
+    for name, det in detectors.items():
+        scores[name] = det.score(pred.embeddings)
+    return scores
+
+
+def ood_tables(inliers: Predictions, outliers: Predictions, detectors: dict[str, Any], n_resamples: int,
+               seed: int, costs: DeferralCosts | None = None,
+               risk: dict[str, str] | None = None) -> tuple[list[dict], list[dict], list[dict]]:
+    """Detector metrics (outliers positive), score samples for histograms, and deferral curves with costs."""
+    both = Predictions.concat([inliers, outliers])
+    is_ood = np.r_[np.zeros(len(inliers.frame), bool), np.ones(len(outliers.frame), bool)]
+    k = inliers.probs.shape[1]
+    y = both.frame["label_idx"].to_numpy()
+    correct = (~is_ood) & (both.probs.argmax(1) == y)
+    risk_level = np.where(is_ood, [(risk or {}).get(str(lab), "medium") for lab in both.frame["label"]], None)
+    bs = Bootstrap(both.frame["patient_id"].to_numpy(), n_resamples=max(n_resamples, 1), seed=seed)
+    detectors_rows, score_rows, deferral_rows = [], [], []
+    for name, score in _scores(both, detectors, k).items():
+        m = ood_metrics(score, is_ood)
+        ci = bs.ci("auroc", is_ood, score)
+        detectors_rows.append({"detector": name, "auroc": float(m["ood_auroc"]), "auroc_low": _f(ci.low),
+                               "auroc_high": _f(ci.high), "aupr_in": float(m["aupr_in"]),
+                               "aupr_out": float(m["aupr_out"]), "fpr_at_95_tpr": float(m["fpr_at_95_tpr"])})
+        score_rows += [{"detector": name, "score": float(s), "is_outlier": bool(o)} for s, o in zip(score, is_ood)]
+        curve = deferral_curve(score, is_ood, correct, risk_level=risk_level, cost_table=costs)
+        deferral_rows += [{"detector": name, **r} for r in _thin(curve).to_dict("records")]
+    return detectors_rows, score_rows, deferral_rows
+
+
+def _thin(curve: pd.DataFrame, points: int = 60) -> pd.DataFrame:
+    """At most ``points`` rows of a curve (evenly by referral rate), always keeping both ends."""
+    if len(curve) <= points:
+        return curve
+    idx = np.unique(np.linspace(0, len(curve) - 1, points).round().astype(int))
+    return curve.iloc[idx]
+
+
+def subgroup_table(pred: Predictions, attributes: Sequence[str], positive: int, min_patients: int,
+                   n_resamples: int, seed: int) -> tuple[list[dict], list[dict], dict[str, Any]]:
+    """Per-group AUROC with CIs, gaps to overall and worst-vs-best difference (fairlearn's shape)."""
+    present = [a for a in attributes if "*" not in a and a in pred.frame.columns]
+    intersections = [tuple(a.split("*")) for a in attributes if "*" in a
+                     and all(p in pred.frame.columns for p in a.split("*"))]
+    if not present:
+        return [], [], {}
+    y = pred.frame["label_idx"].to_numpy()
+    binary = pred.probs.shape[1] == 2
+    target = (y == 1) if binary else (y == positive)
+    score = pred.probs[:, 1] if binary else pred.probs[:, positive]
+    features = pred.frame[present].astype("string").fillna("unknown")
+    frame = SubgroupFrame(metrics={"auroc": "auroc"}, y_true=target, y_pred=score, sensitive_features=features,
+                          groups=pred.frame["patient_id"].to_numpy(), intersections=intersections,
+                          min_patients=min_patients, n_resamples=max(n_resamples, 1), seed=seed)
+    table = frame.table().reset_index()
+    table = table[table["metric"] == "auroc"].drop(columns=["metric"])
+    rows = [{k: (_f(v) if isinstance(v, float) else v) for k, v in r.items()} for r in table.to_dict("records")]
+    diff = frame.difference().reset_index()
+    diffs = [{k: (_f(v) if isinstance(v, float) else v) for k, v in r.items()} for r in diff.to_dict("records")]
+    overall = frame.overall.loc["auroc"]
+    return rows, diffs, {"value": _f(overall["value"]), "low": _f(overall["low"]), "high": _f(overall["high"])}
+
+
+def label_shift_table(val: Predictions, target: Predictions) -> dict[str, Any]:
+    """EM estimate of the target set's class prior (from validation's), and metrics before/after adjusting."""
+    k = val.probs.shape[1]
+    y_val = val.frame["label_idx"].to_numpy()
+    prior_train = np.bincount(y_val, minlength=k) / max(len(y_val), 1)
+    if (prior_train == 0).any():
+        return {}
+    em = EMPriorEstimator(prior_train).fit(target.probs)
+    y = target.frame["label_idx"].to_numpy()
+    table = compare_adjustment(y, target.probs, em.transform(target.probs)).reset_index()
+    return {"prior_validation": prior_train.tolist(), "prior_estimated": np.asarray(em.prior_).tolist(),
+            "prior_true": (np.bincount(y, minlength=k) / max(len(y), 1)).tolist(),
+            "comparison": [{k2: (_f(v) if isinstance(v, float) else v) for k2, v in r.items()}
+                           for r in table.to_dict("records")]}

@@ -1,0 +1,323 @@
+"""One function per stage kind: decide the stage key, reuse a finished run or run the stage's API.
+
+Each executor returns the stage's :class:`StageOutput` and summary rows (one per sweep member).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medvision.config import ConfigError
+from medvision.pipeline.run import OUTPUT_TAG, Tracker, stage_key
+from medvision.pipeline.spec import (
+    CohortStage,
+    EvaluateStage,
+    FinetuneStage,
+    PipelineSpec,
+    PretrainStage,
+    ReportStage,
+    backbone_name,
+    sweep_members,
+)
+from medvision.pipeline.stages import StageOutput, stage_config_model, wire_config
+
+__all__ = ["StageContext", "execute"]
+
+Rows = list[dict[str, Any]]
+
+
+@dataclass
+class StageContext:
+    """Everything an executor may use: its stage, the upstream outputs, where to write, how to track."""
+
+    stage_id: str
+    stage: Any
+    spec: PipelineSpec
+    outputs: dict[str, StageOutput]
+    out_root: Path
+    tracker: Tracker
+    version: str
+    echo: Callable[[str], None]
+
+    @property
+    def folder(self) -> Path:
+        return self.out_root / self.stage_id
+
+
+def execute(ctx: StageContext) -> tuple[StageOutput, Rows]:
+    kind = ctx.stage.kind
+    ctx.echo(f"[{ctx.stage_id}] {kind} ...")
+    runner = {"cohort": _cohort, "pretrain": _training, "finetune": _training, "evaluate": _evaluate,
+              "report": _report}[kind]
+    return runner(ctx)
+
+
+def _reuse(ctx: StageContext, key: str) -> StageOutput | None:
+    run = ctx.tracker.finished(key)
+    if run is None or OUTPUT_TAG not in run.data.tags:
+        return None
+    out = StageOutput.from_json(json.loads(run.data.tags[OUTPUT_TAG]))
+    if out.path is not None and not out.path.exists() or out.cohort_dir is not None and not out.cohort_dir.exists():
+        return None  # its files were deleted: run again
+    return out
+
+
+def _record(ctx: StageContext, run_id: str, output: StageOutput) -> None:
+    ctx.tracker.client.set_tag(run_id, OUTPUT_TAG, json.dumps(output.to_json()))
+
+
+# -- cohort ---------------------------------------------------------------------------------------
+
+
+def _cohort(ctx: StageContext) -> tuple[StageOutput, Rows]:
+    from medvision.cohort.build import build_cohort
+    from medvision.cohort.spec import CohortSpec
+
+    stage: CohortStage = ctx.stage
+    spec_data = _cohort_spec(ctx, stage)
+    spec = CohortSpec.model_validate(spec_data)
+    key = stage_key("cohort", spec.model_dump(mode="json"), [_fingerprint(Path(spec.images))], None, ctx.version)
+    cohort_dir = ctx.folder / "cohort"
+    reused = _reuse(ctx, key)
+    if reused is not None:
+        return reused, [{"member": "-", "status": "reused", "run_id": reused.run_ids[0],
+                         "result": f"manifest {reused.manifest_sha256[:12]}"}]
+    run_id = ctx.tracker.start_child(ctx.stage_id, "cohort", key, ctx.stage_id)
+    ok = False
+    try:
+        card = build_cohort(spec, cohort_dir)
+        client = ctx.tracker.client
+        for name in ("images", "patients", "quarantined"):
+            client.log_metric(run_id, f"cohort/{name}", float(card[name]))
+        client.log_param(run_id, "cohort.name", spec.name)
+        client.log_param(run_id, "cohort.manifest_sha256", card["manifest_sha256"])
+        client.log_artifact(run_id, str(cohort_dir / "cohort.json"), "cohort")
+        output = StageOutput(kind="cohort", run_ids=[run_id], cohort_dir=cohort_dir,
+                             manifest_sha256=card["manifest_sha256"])
+        _record(ctx, run_id, output)
+        ok = True
+    finally:
+        ctx.tracker.end(run_id, ok)
+    return output, [{"member": "-", "status": "ran", "run_id": run_id,
+                     "result": f"{card['images']} images, {card['patients']} patients, "
+                               f"{card['quarantined']} quarantined"}]
+
+
+def _cohort_spec(ctx: StageContext, stage: CohortStage) -> dict[str, Any]:
+    """The cohort spec as a mapping, with the stage's overrides merged in."""
+    source = ctx.folder / "source"
+    if stage.spec is not None:
+        from medvision.cohort.spec import load_spec
+
+        data = load_spec(stage.spec).model_dump(mode="json")
+    elif stage.synth is not None:
+        marker = source / "synth.json"
+        params = stage.synth.model_dump()
+        if not (marker.exists() and json.loads(marker.read_text()) == params):
+            from medvision.cohort.synth import synthesize
+
+            synthesize(source, **params)
+            marker.write_text(json.dumps(params))
+        from medvision.cohort.spec import load_spec
+
+        data = load_spec(source / "cohort.yaml").model_dump(mode="json")
+    elif stage.medmnist is not None:
+        npz = Path(stage.medmnist.npz).expanduser().resolve()
+        marker = source / "medmnist.json"
+        stamp = {"npz": str(npz), "size": npz.stat().st_size if npz.exists() else None}
+        if not (marker.exists() and json.loads(marker.read_text()) == stamp):
+            from medvision.cohort.medmnist import import_medmnist
+
+            import_medmnist(npz, source)
+            marker.write_text(json.dumps(stamp))
+        from medvision.cohort.spec import load_spec
+
+        data = load_spec(source / "cohort.yaml").model_dump(mode="json")
+    else:
+        from medvision.cohort.spec import spec_from_folder
+
+        f = stage.folder
+        data = spec_from_folder(
+            f.images, labels=f.labels, key_column=f.key_column, join=f.join, label_column=f.label_column,
+            patient_column=f.patient_column, subgroups=f.subgroups, sex_column=f.sex_column,
+            age_column=f.age_column, site_column=f.site_column, size=f.size, channels=f.channels,
+            record_paths=f.record_paths, name=ctx.stage_id).model_dump(mode="json")
+        _merge(data, f.spec)
+    _merge(data, stage.overrides)
+    return data
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v
+
+
+def _fingerprint(root: Path) -> str:
+    """Names, sizes and modification times of every file under ``root``: a changed archive changes the key."""
+    h = hashlib.sha256()
+    for dirpath, _, files in sorted(os.walk(root)):
+        for name in sorted(files):
+            st = os.stat(os.path.join(dirpath, name))
+            h.update(f"{os.path.relpath(os.path.join(dirpath, name), root)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+# -- pretrain / finetune --------------------------------------------------------------------------
+
+
+def _training(ctx: StageContext) -> tuple[StageOutput, Rows]:
+    stage: PretrainStage | FinetuneStage = ctx.stage
+    cohort = ctx.outputs[stage.cohort]
+    weights, upstream_keys = None, [cohort.manifest_sha256 or ""]
+    inherited = backbone_name(ctx.spec, ctx.stage_id)
+    if stage.backbone_from is not None:
+        up = ctx.outputs[stage.backbone_from]
+        if len(up.run_ids) != 1:
+            raise ConfigError(f"stages.{ctx.stage_id}.backbone_from: stage {stage.backbone_from!r} made "
+                              f"{len(up.run_ids)} models (a sweep); start from a stage with one model")
+        weights = f"mlflow:runs:/{up.run_ids[0]}/backbone"
+        upstream_keys.append(up.run_ids[0])
+    members = sweep_members(stage) if isinstance(stage, FinetuneStage) else iter([("main", {})])
+    model = stage_config_model(stage.kind)
+    output = StageOutput(kind=stage.kind)
+    rows: Rows = []
+    for member, chosen in members:
+        data = json.loads(json.dumps(stage.config))
+        for dotted, value in chosen.items():
+            node = data
+            *parents, last = dotted.split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[last] = value
+        if inherited and "name" not in (data.get("backbone") or {}):
+            data.setdefault("backbone", {})["name"] = inherited
+        identity = wire_config(stage.kind, data, cohort_dir=cohort.cohort_dir, output_dir=Path("-"),
+                               weights=weights)
+        identity.pop("tracking", None)
+        identity["output_dir"] = None
+        key = stage_key(stage.kind, identity, upstream_keys, cohort.manifest_sha256, ctx.version)
+        name = ctx.stage_id if member == "main" else f"{ctx.stage_id}/{member}"
+        run = ctx.tracker.finished(key)
+        if run is not None:
+            output.run_ids.append(run.info.run_id)
+            output.members.append({"member": member, **chosen, **_member_facts(identity)})
+            rows.append({"member": member, "status": "reused", "run_id": run.info.run_id,
+                         "result": _headline(run.data.metrics)})
+            continue
+        tracking = {"tracking_uri": ctx.tracker.uri, "experiment": ctx.tracker.experiment, "run_name": name}
+        cfg = model.model_validate(wire_config(stage.kind, data, cohort_dir=cohort.cohort_dir,
+                                               output_dir=ctx.folder / f"{member}-{key[:8]}",
+                                               weights=weights, tracking=tracking))
+        (ctx.folder).mkdir(parents=True, exist_ok=True)
+        result = _run_training(stage.kind, cfg)
+        # Tagged once finished: the stage key marks a *completed* result, and an interrupted run that
+        # resumes (same checkpoint folder, same MLflow run) gets its tags when it completes.
+        for tag, value in ctx.tracker.child_tags(ctx.stage_id, stage.kind, key).items():
+            ctx.tracker.client.set_tag(result.run_id, tag, value)
+        output.run_ids.append(result.run_id)
+        output.members.append({"member": member, **chosen, **_member_facts(identity)})
+        rows.append({"member": member, "status": "ran", "run_id": result.run_id,
+                     "result": _headline(result.metrics)})
+    return output, rows
+
+
+def _run_training(kind: str, cfg: Any) -> Any:
+    if kind == "finetune":
+        from medvision.training import finetune
+
+        return finetune(cfg)
+    from medvision.ssl import pretrain
+
+    return pretrain(cfg)
+
+
+def _member_facts(config: dict[str, Any]) -> dict[str, Any]:
+    backbone = config.get("backbone") or {}
+    return {"backbone": backbone.get("name"), "weights": backbone.get("weights", "hub"),
+            "label_fraction": (config.get("data") or {}).get("label_fraction", 1.0), "seed": config.get("seed", 0),
+            "head": (config.get("head") or {}).get("name", "linear")}
+
+
+def _headline(metrics: dict[str, float]) -> str:
+    keys = [k for k in ("val/auroc", "val/knn_acc", "val/ood_auroc") if k in metrics] or sorted(metrics)[:3]
+    return ", ".join(f"{k}={metrics[k]:.3f}" for k in keys)
+
+
+# -- evaluate / report ----------------------------------------------------------------------------
+
+
+def _evaluate(ctx: StageContext) -> tuple[StageOutput, Rows]:
+    from medvision.evaluation.stage import EvaluationRequest, evaluate_models
+
+    stage: EvaluateStage = ctx.stage
+    models = []
+    for ref in stage.models:
+        up = ctx.outputs[ref]
+        for run_id, member in zip(up.run_ids, up.members):
+            models.append({"stage": ref, "run_id": run_id, **member})
+    cohort_ids = {ctx.spec.stages[ref].cohort for ref in stage.models}
+    cohort = ctx.outputs[sorted(cohort_ids)[0]]
+    settings = stage.model_dump(mode="json")
+    key = stage_key("evaluate", settings, [m["run_id"] for m in models], cohort.manifest_sha256, ctx.version)
+    reused = _reuse(ctx, key)
+    if reused is not None:
+        return reused, [{"member": "-", "status": "reused", "run_id": reused.run_ids[0], "result": str(reused.path)}]
+    run_id = ctx.tracker.start_child(ctx.stage_id, "evaluate", key, ctx.stage_id)
+    ok = False
+    try:
+        folder = ctx.folder / key[:8]
+        request = EvaluationRequest(cohort_dir=cohort.cohort_dir, models=models, sets=stage.sets,
+                                    subgroups=stage.subgroups, bootstrap=stage.bootstrap,
+                                    min_patients=stage.min_patients, ensemble=stage.ensemble,
+                                    referral_rate=stage.referral_rate, saliency=stage.saliency, seed=stage.seed,
+                                    tracking_uri=ctx.tracker.uri, positive_class=stage.positive_class)
+        headline = evaluate_models(request, folder)
+        client = ctx.tracker.client
+        for k, v in headline.items():
+            client.log_metric(run_id, k, float(v))
+        client.log_artifacts(run_id, str(folder), "evaluation")
+        output = StageOutput(kind="evaluate", run_ids=[run_id], path=folder, cohort_dir=cohort.cohort_dir,
+                             manifest_sha256=cohort.manifest_sha256,
+                             members=[{"models": [m["run_id"] for m in models]}])
+        _record(ctx, run_id, output)
+        ok = True
+    finally:
+        ctx.tracker.end(run_id, ok)
+    return output, [{"member": "-", "status": "ran", "run_id": run_id, "result": _headline(headline)}]
+
+
+def _report(ctx: StageContext) -> tuple[StageOutput, Rows]:
+    from medvision.report.build import report_from_evaluation
+
+    stage: ReportStage = ctx.stage
+    evaluation = ctx.outputs[stage.evaluation]
+    key = stage_key("report", stage.model_dump(mode="json"), [evaluation.run_ids[0]], evaluation.manifest_sha256,
+                    ctx.version)
+    reused = _reuse(ctx, key)
+    if reused is not None:
+        return reused, [{"member": "-", "status": "reused", "run_id": reused.run_ids[0], "result": str(reused.path)}]
+    run_id = ctx.tracker.start_child(ctx.stage_id, "report", key, ctx.stage_id)
+    ok = False
+    try:
+        path = report_from_evaluation(evaluation.path, ctx.folder / "report.html",
+                                      title=stage.title or ctx.spec.name,
+                                      pipeline_yaml=yaml.safe_dump(ctx.spec.model_dump(mode="json"), sort_keys=False),
+                                      tracking_uri=ctx.tracker.uri)
+        ctx.tracker.client.log_artifact(run_id, str(path), "report")
+        output = StageOutput(kind="report", run_ids=[run_id], path=path)
+        _record(ctx, run_id, output)
+        ok = True
+    finally:
+        ctx.tracker.end(run_id, ok)
+    return output, [{"member": "-", "status": "ran", "run_id": run_id, "result": str(path)}]

@@ -1,0 +1,29 @@
+"""The table a pipeline ends with, and where to look next."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from medvision.pipeline.run import PipelineResult
+
+__all__ = ["print_summary"]
+
+
+def print_summary(result: PipelineResult, console: Console | None = None) -> None:
+    """Print one row per stage (member): status, MLflow run, headline result; then the report and ``mlflow ui``."""
+    console = console or Console()
+    table = Table(title="Pipeline summary")
+    for col in ("stage", "kind", "member", "status", "seconds", "MLflow run", "result"):
+        table.add_column(col)
+    for row in result.rows:
+        table.add_row(row["stage"], row["kind"], str(row["member"]), row["status"], f"{row['seconds']:.0f}",
+                      row["run_id"][:12], str(row["result"]))
+    console.print(table)
+    if result.report_path is not None:
+        console.print(f"report: {result.report_path}")
+    console.print(f"MLflow parent run: {result.parent_run_id}")
+    if result.tracking_uri.startswith("sqlite:"):
+        console.print(f"browse the runs: .venv/bin/mlflow ui --backend-store-uri {result.tracking_uri}")
+    else:
+        console.print(f"browse the runs at {result.tracking_uri}")

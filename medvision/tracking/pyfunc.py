@@ -1,0 +1,196 @@
+"""A fine-tuned classifier as an MLflow ``pyfunc`` model, and the backbone beside it.
+
+What the model takes and gives (so ``mlflow.pyfunc.load_model(...).predict`` and
+``mlflow models serve`` behave the same):
+
+* input: a numpy array ``(N, C, H, W)`` of float32 images in ``[0, 1]`` — the cohort cache's own
+  format, so no preprocessing is repeated or guessed at serving time (normalisation is inside the
+  backbone). Over REST: ``{"inputs": [[[[...]]]]}``. The signature records ``C, H, W`` of the
+  training images.
+* output: a DataFrame, one row per image, one column of probability per task class (named as
+  the class) and, for heads with a built-in OOD score (HOD), a column ``ood_score`` (higher =
+  more likely an unseen condition). Softmax heads' class columns sum to 1.
+
+The model folder holds the classifier (:func:`medvision.training.classifier.save_classifier`)
+and a copy of the medvision source (``code_paths``), so serving needs only the listed pip
+requirements, not a medvision checkout.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.pyfunc import PythonModel
+
+__all__ = ["ClassifierModel", "load_run_classifier", "log_classifier", "pip_requirements"]
+
+#: What loading and running the model imports (medvision's own source travels in code_paths).
+_REQUIREMENTS = (
+    "torch", "torchvision", "timm", "numpy", "pandas", "safetensors", "pydantic", "pyyaml",
+    "lightning", "scikit-learn",
+)
+_CHUNK = 64
+
+
+class ClassifierModel(PythonModel):
+    """pyfunc wrapper of a saved :class:`~medvision.training.classifier.Classifier` (see the module
+    docstring for the input and output contract)."""
+
+    def load_context(self, context) -> None:
+        import torch
+
+        from medvision.training.classifier import load_classifier
+
+        self._classifier, card = load_classifier(context.artifacts["classifier"])
+        self._device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self._classifier.to(self._device)
+        self._classes = list(card["classes"])
+
+    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+        import torch
+
+        x = _as_images(model_input)
+        probs, scores = [], []
+        with torch.inference_mode():
+            for start in range(0, len(x), _CHUNK):
+                out = self._classifier(torch.from_numpy(x[start:start + _CHUNK]).to(self._device))
+                probs.append(out.probs.float().cpu().numpy())
+                if out.ood_score is not None:
+                    scores.append(out.ood_score.float().cpu().numpy())
+        p = np.concatenate(probs) if probs else np.zeros((0, len(self._classes)), np.float32)
+        frame = pd.DataFrame(p.astype(np.float64), columns=self._classes)
+        if scores:
+            frame["ood_score"] = np.concatenate(scores).astype(np.float64)
+        return frame
+
+
+def _as_images(model_input) -> np.ndarray:
+    if isinstance(model_input, dict) and len(model_input) == 1:
+        model_input = next(iter(model_input.values()))
+    x = np.asarray(model_input, dtype=np.float32)
+    if x.ndim != 4:
+        raise ValueError(f"model input must be images of shape (N, C, H, W), got shape {x.shape}")
+    if x.size and (np.nanmin(x) < 0.0 or np.nanmax(x) > 1.0 or np.isnan(x).any()):
+        raise ValueError("model input images must be float32 values in [0, 1] (as stored in the cohort cache)")
+    return np.ascontiguousarray(x)
+
+
+def pip_requirements() -> list[str]:
+    """Pinned requirements of the serving environment (the installed versions, local tags dropped)."""
+    reqs = []
+    for dist in _REQUIREMENTS:
+        try:
+            version = importlib.metadata.version(dist).split("+", 1)[0]
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        reqs.append(f"{dist}=={version}")
+    return reqs
+
+
+def _signature(classes: list[str], has_ood: bool, input_shape: tuple[int, ...] | None):
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    shape = (-1, *input_shape) if input_shape is not None else (-1, -1, -1, -1)
+    outputs = [ColSpec("double", c) for c in classes] + ([ColSpec("double", "ood_score")] if has_ood else [])
+    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), shape)]), outputs=Schema(outputs))
+
+
+def _has_ood_score(head) -> bool:
+    """Ask the head itself (the contract: ``ood_score`` is ``None`` for heads without one)."""
+    import torch
+
+    was_training = head.training
+    head.eval()
+    try:
+        with torch.no_grad():
+            param = next(head.parameters())
+            out = head(torch.zeros(1, head.in_features, dtype=param.dtype, device=param.device))
+    finally:
+        head.train(was_training)
+    return out.ood_score is not None
+
+
+def log_classifier(
+    client: MlflowClient,
+    run_id: str,
+    classifier,
+    input_shape: tuple[int, ...] | None = None,
+    model_path: str = "model",
+    backbone_path: str = "backbone",
+) -> None:
+    """Log ``classifier`` to run ``run_id``: a pyfunc model at ``model_path`` and the backbone alone
+    (``save_backbone`` layout) at ``backbone_path``, so ``mlflow:runs:/RUN_ID/backbone`` starts a
+    later stage from it.
+
+    Args:
+        client: a client bound to the run's tracking URI.
+        classifier: a :class:`~medvision.training.classifier.Classifier` (weights are copied).
+        input_shape: ``(C, H, W)`` of the training images, for the model signature.
+
+    Raises:
+        ValueError: a class is called ``ood_score`` (it would collide with the score column).
+    """
+    import mlflow.pyfunc
+
+    import medvision
+    from medvision.models import save_backbone
+    from medvision.training.classifier import save_classifier
+
+    if "ood_score" in classifier.classes:
+        raise ValueError("a class named 'ood_score' collides with the OOD score column; rename the class")
+    has_ood = _has_ood_score(classifier.head)
+    with tempfile.TemporaryDirectory(prefix="medvision-model-") as tmp:
+        tmp_path = Path(tmp)
+        save_backbone(classifier.backbone, tmp_path / "backbone")
+        client.log_artifacts(run_id, str(tmp_path / "backbone"), backbone_path)
+        save_classifier(classifier, tmp_path / "classifier", input_shape=input_shape)
+        mlflow.pyfunc.save_model(
+            path=str(tmp_path / "model"),
+            python_model=ClassifierModel(),
+            artifacts={"classifier": str(tmp_path / "classifier")},
+            code_paths=[str(Path(medvision.__file__).parent)],
+            signature=_signature(classifier.classes, has_ood, input_shape),
+            pip_requirements=pip_requirements(),
+        )
+        client.log_artifacts(run_id, str(tmp_path / "model"), model_path)
+
+
+def load_run_classifier(run_id: str, tracking_uri: str | None = None, model_path: str = "model"):
+    """The :class:`~medvision.training.classifier.Classifier` a fine-tuning run logged (CPU, eval mode),
+    for evaluation code that wants tensors, features and the head rather than the pyfunc DataFrame.
+
+    Args:
+        run_id: the MLflow run (``FinetuneResult.run_id``).
+        tracking_uri: the store; ``None`` uses MLflow's current one ($MLFLOW_TRACKING_URI).
+        model_path: the run's artifact path of the pyfunc model.
+
+    Returns:
+        ``(classifier, card)``; ``card`` holds ``classes``, ``input_shape`` and the head settings.
+
+    Raises:
+        FileNotFoundError: the run has no classifier at ``model_path`` (not a fine-tuning run, or
+            it ended before logging its model).
+    """
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    from medvision.training.classifier import load_classifier
+
+    with tempfile.TemporaryDirectory(prefix="medvision-run-") as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=f"{model_path}/artifacts/classifier", dst_path=tmp,
+                tracking_uri=tracking_uri,
+            )
+        except (MlflowException, OSError) as e:
+            raise FileNotFoundError(
+                f"MLflow run {run_id} has no classifier at {model_path}/artifacts/classifier ({e}); give the run "
+                "id of a finished fine-tuning run"
+            ) from None
+        return load_classifier(local)

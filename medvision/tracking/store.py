@@ -1,0 +1,58 @@
+"""Opening the MLflow store a stage records to: a client bound to one tracking URI, and its experiment.
+
+Every call goes through an explicit :class:`mlflow.MlflowClient`, never the process-global
+"active run", so two stages in one process (or a test suite) cannot write into each other's runs.
+For a local SQLite store the experiment's artifacts are put beside the database file
+(``<db folder>/mlartifacts``) instead of MLflow's default ``./mlruns`` in whatever folder the
+process happens to run in.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mlflow import MlflowClient
+
+__all__ = ["artifact_root_for", "get_or_create_experiment", "open_client"]
+
+
+def open_client(tracking_uri: str) -> MlflowClient:
+    """A client for ``tracking_uri``; for ``sqlite:///PATH`` the folder of PATH is created first."""
+    db = _sqlite_path(tracking_uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def artifact_root_for(tracking_uri: str) -> str | None:
+    """Where new experiments keep artifacts: beside a SQLite file, else the server's default (``None``)."""
+    db = _sqlite_path(tracking_uri)
+    return (db.parent / "mlartifacts").resolve().as_uri() if db is not None else None
+
+
+def get_or_create_experiment(client: MlflowClient, name: str) -> str:
+    """The id of experiment ``name``, created (with :func:`artifact_root_for`) when missing.
+
+    Raises:
+        ValueError: the experiment exists but was deleted (MLflow keeps the name reserved).
+    """
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return client.create_experiment(name, artifact_location=artifact_root_for(client.tracking_uri))
+    if exp.lifecycle_stage == "deleted":
+        raise ValueError(
+            f"MLflow experiment {name!r} was deleted; restore it (mlflow experiments restore) or set "
+            "tracking.experiment to another name"
+        )
+    return exp.experiment_id
+
+
+def _sqlite_path(tracking_uri: str) -> Path | None:
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix):
+        return None
+    rest = tracking_uri[len(prefix):].split("?", 1)[0]
+    if not rest or rest == ":memory:":
+        return None
+    # sqlite:////abs/path -> "/abs/path"; sqlite:///rel/path -> "rel/path" (relative to the cwd)
+    return Path(rest)

@@ -1,0 +1,171 @@
+"""The network a fine-tuning stage trains: backbone, optional adapter, head.
+
+It is the one object that leaves training: the LightningModule wraps it, the MLflow model serves
+it, evaluation and OOD code load it. It is saved as a folder that carries its own description
+(head name and options, class names, input shape) next to the backbone folder written by
+:func:`medvision.models.save_backbone`, so loading needs no config and no training code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from medvision.heads import Head, HeadOutput, create_head
+
+__all__ = ["Adapter", "Classifier", "load_classifier", "save_classifier"]
+
+_CARD = "classifier.json"
+_WEIGHTS = "head.safetensors"
+_FORMAT = 1
+
+
+class Adapter(nn.Module):
+    """A residual bottleneck MLP on the frozen embedding: ``phi + W2 gelu(W1 phi)``.
+
+    ``W2`` starts at zero, so locked tuning starts exactly at the linear probe and the adapter
+    only adds what the head alone cannot express (LiT-style "locked" tuning, see the method spec §1).
+    """
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.down = nn.Linear(dim, hidden)
+        self.up = nn.Linear(hidden, dim)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.up(nn.functional.gelu(self.down(x)))
+
+
+class Classifier(nn.Module):
+    """``head(adapter(backbone(x)))`` for images ``x`` in ``[0, 1]`` (normalisation is in the backbone).
+
+    Args:
+        backbone: any medvision backbone (``forward(x) -> (B, D)``, ``num_features``).
+        head: a :class:`medvision.heads.Head` reading ``D`` features.
+        classes: names of the head's ``num_classes`` task classes, in logit order.
+        adapter_hidden: width of the residual adapter; 0 for none.
+        freeze_backbone: keep the backbone's weights and normalisation statistics fixed (linear
+            probe and locked tuning); its forward then runs without building a graph.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: Head,
+        classes: list[str],
+        adapter_hidden: int = 0,
+        freeze_backbone: bool = False,
+    ) -> None:
+        super().__init__()
+        dim = int(backbone.num_features)
+        if head.in_features != dim:
+            raise ValueError(f"head reads {head.in_features} features but the backbone gives {dim}")
+        if len(classes) != head.num_classes:
+            raise ValueError(f"{len(classes)} class names given for a head with {head.num_classes} classes")
+        self.backbone = backbone
+        self.adapter = Adapter(dim, adapter_hidden) if adapter_hidden else None
+        self.head = head
+        self.classes = list(classes)
+        self.adapter_hidden = adapter_hidden
+        self.freeze_backbone = freeze_backbone
+        if freeze_backbone:
+            self.backbone.requires_grad_(False)
+            self.backbone.eval()
+
+    def train(self, mode: bool = True) -> Classifier:
+        super().train(mode)
+        if self.freeze_backbone:  # batch-norm statistics of a frozen backbone stay as pretrained
+            self.backbone.eval()
+        return self
+
+    def embed(self, x: Tensor) -> Tensor:
+        """The embedding the head reads: backbone features, through the adapter when there is one."""
+        if self.freeze_backbone:
+            with torch.no_grad():
+                feats = self.backbone(x)
+        else:
+            feats = self.backbone(x)
+        return feats if self.adapter is None else self.adapter(feats)
+
+    def forward(self, x: Tensor) -> HeadOutput:
+        return self.head(self.embed(x))
+
+    def aux_loss(self) -> Tensor | float:
+        """The backbone's auxiliary loss of the last forward (MoE balance losses; 0 otherwise)."""
+        if self.freeze_backbone:
+            return 0.0
+        return self.backbone.aux_loss()
+
+
+def save_classifier(classifier: Classifier, directory: str | Path, input_shape: tuple[int, ...] | None = None) -> Path:
+    """Write ``classifier`` to ``directory``: ``classifier.json``, ``head.safetensors``, ``backbone/``.
+
+    Args:
+        classifier: the network to save (its weights are copied to CPU).
+        directory: created if missing; existing files of the same names are replaced.
+        input_shape: ``(C, H, W)`` of the images it was trained on, recorded for serving.
+
+    Returns:
+        ``directory`` as a :class:`~pathlib.Path`.
+    """
+    from medvision.models import save_backbone
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_backbone(classifier.backbone, directory / "backbone")
+    head = classifier.head
+    card: dict[str, Any] = {
+        "format": _FORMAT,
+        "head": {
+            "name": head.name,
+            "in_features": head.in_features,
+            "num_classes": head.num_classes,
+            "options": head.options.model_dump(mode="json"),
+        },
+        "classes": classifier.classes,
+        "adapter_hidden": classifier.adapter_hidden,
+        "freeze_backbone": classifier.freeze_backbone,
+        "input_shape": list(input_shape) if input_shape is not None else None,
+    }
+    tensors = {f"head.{k}": v for k, v in head.state_dict().items()}
+    if classifier.adapter is not None:
+        tensors.update({f"adapter.{k}": v for k, v in classifier.adapter.state_dict().items()})
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(directory / _WEIGHTS))
+    (directory / _CARD).write_text(json.dumps(card, indent=2))
+    return directory
+
+
+def load_classifier(directory: str | Path) -> tuple[Classifier, dict[str, Any]]:
+    """Rebuild a classifier saved by :func:`save_classifier` (on CPU, in eval mode).
+
+    Returns:
+        ``(classifier, card)``; ``card`` holds ``classes``, ``input_shape`` and the head settings.
+
+    Raises:
+        FileNotFoundError: ``directory`` is not a saved classifier.
+    """
+    from medvision.models import load_backbone_dir
+
+    directory = Path(directory)
+    card_path = directory / _CARD
+    if not card_path.exists():
+        raise FileNotFoundError(f"{directory} is not a saved classifier (no {_CARD}); save one with save_classifier()")
+    card = json.loads(card_path.read_text())
+    if card.get("format") != _FORMAT:
+        raise ValueError(f"{card_path}: classifier format {card.get('format')!r}, this medvision reads {_FORMAT}")
+    spec = card["head"]
+    head = create_head(spec["name"], spec["in_features"], spec["num_classes"], **spec["options"])
+    backbone = load_backbone_dir(directory / "backbone")
+    clf = Classifier(backbone, head, card["classes"], card["adapter_hidden"], card["freeze_backbone"])
+    tensors = load_file(str(directory / _WEIGHTS))
+    head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
+    if clf.adapter is not None:
+        clf.adapter.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("adapter.")})
+    return clf.eval(), card

@@ -1,0 +1,207 @@
+"""``finetune(config)``: the Python API of the fine-tuning stage.
+
+It puts the pieces together and nothing else: the cohort's data module, the classifier
+(backbone + head sized from the cohort), the LightningModule (*what*), the trainer (*how*), the
+MLflow callback (one run), then ``trainer.fit`` — resuming from ``last.ckpt`` when asked. Under
+DDP every process runs this function; only rank 0 writes files outside the checkpoint folder and
+talks to MLflow.
+
+Example:
+    >>> from medvision.config import load_config
+    >>> cfg = load_config("pipelines/derm_finetune.yaml", FinetuneConfig, ["optim.epochs=2"])  # doctest: +SKIP
+    >>> result = finetune(cfg)  # doctest: +SKIP
+    >>> result.metrics["val/auroc"]  # doctest: +SKIP
+    0.93
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+from medvision.config import flatten, to_yaml
+from medvision.training.classifier import Classifier
+from medvision.training.config import FinetuneConfig, resolve_tracking_uri
+from medvision.training.module import FinetuneModule
+from medvision.training.trainer import build_trainer, last_checkpoint_path, resume_checkpoint
+
+__all__ = ["FinetuneResult", "build_classifier", "finetune"]
+
+#: What the engine reads from a data module besides its loaders (the cohort contract).
+DATAMODULE_FACTS = ("classes", "num_inlier_classes", "num_outlier_classes", "in_chans", "manifest_sha256")
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    """What a fine-tuning run produced.
+
+    Attributes:
+        run_id: the MLflow run (``runs:/RUN_ID/model`` is the pyfunc model,
+            ``mlflow:runs:/RUN_ID/backbone`` the backbone for a later stage).
+        best_checkpoint: the checkpoint of the best epoch by ``monitor.metric``.
+        last_checkpoint: ``last.ckpt`` (what ``resume: auto`` continues from).
+        best_score: the monitored metric at the best epoch.
+        metrics: every metric of the last epoch (``train/loss``, ``val/auroc``, ...).
+        output_dir: the run's output folder.
+    """
+
+    run_id: str | None
+    best_checkpoint: Path | None
+    last_checkpoint: Path | None
+    best_score: float | None
+    metrics: dict[str, float] = field(default_factory=dict)
+    output_dir: Path = Path(".")
+
+
+def build_classifier(config: FinetuneConfig, datamodule: L.LightningDataModule) -> Classifier:
+    """The network for ``config`` sized from the cohort: ``in_chans``, K classes (HOD: + M outlier logits).
+
+    Raises:
+        ValueError: the head does not fit the cohort (HOD without training outlier conditions, or
+            ``num_outlier_classes`` different from the cohort's).
+    """
+    from medvision.heads import create_head
+    from medvision.models import create_backbone
+
+    k, m = int(datamodule.num_inlier_classes), int(datamodule.num_outlier_classes)
+    options = dict(config.head.options)
+    if config.head.name == "hod":
+        if m < 1:
+            raise ValueError(
+                "head 'hod' needs training outlier conditions, but the cohort has none; declare them in the "
+                "cohort spec (splits.outlier_conditions) or use another head"
+            )
+        given = options.setdefault("num_outlier_classes", m)
+        if given != m:
+            raise ValueError(
+                f"head.options.num_outlier_classes is {given} but the cohort has {m} training outlier "
+                "conditions; leave the option out to take the cohort's"
+            )
+    in_chans = config.backbone.in_chans or int(datamodule.in_chans)
+    backbone = create_backbone(config.backbone.name, config.backbone.weights, in_chans, **config.backbone.options)
+    head = create_head(config.head.name, backbone.num_features, k, **options)
+    return Classifier(
+        backbone,
+        head,
+        classes=list(datamodule.classes)[:k],
+        adapter_hidden=config.adapter_hidden,
+        freeze_backbone=config.mode != "full",
+    )
+
+
+def finetune(
+    config: FinetuneConfig,
+    *,
+    datamodule: L.LightningDataModule | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> FinetuneResult:
+    """Fine-tune a pretrained backbone on a cohort and record it as one MLflow run.
+
+    Args:
+        config: the validated stage config.
+        datamodule: the data; by default the :class:`~medvision.data.dataset.CohortDataModule`
+            of ``config.data``. Any data module works if it has the cohort facts
+            ``classes, num_inlier_classes, num_outlier_classes, in_chans, manifest_sha256`` and
+            yields ``{"image", "label"}`` batches.
+        callbacks: extra Lightning callbacks (reports, custom stopping rules).
+
+    Returns:
+        A :class:`FinetuneResult`. Under DDP every rank returns one; all carry the run id.
+
+    Raises:
+        FileNotFoundError: the cohort or the ``resume`` checkpoint does not exist.
+        ValueError: the head or backbone does not fit the cohort, or bad backbone weights.
+    """
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    ckpt = resume_checkpoint(config)  # fail on a bad resume path before anything is built
+    if datamodule is None:
+        from medvision.data.dataset import CohortDataModule
+
+        d = config.data
+        datamodule = CohortDataModule(
+            d.cohort_dir, batch_size=d.batch_size, label_fraction=d.label_fraction, num_workers=d.num_workers,
+            balanced=d.balanced, seed=config.seed,
+        )
+    missing = [a for a in DATAMODULE_FACTS if not hasattr(datamodule, a)]
+    if missing:
+        raise TypeError(f"{type(datamodule).__name__} lacks the cohort facts {missing}; see finetune()'s docstring")
+
+    tracking_uri = resolve_tracking_uri(config.tracking)
+    resolved = _resolved(config, tracking_uri)
+    with _mlflow_uri(tracking_uri):  # weights "mlflow:runs:/..." come from the store this run records to
+        classifier = build_classifier(resolved, datamodule)
+    module = FinetuneModule(classifier, resolved.optim)
+
+    sha = str(datamodule.manifest_sha256)
+    record = classifier.backbone.weights_record
+    params = {
+        **flatten(resolved),
+        "data.manifest_sha256": sha,
+        "data.classes": list(datamodule.classes),
+        "backbone.source": record.source,
+        "backbone.sha256": record.sha256,
+    }
+    tracker = _tracker(resolved, tracking_uri, params, sha)
+    trainer = build_trainer(resolved, callbacks=[tracker, *callbacks])
+    if trainer.is_global_zero:
+        out = Path(resolved.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(to_yaml(resolved))
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
+
+    cb = trainer.checkpoint_callback
+    best = Path(cb.best_model_path) if cb is not None and cb.best_model_path else None
+    last = last_checkpoint_path(resolved)
+    last = last if last.exists() else None
+    score = float(cb.best_model_score) if cb is not None and cb.best_model_score is not None else None
+    return FinetuneResult(
+        run_id=tracker.run_id,
+        best_checkpoint=best,
+        last_checkpoint=last,
+        best_score=score if score is None or math.isfinite(score) else None,
+        metrics=dict(tracker.last_metrics),
+        output_dir=Path(resolved.output_dir),
+    )
+
+
+def _resolved(config: FinetuneConfig, tracking_uri: str) -> FinetuneConfig:
+    """The config as the run used it: absolute paths and the tracking URI filled in."""
+    return config.model_copy(
+        update={
+            "data": config.data.model_copy(update={"cohort_dir": Path(config.data.cohort_dir).resolve()}),
+            "output_dir": Path(config.output_dir).resolve(),
+            "tracking": config.tracking.model_copy(update={"tracking_uri": tracking_uri}),
+        }
+    )
+
+
+def _tracker(config: FinetuneConfig, tracking_uri: str, params: dict, manifest_sha256: str):
+    from medvision.tracking import MLflowTracking
+
+    return MLflowTracking(
+        tracking_uri,
+        config.tracking.experiment,
+        run_name=config.tracking.run_name,
+        params=params,
+        tags={"medvision.stage": "finetune", "cohort.manifest_sha256": manifest_sha256},
+        texts={"config.yaml": to_yaml(config), "cohort/manifest_sha256.txt": manifest_sha256 + "\n"},
+    )
+
+
+@contextlib.contextmanager
+def _mlflow_uri(uri: str) -> Iterator[None]:
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)

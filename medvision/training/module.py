@@ -1,0 +1,204 @@
+"""The *what* of fine-tuning: network, loss, metrics, optimiser and schedule, as a LightningModule.
+
+Devices, precision, distribution, checkpoints and tracking are the trainer factory's and the
+callbacks' business (:mod:`medvision.training.trainer`, :mod:`medvision.tracking`), so the same
+module runs on a laptop CPU and on a GPU cluster unchanged.
+
+Labels follow the cohort contract: ``0..K-1`` inlier classes, ``K..K+M-1`` training outlier
+conditions, ``-1`` unknown / unseen condition. A head learns from the labels it has a logit for
+(HOD: all K + M; the others: the K inliers), the rest only enter the OOD metric.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+from torch import Tensor
+
+from medvision.training.classifier import Classifier
+from medvision.training.config import OptimConfig
+
+__all__ = ["FinetuneModule", "WarmupCosine", "macro_auroc"]
+
+
+class WarmupCosine:
+    """Learning-rate multiplier per optimiser step: linear warm-up to 1, then cosine decay to 0.
+
+    A plain object (not a closure) so the scheduler's state, saved in checkpoints, restores it.
+    """
+
+    def __init__(self, warmup_steps: int, total_steps: int) -> None:
+        self.warmup_steps = max(0, int(warmup_steps))
+        self.total_steps = max(self.warmup_steps + 1, int(total_steps))
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        progress = (step - self.warmup_steps) / (self.total_steps - self.warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def macro_auroc(scores: np.ndarray, labels: np.ndarray, multilabel: bool = False) -> float:
+    """Binary AUROC for two classes, else the mean one-vs-rest AUROC over classes.
+
+    Classes without both positives and negatives among ``labels`` are left out of the mean
+    (their AUROC is undefined); ``nan`` when none is left.
+
+    Args:
+        scores: ``(N, K)`` class probabilities.
+        labels: ``(N,)`` class indices in ``[0, K)``, or ``(N, K)`` 0/1 for multi-label.
+    """
+    if len(labels) == 0:
+        return float("nan")
+    k = scores.shape[1]
+    if not multilabel and k == 2:
+        return float(roc_auc_score(labels == 1, scores[:, 1])) if len(np.unique(labels)) == 2 else float("nan")
+    onehot = labels.astype(bool) if multilabel else labels[:, None] == np.arange(k)[None, :]
+    aucs = [
+        roc_auc_score(onehot[:, c], scores[:, c])
+        for c in range(k)
+        if 0 < onehot[:, c].sum() < len(onehot)
+    ]
+    return float(np.mean(aucs)) if aucs else float("nan")
+
+
+class FinetuneModule(L.LightningModule):
+    """Fine-tunes a :class:`Classifier` (BiT-style transfer, see the method spec §1).
+
+    Logged per epoch: ``train/loss``, ``val/loss``, ``val/acc`` (top-1 over inlier
+    images), ``val/auroc`` (binary, or macro one-vs-rest over the K inlier classes) and, for heads
+    with an OOD score when the validation set holds outliers, ``val/ood_auroc`` (inliers vs
+    outlier conditions, higher score = more out of distribution).
+
+    Args:
+        classifier: the network (its ``freeze_backbone`` decides the trainable parameters).
+        optim: optimiser and schedule settings.
+    """
+
+    def __init__(self, classifier: Classifier, optim: OptimConfig) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self.optim = optim
+        self._val: list[tuple[Tensor, ...]] = []
+
+    def _log(self, name: str, value, **kwargs) -> None:
+        # Metrics reach MLflow through the tracking callback (trainer.callback_metrics), not a
+        # Lightning logger, hence logger=False.
+        self.log(name, value, logger=False, **kwargs)
+
+    # -- steps -----------------------------------------------------------------------------------
+
+    def forward(self, x: Tensor):
+        return self.classifier(x)
+
+    def _trainable_rows(self, y: Tensor) -> Tensor:
+        """Rows whose label the head has a logit for (multi-label rows always count)."""
+        if self.classifier.head.multilabel:
+            return torch.ones(y.shape[0], dtype=torch.bool, device=y.device)
+        return (y >= 0) & (y < self.classifier.head.num_outputs)
+
+    def _loss(self, out, y: Tensor) -> tuple[Tensor, int]:
+        keep = self._trainable_rows(y)
+        n = int(keep.sum())
+        if n == 0:  # keep the graph connected (DDP expects every rank to produce gradients)
+            return out.logits.sum() * 0.0, 0
+        if n == len(y):
+            return self.classifier.head.loss(out, y), n
+        sub = type(out)(
+            logits=out.logits[keep],
+            probs=out.probs[keep],
+            ood_score=None if out.ood_score is None else out.ood_score[keep],
+        )
+        return self.classifier.head.loss(sub, y[keep]), n
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        x, y = batch["image"], batch["label"]
+        out = self.classifier(x)
+        loss, _ = self._loss(out, y)
+        aux = self.classifier.aux_loss()
+        if isinstance(aux, Tensor) and aux.requires_grad:
+            loss = loss + aux
+            self._log("train/aux_loss", aux.detach(), on_step=False, on_epoch=True, sync_dist=True,
+                     batch_size=len(y))
+        self._log("train/loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, sync_dist=True,
+                 batch_size=len(y))
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        x, y = batch["image"], batch["label"]
+        out = self.classifier(x)
+        loss, n = self._loss(out, y)
+        if n:
+            self._log("val/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=n)
+        ood = out.ood_score if out.ood_score is not None else x.new_full((len(y),), float("nan"))
+        self._val.append((out.probs.detach().float(), ood.detach().float(), y.detach()))
+
+    def on_validation_epoch_start(self) -> None:
+        self._val = []
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val:
+            return
+        probs, ood, y = (self._gather(torch.cat(parts)) for parts in zip(*self._val))
+        self._val = []
+        for name, value in self.epoch_metrics(probs, ood, y).items():
+            # identical on every rank after the gather; the (exact) mean over ranks only tells
+            # Lightning that the value is already global
+            self._log(name, value, on_step=False, on_epoch=True, sync_dist=True, prog_bar=name == "val/auroc")
+
+    def epoch_metrics(self, probs: Tensor, ood: Tensor, y: Tensor) -> dict[str, float]:
+        """``val/acc``, ``val/auroc`` and (when defined) ``val/ood_auroc`` of one validation pass."""
+        head = self.classifier.head
+        p, s, t = probs.cpu().numpy(), ood.cpu().numpy(), y.cpu().numpy()
+        if head.multilabel:
+            return {"val/auroc": macro_auroc(p, t, multilabel=True),
+                    "val/acc": float(((p > 0.5) == t.astype(bool)).mean()) if len(t) else float("nan")}
+        k = head.num_classes
+        inlier = (t >= 0) & (t < k)
+        metrics = {
+            "val/acc": float((p[inlier].argmax(1) == t[inlier]).mean()) if inlier.any() else float("nan"),
+            "val/auroc": macro_auroc(p[inlier], t[inlier]),
+        }
+        outlier = ~inlier
+        if not np.isnan(s).any() and inlier.any() and outlier.any():
+            metrics["val/ood_auroc"] = float(roc_auc_score(outlier, s))
+        return metrics
+
+    def _gather(self, t: Tensor) -> Tensor:
+        """Concatenate a per-rank tensor over all ranks (ranks may hold different row counts)."""
+        if self.trainer.world_size == 1:
+            return t
+        n = torch.tensor([t.shape[0]], device=t.device)
+        sizes = self.all_gather(n).view(-1)
+        pad = int(sizes.max()) - t.shape[0]
+        if pad:
+            t = torch.cat([t, t.new_zeros((pad, *t.shape[1:]))])
+        gathered = self.all_gather(t)  # (world, max_n, ...)
+        return torch.cat([gathered[r, : int(sizes[r])] for r in range(gathered.shape[0])])
+
+    # -- optimiser -------------------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        cfg = self.optim
+        decay, no_decay = [], []
+        for p in self.classifier.parameters():
+            if p.requires_grad:
+                (decay if p.ndim >= 2 else no_decay).append(p)
+        groups = [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        groups = [g for g in groups if g["params"]]
+        if cfg.name == "sgd":
+            opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+        else:
+            opt = torch.optim.AdamW(groups, lr=cfg.lr)
+        total = int(self.trainer.estimated_stepping_batches)
+        steps_per_epoch = total / max(1, self.trainer.max_epochs or cfg.epochs)
+        schedule = WarmupCosine(round(cfg.warmup_epochs * steps_per_epoch), total)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

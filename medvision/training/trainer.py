@@ -1,0 +1,167 @@
+"""The *how* of fine-tuning: a Lightning ``Trainer`` built from :class:`~medvision.training.config.TrainerConfig`.
+
+Everything about devices, precision, distribution, checkpoints, early stopping and seeding lives
+here, so :class:`~medvision.training.module.FinetuneModule` stays the same on one CPU and on
+many GPUs:
+
+* ``strategy: ddp`` runs one process per device (gloo on CPU, NCCL on GPU); ``fsdp`` shards
+  parameters, gradients and optimiser state (GPU) and writes full, unsharded checkpoints;
+* multi-node: start one process per device with ``torchrun`` or ``srun`` and set ``num_nodes``;
+  Lightning reads ranks from their environment (``num_nodes: auto`` reads the node count too);
+* checkpoints: ``<output_dir>/checkpoints/last.ckpt`` after every epoch, plus the best epoch by
+  the monitored metric (``best-epoch=NNN.ckpt``); :func:`resume_checkpoint` picks what to resume;
+* determinism: per-epoch reseeding (:class:`~medvision.training.seeding.EpochSeeding`) and, on
+  CPU by default, deterministic kernels, so a resumed run equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+
+from medvision.training.config import FinetuneConfig, TrainerConfig
+from medvision.training.seeding import EpochSeeding
+
+__all__ = [
+    "build_trainer",
+    "checkpoint_dir",
+    "last_checkpoint_path",
+    "resolve_num_nodes",
+    "resume_checkpoint",
+    "runs_on_cpu",
+]
+
+LAST_CHECKPOINT = "last.ckpt"
+_PRECISION = {"32": "32-true", "bf16-mixed": "bf16-mixed", "16-mixed": "16-mixed"}
+
+
+def checkpoint_dir(config: FinetuneConfig) -> Path:
+    """Where a run's checkpoints go: ``<output_dir>/checkpoints``."""
+    return Path(config.output_dir) / "checkpoints"
+
+
+def last_checkpoint_path(config: FinetuneConfig) -> Path:
+    """The checkpoint rewritten after every epoch (what ``resume: auto`` continues from)."""
+    return checkpoint_dir(config) / LAST_CHECKPOINT
+
+
+def resume_checkpoint(config: FinetuneConfig) -> Path | None:
+    """The checkpoint to continue from, per ``config.resume``.
+
+    ``auto``: ``last.ckpt`` in the output folder when there is one (else start afresh);
+    ``never``: start afresh; anything else is a checkpoint path that must exist.
+
+    Raises:
+        FileNotFoundError: ``resume`` names a checkpoint that does not exist.
+    """
+    if config.resume == "never":
+        return None
+    if config.resume == "auto":
+        last = last_checkpoint_path(config)
+        return last if last.exists() else None
+    path = Path(config.resume).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"resume: {path} does not exist; give an existing .ckpt file, 'auto' (continue from "
+            f"{checkpoint_dir(config) / 'last.ckpt'} if present) or 'never'"
+        )
+    return path
+
+
+def runs_on_cpu(trainer_cfg: TrainerConfig) -> bool:
+    """Whether the run will use the CPU (asked for, or ``auto`` with no GPU visible)."""
+    return trainer_cfg.accelerator == "cpu" or (trainer_cfg.accelerator == "auto" and not torch.cuda.is_available())
+
+
+def resolve_num_nodes(trainer_cfg: TrainerConfig) -> int:
+    """``num_nodes``, with ``auto`` read from torchrun (WORLD_SIZE / LOCAL_WORLD_SIZE) or SLURM
+    (SLURM_NNODES); 1 when neither launched this process."""
+    if trainer_cfg.num_nodes != "auto":
+        return int(trainer_cfg.num_nodes)
+    env = os.environ
+    if "LOCAL_WORLD_SIZE" in env and "WORLD_SIZE" in env:
+        return max(1, int(env["WORLD_SIZE"]) // int(env["LOCAL_WORLD_SIZE"]))
+    if "SLURM_NNODES" in env:
+        return int(env["SLURM_NNODES"])
+    return 1
+
+
+def _strategy(trainer_cfg: TrainerConfig):
+    if trainer_cfg.strategy == "ddp":
+        from lightning.pytorch.strategies import DDPStrategy
+
+        return DDPStrategy(find_unused_parameters=trainer_cfg.find_unused_parameters)
+    if trainer_cfg.strategy == "fsdp":
+        from lightning.pytorch.strategies import FSDPStrategy
+        from torch.distributed.fsdp.wrap import size_based_auto_wrap_policy
+
+        # Wrap every sub-module above ~1M parameters (transformer blocks, ResNet stages) as its
+        # own shard unit; use_orig_params lets linear/locked modes freeze part of a unit.
+        return FSDPStrategy(
+            auto_wrap_policy=partial(size_based_auto_wrap_policy, min_num_params=1_000_000),
+            use_orig_params=True,
+            state_dict_type="full",
+        )
+    return "auto"
+
+
+def build_trainer(config: FinetuneConfig, callbacks: Sequence[Callback] = ()) -> L.Trainer:
+    """A Trainer for ``config`` with checkpointing, optional early stopping and epoch seeding.
+
+    Args:
+        config: the whole stage config (trainer, optimiser epochs/clipping/accumulation,
+            monitor, output folder, seed are read).
+        callbacks: extra callbacks (tracking, reports), run after the built-in ones.
+
+    Returns:
+        An unfitted :class:`lightning.Trainer`; ``trainer.checkpoint_callback`` is the
+        :class:`ModelCheckpoint` that knows the best checkpoint after fitting, and
+        :func:`last_checkpoint_path` names the per-epoch one.
+    """
+    tc, mon = config.trainer, config.monitor
+    directory = checkpoint_dir(config)
+    # Two checkpointers, because Lightning's ``save_last=True`` only rewrites last.ckpt in epochs that
+    # also wrote a new best: ``best`` keeps the best epoch by the monitored metric (first, so it is
+    # ``trainer.checkpoint_callback``), ``last`` (no monitor) rewrites last.ckpt after every epoch.
+    best = ModelCheckpoint(
+        dirpath=directory,
+        filename="best-epoch={epoch:03d}",
+        auto_insert_metric_name=False,
+        monitor=mon.metric,
+        mode=mon.mode,
+        save_top_k=1,
+        save_last=False,
+    )
+    last = ModelCheckpoint(
+        dirpath=directory, filename=LAST_CHECKPOINT[: -len(".ckpt")], monitor=None, save_top_k=1,
+        enable_version_counter=False,
+    )
+    built: list[Callback] = [EpochSeeding(config.seed), best, last]
+    if mon.patience is not None:
+        # check_finite=False: an undefined AUROC (one class in a tiny validation set) is not a
+        # reason to stop; it simply does not count as an improvement.
+        built.append(EarlyStopping(monitor=mon.metric, mode=mon.mode, patience=mon.patience, check_finite=False))
+    deterministic = runs_on_cpu(tc) if tc.deterministic is None else tc.deterministic
+    return L.Trainer(
+        accelerator=tc.accelerator,
+        devices=tc.devices,
+        num_nodes=resolve_num_nodes(tc),
+        strategy=_strategy(tc),
+        precision=_PRECISION[tc.precision],
+        max_epochs=config.optim.epochs,
+        accumulate_grad_batches=config.optim.accumulate_grad_batches,
+        gradient_clip_val=config.optim.grad_clip,
+        gradient_clip_algorithm="norm",
+        deterministic=deterministic,
+        callbacks=[*built, *callbacks],
+        logger=False,  # tracking is a callback (medvision.tracking): one MLflow run, epoch steps
+        enable_progress_bar=tc.progress_bar,
+        enable_model_summary=tc.progress_bar,
+        default_root_dir=str(config.output_dir),
+    )

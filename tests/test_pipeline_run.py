@@ -1,0 +1,149 @@
+"""Pipelines for real: the demo end to end (report in Chromium, no PHI anywhere), reuse, and resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from medvision.pipeline import load_pipeline, run_pipeline
+from medvision.report import SECTION_HEADINGS
+
+REPO = Path(__file__).resolve().parent.parent
+KEY = "00112233445566778899aabbccddeeff"
+SMALL = ["params.patients=44", "params.size=32", "params.epochs=2", "params.pretrain_epochs=2",
+         "stages.micle.config.data.batch_size=8", "stages.hod.config.data.batch_size=16",
+         "stages.evaluate.bootstrap=40", "stages.evaluate.saliency=1"]
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MEDVISION_PSEUDONYM_KEY", KEY)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+def _chromium_dom(html: Path, shot: Path) -> str:
+    args = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+            "--host-resolver-rules=MAP * ~NOTFOUND", f"--user-data-dir={shot.parent / 'profile'}"]
+    subprocess.run([*args, f"--screenshot={shot}", "--window-size=1200,3000", html.as_uri()], check=True,
+                   capture_output=True, timeout=120)
+    return subprocess.run([*args, "--dump-dom", html.as_uri()], check=True, capture_output=True, text=True,
+                          timeout=120).stdout
+
+
+def test_demo_pipeline_end_to_end_with_every_report_section_and_no_phi(workdir):
+    spec = load_pipeline(REPO / "pipelines" / "demo.yaml", SMALL)
+    result = run_pipeline(spec, echo=lambda _: None)
+    assert [r["status"] for r in result.rows] == ["ran"] * 6  # cohort, micle, 2 x hod, evaluate, report
+
+    # one parent run, every stage a child of it
+    client = MlflowClient(result.tracking_uri)
+    children = [r for r in client.search_runs([client.get_run(result.parent_run_id).info.experiment_id])
+                if r.data.tags.get("mlflow.parentRunId") == result.parent_run_id]
+    assert len(children) == 6 and all(r.info.status == "FINISHED" for r in children)
+
+    # the report opens in a real browser, offline, with every section and figures
+    report = result.report_path
+    dom = _chromium_dom(report, workdir / "report.png")
+    for heading in SECTION_HEADINGS:
+        assert heading in dom, heading
+    assert dom.count("<img") >= 8 and (workdir / "report.png").stat().st_size > 20_000
+    assert "Not run in this pipeline" not in dom  # data efficiency (2 fractions), saliency, OOD: all present
+
+    # metrics.json carries the method's numbers with CIs
+    metrics = json.loads(next((workdir / "demo-output" / "evaluate").rglob("metrics.json")).read_text())
+    model = metrics["models"][0]
+    assert {"test", "site_ood"} <= set(model["sets"])
+    assert {"msp", "hod", "mahalanobis", "knn", "energy"} <= {d["detector"] for d in model["ood"]["detectors"]}
+    assert model["sets"]["test"]["auroc"]["low"] <= model["sets"]["test"]["auroc"]["value"]
+
+    # planted PHI appears nowhere: manifest, report, metrics, predictions, MLflow store, artifacts, logs
+    planted = json.loads((workdir / "demo-output" / "cohort" / "source" / "phi_planted.json").read_text())
+    values = [v.upper() for vs in planted.values() for v in vs]
+    texts = [report.read_text(), json.dumps(metrics)]
+    texts += [pd.read_parquet(p).astype(str).to_csv() for p in (workdir / "demo-output").rglob("*.parquet")]
+    with sqlite3.connect(workdir / "mlflow.db") as db:
+        for (table,) in db.execute("select name from sqlite_master where type='table'").fetchall():
+            texts.append(str(db.execute(f"select * from {table}").fetchall()))
+    for p in (workdir / "mlruns").rglob("*"):
+        if p.is_file() and p.suffix in (".json", ".yaml", ".txt", ".html", ".csv", ".MLmodel", ""):
+            texts.append(p.read_text(errors="ignore"))
+        texts.append(str(p))
+    blob = "\n".join(texts).upper()
+    leaked = [v for v in values if v in blob]
+    assert not leaked, leaked[:3]
+
+
+TWO_STAGES = {
+    "name": "two-stage",
+    "output_dir": "out",
+    "tracking": {"experiment": "two-stage"},
+    "stages": {
+        "cohort": {"kind": "cohort", "synth": {"kind": "cxr", "patients": 40, "seed": 1, "size": 32}},
+        "train": {"kind": "finetune", "cohort": "cohort",
+                  "config": {"backbone": {"name": "resnet-tiny", "weights": "none"},
+                             "data": {"batch_size": 8},
+                             "optim": {"name": "adamw", "lr": 0.003, "epochs": 6, "warmup_epochs": 1},
+                             "trainer": {"accelerator": "cpu", "progress_bar": False}}},
+    },
+}
+
+
+def _run_cli(workdir: Path, pipeline: Path) -> subprocess.Popen:
+    env = {**os.environ, "MEDVISION_PSEUDONYM_KEY": KEY}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.Popen([sys.executable, "-m", "medvision.cli", "run", str(pipeline)], cwd=workdir, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def test_rerun_reuses_finished_stages_and_a_killed_stage_resumes(workdir):
+    pipeline = workdir / "two.yaml"
+    pipeline.write_text(yaml.safe_dump(TWO_STAGES))
+
+    # 1. kill the pipeline while the finetune stage is training (after its first checkpoint)
+    proc = _run_cli(workdir, pipeline)
+    deadline = time.time() + 300
+    while not list((workdir / "out" / "train").rglob("last.ckpt")):
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("two-stage")
+    killed = [r for r in client.search_runs([exp.experiment_id]) if r.info.run_name == "train"]
+    assert len(killed) == 1 and killed[0].info.status != "FINISHED"
+
+    # 2. re-run: the cohort is reused, training resumes in the same MLflow run and finishes all epochs
+    proc = _run_cli(workdir, pipeline)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out.decode()[-3000:]
+    runs = [r for r in client.search_runs([exp.experiment_id]) if r.info.run_name == "train"]
+    assert len(runs) == 1 and runs[0].info.run_id == killed[0].info.run_id
+    assert runs[0].info.status == "FINISHED"
+    epochs = sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "val/loss"))
+    assert epochs == list(range(6))
+    cohort_runs = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("medvision.kind") == "cohort"]
+    assert len(cohort_runs) == 1  # built once, reused by the second attempt
+
+    # 3. run again: nothing new runs
+    spec = load_pipeline(pipeline)
+    result = run_pipeline(spec, echo=lambda _: None)
+    assert [r["status"] for r in result.rows] == ["reused", "reused"]
+    assert result.outputs["train"].run_ids == [runs[0].info.run_id]
+
+    # 4. a changed config re-runs only the stage it reaches
+    result = run_pipeline(load_pipeline(pipeline, ["stages.train.config.optim.lr=0.001"]), echo=lambda _: None)
+    assert [r["status"] for r in result.rows] == ["reused", "ran"]

@@ -1,0 +1,95 @@
+"""Pipelines are validated whole before any stage runs: typos and dangling references name their place."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from medvision.cli import app
+from medvision.config import ConfigError
+from medvision.pipeline import load_pipeline
+from medvision.pipeline.spec import sweep_members
+
+REPO = Path(__file__).resolve().parent.parent
+PIPELINES = sorted((REPO / "pipelines").glob("*.yaml"))
+
+
+def _write(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _base() -> dict:
+    return yaml.safe_load((REPO / "pipelines" / "demo.yaml").read_text())
+
+
+@pytest.mark.parametrize("path", PIPELINES, ids=[p.name for p in PIPELINES])
+def test_every_shipped_pipeline_validates(path):
+    spec = load_pipeline(path)
+    assert spec.stages
+
+
+def test_demo_pipeline_wires_and_sweeps():
+    spec = load_pipeline(REPO / "pipelines" / "demo.yaml", ["params.patients=50"])
+    assert spec.stages["cohort"].synth.patients == 50  # ${params.*} keeps the type
+    members = [name for name, _ in sweep_members(spec.stages["hod"])]
+    assert members == ["label_fraction=0.25", "label_fraction=1.0"]
+
+
+def test_a_typo_in_a_stage_config_names_the_stage_and_key(tmp_path):
+    data = _base()
+    data["stages"]["hod"]["config"]["optim"]["lrr"] = 0.1
+    with pytest.raises(ConfigError, match=r"(?s)stages\.hod\.config.*optim\.lrr: unknown key.*Did you mean 'lr'"):
+        load_pipeline(_write(tmp_path, data))
+
+
+def test_a_typo_in_a_sweep_key_fails(tmp_path):
+    data = _base()
+    data["stages"]["hod"]["sweep"] = {"data.label_fractoin": [0.1]}
+    with pytest.raises(ConfigError, match=r"label_fractoin"):
+        load_pipeline(_write(tmp_path, data))
+
+
+def test_a_dangling_reference_names_the_place(tmp_path):
+    data = _base()
+    data["stages"]["hod"]["backbone_from"] = "mcile"
+    with pytest.raises(ConfigError, match=r"stages\.hod\.backbone_from: 'mcile' is not an earlier stage.*micle"):
+        load_pipeline(_write(tmp_path, data))
+
+
+def test_a_forward_or_wrong_kind_reference_fails(tmp_path):
+    data = _base()
+    data["stages"]["evaluate"]["models"] = ["micle"]  # a pretrain stage has no classifier
+    with pytest.raises(ConfigError, match=r"stages\.evaluate\.models\[0\]: 'micle' is a pretrain stage"):
+        load_pipeline(_write(tmp_path, data))
+    data = _base()
+    data["stages"]["hod"]["cohort"] = "report"
+    with pytest.raises(ConfigError, match=r"comes later"):
+        load_pipeline(_write(tmp_path, data))
+
+
+def test_unknown_stage_kind_and_undefined_param(tmp_path):
+    data = _base()
+    data["stages"]["extra"] = {"kind": "deploy"}
+    with pytest.raises(ConfigError, match=r"stages\.extra"):
+        load_pipeline(_write(tmp_path, data))
+    data = _base()
+    data["stages"]["cohort"]["synth"]["seed"] = "${params.sed}"
+    with pytest.raises(ConfigError, match=r"params\.sed is not defined"):
+        load_pipeline(_write(tmp_path, data))
+
+
+def test_cli_refuses_a_bad_pipeline_before_running_anything(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = _base()
+    data["stages"]["hod"]["config"]["optim"]["epochs"] = "many"
+    result = CliRunner().invoke(app, ["run", str(_write(tmp_path, data))])
+    assert result.exit_code == 2
+    assert "stages.hod.config" in result.output and "optim.epochs" in result.output
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "demo-output").exists()
+    ok = CliRunner().invoke(app, ["run", str(REPO / "pipelines" / "demo.yaml"), "--check"])
+    assert ok.exit_code == 0 and "valid" in ok.output
