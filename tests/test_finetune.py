@@ -23,7 +23,7 @@ from medvision.heads import create_head
 from medvision.training import Classifier, FinetuneConfig, FinetuneModule, build_classifier, finetune
 from medvision.training.config import OptimConfig
 from medvision.training.module import WarmupCosine
-from medvision.training.trainer import resume_checkpoint
+from medvision.training.trainer import build_trainer, last_checkpoint_path, resume_checkpoint
 
 # A driver script run in a fresh interpreter: fine-tune from a YAML, optionally SIGKILL itself when
 # the global step reaches N (a hard crash: no exception handler, no checkpoint on the way out).
@@ -60,7 +60,7 @@ def _config(cohort: Path, tmp_path: Path, name: str, **sections) -> dict:
         "tracking": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "test-finetune"},
     }
     for key, value in sections.items():
-        raw[key] = {**raw[key], **value} if isinstance(value, dict) else value
+        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
     return raw
 
 
@@ -194,6 +194,21 @@ def test_linear_and_locked_modes_train_only_head_and_adapter(tmp_path, mode):
     assert changed, "nothing trained"
     assert all(k.startswith(("head.", "adapter.")) for k in changed), sorted(changed)
     assert any(k.startswith("adapter.") for k in changed) == (mode == "locked")
+
+
+def test_trainer_stops_early_and_rewrites_last_checkpoint_every_epoch(tmp_path):
+    # monitor val/loss with mode max: the loss falls, so no epoch after the first is "better" and
+    # patience 1 stops at epoch 2; last.ckpt must still hold epoch 2 while the best stays epoch 1
+    raw = _config(Path("unused"), tmp_path, "early", optim={"lr": 0.05, "epochs": 10},
+                  monitor={"metric": "val/loss", "mode": "max", "patience": 1}, resume="never")
+    cfg = parse_config(raw, FinetuneConfig)
+    data = _ToyData()
+    trainer = build_trainer(cfg)
+    trainer.fit(FinetuneModule(build_classifier(cfg, data), cfg.optim), datamodule=data)
+    assert trainer.current_epoch == 2 and trainer.global_step == 8  # 2 epochs x 4 batches, not 10 epochs
+    last = torch.load(last_checkpoint_path(cfg), map_location="cpu", weights_only=False)
+    assert last["global_step"] == 8
+    assert Path(trainer.checkpoint_callback.best_model_path).name == "best-epoch=000.ckpt"
 
 
 def test_hod_validation_reports_ood_auroc_over_outlier_conditions():

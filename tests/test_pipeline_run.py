@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sqlite3
@@ -15,7 +16,9 @@ import pandas as pd
 import pytest
 import yaml
 from mlflow import MlflowClient
+from typer.testing import CliRunner
 
+from medvision.cli import app
 from medvision.pipeline import load_pipeline, run_pipeline
 from medvision.report import SECTION_HEADINGS
 
@@ -43,9 +46,11 @@ def _chromium_dom(html: Path, shot: Path) -> str:
                           timeout=120).stdout
 
 
-def test_demo_pipeline_end_to_end_with_every_report_section_and_no_phi(workdir):
+def test_demo_pipeline_end_to_end_with_every_report_section_and_no_phi(workdir, caplog, capfd):
+    caplog.set_level(logging.INFO)
+    echoed: list[str] = []
     spec = load_pipeline(REPO / "pipelines" / "demo.yaml", SMALL)
-    result = run_pipeline(spec, echo=lambda _: None)
+    result = run_pipeline(spec, echo=echoed.append)
     assert [r["status"] for r in result.rows] == ["ran"] * 6  # cohort, micle, 2 x hod, evaluate, report
 
     # one parent run, every stage a child of it
@@ -69,10 +74,24 @@ def test_demo_pipeline_end_to_end_with_every_report_section_and_no_phi(workdir):
     assert {"msp", "hod", "mahalanobis", "knn", "energy"} <= {d["detector"] for d in model["ood"]["detectors"]}
     assert model["sets"]["test"]["auroc"]["low"] <= model["sets"]["test"]["auroc"]["value"]
 
+    # the same model through the CLI: evaluate a run, then render its report
+    run_id = result.outputs["hod"].run_ids[-1]
+    cli = CliRunner()
+    evaluated = cli.invoke(app, ["evaluate", run_id, "--out", "eval", "--bootstrap", "20", "--saliency", "0",
+                                 "--positive-class", "melanoma"])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert "test/auroc" in evaluated.output and (workdir / "eval" / "metrics.json").exists()
+    rendered = cli.invoke(app, ["report", "eval", "--out", "r/report.html"])
+    assert rendered.exit_code == 0 and (workdir / "r" / "report.html").stat().st_size > 10_000
+    missing = cli.invoke(app, ["evaluate", "no-such-run", "--out", "eval2"])
+    assert missing.exit_code == 2 and "no-such-run" in missing.output
+
     # planted PHI appears nowhere: manifest, report, metrics, predictions, MLflow store, artifacts, logs
     planted = json.loads((workdir / "demo-output" / "cohort" / "source" / "phi_planted.json").read_text())
     values = [v.upper() for vs in planted.values() for v in vs]
-    texts = [report.read_text(), json.dumps(metrics)]
+    out, err = capfd.readouterr()
+    texts = [report.read_text(), json.dumps(metrics), caplog.text, out, err, "\n".join(echoed),
+             evaluated.output, (workdir / "r" / "report.html").read_text()]
     texts += [pd.read_parquet(p).astype(str).to_csv() for p in (workdir / "demo-output").rglob("*.parquet")]
     with sqlite3.connect(workdir / "mlflow.db") as db:
         for (table,) in db.execute("select name from sqlite_master where type='table'").fetchall():

@@ -20,6 +20,10 @@ def run_guarded(fn: Callable[[], T]) -> T:
     from medvision.cohort.spec import SpecError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # Lightning prints through its own handler; propagating too would print each line twice.
+    logging.getLogger("lightning.pytorch").propagate = False
+    for noisy in ("mlflow.store.db.utils", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return fn()
     except (SpecError, ValidationError, FileNotFoundError, ValueError) as e:

@@ -9,7 +9,6 @@ metric: predictions are written once and every number in ``metrics.json`` is der
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,7 +18,7 @@ from torch.utils.data import DataLoader
 from medvision.cohort.cohort import Cohort
 from medvision.data.dataset import CohortDataset
 
-__all__ = ["Predictions", "SUBGROUP_EXCLUDE", "load_run_classifier", "predict_rows"]
+__all__ = ["Predictions", "SUBGROUP_EXCLUDE", "predict_rows"]
 
 #: Manifest columns that are not subgroup attributes (ids, paths, image facts).
 SUBGROUP_EXCLUDE = frozenset({
@@ -49,17 +48,6 @@ class Predictions:
         return Predictions(pd.concat([p.frame for p in parts], ignore_index=True),
                            np.concatenate([p.logits for p in parts]), np.concatenate([p.probs for p in parts]),
                            np.concatenate([p.embeddings for p in parts]), ood)
-
-
-def load_run_classifier(run_id: str, tracking_uri: str, dst: Path):
-    """Download the classifier a fine-tuning run logged (its pyfunc model's artifact) and load it on CPU."""
-    import mlflow.artifacts
-
-    from medvision.training.classifier import load_classifier
-
-    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model/artifacts/classifier",
-                                                dst_path=str(dst), tracking_uri=tracking_uri)
-    return load_classifier(local)
 
 
 @torch.inference_mode()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ import pandas as pd
 from medvision.cohort.cohort import open_cohort
 from medvision.evaluation.calibration import TemperatureScaler
 from medvision.evaluation.metrics import choose_operating_point
-from medvision.evaluation.predict import Predictions, load_run_classifier, predict_rows
+from medvision.evaluation.predict import Predictions, predict_rows
 from medvision.evaluation.tables import (
     calibration_tables,
     discrimination,
@@ -34,6 +33,7 @@ from medvision.evaluation.tables import (
     ood_tables,
     subgroup_table,
 )
+from medvision.tracking import load_run_classifier
 
 __all__ = ["METRICS_SCHEMA", "EvaluationRequest", "evaluate_models"]
 
@@ -68,8 +68,7 @@ def evaluate_models(request: EvaluationRequest, folder: Path) -> dict[str, float
     results, headline, primary, member_preds = [], {}, None, {}
     for model in request.models:
         name = f"{model.get('stage', 'model')}-{model.get('member')}" if len(request.models) > 1 else "model"
-        with tempfile.TemporaryDirectory(prefix="medvision-eval-") as tmp:
-            classifier, card = load_run_classifier(model["run_id"], request.tracking_uri, Path(tmp))
+        classifier, _ = load_run_classifier(model["run_id"], request.tracking_uri)
         entry, preds = _evaluate_one(classifier, cohort, request, model, name, folder)
         entry["history"] = _history(model["run_id"], request.tracking_uri)
         results.append(entry)
@@ -81,6 +80,7 @@ def evaluate_models(request: EvaluationRequest, folder: Path) -> dict[str, float
             if "auroc" in metrics and metrics["auroc"]["value"] is not None:
                 headline[re.sub(r"[^A-Za-z0-9_./ -]", "_", f"{name}/{set_name}/auroc")] = metrics["auroc"]["value"]
     ensemble = _ensemble(member_preds, results, request) if request.ensemble and len(member_preds) > 1 else None
+    ranking = _rank_backbones(member_preds, results) if len(member_preds) > 1 else []
     saliency = []
     if request.saliency and primary is not None:
         saliency = _saliency(primary, cohort, request, folder)
@@ -96,6 +96,7 @@ def evaluate_models(request: EvaluationRequest, folder: Path) -> dict[str, float
         "models": results,
         "saliency": saliency,
         "ensemble": ensemble,
+        "backbone_ranking": ranking,
     }
     (folder / "metrics.json").write_text(json.dumps(_clean(doc), indent=1))
     return headline
@@ -187,6 +188,22 @@ def _ensemble(member_preds: dict[str, dict[str, Predictions]], results: list[dic
                                base.embeddings, None)
         sets[s] = discrimination(combined, positive, None, request.bootstrap, request.seed)
     return {"members": selection.members, "val_nll": selection.history, "sets": sets}
+
+
+def _rank_backbones(member_preds: dict[str, dict[str, Predictions]],
+                    results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Leave-one-out 1-NN accuracy (cosine) of each model's embeddings on validation (method spec §5)."""
+    from medvision.evaluation.ensemble import knn_rank_backbones
+
+    k = len(results[0]["classes"])
+    feats, labels = {}, None
+    for name, preds in member_preds.items():
+        val = preds["val"]
+        keep = ((val.frame["label_idx"] >= 0) & (val.frame["label_idx"] < k)).to_numpy()
+        feats[name], labels = val.embeddings[keep], val.frame["label_idx"].to_numpy()[keep]
+    if labels is None or len(labels) < 2:
+        return []
+    return knn_rank_backbones(feats, labels).reset_index().rename(columns={"index": "model"}).to_dict("records")
 
 
 def _history(run_id: str, tracking_uri: str | None) -> list[dict[str, Any]]:
