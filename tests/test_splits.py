@@ -107,3 +107,14 @@ def test_same_seed_same_split_other_seed_differs():
     b = assign_splits(df, SplitSpec(seed=5))["split"]
     c = assign_splits(df, SplitSpec(seed=6))["split"]
     assert a.equals(b) and not a.equals(c)
+
+
+def test_strata_of_no_patients_is_an_empty_series():
+    """Regression (found by hypothesis): ``agg(axis=1)`` turned zero rows into a DataFrame."""
+    from medvision.cohort.splits import _strata
+
+    empty = pd.DataFrame({"label": pd.Series([], dtype="string"), "site": pd.Series([], dtype="string")})
+    strata = _strata(empty, ["label", "site"])
+    assert isinstance(strata, pd.Series) and strata.empty
+    two = pd.DataFrame({"label": ["a", "b"], "site": ["s1", "s2"]})
+    assert _strata(two, ["label", "site"]).tolist() == ["a|s1", "b|s2"]

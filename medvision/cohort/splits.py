@@ -71,7 +71,12 @@ def assign_splits(rows: pd.DataFrame, spec: SplitSpec) -> pd.DataFrame:
 def _strata(patients: pd.DataFrame, keys: list[str]) -> pd.Series:
     if not keys:
         return pd.Series("all", index=patients.index)
-    return patients[list(keys)].astype(str).agg("|".join, axis=1)
+    # Column-wise concatenation (not ``agg(axis=1)``, which returns a DataFrame for zero rows).
+    cols = patients[list(keys)].astype(str)
+    strata = cols.iloc[:, 0]
+    for col in cols.columns[1:]:
+        strata = strata + "|" + cols[col]
+    return strata
 
 
 def _allocate(strata: pd.Series, targets: dict[str, float], rng: np.random.Generator) -> dict[str, str]:

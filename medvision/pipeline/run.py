@@ -75,12 +75,11 @@ class Tracker:
     """The pipeline's view of MLflow: the parent run, child runs, and the lookup of finished stage runs."""
 
     def __init__(self, tracking_uri: str, experiment: str, pipeline_name: str) -> None:
-        from mlflow import MlflowClient
+        from medvision.tracking.store import get_or_create_experiment, open_client
 
         self.uri = tracking_uri
-        self.client = MlflowClient(tracking_uri)
-        exp = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+        self.client = open_client(tracking_uri)
+        self.experiment_id = get_or_create_experiment(self.client, experiment)
         self.experiment = experiment
         run = self.client.create_run(self.experiment_id, run_name=pipeline_name,
                                      tags={"medvision.pipeline": pipeline_name, "medvision.kind": "pipeline"})

@@ -15,9 +15,8 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from medvision.ssl.config import PretrainConfig
 from medvision.ssl.data import PretrainDataModule
 from medvision.ssl.module import PretrainModule
 from medvision.ssl.ntxent import ProjectionHead
+from medvision.tracking.store import using_tracking_uri
 from medvision.training.config import resolve_tracking_uri
 from medvision.training.trainer import build_trainer, last_checkpoint_path, resume_checkpoint
 
@@ -102,7 +102,7 @@ def pretrain(config: PretrainConfig, *, callbacks: Sequence[Callback] = ()) -> P
         "output_dir": Path(config.output_dir).resolve(),
         "tracking": config.tracking.model_copy(update={"tracking_uri": tracking_uri}),
     })
-    with _mlflow_uri(tracking_uri):  # weights "mlflow:runs:/..." come from the store this run records to
+    with using_tracking_uri(tracking_uri):  # weights "mlflow:runs:/..." come from the store this run records to
         module = build_pretrain_module(resolved, datamodule.in_chans)
 
     sha = datamodule.manifest_sha256
@@ -146,15 +146,3 @@ def pretrain(config: PretrainConfig, *, callbacks: Sequence[Callback] = ()) -> P
         metrics=metrics,
         output_dir=Path(resolved.output_dir),
     )
-
-
-@contextlib.contextmanager
-def _mlflow_uri(uri: str) -> Iterator[None]:
-    import mlflow
-
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(previous)

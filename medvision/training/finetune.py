@@ -16,9 +16,8 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from medvision.config import flatten, to_yaml
+from medvision.tracking.store import using_tracking_uri
 from medvision.training.classifier import Classifier
 from medvision.training.config import FinetuneConfig, resolve_tracking_uri
 from medvision.training.module import FinetuneModule
@@ -134,7 +134,7 @@ def finetune(
 
     tracking_uri = resolve_tracking_uri(config.tracking)
     resolved = _resolved(config, tracking_uri)
-    with _mlflow_uri(tracking_uri):  # weights "mlflow:runs:/..." come from the store this run records to
+    with using_tracking_uri(tracking_uri):  # weights "mlflow:runs:/..." come from the store this run records to
         classifier = build_classifier(resolved, datamodule)
     module = FinetuneModule(classifier, resolved.optim)
 
@@ -193,15 +193,3 @@ def _tracker(config: FinetuneConfig, tracking_uri: str, params: dict, manifest_s
         tags={"medvision.stage": "finetune", "cohort.manifest_sha256": manifest_sha256},
         texts={"config.yaml": to_yaml(config), "cohort/manifest_sha256.txt": manifest_sha256 + "\n"},
     )
-
-
-@contextlib.contextmanager
-def _mlflow_uri(uri: str) -> Iterator[None]:
-    import mlflow
-
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(previous)
