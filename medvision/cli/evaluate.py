@@ -45,6 +45,15 @@ def evaluate_command(
         cohort_dir = cohort or Path(client.get_run(runs[0]).data.params.get("data.cohort_dir", ""))
         if not (cohort_dir / "cohort.json").exists():
             raise ValueError(f"cohort folder {cohort_dir} not found; pass --cohort DIR (a built cohort)")
+        import json
+
+        built = json.loads((cohort_dir / "cohort.json").read_text())["manifest_sha256"]
+        for run_id in runs:
+            trained = client.get_run(run_id).data.tags.get("cohort.manifest_sha256")
+            if trained and trained != built:
+                raise ValueError(f"run {run_id} was trained on cohort manifest {trained[:12]} but {cohort_dir} holds "
+                                 f"manifest {built[:12]} (rebuilt or another cohort): its test set may overlap the "
+                                 "training patients. Evaluate on the cohort the run was trained on")
         request = EvaluationRequest(cohort_dir=cohort_dir, models=models, sets=[s for s in sets.split(",") if s],
                                     subgroups=[s for s in subgroups.split(",") if s], bootstrap=bootstrap,
                                     min_patients=min_patients, ensemble=len(models) > 1, saliency=saliency,

@@ -106,13 +106,23 @@ def _evaluate_one(classifier, cohort, request: EvaluationRequest, model: dict[st
                   folder: Path) -> tuple[dict[str, Any], dict[str, Predictions]]:
     classes = list(classifier.classes)
     k = len(classes)
-    positive = classes.index(request.positive_class) if request.positive_class in classes else (1 if k == 2 else 0)
+    expected = list(cohort.card["classes"])[: int(cohort.card["num_inlier_classes"])]
+    if classes != expected:
+        raise ValueError(f"model {model['run_id']} predicts classes {classes} but cohort {cohort.card['name']} has "
+                         f"{expected}; evaluate a model on the cohort it was trained on")
+    if request.positive_class is not None and request.positive_class not in classes:
+        raise ValueError(f"positive_class {request.positive_class!r} is not a class of this model: {classes}")
+    positive = classes.index(request.positive_class) if request.positive_class else (1 if k == 2 else 0)
+    heldout = set(cohort.card.get("heldout_conditions") or [])
     lf = model.get("label_fraction") or 1.0
     train_rows = cohort.rows("train", label_fraction=lf if lf < 1 else None)
     preds = {"train": predict_rows(classifier, cohort, train_rows), "val": predict_rows(classifier, cohort,
                                                                                          cohort.rows("val"))}
     for s in request.sets:
         rows = cohort.rows(s, labelled=False)
+        if s in OUTLIER_SETS:
+            # a held-out patient's other images (inlier or training-outlier labels) are not unseen conditions
+            rows = rows[rows["label"].isin(heldout)].reset_index(drop=True)
         if len(rows):
             preds[s] = predict_rows(classifier, cohort, rows)
     out_dir = folder / "predictions" / name
@@ -129,7 +139,7 @@ def _evaluate_one(classifier, cohort, request: EvaluationRequest, model: dict[st
     # No operating point without both outcomes on validation: the test set may never choose it (spec §10).
     op = choose_operating_point(y_val == positive, val.probs[:, positive], rule="youden") if has_both else None
     scaler = TemperatureScaler().fit(np.log(np.clip(val.probs, 1e-12, None)), y_val)
-    detectors = fit_detectors(preds["train"])
+    detectors = fit_detectors(preds["train"], k)
 
     entry: dict[str, Any] = {
         "name": name, "run_id": model["run_id"], "stage": model.get("stage"), "member": model.get("member"),
@@ -203,7 +213,8 @@ def _rank_backbones(member_preds: dict[str, dict[str, Predictions]],
         feats[name], labels = val.embeddings[keep], val.frame["label_idx"].to_numpy()[keep]
     if labels is None or len(labels) < 2:
         return []
-    return knn_rank_backbones(feats, labels).reset_index().rename(columns={"index": "model"}).to_dict("records")
+    ranking = knn_rank_backbones(feats, labels)
+    return ranking.rename_axis("model").reset_index().to_dict("records")
 
 
 def _history(run_id: str, tracking_uri: str | None) -> list[dict[str, Any]]:

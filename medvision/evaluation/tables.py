@@ -98,10 +98,11 @@ def calibration_tables(pred: Predictions, scaler: TemperatureScaler) -> tuple[li
     return metrics, reliability
 
 
-def fit_detectors(train: Predictions) -> dict[str, Any]:
-    """Feature-space detectors fitted on the training embeddings (labels for Mahalanobis' class means)."""
+def fit_detectors(train: Predictions, k: int) -> dict[str, Any]:
+    """Feature-space detectors fitted on the training embeddings of the ``k`` inlier classes only (HOD's
+    training-outlier classes would otherwise teach them that outliers look in-distribution)."""
     y = train.frame["label_idx"].to_numpy()
-    keep = y >= 0
+    keep = (y >= 0) & (y < k)
     maha = MahalanobisDetector().fit(train.embeddings[keep], y[keep])
     knn = KNNDetector(k=min(10, max(1, int(keep.sum()) - 1))).fit(train.embeddings[keep])
     return {"mahalanobis": maha, "knn": knn}
@@ -155,6 +156,7 @@ def subgroup_table(pred: Predictions, attributes: Sequence[str], positive: int, 
     present = [a for a in attributes if "*" not in a and a in pred.frame.columns]
     intersections = [tuple(a.split("*")) for a in attributes if "*" in a
                      and all(p in pred.frame.columns for p in a.split("*"))]
+    present += [p for parts in intersections for p in parts if p not in present]  # an intersection's parts too
     if not present:
         return [], [], {}
     y = pred.frame["label_idx"].to_numpy()

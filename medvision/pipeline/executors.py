@@ -84,7 +84,11 @@ def _cohort(ctx: StageContext) -> tuple[StageOutput, Rows]:
     stage: CohortStage = ctx.stage
     spec_data = _cohort_spec(ctx, stage)
     spec = CohortSpec.model_validate(spec_data)
-    key = stage_key("cohort", spec.model_dump(mode="json"), [_fingerprint(Path(spec.images))], None, ctx.version)
+    inputs = [_fingerprint(Path(spec.images))]
+    if spec.labels is not None and Path(spec.labels.csv).exists():  # corrected labels rebuild the cohort
+        st = Path(spec.labels.csv).stat()
+        inputs.append(f"{spec.labels.csv}:{st.st_size}:{st.st_mtime_ns}")
+    key = stage_key("cohort", spec.model_dump(mode="json"), inputs, None, ctx.version)
     cohort_dir = ctx.folder / "cohort"
     reused = _reuse(ctx, key)
     if reused is not None:
@@ -267,7 +271,10 @@ def _evaluate(ctx: StageContext) -> tuple[StageOutput, Rows]:
         for run_id, member in zip(up.run_ids, up.members):
             models.append({"stage": ref, "run_id": run_id, **member})
     cohort_ids = {ctx.spec.stages[ref].cohort for ref in stage.models}
-    cohort = ctx.outputs[sorted(cohort_ids)[0]]
+    if len(cohort_ids) > 1:
+        raise ConfigError(f"stages.{ctx.stage_id}.models: the models come from different cohorts "
+                          f"({', '.join(sorted(cohort_ids))}); evaluate each cohort's models in its own stage")
+    cohort = ctx.outputs[next(iter(cohort_ids))]
     settings = stage.model_dump(mode="json")
     key = stage_key("evaluate", settings, [m["run_id"] for m in models], cohort.manifest_sha256, ctx.version)
     reused = _reuse(ctx, key)

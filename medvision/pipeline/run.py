@@ -56,12 +56,20 @@ def code_version() -> str:
 
     version = getattr(medvision, "__version__", "0")
     root = Path(medvision.__file__).resolve().parent.parent
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
+                              check=True).stdout
+
     try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                                text=True, timeout=10, check=True).stdout.strip()
+        commit = git("rev-parse", "--short=12", "HEAD").strip()
+        diff = git("diff", "HEAD", "--", "medvision", "pipelines", "reports")
     except (OSError, subprocess.SubprocessError):
         return version
-    return f"{version}+{commit}" if commit else version
+    if not commit:
+        return version
+    # Uncommitted edits change the version too, so a stage is never reused across a code change.
+    dirty = f".dirty-{hashlib.sha256(diff.encode()).hexdigest()[:8]}" if diff else ""
+    return f"{version}+{commit}{dirty}"
 
 
 def stage_key(kind: str, config: Any, upstream: list[str], manifest_sha256: str | None, version: str) -> str:

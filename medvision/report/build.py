@@ -142,6 +142,8 @@ def _subgroups(model: dict[str, Any]) -> SubgroupSection | None:
     for col in ("value", "low", "high", "gap", "gap_low", "gap_high"):
         table[col] = pd.to_numeric(table[col], errors="coerce")
     overall = sub["overall"]
+    if overall.get("value") is None:
+        return None  # no overall metric (e.g. one outcome only in the set): nothing to compare groups with
     return SubgroupSection(metric=sub["metric"], eval_set=sub["set"], overall=float(overall["value"]),
                            overall_low=overall.get("low"), overall_high=overall.get("high"), table=table)
 
