@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import TypeVar
@@ -19,6 +20,7 @@ def run_guarded(fn: Callable[[], T]) -> T:
     from medvision.cohort.build import CohortBuildError
     from medvision.cohort.spec import SpecError
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per download floods logs
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     # Lightning prints through its own handler; propagating too would print each line twice.
     logging.getLogger("lightning.pytorch").propagate = False

@@ -38,7 +38,8 @@ def evaluate_command(
                 raise ValueError(f"run {run_id!r} not found in {uri} ({type(e).__name__}); pass the run id of a "
                                  "fine-tuning run (see `mlflow ui`), or set MLFLOW_TRACKING_URI") from None
             p = run.data.params
-            models.append({"run_id": run_id, "stage": run.info.run_name or "model", "member": run_id[:8],
+            name = (run.info.run_name or "model").split("/")
+            models.append({"run_id": run_id, "stage": name[0], "member": name[-1] if len(name) > 1 else run_id[:8],
                            "backbone": p.get("backbone.name"), "weights": p.get("backbone.weights"),
                            "head": p.get("head.name"), "label_fraction": float(p.get("data.label_fraction", 1.0)),
                            "seed": int(p.get("seed", 0))})
