@@ -86,6 +86,11 @@ def test_demo_pipeline_end_to_end_with_every_report_section_and_no_phi(workdir, 
     missing = cli.invoke(app, ["evaluate", "no-such-run", "--out", "eval2"])
     assert missing.exit_code == 2 and "no-such-run" in missing.output
 
+    # `mlflow models serve` serves the logged model: class probabilities plus the HOD OOD score
+    served = _serve_and_predict(result.tracking_uri, run_id, workdir)
+    assert set(served[0]) == set(model["classes"]) | {"ood_score"}
+    assert abs(sum(served[0][c] for c in model["classes"]) - 1) < 1e-5
+
     # planted PHI appears nowhere: manifest, report, metrics, predictions, MLflow store, artifacts, logs
     planted = json.loads((workdir / "demo-output" / "cohort" / "source" / "phi_planted.json").read_text())
     values = [v.upper() for vs in planted.values() for v in vs]
@@ -106,6 +111,38 @@ def test_demo_pipeline_end_to_end_with_every_report_section_and_no_phi(workdir, 
     blob = "\n".join(texts).upper()
     leaked = [v for v in values if v in blob]
     assert not leaked, leaked[:3]
+
+
+def _serve_and_predict(tracking_uri: str, run_id: str, workdir: Path) -> list[dict]:
+    import socket
+    import urllib.request
+
+    import numpy as np
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", f"runs:/{run_id}/model",
+                               "--env-manager", "local", "-p", str(port)], cwd=workdir, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None and time.time() < deadline, "mlflow models serve did not start"
+                time.sleep(0.5)
+        x = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32).tolist()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps({"inputs": x}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        return json.loads(urllib.request.urlopen(req, timeout=60).read())["predictions"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
 
 
 TWO_STAGES = {
