@@ -93,3 +93,18 @@ def test_cli_refuses_a_bad_pipeline_before_running_anything(tmp_path, monkeypatc
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "demo-output").exists()
     ok = CliRunner().invoke(app, ["run", str(REPO / "pipelines" / "demo.yaml"), "--check"])
     assert ok.exit_code == 0 and "valid" in ok.output
+
+
+def test_deferral_costs_and_risk_levels_are_checked_at_load(tmp_path):
+    data = _base()
+    data["stages"]["evaluate"]["costs"] = {"outlier_mised": {"high": 50}}
+    with pytest.raises(ConfigError, match=r"outlier_mised"):
+        load_pipeline(_write(tmp_path, data))
+    data = _base()
+    data["stages"]["evaluate"]["risk"] = {"psoriasis": "severe"}
+    with pytest.raises(ConfigError, match=r"severe"):
+        load_pipeline(_write(tmp_path, data))
+    data["stages"]["evaluate"]["risk"] = {"psoriasis": "high"}
+    data["stages"]["evaluate"]["costs"] = {"inlier_deferred": 0.2}
+    spec = load_pipeline(_write(tmp_path, data))
+    assert spec.stages["evaluate"].risk == {"psoriasis": "high"}

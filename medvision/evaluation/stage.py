@@ -58,6 +58,10 @@ class EvaluationRequest:
     seed: int = 0
     tracking_uri: str | None = None
     positive_class: str | None = None
+    #: Deferral cost table (``DeferralCosts`` fields); ``None`` uses its documented defaults.
+    costs: dict[str, Any] | None = None
+    #: Risk level of each held-out condition (``{"MEL": "high"}``); unlisted conditions are ``medium``.
+    risk: dict[str, str] | None = None
 
 
 def evaluate_models(request: EvaluationRequest, folder: Path) -> dict[str, float]:
@@ -163,12 +167,13 @@ def _evaluate_one(classifier, cohort, request: EvaluationRequest, model: dict[st
         outlier_sets = [s for s in request.sets if s in OUTLIER_SETS and s in preds and len(preds[s].frame)]
         if outlier_sets:
             outliers = Predictions.concat([preds[s] for s in outlier_sets])
-            det, scores, deferral = ood_tables(inlier[id_set], outliers, detectors, request.bootstrap, request.seed)
+            det, scores, deferral = ood_tables(inlier[id_set], outliers, detectors, request.bootstrap, request.seed,
+                                               costs=request.costs, risk=request.risk)
             entry["ood"] = {"inliers": id_set, "outliers": outlier_sets, "detectors": det, "scores": scores,
                             "deferral": deferral, "primary": "hod" if any(d["detector"] == "hod" for d in det)
                             else "msp"}
     if "site_ood" in inlier and len(inlier["site_ood"].frame):
-        entry["label_shift"] = label_shift_table(val, inlier["site_ood"])
+        entry["label_shift"] = label_shift_table(val, inlier["site_ood"], scaler)
     return entry, preds
 
 

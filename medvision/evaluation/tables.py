@@ -176,16 +176,23 @@ def subgroup_table(pred: Predictions, attributes: Sequence[str], positive: int, 
     return rows, diffs, {"value": _f(overall["value"]), "low": _f(overall["low"]), "high": _f(overall["high"])}
 
 
-def label_shift_table(val: Predictions, target: Predictions) -> dict[str, Any]:
-    """EM estimate of the target set's class prior (from validation's), and metrics before/after adjusting."""
+def label_shift_table(val: Predictions, target: Predictions, scaler: TemperatureScaler | None = None) -> dict[str, Any]:
+    """EM estimate of the target set's class prior (from validation's), and metrics before/after adjusting.
+
+    EM (Saerens et al. 2002) assumes calibrated posteriors, so the validation temperature is applied first
+    when given; "before" is then the temperature-scaled model, "after" the same with the estimated prior.
+    """
     k = val.probs.shape[1]
     y_val = val.frame["label_idx"].to_numpy()
     prior_train = np.bincount(y_val, minlength=k) / max(len(y_val), 1)
     if (prior_train == 0).any():
         return {}
-    em = EMPriorEstimator(prior_train).fit(target.probs)
+    probs = target.probs
+    if scaler is not None:
+        probs = scaler.predict_proba(np.log(np.clip(probs, 1e-12, None)))
+    em = EMPriorEstimator(prior_train).fit(probs)
     y = target.frame["label_idx"].to_numpy()
-    table = compare_adjustment(y, target.probs, em.transform(target.probs)).reset_index()
+    table = compare_adjustment(y, probs, em.transform(probs)).reset_index()
     return {"prior_validation": prior_train.tolist(), "prior_estimated": np.asarray(em.prior_).tolist(),
             "prior_true": (np.bincount(y, minlength=k) / max(len(y), 1)).tolist(),
             "comparison": [{k2: (_f(v) if isinstance(v, float) else v) for k2, v in r.items()}

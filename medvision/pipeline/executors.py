@@ -288,7 +288,8 @@ def _evaluate(ctx: StageContext) -> tuple[StageOutput, Rows]:
                                     subgroups=stage.subgroups, bootstrap=stage.bootstrap,
                                     min_patients=stage.min_patients, ensemble=stage.ensemble,
                                     referral_rate=stage.referral_rate, saliency=stage.saliency, seed=stage.seed,
-                                    tracking_uri=ctx.tracker.uri, positive_class=stage.positive_class)
+                                    tracking_uri=ctx.tracker.uri, positive_class=stage.positive_class,
+                                    costs=stage.costs, risk=stage.risk)
         headline = evaluate_models(request, folder)
         client = ctx.tracker.client
         for k, v in headline.items():

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from medvision.config import ConfigError, StrictModel, apply_overrides, explain_validation_error
 
@@ -148,7 +148,31 @@ class EvaluateStage(StrictModel):
     #: The class sensitivity/specificity and the subgroup AUROC are about (e.g. melanoma); ``None``: class 1 of
     #: a binary task, else the first class.
     positive_class: str | None = None
+    #: Deferral costs (fields of ``medvision.evaluation.DeferralCosts``: inlier_correct, inlier_misclassified,
+    #: inlier_deferred, outlier_deferred, outlier_missed {risk level: cost}); unset fields keep their defaults.
+    costs: dict[str, Any] | None = None
+    #: Risk level of each held-out condition, e.g. ``{MEL: high, SCC: high}``; unlisted ones are ``medium``.
+    risk: dict[str, str] = Field(default_factory=dict)
     seed: int = 0
+
+    @field_validator("costs")
+    @classmethod
+    def _known_costs(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None:
+            from medvision.evaluation.ood import DeferralCosts
+
+            DeferralCosts(**v)  # an unknown field or a bad value fails at load time, naming the field
+        return v
+
+    @model_validator(mode="after")
+    def _known_risk_levels(self) -> EvaluateStage:
+        from medvision.evaluation.ood import DeferralCosts
+
+        levels = set(DeferralCosts(**(self.costs or {})).outlier_missed)
+        bad = {c: r for c, r in self.risk.items() if r not in levels}
+        if bad:
+            raise ValueError(f"risk levels {bad} are not in the cost table's outlier_missed levels {sorted(levels)}")
+        return self
 
 
 class ReportStage(StrictModel):
