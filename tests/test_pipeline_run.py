@@ -77,10 +77,13 @@ def test_demo_pipeline_end_to_end_with_every_report_section_and_no_phi(workdir, 
     # the same model through the CLI: evaluate a run, then render its report
     run_id = result.outputs["hod"].run_ids[-1]
     cli = CliRunner()
-    evaluated = cli.invoke(app, ["evaluate", run_id, "--out", "eval", "--bootstrap", "20", "--saliency", "0",
-                                 "--positive-class", "melanoma"])
+    evaluated = cli.invoke(app, ["evaluate", *result.outputs["hod"].run_ids, "--out", "eval", "--bootstrap", "20",
+                                 "--saliency", "0", "--positive-class", "melanoma"])
     assert evaluated.exit_code == 0, evaluated.output
-    assert "test/auroc" in evaluated.output and (workdir / "eval" / "metrics.json").exists()
+    assert "test/auroc" in evaluated.output
+    ensemble = json.loads((workdir / "eval" / "metrics.json").read_text())["ensemble"]  # two runs: ensembled
+    assert 1 <= len(ensemble["members"]) <= 5 and "test" in ensemble["sets"]
+    assert {d["detector"] for d in ensemble["ood"]} == {"ensemble_msp", "ensemble_hod"}
     rendered = cli.invoke(app, ["report", "eval", "--out", "r/report.html"])
     assert rendered.exit_code == 0 and (workdir / "r" / "report.html").stat().st_size > 10_000
     missing = cli.invoke(app, ["evaluate", "no-such-run", "--out", "eval2"])

@@ -179,8 +179,14 @@ def _evaluate_one(classifier, cohort, request: EvaluationRequest, model: dict[st
 
 def _ensemble(member_preds: dict[str, dict[str, Predictions]], results: list[dict[str, Any]],
               request: EvaluationRequest) -> dict[str, Any]:
-    """Greedy selection (with replacement) on validation NLL, then the ensemble scored like any model."""
+    """Greedy selection (with replacement) on validation NLL, then the ensemble scored like a model (spec §4).
+
+    The ensemble's probabilities are the selection-weighted average of its members'; its OOD scores are MSP
+    of that average and, when every member has one, the average of the members' OOD scores (for HOD heads
+    this is exactly ``p_out`` of the averaged full distribution, ``p_out`` being linear in it).
+    """
     from medvision.evaluation.ensemble import greedy_ensemble
+    from medvision.evaluation.ood import msp_score, ood_metrics
 
     k = len(results[0]["classes"])
     positive = results[0]["classes"].index(results[0]["positive_class"])
@@ -188,21 +194,44 @@ def _ensemble(member_preds: dict[str, dict[str, Predictions]], results: list[dic
     def inliers(p: Predictions) -> Predictions:
         return p.subset(((p.frame["label_idx"] >= 0) & (p.frame["label_idx"] < k)).to_numpy())
 
+    def combine(parts: dict[str, Predictions]) -> Predictions:
+        base = next(iter(parts.values()))
+        probs = selection.predict_proba({n: p.probs for n, p in parts.items()})
+        has_ood = all(p.ood_score is not None for p in parts.values())
+        ood = selection.predict_proba({n: p.ood_score[:, None] for n, p in parts.items()})[:, 0] if has_ood else None
+        return Predictions(base.frame, base.logits, probs, base.embeddings, ood)
+
     val = {name: inliers(preds["val"]) for name, preds in member_preds.items()}
     first = next(iter(val.values()))
-    selection = greedy_ensemble({n: v.probs for n, v in val.items()}, first.frame["label_idx"].to_numpy())
+    y_val = first.frame["label_idx"].to_numpy()
+    selection = greedy_ensemble({n: v.probs for n, v in val.items()}, y_val)
+    ens_val = combine(val)
+    op = None
+    if (y_val == positive).any() and (y_val != positive).any():
+        op = choose_operating_point(y_val == positive, ens_val.probs[:, positive], rule="youden")
     sets: dict[str, Any] = {}
     for s in request.sets:
         if s in OUTLIER_SETS or any(s not in preds for preds in member_preds.values()):
             continue
-        parts = {n: inliers(preds[s]) for n, preds in member_preds.items()}
-        base = next(iter(parts.values()))
-        if not len(base.frame):
-            continue
-        combined = Predictions(base.frame, base.logits, selection.predict_proba({n: p.probs for n, p in parts.items()}),
-                               base.embeddings, None)
-        sets[s] = discrimination(combined, positive, None, request.bootstrap, request.seed)
-    return {"members": selection.members, "val_nll": selection.history, "sets": sets}
+        combined = combine({n: inliers(preds[s]) for n, preds in member_preds.items()})
+        if len(combined.frame):
+            sets[s] = discrimination(combined, positive, op, request.bootstrap, request.seed)
+    ood: list[dict[str, Any]] = []
+    outlier_sets = [s for s in request.sets if s in OUTLIER_SETS]
+    if "test" in sets and outlier_sets and all(s in p for p in member_preds.values() for s in outlier_sets):
+        test = combine({n: inliers(p["test"]) for n, p in member_preds.items()})
+        out = Predictions.concat([combine({n: p[s] for n, p in member_preds.items()}) for s in outlier_sets])
+        both = Predictions.concat([test, out])
+        is_ood = np.r_[np.zeros(len(test.frame), bool), np.ones(len(out.frame), bool)]
+        scores = {"ensemble_msp": msp_score(both.probs)}
+        if both.ood_score is not None:
+            scores["ensemble_hod"] = both.ood_score
+        for name, score in scores.items():
+            m = ood_metrics(score, is_ood)
+            ood.append({"detector": name, "auroc": float(m["ood_auroc"]), "aupr_in": float(m["aupr_in"]),
+                        "aupr_out": float(m["aupr_out"]), "fpr_at_95_tpr": float(m["fpr_at_95_tpr"])})
+    return {"members": selection.members, "val_nll": selection.history, "sets": sets, "ood": ood,
+            "operating_point": None if op is None else {"rule": "Youden's J on validation", "threshold": op.threshold}}
 
 
 def _rank_backbones(member_preds: dict[str, dict[str, Predictions]],
