@@ -117,6 +117,8 @@ def test_demo_pipeline_end_to_end_with_every_report_section_and_no_phi(workdir, 
 
 
 def _serve_and_predict(tracking_uri: str, run_id: str, workdir: Path) -> list[dict]:
+    """Serve the run's model on a loopback port with the test's own environment (``--env-manager local``: nothing is
+    installed or downloaded) and POST two images to it; no request leaves 127.0.0.1."""
     import socket
     import urllib.request
 

@@ -30,7 +30,7 @@ from medvision.ssl.module import PretrainModule
 from medvision.ssl.ntxent import ProjectionHead
 from medvision.tracking.store import using_tracking_uri
 from medvision.training.config import resolve_tracking_uri
-from medvision.training.trainer import build_trainer, last_checkpoint_path, resume_checkpoint
+from medvision.training.trainer import fit_stage, resume_checkpoint
 
 __all__ = ["PretrainResult", "build_pretrain_module", "pretrain"]
 
@@ -125,18 +125,9 @@ def pretrain(config: PretrainConfig, *, callbacks: Sequence[Callback] = ()) -> P
               "cohort.manifest_sha256": sha},
         texts={"config.yaml": to_yaml(resolved), "cohort/manifest_sha256.txt": sha + "\n"},
     )
-    trainer = build_trainer(resolved, callbacks=[tracker, *callbacks])  # type: ignore[arg-type]
-    if trainer.is_global_zero:
-        out = Path(resolved.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(to_yaml(resolved))
-
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
-
-    cb = trainer.checkpoint_callback
-    best = Path(cb.best_model_path) if cb is not None and cb.best_model_path else None
-    last_path = last_checkpoint_path(resolved)  # type: ignore[arg-type]
-    last = last_path if last_path.exists() else None
+    fitted = fit_stage(resolved, module, datamodule, [tracker, *callbacks], ckpt,  # type: ignore[arg-type]
+                       to_yaml(resolved))
+    best, last = fitted.best_checkpoint, fitted.last_checkpoint
     metrics = {k: v for k, v in tracker.last_metrics.items() if not (isinstance(v, float) and math.isnan(v))}
     return PretrainResult(
         run_id=tracker.run_id,

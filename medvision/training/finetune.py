@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ from medvision.tracking.store import using_tracking_uri
 from medvision.training.classifier import Classifier
 from medvision.training.config import FinetuneConfig, resolve_tracking_uri
 from medvision.training.module import FinetuneModule
-from medvision.training.trainer import build_trainer, last_checkpoint_path, resume_checkpoint
+from medvision.training.trainer import fit_stage, resume_checkpoint
 
 __all__ = ["FinetuneResult", "build_classifier", "finetune"]
 
@@ -148,24 +147,12 @@ def finetune(
         "backbone.sha256": record.sha256,
     }
     tracker = _tracker(resolved, tracking_uri, params, sha)
-    trainer = build_trainer(resolved, callbacks=[tracker, *callbacks])
-    if trainer.is_global_zero:
-        out = Path(resolved.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(to_yaml(resolved))
-
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
-
-    cb = trainer.checkpoint_callback
-    best = Path(cb.best_model_path) if cb is not None and cb.best_model_path else None
-    last = last_checkpoint_path(resolved)
-    last = last if last.exists() else None
-    score = float(cb.best_model_score) if cb is not None and cb.best_model_score is not None else None
+    fitted = fit_stage(resolved, module, datamodule, [tracker, *callbacks], ckpt, to_yaml(resolved))
     return FinetuneResult(
         run_id=tracker.run_id,
-        best_checkpoint=best,
-        last_checkpoint=last,
-        best_score=score if score is None or math.isfinite(score) else None,
+        best_checkpoint=fitted.best_checkpoint,
+        last_checkpoint=fitted.last_checkpoint,
+        best_score=fitted.best_score,
         metrics=dict(tracker.last_metrics),
         output_dir=Path(resolved.output_dir),
     )

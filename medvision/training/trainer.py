@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -29,12 +30,14 @@ from medvision.training.config import FinetuneConfig, TrainerConfig
 from medvision.training.seeding import EpochSeeding
 
 __all__ = [
+    "FitOutcome",
     "build_trainer",
     "checkpoint_dir",
     "last_checkpoint_path",
     "resolve_num_nodes",
     "resume_checkpoint",
     "runs_on_cpu",
+    "fit_stage",
 ]
 
 LAST_CHECKPOINT = "last.ckpt"
@@ -165,3 +168,36 @@ def build_trainer(config: FinetuneConfig, callbacks: Sequence[Callback] = ()) ->
         enable_model_summary=tc.progress_bar,
         default_root_dir=str(config.output_dir),
     )
+
+
+@dataclass(frozen=True)
+class FitOutcome:
+    """The checkpoints a fitted stage left: the best by the monitored metric, and ``last.ckpt``."""
+
+    best_checkpoint: Path | None
+    best_score: float | None
+    last_checkpoint: Path | None
+
+
+def fit_stage(config: FinetuneConfig, module: L.LightningModule, datamodule: L.LightningDataModule,
+              callbacks: Sequence[Callback], ckpt: Path | None, config_yaml: str) -> FitOutcome:
+    """Build the trainer, record the resolved config (rank 0), fit (resuming from ``ckpt``), collect checkpoints.
+
+    Shared by every training stage (fine-tuning, self-supervised pretraining) so that they resume, write their
+    config and report checkpoints the same way. ``config`` may be any stage config with the same trainer,
+    monitor, resume and output-dir fields.
+    """
+    import math
+
+    trainer = build_trainer(config, callbacks=callbacks)
+    if trainer.is_global_zero:
+        out = Path(config.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(config_yaml)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
+    cb = trainer.checkpoint_callback
+    best = Path(cb.best_model_path) if cb is not None and cb.best_model_path else None
+    score = float(cb.best_model_score) if cb is not None and cb.best_model_score is not None else None
+    last = last_checkpoint_path(config)
+    return FitOutcome(best_checkpoint=best, best_score=score if score is None or math.isfinite(score) else None,
+                      last_checkpoint=last if last.exists() else None)
