@@ -36,10 +36,27 @@ def _resize(arr: np.ndarray, size: int) -> np.ndarray:
 
 
 #: What an index needs from each header: identifiers (for pseudonyms), subgroup tags and image geometry.
-INDEX_TAGS = ("PatientID", "PatientName", "PatientBirthDate", "AccessionNumber", "StudyInstanceUID",
-              "SeriesInstanceUID", "SOPInstanceUID", "Modality", "PatientSex", "PatientAge", "Manufacturer",
-              "InstitutionName", "ViewPosition", "PhotometricInterpretation", "Rows", "Columns", "SamplesPerPixel",
-              "BitsStored", "NumberOfFrames")
+INDEX_TAGS = (
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "AccessionNumber",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "Modality",
+    "PatientSex",
+    "PatientAge",
+    "Manufacturer",
+    "InstitutionName",
+    "ViewPosition",
+    "PhotometricInterpretation",
+    "Rows",
+    "Columns",
+    "SamplesPerPixel",
+    "BitsStored",
+    "NumberOfFrames",
+)
 
 
 def bare_headers(paths: list[Path]) -> None:
@@ -137,21 +154,27 @@ def main() -> None:
         ("decode+preprocess", "plain pydicom loop", n / t_plain_dec, "images/s"),
         ("decode+preprocess", "MONAI LoadImage(PydicomReader)", n / t_monai, "images/s"),
         ("decode+preprocess", "medvision build (decode into cache)", n_img / t_mv_dec, "images/s"),
-        ("rebuild", "medvision build, all cached (hash only)", n_img / second["build"]["decode_seconds"],
-         "images/s"),
+        ("rebuild", "medvision build, all cached (hash only)", n_img / second["build"]["decode_seconds"], "images/s"),
         ("cached pass", "medvision CohortDataset from cache", n_img / t_cached, "images/s"),
     ]
-    print(f"{n} DICOM files ({args.size}px, 12-bit, some RLE / MONOCHROME1), cache {args.cache_size}px, "
-          f"{os.cpu_count()} CPU cores")
+    print(
+        f"{n} DICOM files ({args.size}px, 12-bit, some RLE / MONOCHROME1), cache {args.cache_size}px, "
+        f"{os.cpu_count()} CPU cores"
+    )
     print(f"{'stage':<20} {'method':<42} {'rate':>10}")
     for stage, method, rate, unit in rows:
         print(f"{stage:<20} {method:<42} {rate:>10.1f} {unit}")
     result = {
-        "benchmark": "ingest", "files": n, "image_size": args.size, "cache_size": args.cache_size,
-        "index_files_per_s": round(n / t_mv_idx, 1), "plain_header_files_per_s": round(n / t_plain_idx, 1),
+        "benchmark": "ingest",
+        "files": n,
+        "image_size": args.size,
+        "cache_size": args.cache_size,
+        "index_files_per_s": round(n / t_mv_idx, 1),
+        "plain_header_files_per_s": round(n / t_plain_idx, 1),
         "bare_parse_files_per_s": round(n / t_bare_idx, 1),
         "index_ratio_vs_plain": round(t_plain_idx / t_mv_idx, 2),
-        "decode_images_per_s": round(n_img / t_mv_dec, 1), "monai_images_per_s": round(n / t_monai, 1),
+        "decode_images_per_s": round(n_img / t_mv_dec, 1),
+        "monai_images_per_s": round(n / t_monai, 1),
         "plain_decode_images_per_s": round(n / t_plain_dec, 1),
         "decode_ratio_vs_monai": round((n_img / t_mv_dec) / (n / t_monai), 2),
         "cached_images_per_s": round(n_img / t_cached, 1),

@@ -32,8 +32,10 @@ def main() -> None:
     for m in sorted(models, key=lambda m: (m["stage"] or "", m["label_fraction"])):
         start = "self-supervised" if str(m.get("weights", "")).startswith("mlflow:") else str(m.get("weights"))
         test = m["sets"].get("test", {})
-        print(f"| {m['stage']} | {start} | {m['label_fraction']:g} | {_ci(test.get('auroc'))} | "
-              f"{_ci(test.get('accuracy'))} |")
+        print(
+            f"| {m['stage']} | {start} | {m['label_fraction']:g} | {_ci(test.get('auroc'))} | "
+            f"{_ci(test.get('accuracy'))} |"
+        )
         summary[f"{m['name']}/test_auroc"] = (test.get("auroc") or {}).get("value")
 
     primary = next(m for m in models if m["name"] == doc["primary_model"])
@@ -48,8 +50,9 @@ def main() -> None:
         print("|---|---|---|---|---|")
         for d in ood["detectors"]:
             ci = {"value": d["auroc"], "low": d.get("auroc_low"), "high": d.get("auroc_high")}
-            print(f"| {d['detector']} | {_ci(ci)} | {d['aupr_out']:.3f} | {d['aupr_in']:.3f} | "
-                  f"{d['fpr_at_95_tpr']:.3f} |")
+            print(
+                f"| {d['detector']} | {_ci(ci)} | {d['aupr_out']:.3f} | {d['aupr_in']:.3f} | {d['fpr_at_95_tpr']:.3f} |"
+            )
             summary[f"{m['name']}/ood_auroc/{d['detector']}"] = d["auroc"]
         print()
 
@@ -61,8 +64,10 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|")
         for r in sub["table"]:
             gap = {"value": r.get("gap"), "low": r.get("gap_low"), "high": r.get("gap_high")}
-            print(f"| {r['attribute']} | {r['group']} | {r['n_patients']} | {r['n_images']} | {_ci(r)} | "
-                  f"{_ci(gap)} | {r.get('flag') or ''} |")
+            print(
+                f"| {r['attribute']} | {r['group']} | {r['n_patients']} | {r['n_images']} | {_ci(r)} | "
+                f"{_ci(gap)} | {r.get('flag') or ''} |"
+            )
         print()
     print(json.dumps(summary))
 

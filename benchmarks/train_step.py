@@ -29,10 +29,10 @@ from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, Dataset
 
 from medvision.config import parse_config
+from medvision.engine.schedule import WarmupCosine
 from medvision.heads import create_head
 from medvision.models import create_backbone
 from medvision.training import Classifier, FinetuneConfig, FinetuneModule
-from medvision.training.module import WarmupCosine
 
 
 class _Batches(Dataset):
@@ -65,9 +65,18 @@ class _Clock(Callback):
 def medvision_round(classifier: Classifier, cfg: FinetuneConfig, loader: DataLoader, warmup: int) -> float:
     clock = _Clock(warmup)
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
-        gradient_clip_val=cfg.optim.grad_clip, gradient_clip_algorithm="norm", callbacks=[clock],
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        gradient_clip_val=cfg.optim.grad_clip,
+        gradient_clip_algorithm="norm",
+        callbacks=[clock],
         deterministic=False,
     )
     trainer.fit(FinetuneModule(classifier, cfg.optim), train_dataloaders=loader)
@@ -75,8 +84,9 @@ def medvision_round(classifier: Classifier, cfg: FinetuneConfig, loader: DataLoa
     return timed * loader.batch_size / (clock.end - clock.start)
 
 
-def bare_round(model: torch.nn.Module, mean: torch.Tensor, std: torch.Tensor, cfg: FinetuneConfig,
-               loader: DataLoader, warmup: int) -> float:
+def bare_round(
+    model: torch.nn.Module, mean: torch.Tensor, std: torch.Tensor, cfg: FinetuneConfig, loader: DataLoader, warmup: int
+) -> float:
     opt = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(len(loader) // 4, len(loader)))
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -111,9 +121,14 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    cfg = parse_config({"data": {"cohort_dir": "unused", "batch_size": args.batch},
-                        "backbone": {"name": args.backbone, "weights": "none"},
-                        "optim": {"name": "sgd", "lr": 0.01, "epochs": 1, "warmup_epochs": 0.25}}, FinetuneConfig)
+    cfg = parse_config(
+        {
+            "data": {"cohort_dir": "unused", "batch_size": args.batch},
+            "backbone": {"name": args.backbone, "weights": "none"},
+            "optim": {"name": "sgd", "lr": 0.01, "epochs": 1, "warmup_epochs": 0.25},
+        },
+        FinetuneConfig,
+    )
     torch.manual_seed(0)
     backbone = create_backbone(args.backbone, "none", in_chans=args.chans)
     head = create_head("linear", backbone.num_features, args.classes)
@@ -126,8 +141,10 @@ def main() -> None:
 
     ours, theirs = [], []
     for r in range(args.rounds):
-        pair = [("medvision", lambda: medvision_round(classifier, cfg, loader, args.warmup)),
-                ("bare", lambda: bare_round(bare, mean, std, cfg, loader, args.warmup))]
+        pair = [
+            ("medvision", lambda: medvision_round(classifier, cfg, loader, args.warmup)),
+            ("bare", lambda: bare_round(bare, mean, std, cfg, loader, args.warmup)),
+        ]
         for name, fn in pair if r % 2 == 0 else pair[::-1]:  # alternate who goes first
             (ours if name == "medvision" else theirs).append(fn())
 
@@ -136,21 +153,36 @@ def main() -> None:
     best_ours, best_theirs = max(ours), max(theirs)
     ratio = best_ours / best_theirs
     median_ratio = statistics.median(ours) / statistics.median(theirs)
-    print(f"train step: {args.backbone} (timm {backbone.model.__class__.__name__}), {args.chans}x{args.size}x"
-          f"{args.size}, batch {args.batch}, {args.steps} timed steps x {args.rounds} rounds, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"train step: {args.backbone} (timm {backbone.model.__class__.__name__}), {args.chans}x{args.size}x"
+        f"{args.size}, batch {args.batch}, {args.steps} timed steps x {args.rounds} rounds, "
+        f"{torch.get_num_threads()} threads"
+    )
     print(f"{'side':<24}{'best img/s':>12}{'median img/s':>14}   rounds")
     for name, runs in (("medvision (Lightning)", ours), ("bare PyTorch loop", theirs)):
         print(f"{name:<24}{max(runs):>12.1f}{statistics.median(runs):>14.1f}   {', '.join(f'{v:.1f}' for v in runs)}")
     print(f"{'ratio (target >= 0.95)':<24}{ratio:>12.3f}{median_ratio:>14.3f}")
-    print(json.dumps({
-        "benchmark": "train_step", "backbone": args.backbone, "input": [args.chans, args.size, args.size],
-        "batch": args.batch, "steps": args.steps, "rounds": args.rounds, "threads": torch.get_num_threads(),
-        "medvision_images_per_s": round(best_ours, 2), "bare_images_per_s": round(best_theirs, 2),
-        "medvision_rounds": [round(v, 2) for v in ours], "bare_rounds": [round(v, 2) for v in theirs],
-        "ratio": round(ratio, 4), "median_ratio": round(median_ratio, 4), "target": 0.95,
-        "meets_target": ratio >= 0.95,
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "train_step",
+                "backbone": args.backbone,
+                "input": [args.chans, args.size, args.size],
+                "batch": args.batch,
+                "steps": args.steps,
+                "rounds": args.rounds,
+                "threads": torch.get_num_threads(),
+                "medvision_images_per_s": round(best_ours, 2),
+                "bare_images_per_s": round(best_theirs, 2),
+                "medvision_rounds": [round(v, 2) for v in ours],
+                "bare_rounds": [round(v, 2) for v in theirs],
+                "ratio": round(ratio, 4),
+                "median_ratio": round(median_ratio, 4),
+                "target": 0.95,
+                "meets_target": ratio >= 0.95,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

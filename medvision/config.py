@@ -228,9 +228,7 @@ def _check_path(model: type[BaseModel], parts: list[str], source: str) -> None:
             return
         here = ".".join(parts[:depth]) or "the top level"
         if not models:
-            raise ConfigError(
-                f"{source}: override {'.'.join(parts)}: {here} is a single value, it has no key {part!r}"
-            )
+            raise ConfigError(f"{source}: override {'.'.join(parts)}: {here} is a single value, it has no key {part!r}")
         holders = [m for m in models if part in m.model_fields]
         if not holders:
             allowed = sorted({k for m in models for k in m.model_fields})

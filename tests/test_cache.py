@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from medvision.cohort.cache import PreprocessCache, entry_key
+from medvision.cohort.preprocess import preprocess
 from medvision.cohort.pseudonym import Pseudonymizer, resolve_key
 from medvision.cohort.spec import PreprocessSpec
-from medvision.data.cache import PreprocessCache, entry_key
-from medvision.data.preprocess import preprocess
 
 
 def test_preprocess_shapes_channels_and_dtype():

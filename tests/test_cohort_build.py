@@ -20,8 +20,12 @@ from medvision.cli import app
 from medvision.cohort.build import CohortBuildError, build_cohort
 from medvision.cohort.spec import SpecError, load_spec
 
-PHI = {"names": ["SMITH^JOHN", "DOE^JANE"], "ids": ["MRN0042917", "MRN0077311"], "dobs": ["19570312", "19811130"],
-       "acc": ["ACC99123", "ACC99456"]}
+PHI = {
+    "names": ["SMITH^JOHN", "DOE^JANE"],
+    "ids": ["MRN0042917", "MRN0077311"],
+    "dobs": ["19570312", "19811130"],
+    "acc": ["ACC99123", "ACC99456"],
+}
 
 
 def write_dx(path: Path, patient: int, label_seed: int, pixels: bool = True) -> str:
@@ -64,7 +68,7 @@ def source(tmp_path, monkeypatch):
     bad = img / "bad"
     bad.mkdir()
     good = next(img.rglob("*.dcm"))
-    (bad / "truncated.dcm").write_bytes(good.read_bytes()[: 400])
+    (bad / "truncated.dcm").write_bytes(good.read_bytes()[:400])
     write_dx(bad / "nopixels.dcm", 3, 0, pixels=False)
     (bad / "notes.txt").write_text("not an image")
     # a transfer syntax nothing here can decode: MPEG-2 video, with garbage fragments
@@ -87,11 +91,13 @@ def source(tmp_path, monkeypatch):
     finally:
         config.settings.writing_validation_mode = config.WARN
     pd.DataFrame(rows).to_csv(tmp_path / "src" / "labels.csv", index=False)
-    spec = {"name": "tiny", "images": "images",
-            "labels": {"csv": "labels.csv", "join": "sop_instance_uid", "key_column": "sop",
-                       "label_columns": ["finding"]},
-            "splits": {"heldout_sites": ["South"], "label_fractions": [0.5, 1.0]},
-            "preprocess": {"size": 16, "channels": 1}}
+    spec = {
+        "name": "tiny",
+        "images": "images",
+        "labels": {"csv": "labels.csv", "join": "sop_instance_uid", "key_column": "sop", "label_columns": ["finding"]},
+        "splits": {"heldout_sites": ["South"], "label_fractions": [0.5, 1.0]},
+        "preprocess": {"size": 16, "channels": 1},
+    }
     (tmp_path / "src" / "cohort.yaml").write_text(yaml.safe_dump(spec))
     return tmp_path / "src" / "cohort.yaml"
 
@@ -109,8 +115,9 @@ def test_build_accounts_for_every_file_and_leaks_no_phi(source, tmp_path, caplog
     card = build_cohort(source, out)
     m = pd.read_parquet(out / "manifest.parquet")
     q = pd.read_csv(out / "quarantine.csv")
-    files = sorted(p.relative_to(source.parent / "images").as_posix() for p in (source.parent / "images").rglob("*")
-                   if p.is_file())
+    files = sorted(
+        p.relative_to(source.parent / "images").as_posix() for p in (source.parent / "images").rglob("*") if p.is_file()
+    )
     assert sorted(set(m["relpath"]) | set(q["relpath"])) == files
     assert not set(m["relpath"]) & set(q["relpath"])
     reasons = dict(zip(q["relpath"], q["reason"]))
@@ -131,8 +138,16 @@ def test_build_accounts_for_every_file_and_leaks_no_phi(source, tmp_path, caplog
     assert m["patient_id"].str.match(r"^P-[0-9a-f]{16}$").all()
     # PHI never leaves the cohort layer
     text = _all_text(out) + caplog.text + "\n".join(str(w.message) for w in recwarn)
-    for value in [*PHI["names"], *PHI["ids"], *PHI["dobs"], *PHI["acc"], "SMITH", "JOHN", "VERYLONGSURNAMEXYZ",
-                  "1957-03-12"]:
+    for value in [
+        *PHI["names"],
+        *PHI["ids"],
+        *PHI["dobs"],
+        *PHI["acc"],
+        "SMITH",
+        "JOHN",
+        "VERYLONGSURNAMEXYZ",
+        "1957-03-12",
+    ]:
         assert value not in text, value
     assert not any(uid in text for uid in pd.read_csv(source.parent / "labels.csv")["sop"])
 

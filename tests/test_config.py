@@ -10,7 +10,8 @@ import yaml
 from typer.testing import CliRunner
 
 from medvision.config import ConfigError, StrictModel, flatten, load_config, parse_config, to_yaml
-from medvision.training.config import FinetuneConfig, TrackingConfig, resolve_tracking_uri
+from medvision.engine.config import TrackingConfig, resolve_tracking_uri
+from medvision.training.config import FinetuneConfig
 
 BASE = {
     "data": {"cohort_dir": "cohorts/x", "batch_size": 8},
@@ -62,8 +63,14 @@ def test_set_overrides_parse_yaml_scalars_and_reach_free_form_options(tmp_path):
     cfg = load_config(
         _write(tmp_path, BASE),
         FinetuneConfig,
-        ["optim.lr=1e-3", "trainer.devices=2", "trainer.precision=bf16-mixed", "head.options.coarse_weight=1",
-         "monitor.patience=null", "backbone.options={drop_path_rate: 0.1}"],
+        [
+            "optim.lr=1e-3",
+            "trainer.devices=2",
+            "trainer.precision=bf16-mixed",
+            "head.options.coarse_weight=1",
+            "monitor.patience=null",
+            "backbone.options={drop_path_rate: 0.1}",
+        ],
     )
     assert cfg.optim.lr == pytest.approx(1e-3) and isinstance(cfg.optim.lr, float)
     assert cfg.trainer.devices == 2 and cfg.trainer.precision == "bf16-mixed"

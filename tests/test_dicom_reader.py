@@ -27,8 +27,8 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from medvision.data.dicom import DicomHeader, read_dicom, read_dicom_header
-from medvision.data.reader import ImageReadError, read_image
+from medvision.io import ImageReadError, read_image
+from medvision.io.dicom import DicomHeader, read_dicom, read_dicom_header
 
 RNG = np.random.default_rng(20240601)
 
@@ -134,9 +134,7 @@ def test_enhanced_multi_frame_uses_per_frame_windows(tmp_path):
     )
     path = write(ds, tmp_path / "enhanced.dcm")
     np.testing.assert_allclose(read_dicom(path, 0).pixels[0], _window(stored[0] - 10.0, 800, 400), atol=1e-6)
-    np.testing.assert_allclose(
-        read_dicom(path, 1).pixels[0], _window(stored[1] - 10.0, 2400, 1600), atol=1e-6
-    )
+    np.testing.assert_allclose(read_dicom(path, 1).pixels[0], _window(stored[1] - 10.0, 2400, 1600), atol=1e-6)
 
 
 # --- colour -------------------------------------------------------------------------------------------------
@@ -188,9 +186,7 @@ def test_palette_color_goes_through_the_tables(tmp_path):
         attributes[f"{colour}PaletteColorLookupTableDescriptor"] = [4, 1, 16]
         attributes[f"{colour}PaletteColorLookupTableData"] = table.astype("<u2").tobytes()
     img = _read(tmp_path, dicom_image(index, "PALETTE COLOR", **attributes))
-    looked_up = tables[
-        :, np.clip(index.astype(int) - 1, 0, 3)
-    ]  # below the first entry -> entry 0; above -> last
+    looked_up = tables[:, np.clip(index.astype(int) - 1, 0, 3)]  # below the first entry -> entry 0; above -> last
     np.testing.assert_allclose(img.pixels, looked_up / 65535.0, atol=1e-7)
 
 
@@ -200,9 +196,7 @@ def test_palette_color_goes_through_the_tables(tmp_path):
 @pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, RLELossless])
 def test_frame_selection(tmp_path, syntax):
     frames = np.stack([RNG.integers(0, 1000, (4, 5)) + 500 * k for k in range(5)]).astype(np.uint16)
-    path = write(
-        dicom_image(frames, bits_stored=12, WindowCenter=1500, WindowWidth=3000), tmp_path / "m.dcm", syntax
-    )
+    path = write(dicom_image(frames, bits_stored=12, WindowCenter=1500, WindowWidth=3000), tmp_path / "m.dcm", syntax)
     expected = _window(frames, 1500, 3000)
     np.testing.assert_allclose(read_dicom(path, frame=1).pixels[0], expected[1], atol=1e-6)
     middle = read_dicom(path)
@@ -300,9 +294,7 @@ def test_truncated_files(tmp_path):
     cut_header.write_bytes(data[:300])
     _raises(cut_pixels, "less than expected")
     _raises(cut_header, "no Pixel Data")
-    rle = write(
-        dicom_image(RNG.integers(0, 4096, (32, 32), dtype=np.uint16)), tmp_path / "rle.dcm", RLELossless
-    )
+    rle = write(dicom_image(RNG.integers(0, 4096, (32, 32), dtype=np.uint16)), tmp_path / "rle.dcm", RLELossless)
     cut_rle = tmp_path / "cut_rle.dcm"
     cut_rle.write_bytes(rle.read_bytes()[:-200])
     _raises(cut_rle, "truncated")
@@ -464,9 +456,7 @@ def test_header_sees_pixel_data_in_every_encoding(tmp_path):
     ],
 )
 def test_header_age(tmp_path, age, birth, study, years):
-    ds = dicom_image(
-        np.zeros((2, 2), dtype=np.uint8), PatientAge=age, PatientBirthDate=birth, StudyDate=study
-    )
+    ds = dicom_image(np.zeros((2, 2), dtype=np.uint8), PatientAge=age, PatientBirthDate=birth, StudyDate=study)
     header = read_dicom_header(write(ds, tmp_path / "a.dcm"))
     assert header.age == (None if years is None else pytest.approx(years))
 

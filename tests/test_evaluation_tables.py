@@ -17,10 +17,16 @@ def _preds(n: int, k: int, seed: int, labels: np.ndarray | None = None, shift: i
     logits = rng.normal(size=(n, k)) + 2.0 * np.eye(k)[np.clip(y, 0, k - 1)]
     probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     emb = rng.normal(size=(n, 4)) + 10.0 * np.eye(4)[shift]
-    frame = pd.DataFrame({"image_id": [f"I{seed}-{i}" for i in range(n)],
-                          "patient_id": [f"P{seed}-{i // 2}" for i in range(n)],
-                          "label": [str(v) for v in y], "label_idx": y,
-                          "sex": rng.choice(["F", "M"], n), "site": rng.choice(["a", "b"], n)})
+    frame = pd.DataFrame(
+        {
+            "image_id": [f"I{seed}-{i}" for i in range(n)],
+            "patient_id": [f"P{seed}-{i // 2}" for i in range(n)],
+            "label": [str(v) for v in y],
+            "label_idx": y,
+            "sex": rng.choice(["F", "M"], n),
+            "site": rng.choice(["a", "b"], n),
+        }
+    )
     return Predictions(frame, logits, probs, emb, None)
 
 

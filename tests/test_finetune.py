@@ -19,11 +19,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from medvision.config import parse_config
 from medvision.data.dataset import CohortDataModule
+from medvision.engine.config import OptimConfig
+from medvision.engine.schedule import WarmupCosine
+from medvision.engine.trainer import build_trainer, last_checkpoint_path, resume_checkpoint
 from medvision.heads import create_head
 from medvision.training import Classifier, FinetuneConfig, FinetuneModule, build_classifier, finetune
-from medvision.training.config import OptimConfig
-from medvision.training.module import WarmupCosine
-from medvision.training.trainer import build_trainer, last_checkpoint_path, resume_checkpoint
 
 # A driver script run in a fresh interpreter: fine-tune from a YAML, optionally SIGKILL itself when
 # the global step reaches N (a hard crash: no exception handler, no checkpoint on the way out).
@@ -70,16 +70,28 @@ def _run_driver(tmp_path: Path, raw: dict, *args: str, timeout: int = 240) -> su
     cfg_path = tmp_path / f"{Path(raw['output_dir']).name}.yaml"
     cfg_path.write_text(yaml.safe_dump(raw))
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    return subprocess.run([sys.executable, str(script), str(cfg_path), *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=tmp_path)
+    return subprocess.run(
+        [sys.executable, str(script), str(cfg_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=tmp_path,
+    )
 
 
 # -- the full engine on a synthetic cohort -------------------------------------------------------
 
 
 def test_short_finetune_lifts_val_auroc_well_above_chance(synth_cxr_cohort, tmp_path):
-    raw = _config(synth_cxr_cohort, tmp_path, "learn", data={"batch_size": 32},
-                  optim={"name": "adamw", "lr": 0.01, "epochs": 8, "warmup_epochs": 1}, resume="never")
+    raw = _config(
+        synth_cxr_cohort,
+        tmp_path,
+        "learn",
+        data={"batch_size": 32},
+        optim={"name": "adamw", "lr": 0.01, "epochs": 8, "warmup_epochs": 1},
+        resume="never",
+    )
     result = finetune(parse_config(raw, FinetuneConfig))
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     history = [m.value for m in sorted(client.get_metric_history(result.run_id, "val/auroc"), key=lambda m: m.step)]
@@ -126,8 +138,14 @@ def test_hard_kill_then_resume_auto_equals_an_uninterrupted_run(synth_cxr_cohort
 
 
 def test_two_process_ddp_on_cpu_trains_and_logs_exactly_one_run(synth_cxr_cohort, tmp_path):
-    raw = _config(synth_cxr_cohort, tmp_path, "ddp", data={"label_fraction": 0.1, "batch_size": 4},
-                  trainer={"strategy": "ddp", "devices": 2}, resume="never")
+    raw = _config(
+        synth_cxr_cohort,
+        tmp_path,
+        "ddp",
+        data={"label_fraction": 0.1, "batch_size": 4},
+        trainer={"strategy": "ddp", "devices": 2},
+        resume="never",
+    )
     proc = _run_driver(tmp_path, raw)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Starting with 2 processes" in proc.stdout + proc.stderr
@@ -180,14 +198,27 @@ class _ToyData(L.LightningDataModule):
 
 @pytest.mark.parametrize("mode", ["linear", "locked"])
 def test_linear_and_locked_modes_train_only_head_and_adapter(tmp_path, mode):
-    raw = _config(Path("unused"), tmp_path, mode, mode=mode, adapter_hidden=8 if mode == "locked" else 0,
-                  optim={"lr": 0.1, "epochs": 2}, resume="never")
+    raw = _config(
+        Path("unused"),
+        tmp_path,
+        mode,
+        mode=mode,
+        adapter_hidden=8 if mode == "locked" else 0,
+        optim={"lr": 0.1, "epochs": 2},
+        resume="never",
+    )
     cfg = parse_config(raw, FinetuneConfig)
     data = _ToyData()
     clf = build_classifier(cfg, data)
     before = {k: v.clone() for k, v in clf.state_dict().items()}
-    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(FinetuneModule(clf, cfg.optim), datamodule=data)
     after = clf.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
@@ -199,8 +230,14 @@ def test_linear_and_locked_modes_train_only_head_and_adapter(tmp_path, mode):
 def test_trainer_stops_early_and_rewrites_last_checkpoint_every_epoch(tmp_path):
     # monitor val/loss with mode max: the loss falls, so no epoch after the first is "better" and
     # patience 1 stops at epoch 2; last.ckpt must still hold epoch 2 while the best stays epoch 1
-    raw = _config(Path("unused"), tmp_path, "early", optim={"lr": 0.05, "epochs": 10},
-                  monitor={"metric": "val/loss", "mode": "max", "patience": 1}, resume="never")
+    raw = _config(
+        Path("unused"),
+        tmp_path,
+        "early",
+        optim={"lr": 0.05, "epochs": 10},
+        monitor={"metric": "val/loss", "mode": "max", "patience": 1},
+        resume="never",
+    )
     cfg = parse_config(raw, FinetuneConfig)
     data = _ToyData()
     trainer = build_trainer(cfg)

@@ -46,8 +46,10 @@ def test_official_splits_and_pixels_survive_import_and_build(tmp_path):
         expected = np.bincount(arrays[f"{split}_labels"].ravel(), minlength=2)
         got = m[m["split"] == split]["label"].value_counts()
         assert [got.get("normal", 0), got.get("pneumonia", 0)] == expected.tolist()
-        assert (labels[labels["split"] == split]["label"] == np.array(["normal", "pneumonia"])[
-            arrays[f"{split}_labels"].ravel()]).all()
+        assert (
+            labels[labels["split"] == split]["label"]
+            == np.array(["normal", "pneumonia"])[arrays[f"{split}_labels"].ravel()]
+        ).all()
 
 
 def test_png_round_trip_is_lossless(tmp_path):

@@ -111,13 +111,20 @@ def test_augment_pipeline_resolution_and_channels():
 
 # -- the pool ---------------------------------------------------------------------------------------------------
 
+
 def _manifest() -> pd.DataFrame:
     rows = []
-    for split, labelled in (("train", True), ("train", False), ("val", True), ("test", True), ("site_ood", True),
-                            ("condition_ood", True), ("unlabelled", False)):
+    for split, labelled in (
+        ("train", True),
+        ("train", False),
+        ("val", True),
+        ("test", True),
+        ("site_ood", True),
+        ("condition_ood", True),
+        ("unlabelled", False),
+    ):
         for k in range(3):
-            rows.append({"image_id": f"{split}-{labelled}-{k}", "split": split,
-                         "label": "nevus" if labelled else None})
+            rows.append({"image_id": f"{split}-{labelled}-{k}", "split": split, "label": "nevus" if labelled else None})
     return pd.DataFrame(rows)
 
 

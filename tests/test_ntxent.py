@@ -79,6 +79,7 @@ def test_lars_scales_updates_by_trust_ratio_and_skips_flagged_groups():
 
 # -- two processes (gloo) vs one --------------------------------------------------------------------------------
 
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -93,12 +94,20 @@ def _rank_main(rank: int, world: int, port: int, x1: torch.Tensor, x2: torch.Ten
         torch.manual_seed(0)  # same encoder on both ranks, as DDP requires
         enc = DistributedDataParallel(torch.nn.Linear(x1.shape[1], 6))
         n = x1.shape[0] // world
-        a = x1[rank * n:(rank + 1) * n].clone().requires_grad_(True)
-        b = x2[rank * n:(rank + 1) * n].clone().requires_grad_(True)
+        a = x1[rank * n : (rank + 1) * n].clone().requires_grad_(True)
+        b = x2[rank * n : (rank + 1) * n].clone().requires_grad_(True)
         loss = nt_xent_loss(enc(a), enc(b), tau, gather=True)
         loss.backward()  # DDP averages the encoder's gradients over ranks
-        torch.save({"loss": loss.detach(), "ga": a.grad, "gb": b.grad,
-                    "gw": enc.module.weight.grad, "gbias": enc.module.bias.grad}, f"{out}/rank{rank}.pt")
+        torch.save(
+            {
+                "loss": loss.detach(),
+                "ga": a.grad,
+                "gb": b.grad,
+                "gw": enc.module.weight.grad,
+                "gbias": enc.module.bias.grad,
+            },
+            f"{out}/rank{rank}.pt",
+        )
     finally:
         dist.destroy_process_group()
 
@@ -124,7 +133,7 @@ def test_gathered_loss_and_gradients_equal_single_process_on_concatenated_batch(
     for r, res in enumerate(ranks):
         # inputs: a rank's rows get gradient from every rank's anchors (through the gather); DDP's
         # average over ranks divides that by the world size
-        assert torch.allclose(res["ga"] / world, a.grad[r * n:(r + 1) * n], atol=1e-6)
-        assert torch.allclose(res["gb"] / world, b.grad[r * n:(r + 1) * n], atol=1e-6)
+        assert torch.allclose(res["ga"] / world, a.grad[r * n : (r + 1) * n], atol=1e-6)
+        assert torch.allclose(res["gb"] / world, b.grad[r * n : (r + 1) * n], atol=1e-6)
         assert torch.allclose(res["gw"], enc.weight.grad, atol=1e-6)
         assert torch.allclose(res["gbias"], enc.bias.grad, atol=1e-6)

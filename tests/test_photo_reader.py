@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medvision.data.photo import read_photo
-from medvision.data.reader import ImageReadError, read_image
+from medvision.io import ImageReadError, read_image
+from medvision.io.photo import read_photo
 
 RNG = np.random.default_rng(7)
 
@@ -80,9 +80,7 @@ def test_tiff_and_bmp(tmp_path, suffix):
     np.testing.assert_allclose(read_photo(tmp_path / f"c{suffix}").pixels, np.moveaxis(rgb, -1, 0) / 255.0)
 
 
-@pytest.mark.parametrize(
-    ("orientation", "upright"), [(3, lambda a: a[::-1, ::-1]), (6, lambda a: np.rot90(a, -1))]
-)
+@pytest.mark.parametrize(("orientation", "upright"), [(3, lambda a: a[::-1, ::-1]), (6, lambda a: np.rot90(a, -1))])
 def test_exif_orientation_is_applied(tmp_path, orientation, upright):
     rgb = _rgb(4, 6)
     image = Image.fromarray(rgb)

@@ -24,9 +24,16 @@ from medvision.report import SECTION_HEADINGS
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "00112233445566778899aabbccddeeff"
-SMALL = ["params.patients=44", "params.size=32", "params.epochs=2", "params.pretrain_epochs=2",
-         "stages.micle.config.data.batch_size=8", "stages.hod.config.data.batch_size=16",
-         "stages.evaluate.bootstrap=40", "stages.evaluate.saliency=1"]
+SMALL = [
+    "params.patients=44",
+    "params.size=32",
+    "params.epochs=2",
+    "params.pretrain_epochs=2",
+    "stages.micle.config.data.batch_size=8",
+    "stages.hod.config.data.batch_size=16",
+    "stages.evaluate.bootstrap=40",
+    "stages.evaluate.saliency=1",
+]
 
 
 @pytest.fixture
@@ -38,12 +45,24 @@ def workdir(tmp_path, monkeypatch):
 
 
 def _chromium_dom(html: Path, shot: Path) -> str:
-    args = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-            "--host-resolver-rules=MAP * ~NOTFOUND", f"--user-data-dir={shot.parent / 'profile'}"]
-    subprocess.run([*args, f"--screenshot={shot}", "--window-size=1200,3000", html.as_uri()], check=True,
-                   capture_output=True, timeout=120)
-    return subprocess.run([*args, "--dump-dom", html.as_uri()], check=True, capture_output=True, text=True,
-                          timeout=120).stdout
+    args = [
+        "chromium",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        f"--user-data-dir={shot.parent / 'profile'}",
+    ]
+    subprocess.run(
+        [*args, f"--screenshot={shot}", "--window-size=1200,3000", html.as_uri()],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return subprocess.run(
+        [*args, "--dump-dom", html.as_uri()], check=True, capture_output=True, text=True, timeout=120
+    ).stdout
 
 
 def test_demo_pipeline_end_to_end_with_every_report_section_and_no_phi(workdir, caplog, capfd):
@@ -55,8 +74,11 @@ def test_demo_pipeline_end_to_end_with_every_report_section_and_no_phi(workdir, 
 
     # one parent run, every stage a child of it
     client = MlflowClient(result.tracking_uri)
-    children = [r for r in client.search_runs([client.get_run(result.parent_run_id).info.experiment_id])
-                if r.data.tags.get("mlflow.parentRunId") == result.parent_run_id]
+    children = [
+        r
+        for r in client.search_runs([client.get_run(result.parent_run_id).info.experiment_id])
+        if r.data.tags.get("mlflow.parentRunId") == result.parent_run_id
+    ]
     assert len(children) == 6 and all(r.info.status == "FINISHED" for r in children)
 
     # the report opens in a real browser, offline, with every section and figures
@@ -77,8 +99,21 @@ def test_demo_pipeline_end_to_end_with_every_report_section_and_no_phi(workdir, 
     # the same model through the CLI: evaluate a run, then render its report
     run_id = result.outputs["hod"].run_ids[-1]
     cli = CliRunner()
-    evaluated = cli.invoke(app, ["evaluate", *result.outputs["hod"].run_ids, "--out", "eval", "--bootstrap", "20",
-                                 "--saliency", "0", "--positive-class", "melanoma"])
+    evaluated = cli.invoke(
+        app,
+        [
+            "evaluate",
+            *result.outputs["hod"].run_ids,
+            "--out",
+            "eval",
+            "--bootstrap",
+            "20",
+            "--saliency",
+            "0",
+            "--positive-class",
+            "melanoma",
+        ],
+    )
     assert evaluated.exit_code == 0, evaluated.output
     assert "test/auroc" in evaluated.output
     ensemble = json.loads((workdir / "eval" / "metrics.json").read_text())["ensemble"]  # two runs: ensembled
@@ -98,8 +133,16 @@ def test_demo_pipeline_end_to_end_with_every_report_section_and_no_phi(workdir, 
     planted = json.loads((workdir / "demo-output" / "cohort" / "source" / "phi_planted.json").read_text())
     values = [v.upper() for vs in planted.values() for v in vs]
     out, err = capfd.readouterr()
-    texts = [report.read_text(), json.dumps(metrics), caplog.text, out, err, "\n".join(echoed),
-             evaluated.output, (workdir / "r" / "report.html").read_text()]
+    texts = [
+        report.read_text(),
+        json.dumps(metrics),
+        caplog.text,
+        out,
+        err,
+        "\n".join(echoed),
+        evaluated.output,
+        (workdir / "r" / "report.html").read_text(),
+    ]
     texts += [pd.read_parquet(p).astype(str).to_csv() for p in (workdir / "demo-output").rglob("*.parquet")]
     with sqlite3.connect(workdir / "mlflow.db") as db:
         for (table,) in db.execute("select name from sqlite_master where type='table'").fetchall():
@@ -127,11 +170,31 @@ def _serve_and_predict(tracking_uri: str, run_id: str, workdir: Path) -> list[di
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", f"runs:/{run_id}/model",
-                               "--env-manager", "local", "-p", str(port)], cwd=workdir, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            f"runs:/{run_id}/model",
+            "--env-manager",
+            "local",
+            "-p",
+            str(port),
+        ],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 120
         while True:
@@ -142,8 +205,11 @@ def _serve_and_predict(tracking_uri: str, run_id: str, workdir: Path) -> list[di
                 assert server.poll() is None and time.time() < deadline, "mlflow models serve did not start"
                 time.sleep(0.5)
         x = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32).tolist()
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps({"inputs": x}).encode(),
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"inputs": x}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         return json.loads(urllib.request.urlopen(req, timeout=60).read())["predictions"]
     finally:
         os.killpg(server.pid, signal.SIGTERM)
@@ -156,11 +222,16 @@ TWO_STAGES = {
     "tracking": {"experiment": "two-stage"},
     "stages": {
         "cohort": {"kind": "cohort", "synth": {"kind": "cxr", "patients": 40, "seed": 1, "size": 32}},
-        "train": {"kind": "finetune", "cohort": "cohort",
-                  "config": {"backbone": {"name": "resnet-tiny", "weights": "none"},
-                             "data": {"batch_size": 8},
-                             "optim": {"name": "adamw", "lr": 0.003, "epochs": 6, "warmup_epochs": 1},
-                             "trainer": {"accelerator": "cpu", "progress_bar": False}}},
+        "train": {
+            "kind": "finetune",
+            "cohort": "cohort",
+            "config": {
+                "backbone": {"name": "resnet-tiny", "weights": "none"},
+                "data": {"batch_size": 8},
+                "optim": {"name": "adamw", "lr": 0.003, "epochs": 6, "warmup_epochs": 1},
+                "trainer": {"accelerator": "cpu", "progress_bar": False},
+            },
+        },
     },
 }
 
@@ -168,8 +239,14 @@ TWO_STAGES = {
 def _run_cli(workdir: Path, pipeline: Path) -> subprocess.Popen:
     env = {**os.environ, "MEDVISION_PSEUDONYM_KEY": KEY}
     env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.Popen([sys.executable, "-m", "medvision.cli", "run", str(pipeline)], cwd=workdir, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "medvision.cli", "run", str(pipeline)],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def test_rerun_reuses_finished_stages_and_a_killed_stage_resumes(workdir):

@@ -175,16 +175,22 @@ pretrain(load_config(sys.argv[1], PretrainConfig), callbacks=[Slow()])
 
 
 def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_run(derm_cohort, tmp_path):
-    changes = {"optim.epochs": 3, "optim.name": "adamw", "optim.lr": 1e-3, "data.batch_size": 16,
-               "backbone": {"name": "bit-tiny", "weights": "none"}}
+    changes = {
+        "optim.epochs": 3,
+        "optim.name": "adamw",
+        "optim.lr": 1e-3,
+        "data.batch_size": 16,
+        "backbone": {"name": "bit-tiny", "weights": "none"},
+    }
     interrupted = _config(derm_cohort, tmp_path / "a", **changes)
     path = tmp_path / "a.yaml"
     path.write_text(yaml.safe_dump(interrupted))
     script = tmp_path / "run.py"
     script.write_text(textwrap.dedent(_RUNNER))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(script), str(path)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(path)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     last = Path(interrupted["output_dir"]) / "checkpoints" / "last.ckpt"
     deadline = time.time() + 240
     while not last.exists() and proc.poll() is None and time.time() < deadline:
@@ -198,8 +204,9 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_run(derm_coh
 
     cfg = load_config(path, PretrainConfig)  # resume: auto (the default) continues from last.ckpt
     resumed = pretrain(cfg)
-    reference = pretrain(PretrainConfig.model_validate(
-        _config(derm_cohort, tmp_path / "b", **{**changes, "resume": "never"})))
+    reference = pretrain(
+        PretrainConfig.model_validate(_config(derm_cohort, tmp_path / "b", **{**changes, "resume": "never"}))
+    )
 
     a = torch.load(resumed.last_checkpoint, map_location="cpu", weights_only=False)
     b = torch.load(reference.last_checkpoint, map_location="cpu", weights_only=False)
@@ -209,8 +216,9 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_run(derm_coh
     assert a["state_dict"].keys() == b["state_dict"].keys()
     for key, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][key]), key
-    assert not torch.equal(first_epoch["state_dict"]["backbone.model.stem.conv.weight"],
-                           a["state_dict"]["backbone.model.stem.conv.weight"])  # it did train on after resuming
+    assert not torch.equal(
+        first_epoch["state_dict"]["backbone.model.stem.conv.weight"], a["state_dict"]["backbone.model.stem.conv.weight"]
+    )  # it did train on after resuming
     # the resumed run continued the killed run's MLflow run
     run = mlflow.MlflowClient(cfg.tracking.tracking_uri).get_run(resumed.run_id)
     assert run.data.params["seed"] == "0" and run.info.status == "FINISHED"

@@ -8,13 +8,13 @@ import torch
 from matplotlib import colormaps
 from torch import nn
 
+from medvision.classifier import Classifier
 from medvision.evaluation.saliency import integrated_gradients, overlay, pick_cases, saliency_maps
 from medvision.heads import create_head
 from medvision.models import create_backbone
 from medvision.models.backbone import Backbone
 from medvision.models.record import WeightsRecord
 from medvision.report.context import SALIENCY_CATEGORIES
-from medvision.training.classifier import Classifier
 
 SIZE = 64  # resnet-tiny and bit-tiny have stride 32: a 2x2 final map at 64 px
 

@@ -28,8 +28,13 @@ def cohorts(draw):
     return pd.DataFrame(rows)
 
 
-SPEC = SplitSpec(heldout_sites=["s3"], heldout_conditions=["rare2"], outlier_conditions=["rare1"],
-                 label_fractions=[0.05, 0.25, 1.0], seed=3)
+SPEC = SplitSpec(
+    heldout_sites=["s3"],
+    heldout_conditions=["rare2"],
+    outlier_conditions=["rare1"],
+    label_fractions=[0.05, 0.25, 1.0],
+    seed=3,
+)
 
 
 @given(cohorts())
@@ -63,8 +68,9 @@ def test_split_invariants(df):
 def test_smallest_fraction_holds_every_training_class(df):
     out = assign_splits(df, SPEC)
     train = out[(out["split"] == "train") & out["label"].notna()]
-    per_patient = train.groupby("patient_id").agg(label=("label", lambda s: s.value_counts().index[0]),
-                                                   frac=("label_fraction", "first"))
+    per_patient = train.groupby("patient_id").agg(
+        label=("label", lambda s: s.value_counts().index[0]), frac=("label_fraction", "first")
+    )
     for label, g in per_patient.groupby("label"):
         assert (g["frac"] <= 0.05).any(), f"class {label} missing from the smallest fraction"
 
@@ -72,9 +78,13 @@ def test_smallest_fraction_holds_every_training_class(df):
 def test_proportions_and_stratification_on_a_large_cohort():
     rng = np.random.default_rng(0)
     n = 3000
-    df = pd.DataFrame({"patient_id": [f"P{i}" for i in range(n)],
-                       "site": rng.choice(["s1", "s2"], n, p=[0.7, 0.3]),
-                       "label": rng.choice(["a", "b", "c"], n, p=[0.6, 0.3, 0.1])})
+    df = pd.DataFrame(
+        {
+            "patient_id": [f"P{i}" for i in range(n)],
+            "site": rng.choice(["s1", "s2"], n, p=[0.7, 0.3]),
+            "label": rng.choice(["a", "b", "c"], n, p=[0.6, 0.3, 0.1]),
+        }
+    )
     out = assign_splits(df, SplitSpec(seed=1, label_fractions=[0.1, 0.5, 1.0]))
     share = out["split"].value_counts(normalize=True)
     assert abs(share["train"] - 0.7) < 0.01 and abs(share["val"] - 0.1) < 0.01 and abs(share["test"] - 0.2) < 0.01
@@ -93,16 +103,21 @@ def test_proportions_and_stratification_on_a_large_cohort():
 
 
 def test_given_split_column_is_kept():
-    df = pd.DataFrame({"patient_id": ["A", "B", "C", "D"], "site": "s", "label": ["x", "y", "x", "y"],
-                       "given_split": ["test", "val", "train", "train"]})
+    df = pd.DataFrame(
+        {
+            "patient_id": ["A", "B", "C", "D"],
+            "site": "s",
+            "label": ["x", "y", "x", "y"],
+            "given_split": ["test", "val", "train", "train"],
+        }
+    )
     out = assign_splits(df, SplitSpec())
     assert out["split"].tolist() == ["test", "val", "train", "train"]
 
 
 def test_same_seed_same_split_other_seed_differs():
     rng = np.random.default_rng(0)
-    df = pd.DataFrame({"patient_id": [f"P{i}" for i in range(200)], "site": "s",
-                       "label": rng.choice(["a", "b"], 200)})
+    df = pd.DataFrame({"patient_id": [f"P{i}" for i in range(200)], "site": "s", "label": rng.choice(["a", "b"], 200)})
     a = assign_splits(df, SplitSpec(seed=5))["split"]
     b = assign_splits(df, SplitSpec(seed=5))["split"]
     c = assign_splits(df, SplitSpec(seed=6))["split"]

@@ -28,8 +28,11 @@ def _key(monkeypatch):
 
 
 def _digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _headers(folder: Path) -> list[pydicom.Dataset]:
@@ -122,8 +125,14 @@ def test_planted_phi_never_leaves_the_build(derm, tmp_path, caplog):
     assert result.exit_code == 0, result.output
     shown = CliRunner().invoke(app, ["cohort", "show", str(tmp_path / "out")])
     out = tmp_path / "out"
-    texts = [pd.read_parquet(out / "manifest.parquet").astype(str).to_csv(), (out / "cohort.json").read_text(),
-             (out / "quarantine.csv").read_text(), result.output, shown.output, caplog.text]
+    texts = [
+        pd.read_parquet(out / "manifest.parquet").astype(str).to_csv(),
+        (out / "cohort.json").read_text(),
+        (out / "quarantine.csv").read_text(),
+        result.output,
+        shown.output,
+        caplog.text,
+    ]
     texts += [str(p.relative_to(out)) for p in out.rglob("*")]
     texts += [pd.read_parquet(p).astype(str).to_csv() for p in out.rglob("*.parquet")]
     blob = "\n".join(texts).upper()

@@ -7,6 +7,9 @@ from pathlib import Path
 import typer
 
 from medvision.cli._errors import run_guarded
+from medvision.cohort.spec import FolderOptions
+
+_FOLDER = FolderOptions.model_fields  # the folder defaults, declared once in the cohort layer
 
 app = typer.Typer(help="Build and inspect cohorts (DICOM or photo folders + a labels CSV).", no_args_is_help=True)
 
@@ -17,16 +20,30 @@ def build(
     images: Path | None = typer.Option(None, help="Images folder (instead of a spec)."),
     labels: Path | None = typer.Option(None, help="Labels CSV (with --images)."),
     key_column: str | None = typer.Option(None, help="CSV column that identifies the image (default: first)."),
-    join: str = typer.Option("stem", help="What the key column holds: sop_instance_uid|relpath|filename|stem."),
-    label_column: str = typer.Option("label", help="CSV column with the class label."),
+    join: str | None = typer.Option(
+        None,
+        help=f"What the key column holds: sop_instance_uid|relpath|filename|stem (default: {_FOLDER['join'].default}).",
+    ),
+    label_column: str | None = typer.Option(
+        None, help=f"CSV column with the class label (default: {_FOLDER['label_column'].default})."
+    ),
     patient_column: str | None = typer.Option(None, help="CSV column with the patient id."),
     subgroup: list[str] = typer.Option([], help="Subgroup from a CSV column, NAME=COLUMN (repeatable)."),
     sex_column: str | None = typer.Option(None, help="CSV column with the patient's sex."),
     age_column: str | None = typer.Option(None, help="CSV column with the age in years."),
     site_column: str | None = typer.Option(None, help="CSV column naming the acquisition site."),
-    size: int = typer.Option(224, help="Side of the cached square images."),
-    channels: int = typer.Option(3, help="1 (grayscale) or 3 (RGB) channels in the cache."),
-    record_paths: bool = typer.Option(True, help="Record relative paths in the manifest."),
+    size: int | None = typer.Option(
+        None, help=f"Side of the cached square images (default: {_FOLDER['size'].default})."
+    ),
+    channels: int | None = typer.Option(
+        None, help=f"1 (grayscale) or 3 (RGB) channels in the cache (default: {_FOLDER['channels'].default})."
+    ),
+    record_paths: bool | None = typer.Option(
+        None,
+        "--record-paths/--no-record-paths",
+        help="Record relative paths in the manifest (default: yes; the build "
+        "refuses paths that spell a patient identifier).",
+    ),
     name: str | None = typer.Option(None, help="Cohort name (default: the images folder's name)."),
     out: Path | None = typer.Option(None, help="Output folder (default: cohorts/build/NAME)."),
 ) -> None:
@@ -43,11 +60,22 @@ def build(
         if spec is not None:
             s = load_spec(spec)
         else:
-            s = spec_from_folder(images, labels=labels, key_column=key_column, join=join,
-                                 label_column=label_column, patient_column=patient_column,
-                                 subgroups=dict(_pair(x) for x in subgroup), sex_column=sex_column,
-                                 age_column=age_column, site_column=site_column, size=size, channels=channels,
-                                 record_paths=record_paths, name=name)
+            given = {
+                "labels": labels,
+                "key_column": key_column,
+                "join": join,
+                "label_column": label_column,
+                "patient_column": patient_column,
+                "sex_column": sex_column,
+                "age_column": age_column,
+                "site_column": site_column,
+                "size": size,
+                "channels": channels,
+                "record_paths": record_paths,
+                "name": name,
+                "subgroups": dict(_pair(x) for x in subgroup) or None,
+            }
+            s = spec_from_folder(images, **{k: v for k, v in given.items() if v is not None})
         target = out or Path("cohorts") / "build" / s.name
         card = build_cohort(s, target)
         print_card(card)

@@ -7,26 +7,31 @@ from pathlib import Path
 import typer
 
 from medvision.cli._errors import run_guarded
+from medvision.evaluation.settings import EvaluationSettings
+
+_DEFAULTS = EvaluationSettings()  # the evaluate defaults, declared once in the evaluation layer
 
 
 def evaluate_command(
     runs: list[str] = typer.Argument(..., help="MLflow run id(s) of fine-tuning runs; several are also ensembled."),
-    sets: str = typer.Option("test,site_ood,condition_ood", help="Comma-separated cohort sets to evaluate."),
+    sets: str = typer.Option(",".join(_DEFAULTS.sets), help="Comma-separated cohort sets to evaluate."),
     out: Path = typer.Option(Path("evaluation"), help="Folder for predictions/, metrics.json and saliency/."),
     cohort: Path | None = typer.Option(None, help="Cohort folder; default: the one the first run trained on."),
-    subgroups: str = typer.Option("sex,age_band,site", help="Subgroup columns; a*b adds an intersection."),
-    bootstrap: int = typer.Option(1000, help="Patient-level bootstrap resamples for the CIs."),
-    min_patients: int = typer.Option(20, help="Groups with fewer patients are flagged and get no metric."),
+    subgroups: str = typer.Option(",".join(_DEFAULTS.subgroups), help="Subgroup columns; a*b adds an intersection."),
+    bootstrap: int = typer.Option(_DEFAULTS.bootstrap, help="Patient-level bootstrap resamples for the CIs."),
+    min_patients: int = typer.Option(
+        _DEFAULTS.min_patients, help="Groups with fewer patients are flagged and get no metric."
+    ),
     positive_class: str | None = typer.Option(None, help="Class for sensitivity/specificity and subgroup AUROC."),
-    saliency: int = typer.Option(3, help="Saliency cases per category (0: none)."),
+    saliency: int = typer.Option(_DEFAULTS.saliency, help="Saliency cases per category (0: none)."),
 ) -> None:
     """Predict with RUNS on the cohort's evaluation sets; write and log predictions and metrics.json."""
 
     def body() -> None:
         from mlflow import MlflowClient
 
+        from medvision.engine.config import TrackingConfig, resolve_tracking_uri
         from medvision.evaluation.stage import EvaluationRequest, evaluate_models
-        from medvision.training.config import TrackingConfig, resolve_tracking_uri
 
         uri = resolve_tracking_uri(TrackingConfig())
         client = MlflowClient(uri)
@@ -35,14 +40,24 @@ def evaluate_command(
             try:
                 run = client.get_run(run_id)
             except Exception as e:  # noqa: BLE001 - MLflow raises several types for a missing run
-                raise ValueError(f"run {run_id!r} not found in {uri} ({type(e).__name__}); pass the run id of a "
-                                 "fine-tuning run (see `mlflow ui`), or set MLFLOW_TRACKING_URI") from None
+                raise ValueError(
+                    f"run {run_id!r} not found in {uri} ({type(e).__name__}); pass the run id of a "
+                    "fine-tuning run (see `mlflow ui`), or set MLFLOW_TRACKING_URI"
+                ) from None
             p = run.data.params
             name = (run.info.run_name or "model").split("/")
-            models.append({"run_id": run_id, "stage": name[0], "member": name[-1] if len(name) > 1 else run_id[:8],
-                           "backbone": p.get("backbone.name"), "weights": p.get("backbone.weights"),
-                           "head": p.get("head.name"), "label_fraction": float(p.get("data.label_fraction", 1.0)),
-                           "seed": int(p.get("seed", 0))})
+            models.append(
+                {
+                    "run_id": run_id,
+                    "stage": name[0],
+                    "member": name[-1] if len(name) > 1 else run_id[:8],
+                    "backbone": p.get("backbone.name"),
+                    "weights": p.get("backbone.weights"),
+                    "head": p.get("head.name"),
+                    "label_fraction": float(p.get("data.label_fraction", 1.0)),
+                    "seed": int(p.get("seed", 0)),
+                }
+            )
         cohort_dir = cohort or Path(client.get_run(runs[0]).data.params.get("data.cohort_dir", ""))
         if not (cohort_dir / "cohort.json").exists():
             raise ValueError(f"cohort folder {cohort_dir} not found; pass --cohort DIR (a built cohort)")
@@ -52,13 +67,23 @@ def evaluate_command(
         for run_id in runs:
             trained = client.get_run(run_id).data.tags.get("cohort.manifest_sha256")
             if trained and trained != built:
-                raise ValueError(f"run {run_id} was trained on cohort manifest {trained[:12]} but {cohort_dir} holds "
-                                 f"manifest {built[:12]} (rebuilt or another cohort): its test set may overlap the "
-                                 "training patients. Evaluate on the cohort the run was trained on")
-        request = EvaluationRequest(cohort_dir=cohort_dir, models=models, sets=[s for s in sets.split(",") if s],
-                                    subgroups=[s for s in subgroups.split(",") if s], bootstrap=bootstrap,
-                                    min_patients=min_patients, ensemble=len(models) > 1, saliency=saliency,
-                                    tracking_uri=uri, positive_class=positive_class)
+                raise ValueError(
+                    f"run {run_id} was trained on cohort manifest {trained[:12]} but {cohort_dir} holds "
+                    f"manifest {built[:12]} (rebuilt or another cohort): its test set may overlap the "
+                    "training patients. Evaluate on the cohort the run was trained on"
+                )
+        request = EvaluationRequest(
+            cohort_dir=cohort_dir,
+            models=models,
+            sets=[s for s in sets.split(",") if s],
+            subgroups=[s for s in subgroups.split(",") if s],
+            bootstrap=bootstrap,
+            min_patients=min_patients,
+            ensemble=len(models) > 1,
+            saliency=saliency,
+            tracking_uri=uri,
+            positive_class=positive_class,
+        )
         headline = evaluate_models(request, out)
         for run_id in runs:
             client.log_artifacts(run_id, str(out), "evaluation")

@@ -36,8 +36,10 @@ def finetune_command(
 
         result = finetune(cfg)
         if result.run_id is not None:
-            typer.echo(f"MLflow run {result.run_id}: model runs:/{result.run_id}/model, "
-                       f"backbone mlflow:runs:/{result.run_id}/backbone")
+            typer.echo(
+                f"MLflow run {result.run_id}: model runs:/{result.run_id}/model, "
+                f"backbone mlflow:runs:/{result.run_id}/backbone"
+            )
         if result.best_checkpoint is not None:
             typer.echo(f"best checkpoint {result.best_checkpoint} ({cfg.monitor.metric} = {result.best_score})")
         for name, value in sorted(result.metrics.items()):

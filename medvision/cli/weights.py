@@ -8,8 +8,9 @@ import typer
 
 from medvision.cli._errors import run_guarded
 
-app = typer.Typer(help="Pretrained weights: list backbone names, fetch hub weights for an offline machine.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Pretrained weights: list backbone names, fetch hub weights for an offline machine.", no_args_is_help=True
+)
 
 
 @app.command("fetch")

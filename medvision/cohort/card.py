@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
+import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["print_card"]
+from medvision.cohort.spec import CohortSpec
+
+__all__ = ["MANIFEST_VERSION", "build_card", "manifest_sha256", "print_card"]
+
+MANIFEST_VERSION = 1
 
 _ORDER = ["train", "val", "test", "site_ood", "condition_ood", "unlabelled"]
 
@@ -18,15 +26,19 @@ def _splits(card: dict) -> list[str]:
 def print_card(card: dict, console: Console | None = None) -> None:
     console = console or Console()
     splits = _splits(card)
-    console.print(f"[bold]Cohort {card['name']}[/bold]  {card['images']} images, {card['patients']} patients, "
-                  f"{card['quarantined']} quarantined  (manifest v{card['manifest_version']} "
-                  f"sha256 {card['manifest_sha256'][:12]})")
+    console.print(
+        f"[bold]Cohort {card['name']}[/bold]  {card['images']} images, {card['patients']} patients, "
+        f"{card['quarantined']} quarantined  (manifest v{card['manifest_version']} "
+        f"sha256 {card['manifest_sha256'][:12]})"
+    )
     outl = card.get("outlier_conditions") or []
-    console.print(f"classes: {', '.join(card['classes'])}" + (f"  (training outliers: {', '.join(outl)})"
-                                                                  if outl else ""))
+    console.print(
+        f"classes: {', '.join(card['classes'])}" + (f"  (training outliers: {', '.join(outl)})" if outl else "")
+    )
     if card.get("heldout_conditions") or card.get("heldout_sites"):
-        console.print(f"held out: conditions {card.get('heldout_conditions') or '-'}; "
-                      f"sites {card.get('heldout_sites') or '-'}")
+        console.print(
+            f"held out: conditions {card.get('heldout_conditions') or '-'}; sites {card.get('heldout_sites') or '-'}"
+        )
 
     t = Table(title="Images per split and label")
     t.add_column("label")
@@ -46,8 +58,9 @@ def print_card(card: dict, console: Console | None = None) -> None:
             t.add_column(s, justify="right")
         values = sorted({v for s in splits for v in card["counts"][s]["by_subgroup"].get(attr, {})})
         for v in values:
-            t.add_row(v, *[str(sum(card["counts"][s]["by_subgroup"].get(attr, {}).get(v, {}).values()))
-                           for s in splits])
+            t.add_row(
+                v, *[str(sum(card["counts"][s]["by_subgroup"].get(attr, {}).get(v, {}).values())) for s in splits]
+            )
         console.print(t)
 
     if card["quarantine_reasons"]:
@@ -59,5 +72,61 @@ def print_card(card: dict, console: Console | None = None) -> None:
         console.print(t)
     lab = card.get("labels") or {}
     if lab.get("csv_rows_without_image") or lab.get("images_without_label"):
-        console.print(f"labels: {lab.get('csv_rows_without_image', 0)} CSV rows match no image; "
-                      f"{lab.get('images_without_label', 0)} images have no label (kept as unlabelled)")
+        console.print(
+            f"labels: {lab.get('csv_rows_without_image', 0)} CSV rows match no image; "
+            f"{lab.get('images_without_label', 0)} images have no label (kept as unlabelled)"
+        )
+
+
+def manifest_sha256(manifest: pd.DataFrame) -> str:
+    """Content hash of a manifest, independent of parquet library versions."""
+    ordered = manifest.sort_values("image_id").reset_index(drop=True)
+    return hashlib.sha256(ordered.to_csv(index=False).encode()).hexdigest()
+
+
+def build_card(
+    m: pd.DataFrame, q: pd.DataFrame, spec: CohortSpec, classes: list[str], label_stats: dict, key_source: str
+) -> dict:
+    subgroup_cols = (
+        ["sex", "age_band", "site", *spec.labels.subgroup_columns] if spec.labels else ["sex", "age_band", "site"]
+    )
+    counts: dict = {}
+    for split, g in m.groupby("split", sort=True):
+        entry = {
+            "images": len(g),
+            "patients": int(g["patient_id"].nunique()),
+            "by_label": {
+                str(k): int(v) for k, v in g["label"].fillna("(unlabelled)").value_counts().sort_index().items()
+            },
+        }
+        entry["by_subgroup"] = {
+            col: {
+                str(val): {
+                    str(lab): int(n)
+                    for lab, n in gg["label"].fillna("(unlabelled)").value_counts().sort_index().items()
+                }
+                for val, gg in g.groupby(col, sort=True)
+            }
+            for col in subgroup_cols
+        }
+        counts[str(split)] = entry
+    return {
+        "name": spec.name,
+        "manifest_version": MANIFEST_VERSION,
+        "manifest_sha256": manifest_sha256(m),
+        "images": len(m),
+        "patients": int(m["patient_id"].nunique()),
+        "quarantined": len(q),
+        "quarantine_reasons": {str(k): int(v) for k, v in q["reason"].value_counts().items()},
+        "classes": classes,
+        "num_inlier_classes": len(classes) - len([c for c in spec.splits.outlier_conditions if c in classes]),
+        "outlier_conditions": [c for c in spec.splits.outlier_conditions if c in classes],
+        "heldout_conditions": spec.splits.heldout_conditions,
+        "heldout_sites": spec.splits.heldout_sites,
+        "label_fractions": sorted(set(spec.splits.label_fractions) | {1.0}),
+        "subgroups": subgroup_cols,
+        "counts": counts,
+        "labels": label_stats,
+        "pseudonym_key": key_source,
+        "spec": json.loads(spec.model_dump_json()),
+    }

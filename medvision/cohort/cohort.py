@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from medvision.cohort.cache import PreprocessCache
 from medvision.cohort.spec import PreprocessSpec
-from medvision.data.cache import PreprocessCache
 
 __all__ = ["Cohort", "open_cohort"]
 
@@ -61,8 +61,10 @@ class Cohort:
         if label_fraction is not None and label_fraction < 1.0:
             declared = self.card["label_fractions"]
             if not any(abs(label_fraction - f) < 1e-9 for f in declared):
-                raise ValueError(f"label fraction {label_fraction} was not declared for cohort "
-                                 f"{self.card['name']}; declared: {declared} (splits.label_fractions)")
+                raise ValueError(
+                    f"label fraction {label_fraction} was not declared for cohort "
+                    f"{self.card['name']}; declared: {declared} (splits.label_fractions)"
+                )
             m = m[m["label_fraction"] <= label_fraction + 1e-12]
         if labelled:
             m = m[m["label"].notna()]
@@ -73,8 +75,9 @@ def open_cohort(root: str | Path) -> Cohort:
     root = Path(root)
     card_path, manifest_path = root / "cohort.json", root / "manifest.parquet"
     if not card_path.exists() or not manifest_path.exists():
-        raise FileNotFoundError(f"{root} is not a built cohort (no cohort.json / manifest.parquet); "
-                                "run `medvision cohort build` first")
+        raise FileNotFoundError(
+            f"{root} is not a built cohort (no cohort.json / manifest.parquet); run `medvision cohort build` first"
+        )
     card = json.loads(card_path.read_text())
     params = PreprocessSpec.model_validate(card["spec"]["preprocess"])
     return Cohort(root, pd.read_parquet(manifest_path), card, PreprocessCache(root / "cache", params))

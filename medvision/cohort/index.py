@@ -10,12 +10,10 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
-
-from medvision.data.reader import PHOTO_SUFFIXES, ImageReadError, is_dicom
+from medvision.io import PHOTO_SUFFIXES, ImageReadError, read_header
 
 __all__ = ["IndexedFile", "Rejected", "index_files", "list_files", "worker_count"]
 
@@ -73,10 +71,7 @@ def list_files(root: Path) -> list[str]:
 def _index_one(root: str, relpath: str) -> IndexedFile | Rejected:
     path = Path(root) / relpath
     try:
-        if path.suffix.lower() in PHOTO_SUFFIXES and not is_dicom(path):
-            return _index_photo(path, relpath)
-        # Anything else is tried as DICOM: the reader also accepts legacy files without a preamble.
-        return _index_dicom(path, relpath)
+        header = read_header(path)
     except ImageReadError as e:
         reason = e.reason + (f" ({e.hint})" if e.hint else "")
         if path.suffix.lower() not in (".dcm", ".dicom", "") and "not a DICOM" in e.reason:
@@ -84,36 +79,7 @@ def _index_one(root: str, relpath: str) -> IndexedFile | Rejected:
         return Rejected(relpath, "index", reason)
     except Exception as e:  # noqa: BLE001 - one bad file must never stop a build
         return Rejected(relpath, "index", f"unexpected error while reading the header: {type(e).__name__}")
-
-
-def _index_dicom(path: Path, relpath: str) -> IndexedFile | Rejected:
-    from medvision.data.dicom import read_dicom_header
-
-    h = read_dicom_header(path)
-    if not h.has_pixel_data:
-        return Rejected(relpath, "index", "DICOM file has no pixel data (e.g. a report or DICOMDIR)")
-    return IndexedFile(
-        relpath=relpath, kind="dicom", frames=int(h.frames or 1), channels=int(h.samples_per_pixel or 1),
-        rows=int(h.rows or 0), columns=int(h.columns or 0),
-        patient_id=h.patient_id, patient_name=h.patient_name, birth_date=h.birth_date,
-        accession_number=h.accession_number, study_uid=h.study_uid, series_uid=h.series_uid,
-        sop_uid=h.sop_uid, modality=h.modality, sex=h.sex, age=h.age, manufacturer=h.manufacturer,
-        institution=h.institution, view=h.view, photometric=h.photometric, transfer_syntax=h.transfer_syntax,
-    )
-
-
-def _index_photo(path: Path, relpath: str) -> IndexedFile | Rejected:
-    try:
-        with Image.open(path) as im:
-            width, height = im.size
-            if im.mode == "F":
-                return Rejected(relpath, "index", "floating-point photos are not supported; export as 8/16-bit")
-            channels = 1 if im.mode in ("1", "L", "LA", "La", "I") or im.mode.startswith("I;16") else 3
-            fmt = im.format
-    except (UnidentifiedImageError, OSError) as e:
-        return Rejected(relpath, "index", f"photo could not be opened: {e.__class__.__name__}")
-    return IndexedFile(relpath=relpath, kind="photo", frames=1, channels=channels, rows=height, columns=width,
-                       modality="XC", photometric=f"{fmt}")
+    return IndexedFile(relpath=relpath, **asdict(header))
 
 
 def _index_chunk(root: str, relpaths: list[str]) -> list[IndexedFile | Rejected]:

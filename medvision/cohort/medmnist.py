@@ -50,8 +50,10 @@ def import_medmnist(npz: Path, out: Path, name: str | None = None) -> Path:
     with arrays:
         missing = [f"{s}_{k}" for s in _SPLITS for k in ("images", "labels") if f"{s}_{k}" not in arrays.files]
         if missing:
-            raise MedMNISTError(f"{npz}: missing array(s) {', '.join(missing)}; a MedMNIST file has "
-                                f"train/val/test _images and _labels (found: {', '.join(arrays.files)})")
+            raise MedMNISTError(
+                f"{npz}: missing array(s) {', '.join(missing)}; a MedMNIST file has "
+                f"train/val/test _images and _labels (found: {', '.join(arrays.files)})"
+            )
         data = {s: (arrays[f"{s}_images"], arrays[f"{s}_labels"]) for s in _SPLITS}
     n_labels = _check_shapes(npz, data)
     label_columns = _label_columns(name, n_labels, data)
@@ -78,16 +80,22 @@ def import_medmnist(npz: Path, out: Path, name: str | None = None) -> Path:
     spec = {
         "name": name,
         "images": "images",
-        "labels": {"csv": "labels.csv", "join": "stem", "key_column": "image",
-                   "label_columns": ["label"] if n_labels == 1 else label_columns,
-                   "patient_column": "patient", "split_column": "split"},
+        "labels": {
+            "csv": "labels.csv",
+            "join": "stem",
+            "key_column": "image",
+            "label_columns": ["label"] if n_labels == 1 else label_columns,
+            "patient_column": "patient",
+            "split_column": "split",
+        },
         "preprocess": {"size": int(data["train"][0].shape[1]), "channels": channels},
         "record_paths": False,  # the patient column is the image name, so paths would carry it
     }
     spec_path = out / "cohort.yaml"
-    spec_path.write_text(f"# MedMNIST import of {npz.name}: official splits kept (labels.csv column 'split');\n"
-                         "# every image is its own patient (MedMNIST has no patient ids).\n"
-                         + yaml.safe_dump(spec, sort_keys=False))
+    spec_path.write_text(
+        f"# MedMNIST import of {npz.name}: official splits kept (labels.csv column 'split');\n"
+        "# every image is its own patient (MedMNIST has no patient ids).\n" + yaml.safe_dump(spec, sort_keys=False)
+    )
     return spec_path
 
 

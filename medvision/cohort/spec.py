@@ -8,14 +8,18 @@ be moved or shared as a whole.
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from medvision.config import StrictModel, explain_validation_error
 
 __all__ = [
     "CohortSpec",
+    "FolderOptions",
     "LabelsSpec",
     "PreprocessSpec",
     "SpecError",
@@ -26,7 +30,10 @@ __all__ = [
 ]
 
 
-class _Strict(BaseModel):
+class _Strict(StrictModel):
+    """Config strictness shared with every other medvision config (typos fail, with a did-you-mean); specs are also
+    frozen, because a built cohort's card records the spec it was built from."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -140,46 +147,74 @@ class CohortSpec(_Strict):
         return self.model_copy(update=upd)
 
 
-def spec_from_folder(
-    images: Path,
-    *,
-    labels: Path | None = None,
-    key_column: str | None = None,
-    join: str = "stem",
-    label_column: str = "label",
-    patient_column: str | None = None,
-    subgroups: dict[str, str] | None = None,
-    sex_column: str | None = None,
-    age_column: str | None = None,
-    site_column: str | None = None,
-    size: int = 224,
-    channels: int = 3,
-    record_paths: bool = True,
-    name: str | None = None,
-) -> CohortSpec:
-    """A spec with defaults for everything but the folder and the CSV columns (``cohort build --images``)."""
+class FolderOptions(_Strict):
+    """A cohort from an image folder and a labels CSV without writing a spec: the defaults of
+    ``medvision cohort build --images``, of a pipeline's ``folder:`` source and of :func:`spec_from_folder`, declared
+    once here. Everything else takes :class:`CohortSpec`'s defaults."""
+
+    labels: Path | None = None
+    #: CSV column that identifies the image; ``None``: the CSV's first column.
+    key_column: str | None = None
+    #: What the key column holds (see :attr:`LabelsSpec.join`).
+    join: Literal["sop_instance_uid", "relpath", "filename", "stem"] = "stem"
+    label_column: str = "label"
+    patient_column: str | None = None
+    #: Subgroup attributes from CSV columns: ``{name in the manifest: CSV column}``.
+    subgroups: dict[str, str] = Field(default_factory=dict)
+    sex_column: str | None = None
+    age_column: str | None = None
+    site_column: str | None = None
+    size: int = Field(224, ge=8, le=4096)
+    channels: Literal[1, 3] = 3
+    #: See :attr:`CohortSpec.record_paths`; the build refuses paths that spell a patient identifier.
+    record_paths: bool = True
+    #: Cohort name; ``None``: the images folder's name (its parent's for a folder called ``images``).
+    name: str | None = None
+
+
+def spec_from_folder(images: Path, options: FolderOptions | None = None, **kwargs: object) -> CohortSpec:
+    """A spec with defaults for everything but the folder and the CSV columns (``cohort build --images``).
+
+    Options come as a :class:`FolderOptions` or as its keywords (``labels=..., join="filename"``).
+    """
+    try:
+        opts = options or FolderOptions.model_validate(kwargs)
+    except ValidationError as e:
+        raise SpecError(explain_validation_error(e, FolderOptions, "options of cohort build")) from e
     images = Path(images).expanduser().resolve()
     lab = None
-    if labels is not None:
-        labels = Path(labels).expanduser().resolve()
+    if opts.labels is not None:
+        labels = Path(opts.labels).expanduser().resolve()
+        key_column = opts.key_column
         if key_column is None:
-            import csv
-
             with open(labels, newline="") as fh:
                 header = next(csv.reader(fh), [])
             if not header:
                 raise SpecError(f"labels CSV {labels} is empty")
             key_column = header[0]
-        lab = {"csv": labels, "join": join, "key_column": key_column, "label_columns": [label_column],
-               "patient_column": patient_column, "subgroup_columns": subgroups or {}, "sex_column": sex_column,
-               "age_column": age_column, "site_column": site_column}
+        lab = {
+            "csv": labels,
+            "join": opts.join,
+            "key_column": key_column,
+            "label_columns": [opts.label_column],
+            "patient_column": opts.patient_column,
+            "subgroup_columns": opts.subgroups,
+            "sex_column": opts.sex_column,
+            "age_column": opts.age_column,
+            "site_column": opts.site_column,
+        }
     default_name = images.parent.name if images.name in ("images", "imgs", "dicom") else images.name
-    raw = {"name": name or default_name or "cohort", "images": images, "labels": lab, "record_paths": record_paths,
-           "preprocess": {"size": size, "channels": channels}}
+    raw = {
+        "name": opts.name or default_name or "cohort",
+        "images": images,
+        "labels": lab,
+        "record_paths": opts.record_paths,
+        "preprocess": {"size": opts.size, "channels": opts.channels},
+    }
     try:
         return CohortSpec.model_validate(raw)
     except ValidationError as e:
-        raise SpecError(f"invalid options for cohort build:\n{_explain(e)}") from e
+        raise SpecError(explain_validation_error(e, CohortSpec, "options of cohort build")) from e
 
 
 class SpecError(ValueError):
@@ -200,16 +235,5 @@ def load_spec(path: str | Path) -> CohortSpec:
     try:
         spec = CohortSpec.model_validate(raw)
     except ValidationError as e:
-        raise SpecError(f"{path}: invalid cohort spec:\n{_explain(e)}") from e
+        raise SpecError(explain_validation_error(e, CohortSpec, f"cohort spec {path}")) from e
     return spec.resolved(path.parent.resolve())
-
-
-def _explain(e: ValidationError) -> str:
-    lines = []
-    for err in e.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        if err["type"] == "extra_forbidden":
-            lines.append(f"  - {where}: unknown key (check the spelling; see medvision/cohort/spec.py)")
-        else:
-            lines.append(f"  - {where}: {err['msg']}")
-    return "\n".join(lines)

@@ -39,21 +39,31 @@ def assign_splits(rows: pd.DataFrame, spec: SplitSpec) -> pd.DataFrame:
 
     rest = out[split == ""]
     labelled = rest.dropna(subset=["label"]).groupby("patient_id", sort=True)
-    patients = pd.DataFrame({
-        "label": labelled["label"].agg(lambda s: s.value_counts().index[0]),
-        "site": labelled["site"].agg(lambda s: s.value_counts().index[0]),
-    })
+    patients = pd.DataFrame(
+        {
+            "label": labelled["label"].agg(lambda s: s.value_counts().index[0]),
+            "site": labelled["site"].agg(lambda s: s.value_counts().index[0]),
+        }
+    )
     unlabelled = set(rest["patient_id"]) - set(patients.index)
     split[out["patient_id"].isin(unlabelled)] = "unlabelled"
 
-    given = rest.dropna(subset=["label"]).groupby("patient_id", sort=True)["given_split"].agg(
-        lambda s: s.dropna().iloc[0] if s.notna().any() else None) if "given_split" in rest else None
+    given = (
+        rest.dropna(subset=["label"])
+        .groupby("patient_id", sort=True)["given_split"]
+        .agg(lambda s: s.dropna().iloc[0] if s.notna().any() else None)
+        if "given_split" in rest
+        else None
+    )
     if given is not None and given.notna().any():
         patient_split = {str(p): str(s) for p, s in given.items() if s is not None}
         missing = patients.index.difference(list(patient_split))
         if len(missing):  # images with a label but no given split: drawn like any other
-            drawn = _allocate(_strata(patients.loc[missing], spec.stratify),
-                              {"train": spec.train, "val": spec.val, "test": spec.test}, rng)
+            drawn = _allocate(
+                _strata(patients.loc[missing], spec.stratify),
+                {"train": spec.train, "val": spec.val, "test": spec.test},
+                rng,
+            )
             patient_split.update(drawn)
     else:
         strata = _strata(patients, spec.stratify)

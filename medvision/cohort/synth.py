@@ -97,21 +97,119 @@ _SITES: dict[str, tuple[_Site, ...]] = {
 }  # fmt: skip
 _HELDOUT_SITE = 2  # index into _SITES[kind]
 
-_FAMILY = ("DOE", "SMITH", "JOHNSON", "GARCIA", "MILLER", "DAVIS", "RODRIGUEZ", "MARTINEZ", "HERNANDEZ",
-           "LOPEZ", "GONZALEZ", "WILSON", "ANDERSON", "THOMAS", "TAYLOR", "MOORE", "JACKSON", "PEREZ",
-           "THOMPSON", "HARRIS", "SANCHEZ", "CLARK", "RAMIREZ", "LEWIS", "ROBINSON", "WALKER", "ALLEN",
-           "WRIGHT", "TORRES", "NGUYEN", "FLORES", "ADAMS", "NELSON", "CAMPBELL", "MITCHELL", "ROBERTS",
-           "CARTER", "PHILLIPS", "EVANS", "OKAFOR", "KOWALSKI", "IVANOVA", "TANAKA", "SCHMIDT", "SILVA")
-_GIVEN = {"F": ("JANE", "MARY", "LINDA", "SUSAN", "KAREN", "NANCY", "HELEN", "SOFIA", "AMARA", "YUKI",
-                "ELENA", "PRIYA", "GRACE", "CHLOE", "INGRID", "FATIMA", "ROSA", "HANNA"),
-          "M": ("JOHN", "ROBERT", "MICHAEL", "DAVID", "JAMES", "PETER", "CARLOS", "KENJI", "OMAR", "LUCAS",
-                "ANDREI", "RAJESH", "SAMUEL", "THEO", "MATEO", "DANIEL", "VIKTOR", "EMEKA")}
-_PHYSICIANS = ("HUANG^MEI^^DR", "OKONKWO^CHIDI^^DR", "BERGSTROM^ANNA^^DR", "FERREIRA^PAULO^^DR",
-               "NAKAMURA^HIRO^^DR", "DUBOIS^CLAIRE^^DR")
-_SKIN_RGB = np.array([(0.96, 0.84, 0.76), (0.92, 0.76, 0.64), (0.84, 0.64, 0.50),
-                      (0.70, 0.50, 0.36), (0.52, 0.36, 0.25), (0.36, 0.24, 0.17)])
-_SOP = {"CR": "1.2.840.10008.5.1.4.1.1.1", "DX": "1.2.840.10008.5.1.4.1.1.1.1",
-        "MF": "1.2.840.10008.5.1.4.1.1.7.3", "XC": "1.2.840.10008.5.1.4.1.1.77.1.4"}
+_FAMILY = (
+    "DOE",
+    "SMITH",
+    "JOHNSON",
+    "GARCIA",
+    "MILLER",
+    "DAVIS",
+    "RODRIGUEZ",
+    "MARTINEZ",
+    "HERNANDEZ",
+    "LOPEZ",
+    "GONZALEZ",
+    "WILSON",
+    "ANDERSON",
+    "THOMAS",
+    "TAYLOR",
+    "MOORE",
+    "JACKSON",
+    "PEREZ",
+    "THOMPSON",
+    "HARRIS",
+    "SANCHEZ",
+    "CLARK",
+    "RAMIREZ",
+    "LEWIS",
+    "ROBINSON",
+    "WALKER",
+    "ALLEN",
+    "WRIGHT",
+    "TORRES",
+    "NGUYEN",
+    "FLORES",
+    "ADAMS",
+    "NELSON",
+    "CAMPBELL",
+    "MITCHELL",
+    "ROBERTS",
+    "CARTER",
+    "PHILLIPS",
+    "EVANS",
+    "OKAFOR",
+    "KOWALSKI",
+    "IVANOVA",
+    "TANAKA",
+    "SCHMIDT",
+    "SILVA",
+)
+_GIVEN = {
+    "F": (
+        "JANE",
+        "MARY",
+        "LINDA",
+        "SUSAN",
+        "KAREN",
+        "NANCY",
+        "HELEN",
+        "SOFIA",
+        "AMARA",
+        "YUKI",
+        "ELENA",
+        "PRIYA",
+        "GRACE",
+        "CHLOE",
+        "INGRID",
+        "FATIMA",
+        "ROSA",
+        "HANNA",
+    ),
+    "M": (
+        "JOHN",
+        "ROBERT",
+        "MICHAEL",
+        "DAVID",
+        "JAMES",
+        "PETER",
+        "CARLOS",
+        "KENJI",
+        "OMAR",
+        "LUCAS",
+        "ANDREI",
+        "RAJESH",
+        "SAMUEL",
+        "THEO",
+        "MATEO",
+        "DANIEL",
+        "VIKTOR",
+        "EMEKA",
+    ),
+}
+_PHYSICIANS = (
+    "HUANG^MEI^^DR",
+    "OKONKWO^CHIDI^^DR",
+    "BERGSTROM^ANNA^^DR",
+    "FERREIRA^PAULO^^DR",
+    "NAKAMURA^HIRO^^DR",
+    "DUBOIS^CLAIRE^^DR",
+)
+_SKIN_RGB = np.array(
+    [
+        (0.96, 0.84, 0.76),
+        (0.92, 0.76, 0.64),
+        (0.84, 0.64, 0.50),
+        (0.70, 0.50, 0.36),
+        (0.52, 0.36, 0.25),
+        (0.36, 0.24, 0.17),
+    ]
+)
+_SOP = {
+    "CR": "1.2.840.10008.5.1.4.1.1.1",
+    "DX": "1.2.840.10008.5.1.4.1.1.1.1",
+    "MF": "1.2.840.10008.5.1.4.1.1.7.3",
+    "XC": "1.2.840.10008.5.1.4.1.1.77.1.4",
+}
 
 
 @dataclass(frozen=True)
@@ -174,9 +272,9 @@ def synthesize(out: Path, kind: Kind, patients: int, seed: int, size: int = 64) 
     sites = _SITES[kind]
     plan = _plan(kind, patients, seed)
     rows: list[dict[str, object]] = []
-    phi: dict[str, set[str]] = {k: set() for k in
-                                ("patient_names", "patient_ids", "birth_dates", "accession_numbers",
-                                 "referring_physicians")}
+    phi: dict[str, set[str]] = {
+        k: set() for k in ("patient_names", "patient_ids", "birth_dates", "accession_numbers", "referring_physicians")
+    }
     counter = 0
     for p in plan:
         site = sites[p.site]
@@ -188,17 +286,28 @@ def synthesize(out: Path, kind: Kind, patients: int, seed: int, size: int = 64) 
             if kind == "derm":
                 pixels = _view(kind, p, site, case_seed, rng, size)
                 photo = rng.random() < site.photo
-                rel = f"{site.folder}/photos/{stem}.{site.photo_format}" if photo else \
-                    f"{site.folder}/s{p.index:04d}/{stem}.dcm"
+                rel = (
+                    f"{site.folder}/photos/{stem}.{site.photo_format}"
+                    if photo
+                    else f"{site.folder}/s{p.index:04d}/{stem}.dcm"
+                )
                 path = out / "images" / rel
                 path.parent.mkdir(parents=True, exist_ok=True)
                 if photo:
                     Image.fromarray(pixels).save(path, quality=90)
                 else:
                     _write_derm(path, pixels, p, site, k, _uids(kind, seed, p.index, k), rng, phi)
-                rows.append({"image": stem, "patient_id": p.mrn, "diagnosis": p.label,
-                             "site": site.institution, "sex": p.sex, "age": p.age,
-                             "fitzpatrick": p.skin if p.skin_known else ""})
+                rows.append(
+                    {
+                        "image": stem,
+                        "patient_id": p.mrn,
+                        "diagnosis": p.label,
+                        "site": site.institution,
+                        "sex": p.sex,
+                        "age": p.age,
+                        "fitzpatrick": p.skin if p.skin_known else "",
+                    }
+                )
                 phi["patient_ids"].add(p.mrn)
             else:
                 frames = 3 if rng.random() < _MULTIFRAME_SHARE else 1
@@ -210,7 +319,8 @@ def synthesize(out: Path, kind: Kind, patients: int, seed: int, size: int = 64) 
                 rows.append({"sop_instance_uid": uids[2], "label": p.label})
     _write_csv(out / "labels.csv", rows)
     (out / "phi_planted.json").write_text(
-        json.dumps({k: sorted(v) for k, v in phi.items()}, indent=1, sort_keys=True) + "\n")
+        json.dumps({k: sorted(v) for k, v in phi.items()}, indent=1, sort_keys=True) + "\n"
+    )
     spec = out / "cohort.yaml"
     spec.write_text(_spec_text(kind, patients, seed, size))
     return spec
@@ -263,9 +373,24 @@ def _plan(kind: str, patients: int, seed: int) -> list[_Patient]:
         middle = chr(ord("A") + int(rng.integers(26)))
         given = _GIVEN[true_sex][int(rng.integers(len(_GIVEN[true_sex])))]
         name = f"{_FAMILY[int(rng.integers(len(_FAMILY)))]}^{given}^{middle}"
-        plan.append(_Patient(i, s, label, n_images, sex, age, skin, skin_known, study, birth, name,
-                             f"MRN{mrns[i]}", f"ACC{accessions[i]}",
-                             _PHYSICIANS[int(rng.integers(len(_PHYSICIANS)))]))
+        plan.append(
+            _Patient(
+                i,
+                s,
+                label,
+                n_images,
+                sex,
+                age,
+                skin,
+                skin_known,
+                study,
+                birth,
+                name,
+                f"MRN{mrns[i]}",
+                f"ACC{accessions[i]}",
+                _PHYSICIANS[int(rng.integers(len(_PHYSICIANS)))],
+            )
+        )
     return plan
 
 
@@ -288,8 +413,7 @@ def _field(c: np.random.Generator, u: np.ndarray, v: np.ndarray, waves: int, fre
     return np.cos(phase).sum(-1) * np.sqrt(2.0 / waves)
 
 
-def _view(kind: str, p: _Patient, site: _Site, case_seed: int, rng: np.random.Generator,
-          size: int) -> np.ndarray:
+def _view(kind: str, p: _Patient, site: _Site, case_seed: int, rng: np.random.Generator, size: int) -> np.ndarray:
     """One acquisition of the patient's case: a random pose and exposure, then the site's shift and noise.
 
     Returns float display intensities in [0, 1] (cxr, H x W) or uint8 RGB (derm, H x W x 3).
@@ -329,8 +453,7 @@ def _chest(label: str, c: np.random.Generator, u: np.ndarray, v: np.ndarray, amp
     texture = _field(c, u, v, 10, 9.0)
     ribs = 0.5 + 0.5 * np.cos(2 * np.pi * (5.5 * v + 0.8 * u**2))
     centres = (-c.uniform(0.34, 0.40), c.uniform(0.34, 0.40))
-    lungs = [_soft(1 - ((u - cx) / 0.27) ** 2 - ((v + 0.02) / c.uniform(0.5, 0.58)) ** 2, 0.08)
-             for cx in centres]
+    lungs = [_soft(1 - ((u - cx) / 0.27) ** 2 - ((v + 0.02) / c.uniform(0.5, 0.58)) ** 2, 0.08) for cx in centres]
     lung = np.maximum(*lungs)
     img = img - lung * (0.32 - 0.03 * texture - 0.05 * ribs)
     heart_rx = c.uniform(0.36, 0.46) if label == "cardiomegaly" else c.uniform(0.2, 0.28)
@@ -360,8 +483,9 @@ def _chest(label: str, c: np.random.Generator, u: np.ndarray, v: np.ndarray, amp
     return img
 
 
-def _lesion(label: str, c: np.random.Generator, u: np.ndarray, v: np.ndarray, skin: np.ndarray,
-            alpha: float) -> np.ndarray:
+def _lesion(
+    label: str, c: np.random.Generator, u: np.ndarray, v: np.ndarray, skin: np.ndarray, alpha: float
+) -> np.ndarray:
     """A skin lesion (H x W x 3, linear RGB) in case coordinates, blended into skin with opacity ``alpha``."""
     base = skin * (1 + 0.05 * _field(c, u, v, 8, 2.0))[..., None]
     theta = np.arctan2(v, u)
@@ -369,8 +493,10 @@ def _lesion(label: str, c: np.random.Generator, u: np.ndarray, v: np.ndarray, sk
     def shape(radius: float, irregular: float, aspect: float = 1.0, edge: float = 0.04) -> np.ndarray:
         rot = c.uniform(0, np.pi)
         uu, vv = u * np.cos(rot) + v * np.sin(rot), (v * np.cos(rot) - u * np.sin(rot)) * aspect
-        border = 1 + irregular * sum(c.uniform(0.3, 1) * np.cos(k * theta + c.uniform(0, 2 * np.pi))
-                                     for k in range(2, 6)) / 2
+        border = (
+            1
+            + irregular * sum(c.uniform(0.3, 1) * np.cos(k * theta + c.uniform(0, 2 * np.pi)) for k in range(2, 6)) / 2
+        )
         return _soft(1 - np.hypot(uu, vv) / (radius * border), edge)
 
     col = np.empty(u.shape + (3,))
@@ -392,7 +518,7 @@ def _lesion(label: str, c: np.random.Generator, u: np.ndarray, v: np.ndarray, sk
         col += (0.12 * np.exp(-(((np.hypot(u, v) - 0.9 * r) / 0.03) ** 2)))[..., None]  # pearly rim
         for _ in range(int(c.integers(2, 5))):  # telangiectasia
             a, x0, y0 = c.uniform(0, np.pi), c.uniform(-r, r) / 2, c.uniform(-r, r) / 2
-            line = np.exp(-(((u - x0) * np.sin(a) - (v - y0) * np.cos(a)) / 0.014) ** 2)[..., None]
+            line = np.exp(-((((u - x0) * np.sin(a) - (v - y0) * np.cos(a)) / 0.014) ** 2))[..., None]
             col = col * (1 - line) + np.array([0.72, 0.12, 0.18]) * line
     elif label == "sek":
         mask = shape(c.uniform(0.34, 0.52), c.uniform(0.02, 0.1), aspect=c.uniform(1.3, 1.7), edge=0.015)
@@ -436,8 +562,15 @@ def _uids(kind: str, seed: int, patient: int, image: int) -> tuple[str, str, str
     return f"{root}.1.{patient}", f"{root}.2.{patient}.{image}", f"{root}.3.{patient}.{image}"
 
 
-def _dataset(p: _Patient, site: _Site, sop_class: str, modality: str, k: int, uids: tuple[str, str, str],
-             phi: dict[str, set[str]]) -> Dataset:
+def _dataset(
+    p: _Patient,
+    site: _Site,
+    sop_class: str,
+    modality: str,
+    k: int,
+    uids: tuple[str, str, str],
+    phi: dict[str, set[str]],
+) -> Dataset:
     """Patient, study, series and equipment modules, with the fake PHI a real archive would carry."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
@@ -454,8 +587,13 @@ def _dataset(p: _Patient, site: _Site, sop_class: str, modality: str, k: int, ui
     ds.StudyID, ds.SeriesNumber, ds.InstanceNumber = "1", k + 1, 1
     ds.Modality = modality
     ds.InstitutionName, ds.Manufacturer, ds.ManufacturerModelName = site.institution, site.manufacturer, site.model
-    for key, value in (("patient_names", p.name), ("patient_ids", p.mrn), ("accession_numbers", p.accession),
-                       ("birth_dates", ds.PatientBirthDate), ("referring_physicians", p.physician)):
+    for key, value in (
+        ("patient_names", p.name),
+        ("patient_ids", p.mrn),
+        ("accession_numbers", p.accession),
+        ("birth_dates", ds.PatientBirthDate),
+        ("referring_physicians", p.physician),
+    ):
         phi[key].add(value)
     return ds
 
@@ -468,8 +606,16 @@ def _save(ds: Dataset, path: Path, arr: np.ndarray, photometric: str, bits: int,
     ds.save_as(path, enforce_file_format=True)
 
 
-def _write_cxr(path: Path, frames: np.ndarray, p: _Patient, site: _Site, k: int, uids: tuple[str, str, str],
-               rng: np.random.Generator, phi: dict[str, set[str]]) -> None:
+def _write_cxr(
+    path: Path,
+    frames: np.ndarray,
+    p: _Patient,
+    site: _Site,
+    k: int,
+    uids: tuple[str, str, str],
+    rng: np.random.Generator,
+    phi: dict[str, set[str]],
+) -> None:
     """12-bit stored values; rescale + window map them back to the display image, MONOCHROME1 inverted."""
     multi = frames.shape[0] > 1
     ds = _dataset(p, site, _SOP["MF" if multi else site.modality], site.modality, k, uids, phi)
@@ -489,12 +635,21 @@ def _write_cxr(path: Path, frames: np.ndarray, p: _Patient, site: _Site, k: int,
     ds.VOILUTFunction = "LINEAR"
     if multi:
         ds.ConversionType = "WSD"
-    _save(ds, path, stored if multi else stored[0], "MONOCHROME1" if mono1 else "MONOCHROME2", 12,
-          rng.random() < site.rle)
+    _save(
+        ds, path, stored if multi else stored[0], "MONOCHROME1" if mono1 else "MONOCHROME2", 12, rng.random() < site.rle
+    )
 
 
-def _write_derm(path: Path, rgb: np.ndarray, p: _Patient, site: _Site, k: int, uids: tuple[str, str, str],
-                rng: np.random.Generator, phi: dict[str, set[str]]) -> None:
+def _write_derm(
+    path: Path,
+    rgb: np.ndarray,
+    p: _Patient,
+    site: _Site,
+    k: int,
+    uids: tuple[str, str, str],
+    rng: np.random.Generator,
+    phi: dict[str, set[str]],
+) -> None:
     ds = _dataset(p, site, _SOP["XC"], "XC", k, uids, phi)
     ds.BodyPartExamined = ("ARM", "BACK", "CHEST", "LEG", "FACE")[int(rng.integers(5))]
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
@@ -512,23 +667,40 @@ def _write_csv(path: Path, rows: list[dict[str, object]]) -> None:
 def _spec_text(kind: str, patients: int, seed: int, size: int) -> str:
     classes, site = CLASSES[kind], _SITES[kind][_HELDOUT_SITE]
     if kind == "cxr":
-        labels = {"csv": "labels.csv", "join": "sop_instance_uid", "key_column": "sop_instance_uid",
-                  "label_columns": ["label"]}
+        labels = {
+            "csv": "labels.csv",
+            "join": "sop_instance_uid",
+            "key_column": "sop_instance_uid",
+            "label_columns": ["label"],
+        }
     else:
-        labels = {"csv": "labels.csv", "join": "stem", "key_column": "image", "label_columns": ["diagnosis"],
-                  "patient_column": "patient_id", "subgroup_columns": {"skin_type": "fitzpatrick"},
-                  "site_column": "site", "sex_column": "sex", "age_column": "age"}
+        labels = {
+            "csv": "labels.csv",
+            "join": "stem",
+            "key_column": "image",
+            "label_columns": ["diagnosis"],
+            "patient_column": "patient_id",
+            "subgroup_columns": {"skin_type": "fitzpatrick"},
+            "site_column": "site",
+            "sex_column": "sex",
+            "age_column": "age",
+        }
     spec = {
         "name": f"synth-{kind}",
         "images": "images",
         "labels": labels,
         "subgroups": {"site_from": "institution", "age_bands": [18, 40, 60, 80]},
-        "splits": {"seed": seed, "heldout_sites": [site.institution],
-                   "heldout_conditions": list(classes[-_N_RARE + 1 :]),
-                   "outlier_conditions": [classes[-_N_RARE]]},
+        "splits": {
+            "seed": seed,
+            "heldout_sites": [site.institution],
+            "heldout_conditions": list(classes[-_N_RARE + 1 :]),
+            "outlier_conditions": [classes[-_N_RARE]],
+        },
         "preprocess": {"size": size, "channels": 1 if kind == "cxr" else 3},
     }
-    header = (f"# Synthetic {kind} cohort: medvision.cohort.synth.synthesize(kind={kind!r}, patients={patients}, "
-              f"seed={seed}, size={size}).\n# No real patient: every name, ID and date is fake and listed in "
-              "phi_planted.json (keep that file out of any build output).\n")
+    header = (
+        f"# Synthetic {kind} cohort: medvision.cohort.synth.synthesize(kind={kind!r}, patients={patients}, "
+        f"seed={seed}, size={size}).\n# No real patient: every name, ID and date is fake and listed in "
+        "phi_planted.json (keep that file out of any build output).\n"
+    )
     return header + yaml.safe_dump(spec, sort_keys=False)

@@ -47,8 +47,12 @@ class CohortDataset(Dataset):
         image = torch.from_numpy(self.cache.to_float(self.cache.get(self._keys[i])))
         if self.transform is not None:
             image = self.transform(image)
-        return {"image": image, "label": self._labels[i], "image_id": self._image_ids[i],
-                "patient_id": self._patient_ids[i]}
+        return {
+            "image": image,
+            "label": self._labels[i],
+            "image_id": self._image_ids[i],
+            "patient_id": self._patient_ids[i],
+        }
 
 
 class EpochSampler(Sampler[int]):
@@ -74,9 +78,17 @@ class EpochSampler(Sampler[int]):
 class CohortDataModule(L.LightningDataModule):
     """Train / val / test (and OOD) loaders of one cohort, at one label fraction."""
 
-    def __init__(self, cohort_dir: str | Path, batch_size: int = 32, label_fraction: float = 1.0,
-                 num_workers: int = 0, balanced: bool = False, seed: int = 0,
-                 train_transform: Transform | None = None, eval_transform: Transform | None = None) -> None:
+    def __init__(
+        self,
+        cohort_dir: str | Path,
+        batch_size: int = 32,
+        label_fraction: float = 1.0,
+        num_workers: int = 0,
+        balanced: bool = False,
+        seed: int = 0,
+        train_transform: Transform | None = None,
+        eval_transform: Transform | None = None,
+    ) -> None:
         super().__init__()
         self.cohort = open_cohort(cohort_dir)
         self.batch_size, self.label_fraction, self.num_workers = batch_size, label_fraction, num_workers
@@ -131,5 +143,12 @@ class CohortDataModule(L.LightningDataModule):
         return self._loader(self.dataset(split, self.eval_transform), None, drop_last=False)
 
     def _loader(self, ds: CohortDataset, sampler: Sampler | None, drop_last: bool) -> DataLoader:
-        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, shuffle=False, drop_last=drop_last,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            shuffle=False,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )

@@ -4,40 +4,50 @@ Pure computation over arrays and DataFrames (no dependence on the training engin
 call it on saved predictions.
 """
 
-from medvision.evaluation.bootstrap import Bootstrap, BootstrapResult, register_batched_metric
-from medvision.evaluation.calibration import (
-    TemperatureScaler,
-    brier_score,
-    expected_calibration_error,
-    nll,
-    reliability_diagram,
-)
-from medvision.evaluation.ensemble import EnsembleSelection, greedy_ensemble, knn_rank_backbones
-from medvision.evaluation.label_shift import EMPriorEstimator, adjust_to_prior, compare_adjustment
-from medvision.evaluation.metrics import (
-    OperatingPoint,
-    accuracy,
-    auroc,
-    choose_operating_point,
-    macro_ovr_auroc,
-    per_label_auroc,
-    sensitivity,
-    specificity,
-    top_k_accuracy,
-)
-from medvision.evaluation.ood import (
-    DeferralCosts,
-    KNNDetector,
-    MahalanobisDetector,
-    deferral_curve,
-    energy_score,
-    ensemble_probabilities,
-    hod_score,
-    max_logit_score,
-    msp_score,
-    ood_metrics,
-)
-from medvision.evaluation.subgroups import SubgroupFrame
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Resolved on first use (PEP 562): importing one submodule, e.g. the settings the CLI reads at start-up,
+# should not pull in scikit-learn, scipy and fairlearn (about 2 s on this machine).
+_WHERE = {
+    "Bootstrap": "medvision.evaluation.bootstrap",
+    "BootstrapResult": "medvision.evaluation.bootstrap",
+    "register_batched_metric": "medvision.evaluation.bootstrap",
+    "TemperatureScaler": "medvision.evaluation.calibration",
+    "brier_score": "medvision.evaluation.calibration",
+    "expected_calibration_error": "medvision.evaluation.calibration",
+    "nll": "medvision.evaluation.calibration",
+    "reliability_diagram": "medvision.evaluation.calibration",
+    "EnsembleSelection": "medvision.evaluation.ensemble",
+    "greedy_ensemble": "medvision.evaluation.ensemble",
+    "knn_rank_backbones": "medvision.evaluation.ensemble",
+    "EMPriorEstimator": "medvision.evaluation.label_shift",
+    "adjust_to_prior": "medvision.evaluation.label_shift",
+    "compare_adjustment": "medvision.evaluation.label_shift",
+    "OperatingPoint": "medvision.evaluation.metrics",
+    "accuracy": "medvision.evaluation.metrics",
+    "auroc": "medvision.evaluation.metrics",
+    "choose_operating_point": "medvision.evaluation.metrics",
+    "macro_ovr_auroc": "medvision.evaluation.metrics",
+    "per_label_auroc": "medvision.evaluation.metrics",
+    "sensitivity": "medvision.evaluation.metrics",
+    "specificity": "medvision.evaluation.metrics",
+    "top_k_accuracy": "medvision.evaluation.metrics",
+    "DeferralCosts": "medvision.evaluation.ood",
+    "KNNDetector": "medvision.evaluation.ood",
+    "MahalanobisDetector": "medvision.evaluation.ood",
+    "deferral_curve": "medvision.evaluation.ood",
+    "energy_score": "medvision.evaluation.ood",
+    "ensemble_probabilities": "medvision.evaluation.ood",
+    "hod_score": "medvision.evaluation.ood",
+    "max_logit_score": "medvision.evaluation.ood",
+    "msp_score": "medvision.evaluation.ood",
+    "ood_metrics": "medvision.evaluation.ood",
+    "SubgroupFrame": "medvision.evaluation.subgroups",
+}
+
 
 __all__ = [
     "Bootstrap",
@@ -75,3 +85,13 @@ __all__ = [
     "EnsembleSelection",
     "knn_rank_backbones",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

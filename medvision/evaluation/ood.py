@@ -18,12 +18,12 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
 from scipy.special import logsumexp
 from sklearn.metrics import average_precision_score
 
 from medvision.evaluation._checks import as_1d, as_2d, binary_labels, same_length
 from medvision.evaluation._weighted import batched_auroc
+from medvision.evaluation.settings import DeferralCosts
 
 __all__ = [
     "msp_score",
@@ -239,24 +239,6 @@ def ood_metrics(score: object, is_ood: object, tpr_level: float = 0.95) -> pd.Se
             f"fpr_at_{round(100 * tpr_level)}_tpr": float(np.mean(s[~ood] >= t)),
         },
         name="ood",
-    )
-
-
-class DeferralCosts(BaseModel):
-    """Cost of each outcome when a model may defer (refer) a case to a clinician (see the method spec §4).
-
-    All values are *defaults* to be set with clinicians for a given deployment; units are arbitrary but shared.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    inlier_correct: float = Field(0.0, description="inlier retained and classified correctly")
-    inlier_misclassified: float = Field(1.0, description="inlier retained and misclassified")
-    inlier_deferred: float = Field(0.1, description="inlier sent to a clinician (small: their time)")
-    outlier_deferred: float = Field(0.0, description="outlier sent to a clinician (about zero: the right call)")
-    outlier_missed: dict[str, float] = Field(
-        default_factory=lambda: {"low": 1.0, "medium": 5.0, "high": 20.0},
-        description="outlier retained (silently mislabelled), by the condition's risk level",
     )
 
 

@@ -21,11 +21,30 @@ from medvision.data.dataset import CohortDataset
 __all__ = ["Predictions", "SUBGROUP_EXCLUDE", "predict_rows"]
 
 #: Manifest columns that are not subgroup attributes (ids, paths, image facts).
-SUBGROUP_EXCLUDE = frozenset({
-    "image_id", "patient_id", "study_id", "series_id", "relpath", "frame", "split", "label_fraction", "label",
-    "label_idx", "kind", "modality", "view", "photometric", "transfer_syntax", "height", "width", "channels",
-    "content_sha256", "cache_key",
-})
+SUBGROUP_EXCLUDE = frozenset(
+    {
+        "image_id",
+        "patient_id",
+        "study_id",
+        "series_id",
+        "relpath",
+        "frame",
+        "split",
+        "label_fraction",
+        "label",
+        "label_idx",
+        "kind",
+        "modality",
+        "view",
+        "photometric",
+        "transfer_syntax",
+        "height",
+        "width",
+        "channels",
+        "content_sha256",
+        "cache_key",
+    }
+)
 
 
 @dataclass
@@ -39,15 +58,24 @@ class Predictions:
     ood_score: np.ndarray | None
 
     def subset(self, mask: np.ndarray) -> Predictions:
-        return Predictions(self.frame[mask].reset_index(drop=True), self.logits[mask], self.probs[mask],
-                           self.embeddings[mask], None if self.ood_score is None else self.ood_score[mask])
+        return Predictions(
+            self.frame[mask].reset_index(drop=True),
+            self.logits[mask],
+            self.probs[mask],
+            self.embeddings[mask],
+            None if self.ood_score is None else self.ood_score[mask],
+        )
 
     @staticmethod
     def concat(parts: list[Predictions]) -> Predictions:
         ood = None if any(p.ood_score is None for p in parts) else np.concatenate([p.ood_score for p in parts])
-        return Predictions(pd.concat([p.frame for p in parts], ignore_index=True),
-                           np.concatenate([p.logits for p in parts]), np.concatenate([p.probs for p in parts]),
-                           np.concatenate([p.embeddings for p in parts]), ood)
+        return Predictions(
+            pd.concat([p.frame for p in parts], ignore_index=True),
+            np.concatenate([p.logits for p in parts]),
+            np.concatenate([p.probs for p in parts]),
+            np.concatenate([p.embeddings for p in parts]),
+            ood,
+        )
 
 
 @torch.inference_mode()
@@ -66,13 +94,23 @@ def predict_rows(classifier, cohort: Cohort, rows: pd.DataFrame, batch_size: int
             scores.append(out.ood_score.float().numpy())
     k, n = len(classifier.classes), len(rows)  # inlier classes (a HOD head's outlier logits are extra)
     p = np.concatenate(probs) if probs else np.zeros((0, k), np.float32)
-    frame = rows[[c for c in rows.columns if c in ("image_id", "patient_id", "split", "label", "label_idx")
-                  or c not in SUBGROUP_EXCLUDE]].reset_index(drop=True).copy()
+    frame = (
+        rows[
+            [
+                c
+                for c in rows.columns
+                if c in ("image_id", "patient_id", "split", "label", "label_idx") or c not in SUBGROUP_EXCLUDE
+            ]
+        ]
+        .reset_index(drop=True)
+        .copy()
+    )
     for j, name in enumerate(classifier.classes):
         frame[f"p:{name}"] = p[:, j].astype(np.float64)
     ood = np.concatenate(scores).astype(np.float64) if scores else None
     if ood is not None:
         frame["ood_score"] = ood
     empty = np.zeros((n, 0), np.float32)
-    return Predictions(frame, np.concatenate(logits) if logits else empty, p,
-                       np.concatenate(feats) if feats else empty, ood)
+    return Predictions(
+        frame, np.concatenate(logits) if logits else empty, p, np.concatenate(feats) if feats else empty, ood
+    )

@@ -28,7 +28,7 @@ import torch
 from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam
 from torch import Tensor, nn
 
-from medvision.training.classifier import Classifier
+from medvision.classifier import Classifier
 
 __all__ = ["integrated_gradients", "overlay", "pick_cases", "saliency_maps"]
 

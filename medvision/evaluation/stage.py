@@ -14,17 +14,19 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from medvision._version import code_provenance
 from medvision.cohort.cohort import open_cohort
 from medvision.evaluation.calibration import TemperatureScaler
-from medvision.evaluation.metrics import choose_operating_point
+from medvision.evaluation.metrics import OperatingPoint, choose_operating_point
 from medvision.evaluation.predict import Predictions, predict_rows
+from medvision.evaluation.settings import EvaluationSettings
 from medvision.evaluation.tables import (
     calibration_tables,
     discrimination,
@@ -42,26 +44,13 @@ METRICS_SCHEMA = 1
 OUTLIER_SETS = frozenset({"condition_ood"})
 
 
-@dataclass
-class EvaluationRequest:
+class EvaluationRequest(EvaluationSettings):
     """What to evaluate and how; ``models`` are dicts with at least ``run_id`` (plus stage/member facts)."""
 
     cohort_dir: Path
     models: list[dict[str, Any]]
-    sets: list[str] = field(default_factory=lambda: ["test", "site_ood", "condition_ood"])
-    subgroups: list[str] = field(default_factory=lambda: ["sex", "age_band", "site"])
-    bootstrap: int = 1000
-    min_patients: int = 20
-    ensemble: bool = False
-    referral_rate: float = 0.1
-    saliency: int = 3
-    seed: int = 0
+    #: The MLflow store the models' runs live in; ``None``: the current tracking URI.
     tracking_uri: str | None = None
-    positive_class: str | None = None
-    #: Deferral cost table (``DeferralCosts`` fields); ``None`` uses its documented defaults.
-    costs: dict[str, Any] | None = None
-    #: Risk level of each held-out condition (``{"MEL": "high"}``); unlisted conditions are ``medium``.
-    risk: dict[str, str] | None = None
 
 
 def evaluate_models(request: EvaluationRequest, folder: Path) -> dict[str, float]:
@@ -90,12 +79,23 @@ def evaluate_models(request: EvaluationRequest, folder: Path) -> dict[str, float
         saliency = _saliency(primary, cohort, request, folder)
     doc = {
         "schema": METRICS_SCHEMA,
-        "cohort": {"name": cohort.card["name"], "manifest_sha256": cohort.manifest_sha256,
-                   "classes": list(cohort.card["classes"])[: int(cohort.card["num_inlier_classes"])],
-                   "dir": str(Path(request.cohort_dir).resolve())},
-        "settings": {"sets": request.sets, "subgroups": request.subgroups, "bootstrap": request.bootstrap,
-                     "min_patients": request.min_patients, "referral_rate": request.referral_rate,
-                     "seed": request.seed, "positive_class": results[0]["positive_class"] if results else None},
+        # the code that computed these numbers: the report shows this, not the version that renders it later
+        "code_version": code_provenance(),
+        "cohort": {
+            "name": cohort.card["name"],
+            "manifest_sha256": cohort.manifest_sha256,
+            "classes": list(cohort.card["classes"])[: int(cohort.card["num_inlier_classes"])],
+            "dir": str(Path(request.cohort_dir).resolve()),
+        },
+        "settings": {
+            "sets": request.sets,
+            "subgroups": request.subgroups,
+            "bootstrap": request.bootstrap,
+            "min_patients": request.min_patients,
+            "referral_rate": request.referral_rate,
+            "seed": request.seed,
+            "positive_class": results[0]["positive_class"] if results else None,
+        },
         "primary_model": primary[3]["name"] if primary else None,
         "models": results,
         "saliency": saliency,
@@ -106,22 +106,78 @@ def evaluate_models(request: EvaluationRequest, folder: Path) -> dict[str, float
     return headline
 
 
-def _evaluate_one(classifier, cohort, request: EvaluationRequest, model: dict[str, Any], name: str,
-                  folder: Path) -> tuple[dict[str, Any], dict[str, Predictions]]:
-    classes = list(classifier.classes)
+@dataclass
+class _Fitted:
+    """What an evaluation learns from training/validation data before it looks at any evaluation set."""
+
+    positive: int
+    operating_point: OperatingPoint | None
+    scaler: TemperatureScaler
+    detectors: Any
+
+
+def _evaluate_one(
+    classifier, cohort, request: EvaluationRequest, model: dict[str, Any], name: str, folder: Path
+) -> tuple[dict[str, Any], dict[str, Predictions]]:
+    """One model on every requested set, in the order the method spec §10 requires: predict, fit everything that
+    needs fitting (operating point, temperature, OOD detectors) on train/validation only, then score the sets."""
+    classes = _checked_classes(classifier, cohort, request, model)
+    preds = _predict(classifier, cohort, request, model, folder / "predictions" / name)
     k = len(classes)
+    inlier = {
+        s: p.subset(((p.frame["label_idx"] >= 0) & (p.frame["label_idx"] < k)).to_numpy()) for s, p in preds.items()
+    }
+    fitted = _fit_on_validation(classes, request, preds, inlier["val"])
+    entry: dict[str, Any] = {
+        "name": name,
+        "run_id": model["run_id"],
+        "stage": model.get("stage"),
+        "member": model.get("member"),
+        "backbone": model.get("backbone"),
+        "weights": model.get("weights"),
+        "head": model.get("head"),
+        "label_fraction": model.get("label_fraction") or 1.0,
+        "seed": model.get("seed"),
+        "classes": classes,
+        "positive_class": classes[fitted.positive],
+        "operating_point": None
+        if fitted.operating_point is None
+        else {"rule": "Youden's J on validation", "threshold": fitted.operating_point.threshold},
+        "temperature": float(fitted.scaler.temperature_),
+        "sets": {},
+        "calibration": {},
+        "ood": {},
+        "subgroups": {},
+    }
+    entry.update(_score_sets(classes, request, preds, inlier, fitted))
+    return entry, preds
+
+
+def _checked_classes(classifier, cohort, request: EvaluationRequest, model: dict[str, Any]) -> list[str]:
+    classes = list(classifier.classes)
     expected = list(cohort.card["classes"])[: int(cohort.card["num_inlier_classes"])]
     if classes != expected:
-        raise ValueError(f"model {model['run_id']} predicts classes {classes} but cohort {cohort.card['name']} has "
-                         f"{expected}; evaluate a model on the cohort it was trained on")
+        raise ValueError(
+            f"model {model['run_id']} predicts classes {classes} but cohort {cohort.card['name']} has "
+            f"{expected}; evaluate a model on the cohort it was trained on"
+        )
     if request.positive_class is not None and request.positive_class not in classes:
         raise ValueError(f"positive_class {request.positive_class!r} is not a class of this model: {classes}")
-    positive = classes.index(request.positive_class) if request.positive_class else (1 if k == 2 else 0)
+    return classes
+
+
+def _predict(
+    classifier, cohort, request: EvaluationRequest, model: dict[str, Any], out_dir: Path
+) -> dict[str, Predictions]:
+    """Predictions on the model's own training rows (for detectors), validation and every requested set; all but
+    train are written as parquet."""
     heldout = set(cohort.card.get("heldout_conditions") or [])
     lf = model.get("label_fraction") or 1.0
     train_rows = cohort.rows("train", label_fraction=lf if lf < 1 else None)
-    preds = {"train": predict_rows(classifier, cohort, train_rows), "val": predict_rows(classifier, cohort,
-                                                                                         cohort.rows("val"))}
+    preds = {
+        "train": predict_rows(classifier, cohort, train_rows),
+        "val": predict_rows(classifier, cohort, cohort.rows("val")),
+    }
     for s in request.sets:
         rows = cohort.rows(s, labelled=False)
         if s in OUTLIER_SETS:
@@ -129,56 +185,83 @@ def _evaluate_one(classifier, cohort, request: EvaluationRequest, model: dict[st
             rows = rows[rows["label"].isin(heldout)].reset_index(drop=True)
         if len(rows):
             preds[s] = predict_rows(classifier, cohort, rows)
-    out_dir = folder / "predictions" / name
     out_dir.mkdir(parents=True, exist_ok=True)
     for s, p in preds.items():
         if s != "train":
             p.frame.to_parquet(out_dir / f"{s}.parquet", index=False)
+    return preds
 
-    inlier = {s: p.subset(((p.frame["label_idx"] >= 0) & (p.frame["label_idx"] < k)).to_numpy())
-              for s, p in preds.items()}
-    val = inlier["val"]
+
+def _fit_on_validation(
+    classes: list[str], request: EvaluationRequest, preds: dict[str, Predictions], val: Predictions
+) -> _Fitted:
+    k = len(classes)
+    positive = classes.index(request.positive_class) if request.positive_class else (1 if k == 2 else 0)
     y_val = val.frame["label_idx"].to_numpy()
     has_both = bool((y_val == positive).any() and (y_val != positive).any())
     # No operating point without both outcomes on validation: the test set may never choose it (spec §10).
     op = choose_operating_point(y_val == positive, val.probs[:, positive], rule="youden") if has_both else None
     scaler = TemperatureScaler().fit(np.log(np.clip(val.probs, 1e-12, None)), y_val)
-    detectors = fit_detectors(preds["train"], k)
+    return _Fitted(positive, op, scaler, fit_detectors(preds["train"], k))
 
-    entry: dict[str, Any] = {
-        "name": name, "run_id": model["run_id"], "stage": model.get("stage"), "member": model.get("member"),
-        "backbone": model.get("backbone"), "weights": model.get("weights"), "head": model.get("head"),
-        "label_fraction": lf, "seed": model.get("seed"), "classes": classes, "positive_class": classes[positive],
-        "operating_point": None if op is None else {"rule": "Youden's J on validation", "threshold": op.threshold},
-        "temperature": float(scaler.temperature_), "sets": {}, "calibration": {}, "ood": {}, "subgroups": {},
-    }
+
+def _score_sets(
+    classes: list[str],
+    request: EvaluationRequest,
+    preds: dict[str, Predictions],
+    inlier: dict[str, Predictions],
+    fitted: _Fitted,
+) -> dict[str, Any]:
+    """Discrimination per set; calibration, subgroups and OOD screening on the in-distribution set; label shift
+    towards the held-out site."""
+    k, positive = len(classes), fitted.positive
+    out: dict[str, Any] = {"sets": {}}
     for s in request.sets:
         if s not in inlier or s in OUTLIER_SETS or not len(inlier[s].frame):
             continue
-        entry["sets"][s] = discrimination(inlier[s], positive, op, request.bootstrap, request.seed)
-    id_set = "test" if "test" in inlier else next(iter(entry["sets"]), None)
+        out["sets"][s] = discrimination(inlier[s], positive, fitted.operating_point, request.bootstrap, request.seed)
+    id_set = "test" if "test" in inlier else next(iter(out["sets"]), None)
     if id_set:
-        metrics, reliability = calibration_tables(inlier[id_set], scaler)
-        entry["calibration"] = {"set": id_set, "metrics": metrics, "reliability": reliability}
-        rows, diffs, overall = subgroup_table(inlier[id_set], request.subgroups, positive, request.min_patients,
-                                              request.bootstrap, request.seed)
-        entry["subgroups"] = {"set": id_set, "metric": f"AUROC ({classes[positive]} vs rest)" if k > 2 else "AUROC",
-                              "overall": overall, "table": rows, "differences": diffs}
+        metrics, reliability = calibration_tables(inlier[id_set], fitted.scaler)
+        out["calibration"] = {"set": id_set, "metrics": metrics, "reliability": reliability}
+        rows, diffs, overall = subgroup_table(
+            inlier[id_set], request.subgroups, positive, request.min_patients, request.bootstrap, request.seed
+        )
+        out["subgroups"] = {
+            "set": id_set,
+            "metric": f"AUROC ({classes[positive]} vs rest)" if k > 2 else "AUROC",
+            "overall": overall,
+            "table": rows,
+            "differences": diffs,
+        }
         outlier_sets = [s for s in request.sets if s in OUTLIER_SETS and s in preds and len(preds[s].frame)]
         if outlier_sets:
             outliers = Predictions.concat([preds[s] for s in outlier_sets])
-            det, scores, deferral = ood_tables(inlier[id_set], outliers, detectors, request.bootstrap, request.seed,
-                                               costs=request.costs, risk=request.risk)
-            entry["ood"] = {"inliers": id_set, "outliers": outlier_sets, "detectors": det, "scores": scores,
-                            "deferral": deferral, "primary": "hod" if any(d["detector"] == "hod" for d in det)
-                            else "msp"}
+            det, scores, deferral = ood_tables(
+                inlier[id_set],
+                outliers,
+                fitted.detectors,
+                request.bootstrap,
+                request.seed,
+                costs=request.costs,
+                risk=request.risk,
+            )
+            out["ood"] = {
+                "inliers": id_set,
+                "outliers": outlier_sets,
+                "detectors": det,
+                "scores": scores,
+                "deferral": deferral,
+                "primary": "hod" if any(d["detector"] == "hod" for d in det) else "msp",
+            }
     if "site_ood" in inlier and len(inlier["site_ood"].frame):
-        entry["label_shift"] = label_shift_table(val, inlier["site_ood"], scaler)
-    return entry, preds
+        out["label_shift"] = label_shift_table(inlier["val"], inlier["site_ood"], fitted.scaler)
+    return out
 
 
-def _ensemble(member_preds: dict[str, dict[str, Predictions]], results: list[dict[str, Any]],
-              request: EvaluationRequest) -> dict[str, Any]:
+def _ensemble(
+    member_preds: dict[str, dict[str, Predictions]], results: list[dict[str, Any]], request: EvaluationRequest
+) -> dict[str, Any]:
     """Greedy selection (with replacement) on validation NLL, then the ensemble scored like a model (spec §4).
 
     The ensemble's probabilities are the selection-weighted average of its members'; its OOD scores are MSP
@@ -228,14 +311,27 @@ def _ensemble(member_preds: dict[str, dict[str, Predictions]], results: list[dic
             scores["ensemble_hod"] = both.ood_score
         for name, score in scores.items():
             m = ood_metrics(score, is_ood)
-            ood.append({"detector": name, "auroc": float(m["ood_auroc"]), "aupr_in": float(m["aupr_in"]),
-                        "aupr_out": float(m["aupr_out"]), "fpr_at_95_tpr": float(m["fpr_at_95_tpr"])})
-    return {"members": selection.members, "val_nll": selection.history, "sets": sets, "ood": ood,
-            "operating_point": None if op is None else {"rule": "Youden's J on validation", "threshold": op.threshold}}
+            ood.append(
+                {
+                    "detector": name,
+                    "auroc": float(m["ood_auroc"]),
+                    "aupr_in": float(m["aupr_in"]),
+                    "aupr_out": float(m["aupr_out"]),
+                    "fpr_at_95_tpr": float(m["fpr_at_95_tpr"]),
+                }
+            )
+    return {
+        "members": selection.members,
+        "val_nll": selection.history,
+        "sets": sets,
+        "ood": ood,
+        "operating_point": None if op is None else {"rule": "Youden's J on validation", "threshold": op.threshold},
+    }
 
 
-def _rank_backbones(member_preds: dict[str, dict[str, Predictions]],
-                    results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _rank_backbones(
+    member_preds: dict[str, dict[str, Predictions]], results: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
     """Leave-one-out 1-NN accuracy (cosine) of each model's embeddings on validation (method spec §5)."""
     from medvision.evaluation.ensemble import knn_rank_backbones
 
@@ -260,8 +356,10 @@ def _history(run_id: str, tracking_uri: str | None) -> list[dict[str, Any]]:
     rows = []
     for key in run.data.metrics:
         if key.startswith(("train/loss", "val/")):
-            rows += [{"metric": key, "epoch": int(m.step), "value": float(m.value)}
-                     for m in client.get_metric_history(run_id, key)]
+            rows += [
+                {"metric": key, "epoch": int(m.step), "value": float(m.value)}
+                for m in client.get_metric_history(run_id, key)
+            ]
     return rows
 
 
@@ -288,9 +386,12 @@ def _saliency(primary, cohort, request: EvaluationRequest, folder: Path) -> list
     y_pred, conf = both.probs.argmax(1), both.probs.max(1)
     ood = both.ood_score if both.ood_score is not None else 1.0 - conf
     # correct/wrong among inliers; "most OOD" among every case (outliers included) by the deployed score
-    cases = [(int(np.flatnonzero(inlier)[i]), c) for i, c in
-             pick_cases(y[inlier], y_pred[inlier], conf[inlier], None, n_per_category=request.saliency,
-                        seed=request.seed)]
+    cases = [
+        (int(np.flatnonzero(inlier)[i]), c)
+        for i, c in pick_cases(
+            y[inlier], y_pred[inlier], conf[inlier], None, n_per_category=request.saliency, seed=request.seed
+        )
+    ]
     taken = {i for i, _ in cases}
     cases += [(int(i), "most-ood") for i in np.argsort(-ood, kind="stable") if int(i) not in taken][: request.saliency]
     rows = cohort.manifest.set_index("image_id").loc[[both.frame["image_id"][i] for i, _ in cases]].reset_index()
@@ -306,10 +407,17 @@ def _saliency(primary, cohort, request: EvaluationRequest, folder: Path) -> list
         fname = f"case-{j:02d}.npz"
         np.savez_compressed(out / fname, image=images[j].numpy(), integrated_gradients=ig[j], gradcam=cam[j])
         label = both.frame["label"][i]
-        records.append({"case_id": both.frame["image_id"][i], "category": category, "file": f"saliency/{fname}",
-                        "true_label": None if pd.isna(label) else str(label),
-                        "predicted_label": entry["classes"][int(y_pred[i])], "confidence": float(conf[i]),
-                        "ood_score": None if both.ood_score is None else float(both.ood_score[i])})
+        records.append(
+            {
+                "case_id": both.frame["image_id"][i],
+                "category": category,
+                "file": f"saliency/{fname}",
+                "true_label": None if pd.isna(label) else str(label),
+                "predicted_label": entry["classes"][int(y_pred[i])],
+                "confidence": float(conf[i]),
+                "ood_score": None if both.ood_score is None else float(both.ood_score[i]),
+            }
+        )
     return records
 
 

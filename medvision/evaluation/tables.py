@@ -66,14 +66,18 @@ def macro_auroc_batched(y: np.ndarray, probs: np.ndarray, weights: np.ndarray) -
     return np.nanmean(np.stack(per_class), axis=0) if per_class else np.full(len(weights), np.nan)
 
 
-def discrimination(pred: Predictions, positive: int, op: OperatingPoint | None, n_resamples: int,
-                   seed: int) -> dict[str, Any]:
+def discrimination(
+    pred: Predictions, positive: int, op: OperatingPoint | None, n_resamples: int, seed: int
+) -> dict[str, Any]:
     """AUROC, accuracy and (for the positive class) sensitivity/specificity at the validation operating point."""
     y = pred.frame["label_idx"].to_numpy()
     bs = Bootstrap(pred.frame["patient_id"].to_numpy(), n_resamples=max(n_resamples, 1), seed=seed)
-    out: dict[str, Any] = {"n_images": int(len(y)), "n_patients": int(pred.frame["patient_id"].nunique()),
-                           "auroc": _ci(bs.ci(macro_auroc_batched, y, pred.probs)),
-                           "accuracy": _ci(bs.ci("accuracy", y, pred.probs.argmax(1)))}
+    out: dict[str, Any] = {
+        "n_images": int(len(y)),
+        "n_patients": int(pred.frame["patient_id"].nunique()),
+        "auroc": _ci(bs.ci(macro_auroc_batched, y, pred.probs)),
+        "accuracy": _ci(bs.ci("accuracy", y, pred.probs.argmax(1))),
+    }
     if op is not None:
         is_pos = y == positive
         called = op.predict(pred.probs[:, positive])
@@ -88,13 +92,25 @@ def calibration_tables(pred: Predictions, scaler: TemperatureScaler) -> tuple[li
     scaled = scaler.predict_proba(np.log(np.clip(pred.probs, 1e-12, None)))
     metrics, reliability = [], []
     for method, p in (("uncalibrated", pred.probs), (f"temperature-scaled (T={scaler.temperature_:.2f})", scaled)):
-        metrics.append({"method": method, "nll": nll(y, p), "brier": brier_score(y, p),
-                        "ece": expected_calibration_error(y, p, n_bins=15)})
+        metrics.append(
+            {
+                "method": method,
+                "nll": nll(y, p),
+                "brier": brier_score(y, p),
+                "ece": expected_calibration_error(y, p, n_bins=15),
+            }
+        )
         diagram = reliability_diagram(y, p, n_bins=15)
         for r in diagram.to_dict("records"):
             if r.get("count", 0):
-                reliability.append({"method": method, "confidence": float(r["confidence"]),
-                                    "accuracy": float(r["accuracy"]), "count": int(r["count"])})
+                reliability.append(
+                    {
+                        "method": method,
+                        "confidence": float(r["confidence"]),
+                        "accuracy": float(r["accuracy"]),
+                        "count": int(r["count"]),
+                    }
+                )
     return metrics, reliability
 
 
@@ -118,9 +134,15 @@ def _scores(pred: Predictions, detectors: dict[str, Any], k: int) -> dict[str, n
     return scores
 
 
-def ood_tables(inliers: Predictions, outliers: Predictions, detectors: dict[str, Any], n_resamples: int,
-               seed: int, costs: DeferralCosts | None = None,
-               risk: dict[str, str] | None = None) -> tuple[list[dict], list[dict], list[dict]]:
+def ood_tables(
+    inliers: Predictions,
+    outliers: Predictions,
+    detectors: dict[str, Any],
+    n_resamples: int,
+    seed: int,
+    costs: DeferralCosts | None = None,
+    risk: dict[str, str] | None = None,
+) -> tuple[list[dict], list[dict], list[dict]]:
     """Detector metrics (outliers positive), score samples for histograms, and deferral curves with costs."""
     both = Predictions.concat([inliers, outliers])
     is_ood = np.r_[np.zeros(len(inliers.frame), bool), np.ones(len(outliers.frame), bool)]
@@ -133,9 +155,17 @@ def ood_tables(inliers: Predictions, outliers: Predictions, detectors: dict[str,
     for name, score in _scores(both, detectors, k).items():
         m = ood_metrics(score, is_ood)
         ci = bs.ci("auroc", is_ood, score)
-        detectors_rows.append({"detector": name, "auroc": float(m["ood_auroc"]), "auroc_low": _f(ci.low),
-                               "auroc_high": _f(ci.high), "aupr_in": float(m["aupr_in"]),
-                               "aupr_out": float(m["aupr_out"]), "fpr_at_95_tpr": float(m["fpr_at_95_tpr"])})
+        detectors_rows.append(
+            {
+                "detector": name,
+                "auroc": float(m["ood_auroc"]),
+                "auroc_low": _f(ci.low),
+                "auroc_high": _f(ci.high),
+                "aupr_in": float(m["aupr_in"]),
+                "aupr_out": float(m["aupr_out"]),
+                "fpr_at_95_tpr": float(m["fpr_at_95_tpr"]),
+            }
+        )
         score_rows += [{"detector": name, "score": float(s), "is_outlier": bool(o)} for s, o in zip(score, is_ood)]
         curve = deferral_curve(score, is_ood, correct, risk_level=risk_level, cost_table=costs)
         deferral_rows += [{"detector": name, **r} for r in _thin(curve).to_dict("records")]
@@ -150,12 +180,14 @@ def _thin(curve: pd.DataFrame, points: int = 60) -> pd.DataFrame:
     return curve.iloc[idx]
 
 
-def subgroup_table(pred: Predictions, attributes: Sequence[str], positive: int, min_patients: int,
-                   n_resamples: int, seed: int) -> tuple[list[dict], list[dict], dict[str, Any]]:
+def subgroup_table(
+    pred: Predictions, attributes: Sequence[str], positive: int, min_patients: int, n_resamples: int, seed: int
+) -> tuple[list[dict], list[dict], dict[str, Any]]:
     """Per-group AUROC with CIs, gaps to overall and worst-vs-best difference (fairlearn's shape)."""
     present = [a for a in attributes if "*" not in a and a in pred.frame.columns]
-    intersections = [tuple(a.split("*")) for a in attributes if "*" in a
-                     and all(p in pred.frame.columns for p in a.split("*"))]
+    intersections = [
+        tuple(a.split("*")) for a in attributes if "*" in a and all(p in pred.frame.columns for p in a.split("*"))
+    ]
     present += [p for parts in intersections for p in parts if p not in present]  # an intersection's parts too
     if not present:
         return [], [], {}
@@ -164,9 +196,17 @@ def subgroup_table(pred: Predictions, attributes: Sequence[str], positive: int, 
     target = (y == 1) if binary else (y == positive)
     score = pred.probs[:, 1] if binary else pred.probs[:, positive]
     features = pred.frame[present].astype("string").fillna("unknown")
-    frame = SubgroupFrame(metrics={"auroc": "auroc"}, y_true=target, y_pred=score, sensitive_features=features,
-                          groups=pred.frame["patient_id"].to_numpy(), intersections=intersections,
-                          min_patients=min_patients, n_resamples=max(n_resamples, 1), seed=seed)
+    frame = SubgroupFrame(
+        metrics={"auroc": "auroc"},
+        y_true=target,
+        y_pred=score,
+        sensitive_features=features,
+        groups=pred.frame["patient_id"].to_numpy(),
+        intersections=intersections,
+        min_patients=min_patients,
+        n_resamples=max(n_resamples, 1),
+        seed=seed,
+    )
     table = frame.table().reset_index()
     table = table[table["metric"] == "auroc"].drop(columns=["metric"])
     rows = [{k: (_f(v) if isinstance(v, float) else v) for k, v in r.items()} for r in table.to_dict("records")]
@@ -193,7 +233,11 @@ def label_shift_table(val: Predictions, target: Predictions, scaler: Temperature
     em = EMPriorEstimator(prior_train).fit(probs)
     y = target.frame["label_idx"].to_numpy()
     table = compare_adjustment(y, probs, em.transform(probs)).reset_index()
-    return {"prior_validation": prior_train.tolist(), "prior_estimated": np.asarray(em.prior_).tolist(),
-            "prior_true": (np.bincount(y, minlength=k) / max(len(y), 1)).tolist(),
-            "comparison": [{k2: (_f(v) if isinstance(v, float) else v) for k2, v in r.items()}
-                           for r in table.to_dict("records")]}
+    return {
+        "prior_validation": prior_train.tolist(),
+        "prior_estimated": np.asarray(em.prior_).tolist(),
+        "prior_true": (np.bincount(y, minlength=k) / max(len(y), 1)).tolist(),
+        "comparison": [
+            {k2: (_f(v) if isinstance(v, float) else v) for k2, v in r.items()} for r in table.to_dict("records")
+        ],
+    }

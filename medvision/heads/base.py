@@ -144,6 +144,4 @@ def _validate_options(label: str, model: type[HeadOptions], options: dict[str, A
                 problems.append(f"option {where!r}: {e['msg']}")
             else:
                 problems.append(e["msg"].removeprefix("Value error, "))
-        raise HeadConfigError(
-            f"head {label!r}: {'; '.join(problems)}. Valid options: {valid}"
-        ) from None
+        raise HeadConfigError(f"head {label!r}: {'; '.join(problems)}. Valid options: {valid}") from None

@@ -57,9 +57,7 @@ def get_head_class(name: str) -> type[Head]:
     except KeyError:
         close = difflib.get_close_matches(name, list(_HEADS), n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise HeadConfigError(
-            f"unknown head {name!r}.{hint} Registered heads: {', '.join(list_heads())}"
-        ) from None
+        raise HeadConfigError(f"unknown head {name!r}.{hint} Registered heads: {', '.join(list_heads())}") from None
 
 
 def create_head(name: str, in_features: int, num_classes: int, **options: Any) -> Head:

@@ -12,15 +12,15 @@ Example:
     >>> bb = create_backbone("vit-tiny", weights="none", in_chans=1)
 """
 
-from medvision.models.artifact import load_backbone_dir, save_backbone
+from medvision.models.artifact import save_backbone
 from medvision.models.backbone import Backbone
 from medvision.models.errors import HubUnavailableError, UnknownBackboneError, WeightsError
-from medvision.models.factory import create_backbone
+from medvision.models.factory import create_backbone, fetch_weights, load_backbone_dir
 from medvision.models.moe import MoEConfig, SoftMoE, SparseMoE
 from medvision.models.record import WeightsRecord
 from medvision.models.registry import BackboneSpec, get_backbone_spec, list_backbones, register_backbones
 from medvision.models.upcycle import upcycle
-from medvision.models.weights import fetch_weights, parse_weights
+from medvision.models.weights import parse_weights
 
 __all__ = [
     "Backbone",

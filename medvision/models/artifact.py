@@ -30,7 +30,6 @@ __all__ = [
     "RECORD_FILE",
     "WEIGHTS_FILE",
     "SavedBackbone",
-    "load_backbone_dir",
     "read_saved_backbone",
     "save_backbone",
     "write_weights",
@@ -68,24 +67,6 @@ def save_backbone(backbone: Backbone, directory: str | Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     write_weights(backbone, directory / WEIGHTS_FILE, directory / RECORD_FILE)
     return directory
-
-
-def load_backbone_dir(directory: str | Path, in_chans: int | None = None) -> Backbone:
-    """Rebuild a backbone saved by :func:`save_backbone`, verifying the weights' SHA-256.
-
-    Args:
-        directory: the folder holding ``backbone.safetensors`` and ``weights_record.json``.
-        in_chans: input channels; defaults to the saved ones (a different count adapts the stem).
-
-    Raises:
-        WeightsError: the folder is not a saved backbone, or its weights changed since they were saved.
-    """
-    from medvision.models.factory import create_backbone
-
-    saved = read_saved_backbone(Path(directory))
-    if saved is None:
-        raise WeightsError(f"{directory} is not a saved backbone: it lacks {RECORD_FILE}")
-    return create_backbone(saved.name, weights=f"file:{directory}", in_chans=in_chans or saved.record.in_chans)
 
 
 def write_weights(backbone: Backbone, weights_path: Path, record_path: Path) -> WeightsRecord:

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from medvision.models._checkpoint import load_weights_file, sha256_file
-from medvision.models.artifact import SavedBackbone, read_saved_backbone
+from medvision.models.artifact import RECORD_FILE, SavedBackbone, read_saved_backbone, write_weights
 from medvision.models.backbone import Backbone
 from medvision.models.errors import WeightsError
 from medvision.models.moe import MoEConfig
@@ -28,7 +28,7 @@ from medvision.models.weights import (
     parse_weights,
 )
 
-__all__ = ["create_backbone"]
+__all__ = ["create_backbone", "fetch_weights", "load_backbone_dir"]
 
 _RESERVED = ("num_classes", "pretrained", "pretrained_cfg", "checkpoint_path")
 
@@ -213,3 +213,44 @@ def _input_size(model: nn.Module, in_chans: int, cfg: dict[str, Any]) -> tuple[i
         return (in_chans, int(img_size[0]), int(img_size[1]))
     size = cfg.get("input_size") or (3, 224, 224)
     return (in_chans, int(size[-2]), int(size[-1]))
+
+
+def load_backbone_dir(directory: str | Path, in_chans: int | None = None) -> Backbone:
+    """Rebuild a backbone saved by :func:`save_backbone`, verifying the weights' SHA-256.
+
+    Args:
+        directory: the folder holding ``backbone.safetensors`` and ``weights_record.json``.
+        in_chans: input channels; defaults to the saved ones (a different count adapts the stem).
+
+    Raises:
+        WeightsError: the folder is not a saved backbone, or its weights changed since they were saved.
+    """
+    saved = read_saved_backbone(Path(directory))
+    if saved is None:
+        raise WeightsError(f"{directory} is not a saved backbone: it lacks {RECORD_FILE}")
+    return create_backbone(saved.name, weights=f"file:{directory}", in_chans=in_chans or saved.record.in_chans)
+
+
+def fetch_weights(name: str, to: Path) -> Path:
+    """Download ``name``'s hub weights on an online machine so an air-gapped one can use ``file:``.
+
+    Writes ``to/<name>.safetensors`` (backbone only, no classifier) and ``to/<name>.json`` (its weights record
+    and build spec); ``create_backbone(name, weights=f"file:{to}/{name}.safetensors")`` then reproduces the hub
+    backbone exactly, with the SHA-256 of the file recorded.
+
+    Returns:
+        The path of the written ``.safetensors`` file.
+
+    Raises:
+        WeightsError: ``name`` has no hub weights. HubUnavailableError: this machine cannot download them.
+
+    Example:
+        >>> fetch_weights("bit-m-r50x1", Path("weights/"))  # doctest: +SKIP
+        PosixPath('weights/bit-m-r50x1.safetensors')
+    """
+    backbone = create_backbone(name, weights="hub")
+    to = Path(to)
+    to.mkdir(parents=True, exist_ok=True)
+    path = to / f"{name}.safetensors"
+    write_weights(backbone, path, path.with_suffix(".json"))
+    return path

@@ -34,7 +34,6 @@ __all__ = [
     "WeightSource",
     "create_from_hub",
     "download_mlflow_artifact",
-    "fetch_weights",
     "parse_weights",
 ]
 
@@ -125,34 +124,6 @@ def create_from_hub(hub_name: str, backbone: str, in_chans: int, **timm_kwargs) 
         )
     except OSError as e:  # huggingface_hub's HTTP and offline errors are OSErrors
         raise HubUnavailableError(_unavailable(hub_name, backbone, f"download failed: {e}")) from e
-
-
-def fetch_weights(name: str, to: Path) -> Path:
-    """Download ``name``'s hub weights on an online machine so an air-gapped one can use ``file:``.
-
-    Writes ``to/<name>.safetensors`` (backbone only, no classifier) and ``to/<name>.json`` (its weights record
-    and build spec); ``create_backbone(name, weights=f"file:{to}/{name}.safetensors")`` then reproduces the hub
-    backbone exactly, with the SHA-256 of the file recorded.
-
-    Returns:
-        The path of the written ``.safetensors`` file.
-
-    Raises:
-        WeightsError: ``name`` has no hub weights. HubUnavailableError: this machine cannot download them.
-
-    Example:
-        >>> fetch_weights("bit-m-r50x1", Path("weights/"))  # doctest: +SKIP
-        PosixPath('weights/bit-m-r50x1.safetensors')
-    """
-    from medvision.models.artifact import write_weights
-    from medvision.models.factory import create_backbone
-
-    backbone = create_backbone(name, weights="hub")
-    to = Path(to)
-    to.mkdir(parents=True, exist_ok=True)
-    path = to / f"{name}.safetensors"
-    write_weights(backbone, path, path.with_suffix(".json"))
-    return path
 
 
 def download_mlflow_artifact(uri: str, dst: Path) -> Path:

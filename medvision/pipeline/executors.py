@@ -55,8 +55,13 @@ class StageContext:
 def execute(ctx: StageContext) -> tuple[StageOutput, Rows]:
     kind = ctx.stage.kind
     ctx.echo(f"[{ctx.stage_id}] {kind} ...")
-    runner = {"cohort": _cohort, "pretrain": _training, "finetune": _training, "evaluate": _evaluate,
-              "report": _report}[kind]
+    runner = {
+        "cohort": _cohort,
+        "pretrain": _training,
+        "finetune": _training,
+        "evaluate": _evaluate,
+        "report": _report,
+    }[kind]
     return runner(ctx)
 
 
@@ -92,8 +97,14 @@ def _cohort(ctx: StageContext) -> tuple[StageOutput, Rows]:
     cohort_dir = ctx.folder / "cohort"
     reused = _reuse(ctx, key)
     if reused is not None:
-        return reused, [{"member": "-", "status": "reused", "run_id": reused.run_ids[0],
-                         "result": f"manifest {reused.manifest_sha256[:12]}"}]
+        return reused, [
+            {
+                "member": "-",
+                "status": "reused",
+                "run_id": reused.run_ids[0],
+                "result": f"manifest {reused.manifest_sha256[:12]}",
+            }
+        ]
     run_id = ctx.tracker.start_child(ctx.stage_id, "cohort", key, ctx.stage_id)
     ok = False
     try:
@@ -104,15 +115,21 @@ def _cohort(ctx: StageContext) -> tuple[StageOutput, Rows]:
         client.log_param(run_id, "cohort.name", spec.name)
         client.log_param(run_id, "cohort.manifest_sha256", card["manifest_sha256"])
         client.log_artifact(run_id, str(cohort_dir / "cohort.json"), "cohort")
-        output = StageOutput(kind="cohort", run_ids=[run_id], cohort_dir=cohort_dir,
-                             manifest_sha256=card["manifest_sha256"])
+        output = StageOutput(
+            kind="cohort", run_ids=[run_id], cohort_dir=cohort_dir, manifest_sha256=card["manifest_sha256"]
+        )
         _record(ctx, run_id, output)
         ok = True
     finally:
         ctx.tracker.end(run_id, ok)
-    return output, [{"member": "-", "status": "ran", "run_id": run_id,
-                     "result": f"{card['images']} images, {card['patients']} patients, "
-                               f"{card['quarantined']} quarantined"}]
+    return output, [
+        {
+            "member": "-",
+            "status": "ran",
+            "run_id": run_id,
+            "result": f"{card['images']} images, {card['patients']} patients, {card['quarantined']} quarantined",
+        }
+    ]
 
 
 def _cohort_spec(ctx: StageContext, stage: CohortStage) -> dict[str, Any]:
@@ -146,14 +163,11 @@ def _cohort_spec(ctx: StageContext, stage: CohortStage) -> dict[str, Any]:
 
         data = load_spec(source / "cohort.yaml").model_dump(mode="json")
     else:
-        from medvision.cohort.spec import spec_from_folder
+        from medvision.cohort.spec import FolderOptions, spec_from_folder
 
         f = stage.folder
-        data = spec_from_folder(
-            f.images, labels=f.labels, key_column=f.key_column, join=f.join, label_column=f.label_column,
-            patient_column=f.patient_column, subgroups=f.subgroups, sex_column=f.sex_column,
-            age_column=f.age_column, site_column=f.site_column, size=f.size, channels=f.channels,
-            record_paths=f.record_paths, name=ctx.stage_id).model_dump(mode="json")
+        options = FolderOptions.model_validate(f.model_dump(exclude={"images", "spec"}) | {"name": ctx.stage_id})
+        data = spec_from_folder(f.images, options).model_dump(mode="json")
         _merge(data, f.spec)
     _merge(data, stage.overrides)
     return data
@@ -188,8 +202,10 @@ def _training(ctx: StageContext) -> tuple[StageOutput, Rows]:
     if stage.backbone_from is not None:
         up = ctx.outputs[stage.backbone_from]
         if len(up.run_ids) != 1:
-            raise ConfigError(f"stages.{ctx.stage_id}.backbone_from: stage {stage.backbone_from!r} made "
-                              f"{len(up.run_ids)} models (a sweep); start from a stage with one model")
+            raise ConfigError(
+                f"stages.{ctx.stage_id}.backbone_from: stage {stage.backbone_from!r} made "
+                f"{len(up.run_ids)} models (a sweep); start from a stage with one model"
+            )
         weights = f"mlflow:runs:/{up.run_ids[0]}/backbone"
         upstream_keys.append(up.run_ids[0])
     members = sweep_members(stage) if isinstance(stage, FinetuneStage) else iter([("main", {})])
@@ -206,8 +222,7 @@ def _training(ctx: StageContext) -> tuple[StageOutput, Rows]:
             node[last] = value
         if inherited and "name" not in (data.get("backbone") or {}):
             data.setdefault("backbone", {})["name"] = inherited
-        identity = wire_config(stage.kind, data, cohort_dir=cohort.cohort_dir, output_dir=Path("-"),
-                               weights=weights)
+        identity = wire_config(stage.kind, data, cohort_dir=cohort.cohort_dir, output_dir=Path("-"), weights=weights)
         identity.pop("tracking", None)
         identity["output_dir"] = None
         key = stage_key(stage.kind, identity, upstream_keys, cohort.manifest_sha256, ctx.version)
@@ -216,13 +231,21 @@ def _training(ctx: StageContext) -> tuple[StageOutput, Rows]:
         if run is not None:
             output.run_ids.append(run.info.run_id)
             output.members.append({"member": member, **chosen, **_member_facts(identity)})
-            rows.append({"member": member, "status": "reused", "run_id": run.info.run_id,
-                         "result": _headline(run.data.metrics)})
+            rows.append(
+                {"member": member, "status": "reused", "run_id": run.info.run_id, "result": _headline(run.data.metrics)}
+            )
             continue
         tracking = {"tracking_uri": ctx.tracker.uri, "experiment": ctx.tracker.experiment, "run_name": name}
-        cfg = model.model_validate(wire_config(stage.kind, data, cohort_dir=cohort.cohort_dir,
-                                               output_dir=ctx.folder / f"{member}-{key[:8]}",
-                                               weights=weights, tracking=tracking))
+        cfg = model.model_validate(
+            wire_config(
+                stage.kind,
+                data,
+                cohort_dir=cohort.cohort_dir,
+                output_dir=ctx.folder / f"{member}-{key[:8]}",
+                weights=weights,
+                tracking=tracking,
+            )
+        )
         (ctx.folder).mkdir(parents=True, exist_ok=True)
         result = _run_training(stage.kind, cfg)
         # Tagged once finished: the stage key marks a *completed* result, and an interrupted run that
@@ -231,8 +254,7 @@ def _training(ctx: StageContext) -> tuple[StageOutput, Rows]:
             ctx.tracker.client.set_tag(result.run_id, tag, value)
         output.run_ids.append(result.run_id)
         output.members.append({"member": member, **chosen, **_member_facts(identity)})
-        rows.append({"member": member, "status": "ran", "run_id": result.run_id,
-                     "result": _headline(result.metrics)})
+        rows.append({"member": member, "status": "ran", "run_id": result.run_id, "result": _headline(result.metrics)})
     return output, rows
 
 
@@ -248,9 +270,13 @@ def _run_training(kind: str, cfg: Any) -> Any:
 
 def _member_facts(config: dict[str, Any]) -> dict[str, Any]:
     backbone = config.get("backbone") or {}
-    return {"backbone": backbone.get("name"), "weights": backbone.get("weights", "hub"),
-            "label_fraction": (config.get("data") or {}).get("label_fraction", 1.0), "seed": config.get("seed", 0),
-            "head": (config.get("head") or {}).get("name", "linear")}
+    return {
+        "backbone": backbone.get("name"),
+        "weights": backbone.get("weights", "hub"),
+        "label_fraction": (config.get("data") or {}).get("label_fraction", 1.0),
+        "seed": config.get("seed", 0),
+        "head": (config.get("head") or {}).get("name", "linear"),
+    }
 
 
 def _headline(metrics: dict[str, float]) -> str:
@@ -272,8 +298,10 @@ def _evaluate(ctx: StageContext) -> tuple[StageOutput, Rows]:
             models.append({"stage": ref, "run_id": run_id, **member})
     cohort_ids = {ctx.spec.stages[ref].cohort for ref in stage.models}
     if len(cohort_ids) > 1:
-        raise ConfigError(f"stages.{ctx.stage_id}.models: the models come from different cohorts "
-                          f"({', '.join(sorted(cohort_ids))}); evaluate each cohort's models in its own stage")
+        raise ConfigError(
+            f"stages.{ctx.stage_id}.models: the models come from different cohorts "
+            f"({', '.join(sorted(cohort_ids))}); evaluate each cohort's models in its own stage"
+        )
     cohort = ctx.outputs[next(iter(cohort_ids))]
     settings = stage.model_dump(mode="json")
     key = stage_key("evaluate", settings, [m["run_id"] for m in models], cohort.manifest_sha256, ctx.version)
@@ -284,20 +312,23 @@ def _evaluate(ctx: StageContext) -> tuple[StageOutput, Rows]:
     ok = False
     try:
         folder = ctx.folder / key[:8]
-        request = EvaluationRequest(cohort_dir=cohort.cohort_dir, models=models, sets=stage.sets,
-                                    subgroups=stage.subgroups, bootstrap=stage.bootstrap,
-                                    min_patients=stage.min_patients, ensemble=stage.ensemble,
-                                    referral_rate=stage.referral_rate, saliency=stage.saliency, seed=stage.seed,
-                                    tracking_uri=ctx.tracker.uri, positive_class=stage.positive_class,
-                                    costs=stage.costs, risk=stage.risk)
+        settings = stage.model_dump(exclude={"kind", "models"})
+        request = EvaluationRequest(
+            cohort_dir=cohort.cohort_dir, models=models, tracking_uri=ctx.tracker.uri, **settings
+        )
         headline = evaluate_models(request, folder)
         client = ctx.tracker.client
         for k, v in headline.items():
             client.log_metric(run_id, k, float(v))
         client.log_artifacts(run_id, str(folder), "evaluation")
-        output = StageOutput(kind="evaluate", run_ids=[run_id], path=folder, cohort_dir=cohort.cohort_dir,
-                             manifest_sha256=cohort.manifest_sha256,
-                             members=[{"models": [m["run_id"] for m in models]}])
+        output = StageOutput(
+            kind="evaluate",
+            run_ids=[run_id],
+            path=folder,
+            cohort_dir=cohort.cohort_dir,
+            manifest_sha256=cohort.manifest_sha256,
+            members=[{"models": [m["run_id"] for m in models]}],
+        )
         _record(ctx, run_id, output)
         ok = True
     finally:
@@ -310,18 +341,22 @@ def _report(ctx: StageContext) -> tuple[StageOutput, Rows]:
 
     stage: ReportStage = ctx.stage
     evaluation = ctx.outputs[stage.evaluation]
-    key = stage_key("report", stage.model_dump(mode="json"), [evaluation.run_ids[0]], evaluation.manifest_sha256,
-                    ctx.version)
+    key = stage_key(
+        "report", stage.model_dump(mode="json"), [evaluation.run_ids[0]], evaluation.manifest_sha256, ctx.version
+    )
     reused = _reuse(ctx, key)
     if reused is not None:
         return reused, [{"member": "-", "status": "reused", "run_id": reused.run_ids[0], "result": str(reused.path)}]
     run_id = ctx.tracker.start_child(ctx.stage_id, "report", key, ctx.stage_id)
     ok = False
     try:
-        path = report_from_evaluation(evaluation.path, ctx.folder / "report.html",
-                                      title=stage.title or ctx.spec.name,
-                                      pipeline_yaml=yaml.safe_dump(ctx.spec.model_dump(mode="json"), sort_keys=False),
-                                      tracking_uri=ctx.tracker.uri)
+        path = report_from_evaluation(
+            evaluation.path,
+            ctx.folder / "report.html",
+            title=stage.title or ctx.spec.name,
+            pipeline_yaml=yaml.safe_dump(ctx.spec.model_dump(mode="json"), sort_keys=False),
+            tracking_uri=ctx.tracker.uri,
+        )
         ctx.tracker.client.log_artifact(run_id, str(path), "report")
         output = StageOutput(kind="report", run_ids=[run_id], path=path)
         _record(ctx, run_id, output)

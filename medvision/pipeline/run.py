@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +19,11 @@ from typing import Any
 
 import pandas as pd
 
+from medvision._version import code_version
 from medvision.pipeline.spec import PipelineSpec
 from medvision.pipeline.stages import StageOutput
 
-__all__ = ["PipelineResult", "code_version", "run_pipeline", "stage_key"]
+__all__ = ["PipelineResult", "run_pipeline", "stage_key"]
 
 log = logging.getLogger("medvision.pipeline")
 
@@ -50,32 +50,13 @@ class PipelineResult:
         return reports[-1] if reports else None
 
 
-def code_version() -> str:
-    """The package version plus the git commit when running from a checkout (dirty trees say so)."""
-    import medvision
-
-    version = getattr(medvision, "__version__", "0")
-    root = Path(medvision.__file__).resolve().parent.parent
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
-                              check=True).stdout
-
-    try:
-        commit = git("rev-parse", "--short=12", "HEAD").strip()
-        diff = git("diff", "HEAD", "--", "medvision", "pipelines", "reports")
-    except (OSError, subprocess.SubprocessError):
-        return version
-    if not commit:
-        return version
-    # Uncommitted edits change the version too, so a stage is never reused across a code change.
-    dirty = f".dirty-{hashlib.sha256(diff.encode()).hexdigest()[:8]}" if diff else ""
-    return f"{version}+{commit}{dirty}"
-
-
 def stage_key(kind: str, config: Any, upstream: list[str], manifest_sha256: str | None, version: str) -> str:
     """The identity of a stage's work: equal keys mean the same result, so a finished run can be reused."""
-    blob = json.dumps({"kind": kind, "config": config, "upstream": upstream, "manifest": manifest_sha256,
-                       "code": version}, sort_keys=True, default=str)
+    blob = json.dumps(
+        {"kind": kind, "config": config, "upstream": upstream, "manifest": manifest_sha256, "code": version},
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -89,19 +70,28 @@ class Tracker:
         self.client = open_client(tracking_uri)
         self.experiment_id = get_or_create_experiment(self.client, experiment)
         self.experiment = experiment
-        run = self.client.create_run(self.experiment_id, run_name=pipeline_name,
-                                     tags={"medvision.pipeline": pipeline_name, "medvision.kind": "pipeline"})
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=pipeline_name,
+            tags={"medvision.pipeline": pipeline_name, "medvision.kind": "pipeline"},
+        )
         self.parent_run_id = run.info.run_id
 
     def child_tags(self, stage_id: str, kind: str, key: str) -> dict[str, str]:
-        return {"mlflow.parentRunId": self.parent_run_id, STAGE_KEY_TAG: key, "medvision.stage": stage_id,
-                "medvision.kind": kind}
+        return {
+            "mlflow.parentRunId": self.parent_run_id,
+            STAGE_KEY_TAG: key,
+            "medvision.stage": stage_id,
+            "medvision.kind": kind,
+        }
 
     def finished(self, key: str) -> Any | None:
-        runs = self.client.search_runs([self.experiment_id],
-                                       filter_string=f"tags.`{STAGE_KEY_TAG}` = '{key}' and "
-                                                     "attributes.status = 'FINISHED'",
-                                       max_results=1, order_by=["attributes.start_time DESC"])
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{STAGE_KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
+            max_results=1,
+            order_by=["attributes.start_time DESC"],
+        )
         return runs[0] if runs else None
 
     def start_child(self, stage_id: str, kind: str, key: str, name: str) -> str:
@@ -124,7 +114,7 @@ def run_pipeline(spec: PipelineSpec, *, echo: Callable[[str], None] = print) -> 
     from medvision.pipeline import executors
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from medvision.training.config import TrackingConfig, resolve_tracking_uri
+    from medvision.engine.config import TrackingConfig, resolve_tracking_uri
 
     uri = resolve_tracking_uri(TrackingConfig(tracking_uri=spec.tracking.tracking_uri))
     tracker = Tracker(uri, spec.tracking.experiment, spec.name)
@@ -136,8 +126,16 @@ def run_pipeline(spec: PipelineSpec, *, echo: Callable[[str], None] = print) -> 
     try:
         for stage_id, stage in spec.stages.items():
             started = time.perf_counter()
-            ctx = executors.StageContext(stage_id=stage_id, stage=stage, spec=spec, outputs=result.outputs,
-                                         out_root=out_root, tracker=tracker, version=version, echo=echo)
+            ctx = executors.StageContext(
+                stage_id=stage_id,
+                stage=stage,
+                spec=spec,
+                outputs=result.outputs,
+                out_root=out_root,
+                tracker=tracker,
+                version=version,
+                echo=echo,
+            )
             output, rows = executors.execute(ctx)
             result.outputs[stage_id] = output
             for row in rows:

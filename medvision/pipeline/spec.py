@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator
 
+from medvision.cohort.spec import FolderOptions
 from medvision.config import ConfigError, StrictModel, apply_overrides, explain_validation_error
+from medvision.evaluation.settings import EvaluationSettings
 
 __all__ = [
     "CohortStage",
@@ -57,22 +59,10 @@ class MedMNISTSource(StrictModel):
     npz: Path
 
 
-class FolderSource(StrictModel):
+class FolderSource(FolderOptions):
     """An image folder plus an optional labels CSV, with the defaults of ``medvision cohort build --images``."""
 
     images: Path
-    labels: Path | None = None
-    key_column: str = "image"
-    join: Literal["sop_instance_uid", "relpath", "filename", "stem"] = "stem"
-    label_column: str = "label"
-    patient_column: str | None = None
-    subgroups: dict[str, str] = Field(default_factory=dict)
-    sex_column: str | None = None
-    age_column: str | None = None
-    site_column: str | None = None
-    size: int = Field(224, ge=16)
-    channels: Literal[1, 3] = 3
-    record_paths: bool = False
     #: Extra cohort-spec keys merged over the folder defaults (e.g. ``splits.heldout_conditions``).
     spec: dict[str, Any] = Field(default_factory=dict)
 
@@ -91,8 +81,10 @@ class CohortStage(StrictModel):
     def model_post_init(self, _: Any) -> None:
         given = [k for k in ("spec", "synth", "medmnist", "folder") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError(f"a cohort stage takes exactly one source of spec, synth, medmnist, folder "
-                             f"(got {', '.join(given) or 'none'})")
+            raise ValueError(
+                f"a cohort stage takes exactly one source of spec, synth, medmnist, folder "
+                f"(got {', '.join(given) or 'none'})"
+            )
 
 
 class Sweep(StrictModel):
@@ -130,49 +122,11 @@ class FinetuneStage(StrictModel):
         return v
 
 
-class EvaluateStage(StrictModel):
+class EvaluateStage(EvaluationSettings):
     """Predictions and metrics of earlier finetune stages' models on the cohort's evaluation sets."""
 
     kind: Literal["evaluate"]
     models: list[str] = Field(min_length=1)
-    sets: list[str] = Field(default_factory=lambda: ["test", "site_ood", "condition_ood"])
-    #: Subgroup attributes (manifest columns) audited, and intersections written ``sex*age_band``.
-    subgroups: list[str] = Field(default_factory=lambda: ["sex", "age_band", "site"])
-    bootstrap: int = Field(1000, ge=0)
-    min_patients: int = Field(20, ge=1)
-    #: Also evaluate the average of every evaluated model (a uniform ensemble).
-    ensemble: bool = False
-    #: Referral rate at which the report says how many outliers are caught.
-    referral_rate: float = Field(0.1, gt=0, lt=1)
-    saliency: int = Field(3, ge=0, description="cases per gallery row (correct, wrong, most OOD); 0 turns it off")
-    #: The class sensitivity/specificity and the subgroup AUROC are about (e.g. melanoma); ``None``: class 1 of
-    #: a binary task, else the first class.
-    positive_class: str | None = None
-    #: Deferral costs (fields of ``medvision.evaluation.DeferralCosts``: inlier_correct, inlier_misclassified,
-    #: inlier_deferred, outlier_deferred, outlier_missed {risk level: cost}); unset fields keep their defaults.
-    costs: dict[str, Any] | None = None
-    #: Risk level of each held-out condition, e.g. ``{MEL: high, SCC: high}``; unlisted ones are ``medium``.
-    risk: dict[str, str] = Field(default_factory=dict)
-    seed: int = 0
-
-    @field_validator("costs")
-    @classmethod
-    def _known_costs(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        if v is not None:
-            from medvision.evaluation.ood import DeferralCosts
-
-            DeferralCosts(**v)  # an unknown field or a bad value fails at load time, naming the field
-        return v
-
-    @model_validator(mode="after")
-    def _known_risk_levels(self) -> EvaluateStage:
-        from medvision.evaluation.ood import DeferralCosts
-
-        levels = set(DeferralCosts(**(self.costs or {})).outlier_missed)
-        bad = {c: r for c, r in self.risk.items() if r not in levels}
-        if bad:
-            raise ValueError(f"risk levels {bad} are not in the cost table's outlier_missed levels {sorted(levels)}")
-        return self
 
 
 class ReportStage(StrictModel):
@@ -183,8 +137,9 @@ class ReportStage(StrictModel):
     title: str | None = None
 
 
-Stage = Annotated[CohortStage | PretrainStage | FinetuneStage | EvaluateStage | ReportStage,
-                  Field(discriminator="kind")]
+Stage = Annotated[
+    CohortStage | PretrainStage | FinetuneStage | EvaluateStage | ReportStage, Field(discriminator="kind")
+]
 
 
 class TrackingSpec(StrictModel):
@@ -259,8 +214,10 @@ def _substitute(value: Any, params: Mapping[str, Any], source: str) -> Any:
         whole = _PARAM.fullmatch(value)
         for name in _PARAM.findall(value):
             if name not in params:
-                raise ConfigError(f"{source}: '${{params.{name}}}' is used but params.{name} is not defined; "
-                                  f"defined: {', '.join(params) or '(none)'}")
+                raise ConfigError(
+                    f"{source}: '${{params.{name}}}' is used but params.{name} is not defined; "
+                    f"defined: {', '.join(params) or '(none)'}"
+                )
         if whole:  # a whole-string reference keeps the parameter's type (a number stays a number)
             return params[whole.group(1)]
         return _PARAM.sub(lambda m: str(params[m.group(1)]), value)
@@ -296,8 +253,10 @@ def _check_references(spec: PipelineSpec, source: str) -> None:
             if target not in seen:
                 later = " (it comes later; stages run in the order written)" if target in spec.stages else ""
                 earlier = [s for s, k in seen.items() if k in allowed]
-                problems.append(f"  - {where}: {target!r} is not an earlier stage{later}; earlier "
-                                f"{'/'.join(allowed)} stages: {', '.join(earlier) or '(none)'}")
+                problems.append(
+                    f"  - {where}: {target!r} is not an earlier stage{later}; earlier "
+                    f"{'/'.join(allowed)} stages: {', '.join(earlier) or '(none)'}"
+                )
             elif seen[target] not in allowed:
                 problems.append(f"  - {where}: {target!r} is a {seen[target]} stage; expected {'/'.join(allowed)}")
         seen[stage_id] = stage.kind
@@ -331,7 +290,8 @@ def _check_stage_configs(spec: PipelineSpec, source: str) -> None:
                 inherited = backbone_name(spec, stage_id)
                 if inherited and "name" not in (data.get("backbone") or {}):
                     data.setdefault("backbone", {})["name"] = inherited
-                model.model_validate(wire_config(stage.kind, data, cohort_dir=Path("COHORT"),
-                                                 output_dir=Path("OUT"), weights=None))
+                model.model_validate(
+                    wire_config(stage.kind, data, cohort_dir=Path("COHORT"), output_dir=Path("OUT"), weights=None)
+                )
             except ValidationError as err:
                 raise ConfigError(explain_validation_error(err, model, where)) from None

@@ -40,16 +40,26 @@ class StageOutput:
     reused: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "run_ids": self.run_ids, "members": self.members,
-                "cohort_dir": str(self.cohort_dir) if self.cohort_dir else None,
-                "manifest_sha256": self.manifest_sha256, "path": str(self.path) if self.path else None}
+        return {
+            "kind": self.kind,
+            "run_ids": self.run_ids,
+            "members": self.members,
+            "cohort_dir": str(self.cohort_dir) if self.cohort_dir else None,
+            "manifest_sha256": self.manifest_sha256,
+            "path": str(self.path) if self.path else None,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> StageOutput:
-        return cls(kind=data["kind"], run_ids=list(data["run_ids"]), members=list(data["members"]),
-                   cohort_dir=Path(data["cohort_dir"]) if data.get("cohort_dir") else None,
-                   manifest_sha256=data.get("manifest_sha256"),
-                   path=Path(data["path"]) if data.get("path") else None, reused=True)
+        return cls(
+            kind=data["kind"],
+            run_ids=list(data["run_ids"]),
+            members=list(data["members"]),
+            cohort_dir=Path(data["cohort_dir"]) if data.get("cohort_dir") else None,
+            manifest_sha256=data.get("manifest_sha256"),
+            path=Path(data["path"]) if data.get("path") else None,
+            reused=True,
+        )
 
 
 def stage_config_model(kind: str) -> type[BaseModel]:
@@ -65,8 +75,15 @@ def stage_config_model(kind: str) -> type[BaseModel]:
     raise ValueError(f"stage kind {kind!r} has no training config")
 
 
-def wire_config(kind: str, config: dict[str, Any], *, cohort_dir: Path, output_dir: Path,
-                weights: str | None, tracking: dict[str, Any] | None = None) -> dict[str, Any]:
+def wire_config(
+    kind: str,
+    config: dict[str, Any],
+    *,
+    cohort_dir: Path,
+    output_dir: Path,
+    weights: str | None,
+    tracking: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The stage's config with what the pipeline decides filled in.
 
     The cohort folder and the output folder always come from the pipeline; ``weights`` (an

@@ -17,8 +17,15 @@ def print_summary(result: PipelineResult, console: Console | None = None) -> Non
     for col in ("stage", "kind", "member", "status", "seconds", "MLflow run", "result"):
         table.add_column(col)
     for row in result.rows:
-        table.add_row(row["stage"], row["kind"], str(row["member"]), row["status"], f"{row['seconds']:.0f}",
-                      row["run_id"][:12], str(row["result"]))
+        table.add_row(
+            row["stage"],
+            row["kind"],
+            str(row["member"]),
+            row["status"],
+            f"{row['seconds']:.0f}",
+            row["run_id"][:12],
+            str(row["result"]),
+        )
     console.print(table)
     if result.report_path is not None:
         console.print(f"report: {result.report_path}")

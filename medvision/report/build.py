@@ -33,8 +33,15 @@ from medvision.report.render import render_report
 __all__ = ["context_from_evaluation", "report_from_evaluation"]
 
 
-def report_from_evaluation(evaluation_dir: Path, out_path: Path, *, title: str, pipeline_yaml: str | None = None,
-                           tracking_uri: str | None = None, forbidden: list[str] | None = None) -> Path:
+def report_from_evaluation(
+    evaluation_dir: Path,
+    out_path: Path,
+    *,
+    title: str,
+    pipeline_yaml: str | None = None,
+    tracking_uri: str | None = None,
+    forbidden: list[str] | None = None,
+) -> Path:
     """Render the report of ``evaluation_dir`` to ``out_path`` (self-contained HTML)."""
     ctx = context_from_evaluation(evaluation_dir, title=title, pipeline_yaml=pipeline_yaml)
     return render_report(ctx, Path(out_path), forbidden=forbidden or [])
@@ -48,14 +55,14 @@ def context_from_evaluation(evaluation_dir: Path, *, title: str, pipeline_yaml: 
     primary = next((m for m in models if m["name"] == doc["primary_model"]), models[0])
     card = json.loads((Path(doc["cohort"]["dir"]) / "cohort.json").read_text())
     sets = doc["settings"]["sets"]
-    from medvision.pipeline.run import code_version
-
     return ReportContext(
         title=title,
         model_name=f"{primary.get('stage') or 'model'} ({primary.get('backbone')}, {primary.get('head')} head, "
-                   f"{_pct(primary['label_fraction'])} of labels)",
-        summary=SummaryOptions(site_ood_set="site_ood" if "site_ood" in primary["sets"] else None,
-                               referral_rate=doc["settings"]["referral_rate"]),
+        f"{_pct(primary['label_fraction'])} of labels)",
+        summary=SummaryOptions(
+            site_ood_set="site_ood" if "site_ood" in primary["sets"] else None,
+            referral_rate=doc["settings"]["referral_rate"],
+        ),
         cohort=CohortSection.from_card(card),
         training=_training(models),
         performance=_performance(primary, doc),
@@ -64,10 +71,15 @@ def context_from_evaluation(evaluation_dir: Path, *, title: str, pipeline_yaml: 
         subgroups=_subgroups(primary),
         data_efficiency=_data_efficiency(models, sets),
         saliency=_saliency(doc, evaluation_dir),
-        reproducibility=Reproducibility(config_yaml=pipeline_yaml, manifest_sha256=doc["cohort"]["manifest_sha256"],
-                                        code_version=code_version(),
-                                        seeds={"evaluation": int(doc["settings"]["seed"]),
-                                               **{f"model {m['name']}": int(m.get("seed") or 0) for m in models}}),
+        reproducibility=Reproducibility(
+            config_yaml=pipeline_yaml,
+            manifest_sha256=doc["cohort"]["manifest_sha256"],
+            code_version=(doc.get("code_version") or {}).get("label"),
+            seeds={
+                "evaluation": int(doc["settings"]["seed"]),
+                **{f"model {m['name']}": int(m.get("seed") or 0) for m in models},
+            },
+        ),
     )
 
 
@@ -87,12 +99,22 @@ def _training(models: list[dict[str, Any]]) -> TrainingSection:
                 best_metric, best_value = "val/auroc", float(auroc["value"].max())
             curves += [{"stage": m["name"], **r} for r in hist.to_dict("records")]
         weights = str(m.get("weights") or "")
-        source = ("self-supervised stage " + weights.split("/")[-2][:8] if weights.startswith("mlflow:")
-                  else weights or "hub")
-        stages.append(TrainingStage(name=m["name"], backbone=str(m.get("backbone")), weights_source=source,
-                                    head=str(m.get("head")), label_fraction=float(m["label_fraction"]),
-                                    epochs=epochs, best_val_metric=best_metric, best_val_value=best_value,
-                                    mlflow_run_id=m["run_id"]))
+        source = (
+            "self-supervised stage " + weights.split("/")[-2][:8] if weights.startswith("mlflow:") else weights or "hub"
+        )
+        stages.append(
+            TrainingStage(
+                name=m["name"],
+                backbone=str(m.get("backbone")),
+                weights_source=source,
+                head=str(m.get("head")),
+                label_fraction=float(m["label_fraction"]),
+                epochs=epochs,
+                best_val_metric=best_metric,
+                best_val_value=best_value,
+                mlflow_run_id=m["run_id"],
+            )
+        )
     return TrainingSection(stages=stages, curves=pd.DataFrame(curves) if curves else None)
 
 
@@ -105,8 +127,9 @@ def _performance(model: dict[str, Any], doc: dict[str, Any]) -> PerformanceSecti
     if not rows:
         return None
     op = model.get("operating_point")
-    where = (f"Youden's J on validation ({model['positive_class']} vs rest), threshold {op['threshold']:.3f}"
-             if op else None)
+    where = (
+        f"Youden's J on validation ({model['positive_class']} vs rest), threshold {op['threshold']:.3f}" if op else None
+    )
     return PerformanceSection(table=pd.DataFrame(rows), operating_point=where)
 
 
@@ -119,18 +142,26 @@ def _calibration(model: dict[str, Any]) -> CalibrationSection | None:
     if not cal.get("metrics"):
         return None
     metrics = pd.DataFrame(cal["metrics"])
-    return CalibrationSection(metrics=metrics, reliability=pd.DataFrame(cal["reliability"]) if cal["reliability"]
-                              else None, temperature=model.get("temperature"), eval_set=cal["set"],
-                              deployed=str(metrics["method"].iloc[-1]))
+    return CalibrationSection(
+        metrics=metrics,
+        reliability=pd.DataFrame(cal["reliability"]) if cal["reliability"] else None,
+        temperature=model.get("temperature"),
+        eval_set=cal["set"],
+        deployed=str(metrics["method"].iloc[-1]),
+    )
 
 
 def _ood(model: dict[str, Any]) -> OODSection | None:
     ood = model.get("ood") or {}
     if not ood.get("detectors"):
         return None
-    return OODSection(detectors=pd.DataFrame(ood["detectors"]).fillna(np.nan), primary=ood.get("primary"),
-                      scores=pd.DataFrame(ood["scores"]), deferral=pd.DataFrame(ood["deferral"]).fillna(np.nan),
-                      outlier_sets=list(ood["outliers"]))
+    return OODSection(
+        detectors=pd.DataFrame(ood["detectors"]).fillna(np.nan),
+        primary=ood.get("primary"),
+        scores=pd.DataFrame(ood["scores"]),
+        deferral=pd.DataFrame(ood["deferral"]).fillna(np.nan),
+        outlier_sets=list(ood["outliers"]),
+    )
 
 
 def _subgroups(model: dict[str, Any]) -> SubgroupSection | None:
@@ -144,8 +175,14 @@ def _subgroups(model: dict[str, Any]) -> SubgroupSection | None:
     overall = sub["overall"]
     if overall.get("value") is None:
         return None  # no overall metric (e.g. one outcome only in the set): nothing to compare groups with
-    return SubgroupSection(metric=sub["metric"], eval_set=sub["set"], overall=float(overall["value"]),
-                           overall_low=overall.get("low"), overall_high=overall.get("high"), table=table)
+    return SubgroupSection(
+        metric=sub["metric"],
+        eval_set=sub["set"],
+        overall=float(overall["value"]),
+        overall_low=overall.get("low"),
+        overall_high=overall.get("high"),
+        table=table,
+    )
 
 
 def _data_efficiency(models: list[dict[str, Any]], sets: list[str]) -> DataEfficiencySection | None:
@@ -154,8 +191,11 @@ def _data_efficiency(models: list[dict[str, Any]], sets: list[str]) -> DataEffic
         metrics = (m["sets"] or {}).get("test")
         if metrics and "auroc" in metrics:
             weights = str(m.get("weights") or "")
-            start = (f"{m.get('stage')}: self-supervised start" if weights.startswith("mlflow:")
-                     else f"{m.get('stage')}: {weights or 'hub'} start")
+            start = (
+                f"{m.get('stage')}: self-supervised start"
+                if weights.startswith("mlflow:")
+                else f"{m.get('stage')}: {weights or 'hub'} start"
+            )
             rows.append({"start": start, "label_fraction": float(m["label_fraction"]), **_nan(metrics["auroc"])})
     if len({r["label_fraction"] for r in rows}) < 2:
         return None  # one fraction is a point, not a curve
@@ -168,8 +208,17 @@ def _saliency(doc: dict[str, Any], evaluation_dir: Path) -> SaliencySection | No
         arrays = np.load(evaluation_dir / rec["file"])
         image = np.clip(arrays["image"], 0, 1)
         image = (np.repeat(image, 3, 0) if image.shape[0] == 1 else image).transpose(1, 2, 0)
-        cases.append(SaliencyCase(case_id=rec["case_id"], category=rec["category"], true_label=rec["true_label"],
-                                  predicted_label=rec["predicted_label"], confidence=rec["confidence"],
-                                  ood_score=rec["ood_score"], image=(image * 255).round().astype(np.uint8),
-                                  integrated_gradients=arrays["integrated_gradients"], gradcam=arrays["gradcam"]))
+        cases.append(
+            SaliencyCase(
+                case_id=rec["case_id"],
+                category=rec["category"],
+                true_label=rec["true_label"],
+                predicted_label=rec["predicted_label"],
+                confidence=rec["confidence"],
+                ood_score=rec["ood_score"],
+                image=(image * 255).round().astype(np.uint8),
+                integrated_gradients=arrays["integrated_gradients"],
+                gradcam=arrays["gradcam"],
+            )
+        )
     return SaliencySection(cases=cases) if cases else None

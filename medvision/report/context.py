@@ -66,12 +66,15 @@ class _Model(BaseModel):
 
 def _frame(df: Any, where: str, required: tuple[str, ...]) -> pd.DataFrame:
     if not isinstance(df, pd.DataFrame):
-        raise ReportError(f"{where}: expected a pandas DataFrame with columns {list(required)}, "
-                          f"got {type(df).__name__}")
+        raise ReportError(
+            f"{where}: expected a pandas DataFrame with columns {list(required)}, got {type(df).__name__}"
+        )
     missing = [c for c in required if c not in df.columns]
     if missing:
-        raise ReportError(f"{where}: missing column(s) {missing}; the frame has {list(df.columns)}. "
-                          f"Rename or add them (required: {list(required)}).")
+        raise ReportError(
+            f"{where}: missing column(s) {missing}; the frame has {list(df.columns)}. "
+            f"Rename or add them (required: {list(required)})."
+        )
     return df
 
 
@@ -88,14 +91,14 @@ class SummaryOptions(_Model):
     The thresholds are starting points a clinical team should agree on, not facts; they are printed in the report.
     """
 
-    metric: str = "auroc"                    # headline discrimination metric (a ``metric`` value in the table)
-    id_set: str = "test"                     # in-distribution test set (an ``eval_set`` value)
-    site_ood_set: str | None = "site_ood"    # the other site; None when the cohort holds no other site
-    material_drop: float = 0.05              # a drop this large (absolute) on the other site is called material
-    referral_rate: float = 0.10              # share of cases referred for review at the quoted operating point
-    ece_good: float = 0.05                   # ECE at or below this reads "well calibrated"
-    ece_poor: float = 0.10                   # ECE above this reads "poorly calibrated"
-    wide_ci: float = 0.10                    # a headline CI wider than this gets a caveat
+    metric: str = "auroc"  # headline discrimination metric (a ``metric`` value in the table)
+    id_set: str = "test"  # in-distribution test set (an ``eval_set`` value)
+    site_ood_set: str | None = "site_ood"  # the other site; None when the cohort holds no other site
+    material_drop: float = 0.05  # a drop this large (absolute) on the other site is called material
+    referral_rate: float = 0.10  # share of cases referred for review at the quoted operating point
+    ece_good: float = 0.05  # ECE at or below this reads "well calibrated"
+    ece_poor: float = 0.10  # ECE above this reads "poorly calibrated"
+    wide_ci: float = 0.10  # a headline CI wider than this gets a caveat
     caveats: list[str] = Field(default_factory=list)  # extra caveats from the caller, shown verbatim
 
     @field_validator("referral_rate")
@@ -150,13 +153,20 @@ class CohortSection(_Model):
             splits.append({"split": split, "patients": entry["patients"], "images": entry["images"]})
             counts += [{"split": split, "label": lab, "images": n} for lab, n in entry["by_label"].items()]
             for attr, values in entry.get("by_subgroup", {}).items():
-                subgroups += [{"attribute": attr, "value": val, "split": split, "images": sum(by_label.values())}
-                              for val, by_label in values.items()]
-        return cls(name=card["name"], classes=list(card["classes"]), splits=pd.DataFrame(splits),
-                   counts=pd.DataFrame(counts), subgroups=pd.DataFrame(subgroups) if subgroups else None,
-                   quarantined=int(card.get("quarantined", 0)),
-                   quarantine_reasons=dict(card.get("quarantine_reasons", {})),
-                   manifest_sha256=card["manifest_sha256"])
+                subgroups += [
+                    {"attribute": attr, "value": val, "split": split, "images": sum(by_label.values())}
+                    for val, by_label in values.items()
+                ]
+        return cls(
+            name=card["name"],
+            classes=list(card["classes"]),
+            splits=pd.DataFrame(splits),
+            counts=pd.DataFrame(counts),
+            subgroups=pd.DataFrame(subgroups) if subgroups else None,
+            quarantined=int(card.get("quarantined", 0)),
+            quarantine_reasons=dict(card.get("quarantine_reasons", {})),
+            manifest_sha256=card["manifest_sha256"],
+        )
 
 
 # -- training -------------------------------------------------------------------------------------
@@ -247,8 +257,10 @@ class CalibrationSection(_Model):
     @model_validator(mode="after")
     def _deployed_exists(self) -> CalibrationSection:
         if self.deployed is not None and self.deployed not in set(self.metrics["method"]):
-            raise ReportError(f"calibration.deployed={self.deployed!r} is not a method in calibration.metrics "
-                              f"({sorted(map(str, self.metrics['method']))}); pick one of those")
+            raise ReportError(
+                f"calibration.deployed={self.deployed!r} is not a method in calibration.metrics "
+                f"({sorted(map(str, self.metrics['method']))}); pick one of those"
+            )
         return self
 
 
@@ -295,8 +307,10 @@ class OODSection(_Model):
     @model_validator(mode="after")
     def _primary_exists(self) -> OODSection:
         if self.primary is not None and self.primary not in set(self.detectors["detector"]):
-            raise ReportError(f"ood.primary={self.primary!r} is not a detector in ood.detectors "
-                              f"({sorted(map(str, self.detectors['detector']))}); pick one of those")
+            raise ReportError(
+                f"ood.primary={self.primary!r} is not a detector in ood.detectors "
+                f"({sorted(map(str, self.detectors['detector']))}); pick one of those"
+            )
         return self
 
     @property
@@ -331,8 +345,23 @@ class SubgroupSection(_Model):
     @field_validator("table")
     @classmethod
     def _table(cls, v: Any) -> pd.DataFrame:
-        return _frame(v, "subgroups.table", ("attribute", "group", "n_patients", "n_images", "value", "low",
-                                             "high", "gap", "gap_low", "gap_high", "flag"))
+        return _frame(
+            v,
+            "subgroups.table",
+            (
+                "attribute",
+                "group",
+                "n_patients",
+                "n_images",
+                "value",
+                "low",
+                "high",
+                "gap",
+                "gap_low",
+                "gap_high",
+                "flag",
+            ),
+        )
 
 
 # -- data efficiency ------------------------------------------------------------------------------

@@ -38,8 +38,16 @@ __all__ = [
 
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
 _MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
-_RC = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "axes.spines.top": False,
-       "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3, "legend.frameon": False}
+_RC = {
+    "font.size": 10,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "legend.frameon": False,
+}
 
 
 def _uri(fig: plt.Figure) -> str:
@@ -58,7 +66,8 @@ def _err(df: pd.DataFrame) -> np.ndarray | None:
 def cohort_counts(counts: pd.DataFrame, splits: list[str], classes: list[str]) -> str:
     """Stacked bars: images per split, split by class (columns ``split``, ``label``, ``images``)."""
     wide = counts.assign(split=counts["split"].astype(str), label=counts["label"].astype(str)).pivot_table(
-        index="split", columns="label", values="images", aggfunc="sum", fill_value=0)
+        index="split", columns="label", values="images", aggfunc="sum", fill_value=0
+    )
     wide = wide.reindex(index=splits, columns=classes, fill_value=0)
     with plt.rc_context(_RC):
         fig, ax = plt.subplots(figsize=(0.9 * len(splits) + 3.0, 3.2))
@@ -66,8 +75,7 @@ def cohort_counts(counts: pd.DataFrame, splits: list[str], classes: list[str]) -
         hatches = ["", "//", "..", "xx", "\\\\", "oo", "++", "--"]
         for i, k in enumerate(classes):
             v = wide[k].to_numpy(float)
-            ax.bar(splits, v, bottom=bottom, color=PALETTE[i % 8], hatch=hatches[i % 8], edgecolor="white",
-                   label=k)
+            ax.bar(splits, v, bottom=bottom, color=PALETTE[i % 8], hatch=hatches[i % 8], edgecolor="white", label=k)
             bottom += v
         ax.set(ylabel="images", title="Images per split and class")
         ax.legend(fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
@@ -96,16 +104,16 @@ def performance_forest(table: pd.DataFrame, metric_labels: dict[str, str]) -> st
     metrics = list(dict.fromkeys(table["metric"].astype(str)))
     sets = list(dict.fromkeys(table["eval_set"].astype(str)))
     with plt.rc_context(_RC):
-        fig, axes = plt.subplots(1, len(metrics), figsize=(2.8 * len(metrics), 0.5 * len(sets) + 1.4),
-                                 squeeze=False, sharey=True)
+        fig, axes = plt.subplots(
+            1, len(metrics), figsize=(2.8 * len(metrics), 0.5 * len(sets) + 1.4), squeeze=False, sharey=True
+        )
         for ax, metric in zip(axes[0], metrics):
             d = table[table["metric"].astype(str) == metric]
             d = d.drop_duplicates("eval_set").set_index(d["eval_set"].drop_duplicates().astype(str)).reindex(sets)
             y = np.arange(len(sets))
             for i, s in enumerate(sets):
                 row = d.loc[[s]]
-                ax.errorbar(row["value"], [y[i]], xerr=_err(row), fmt=_MARKERS[i % 8], color=PALETTE[i % 8],
-                            capsize=3)
+                ax.errorbar(row["value"], [y[i]], xerr=_err(row), fmt=_MARKERS[i % 8], color=PALETTE[i % 8], capsize=3)
             ax.set(title=metric_labels.get(metric, metric), yticks=y, yticklabels=sets)
         axes[0][0].invert_yaxis()  # shared y: first set on top, in table order
         fig.tight_layout()
@@ -123,10 +131,14 @@ def calibration_reliability(rel: pd.DataFrame) -> str:
             g = g.sort_values("confidence")
             size = 15 + 120 * g["count"].to_numpy(float) / max(float(rel["count"].max()), 1.0)
             ax.plot(g["confidence"], g["accuracy"], color=PALETTE[i % 8], lw=1.2, label=str(method))
-            ax.scatter(g["confidence"], g["accuracy"], s=size, color=PALETTE[i % 8], marker=_MARKERS[i % 8],
-                       zorder=3)
-        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted confidence", ylabel="observed accuracy",
-               title="Reliability diagram")
+            ax.scatter(g["confidence"], g["accuracy"], s=size, color=PALETTE[i % 8], marker=_MARKERS[i % 8], zorder=3)
+        ax.set(
+            xlim=(0, 1),
+            ylim=(0, 1),
+            xlabel="mean predicted confidence",
+            ylabel="observed accuracy",
+            title="Reliability diagram",
+        )
         ax.legend(fontsize=8, loc="upper left")
         fig.tight_layout()
         return _uri(fig)
@@ -180,8 +192,15 @@ def subgroup_forest(table: pd.DataFrame, overall: float, metric: str) -> str:
         err = _err(table)
         for i in range(len(table)):
             c = PALETTE[attrs.index(str(table["attribute"].iloc[i])) % 8]
-            ax.errorbar(table["value"].iloc[i], i, xerr=err[:, i:i + 1], fmt="o", color=c, capsize=3,
-                        mfc="white" if flagged[i] else c)
+            ax.errorbar(
+                table["value"].iloc[i],
+                i,
+                xerr=err[:, i : i + 1],
+                fmt="o",
+                color=c,
+                capsize=3,
+                mfc="white" if flagged[i] else c,
+            )
         ax.set(yticks=range(len(table)), yticklabels=labels, xlabel=metric, title=f"{metric} by subgroup")
         ax.invert_yaxis()
         ax.legend(fontsize=8, loc="lower left")

@@ -74,8 +74,10 @@ def check_forbidden(context: BaseModel, forbidden: Iterable[str]) -> None:
     for f in forbidden:
         f = str(f).strip()
         if len(f) < 3:
-            raise ReportError(f"forbidden string #{len(needles) + 1} is shorter than 3 characters; such a "
-                              "string matches ordinary text, so pass full identifiers")
+            raise ReportError(
+                f"forbidden string #{len(needles) + 1} is shorter than 3 characters; such a "
+                "string matches ordinary text, so pass full identifiers"
+            )
         needles.append(f.casefold())
     if not needles:
         return
@@ -85,4 +87,5 @@ def check_forbidden(context: BaseModel, forbidden: Iterable[str]) -> None:
             if needle in folded:
                 raise ForbiddenValueError(
                     f"refusing to render: field {path} contains forbidden string #{i + 1} (an identifier); "
-                    "remove it from the context - reports must carry pseudonymous ids only")
+                    "remove it from the context - reports must carry pseudonymous ids only"
+                )

@@ -44,21 +44,21 @@ SECTION_HEADINGS: tuple[str, ...] = tuple(h for _, h in SECTIONS)
 
 NOT_RUN_NOTES: dict[str, str] = {
     "cohort": "Not run in this pipeline: no cohort card was given. To get it, build the cohort with "
-              "'medvision cohort build' and pass its card (CohortSection.from_card).",
+    "'medvision cohort build' and pass its card (CohortSection.from_card).",
     "training": "Not run in this pipeline: no training stages were recorded. To get it, fine-tune with MLflow "
-                "tracking on and pass the stages and per-epoch metrics.",
+    "tracking on and pass the stages and per-epoch metrics.",
     "performance": "Not run in this pipeline. To get it, evaluate the model on the test split and on held-out "
-                   "sites (declare them with splits.heldout_sites in the cohort spec).",
+    "sites (declare them with splits.heldout_sites in the cohort spec).",
     "calibration": "Not run in this pipeline. To get it, evaluate with calibration on: temperature scaling is "
-                   "fitted on validation, and NLL, Brier and ECE are measured on test.",
+    "fitted on validation, and NLL, Brier and ECE are measured on test.",
     "ood": "Not run in this pipeline. To get it, train a HOD head or choose a post-hoc detector, and hold out "
-           "conditions (splits.heldout_conditions in the cohort spec) so there are unseen outliers to test on.",
+    "conditions (splits.heldout_conditions in the cohort spec) so there are unseen outliers to test on.",
     "subgroups": "Not run in this pipeline. To get it, record subgroup attributes in the cohort (sex, age band, "
-                 "site, or labels.subgroup_columns) and evaluate with subgroup analysis on.",
+    "site, or labels.subgroup_columns) and evaluate with subgroup analysis on.",
     "data-efficiency": "Not run in this pipeline. To get it, declare nested label fractions in the cohort spec "
-                       "(splits.label_fractions, e.g. [0.01, 0.1]) and fine-tune once per fraction and start.",
+    "(splits.label_fractions, e.g. [0.01, 0.1]) and fine-tune once per fraction and start.",
     "saliency": "Not run in this pipeline. To get it, run the attribution step (Integrated Gradients and "
-                "Grad-CAM) on selected test cases.",
+    "Grad-CAM) on selected test cases.",
 }
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "reports" / "templates"
@@ -90,8 +90,13 @@ def _text(x: Any) -> str:
 
 
 def _table(caption: str, headers: list[str], rows: Iterable[list[str]], numeric_from: int = 1) -> dict:
-    return {"kind": "table", "caption": caption, "headers": headers, "rows": [list(r) for r in rows],
-            "numeric_from": numeric_from}
+    return {
+        "kind": "table",
+        "caption": caption,
+        "headers": headers,
+        "rows": [list(r) for r in rows],
+        "numeric_from": numeric_from,
+    }
 
 
 def _para(text: str) -> dict:
@@ -115,27 +120,53 @@ def _cohort(ctx: ReportContext) -> list[dict]:
     rows = []
     for _, r in c.splits.iterrows():
         s = str(r["split"])
-        rows.append([s, _f(r["patients"], 0), _f(r["images"], 0),
-                     *[_f(by.at[s, k], 0) if s in by.index and k in by.columns else "0" for k in classes]])
-    blocks = [_para(f"Cohort {c.name}: {len(c.classes)} classes. Manifest SHA-256 {c.manifest_sha256} identifies "
-                    f"exactly which images were used."),
-              _table("Patients and images per split, and images per class",
-                     ["split", "patients", "images", *classes], rows),
-              _figure(figures.cohort_counts(c.counts, [r[0] for r in rows], classes), "Stacked bar chart of images "
-                      "per split, by class", "Images per split; each band is one class.")]
+        rows.append(
+            [
+                s,
+                _f(r["patients"], 0),
+                _f(r["images"], 0),
+                *[_f(by.at[s, k], 0) if s in by.index and k in by.columns else "0" for k in classes],
+            ]
+        )
+    blocks = [
+        _para(
+            f"Cohort {c.name}: {len(c.classes)} classes. Manifest SHA-256 {c.manifest_sha256} identifies "
+            f"exactly which images were used."
+        ),
+        _table("Patients and images per split, and images per class", ["split", "patients", "images", *classes], rows),
+        _figure(
+            figures.cohort_counts(c.counts, [r[0] for r in rows], classes),
+            "Stacked bar chart of images per split, by class",
+            "Images per split; each band is one class.",
+        ),
+    ]
     if c.subgroups is not None and not c.subgroups.empty:
         sg = c.subgroups.astype({"attribute": str, "value": str, "split": str})
         splits = list(dict.fromkeys(c.splits["split"].astype(str)))
-        wide = sg.pivot_table(index=["attribute", "value"], columns="split", values="images", aggfunc="sum",
-                              fill_value=0)
-        blocks.append(_table("Images per subgroup and split", ["attribute", "value", *splits],
-                             ([a, v, *[_f(wide.at[(a, v), s], 0) if s in wide.columns else "0" for s in splits]]
-                              for a, v in wide.index), numeric_from=2))
+        wide = sg.pivot_table(
+            index=["attribute", "value"], columns="split", values="images", aggfunc="sum", fill_value=0
+        )
+        blocks.append(
+            _table(
+                "Images per subgroup and split",
+                ["attribute", "value", *splits],
+                (
+                    [a, v, *[_f(wide.at[(a, v), s], 0) if s in wide.columns else "0" for s in splits]]
+                    for a, v in wide.index
+                ),
+                numeric_from=2,
+            )
+        )
     q = f"{c.quarantined} file(s) were quarantined (not ingested) during the cohort build"
     blocks.append(_para(q + (":" if c.quarantine_reasons else ".")))
     if c.quarantine_reasons:
-        blocks.append(_table("Quarantined files by reason", ["reason", "files"],
-                             ([k, str(v)] for k, v in sorted(c.quarantine_reasons.items(), key=lambda kv: -kv[1]))))
+        blocks.append(
+            _table(
+                "Quarantined files by reason",
+                ["reason", "files"],
+                ([k, str(v)] for k, v in sorted(c.quarantine_reasons.items(), key=lambda kv: -kv[1])),
+            )
+        )
     return blocks
 
 
@@ -143,14 +174,44 @@ def _training(ctx: ReportContext) -> list[dict]:
     t = ctx.training
     if t is None or not t.stages:
         return []
-    rows = [[s.name, s.backbone, s.weights_source, s.head, f"{s.label_fraction:.0%}", str(s.epochs),
-             _DASH if s.best_val_value is None else f"{s.best_val_metric or 'metric'} {_f(s.best_val_value)}",
-             _text(s.mlflow_run_id)] for s in t.stages]
-    blocks = [_table("Training stages, in order", ["stage", "backbone", "weights source", "head", "label fraction",
-                                                   "epochs", "best validation", "MLflow run"], rows, numeric_from=4)]
+    rows = [
+        [
+            s.name,
+            s.backbone,
+            s.weights_source,
+            s.head,
+            f"{s.label_fraction:.0%}",
+            str(s.epochs),
+            _DASH if s.best_val_value is None else f"{s.best_val_metric or 'metric'} {_f(s.best_val_value)}",
+            _text(s.mlflow_run_id),
+        ]
+        for s in t.stages
+    ]
+    blocks = [
+        _table(
+            "Training stages, in order",
+            [
+                "stage",
+                "backbone",
+                "weights source",
+                "head",
+                "label fraction",
+                "epochs",
+                "best validation",
+                "MLflow run",
+            ],
+            rows,
+            numeric_from=4,
+        )
+    ]
     if t.curves is not None and not t.curves.empty:
-        blocks.append(_figure(figures.learning_curves(t.curves), "Learning curves: logged metrics per epoch",
-                              "Per-epoch metrics for each stage."))
+        blocks.append(
+            _figure(
+                figures.learning_curves(t.curves),
+                "Learning curves: logged metrics per epoch",
+                "Per-epoch metrics for each stage.",
+            )
+        )
     return blocks
 
 
@@ -173,12 +234,22 @@ def _performance(ctx: ReportContext) -> list[dict]:
         rows.append([s, *cells])
     op = f" Operating point: {p.operating_point}." if p.operating_point else ""
     labels = {m: metric_label(m) for m in metrics}
-    return [_para("Each evaluation set is scored by the same model, with no retraining for other sites or "
-                  "scanners. Sensitivity and specificity are at a threshold chosen on validation data." + op),
-            _table("Point estimate (95% bootstrap CI over patients) per evaluation set",
-                   ["evaluation set", *[f"{labels[m]} (95% CI)" for m in metrics]], rows),
-            _figure(figures.performance_forest(t, labels), "Forest plot of each metric per evaluation set with "
-                    "95% confidence intervals", "Point estimates with 95% CIs; sets in table order.")]
+    return [
+        _para(
+            "Each evaluation set is scored by the same model, with no retraining for other sites or "
+            "scanners. Sensitivity and specificity are at a threshold chosen on validation data." + op
+        ),
+        _table(
+            "Point estimate (95% bootstrap CI over patients) per evaluation set",
+            ["evaluation set", *[f"{labels[m]} (95% CI)" for m in metrics]],
+            rows,
+        ),
+        _figure(
+            figures.performance_forest(t, labels),
+            "Forest plot of each metric per evaluation set with 95% confidence intervals",
+            "Point estimates with 95% CIs; sets in table order.",
+        ),
+    ]
 
 
 def _calibration(ctx: ReportContext) -> list[dict]:
@@ -186,16 +257,25 @@ def _calibration(ctx: ReportContext) -> list[dict]:
     if c is None or c.metrics.empty:
         return []
     temp = f" The fitted temperature is {c.temperature:.2f}." if c.temperature is not None else ""
-    blocks = [_para(f"Measured on '{c.eval_set}'. ECE uses {c.bins} equal-width confidence bins: the average gap "
-                    f"between predicted confidence and observed accuracy (lower is better; so are NLL and Brier)."
-                    + temp),
-              _table("Calibration metrics before and after temperature scaling", ["method", "NLL", "Brier", "ECE"],
-                     ([str(r["method"]), _f(r["nll"]), _f(r["brier"]), _f(r["ece"])]
-                      for _, r in c.metrics.iterrows()))]
+    blocks = [
+        _para(
+            f"Measured on '{c.eval_set}'. ECE uses {c.bins} equal-width confidence bins: the average gap "
+            f"between predicted confidence and observed accuracy (lower is better; so are NLL and Brier)." + temp
+        ),
+        _table(
+            "Calibration metrics before and after temperature scaling",
+            ["method", "NLL", "Brier", "ECE"],
+            ([str(r["method"]), _f(r["nll"]), _f(r["brier"]), _f(r["ece"])] for _, r in c.metrics.iterrows()),
+        ),
+    ]
     if c.reliability is not None and not c.reliability.empty:
-        blocks.append(_figure(figures.calibration_reliability(c.reliability), "Reliability diagram: observed "
-                              "accuracy against mean confidence per bin", "Points on the diagonal are perfectly "
-                              "calibrated; larger markers are bins holding more images."))
+        blocks.append(
+            _figure(
+                figures.calibration_reliability(c.reliability),
+                "Reliability diagram: observed accuracy against mean confidence per bin",
+                "Points on the diagonal are perfectly calibrated; larger markers are bins holding more images.",
+            )
+        )
     return blocks
 
 
@@ -206,30 +286,61 @@ def _ood(ctx: ReportContext) -> list[dict]:
     primary = o.primary_detector
     sets = f" Outliers here: {', '.join(o.outlier_sets)}." if o.outlier_sets else ""
     ci = "auroc_low" in o.detectors.columns and "auroc_high" in o.detectors.columns
-    rows = [[str(r["detector"]) + (" (deployed)" if str(r["detector"]) == primary else ""),
-             _est(r["auroc"], r["auroc_low"], r["auroc_high"]) if ci else _f(r["auroc"]),
-             _f(r["aupr_in"]), _f(r["aupr_out"]), _f(r["fpr_at_95_tpr"])] for _, r in o.detectors.iterrows()]
-    blocks = [_para("Each detector gives every image a score; higher means more unusual. Outliers are the positive "
-                    "class unless a column says otherwise." + sets),
-              _table("Outlier detection per detector", ["detector", "AUROC (outlier = positive)",
-                                                        "AUPR-IN (inlier = positive)", "AUPR-OUT (outlier = positive)",
-                                                        "FPR at 95% TPR (outlier = positive; lower is better)"], rows)]
+    rows = [
+        [
+            str(r["detector"]) + (" (deployed)" if str(r["detector"]) == primary else ""),
+            _est(r["auroc"], r["auroc_low"], r["auroc_high"]) if ci else _f(r["auroc"]),
+            _f(r["aupr_in"]),
+            _f(r["aupr_out"]),
+            _f(r["fpr_at_95_tpr"]),
+        ]
+        for _, r in o.detectors.iterrows()
+    ]
+    blocks = [
+        _para(
+            "Each detector gives every image a score; higher means more unusual. Outliers are the positive "
+            "class unless a column says otherwise." + sets
+        ),
+        _table(
+            "Outlier detection per detector",
+            [
+                "detector",
+                "AUROC (outlier = positive)",
+                "AUPR-IN (inlier = positive)",
+                "AUPR-OUT (outlier = positive)",
+                "FPR at 95% TPR (outlier = positive; lower is better)",
+            ],
+            rows,
+        ),
+    ]
     if o.scores is not None and not o.scores.empty:
         present = list(dict.fromkeys(o.scores["detector"].astype(str)))
         shown = ([primary] if primary in present else []) + [d for d in present if d != primary]
-        blocks.append(_figure(figures.ood_histograms(o.scores, shown[:4]), "Histograms of OOD scores for inliers "
-                              "and outliers per detector", "Score distributions; the less they overlap, the better "
-                              "outliers are separated."))
+        blocks.append(
+            _figure(
+                figures.ood_histograms(o.scores, shown[:4]),
+                "Histograms of OOD scores for inliers and outliers per detector",
+                "Score distributions; the less they overlap, the better outliers are separated.",
+            )
+        )
     if o.deferral is not None and not o.deferral.empty:
         rate = ctx.summary.referral_rate
-        blocks.append(_figure(figures.deferral_curve(o.deferral, rate), "Deferral curves: outliers caught and mean "
-                              "cost against the share of cases referred",
-                              f"Dotted line: {rate:.0%} of cases referred."))
+        blocks.append(
+            _figure(
+                figures.deferral_curve(o.deferral, rate),
+                "Deferral curves: outliers caught and mean cost against the share of cases referred",
+                f"Dotted line: {rate:.0%} of cases referred.",
+            )
+        )
         d = o.deferral[o.deferral["detector"].astype(str) == primary].sort_values("referral_rate")
         if len(d) and d["referral_rate"].min() <= rate <= d["referral_rate"].max():
             cost = float(np.interp(rate, d["referral_rate"].to_numpy(float), d["mean_cost"].to_numpy(float)))
-            blocks.append(_para(f"With {primary}, referring {rate:.0%} of cases gives a mean cost of {cost:.3f} per "
-                                "case under the configured cost table."))
+            blocks.append(
+                _para(
+                    f"With {primary}, referring {rate:.0%} of cases gives a mean cost of {cost:.3f} per "
+                    "case under the configured cost table."
+                )
+            )
     return blocks
 
 
@@ -238,18 +349,37 @@ def _subgroups(ctx: ReportContext) -> list[dict]:
     if s is None or s.table.empty:
         return []
     m = metric_label(s.metric)
-    rows = [[str(r["attribute"]), str(r["group"]), _f(r["n_patients"], 0), _f(r["n_images"], 0),
-             _est(r["value"], r["low"], r["high"]), _est(r["gap"], r["gap_low"], r["gap_high"]),
-             "" if pd.isna(r["flag"]) else str(r["flag"])] for _, r in s.table.iterrows()]
+    rows = [
+        [
+            str(r["attribute"]),
+            str(r["group"]),
+            _f(r["n_patients"], 0),
+            _f(r["n_images"], 0),
+            _est(r["value"], r["low"], r["high"]),
+            _est(r["gap"], r["gap_low"], r["gap_high"]),
+            "" if pd.isna(r["flag"]) else str(r["flag"]),
+        ]
+        for _, r in s.table.iterrows()
+    ]
     overall = _est(s.overall, s.overall_low, s.overall_high)
-    return [_para(f"{m} on '{s.eval_set}' per subgroup; overall {overall}. Gap = subgroup minus overall (negative: "
-                  "worse), with a CI from the same patient resamples. Flagged groups are shown but left out of gap "
-                  "summaries."),
-            _table(f"{m} per subgroup (95% CI) and gap to overall", ["attribute", "group", "patients", "images",
-                                                                    f"{m} (95% CI)", "gap to overall (95% CI)",
-                                                                    "flag"], rows, numeric_from=2),
-            _figure(figures.subgroup_forest(s.table, s.overall, m), f"Forest plot of {m} per subgroup with 95% "
-                    "confidence intervals", "Dashed line: overall value. Hollow markers: flagged groups.")]
+    return [
+        _para(
+            f"{m} on '{s.eval_set}' per subgroup; overall {overall}. Gap = subgroup minus overall (negative: "
+            "worse), with a CI from the same patient resamples. Flagged groups are shown but left out of gap "
+            "summaries."
+        ),
+        _table(
+            f"{m} per subgroup (95% CI) and gap to overall",
+            ["attribute", "group", "patients", "images", f"{m} (95% CI)", "gap to overall (95% CI)", "flag"],
+            rows,
+            numeric_from=2,
+        ),
+        _figure(
+            figures.subgroup_forest(s.table, s.overall, m),
+            f"Forest plot of {m} per subgroup with 95% confidence intervals",
+            "Dashed line: overall value. Hollow markers: flagged groups.",
+        ),
+    ]
 
 
 def _data_efficiency(ctx: ReportContext) -> list[dict]:
@@ -258,12 +388,19 @@ def _data_efficiency(ctx: ReportContext) -> list[dict]:
         return []
     m = metric_label(d.metric)
     c = d.curve.sort_values(["start", "label_fraction"], kind="stable")
-    rows = [[str(r["start"]), f"{float(r['label_fraction']):.0%}", _est(r["value"], r["low"], r["high"])]
-            for _, r in c.iterrows()]
-    return [_para(f"{m} on '{d.eval_set}' after fine-tuning on nested subsets of the labelled training patients."),
-            _figure(figures.data_efficiency_curve(d.curve, m), f"{m} against labelled fraction, one line per "
-                    "starting point, with 95% confidence bands", "Bands: 95% CIs."),
-            _table(f"{m} per labelled fraction", ["start", "label fraction", f"{m} (95% CI)"], rows)]
+    rows = [
+        [str(r["start"]), f"{float(r['label_fraction']):.0%}", _est(r["value"], r["low"], r["high"])]
+        for _, r in c.iterrows()
+    ]
+    return [
+        _para(f"{m} on '{d.eval_set}' after fine-tuning on nested subsets of the labelled training patients."),
+        _figure(
+            figures.data_efficiency_curve(d.curve, m),
+            f"{m} against labelled fraction, one line per starting point, with 95% confidence bands",
+            "Bands: 95% CIs.",
+        ),
+        _table(f"{m} per labelled fraction", ["start", "label fraction", f"{m} (95% CI)"], rows),
+    ]
 
 
 _CATEGORY_TITLES = {"correct": "Correct predictions", "wrong": "Wrong predictions", "most-ood": "Most unusual cases"}
@@ -280,8 +417,13 @@ def _saliency(ctx: ReportContext) -> list[dict]:
             panels = [{"uri": figures.image_uri(c.image), "alt": f"Image {c.case_id}", "label": "image"}]
             for name, label in (("integrated_gradients", "Integrated Gradients"), ("gradcam", "Grad-CAM")):
                 if getattr(c, name) is not None:
-                    panels.append({"uri": figures.overlay_uri(c.image, getattr(c, name)),
-                                   "alt": f"{label} attribution for {c.case_id}", "label": label})
+                    panels.append(
+                        {
+                            "uri": figures.overlay_uri(c.image, getattr(c, name)),
+                            "alt": f"{label} attribution for {c.case_id}",
+                            "label": label,
+                        }
+                    )
             facts = [f"true: {_text(c.true_label)}", f"predicted: {c.predicted_label}"]
             if c.confidence is not None:
                 facts.append(f"confidence {c.confidence:.2f}")
@@ -290,17 +432,23 @@ def _saliency(ctx: ReportContext) -> list[dict]:
             cases.append({"id": c.case_id, "panels": panels, "facts": "; ".join(facts)})
         if cases:
             groups.append({"title": _CATEGORY_TITLES[cat], "cases": cases})
-    return [_para("Brighter overlay = the pixels that moved the prediction most. Attributions show where the model "
-                  "looked, not why; use them to spot shortcuts (markers, rulers, text), not to justify a diagnosis."),
-            {"kind": "gallery", "groups": groups}]
+    return [
+        _para(
+            "Brighter overlay = the pixels that moved the prediction most. Attributions show where the model "
+            "looked, not why; use them to spot shortcuts (markers, rulers, text), not to justify a diagnosis."
+        ),
+        {"kind": "gallery", "groups": groups},
+    ]
 
 
 def _reproducibility(ctx: ReportContext) -> list[dict]:
     r = ctx.reproducibility
-    items = [("manifest SHA-256", r.manifest_sha256 or (ctx.cohort.manifest_sha256 if ctx.cohort else None)),
-             ("code version", r.code_version),
-             ("seeds", ", ".join(f"{k}={v}" for k, v in r.seeds.items()) or None),
-             ("versions", ", ".join(f"{k} {v}" for k, v in r.versions.items()) or None)]
+    items = [
+        ("manifest SHA-256", r.manifest_sha256 or (ctx.cohort.manifest_sha256 if ctx.cohort else None)),
+        ("code version", r.code_version),
+        ("seeds", ", ".join(f"{k}={v}" for k, v in r.seeds.items()) or None),
+        ("versions", ", ".join(f"{k} {v}" for k, v in r.versions.items()) or None),
+    ]
     blocks: list[dict] = [{"kind": "dl", "entries": [(k, _text(v)) for k, v in items]}]
     if r.config_yaml:
         blocks.append({"kind": "pre", "caption": "Resolved configuration (YAML)", "text": r.config_yaml})
@@ -314,17 +462,32 @@ def _summary(summary: Summary) -> list[dict]:
     return [{"kind": "summary", "findings": findings, "caveats": summary.caveats}]
 
 
-_BUILDERS = {"cohort": _cohort, "training": _training, "performance": _performance, "calibration": _calibration,
-             "ood": _ood, "subgroups": _subgroups, "data-efficiency": _data_efficiency, "saliency": _saliency,
-             "reproducibility": _reproducibility}
+_BUILDERS = {
+    "cohort": _cohort,
+    "training": _training,
+    "performance": _performance,
+    "calibration": _calibration,
+    "ood": _ood,
+    "subgroups": _subgroups,
+    "data-efficiency": _data_efficiency,
+    "saliency": _saliency,
+    "reproducibility": _reproducibility,
+}
 
 
 def _environment() -> jinja2.Environment:
     if not (TEMPLATE_DIR / _TEMPLATE).is_file():
-        raise ReportError(f"report template {TEMPLATE_DIR / _TEMPLATE} not found; the templates live in the "
-                          "repository's reports/templates folder - run from a source checkout (pip install -e .)")
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR), autoescape=True,
-                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+        raise ReportError(
+            f"report template {TEMPLATE_DIR / _TEMPLATE} not found; the templates live in the "
+            "repository's reports/templates folder - run from a source checkout (pip install -e .)"
+        )
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
 
 
 def render_report(context: ReportContext, out_path: Path, *, forbidden: Iterable[str] = ()) -> Path:
@@ -358,9 +521,13 @@ def render_report(context: ReportContext, out_path: Path, *, forbidden: Iterable
     for sid, heading in SECTIONS:
         blocks = _summary(summarize(context)) if sid == "summary" else _BUILDERS[sid](context)
         sections.append({"id": sid, "heading": heading, "blocks": blocks, "note": NOT_RUN_NOTES.get(sid, "")})
-    html = env.get_template(_TEMPLATE).render(title=context.title, model_name=context.model_name,
-                                              generated_at=context.generated_at, sections=sections,
-                                              options=context.summary)
+    html = env.get_template(_TEMPLATE).render(
+        title=context.title,
+        model_name=context.model_name,
+        generated_at=context.generated_at,
+        sections=sections,
+        options=context.summary,
+    )
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=".report-", suffix=".html")
     try:

@@ -17,8 +17,14 @@ from medvision.report.context import ReportContext
 
 __all__ = ["Finding", "Summary", "summarize"]
 
-_METRIC_NAMES = {"auroc": "AUROC", "accuracy": "accuracy", "sensitivity": "sensitivity",
-                 "specificity": "specificity", "auprc": "AUPRC", "balanced_accuracy": "balanced accuracy"}
+_METRIC_NAMES = {
+    "auroc": "AUROC",
+    "accuracy": "accuracy",
+    "sensitivity": "sensitivity",
+    "specificity": "specificity",
+    "auprc": "AUPRC",
+    "balanced_accuracy": "balanced accuracy",
+}
 
 
 def metric_label(name: str) -> str:
@@ -72,39 +78,55 @@ def _discrimination(ctx: ReportContext, out: Summary) -> None:
     m = metric_label(opt.metric)
     id_row = None if perf is None else _row(perf.table, eval_set=opt.id_set, metric=opt.metric)
     if id_row is None or _num(id_row["value"]) is None:
-        out.caveats.append(f"No {m} on the in-distribution test set ('{opt.id_set}') was given, so the headline "
-                           "discrimination is missing.")
+        out.caveats.append(
+            f"No {m} on the in-distribution test set ('{opt.id_set}') was given, so the headline "
+            "discrimination is missing."
+        )
         return
     v = float(id_row["value"])
     ci = _ci(id_row["low"], id_row["high"])
     text = f"On in-distribution test patients ('{opt.id_set}'), {m} is {v:.2f}{ci}."
     if opt.metric == "auroc":
-        text += (f" A randomly chosen positive case is ranked above a randomly chosen negative one {v:.0%} of the "
-                 "time.")
+        text += f" A randomly chosen positive case is ranked above a randomly chosen negative one {v:.0%} of the time."
     out.findings.append(Finding("discrimination", text))
     lo, hi = _num(id_row["low"]), _num(id_row["high"])
     if lo is not None and hi is not None and hi - lo > opt.wide_ci:
-        out.caveats.append(f"The test-set interval for {m} is wide ({hi - lo:.2f}); more test patients would "
-                           "narrow it.")
+        out.caveats.append(
+            f"The test-set interval for {m} is wide ({hi - lo:.2f}); more test patients would narrow it."
+        )
     if opt.site_ood_set is None or perf is None:
         return
     ood_row = _row(perf.table, eval_set=opt.site_ood_set, metric=opt.metric)
     if ood_row is None or _num(ood_row["value"]) is None:
-        out.caveats.append(f"No results on another site ('{opt.site_ood_set}'): how the model transfers to a new "
-                           "site is unknown.")
+        out.caveats.append(
+            f"No results on another site ('{opt.site_ood_set}'): how the model transfers to a new site is unknown."
+        )
         return
     w = float(ood_row["value"])
     drop = v - w
     ci = _ci(ood_row["low"], ood_row["high"])
     if drop >= opt.material_drop:
-        out.findings.append(Finding("site_ood", (
-            f"At the other site ('{opt.site_ood_set}'), {m} drops to {w:.2f}{ci}, {drop:.2f} lower than in "
-            f"distribution. Check performance on local data before relying on the model at a new site."),
-            concern=True))
+        out.findings.append(
+            Finding(
+                "site_ood",
+                (
+                    f"At the other site ('{opt.site_ood_set}'), {m} drops to {w:.2f}{ci}, {drop:.2f} lower than in "
+                    f"distribution. Check performance on local data before relying on the model at a new site."
+                ),
+                concern=True,
+            )
+        )
     else:
-        out.findings.append(Finding("site_ood", (
-            f"At the other site ('{opt.site_ood_set}'), {m} is {w:.2f}{ci}, within {opt.material_drop:.2f} of the "
-            "in-distribution value: performance carried over without retraining.")))
+        out.findings.append(
+            Finding(
+                "site_ood",
+                (
+                    f"At the other site ('{opt.site_ood_set}'), {m} is {w:.2f}{ci}, "
+                    f"within {opt.material_drop:.2f} of the "
+                    "in-distribution value: performance carried over without retraining."
+                ),
+            )
+        )
 
 
 def _caught_at(deferral: pd.DataFrame, detector: str, rate: float) -> float | None:
@@ -119,8 +141,10 @@ def _ood(ctx: ReportContext, out: Summary) -> None:
     ood = ctx.ood
     det = None if ood is None else ood.primary_detector
     if ood is None or det is None:
-        out.caveats.append("Outlier screening was not evaluated: the model's behaviour on unusual images "
-                           "(unseen conditions, other scanners) is unknown.")
+        out.caveats.append(
+            "Outlier screening was not evaluated: the model's behaviour on unusual images "
+            "(unseen conditions, other scanners) is unknown."
+        )
         return
     row = _row(ood.detectors, detector=det)
     auroc = _num(row["auroc"])
@@ -146,14 +170,20 @@ def _calibration(ctx: ReportContext, out: Summary) -> None:
         return
     how = f"ECE {ece:.3f}, {row['method']}"
     if ece <= opt.ece_good:
-        text = (f"Predicted probabilities are well calibrated: on average they differ from observed frequencies by "
-                f"{ece * 100:.1f} percentage points ({how}).")
+        text = (
+            f"Predicted probabilities are well calibrated: on average they differ from observed frequencies by "
+            f"{ece * 100:.1f} percentage points ({how})."
+        )
     elif ece <= opt.ece_poor:
-        text = (f"Predicted probabilities are moderately calibrated: on average they are off by {ece * 100:.1f} "
-                f"percentage points ({how}); read them as approximate risks.")
+        text = (
+            f"Predicted probabilities are moderately calibrated: on average they are off by {ece * 100:.1f} "
+            f"percentage points ({how}); read them as approximate risks."
+        )
     else:
-        text = (f"Predicted probabilities are poorly calibrated: on average they are off by {ece * 100:.1f} "
-                f"percentage points ({how}); use them to rank cases, not as risks.")
+        text = (
+            f"Predicted probabilities are poorly calibrated: on average they are off by {ece * 100:.1f} "
+            f"percentage points ({how}); use them to rank cases, not as risks."
+        )
     out.findings.append(Finding("calibration", text, concern=ece > opt.ece_good))
 
 
@@ -167,8 +197,10 @@ def _subgroups(ctx: ReportContext, out: Summary) -> None:
     flagged, usable = t[flags != ""], t[flags == ""]
     if len(flagged):
         names = ", ".join(f"{a} = {g}" for a, g in zip(flagged["attribute"], flagged["group"]))
-        out.caveats.append(f"{len(flagged)} subgroup(s) ({names}) have too few patients or no positives; they are "
-                           "shown but left out of the gap summary.")
+        out.caveats.append(
+            f"{len(flagged)} subgroup(s) ({names}) have too few patients or no positives; they are "
+            "shown but left out of the gap summary."
+        )
     gaps = pd.to_numeric(usable["gap"], errors="coerce")
     m = metric_label(sg.metric)
     if gaps.isna().all():
@@ -179,13 +211,17 @@ def _subgroups(ctx: ReportContext, out: Summary) -> None:
         out.findings.append(Finding("subgroups", f"No subgroup scores below the overall {m} ({sg.overall:.2f})."))
         return
     lo, hi = _num(worst["gap_low"]), _num(worst["gap_high"])
-    text = (f"The weakest subgroup is {worst['attribute']} = {worst['group']}: {m} {float(worst['value']):.2f}"
-            f"{_ci(worst['low'], worst['high'])}, {-g:.2f} below overall")
+    text = (
+        f"The weakest subgroup is {worst['attribute']} = {worst['group']}: {m} {float(worst['value']):.2f}"
+        f"{_ci(worst['low'], worst['high'])}, {-g:.2f} below overall"
+    )
     if lo is not None and hi is not None:
         clear = hi < 0
-        text += (f" (gap 95% CI {lo:.2f} to {hi:.2f}). "
-                 + ("The interval excludes zero, so this gap is unlikely to be chance." if clear else
-                    "The interval includes zero, so this gap may be chance."))
+        text += f" (gap 95% CI {lo:.2f} to {hi:.2f}). " + (
+            "The interval excludes zero, so this gap is unlikely to be chance."
+            if clear
+            else "The interval includes zero, so this gap may be chance."
+        )
     else:
         text += ". No interval was given for this gap."
         clear = True

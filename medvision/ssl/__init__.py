@@ -17,17 +17,28 @@ from typing import Any
 #: Public name -> the module that defines it. Imported on first use, so that the light pieces (the loss
 #: in DDP worker processes, the samplers) do not pay for Lightning and MLflow.
 _EXPORTS = {
-    "AugmentConfig": "augment", "TwoViewAugment": "augment", "build_pipeline": "augment",
+    "AugmentConfig": "augment",
+    "TwoViewAugment": "augment",
+    "build_pipeline": "augment",
     "resolve_pipeline": "augment",
-    "PretrainConfig": "config", "PretrainDataConfig": "config", "PretrainOptimConfig": "config",
+    "PretrainConfig": "config",
+    "PretrainDataConfig": "config",
+    "PretrainOptimConfig": "config",
     "SSLConfig": "config",
-    "PretrainDataModule": "data", "select_pool": "data",
+    "PretrainDataModule": "data",
+    "select_pool": "data",
     "knn_accuracy": "knn",
     "LARS": "lars",
-    "PairDataset": "micle", "PairSampler": "micle", "plan_pairs": "micle",
+    "PairDataset": "micle",
+    "PairSampler": "micle",
+    "plan_pairs": "micle",
     "PretrainModule": "module",
-    "ProjectionHead": "ntxent", "gather_with_grad": "ntxent", "nt_xent_loss": "ntxent",
-    "PretrainResult": "stage", "build_pretrain_module": "stage", "pretrain": "stage",
+    "ProjectionHead": "ntxent",
+    "gather_with_grad": "ntxent",
+    "nt_xent_loss": "ntxent",
+    "PretrainResult": "stage",
+    "build_pretrain_module": "stage",
+    "pretrain": "stage",
 }
 
 

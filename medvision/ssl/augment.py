@@ -80,8 +80,9 @@ def build_pipeline(kind: str, size: int, cfg: AugmentConfig) -> A.Compose:
         photometric = [
             A.RandomBrightnessContrast(brightness_limit=bc, contrast_limit=bc, p=0.8),
             A.CLAHE(clip_limit=(1.0, 4.0), tile_grid_size=(4, 4), p=cfg.equalize_prob),
-            A.ElasticTransform(alpha=size * 0.5, sigma=size * 0.08, border_mode=cv2.BORDER_REFLECT_101,
-                               p=cfg.elastic_prob),
+            A.ElasticTransform(
+                alpha=size * 0.5, sigma=size * 0.08, border_mode=cv2.BORDER_REFLECT_101, p=cfg.elastic_prob
+            ),
         ]
     else:
         raise ValueError(f"augment pipeline must be 'rgb' or 'grayscale', got {kind!r}")

@@ -20,8 +20,8 @@ from typing import Literal
 from pydantic import Field
 
 from medvision.config import StrictModel
+from medvision.engine.config import MonitorConfig, OptimConfig, StageConfig, TrackingConfig
 from medvision.ssl.augment import AugmentConfig
-from medvision.training.config import BackboneConfig, MonitorConfig, OptimConfig, TrackingConfig, TrainerConfig
 
 __all__ = ["PretrainConfig", "PretrainDataConfig", "PretrainOptimConfig", "SSLConfig"]
 
@@ -42,7 +42,7 @@ class PretrainDataConfig(StrictModel):
     include_heldout: bool = False
     #: Pairs per device per step (the global batch is this x devices x nodes).
     batch_size: int = Field(256, ge=2)
-    #: DataLoader worker processes (0: exact resume, see :mod:`medvision.training.seeding`).
+    #: DataLoader worker processes (0: exact resume, see :mod:`medvision.engine.seeding`).
     num_workers: int = Field(0, ge=0)
     #: kNN monitor: at most this many labelled training (reference) and validation (query) images.
     knn_max_images: int = Field(2048, ge=2)
@@ -87,21 +87,16 @@ class PretrainOptimConfig(OptimConfig):
         return base * global_batch / 256
 
 
-class PretrainConfig(StrictModel):
+class PretrainConfig(StageConfig):
     """A whole pretraining stage: SimCLR or MICLe on in-domain images, starting from any backbone source
     (REMEDIS: ``bit-m-r50x1`` hub weights). The result is logged as ``mlflow:runs:/RUN_ID/backbone``,
     which a fine-tuning config takes as ``backbone.weights``."""
 
     data: PretrainDataConfig
-    backbone: BackboneConfig
     ssl: SSLConfig = Field(default_factory=SSLConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     optim: PretrainOptimConfig = Field(default_factory=PretrainOptimConfig)
-    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     #: Which epoch's backbone is kept and logged: by default the best kNN accuracy.
     monitor: MonitorConfig = Field(default_factory=lambda: MonitorConfig(metric="val/knn_acc", mode="max"))
-    #: ``auto``: continue from ``<output_dir>/checkpoints/last.ckpt`` when it exists; ``never``; or a path.
-    resume: str = "auto"
     output_dir: Path = Path("runs/pretrain")
-    seed: int = 0
     tracking: TrackingConfig = Field(default_factory=lambda: TrackingConfig(experiment="medvision-pretrain"))

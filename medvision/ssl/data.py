@@ -105,9 +105,18 @@ class PretrainDataModule(L.LightningDataModule):
         ValueError: the pool is empty.
     """
 
-    def __init__(self, cohort_dir: str | Path, pool: str = "train+unlabelled", include_heldout: bool = False,
-                 mode: Mode = "micle", batch_size: int = 256, augment: AugmentConfig | None = None, seed: int = 0,
-                 num_workers: int = 0, knn_max_images: int = 2048) -> None:
+    def __init__(
+        self,
+        cohort_dir: str | Path,
+        pool: str = "train+unlabelled",
+        include_heldout: bool = False,
+        mode: Mode = "micle",
+        batch_size: int = 256,
+        augment: AugmentConfig | None = None,
+        seed: int = 0,
+        num_workers: int = 0,
+        knn_max_images: int = 2048,
+    ) -> None:
         super().__init__()
         self.cohort = open_cohort(cohort_dir)
         self.pool_rows = select_pool(self.cohort.manifest, pool, include_heldout)
@@ -120,15 +129,20 @@ class PretrainDataModule(L.LightningDataModule):
         items = len(self.pool_rows) if mode == "simclr" else self.pool_rows["patient_id"].nunique()
         if items < batch_size:  # fail before training starts (the sampler re-checks with the world size)
             unit = "images" if mode == "simclr" else "patients"
-            raise ValueError(f"cohort {cohort_dir}: the pretraining pool {pool!r} has {items} {unit}, fewer than one "
-                             f"global batch of {batch_size}; lower data.batch_size or widen data.pool")
+            raise ValueError(
+                f"cohort {cohort_dir}: the pretraining pool {pool!r} has {items} {unit}, fewer than one "
+                f"global batch of {batch_size}; lower data.batch_size or widen data.pool"
+            )
         modality = None
         if "modality" in self.pool_rows.columns and self.pool_rows["modality"].notna().any():
             modality = str(self.pool_rows["modality"].mode().iloc[0])
         self.pipeline = resolve_pipeline((augment or AugmentConfig()).pipeline, self.in_chans, modality)
         self.augment = TwoViewAugment(self.pipeline, int(self.cohort.cache.params.size), augment or AugmentConfig())
-        labelled = self.cohort.manifest[self.cohort.manifest["label_idx"] >= 0] \
-            if "label_idx" in self.cohort.manifest.columns else self.cohort.manifest.iloc[:0]
+        labelled = (
+            self.cohort.manifest[self.cohort.manifest["label_idx"] >= 0]
+            if "label_idx" in self.cohort.manifest.columns
+            else self.cohort.manifest.iloc[:0]
+        )
         self.knn_sets = {}
         for name, split in (("reference", "train"), ("query", "val")):
             rows = labelled[labelled["split"] == split]
@@ -158,10 +172,22 @@ class PretrainDataModule(L.LightningDataModule):
         sampler = PairSampler(self.patient_ids, self.batch_size, self.mode, self.seed)
         load = _CachedImage(self.cohort.cache, self.pool_rows["cache_key"].tolist())
         ds = PairDataset(load, self.augment, len(self.pool_rows))
-        return DataLoader(ds, sampler=sampler, batch_size=self.batch_size, drop_last=True,
-                          num_workers=self.num_workers, persistent_workers=False)
+        return DataLoader(
+            ds,
+            sampler=sampler,
+            batch_size=self.batch_size,
+            drop_last=True,
+            num_workers=self.num_workers,
+            persistent_workers=False,
+        )
 
     def val_dataloader(self) -> list[DataLoader]:
-        return [DataLoader(_LabelledImages(self.cohort.cache, rows), batch_size=max(self.batch_size, 64),
-                           shuffle=False, num_workers=self.num_workers)
-                for rows in self.knn_sets.values()]
+        return [
+            DataLoader(
+                _LabelledImages(self.cohort.cache, rows),
+                batch_size=max(self.batch_size, 64),
+                shuffle=False,
+                num_workers=self.num_workers,
+            )
+            for rows in self.knn_sets.values()
+        ]

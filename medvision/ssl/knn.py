@@ -15,8 +15,9 @@ from torch import Tensor
 __all__ = ["knn_accuracy"]
 
 
-def knn_accuracy(query: Tensor, query_labels: Tensor, reference: Tensor | None = None,
-                 reference_labels: Tensor | None = None) -> float:
+def knn_accuracy(
+    query: Tensor, query_labels: Tensor, reference: Tensor | None = None, reference_labels: Tensor | None = None
+) -> float:
     """1-NN accuracy with cosine similarity.
 
     Args:
@@ -36,8 +37,9 @@ def knn_accuracy(query: Tensor, query_labels: Tensor, reference: Tensor | None =
     if (reference is None) != (reference_labels is None):
         raise ValueError("give both reference and reference_labels, or neither (leave-one-out)")
     if query.ndim != 2 or query_labels.shape != (query.shape[0],):
-        raise ValueError(f"query must be (Q, D) with (Q,) labels, got {tuple(query.shape)} and "
-                         f"{tuple(query_labels.shape)}")
+        raise ValueError(
+            f"query must be (Q, D) with (Q,) labels, got {tuple(query.shape)} and {tuple(query_labels.shape)}"
+        )
     q = F.normalize(query.float(), dim=1)
     if reference is None:
         if q.shape[0] < 2:
@@ -47,8 +49,10 @@ def knn_accuracy(query: Tensor, query_labels: Tensor, reference: Tensor | None =
         ref_labels = query_labels
     else:
         if reference.ndim != 2 or reference_labels.shape != (reference.shape[0],) or reference.shape[1] != q.shape[1]:
-            raise ValueError(f"reference must be (R, {q.shape[1]}) with (R,) labels, got {tuple(reference.shape)} "
-                             f"and {tuple(reference_labels.shape)}")
+            raise ValueError(
+                f"reference must be (R, {q.shape[1]}) with (R,) labels, got {tuple(reference.shape)} "
+                f"and {tuple(reference_labels.shape)}"
+            )
         if q.shape[0] == 0 or reference.shape[0] == 0:
             return float("nan")
         sim = q @ F.normalize(reference.float(), dim=1).T

@@ -91,8 +91,15 @@ class PairSampler(DistributedSampler):
         ValueError: the pool cannot fill one global batch.
     """
 
-    def __init__(self, patient_ids: Sequence[str], batch_size: int, mode: Mode = "micle", seed: int = 0,
-                 num_replicas: int | None = None, rank: int | None = None) -> None:
+    def __init__(
+        self,
+        patient_ids: Sequence[str],
+        batch_size: int,
+        mode: Mode = "micle",
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ) -> None:
         # DistributedSampler.__init__ is not called: it needs a dataset and a process group.
         dist_on = torch.distributed.is_available() and torch.distributed.is_initialized()
         self.num_replicas = num_replicas or (torch.distributed.get_world_size() if dist_on else 1)
@@ -118,7 +125,7 @@ class PairSampler(DistributedSampler):
         """This rank's batches of the current epoch."""
         keys = plan_pairs(self.patient_ids, self.mode, self.seed, self.epoch)
         step, b, r = self.batch_size * self.num_replicas, self.batch_size, self.rank
-        return [keys[k * step + r * b: k * step + (r + 1) * b] for k in range(self.num_batches)]
+        return [keys[k * step + r * b : k * step + (r + 1) * b] for k in range(self.num_batches)]
 
     def __iter__(self) -> Iterator[PairKey]:
         return iter([key for batch in self.batches() for key in batch])
@@ -139,8 +146,9 @@ class PairDataset(Dataset):
         size: number of pool images (for ``len``).
     """
 
-    def __init__(self, load: Callable[[int], np.ndarray], augment: Callable[[np.ndarray, int], torch.Tensor],
-                 size: int) -> None:
+    def __init__(
+        self, load: Callable[[int], np.ndarray], augment: Callable[[np.ndarray, int], torch.Tensor], size: int
+    ) -> None:
         self.load, self.augment, self.size = load, augment, size
 
     def __len__(self) -> int:
@@ -150,5 +158,8 @@ class PairDataset(Dataset):
         a, b, seed_a, seed_b = key
         image_a = self.load(a)
         image_b = image_a if b == a else self.load(b)
-        return {"view1": self.augment(image_a, seed_a), "view2": self.augment(image_b, seed_b),
-                "multi_instance": torch.tensor(float(a != b))}
+        return {
+            "view1": self.augment(image_a, seed_a),
+            "view2": self.augment(image_b, seed_b),
+            "multi_instance": torch.tensor(float(a != b)),
+        }

@@ -11,12 +11,12 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from medvision.engine.schedule import decay_groups, warmup_cosine
 from medvision.models import Backbone
 from medvision.ssl.config import PretrainOptimConfig
 from medvision.ssl.knn import knn_accuracy
 from medvision.ssl.lars import LARS
 from medvision.ssl.ntxent import ProjectionHead, nt_xent_loss
-from medvision.training.module import WarmupCosine
 
 __all__ = ["PretrainModule"]
 
@@ -36,8 +36,14 @@ class PretrainModule(L.LightningModule):
         batch_size: pairs per device per step (for the learning-rate scaling rule).
     """
 
-    def __init__(self, backbone: Backbone, projection: ProjectionHead, optim: PretrainOptimConfig,
-                 temperature: float = 0.1, batch_size: int = 256) -> None:
+    def __init__(
+        self,
+        backbone: Backbone,
+        projection: ProjectionHead,
+        optim: PretrainOptimConfig,
+        temperature: float = 0.1,
+        batch_size: int = 256,
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.projection = projection
@@ -61,10 +67,17 @@ class PretrainModule(L.LightningModule):
         aux = self.backbone.aux_loss()
         if aux.requires_grad:
             loss = loss + aux
-        self._log("train/loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, sync_dist=True,
-                  batch_size=n)
-        self._log("train/micle_multi_instance_share", batch["multi_instance"].float().mean(), on_step=False,
-                  on_epoch=True, sync_dist=True, batch_size=n)
+        self._log(
+            "train/loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=n
+        )
+        self._log(
+            "train/micle_multi_instance_share",
+            batch["multi_instance"].float().mean(),
+            on_step=False,
+            on_epoch=True,
+            sync_dist=True,
+            batch_size=n,
+        )
         return loss
 
     # -- kNN monitor -------------------------------------------------------------------------------
@@ -104,13 +117,8 @@ class PretrainModule(L.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.optim
-        decay, no_decay = [], []
-        for p in self.parameters():
-            if p.requires_grad:
-                (decay if p.ndim >= 2 else no_decay).append(p)
         # SimCLR: biases and normalisation scales get neither weight decay nor LARS adaptation.
-        groups = [g for g in ({"params": decay, "weight_decay": cfg.weight_decay, "lars": True},
-                              {"params": no_decay, "weight_decay": 0.0, "lars": False}) if g["params"]]
+        groups = decay_groups(self.parameters(), cfg.weight_decay, lars=True)
         lr = cfg.peak_lr(self.batch_size * self.trainer.world_size * cfg.accumulate_grad_batches)
         if cfg.name == "lars":
             opt = LARS(groups, lr=lr, momentum=cfg.momentum, trust_coefficient=cfg.trust_coefficient)
@@ -118,7 +126,4 @@ class PretrainModule(L.LightningModule):
             for g in groups:
                 g.pop("lars")
             opt = torch.optim.AdamW(groups, lr=lr)
-        total = int(self.trainer.estimated_stepping_batches)
-        steps_per_epoch = total / max(1, self.trainer.max_epochs or cfg.epochs)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(round(cfg.warmup_epochs * steps_per_epoch), total))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return warmup_cosine(opt, self.trainer, cfg.warmup_epochs, cfg.epochs)

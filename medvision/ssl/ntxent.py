@@ -82,8 +82,9 @@ def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, gather: bool 
         ValueError: shapes differ or the temperature is not positive.
     """
     if z1.shape != z2.shape or z1.ndim != 2:
-        raise ValueError(f"nt_xent_loss needs two (N, D) tensors of one shape, got {tuple(z1.shape)} and "
-                         f"{tuple(z2.shape)}")
+        raise ValueError(
+            f"nt_xent_loss needs two (N, D) tensors of one shape, got {tuple(z1.shape)} and {tuple(z2.shape)}"
+        )
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     n = z1.shape[0]

@@ -24,13 +24,13 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from medvision.config import flatten, to_yaml
+from medvision.engine.config import resolve_tracking_uri
+from medvision.engine.trainer import fit_stage, resume_checkpoint
 from medvision.ssl.config import PretrainConfig
 from medvision.ssl.data import PretrainDataModule
 from medvision.ssl.module import PretrainModule
 from medvision.ssl.ntxent import ProjectionHead
 from medvision.tracking.store import using_tracking_uri
-from medvision.training.config import resolve_tracking_uri
-from medvision.training.trainer import fit_stage, resume_checkpoint
 
 __all__ = ["PretrainResult", "build_pretrain_module", "pretrain"]
 
@@ -63,8 +63,9 @@ def build_pretrain_module(config: PretrainConfig, in_chans: int) -> PretrainModu
     bb = config.backbone
     backbone = create_backbone(bb.name, bb.weights, bb.in_chans or in_chans, **bb.options)
     s = config.ssl
-    head = ProjectionHead(backbone.num_features, s.projection_hidden_dim or backbone.num_features,
-                          s.projection_dim, s.projection_layers)
+    head = ProjectionHead(
+        backbone.num_features, s.projection_hidden_dim or backbone.num_features, s.projection_dim, s.projection_layers
+    )
     return PretrainModule(backbone, head, config.optim, s.temperature, config.data.batch_size)
 
 
@@ -84,11 +85,17 @@ def pretrain(config: PretrainConfig, *, callbacks: Sequence[Callback] = ()) -> P
             ``val/knn_acc`` monitor, or bad backbone weights.
     """
     L.seed_everything(config.seed, workers=True, verbose=False)
-    ckpt = resume_checkpoint(config)  # type: ignore[arg-type]  # duck-typed: resume + output_dir
+    ckpt = resume_checkpoint(config)
     d = config.data
     datamodule = PretrainDataModule(
-        d.cohort_dir, pool=d.pool, include_heldout=d.include_heldout, mode=config.ssl.mode,
-        batch_size=d.batch_size, augment=config.augment, seed=config.seed, num_workers=d.num_workers,
+        d.cohort_dir,
+        pool=d.pool,
+        include_heldout=d.include_heldout,
+        mode=config.ssl.mode,
+        batch_size=d.batch_size,
+        augment=config.augment,
+        seed=config.seed,
+        num_workers=d.num_workers,
         knn_max_images=d.knn_max_images,
     )
     if config.monitor.metric == "val/knn_acc" and not datamodule.knn_sets:
@@ -97,11 +104,13 @@ def pretrain(config: PretrainConfig, *, callbacks: Sequence[Callback] = ()) -> P
             "val/knn_acc) cannot run; set monitor.metric=train/loss and monitor.mode=min"
         )
     tracking_uri = resolve_tracking_uri(config.tracking)
-    resolved = config.model_copy(update={
-        "data": d.model_copy(update={"cohort_dir": Path(d.cohort_dir).resolve()}),
-        "output_dir": Path(config.output_dir).resolve(),
-        "tracking": config.tracking.model_copy(update={"tracking_uri": tracking_uri}),
-    })
+    resolved = config.model_copy(
+        update={
+            "data": d.model_copy(update={"cohort_dir": Path(d.cohort_dir).resolve()}),
+            "output_dir": Path(config.output_dir).resolve(),
+            "tracking": config.tracking.model_copy(update={"tracking_uri": tracking_uri}),
+        }
+    )
     with using_tracking_uri(tracking_uri):  # weights "mlflow:runs:/..." come from the store this run records to
         module = build_pretrain_module(resolved, datamodule.in_chans)
 
@@ -120,13 +129,14 @@ def pretrain(config: PretrainConfig, *, callbacks: Sequence[Callback] = ()) -> P
     from medvision.tracking import MLflowTracking
 
     tracker = MLflowTracking(
-        tracking_uri, resolved.tracking.experiment, run_name=resolved.tracking.run_name, params=params,
-        tags={"medvision.stage": "pretrain", "medvision.ssl_mode": resolved.ssl.mode,
-              "cohort.manifest_sha256": sha},
+        tracking_uri,
+        resolved.tracking.experiment,
+        run_name=resolved.tracking.run_name,
+        params=params,
+        tags={"medvision.stage": "pretrain", "medvision.ssl_mode": resolved.ssl.mode, "cohort.manifest_sha256": sha},
         texts={"config.yaml": to_yaml(resolved), "cohort/manifest_sha256.txt": sha + "\n"},
     )
-    fitted = fit_stage(resolved, module, datamodule, [tracker, *callbacks], ckpt,  # type: ignore[arg-type]
-                       to_yaml(resolved))
+    fitted = fit_stage(resolved, module, datamodule, [tracker, *callbacks], ckpt, to_yaml(resolved))
     best, last = fitted.best_checkpoint, fitted.last_checkpoint
     metrics = {k: v for k, v in tracker.last_metrics.items() if not (isinstance(v, float) and math.isnan(v))}
     return PretrainResult(

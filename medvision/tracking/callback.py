@@ -106,15 +106,15 @@ class MLflowTracking(Callback):
                 existing = client.get_run(self.run_id)
             except Exception:  # the store was moved or wiped: record afresh
                 existing = None
-                log.warning("MLflow run %s of the checkpoint is not in %s; starting a new run",
-                            self.run_id, self.tracking_uri)
+                log.warning(
+                    "MLflow run %s of the checkpoint is not in %s; starting a new run", self.run_id, self.tracking_uri
+                )
             if existing is not None:
                 client.update_run(self.run_id, status="RUNNING")
                 known = existing.data.params
                 changed = sorted(k for k, v in self.params.items() if k in known and known[k] != v)
                 if changed:
-                    log.warning("resumed run %s keeps its original params; these differ now: %s",
-                                self.run_id, changed)
+                    log.warning("resumed run %s keeps its original params; these differ now: %s", self.run_id, changed)
                 self._log_params({k: v for k, v in self.params.items() if k not in known})
                 return
         exp_id = get_or_create_experiment(client, self.experiment)
@@ -127,7 +127,7 @@ class MLflowTracking(Callback):
     def _log_params(self, params: Mapping[str, str]) -> None:
         items = [Param(k, v) for k, v in params.items()]
         for start in range(0, len(items), _BATCH):
-            self._client.log_batch(self.run_id, params=items[start:start + _BATCH])
+            self._client.log_batch(self.run_id, params=items[start : start + _BATCH])
 
     # -- per epoch -------------------------------------------------------------------------------
 
@@ -160,8 +160,7 @@ class MLflowTracking(Callback):
                 best = trainer.checkpoint_callback.best_model_score
                 self._client.set_tag(self.run_id, "best_checkpoint", Path(ckpt).name)
                 if best is not None and math.isfinite(float(best)):
-                    self._client.log_metric(self.run_id, "best/" + trainer.checkpoint_callback.monitor,
-                                            float(best))
+                    self._client.log_metric(self.run_id, "best/" + trainer.checkpoint_callback.monitor, float(best))
             self._client.set_terminated(self.run_id, "FINISHED")
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
@@ -170,7 +169,7 @@ class MLflowTracking(Callback):
             self._client.set_terminated(self.run_id, status)
 
     def _log_network(self, pl_module: L.LightningModule, best: Path | None) -> None:
-        from medvision.training.classifier import Classifier
+        from medvision.classifier import Classifier
 
         net = getattr(pl_module, "classifier", None)
         if not isinstance(net, Classifier):
@@ -182,7 +181,7 @@ class MLflowTracking(Callback):
         net = copy.deepcopy(net).cpu().eval()
         if best is not None and best.exists():
             state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
-            net.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+            net.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
         if isinstance(net, Classifier):
             from medvision.tracking.pyfunc import log_classifier
 

@@ -11,7 +11,7 @@ What the model takes and gives (so ``mlflow.pyfunc.load_model(...).predict`` and
   the class) and, for heads with a built-in OOD score (HOD), a column ``ood_score`` (higher =
   more likely an unseen condition). Softmax heads' class columns sum to 1.
 
-The model folder holds the classifier (:func:`medvision.training.classifier.save_classifier`)
+The model folder holds the classifier (:func:`medvision.classifier.save_classifier`)
 and a copy of the medvision source (``code_paths``), so serving needs only the listed pip
 requirements, not a medvision checkout.
 """
@@ -31,20 +31,28 @@ __all__ = ["ClassifierModel", "load_run_classifier", "log_classifier", "pip_requ
 
 #: What loading and running the model imports (medvision's own source travels in code_paths).
 _REQUIREMENTS = (
-    "torch", "torchvision", "timm", "numpy", "pandas", "safetensors", "pydantic", "pyyaml",
-    "lightning", "scikit-learn",
+    "torch",
+    "torchvision",
+    "timm",
+    "numpy",
+    "pandas",
+    "safetensors",
+    "pydantic",
+    "pyyaml",
+    "lightning",
+    "scikit-learn",
 )
 _CHUNK = 64
 
 
 class ClassifierModel(PythonModel):
-    """pyfunc wrapper of a saved :class:`~medvision.training.classifier.Classifier` (see the module
+    """pyfunc wrapper of a saved :class:`~medvision.classifier.Classifier` (see the module
     docstring for the input and output contract)."""
 
     def load_context(self, context) -> None:
         import torch
 
-        from medvision.training.classifier import load_classifier
+        from medvision.classifier import load_classifier
 
         self._classifier, card = load_classifier(context.artifacts["classifier"])
         self._device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -58,7 +66,7 @@ class ClassifierModel(PythonModel):
         probs, scores = [], []
         with torch.inference_mode():
             for start in range(0, len(x), _CHUNK):
-                out = self._classifier(torch.from_numpy(x[start:start + _CHUNK]).to(self._device))
+                out = self._classifier(torch.from_numpy(x[start : start + _CHUNK]).to(self._device))
                 probs.append(out.probs.float().cpu().numpy())
                 if out.ood_score is not None:
                     scores.append(out.ood_score.float().cpu().numpy())
@@ -130,7 +138,7 @@ def log_classifier(
 
     Args:
         client: a client bound to the run's tracking URI.
-        classifier: a :class:`~medvision.training.classifier.Classifier` (weights are copied).
+        classifier: a :class:`~medvision.classifier.Classifier` (weights are copied).
         input_shape: ``(C, H, W)`` of the training images, for the model signature.
 
     Raises:
@@ -139,8 +147,8 @@ def log_classifier(
     import mlflow.pyfunc
 
     import medvision
+    from medvision.classifier import save_classifier
     from medvision.models import save_backbone
-    from medvision.training.classifier import save_classifier
 
     if "ood_score" in classifier.classes:
         raise ValueError("a class named 'ood_score' collides with the OOD score column; rename the class")
@@ -162,7 +170,7 @@ def log_classifier(
 
 
 def load_run_classifier(run_id: str, tracking_uri: str | None = None, model_path: str = "model"):
-    """The :class:`~medvision.training.classifier.Classifier` a fine-tuning run logged (CPU, eval mode),
+    """The :class:`~medvision.classifier.Classifier` a fine-tuning run logged (CPU, eval mode),
     for evaluation code that wants tensors, features and the head rather than the pyfunc DataFrame.
 
     Args:
@@ -180,12 +188,14 @@ def load_run_classifier(run_id: str, tracking_uri: str | None = None, model_path
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
 
-    from medvision.training.classifier import load_classifier
+    from medvision.classifier import load_classifier
 
     with tempfile.TemporaryDirectory(prefix="medvision-run-") as tmp:
         try:
             local = mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path=f"{model_path}/artifacts/classifier", dst_path=tmp,
+                run_id=run_id,
+                artifact_path=f"{model_path}/artifacts/classifier",
+                dst_path=tmp,
                 tracking_uri=tracking_uri,
             )
         except (MlflowException, OSError) as e:

@@ -74,7 +74,7 @@ def _sqlite_path(tracking_uri: str) -> Path | None:
     prefix = "sqlite:///"
     if not tracking_uri.startswith(prefix):
         return None
-    rest = tracking_uri[len(prefix):].split("?", 1)[0]
+    rest = tracking_uri[len(prefix) :].split("?", 1)[0]
     if not rest or rest == ":memory:":
         return None
     # sqlite:////abs/path -> "/abs/path"; sqlite:///rel/path -> "rel/path" (relative to the cwd)

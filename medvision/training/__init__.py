@@ -5,11 +5,11 @@
 * :class:`FinetuneModule` (the *what*) and :func:`build_trainer` (the *how*).
 """
 
-from medvision.training.classifier import Classifier, load_classifier, save_classifier
+from medvision.classifier import Classifier, load_classifier, save_classifier
+from medvision.engine.trainer import build_trainer, resume_checkpoint
 from medvision.training.config import FinetuneConfig
 from medvision.training.finetune import FinetuneResult, build_classifier, finetune
 from medvision.training.module import FinetuneModule
-from medvision.training.trainer import build_trainer, resume_checkpoint
 
 __all__ = [
     "Classifier",

@@ -23,12 +23,13 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
+from medvision.classifier import Classifier
 from medvision.config import flatten, to_yaml
+from medvision.engine.config import resolve_tracking_uri
+from medvision.engine.trainer import fit_stage, resume_checkpoint
 from medvision.tracking.store import using_tracking_uri
-from medvision.training.classifier import Classifier
-from medvision.training.config import FinetuneConfig, resolve_tracking_uri
+from medvision.training.config import FinetuneConfig
 from medvision.training.module import FinetuneModule
-from medvision.training.trainer import fit_stage, resume_checkpoint
 
 __all__ = ["FinetuneResult", "build_classifier", "finetune"]
 
@@ -124,8 +125,12 @@ def finetune(
 
         d = config.data
         datamodule = CohortDataModule(
-            d.cohort_dir, batch_size=d.batch_size, label_fraction=d.label_fraction, num_workers=d.num_workers,
-            balanced=d.balanced, seed=config.seed,
+            d.cohort_dir,
+            batch_size=d.batch_size,
+            label_fraction=d.label_fraction,
+            num_workers=d.num_workers,
+            balanced=d.balanced,
+            seed=config.seed,
         )
     missing = [a for a in DATAMODULE_FACTS if not hasattr(datamodule, a)]
     if missing:

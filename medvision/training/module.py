@@ -1,7 +1,7 @@
 """The *what* of fine-tuning: network, loss, metrics, optimiser and schedule, as a LightningModule.
 
 Devices, precision, distribution, checkpoints and tracking are the trainer factory's and the
-callbacks' business (:mod:`medvision.training.trainer`, :mod:`medvision.tracking`), so the same
+callbacks' business (:mod:`medvision.engine.trainer`, :mod:`medvision.tracking`), so the same
 module runs on a laptop CPU and on a GPU cluster unchanged.
 
 Labels follow the cohort contract: ``0..K-1`` inlier classes, ``K..K+M-1`` training outlier
@@ -11,35 +11,17 @@ conditions, ``-1`` unknown / unseen condition. A head learns from the labels it 
 
 from __future__ import annotations
 
-import math
-
 import lightning as L
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 from torch import Tensor
 
-from medvision.training.classifier import Classifier
-from medvision.training.config import OptimConfig
+from medvision.classifier import Classifier
+from medvision.engine.config import OptimConfig
+from medvision.engine.schedule import decay_groups, warmup_cosine
 
-__all__ = ["FinetuneModule", "WarmupCosine", "macro_auroc"]
-
-
-class WarmupCosine:
-    """Learning-rate multiplier per optimiser step: linear warm-up to 1, then cosine decay to 0.
-
-    A plain object (not a closure) so the scheduler's state, saved in checkpoints, restores it.
-    """
-
-    def __init__(self, warmup_steps: int, total_steps: int) -> None:
-        self.warmup_steps = max(0, int(warmup_steps))
-        self.total_steps = max(self.warmup_steps + 1, int(total_steps))
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        progress = (step - self.warmup_steps) / (self.total_steps - self.warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+__all__ = ["FinetuneModule", "macro_auroc"]
 
 
 def macro_auroc(scores: np.ndarray, labels: np.ndarray, multilabel: bool = False) -> float:
@@ -58,11 +40,7 @@ def macro_auroc(scores: np.ndarray, labels: np.ndarray, multilabel: bool = False
     if not multilabel and k == 2:
         return float(roc_auc_score(labels == 1, scores[:, 1])) if len(np.unique(labels)) == 2 else float("nan")
     onehot = labels.astype(bool) if multilabel else labels[:, None] == np.arange(k)[None, :]
-    aucs = [
-        roc_auc_score(onehot[:, c], scores[:, c])
-        for c in range(k)
-        if 0 < onehot[:, c].sum() < len(onehot)
-    ]
+    aucs = [roc_auc_score(onehot[:, c], scores[:, c]) for c in range(k) if 0 < onehot[:, c].sum() < len(onehot)]
     return float(np.mean(aucs)) if aucs else float("nan")
 
 
@@ -122,10 +100,10 @@ class FinetuneModule(L.LightningModule):
         aux = self.classifier.aux_loss()
         if isinstance(aux, Tensor) and aux.requires_grad:
             loss = loss + aux
-            self._log("train/aux_loss", aux.detach(), on_step=False, on_epoch=True, sync_dist=True,
-                     batch_size=len(y))
-        self._log("train/loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, sync_dist=True,
-                 batch_size=len(y))
+            self._log("train/aux_loss", aux.detach(), on_step=False, on_epoch=True, sync_dist=True, batch_size=len(y))
+        self._log(
+            "train/loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(y)
+        )
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -155,8 +133,10 @@ class FinetuneModule(L.LightningModule):
         head = self.classifier.head
         p, s, t = probs.cpu().numpy(), ood.cpu().numpy(), y.cpu().numpy()
         if head.multilabel:
-            return {"val/auroc": macro_auroc(p, t, multilabel=True),
-                    "val/acc": float(((p > 0.5) == t.astype(bool)).mean()) if len(t) else float("nan")}
+            return {
+                "val/auroc": macro_auroc(p, t, multilabel=True),
+                "val/acc": float(((p > 0.5) == t.astype(bool)).mean()) if len(t) else float("nan"),
+            }
         k = head.num_classes
         inlier = (t >= 0) & (t < k)
         metrics = {
@@ -184,21 +164,9 @@ class FinetuneModule(L.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.optim
-        decay, no_decay = [], []
-        for p in self.classifier.parameters():
-            if p.requires_grad:
-                (decay if p.ndim >= 2 else no_decay).append(p)
-        groups = [
-            {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        groups = [g for g in groups if g["params"]]
+        groups = decay_groups(self.classifier.parameters(), cfg.weight_decay)
         if cfg.name == "sgd":
             opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
         else:
             opt = torch.optim.AdamW(groups, lr=cfg.lr)
-        total = int(self.trainer.estimated_stepping_batches)
-        steps_per_epoch = total / max(1, self.trainer.max_epochs or cfg.epochs)
-        schedule = WarmupCosine(round(cfg.warmup_epochs * steps_per_epoch), total)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return warmup_cosine(opt, self.trainer, cfg.warmup_epochs, cfg.epochs)

@@ -41,9 +41,9 @@ from pydicom.pixels import (
 from pydicom.pixels.decoders.base import Decoder
 from pydicom.uid import UID
 
-from medvision.data.reader import Frame, ImageReadError, LoadedImage
+from medvision.io.reader import Frame, ImageHeader, ImageReadError, LoadedImage
 
-__all__ = ["DicomHeader", "read_dicom", "read_dicom_header"]
+__all__ = ["DicomHeader", "DicomReader", "read_dicom", "read_dicom_header"]
 
 _GRAY = ("MONOCHROME1", "MONOCHROME2")
 #: YBR_ICT / YBR_RCT are JPEG 2000's internal component transforms; the codec undoes them while decoding.
@@ -163,9 +163,7 @@ def read_dicom_header(path: str | Path) -> DicomHeader:
         syntax = _syntax_of(ds)
         if syntax == uid.DeflatedExplicitVRLittleEndian:
             # pydicom inflates the whole body into memory, so the file position says nothing.
-            with _reading(
-                path, "could not inflate the deflated dataset", "the file is corrupt; re-export it"
-            ):
+            with _reading(path, "could not inflate the deflated dataset", "the file is corrupt; re-export it"):
                 has_pixels = bool(_PIXEL_TAGS & set(dcmread(path, specific_tags=list(_PIXEL_TAGS)).keys()))
         else:
             has_pixels = _pixel_data_follows(fh, little_endian=ds.original_encoding[1] is not False)
@@ -256,6 +254,32 @@ def read_dicom(path: str | Path, frame: Frame = "middle") -> LoadedImage:
     return LoadedImage(pixels=pixels, meta=meta)
 
 
+class DicomReader:
+    """DICOM in the reader registry. It claims every file no earlier reader took: legacy DICOM has no preamble
+    and often no suffix, so content, not the name, decides (a non-DICOM file fails with "not a DICOM file")."""
+
+    kind = "dicom"
+
+    def can_read(self, path: Path) -> bool:
+        return True
+
+    def read_header(self, path: Path) -> ImageHeader:
+        h = read_dicom_header(path)
+        if not h.has_pixel_data:
+            raise ImageReadError(path, "DICOM file has no pixel data (e.g. a report or DICOMDIR)")
+        return ImageHeader(
+            kind=self.kind, frames=int(h.frames or 1), channels=int(h.samples_per_pixel or 1),
+            rows=int(h.rows or 0), columns=int(h.columns or 0),
+            patient_id=h.patient_id, patient_name=h.patient_name, birth_date=h.birth_date,
+            accession_number=h.accession_number, study_uid=h.study_uid, series_uid=h.series_uid,
+            sop_uid=h.sop_uid, modality=h.modality, sex=h.sex, age=h.age, manufacturer=h.manufacturer,
+            institution=h.institution, view=h.view, photometric=h.photometric, transfer_syntax=h.transfer_syntax,
+        )  # fmt: skip
+
+    def read(self, path: Path, frame: Frame = "middle") -> LoadedImage:
+        return read_dicom(path, frame=frame)
+
+
 # --- opening and parsing ------------------------------------------------------------------------------------
 
 
@@ -278,9 +302,7 @@ def _opened(path: Path) -> Iterator[BinaryIO]:
     except FileNotFoundError as exc:
         raise ImageReadError(path, "file not found", "check the path") from exc
     except OSError as exc:
-        raise ImageReadError(
-            path, f"cannot open the file ({exc.strerror})", "check the path and permissions"
-        ) from exc
+        raise ImageReadError(path, f"cannot open the file ({exc.strerror})", "check the path and permissions") from exc
     with fh:
         yield fh
 
@@ -326,9 +348,7 @@ def _decoder(path: Path, ds: Dataset) -> Decoder:
     """The pydicom decoder for the file's syntax, checked *before* decoding so the hint is precise."""
     syntax = _syntax_of(ds)
     if syntax is None:
-        raise ImageReadError(
-            path, "the file meta has no Transfer Syntax UID", "re-export it from the archive"
-        )
+        raise ImageReadError(path, "the file meta has no Transfer Syntax UID", "re-export it from the archive")
     try:
         decoder = get_decoder(syntax)
     except NotImplementedError:
@@ -367,16 +387,12 @@ def _frame_indices(path: Path, frame: object, count: int) -> list[int] | None:
         return [count // 2]
     if isinstance(frame, (int, np.integer)) and not isinstance(frame, bool):
         if not 0 <= frame < count:
-            raise ImageReadError(
-                path, f"frame {frame} is out of range: the object has {count} frame(s)", hint
-            )
+            raise ImageReadError(path, f"frame {frame} is out of range: the object has {count} frame(s)", hint)
         return [int(frame)]
     raise ImageReadError(path, f"frame={frame!r} is not a frame index, 'middle' or 'mean'", hint)
 
 
-def _frames(
-    ds: Dataset, decoder: Decoder, indices: list[int] | None
-) -> Iterator[tuple[int, np.ndarray, str]]:
+def _frames(ds: Dataset, decoder: Decoder, indices: list[int] | None) -> Iterator[tuple[int, np.ndarray, str]]:
     """Yield ``(index, array, photometric after decoding)``, decoding only the requested frames."""
     options = as_pixel_options(ds)
     chosen = range(_frame_count(ds)) if indices is None else indices

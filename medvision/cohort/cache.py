@@ -44,8 +44,9 @@ class PreprocessCache:
         if self._index_path.exists():
             self._index = pd.read_parquet(self._index_path)
         else:
-            self._index = pd.DataFrame({"key": pd.Series(dtype=str), "shard": pd.Series(dtype="int32"),
-                                        "row": pd.Series(dtype="int32")})
+            self._index = pd.DataFrame(
+                {"key": pd.Series(dtype=str), "shard": pd.Series(dtype="int32"), "row": pd.Series(dtype="int32")}
+            )
         self._where = dict(zip(self._index["key"], zip(self._index["shard"], self._index["row"])))
         self._shards: dict[int, np.ndarray] = {}
 
@@ -70,8 +71,9 @@ class PreprocessCache:
         tmp = self.dir / f"shard-{shard:05d}.tmp.npy"
         np.save(tmp, stacked)
         tmp.rename(self.dir / f"shard-{shard:05d}.npy")
-        new = pd.DataFrame({"key": [k for k, _ in items], "shard": np.int32(shard),
-                            "row": np.arange(len(items), dtype=np.int32)})
+        new = pd.DataFrame(
+            {"key": [k for k, _ in items], "shard": np.int32(shard), "row": np.arange(len(items), dtype=np.int32)}
+        )
         self._index = pd.concat([self._index, new], ignore_index=True)
         tmp_index = self._index_path.with_suffix(".tmp.parquet")
         self._index.to_parquet(tmp_index, index=False)

@@ -11,11 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from medvision.data.reader import ImageReadError, LoadedImage
+from medvision.io.reader import PHOTO_SUFFIXES, Frame, ImageHeader, ImageReadError, LoadedImage, is_dicom
 
-__all__ = ["read_photo"]
+__all__ = ["PhotoReader", "read_photo"]
 
 _GRAY_8 = frozenset({"1", "L", "LA", "La"})
 #: Pillow opens 16-bit grayscale PNG/TIFF as "I;16*" or as 32-bit "I" holding 16-bit values.
@@ -91,3 +91,30 @@ def _to_unit(path: Path, image: Image.Image) -> np.ndarray:
             path, f"Pillow cannot convert mode {image.mode!r} to RGB ({exc})", "re-export the image as RGB"
         ) from exc
     return np.ascontiguousarray(np.moveaxis(rgb, -1, 0))
+
+
+class PhotoReader:
+    """Photos in the reader registry: claimed by suffix, unless the content is DICOM (some archives export
+    DICOM files named ``.png``)."""
+
+    kind = "photo"
+
+    def can_read(self, path: Path) -> bool:
+        return path.suffix.lower() in PHOTO_SUFFIXES and not is_dicom(path)
+
+    def read_header(self, path: Path) -> ImageHeader:
+        try:
+            with Image.open(path) as im:
+                width, height = im.size
+                if im.mode == "F":
+                    raise ImageReadError(path, "floating-point photos are not supported; export as 8/16-bit")
+                channels = 1 if im.mode in ("1", "L", "LA", "La", "I") or im.mode.startswith("I;16") else 3
+                fmt = im.format
+        except (UnidentifiedImageError, OSError) as e:
+            raise ImageReadError(path, f"photo could not be opened: {e.__class__.__name__}") from e
+        return ImageHeader(
+            kind=self.kind, frames=1, channels=channels, rows=height, columns=width, modality="XC", photometric=f"{fmt}"
+        )
+
+    def read(self, path: Path, frame: Frame = "middle") -> LoadedImage:
+        return read_photo(path)

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from medvision.heads import Head, HeadOutput, create_head
+from medvision.models import load_backbone_dir, save_backbone
 
 __all__ = ["Adapter", "Classifier", "load_classifier", "save_classifier"]
 
@@ -115,8 +116,6 @@ def save_classifier(classifier: Classifier, directory: str | Path, input_shape: 
     Returns:
         ``directory`` as a :class:`~pathlib.Path`.
     """
-    from medvision.models import save_backbone
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_backbone(classifier.backbone, directory / "backbone")
@@ -151,8 +150,6 @@ def load_classifier(directory: str | Path) -> tuple[Classifier, dict[str, Any]]:
     Raises:
         FileNotFoundError: ``directory`` is not a saved classifier.
     """
-    from medvision.models import load_backbone_dir
-
     directory = Path(directory)
     card_path = directory / _CARD
     if not card_path.exists():

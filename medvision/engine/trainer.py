@@ -1,7 +1,7 @@
-"""The *how* of fine-tuning: a Lightning ``Trainer`` built from :class:`~medvision.training.config.TrainerConfig`.
+"""The *how* of every training stage: a Lightning ``Trainer`` from :class:`~medvision.engine.config.TrainerConfig`.
 
 Everything about devices, precision, distribution, checkpoints, early stopping and seeding lives
-here, so :class:`~medvision.training.module.FinetuneModule` stays the same on one CPU and on
+here, so a stage's LightningModule (fine-tuning, SimCLR) stays the same on one CPU and on
 many GPUs:
 
 * ``strategy: ddp`` runs one process per device (gloo on CPU, NCCL on GPU); ``fsdp`` shards
@@ -10,7 +10,7 @@ many GPUs:
   Lightning reads ranks from their environment (``num_nodes: auto`` reads the node count too);
 * checkpoints: ``<output_dir>/checkpoints/last.ckpt`` after every epoch, plus the best epoch by
   the monitored metric (``best-epoch=NNN.ckpt``); :func:`resume_checkpoint` picks what to resume;
-* determinism: per-epoch reseeding (:class:`~medvision.training.seeding.EpochSeeding`) and, on
+* determinism: per-epoch reseeding (:class:`~medvision.engine.seeding.EpochSeeding`) and, on
   CPU by default, deterministic kernels, so a resumed run equals an uninterrupted one.
 """
 
@@ -26,8 +26,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
-from medvision.training.config import FinetuneConfig, TrainerConfig
-from medvision.training.seeding import EpochSeeding
+from medvision.engine.config import StageConfig, TrainerConfig
+from medvision.engine.seeding import EpochSeeding
 
 __all__ = [
     "FitOutcome",
@@ -44,17 +44,17 @@ LAST_CHECKPOINT = "last.ckpt"
 _PRECISION = {"32": "32-true", "bf16-mixed": "bf16-mixed", "16-mixed": "16-mixed"}
 
 
-def checkpoint_dir(config: FinetuneConfig) -> Path:
+def checkpoint_dir(config: StageConfig) -> Path:
     """Where a run's checkpoints go: ``<output_dir>/checkpoints``."""
     return Path(config.output_dir) / "checkpoints"
 
 
-def last_checkpoint_path(config: FinetuneConfig) -> Path:
+def last_checkpoint_path(config: StageConfig) -> Path:
     """The checkpoint rewritten after every epoch (what ``resume: auto`` continues from)."""
     return checkpoint_dir(config) / LAST_CHECKPOINT
 
 
-def resume_checkpoint(config: FinetuneConfig) -> Path | None:
+def resume_checkpoint(config: StageConfig) -> Path | None:
     """The checkpoint to continue from, per ``config.resume``.
 
     ``auto``: ``last.ckpt`` in the output folder when there is one (else start afresh);
@@ -114,7 +114,7 @@ def _strategy(trainer_cfg: TrainerConfig):
     return "auto"
 
 
-def build_trainer(config: FinetuneConfig, callbacks: Sequence[Callback] = ()) -> L.Trainer:
+def build_trainer(config: StageConfig, callbacks: Sequence[Callback] = ()) -> L.Trainer:
     """A Trainer for ``config`` with checkpointing, optional early stopping and epoch seeding.
 
     Args:
@@ -142,7 +142,10 @@ def build_trainer(config: FinetuneConfig, callbacks: Sequence[Callback] = ()) ->
         save_last=False,
     )
     last = ModelCheckpoint(
-        dirpath=directory, filename=LAST_CHECKPOINT[: -len(".ckpt")], monitor=None, save_top_k=1,
+        dirpath=directory,
+        filename=LAST_CHECKPOINT[: -len(".ckpt")],
+        monitor=None,
+        save_top_k=1,
         enable_version_counter=False,
     )
     built: list[Callback] = [EpochSeeding(config.seed), best, last]
@@ -179,8 +182,14 @@ class FitOutcome:
     last_checkpoint: Path | None
 
 
-def fit_stage(config: FinetuneConfig, module: L.LightningModule, datamodule: L.LightningDataModule,
-              callbacks: Sequence[Callback], ckpt: Path | None, config_yaml: str) -> FitOutcome:
+def fit_stage(
+    config: StageConfig,
+    module: L.LightningModule,
+    datamodule: L.LightningDataModule,
+    callbacks: Sequence[Callback],
+    ckpt: Path | None,
+    config_yaml: str,
+) -> FitOutcome:
     """Build the trainer, record the resolved config (rank 0), fit (resuming from ``ckpt``), collect checkpoints.
 
     Shared by every training stage (fine-tuning, self-supervised pretraining) so that they resume, write their
@@ -199,5 +208,8 @@ def fit_stage(config: FinetuneConfig, module: L.LightningModule, datamodule: L.L
     best = Path(cb.best_model_path) if cb is not None and cb.best_model_path else None
     score = float(cb.best_model_score) if cb is not None and cb.best_model_score is not None else None
     last = last_checkpoint_path(config)
-    return FitOutcome(best_checkpoint=best, best_score=score if score is None or math.isfinite(score) else None,
-                      last_checkpoint=last if last.exists() else None)
+    return FitOutcome(
+        best_checkpoint=best,
+        best_score=score if score is None or math.isfinite(score) else None,
+        last_checkpoint=last if last.exists() else None,
+    )

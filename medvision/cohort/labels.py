@@ -1,0 +1,91 @@
+"""The labels join: a CSV's rows matched to image instances by SOP Instance UID, relative path, file name or stem.
+
+What comes back is still identifying (the CSV's patient column): only :mod:`medvision.cohort.build` turns it into
+pseudonyms.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medvision.cohort.spec import LabelsSpec, SpecError
+
+__all__ = ["join_labels"]
+
+log = logging.getLogger("medvision.cohort")
+
+
+def join_labels(rows: pd.DataFrame, spec: LabelsSpec | None) -> tuple[pd.DataFrame, dict]:
+    cols = ["label", "csv_patient", "csv_sex", "csv_age", "csv_site", "csv_split"]
+    if spec is None:
+        return pd.DataFrame({c: pd.Series([None] * len(rows), dtype=object) for c in cols}, index=rows.index), {}
+    try:
+        table = pd.read_csv(spec.csv, dtype=str, keep_default_na=False)
+    except FileNotFoundError:
+        raise SpecError(f"labels CSV {spec.csv} does not exist (key labels.csv)") from None
+    needed = [spec.key_column, *spec.label_columns, *spec.subgroup_columns.values()]
+    needed += [
+        c for c in (spec.patient_column, spec.site_column, spec.sex_column, spec.age_column, spec.split_column) if c
+    ]
+    missing = [c for c in needed if c not in table.columns]
+    if missing:
+        raise SpecError(f"labels CSV {spec.csv} lacks column(s) {missing}; it has {list(table.columns)}")
+    table = table.replace({"": None, "NaN": None, "nan": None, "NA": None})
+    dup = table[spec.key_column].duplicated()
+    if dup.any():
+        raise SpecError(
+            f"labels CSV {spec.csv}: {int(dup.sum())} duplicate value(s) in key column "
+            f"'{spec.key_column}' (first at CSV line {int(np.argmax(dup.to_numpy())) + 2})"
+        )
+    table = table.set_index(spec.key_column)
+    keys = {
+        "sop_instance_uid": rows["sop_uid"],
+        "relpath": rows["relpath"],
+        "filename": rows["relpath"].map(lambda p: Path(p).name),
+        "stem": rows["relpath"].map(lambda p: Path(p).stem),
+    }[spec.join]
+    matched = table.reindex(keys.to_numpy())
+    matched.index = rows.index
+    if len(spec.label_columns) == 1:
+        label = matched[spec.label_columns[0]]
+    else:  # multi-label: the positive label names joined, for stratification and the card
+        flags = matched[spec.label_columns].apply(pd.to_numeric, errors="coerce")
+        label = flags.apply(
+            lambda r: None if r.isna().all() else "|".join(c for c in spec.label_columns if r[c] == 1) or "none", axis=1
+        )
+    out = pd.DataFrame(
+        {
+            "label": label.astype(object).where(label.notna(), None),
+            "csv_patient": matched[spec.patient_column] if spec.patient_column else None,
+            "csv_sex": matched[spec.sex_column] if spec.sex_column else None,
+            "csv_age": matched[spec.age_column] if spec.age_column else None,
+            "csv_site": matched[spec.site_column] if spec.site_column else None,
+            "csv_split": matched[spec.split_column] if spec.split_column else None,
+        },
+        index=rows.index,
+    )
+    if spec.split_column:
+        bad = set(out["csv_split"].dropna()) - {"train", "val", "test"}
+        if bad:
+            raise SpecError(
+                f"labels CSV {spec.csv}: column '{spec.split_column}' (labels.split_column) may only "
+                f"hold train/val/test, found {sorted(bad)[:5]}"
+            )
+    for name, col in spec.subgroup_columns.items():
+        out[f"sub__{name}"] = matched[col]
+    if len(spec.label_columns) > 1:
+        for c in spec.label_columns:
+            out[f"label__{c}"] = pd.to_numeric(matched[c], errors="coerce")
+    used = set(keys.dropna())
+    stats = {
+        "csv_rows": len(table),
+        "csv_rows_without_image": int(len(set(table.index) - used)),
+        "images_without_label": int(out["label"].isna().sum()),
+    }
+    if stats["csv_rows_without_image"]:
+        log.warning("%d labels CSV rows match no image (join on %s)", stats["csv_rows_without_image"], spec.join)
+    return out, stats
