@@ -86,14 +86,22 @@ class Classifier(nn.Module):
             self.backbone.eval()
         return self
 
-    def embed(self, x: Tensor) -> Tensor:
-        """The embedding the head reads: backbone features, through the adapter when there is one."""
-        if self.freeze_backbone:
+    def embed(self, x: Tensor, keep_graph: bool = False) -> Tensor:
+        """The embedding the head reads: backbone features, through the adapter when there is one.
+
+        A frozen backbone runs without a graph (cheap training) unless ``keep_graph``: attribution methods need the
+        path from the logits back to the pixels even though no weight is updated.
+        """
+        if self.freeze_backbone and not keep_graph:
             with torch.no_grad():
                 feats = self.backbone(x)
         else:
             feats = self.backbone(x)
         return feats if self.adapter is None else self.adapter(feats)
+
+    def logits(self, x: Tensor) -> Tensor:
+        """The head's logits with a graph back to ``x`` whatever the mode (what captum differentiates)."""
+        return self.head(self.embed(x, keep_graph=True)).logits
 
     def forward(self, x: Tensor) -> HeadOutput:
         return self.head(self.embed(x))

@@ -16,6 +16,7 @@ many GPUs:
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+from torch.distributed.fsdp.wrap import size_based_auto_wrap_policy
 
 from medvision.engine.config import StageConfig, TrainerConfig
 from medvision.engine.seeding import EpochSeeding
@@ -97,13 +100,8 @@ def resolve_num_nodes(trainer_cfg: TrainerConfig) -> int:
 
 def _strategy(trainer_cfg: TrainerConfig):
     if trainer_cfg.strategy == "ddp":
-        from lightning.pytorch.strategies import DDPStrategy
-
         return DDPStrategy(find_unused_parameters=trainer_cfg.find_unused_parameters)
     if trainer_cfg.strategy == "fsdp":
-        from lightning.pytorch.strategies import FSDPStrategy
-        from torch.distributed.fsdp.wrap import size_based_auto_wrap_policy
-
         # Wrap every sub-module above ~1M parameters (transformer blocks, ResNet stages) as its
         # own shard unit; use_orig_params lets linear/locked modes freeze part of a unit.
         return FSDPStrategy(
@@ -196,7 +194,6 @@ def fit_stage(
     config and report checkpoints the same way. ``config`` may be any stage config with the same trainer,
     monitor, resume and output-dir fields.
     """
-    import math
 
     trainer = build_trainer(config, callbacks=callbacks)
     if trainer.is_global_zero:

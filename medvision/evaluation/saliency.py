@@ -43,19 +43,8 @@ _IG_STEPS_PER_PASS = 8
 
 
 def _logit_function(classifier: Classifier) -> Callable[[Tensor], Tensor]:
-    """``x -> head(adapter(backbone(x))).logits``, always with a graph.
-
-    ``Classifier.embed`` runs a frozen backbone under ``torch.no_grad`` (cheap training), which would cut the path
-    from the logits back to the pixels; attribution needs that path even though no weight is updated.
-    """
-
-    def logits(x: Tensor) -> Tensor:
-        feats = classifier.backbone(x)
-        if classifier.adapter is not None:
-            feats = classifier.adapter(feats)
-        return classifier.head(feats).logits
-
-    return logits
+    """What captum differentiates: :meth:`Classifier.logits`, which keeps the graph even for a frozen backbone."""
+    return classifier.logits
 
 
 @contextmanager

@@ -20,12 +20,18 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
+from mlflow import MlflowClient
 
 from medvision._version import code_provenance
 from medvision.cohort.cohort import open_cohort
+from medvision.data.dataset import CohortDataset
 from medvision.evaluation.calibration import TemperatureScaler
+from medvision.evaluation.ensemble import greedy_ensemble, knn_rank_backbones
 from medvision.evaluation.metrics import OperatingPoint, choose_operating_point
+from medvision.evaluation.ood import msp_score, ood_metrics
 from medvision.evaluation.predict import Predictions, predict_rows
+from medvision.evaluation.saliency import pick_cases, saliency_maps
 from medvision.evaluation.settings import EvaluationSettings
 from medvision.evaluation.tables import (
     calibration_tables,
@@ -268,8 +274,6 @@ def _ensemble(
     of that average and, when every member has one, the average of the members' OOD scores (for HOD heads
     this is exactly ``p_out`` of the averaged full distribution, ``p_out`` being linear in it).
     """
-    from medvision.evaluation.ensemble import greedy_ensemble
-    from medvision.evaluation.ood import msp_score, ood_metrics
 
     k = len(results[0]["classes"])
     positive = results[0]["classes"].index(results[0]["positive_class"])
@@ -333,7 +337,6 @@ def _rank_backbones(
     member_preds: dict[str, dict[str, Predictions]], results: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """Leave-one-out 1-NN accuracy (cosine) of each model's embeddings on validation (method spec §5)."""
-    from medvision.evaluation.ensemble import knn_rank_backbones
 
     k = len(results[0]["classes"])
     feats, labels = {}, None
@@ -349,7 +352,6 @@ def _rank_backbones(
 
 def _history(run_id: str, tracking_uri: str | None) -> list[dict[str, Any]]:
     """Per-epoch metrics of the training run (learning curves for the report)."""
-    from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri)
     run = client.get_run(run_id)
@@ -365,10 +367,6 @@ def _history(run_id: str, tracking_uri: str | None) -> list[dict[str, Any]]:
 
 def _saliency(primary, cohort, request: EvaluationRequest, folder: Path) -> list[dict[str, Any]]:
     """Integrated Gradients and Grad-CAM for the most confident correct and wrong test cases and the most OOD."""
-    import torch
-
-    from medvision.data.dataset import CohortDataset
-    from medvision.evaluation.saliency import pick_cases, saliency_maps
 
     _, classifier, preds, entry = primary
     k = len(entry["classes"])

@@ -12,6 +12,8 @@ Example:
     >>> bb = create_backbone("vit-tiny", weights="none", in_chans=1)
 """
 
+# The zoo registers the named backbones (bit-*, vit-*, siglip-*, MoE variants) into the registry on import.
+import medvision.models.zoo  # noqa: E402, F401, I001
 from medvision.models.artifact import save_backbone
 from medvision.models.backbone import Backbone
 from medvision.models.errors import HubUnavailableError, UnknownBackboneError, WeightsError

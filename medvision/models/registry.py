@@ -90,7 +90,6 @@ def register_backbones(*specs: BackboneSpec) -> None:
 
 def list_backbones(*, tiny: bool | None = None) -> list[str]:
     """Registered backbone names, sorted; ``tiny=True`` keeps only the CI-sized ones, ``False`` drops them."""
-    _load_zoo()
     return sorted(n for n, s in _REGISTRY.items() if tiny is None or s.tiny == tiny)
 
 
@@ -100,7 +99,6 @@ def get_backbone_spec(name: str) -> BackboneSpec:
     Raises:
         UnknownBackboneError: neither a registered name nor a timm model; lists the closest names.
     """
-    _load_zoo()
     if name in _REGISTRY:
         return _REGISTRY[name]
     arch, _, tag = name.partition(".")
@@ -132,8 +130,3 @@ def _timm_passthrough(name: str, arch: str, tag: str) -> BackboneSpec:
         hub_tag=hub_tag,
         no_hub_reason=None if hub_tag else f"timm publishes no pretrained weights for {arch!r}",
     )
-
-
-def _load_zoo() -> None:
-    # The zoo registers its tables on import; importing here keeps the registry usable on its own.
-    import medvision.models.zoo  # noqa: F401

@@ -21,7 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+import huggingface_hub.constants as hf
 import timm
+import torch.hub
+from huggingface_hub import try_to_load_from_cache
 from torch import nn
 
 from medvision.models.errors import HubUnavailableError, WeightsError
@@ -132,7 +135,7 @@ def download_mlflow_artifact(uri: str, dst: Path) -> Path:
     Raises:
         WeightsError: the run or artifact does not exist or the tracking server cannot be reached.
     """
-    import mlflow
+    import mlflow  # here, not at the top: keeps MLflow out of every Classifier import (and so out of serving)
 
     try:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
@@ -157,14 +160,11 @@ def _env_flag(name: str) -> bool:
 
 
 def _hub_offline() -> bool:
-    import huggingface_hub.constants as hf
-
     return _env_flag("HF_HUB_OFFLINE") or _env_flag("TRANSFORMERS_OFFLINE") or bool(hf.HF_HUB_OFFLINE)
 
 
 def _hf_cache_dir() -> Path:
     # Read the environment now, not at import, so a cache configured after start-up is honoured.
-    import huggingface_hub.constants as hf
 
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"])
@@ -177,12 +177,9 @@ def _cached_hub_file(cfg) -> Path | None:
     """The weight file timm would download for ``cfg``, when it already sits in the local cache."""
     if not cfg.hf_hub_id:
         if cfg.url:
-            import torch.hub
-
             local = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(cfg.url).path).name
             return local if local.is_file() else None
         return None
-    from huggingface_hub import try_to_load_from_cache
 
     repo_id, _, revision = cfg.hf_hub_id.partition("@")
     filename = cfg.hf_hub_filename or "pytorch_model.bin"
@@ -202,12 +199,7 @@ def _require_hub(cfg, hub_name: str, backbone: str) -> None:
         raise HubUnavailableError(
             _unavailable(hub_name, backbone, "HF_HUB_OFFLINE is set and the weights are not in the local cache")
         )
-    if cfg.hf_hub_id:
-        import huggingface_hub.constants as hf
-
-        url = os.environ.get("HF_ENDPOINT") or hf.ENDPOINT
-    else:
-        url = cfg.url
+    url = (os.environ.get("HF_ENDPOINT") or hf.ENDPOINT) if cfg.hf_hub_id else cfg.url
     parsed = urlparse(url)
     host = parsed.hostname or ""
     port = parsed.port or (80 if parsed.scheme == "http" else 443)

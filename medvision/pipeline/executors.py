@@ -15,8 +15,12 @@ from typing import Any
 
 import yaml
 
+from medvision.cohort.build import build_cohort
+from medvision.cohort.medmnist import import_medmnist
+from medvision.cohort.spec import CohortSpec, FolderOptions, load_spec, spec_from_folder
+from medvision.cohort.synth import synthesize
 from medvision.config import ConfigError
-from medvision.pipeline.run import OUTPUT_TAG, Tracker, stage_key
+from medvision.evaluation.stage import EvaluationRequest, evaluate_models
 from medvision.pipeline.spec import (
     CohortStage,
     EvaluateStage,
@@ -28,6 +32,10 @@ from medvision.pipeline.spec import (
     sweep_members,
 )
 from medvision.pipeline.stages import StageOutput, stage_config_model, wire_config
+from medvision.pipeline.tracker import OUTPUT_TAG, Tracker, stage_key
+from medvision.report.build import report_from_evaluation
+from medvision.ssl import pretrain
+from medvision.training import finetune
 
 __all__ = ["StageContext", "execute"]
 
@@ -83,9 +91,6 @@ def _record(ctx: StageContext, run_id: str, output: StageOutput) -> None:
 
 
 def _cohort(ctx: StageContext) -> tuple[StageOutput, Rows]:
-    from medvision.cohort.build import build_cohort
-    from medvision.cohort.spec import CohortSpec
-
     stage: CohortStage = ctx.stage
     spec_data = _cohort_spec(ctx, stage)
     spec = CohortSpec.model_validate(spec_data)
@@ -136,18 +141,13 @@ def _cohort_spec(ctx: StageContext, stage: CohortStage) -> dict[str, Any]:
     """The cohort spec as a mapping, with the stage's overrides merged in."""
     source = ctx.folder / "source"
     if stage.spec is not None:
-        from medvision.cohort.spec import load_spec
-
         data = load_spec(stage.spec).model_dump(mode="json")
     elif stage.synth is not None:
         marker = source / "synth.json"
         params = stage.synth.model_dump()
         if not (marker.exists() and json.loads(marker.read_text()) == params):
-            from medvision.cohort.synth import synthesize
-
             synthesize(source, **params)
             marker.write_text(json.dumps(params))
-        from medvision.cohort.spec import load_spec
 
         data = load_spec(source / "cohort.yaml").model_dump(mode="json")
     elif stage.medmnist is not None:
@@ -155,16 +155,11 @@ def _cohort_spec(ctx: StageContext, stage: CohortStage) -> dict[str, Any]:
         marker = source / "medmnist.json"
         stamp = {"npz": str(npz), "size": npz.stat().st_size if npz.exists() else None}
         if not (marker.exists() and json.loads(marker.read_text()) == stamp):
-            from medvision.cohort.medmnist import import_medmnist
-
             import_medmnist(npz, source)
             marker.write_text(json.dumps(stamp))
-        from medvision.cohort.spec import load_spec
 
         data = load_spec(source / "cohort.yaml").model_dump(mode="json")
     else:
-        from medvision.cohort.spec import FolderOptions, spec_from_folder
-
         f = stage.folder
         options = FolderOptions.model_validate(f.model_dump(exclude={"images", "spec"}) | {"name": ctx.stage_id})
         data = spec_from_folder(f.images, options).model_dump(mode="json")
@@ -260,10 +255,7 @@ def _training(ctx: StageContext) -> tuple[StageOutput, Rows]:
 
 def _run_training(kind: str, cfg: Any) -> Any:
     if kind == "finetune":
-        from medvision.training import finetune
-
         return finetune(cfg)
-    from medvision.ssl import pretrain
 
     return pretrain(cfg)
 
@@ -288,8 +280,6 @@ def _headline(metrics: dict[str, float]) -> str:
 
 
 def _evaluate(ctx: StageContext) -> tuple[StageOutput, Rows]:
-    from medvision.evaluation.stage import EvaluationRequest, evaluate_models
-
     stage: EvaluateStage = ctx.stage
     models = []
     for ref in stage.models:
@@ -337,8 +327,6 @@ def _evaluate(ctx: StageContext) -> tuple[StageOutput, Rows]:
 
 
 def _report(ctx: StageContext) -> tuple[StageOutput, Rows]:
-    from medvision.report.build import report_from_evaluation
-
     stage: ReportStage = ctx.stage
     evaluation = ctx.outputs[stage.evaluation]
     key = stage_key(

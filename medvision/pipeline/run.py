@@ -9,9 +9,9 @@ An interrupted stage resumes because its output folder is named by its key: the 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
+import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,15 +20,15 @@ from typing import Any
 import pandas as pd
 
 from medvision._version import code_version
+from medvision.engine.config import TrackingConfig, resolve_tracking_uri
+from medvision.pipeline import executors
 from medvision.pipeline.spec import PipelineSpec
 from medvision.pipeline.stages import StageOutput
+from medvision.pipeline.tracker import Tracker
 
-__all__ = ["PipelineResult", "run_pipeline", "stage_key"]
+__all__ = ["PipelineResult", "run_pipeline"]
 
 log = logging.getLogger("medvision.pipeline")
-
-STAGE_KEY_TAG = "medvision.stage_key"
-OUTPUT_TAG = "medvision.stage_output"
 
 
 @dataclass
@@ -50,71 +50,14 @@ class PipelineResult:
         return reports[-1] if reports else None
 
 
-def stage_key(kind: str, config: Any, upstream: list[str], manifest_sha256: str | None, version: str) -> str:
-    """The identity of a stage's work: equal keys mean the same result, so a finished run can be reused."""
-    blob = json.dumps(
-        {"kind": kind, "config": config, "upstream": upstream, "manifest": manifest_sha256, "code": version},
-        sort_keys=True,
-        default=str,
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-class Tracker:
-    """The pipeline's view of MLflow: the parent run, child runs, and the lookup of finished stage runs."""
-
-    def __init__(self, tracking_uri: str, experiment: str, pipeline_name: str) -> None:
-        from medvision.tracking.store import get_or_create_experiment, open_client
-
-        self.uri = tracking_uri
-        self.client = open_client(tracking_uri)
-        self.experiment_id = get_or_create_experiment(self.client, experiment)
-        self.experiment = experiment
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=pipeline_name,
-            tags={"medvision.pipeline": pipeline_name, "medvision.kind": "pipeline"},
-        )
-        self.parent_run_id = run.info.run_id
-
-    def child_tags(self, stage_id: str, kind: str, key: str) -> dict[str, str]:
-        return {
-            "mlflow.parentRunId": self.parent_run_id,
-            STAGE_KEY_TAG: key,
-            "medvision.stage": stage_id,
-            "medvision.kind": kind,
-        }
-
-    def finished(self, key: str) -> Any | None:
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{STAGE_KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
-            max_results=1,
-            order_by=["attributes.start_time DESC"],
-        )
-        return runs[0] if runs else None
-
-    def start_child(self, stage_id: str, kind: str, key: str, name: str) -> str:
-        run = self.client.create_run(self.experiment_id, run_name=name, tags=self.child_tags(stage_id, kind, key))
-        return run.info.run_id
-
-    def end(self, run_id: str, ok: bool) -> None:
-        self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
-
-
 def run_pipeline(spec: PipelineSpec, *, echo: Callable[[str], None] = print) -> PipelineResult:
     """Run every stage of ``spec`` in order (reusing finished identical stages); return the outputs.
 
     A failing stage marks its run and the parent run FAILED and re-raises; the stages that finished
     before it are kept and are reused by the next attempt.
     """
-    import os
-    import time
-
-    from medvision.pipeline import executors
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from medvision.engine.config import TrackingConfig, resolve_tracking_uri
 
     uri = resolve_tracking_uri(TrackingConfig(tracking_uri=spec.tracking.tracking_uri))
     tracker = Tracker(uri, spec.tracking.experiment, spec.name)

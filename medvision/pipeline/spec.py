@@ -26,6 +26,7 @@ from pydantic import Field, ValidationError, field_validator
 from medvision.cohort.spec import FolderOptions
 from medvision.config import ConfigError, StrictModel, apply_overrides, explain_validation_error
 from medvision.evaluation.settings import EvaluationSettings
+from medvision.pipeline.stages import stage_config_model, wire_config
 
 __all__ = [
     "CohortStage",
@@ -275,7 +276,6 @@ def backbone_name(spec: PipelineSpec, stage_id: str) -> str | None:
 
 def _check_stage_configs(spec: PipelineSpec, source: str) -> None:
     """Validate every training stage's partial config (per sweep member) against the real config model."""
-    from medvision.pipeline.stages import stage_config_model, wire_config
 
     for stage_id, stage in spec.stages.items():
         if not isinstance(stage, FinetuneStage | PretrainStage):

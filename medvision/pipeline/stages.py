@@ -14,6 +14,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from medvision.ssl.config import PretrainConfig
+from medvision.training.config import FinetuneConfig
+
 __all__ = ["StageOutput", "stage_config_model", "wire_config"]
 
 
@@ -65,12 +68,8 @@ class StageOutput:
 def stage_config_model(kind: str) -> type[BaseModel]:
     """The config model a training stage's ``config`` mapping is validated against."""
     if kind == "finetune":
-        from medvision.training.config import FinetuneConfig
-
         return FinetuneConfig
     if kind == "pretrain":
-        from medvision.ssl.config import PretrainConfig
-
         return PretrainConfig
     raise ValueError(f"stage kind {kind!r} has no training config")
 

@@ -3,7 +3,6 @@
 N images give 2N views; each view's embedding ``z`` (after the projection head, L2-normalised) is an
 anchor whose positive is the other view of the same image (or, for MICLe, of the same patient) and
 whose negatives are all other views in the *global* batch:
-
     l(i, j) = -log( exp(sim(z_i, z_j) / tau) / sum_{k != i} exp(sim(z_i, z_k) / tau) )
 
 averaged over the anchors. Under DDP each process holds N_local images; the keys of every process are
@@ -19,6 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.distributed.nn.functional import all_gather
 
 __all__ = ["ProjectionHead", "gather_with_grad", "nt_xent_loss"]
 
@@ -60,7 +60,6 @@ def gather_with_grad(t: Tensor) -> Tensor:
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return t
-    from torch.distributed.nn.functional import all_gather
 
     return torch.cat(all_gather(t), dim=0)
 

@@ -26,10 +26,12 @@ from lightning.pytorch.callbacks import Callback
 from medvision.config import flatten, to_yaml
 from medvision.engine.config import resolve_tracking_uri
 from medvision.engine.trainer import fit_stage, resume_checkpoint
+from medvision.models import create_backbone
 from medvision.ssl.config import PretrainConfig
 from medvision.ssl.data import PretrainDataModule
 from medvision.ssl.module import PretrainModule
 from medvision.ssl.ntxent import ProjectionHead
+from medvision.tracking import MLflowTracking
 from medvision.tracking.store import using_tracking_uri
 
 __all__ = ["PretrainResult", "build_pretrain_module", "pretrain"]
@@ -58,7 +60,6 @@ class PretrainResult:
 
 def build_pretrain_module(config: PretrainConfig, in_chans: int) -> PretrainModule:
     """Backbone (from ``config.backbone``) + projection head + loss settings as a :class:`PretrainModule`."""
-    from medvision.models import create_backbone
 
     bb = config.backbone
     backbone = create_backbone(bb.name, bb.weights, bb.in_chans or in_chans, **bb.options)
@@ -126,7 +127,6 @@ def pretrain(config: PretrainConfig, *, callbacks: Sequence[Callback] = ()) -> P
         "backbone.source": record.source,
         "backbone.sha256": record.sha256,
     }
-    from medvision.tracking import MLflowTracking
 
     tracker = MLflowTracking(
         tracking_uri,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,6 +35,9 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.seed import isolate_rng
 from mlflow.entities import Metric, Param
 
+from medvision.classifier import Classifier
+from medvision.models import save_backbone
+from medvision.tracking.pyfunc import log_classifier
 from medvision.tracking.store import get_or_create_experiment, open_client
 
 __all__ = ["MLflowTracking"]
@@ -169,8 +173,6 @@ class MLflowTracking(Callback):
             self._client.set_terminated(self.run_id, status)
 
     def _log_network(self, pl_module: L.LightningModule, best: Path | None) -> None:
-        from medvision.classifier import Classifier
-
         net = getattr(pl_module, "classifier", None)
         if not isinstance(net, Classifier):
             net = getattr(pl_module, "backbone", None)
@@ -183,14 +185,8 @@ class MLflowTracking(Callback):
             state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
             net.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
         if isinstance(net, Classifier):
-            from medvision.tracking.pyfunc import log_classifier
-
             log_classifier(self._client, self.run_id, net, self._input_shape)
         else:
-            import tempfile
-
-            from medvision.models import save_backbone
-
             with tempfile.TemporaryDirectory(prefix="medvision-backbone-") as tmp:
                 save_backbone(net, Path(tmp) / "backbone")
                 self._client.log_artifacts(self.run_id, str(Path(tmp) / "backbone"), "backbone")

@@ -22,10 +22,20 @@ import importlib.metadata
 import tempfile
 from pathlib import Path
 
+import mlflow.artifacts
+import mlflow.pyfunc
 import numpy as np
 import pandas as pd
+import torch
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
 from mlflow.pyfunc import PythonModel
+from mlflow.types import ColSpec, Schema, TensorSpec
+
+import medvision
+from medvision.classifier import load_classifier, save_classifier
+from medvision.models import save_backbone
 
 __all__ = ["ClassifierModel", "load_run_classifier", "log_classifier", "pip_requirements"]
 
@@ -50,9 +60,6 @@ class ClassifierModel(PythonModel):
     docstring for the input and output contract)."""
 
     def load_context(self, context) -> None:
-        import torch
-
-        from medvision.classifier import load_classifier
 
         self._classifier, card = load_classifier(context.artifacts["classifier"])
         self._device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -60,8 +67,6 @@ class ClassifierModel(PythonModel):
         self._classes = list(card["classes"])
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
-        import torch
-
         x = _as_images(model_input)
         probs, scores = [], []
         with torch.inference_mode():
@@ -101,9 +106,6 @@ def pip_requirements() -> list[str]:
 
 
 def _signature(classes: list[str], has_ood: bool, input_shape: tuple[int, ...] | None):
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema, TensorSpec
-
     shape = (-1, *input_shape) if input_shape is not None else (-1, -1, -1, -1)
     outputs = [ColSpec("double", c) for c in classes] + ([ColSpec("double", "ood_score")] if has_ood else [])
     return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), shape)]), outputs=Schema(outputs))
@@ -111,7 +113,6 @@ def _signature(classes: list[str], has_ood: bool, input_shape: tuple[int, ...] |
 
 def _has_ood_score(head) -> bool:
     """Ask the head itself (the contract: ``ood_score`` is ``None`` for heads without one)."""
-    import torch
 
     was_training = head.training
     head.eval()
@@ -144,11 +145,6 @@ def log_classifier(
     Raises:
         ValueError: a class is called ``ood_score`` (it would collide with the score column).
     """
-    import mlflow.pyfunc
-
-    import medvision
-    from medvision.classifier import save_classifier
-    from medvision.models import save_backbone
 
     if "ood_score" in classifier.classes:
         raise ValueError("a class named 'ood_score' collides with the OOD score column; rename the class")
@@ -185,10 +181,6 @@ def load_run_classifier(run_id: str, tracking_uri: str | None = None, model_path
         FileNotFoundError: the run has no classifier at ``model_path`` (not a fine-tuning run, or
             it ended before logging its model).
     """
-    import mlflow.artifacts
-    from mlflow.exceptions import MlflowException
-
-    from medvision.classifier import load_classifier
 
     with tempfile.TemporaryDirectory(prefix="medvision-run-") as tmp:
         try:

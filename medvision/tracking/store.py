@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import mlflow
 from mlflow import MlflowClient
 
 __all__ = ["artifact_root_for", "get_or_create_experiment", "open_client", "using_tracking_uri"]
@@ -24,7 +25,6 @@ def using_tracking_uri(uri: str) -> Iterator[None]:
     """Point MLflow's process-wide URI at ``uri`` for the block (``mlflow:`` weights and model logging read
     it), then put back both the global and ``$MLFLOW_TRACKING_URI``, which ``mlflow.set_tracking_uri`` also
     sets: a stage must not leave the next stage, or the caller, talking to its store."""
-    import mlflow
 
     env_before = os.environ.get("MLFLOW_TRACKING_URI")
     previous = mlflow.get_tracking_uri()

@@ -25,8 +25,12 @@ from lightning.pytorch.callbacks import Callback
 
 from medvision.classifier import Classifier
 from medvision.config import flatten, to_yaml
+from medvision.data.dataset import CohortDataModule
 from medvision.engine.config import resolve_tracking_uri
 from medvision.engine.trainer import fit_stage, resume_checkpoint
+from medvision.heads import create_head
+from medvision.models import create_backbone
+from medvision.tracking import MLflowTracking
 from medvision.tracking.store import using_tracking_uri
 from medvision.training.config import FinetuneConfig
 from medvision.training.module import FinetuneModule
@@ -66,8 +70,6 @@ def build_classifier(config: FinetuneConfig, datamodule: L.LightningDataModule) 
         ValueError: the head does not fit the cohort (HOD without training outlier conditions, or
             ``num_outlier_classes`` different from the cohort's).
     """
-    from medvision.heads import create_head
-    from medvision.models import create_backbone
 
     k, m = int(datamodule.num_inlier_classes), int(datamodule.num_outlier_classes)
     options = dict(config.head.options)
@@ -121,8 +123,6 @@ def finetune(
     L.seed_everything(config.seed, workers=True, verbose=False)
     ckpt = resume_checkpoint(config)  # fail on a bad resume path before anything is built
     if datamodule is None:
-        from medvision.data.dataset import CohortDataModule
-
         d = config.data
         datamodule = CohortDataModule(
             d.cohort_dir,
@@ -175,8 +175,6 @@ def _resolved(config: FinetuneConfig, tracking_uri: str) -> FinetuneConfig:
 
 
 def _tracker(config: FinetuneConfig, tracking_uri: str, params: dict, manifest_sha256: str):
-    from medvision.tracking import MLflowTracking
-
     return MLflowTracking(
         tracking_uri,
         config.tracking.experiment,
