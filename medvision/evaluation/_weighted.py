@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__: list[str] = []
+from medvision.auroc import batched_auroc
+
+__all__ = ["batched_auroc"]  # re-exported: the bootstrap registry names every batched metric here
 
 
 def _safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -19,31 +21,6 @@ def _safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     ok = den > 0
     np.divide(num, den, out=out, where=ok)
     return out
-
-
-def batched_auroc(y_true: np.ndarray, y_score: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Weighted Mann-Whitney AUROC for every row of ``weights`` in one pass.
-
-    AUROC = P(score_pos > score_neg) + 0.5 P(tie) with each pair weighted by w_pos * w_neg (Hanley & McNeil 1982).
-    Scores are sorted once; tied scores are merged into blocks; then, per resample, the weighted positive mass of a
-    block times the negative mass strictly below it (plus half the negative mass inside it) summed over blocks is
-    the numerator. Cost O(n log n + B n), no per-resample sort. Equals ``roc_auc_score(..., sample_weight=w)``.
-    """
-    y = np.asarray(y_true, dtype=bool)
-    order = np.argsort(y_score, kind="stable")
-    s = np.asarray(y_score)[order]
-    pos = y[order]
-    w = weights[:, order]
-    w_pos = w * pos
-    w_neg = w - w_pos
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-    if len(starts) < len(s):  # ties present: merge each run of equal scores into one block
-        w_pos = np.add.reduceat(w_pos, starts, axis=1)
-        w_neg = np.add.reduceat(w_neg, starts, axis=1)
-    neg_below = np.cumsum(w_neg, axis=1) - w_neg
-    num = np.einsum("bu,bu->b", w_pos, neg_below + 0.5 * w_neg)
-    den = w_pos.sum(axis=1) * w_neg.sum(axis=1)
-    return _safe_ratio(num, den)
 
 
 def batched_mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:

@@ -21,9 +21,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import torch
 
 from medvision.evaluation._checks import as_1d, as_2d, same_length
 from medvision.evaluation.calibration import nll
+from medvision.knn import knn_accuracy
 
 __all__ = ["EnsembleSelection", "greedy_ensemble", "knn_rank_backbones"]
 
@@ -105,17 +107,11 @@ def knn_rank_backbones(features_by_name: Mapping[str, object], labels: object, c
     if len(y) < 2:
         raise ValueError("leave-one-out needs at least 2 labelled images.")
     acc = {}
+    labels_t = torch.as_tensor(pd.factorize(y)[0])
     for name, feats in features_by_name.items():
         x = as_2d(feats, f"features_by_name[{name!r}]")
         same_length(labels=y, features=x)
-        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-        hits = 0
-        for i in range(0, len(x), chunk_size):
-            sim = x[i : i + chunk_size] @ x.T
-            rows = np.arange(len(sim))
-            sim[rows, i + rows] = -np.inf  # leave the query itself out
-            hits += int((y[sim.argmax(axis=1)] == y[i : i + chunk_size]).sum())
-        acc[name] = hits / len(y)
+        acc[name] = knn_accuracy(torch.as_tensor(x, dtype=torch.float32), labels_t, chunk_size=chunk_size)
     df = pd.DataFrame({"loo_1nn_accuracy": pd.Series(acc)}).rename_axis("backbone")
     df = df.sort_values("loo_1nn_accuracy", ascending=False, kind="stable")
     df["rank"] = np.arange(1, len(df) + 1)

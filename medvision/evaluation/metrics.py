@@ -27,6 +27,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from medvision.auroc import macro_auroc
 from medvision.evaluation._checks import as_1d, as_2d, binary_labels, same_length, sample_weights
 from medvision.evaluation._weighted import batched_auroc
 
@@ -74,7 +75,9 @@ def macro_ovr_auroc(
         sample_weight: optional weights, shape (n,).
 
     Returns:
-        Mean of the K binary AUROCs (class k vs the rest); NaN when some class is absent from ``y_true``.
+        Mean of the binary AUROCs (class k vs the rest) of the classes present in ``y_true`` with both outcomes
+        (:mod:`medvision.auroc`: the same rule that selects checkpoints); equal to scikit-learn when every class is
+        present; NaN when none is.
     """
     y = as_1d(y_true, "y_true")
     p = as_2d(y_prob, "y_prob")
@@ -86,8 +89,9 @@ def macro_ovr_auroc(
     unknown = set(np.unique(y).tolist()) - set(labels)
     if unknown:
         raise ValueError(f"`y_true` holds labels {sorted(unknown)} that are not columns of `y_prob` ({labels}).")
-    per_class = [batched_auroc(y == lab, p[:, k], w[None, :])[0] for k, lab in enumerate(labels)]
-    return float(np.mean(per_class))
+    index = np.array([labels.index(v) for v in y.tolist()]) if labels != list(range(p.shape[1])) else y
+    onehot = index[:, None] == np.arange(p.shape[1])
+    return float(macro_auroc(onehot, p, w[None, :], multilabel=True)[0])
 
 
 def per_label_auroc(

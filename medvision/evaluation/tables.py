@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medvision.evaluation._weighted import batched_auroc
+from medvision.auroc import macro_auroc
 from medvision.evaluation.bootstrap import Bootstrap, BootstrapResult
 from medvision.evaluation.calibration import (
     TemperatureScaler,
@@ -58,14 +58,6 @@ def _f(x: Any) -> float | None:
     return None if np.isnan(x) else x
 
 
-def macro_auroc_batched(y: np.ndarray, probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Macro one-vs-rest AUROC for every resample (binary AUROC of class 1 when there are two classes)."""
-    if probs.shape[1] == 2:
-        return batched_auroc(y == 1, probs[:, 1], weights)
-    per_class = [batched_auroc(y == k, probs[:, k], weights) for k in range(probs.shape[1]) if (y == k).any()]
-    return np.nanmean(np.stack(per_class), axis=0) if per_class else np.full(len(weights), np.nan)
-
-
 def discrimination(
     pred: Predictions, positive: int, op: OperatingPoint | None, n_resamples: int, seed: int
 ) -> dict[str, Any]:
@@ -75,7 +67,7 @@ def discrimination(
     out: dict[str, Any] = {
         "n_images": int(len(y)),
         "n_patients": int(pred.frame["patient_id"].nunique()),
-        "auroc": _ci(bs.ci(macro_auroc_batched, y, pred.probs)),
+        "auroc": _ci(bs.ci(macro_auroc, y, pred.probs)),
         "accuracy": _ci(bs.ci("accuracy", y, pred.probs.argmax(1))),
     }
     if op is not None:

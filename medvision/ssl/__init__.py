@@ -5,7 +5,7 @@
 * :class:`PairSampler`, :class:`PairDataset`, :func:`plan_pairs` — SimCLR / MICLe positive pairs;
 * :func:`select_pool`, :class:`PretrainDataModule` — which images may be pretrained on;
 * :class:`TwoViewAugment`, :class:`AugmentConfig` — RGB and grayscale albumentations pipelines;
-* :func:`knn_accuracy` — the 1-NN monitor; :class:`LARS` — the SimCLR optimiser;
+* :class:`LARS` — the SimCLR optimiser (the 1-NN monitor is :func:`medvision.knn.knn_accuracy`);
 * :class:`PretrainModule` — the LightningModule.
 """
 
@@ -27,7 +27,6 @@ _EXPORTS = {
     "SSLConfig": "config",
     "PretrainDataModule": "data",
     "select_pool": "data",
-    "knn_accuracy": "knn",
     "LARS": "lars",
     "PairDataset": "micle",
     "PairSampler": "micle",
@@ -71,7 +70,6 @@ __all__ = [
     "build_pipeline",
     "build_pretrain_module",
     "gather_with_grad",
-    "knn_accuracy",
     "nt_xent_loss",
     "plan_pairs",
     "pretrain",

@@ -12,9 +12,9 @@ import torch
 from torch import Tensor
 
 from medvision.engine.schedule import decay_groups, warmup_cosine
+from medvision.knn import knn_accuracy
 from medvision.models import Backbone
 from medvision.ssl.config import PretrainOptimConfig
-from medvision.ssl.knn import knn_accuracy
 from medvision.ssl.lars import LARS
 from medvision.ssl.ntxent import ProjectionHead, nt_xent_loss
 

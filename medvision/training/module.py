@@ -17,31 +17,12 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import Tensor
 
+from medvision.auroc import macro_auroc
 from medvision.classifier import Classifier
 from medvision.engine.config import OptimConfig
 from medvision.engine.schedule import decay_groups, warmup_cosine
 
-__all__ = ["FinetuneModule", "macro_auroc"]
-
-
-def macro_auroc(scores: np.ndarray, labels: np.ndarray, multilabel: bool = False) -> float:
-    """Binary AUROC for two classes, else the mean one-vs-rest AUROC over classes.
-
-    Classes without both positives and negatives among ``labels`` are left out of the mean
-    (their AUROC is undefined); ``nan`` when none is left.
-
-    Args:
-        scores: ``(N, K)`` class probabilities.
-        labels: ``(N,)`` class indices in ``[0, K)``, or ``(N, K)`` 0/1 for multi-label.
-    """
-    if len(labels) == 0:
-        return float("nan")
-    k = scores.shape[1]
-    if not multilabel and k == 2:
-        return float(roc_auc_score(labels == 1, scores[:, 1])) if len(np.unique(labels)) == 2 else float("nan")
-    onehot = labels.astype(bool) if multilabel else labels[:, None] == np.arange(k)[None, :]
-    aucs = [roc_auc_score(onehot[:, c], scores[:, c]) for c in range(k) if 0 < onehot[:, c].sum() < len(onehot)]
-    return float(np.mean(aucs)) if aucs else float("nan")
+__all__ = ["FinetuneModule"]
 
 
 class FinetuneModule(L.LightningModule):
@@ -134,14 +115,14 @@ class FinetuneModule(L.LightningModule):
         p, s, t = probs.cpu().numpy(), ood.cpu().numpy(), y.cpu().numpy()
         if head.multilabel:
             return {
-                "val/auroc": macro_auroc(p, t, multilabel=True),
+                "val/auroc": macro_auroc(t, p, multilabel=True),
                 "val/acc": float(((p > 0.5) == t.astype(bool)).mean()) if len(t) else float("nan"),
             }
         k = head.num_classes
         inlier = (t >= 0) & (t < k)
         metrics = {
             "val/acc": float((p[inlier].argmax(1) == t[inlier]).mean()) if inlier.any() else float("nan"),
-            "val/auroc": macro_auroc(p[inlier], t[inlier]),
+            "val/auroc": macro_auroc(t[inlier], p[inlier]),
         }
         outlier = ~inlier
         if not np.isnan(s).any() and inlier.any() and outlier.any():

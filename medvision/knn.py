@@ -1,4 +1,7 @@
-"""The kNN monitor of self-supervised training: 1-nearest-neighbour accuracy of frozen embeddings.
+"""1-nearest-neighbour accuracy of frozen embeddings (cosine similarity): one definition for two uses.
+
+Self-supervised training monitors it (``val/knn_acc``) and evaluation ranks backbones by its leave-one-out form
+(method spec §5), so both must count a hit the same way.
 
 The contrastive loss says little about whether the representation separates the classes clinicians care
 about, and it is not comparable across temperatures or batch sizes. The 1-NN accuracy (cosine similarity)
@@ -9,6 +12,7 @@ back to leave-one-out among the query images (also the ranking score of the meth
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -16,7 +20,11 @@ __all__ = ["knn_accuracy"]
 
 
 def knn_accuracy(
-    query: Tensor, query_labels: Tensor, reference: Tensor | None = None, reference_labels: Tensor | None = None
+    query: Tensor,
+    query_labels: Tensor,
+    reference: Tensor | None = None,
+    reference_labels: Tensor | None = None,
+    chunk_size: int = 2048,
 ) -> float:
     """1-NN accuracy with cosine similarity.
 
@@ -26,6 +34,7 @@ def knn_accuracy(
         reference: ``(R, D)`` labelled embeddings to search; ``None``: leave-one-out among the queries
             (each query's nearest *other* query).
         reference_labels: ``(R,)`` labels of ``reference``.
+        chunk_size: query rows compared at once (memory is ``chunk_size x R``).
 
     Returns:
         The share of queries whose nearest neighbour has their label; ``nan`` without queries (or with
@@ -44,9 +53,7 @@ def knn_accuracy(
     if reference is None:
         if q.shape[0] < 2:
             return float("nan")
-        sim = q @ q.T
-        sim.fill_diagonal_(float("-inf"))
-        ref_labels = query_labels
+        ref, ref_labels = q, query_labels
     else:
         if reference.ndim != 2 or reference_labels.shape != (reference.shape[0],) or reference.shape[1] != q.shape[1]:
             raise ValueError(
@@ -55,7 +62,14 @@ def knn_accuracy(
             )
         if q.shape[0] == 0 or reference.shape[0] == 0:
             return float("nan")
-        sim = q @ F.normalize(reference.float(), dim=1).T
-        ref_labels = reference_labels
-    nearest = sim.argmax(dim=1)
-    return float((ref_labels.to(nearest.device)[nearest] == query_labels.to(nearest.device)).float().mean())
+        ref, ref_labels = F.normalize(reference.float(), dim=1), reference_labels
+    ref_labels = ref_labels.to(q.device)
+    hits = 0
+    for start in range(0, q.shape[0], chunk_size):  # bounded memory: chunk_size x R similarities at a time
+        sim = q[start : start + chunk_size] @ ref.T
+        if reference is None:  # leave the query itself out
+            rows = torch.arange(sim.shape[0], device=sim.device)
+            sim[rows, start + rows] = float("-inf")
+        nearest = sim.argmax(dim=1)
+        hits += int((ref_labels[nearest] == query_labels[start : start + chunk_size].to(q.device)).sum())
+    return hits / q.shape[0]
