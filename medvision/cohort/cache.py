@@ -13,6 +13,7 @@ identifier from the image. One writer at a time per recipe folder.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -70,8 +71,10 @@ class PreprocessCache:
         shard = int(self._index["shard"].max()) + 1 if len(self._index) else 0
         stacked = np.stack([a for _, a in items])
         tmp = self.dir / f"shard-{shard:05d}.tmp.npy"
-        with disk_errors(tmp, stacked.nbytes, cleanup=tmp):
-            np.save(tmp, stacked)
+        buffer = io.BytesIO()
+        np.save(buffer, stacked)  # written by Python's own file, whose errors carry errno (numpy's tofile drops it)
+        with disk_errors(tmp, stacked.nbytes, cleanup=tmp), open(tmp, "wb") as fh:
+            fh.write(buffer.getbuffer())
         tmp.rename(self.dir / f"shard-{shard:05d}.npy")
         new = pd.DataFrame(
             {"key": [k for k, _ in items], "shard": np.int32(shard), "row": np.arange(len(items), dtype=np.int32)}
