@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+from dicom_factory import IDENTIFIERS, dicom_image, write
 from PIL import Image
 from pydicom.uid import RLELossless
 
@@ -35,7 +36,6 @@ from medvision.cohort.identifiers import check_paths, scrub
 from medvision.cohort.logscrub import Scrubber, scrubbed_output
 from medvision.cohort.spec import CohortSpec, PreprocessSpec, spec_from_folder
 from medvision.io import ImageHeader, registry
-from tests.dicom_factory import IDENTIFIERS, dicom_image, write
 
 KEY_A = "00112233445566778899aabbccddeeff"
 KEY_B = "ffeeddccbbaa99887766554433221100"
