@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from medvision.cohort.identifiers import token_pattern
+from medvision.cohort.identifiers import TokenSet
 
 __all__ = ["PATH_WITHHELD", "Scrubber", "scrubbed_output"]
 
@@ -51,28 +51,24 @@ class Scrubber:
         self, identifiers: Iterable[str] = (), roots: Iterable[str | Path] = (), withhold_paths: bool = False
     ) -> None:
         self.withhold_paths = withhold_paths
-        self._identifiers: set[str] = set()
+        self._identifiers = TokenSet()
         self._roots = sorted({str(Path(r)) for r in roots} | {str(Path(r).resolve()) for r in roots}, key=len)[::-1]
         self._roots_re = (
             re.compile("(" + "|".join(re.escape(r) for r in self._roots) + r")(/" + _PATH_TAIL + ")?")
             if self._roots
             else None
         )
-        self._pattern: re.Pattern[str] | None = None
         self.add_identifiers(identifiers)
 
     def add_identifiers(self, identifiers: Iterable[str]) -> None:
         """Scrub these too from now on (indexing learns identifiers as it reads headers)."""
-        new = {str(t).lower() for t in identifiers if t} - self._identifiers
-        if new:
-            self._identifiers |= new
-            self._pattern = token_pattern(self._identifiers)
+        self._identifiers.update(identifiers)
 
     def __call__(self, text: str) -> str:
         if self._roots_re is not None:
             text = self._roots_re.sub(self._path, text)
-        if self._pattern is not None:
-            text = self._pattern.sub("[redacted]", text)
+        if self._identifiers:
+            text = self._identifiers.sub("[redacted]", text)
         return text
 
     def _path(self, match: re.Match[str]) -> str:
