@@ -371,3 +371,22 @@ def test_an_empty_labels_csv_names_the_file(tmp_path):
     spec = spec_from_folder(tmp_path / "images", labels=tmp_path / "labels.csv", key_column="image")
     with pytest.raises(ValueError, match=r"labels\.csv is empty"):
         build_cohort(spec, tmp_path / "out")
+
+
+def test_cli_refuses_another_key_and_accepts_new_key_and_kinds(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from medvision.cli import app
+
+    root = tmp_path / "ward"
+    for i in range(2):
+        _dicom(root / f"{i}.dcm", i)
+    _png(root / "shot.png")
+    args = ["cohort", "build", "--images", str(root), "--size", "8", "--channels", "1", "--out", str(tmp_path / "o")]
+    runner = CliRunner()
+    assert runner.invoke(app, [*args, "--kinds", "dicom"]).exit_code == 0
+    assert "shot.png" in set(pd.read_csv(tmp_path / "o" / "quarantine.csv")["relpath"])
+    monkeypatch.setenv("MEDVISION_PSEUDONYM_KEY", KEY_B)
+    refused = runner.invoke(app, args)
+    assert refused.exit_code == 1 and "--new-key" in refused.output
+    assert runner.invoke(app, [*args, "--new-key"]).exit_code == 0
