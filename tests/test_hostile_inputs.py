@@ -390,3 +390,23 @@ def test_cli_refuses_another_key_and_accepts_new_key_and_kinds(tmp_path, monkeyp
     refused = runner.invoke(app, args)
     assert refused.exit_code == 1 and "--new-key" in refused.output
     assert runner.invoke(app, [*args, "--new-key"]).exit_code == 0
+
+
+def test_the_card_prints_labels_and_reasons_literally(tmp_path):
+    from rich.console import Console
+
+    from medvision.cohort.card import print_card
+
+    root = tmp_path / "images"
+    for i in range(4):
+        _png(root / f"img{i}.png", i)
+    (root / "notes.txt").write_text("x")
+    pd.DataFrame({"image": [f"img{i}" for i in range(4)], "label": ["a[/]b", "[bold]c", "a[/]b", "[bold]c"]}).to_csv(
+        tmp_path / "labels.csv", index=False
+    )
+    card = build_cohort(spec_from_folder(root, labels=tmp_path / "labels.csv", size=8, channels=1), tmp_path / "o")
+    card["quarantine_reasons"] = {"name [redacted] in header": 1}
+    console = Console(record=True, width=200)
+    print_card(card, console)
+    text = console.export_text()
+    assert "a[/]b" in text and "[bold]c" in text and "name [redacted] in header" in text
