@@ -54,7 +54,9 @@ class Scrubber:
         self._identifiers = TokenSet()
         self._roots = sorted({str(Path(r)) for r in roots} | {str(Path(r).resolve()) for r in roots}, key=len)[::-1]
         self._roots_re = (
-            re.compile("(" + "|".join(re.escape(r) for r in self._roots) + r")(/" + _PATH_TAIL + ")?")
+            re.compile(
+                "(" + "|".join(re.escape(r) for r in self._roots) + r")(?![^/\s'\"()\[\]{}<>,;])(/" + _PATH_TAIL + ")?"
+            )
             if self._roots
             else None
         )
