@@ -45,6 +45,12 @@ def build(
         "refuses paths that spell a patient identifier).",
     ),
     name: str | None = typer.Option(None, help="Cohort name (default: the images folder's name)."),
+    kinds: str | None = typer.Option(
+        None, help="Image kinds to ingest, comma-separated: dicom, photo (default: all; `dicom` skips screenshots)."
+    ),
+    new_key: bool = typer.Option(
+        False, "--new-key", help="Rebuild over a cohort made with another pseudonym key (every pseudonym changes)."
+    ),
     out: Path | None = typer.Option(None, help="Output folder (default: cohorts/build/NAME)."),
 ) -> None:
     """Index, label, pseudonymise, split and cache a cohort. Writes manifest.parquet, quarantine.csv,
@@ -73,11 +79,14 @@ def build(
                 "channels": channels,
                 "record_paths": record_paths,
                 "name": name,
+                "kinds": [k.strip() for k in kinds.split(",") if k.strip()] if kinds else None,
                 "subgroups": dict(_pair(x) for x in subgroup) or None,
             }
             s = spec_from_folder(images, **{k: v for k, v in given.items() if v is not None})
         target = out or Path("cohorts") / "build" / s.name
-        card = build_cohort(s, target)
+        if spec is not None and kinds:
+            s = s.model_copy(update={"kinds": [k.strip() for k in kinds.split(",") if k.strip()]})
+        card = build_cohort(s, target, new_key=new_key)
         print_card(card)
         typer.echo(f"cohort written to {target}")
 

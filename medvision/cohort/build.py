@@ -16,26 +16,35 @@ from pathlib import Path
 
 import pandas as pd
 
+from medvision.cohort.atomic import write_all
 from medvision.cohort.cache import PreprocessCache
 from medvision.cohort.card import build_card
 from medvision.cohort.decode import fill_cache
-from medvision.cohort.identifiers import CohortBuildError, check_paths, identifier_set, scrub
-from medvision.cohort.index import IndexedFile, Rejected, index_files, list_files
+from medvision.cohort.identifiers import CohortBuildError, check_paths, identifier_set
+from medvision.cohort.index import IndexedFile, IndexLimits, Rejected, index_files, list_entries
 from medvision.cohort.labels import join_labels
+from medvision.cohort.logscrub import PATH_WITHHELD, Scrubber, scrubbed_output
 from medvision.cohort.normalise import UNKNOWN, age_band, category, given, sex, site
-from medvision.cohort.pseudonym import Pseudonymizer, resolve_key
+from medvision.cohort.pseudonym import Pseudonymizer, key_fingerprint, resolve_key
 from medvision.cohort.spec import CohortSpec, SpecError, load_spec
 from medvision.cohort.splits import assign_splits
+from medvision.io import PHOTO_SUFFIXES, readers
 
 __all__ = ["CohortBuildError", "build_cohort"]
 
 log = logging.getLogger("medvision.cohort")
 
 
-def build_cohort(spec: CohortSpec | str | Path, out: str | Path) -> dict:
+def build_cohort(spec: CohortSpec | str | Path, out: str | Path, *, new_key: bool = False) -> dict:
     """Build (or rebuild) a cohort into ``out`` and return its card (the content of cohort.json).
 
-    Rebuilding is cheap: files whose content and preprocessing are unchanged are not decoded again.
+    Rebuilding is cheap: files whose content and preprocessing are unchanged are not decoded again. A rebuild over
+    a cohort made with another pseudonym key is refused unless ``new_key`` (every pseudonym and split would change).
+    The new manifest, quarantine list and card are written completely before any of the old ones is replaced.
+
+    Raises:
+        SpecError: the spec or the labels CSV cannot be used.
+        CohortBuildError: identifiers in paths or the name, no images at all, another key, a full disk.
     """
     if not isinstance(spec, CohortSpec):
         spec = load_spec(spec)
@@ -43,29 +52,42 @@ def build_cohort(spec: CohortSpec | str | Path, out: str | Path) -> dict:
     root = Path(spec.images)
     if not root.is_dir():
         raise SpecError(f"images folder {root} does not exist (key 'images' of cohort {spec.name})")
+    limits = IndexLimits(spec.max_megapixels, _kinds(spec))
     key, key_source = resolve_key(spec.pseudonym_key_file, out)
-    out.mkdir(parents=True, exist_ok=True)
+    fingerprint = key_fingerprint(key)
+    _check_same_key(out, fingerprint, new_key)
     pseudo = Pseudonymizer(key)
+    scrubber = Scrubber(roots=[root], withhold_paths=not spec.record_paths)
     t0 = time.perf_counter()
 
-    files = list_files(root)
-    log.info("indexing %d files under the images folder", len(files))
-    indexed: list[IndexedFile] = []
-    rejected: list[Rejected] = []
-    for item in index_files(root, files, spec.workers):
-        (indexed if isinstance(item, IndexedFile) else rejected).append(item)
-    t_index = time.perf_counter() - t0
+    with scrubbed_output(scrubber):
+        files, left_out = list_entries(root)
+        entries = sorted([*files, *(r.relpath for r in left_out)])
+        log.info("indexing %d files under the images folder", len(files))
+        indexed: list[IndexedFile] = []
+        rejected: list[Rejected] = list(left_out)
+        for item in index_files(root, files, spec.workers, limits):
+            (indexed if isinstance(item, IndexedFile) else rejected).append(item)
+        indexed, duplicates = _unique_instances(indexed, {f: i for i, f in enumerate(entries)})
+        rejected += duplicates
+        if not indexed:
+            raise CohortBuildError(_no_images(root, entries, rejected))
+        warnings_ = _kind_warnings(indexed, spec)
+        t_index = time.perf_counter() - t0
 
-    rows = _instances(indexed, spec.frames)
-    labels, label_stats = join_labels(rows, spec.labels)
-    rows = pd.concat([rows, labels], axis=1)
-    check_paths(rows, spec)
+        rows = _instances(indexed, spec.frames)
+        labels, label_stats = join_labels(rows, spec.labels)
+        rows = pd.concat([rows, labels], axis=1)
+        scrubber.add_identifiers(identifier_set(rows))
+        check_paths(rows, spec, str(root))
 
-    cache = PreprocessCache(out / "cache", spec.preprocess)
-    t1 = time.perf_counter()
-    rows, decode_rejects, decoded = fill_cache(rows, root, cache, spec)
-    rejected += decode_rejects
-    t_decode = time.perf_counter() - t1
+        out.mkdir(parents=True, exist_ok=True)
+        cache = PreprocessCache(out / "cache", spec.preprocess)
+        cache.remove_temporaries()
+        t1 = time.perf_counter()
+        rows, decode_rejects, decoded = fill_cache(rows, root, cache, spec, scrubber)
+        rejected += decode_rejects
+        t_decode = time.perf_counter() - t1
 
     manifest = _public_manifest(rows, spec, pseudo)
     manifest = assign_splits(manifest, spec.splits).drop(columns="given_split")
@@ -73,20 +95,31 @@ def build_cohort(spec: CohortSpec | str | Path, out: str | Path) -> dict:
     manifest["label_idx"] = manifest["label"].map({c: i for i, c in enumerate(classes)}).fillna(-1).astype("int64")
     manifest = _order_columns(manifest)
 
-    quarantine = _quarantine_frame(rejected, files, spec, identifier_set(rows))
-    _check_every_file_accounted(files, rows, quarantine, spec)
+    quarantine = _quarantine_frame(rejected, entries, spec, scrubber)
+    _check_every_file_accounted(entries, rows, quarantine, spec)
 
-    manifest.to_parquet(out / "manifest.parquet", index=False)
-    quarantine.to_csv(out / "quarantine.csv", index=False)
     card = build_card(manifest, quarantine, spec, classes, label_stats, key_source)
+    card["pseudonym_key_fingerprint"] = fingerprint
+    card["warnings"] = warnings_
+    if not spec.record_paths:  # the folders' own names may be what identifies a patient
+        card["spec"]["images"] = PATH_WITHHELD
+        if card["spec"].get("labels"):
+            card["spec"]["labels"]["csv"] = Path(card["spec"]["labels"]["csv"]).name
     card["build"] = {
-        "files": len(files),
+        "files": len(entries),
         "index_seconds": round(t_index, 3),
         "decode_seconds": round(t_decode, 3),
         "decoded_now": decoded,
         "from_cache": int(len(rows) - decoded),
     }
-    (out / "cohort.json").write_text(json.dumps(card, indent=2, sort_keys=True, default=str))
+    card_text = json.dumps(card, indent=2, sort_keys=True, default=str)
+    write_all(
+        [
+            (out / "manifest.parquet", int(manifest.memory_usage(deep=True).sum()), _parquet(manifest)),
+            (out / "quarantine.csv", 200 * (len(quarantine) + 1), lambda p: quarantine.to_csv(p, index=False)),
+            (out / "cohort.json", len(card_text), lambda p: p.write_text(card_text)),
+        ]
+    )
     log.info(
         "cohort %s: %d images, %d quarantined, manifest %s",
         spec.name,
@@ -139,7 +172,13 @@ def _public_manifest(rows: pd.DataFrame, spec: CohortSpec, pseudo: Pseudonymizer
     m["age_band"] = [
         age_band(c if c is not None else h, spec.subgroups.age_bands) for c, h in zip(rows["csv_age"], rows["age"])
     ]
-    m["site"] = rows.apply(lambda r: site(r, spec.subgroups.site_from), axis=1)
+    if spec.subgroups.site_from == "institution_pseudonym":  # a keyed pseudonym: the hospital is not named
+        m["site"] = [
+            category(c) if c is not None else (pseudo("site", given(i)) if given(i) else UNKNOWN)
+            for c, i in zip(rows["csv_site"], rows["institution"])
+        ]
+    else:
+        m["site"] = rows.apply(lambda r: site(r, spec.subgroups.site_from), axis=1)
     for c in [c for c in rows.columns if c.startswith("sub__")]:
         m[c.removeprefix("sub__")] = rows[c].map(category)
     m["modality"] = rows["modality"].fillna(UNKNOWN)
@@ -181,11 +220,11 @@ def _order_columns(m: pd.DataFrame) -> pd.DataFrame:
 
 
 def _quarantine_frame(
-    rejected: list[Rejected], files: list[str], spec: CohortSpec, identifiers: set[str]
+    rejected: list[Rejected], entries: list[str], spec: CohortSpec, scrubber: Scrubber
 ) -> pd.DataFrame:
     q = pd.DataFrame([asdict(r) for r in rejected], columns=["relpath", "stage", "reason"])
-    q["reason"] = q["reason"].map(lambda r: scrub(str(r), identifiers))
-    number = {f: i for i, f in enumerate(files)}
+    q["reason"] = q["reason"].map(lambda r: scrubber(str(r)))
+    number = {f: i for i, f in enumerate(entries)}
     q.insert(0, "file_number", q["relpath"].map(number).astype("int64"))
     if not spec.record_paths:
         q["relpath"] = "(withheld: record_paths is false; see file_number in the sorted listing)"
@@ -193,6 +232,7 @@ def _quarantine_frame(
 
 
 def _check_every_file_accounted(files: list[str], rows: pd.DataFrame, q: pd.DataFrame, spec: CohortSpec) -> None:
+    """Every entry of the listing is in the manifest or the quarantine list, never both, never neither."""
     in_manifest = set(rows["relpath"])
     quarantined = {files[i] for i in q["file_number"]}
     lost = set(files) - in_manifest - quarantined
@@ -202,3 +242,77 @@ def _check_every_file_accounted(files: list[str], rows: pd.DataFrame, q: pd.Data
             f"internal error: {len(lost)} file(s) neither ingested nor quarantined, "
             f"{len(both)} in both; please report this"
         )
+
+
+def _parquet(frame: pd.DataFrame):
+    return lambda path: frame.to_parquet(path, index=False)
+
+
+def _kinds(spec: CohortSpec) -> frozenset[str] | None:
+    if spec.kinds is None:
+        return None
+    known = {r.kind for r in readers()}
+    unknown = sorted(set(spec.kinds) - known)
+    if unknown:
+        raise SpecError(f"cohort {spec.name}: unknown image kind(s) {unknown} in `kinds`; known: {sorted(known)}")
+    return frozenset(spec.kinds)
+
+
+def _check_same_key(out: Path, fingerprint: str, new_key: bool) -> None:
+    """A lost or swapped key would silently re-draw every pseudonym and move patients between splits."""
+    try:
+        previous = json.loads((out / "cohort.json").read_text()).get("pseudonym_key_fingerprint")
+    except (OSError, ValueError):
+        return
+    if previous is None or previous == fingerprint:
+        return
+    if not new_key:
+        raise CohortBuildError(
+            f"{out} holds a cohort built with another pseudonym key (fingerprint {previous}, now {fingerprint}). "
+            "Rebuilding with this key would change every patient and image pseudonym and re-draw the splits (a "
+            "test patient could move into training). Restore the original key ($MEDVISION_PSEUDONYM_KEY, the "
+            "spec's `pseudonym_key_file`, or ~/.config/medvision/pseudonym.key), build into another folder, or "
+            "pass --new-key (build_cohort(..., new_key=True)) to start a new cohort version on purpose."
+        )
+    log.warning("rebuilding %s with a new pseudonym key: every pseudonym and split changes (--new-key)", out.name)
+
+
+def _unique_instances(indexed: list[IndexedFile], number: dict[str, int]) -> tuple[list[IndexedFile], list[Rejected]]:
+    """One file per SOP Instance UID: a second path to the same instance would repeat its image_id (and could put
+    one image in two splits). The first path in the sorted listing is kept."""
+    first: dict[str, str] = {}
+    kept, dropped = [], []
+    for f in indexed:
+        uid = given(f.sop_uid)
+        if uid and uid in first:
+            reason = f"duplicate SOP Instance UID: the same DICOM instance as file #{number[first[uid]]} (kept)"
+            dropped.append(Rejected(f.relpath, "index", reason))
+            continue
+        if uid:
+            first[uid] = f.relpath
+        kept.append(f)
+    return kept, dropped
+
+
+def _no_images(root: Path, entries: list[str], rejected: list[Rejected]) -> str:
+    supported = "DICOM (any file name), " + ", ".join(sorted(PHOTO_SUFFIXES))
+    common = pd.Series([r.reason for r in rejected]).value_counts()
+    why = f"; most common reason: {common.index[0]} ({int(common.iloc[0])} files)" if len(common) else ""
+    return f"no images found under {root} ({len(entries)} other file(s){why}; supported: {supported})"
+
+
+def _kind_warnings(indexed: list[IndexedFile], spec: CohortSpec) -> list[str]:
+    """Photos inside a DICOM tree are often viewer screenshots (burned-in names); without a patient column each
+    would become a patient of its own."""
+    kinds = pd.Series([f.kind for f in indexed]).value_counts()
+    patient_column = spec.labels.patient_column if spec.labels else None
+    if spec.kinds is not None or patient_column or "dicom" not in kinds or "photo" not in kinds:
+        return []
+    text = (
+        f"{int(kinds['photo'])} photo file(s) lie beside {int(kinds['dicom'])} DICOM file(s) and no patient column "
+        "is given: each photo becomes a patient of its own, and viewer screenshots can show burned-in names. "
+        "If they are screenshots, build with `--kinds dicom` (spec key `kinds: [dicom]`); otherwise give the "
+        "labels CSV's patient column."
+    )
+    log.warning(text)
+    return [text]

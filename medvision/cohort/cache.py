@@ -13,6 +13,7 @@ identifier from the image. One writer at a time per recipe folder.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medvision.cohort.atomic import disk_errors
 from medvision.cohort.spec import PreprocessSpec
 
 __all__ = ["PreprocessCache", "entry_key", "recipe_id"]
@@ -69,17 +71,28 @@ class PreprocessCache:
         shard = int(self._index["shard"].max()) + 1 if len(self._index) else 0
         stacked = np.stack([a for _, a in items])
         tmp = self.dir / f"shard-{shard:05d}.tmp.npy"
-        np.save(tmp, stacked)
+        buffer = io.BytesIO()
+        np.save(buffer, stacked)  # written by Python's own file, whose errors carry errno (numpy's tofile drops it)
+        with disk_errors(tmp, stacked.nbytes, cleanup=tmp), open(tmp, "wb") as fh:
+            fh.write(buffer.getbuffer())
         tmp.rename(self.dir / f"shard-{shard:05d}.npy")
         new = pd.DataFrame(
             {"key": [k for k, _ in items], "shard": np.int32(shard), "row": np.arange(len(items), dtype=np.int32)}
         )
         self._index = pd.concat([self._index, new], ignore_index=True)
         tmp_index = self._index_path.with_suffix(".tmp.parquet")
-        self._index.to_parquet(tmp_index, index=False)
+        with disk_errors(tmp_index, 64 * len(self._index), cleanup=tmp_index):
+            self._index.to_parquet(tmp_index, index=False)
         tmp_index.replace(self._index_path)  # the index only ever names shards that are fully written
         self._where.update({k: (shard, i) for i, (k, _) in enumerate(items)})
         return len(items)
+
+    def remove_temporaries(self) -> int:
+        """Delete shards and indexes left half-written by a build that was killed; the writer calls it first."""
+        stale = [*self.dir.glob("shard-*.tmp.npy"), *self.dir.glob("*.tmp.parquet")] if self.dir.is_dir() else []
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return len(stale)
 
     def get(self, key: str) -> np.ndarray:
         """The cached ``(C, S, S)`` array (a view into a memory map; copy before writing to it)."""

@@ -7,6 +7,7 @@ import json
 
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from medvision.cohort.spec import CohortSpec
@@ -25,20 +26,21 @@ def _splits(card: dict) -> list[str]:
 
 def print_card(card: dict, console: Console | None = None) -> None:
     console = console or Console()
+    # Every value below comes from the data (labels, sites, reasons with "[redacted]"): printed literally, never
+    # read as rich markup (a class named "[/]" would otherwise crash the printer).
     splits = _splits(card)
     console.print(
-        f"[bold]Cohort {card['name']}[/bold]  {card['images']} images, {card['patients']} patients, "
+        f"[bold]Cohort {escape(card['name'])}[/bold]  {card['images']} images, {card['patients']} patients, "
         f"{card['quarantined']} quarantined  (manifest v{card['manifest_version']} "
         f"sha256 {card['manifest_sha256'][:12]})"
     )
     outl = card.get("outlier_conditions") or []
     console.print(
-        f"classes: {', '.join(card['classes'])}" + (f"  (training outliers: {', '.join(outl)})" if outl else "")
+        escape(f"classes: {', '.join(card['classes'])}" + (f"  (training outliers: {', '.join(outl)})" if outl else ""))
     )
     if card.get("heldout_conditions") or card.get("heldout_sites"):
-        console.print(
-            f"held out: conditions {card.get('heldout_conditions') or '-'}; sites {card.get('heldout_sites') or '-'}"
-        )
+        held = f"conditions {card.get('heldout_conditions') or '-'}; sites {card.get('heldout_sites') or '-'}"
+        console.print(escape(f"held out: {held}"))
 
     t = Table(title="Images per split and label")
     t.add_column("label")
@@ -46,20 +48,21 @@ def print_card(card: dict, console: Console | None = None) -> None:
         t.add_column(s, justify="right")
     labels = sorted({lab for s in splits for lab in card["counts"][s]["by_label"]})
     for lab in labels:
-        t.add_row(lab, *[str(card["counts"][s]["by_label"].get(lab, 0)) for s in splits])
+        t.add_row(escape(lab), *[str(card["counts"][s]["by_label"].get(lab, 0)) for s in splits])
     t.add_row("[bold]patients[/bold]", *[str(card["counts"][s]["patients"]) for s in splits])
     t.add_row("[bold]images[/bold]", *[str(card["counts"][s]["images"]) for s in splits])
     console.print(t)
 
     for attr in card["subgroups"]:
-        t = Table(title=f"Images per split by {attr}")
-        t.add_column(attr)
+        t = Table(title=escape(f"Images per split by {attr}"))
+        t.add_column(escape(attr))
         for s in splits:
             t.add_column(s, justify="right")
         values = sorted({v for s in splits for v in card["counts"][s]["by_subgroup"].get(attr, {})})
         for v in values:
             t.add_row(
-                v, *[str(sum(card["counts"][s]["by_subgroup"].get(attr, {}).get(v, {}).values())) for s in splits]
+                escape(v),
+                *[str(sum(card["counts"][s]["by_subgroup"].get(attr, {}).get(v, {}).values())) for s in splits],
             )
         console.print(t)
 
@@ -68,8 +71,10 @@ def print_card(card: dict, console: Console | None = None) -> None:
         t.add_column("reason")
         t.add_column("files", justify="right")
         for reason, n in sorted(card["quarantine_reasons"].items(), key=lambda kv: -kv[1]):
-            t.add_row(reason, str(n))
+            t.add_row(escape(reason), str(n))
         console.print(t)
+    for warning in card.get("warnings") or []:
+        console.print(escape(f"warning: {warning}"), style="yellow")
     lab = card.get("labels") or {}
     if lab.get("csv_rows_without_image") or lab.get("images_without_label"):
         console.print(

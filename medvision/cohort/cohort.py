@@ -13,9 +13,10 @@ from pathlib import Path
 import pandas as pd
 
 from medvision.cohort.cache import PreprocessCache
+from medvision.cohort.card import manifest_sha256
 from medvision.cohort.spec import PreprocessSpec
 
-__all__ = ["Cohort", "open_cohort"]
+__all__ = ["Cohort", "CohortOpenError", "open_cohort"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,12 @@ class Cohort:
 
 
 def open_cohort(root: str | Path) -> Cohort:
+    """Open a built cohort, checking that its manifest is the one its card describes.
+
+    Raises:
+        FileNotFoundError: not a built cohort.
+        CohortOpenError: an unreadable manifest, or one whose content hash differs from the card's.
+    """
     root = Path(root)
     card_path, manifest_path = root / "cohort.json", root / "manifest.parquet"
     if not card_path.exists() or not manifest_path.exists():
@@ -79,5 +86,21 @@ def open_cohort(root: str | Path) -> Cohort:
             f"{root} is not a built cohort (no cohort.json / manifest.parquet); run `medvision cohort build` first"
         )
     card = json.loads(card_path.read_text())
+    try:
+        manifest = pd.read_parquet(manifest_path)
+    except Exception as e:  # noqa: BLE001 - pyarrow's errors ("Parquet magic bytes not found") say nothing useful
+        raise CohortOpenError(f"{manifest_path} cannot be read ({type(e).__name__}); {_REBUILD}") from e
+    if "manifest_sha256" in card and manifest_sha256(manifest) != card["manifest_sha256"]:
+        raise CohortOpenError(
+            f"{root}: manifest.parquet does not match cohort.json (the card's manifest_sha256 differs: the build was "
+            f"interrupted, or a file was edited or copied from another cohort); {_REBUILD}"
+        )
     params = PreprocessSpec.model_validate(card["spec"]["preprocess"])
-    return Cohort(root, pd.read_parquet(manifest_path), card, PreprocessCache(root / "cache", params))
+    return Cohort(root, manifest, card, PreprocessCache(root / "cache", params))
+
+
+_REBUILD = "rebuild it with `medvision cohort build` (unchanged images come from the cache, so it is quick)"
+
+
+class CohortOpenError(ValueError):
+    """A cohort folder whose files are unreadable or do not belong together; never trained or evaluated on."""

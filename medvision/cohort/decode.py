@@ -7,8 +7,8 @@ returns pixels or a quarantine reason; the parent process alone writes the cache
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+import multiprocessing
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +16,10 @@ import pandas as pd
 
 from medvision.cohort.cache import PreprocessCache, entry_key
 from medvision.cohort.index import Rejected, worker_count
+from medvision.cohort.logscrub import Scrubber, scrubbed_output
 from medvision.cohort.preprocess import preprocess
 from medvision.cohort.spec import CohortSpec
+from medvision.cohort.workers import WORKER_DIED, map_isolated
 from medvision.io import ImageReadError, read_image
 
 __all__ = ["SHARD_SIZE", "fill_cache"]
@@ -25,12 +27,28 @@ __all__ = ["SHARD_SIZE", "fill_cache"]
 SHARD_SIZE = 512
 
 
-def _decode_init(existing: set[str]) -> None:
+_DIED = (
+    "the decoding process died on this file (killed for using too much memory, or a codec crash); "
+    "lower `max_megapixels` or re-export the file"
+)
+
+
+def _decode_init(existing: set[str], scrubber: Scrubber | None = None) -> None:
     global _EXISTING
     _EXISTING = existing
+    if scrubber is not None and multiprocessing.parent_process() is not None and _start_method() != "fork":
+        # A spawned worker starts without the parent's log scrubbing; a forked one inherits it.
+        _WORKER_SCRUB.enter_context(scrubbed_output(scrubber))
 
 
 _EXISTING: set[str] = set()
+
+
+def _start_method() -> str:
+    return multiprocessing.get_start_method(allow_none=True) or "fork"
+
+
+_WORKER_SCRUB = ExitStack()
 
 
 def _decode_file(root: str, relpath: str, frames: list[int], params) -> list[tuple[int, str, str, object]]:
@@ -57,7 +75,11 @@ def _decode_file(root: str, relpath: str, frames: list[int], params) -> list[tup
     return results
 
 
-def fill_cache(rows: pd.DataFrame, root: Path, cache: PreprocessCache, spec: CohortSpec):
+def fill_cache(
+    rows: pd.DataFrame, root: Path, cache: PreprocessCache, spec: CohortSpec, scrubber: Scrubber | None = None
+):
+    """Decode every instance of ``rows`` into ``cache``; returns the rows kept (with content and cache keys), the
+    files quarantined while decoding, and how many entries were decoded now (not found in the cache)."""
     by_file: dict[str, list[int]] = {}
     for relpath, frame in zip(rows["relpath"], rows["frame"]):
         by_file.setdefault(relpath, []).append(int(frame))
@@ -66,7 +88,7 @@ def fill_cache(rows: pd.DataFrame, root: Path, cache: PreprocessCache, spec: Coh
     failures: dict[str, str] = {}
     pending: list[tuple[str, np.ndarray]] = []
     decoded = 0
-    for relpath, results in zip([j[0] for j in jobs], _run_decode(jobs, root, cache, spec)):
+    for relpath, results in _run_decode(jobs, root, cache, spec, scrubber):
         for fr, sha, key, payload in results:
             if isinstance(payload, str):
                 failures.setdefault(relpath, payload)
@@ -88,20 +110,18 @@ def fill_cache(rows: pd.DataFrame, root: Path, cache: PreprocessCache, spec: Coh
     return rows, rejects, decoded
 
 
-def _run_decode(jobs, root: Path, cache: PreprocessCache, spec: CohortSpec) -> Iterator[list]:
+def _run_decode(jobs, root: Path, cache: PreprocessCache, spec: CohortSpec, scrubber: Scrubber | None):
+    """Yield ``(relpath, results)`` per file, in completion order; a file whose decoding process died is quarantined
+    alone (:func:`~medvision.cohort.workers.map_isolated`)."""
     n = worker_count(spec.workers)
     existing = cache.keys()
     if n == 1 or len(jobs) < 32:
-        _decode_init(existing)
+        _decode_init(existing, scrubber)
         for relpath, frames in jobs:
-            yield _decode_file(str(root), relpath, frames, spec.preprocess)
+            yield relpath, _decode_file(str(root), relpath, frames, spec.preprocess)
         return
-    with ProcessPoolExecutor(n, initializer=_decode_init, initargs=(existing,)) as pool:
-        yield from pool.map(
-            _decode_file,
-            [str(root)] * len(jobs),
-            [j[0] for j in jobs],
-            [j[1] for j in jobs],
-            [spec.preprocess] * len(jobs),
-            chunksize=max(1, len(jobs) // (n * 16)),
-        )
+    args = [(str(root), relpath, frames, spec.preprocess) for relpath, frames in jobs]
+    for i, results in map_isolated(_decode_file, args, n, initializer=_decode_init, initargs=(existing, scrubber)):
+        if results is WORKER_DIED:
+            results = [(fr, "", "", _DIED) for fr in jobs[i][1]]
+        yield jobs[i][0], results

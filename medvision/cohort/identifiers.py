@@ -1,65 +1,193 @@
 """Patient identifiers inside the cohort layer: the tokens we know of, the paths that spell them, the scrubber.
 
-Identifiers are used here to *check* outputs (paths, quarantine reasons) and never written anywhere.
+Identifiers are used here to *check* outputs (paths, quarantine reasons, log lines) and never written anywhere.
+
+An identifier matches only as a whole token: the characters either side must not be letters or digits. So patient
+``364`` is found in ``364/ct/1.dcm`` and ``scan_364.dcm`` but not in ``3d4364c0.jpeg``, and the surname ``Doe`` is
+found in ``DOE^JANE`` but not in "does". Matching substrings instead refuses harmless hashed file names and mangles
+ordinary words in messages.
 """
 
 from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import PurePosixPath
 
 import pandas as pd
 
 from medvision.cohort.spec import CohortSpec
 
-__all__ = ["CohortBuildError", "check_paths", "identifier_set", "scrub"]
+__all__ = [
+    "CohortBuildError",
+    "TokenSet",
+    "check_paths",
+    "identifier_set",
+    "redact_path",
+    "scrub",
+    "token_pattern",
+]
+
+#: Shorter values (initials, "1", "42") would match ordinary text; identifiers that short are not checked.
+MIN_TOKEN = 3
+#: Redacted paths quoted in an error: enough to find the folder, never a full listing.
+_EXAMPLES = 5
 
 
 class CohortBuildError(RuntimeError):
     """The cohort cannot be built as specified; the message says what to change."""
 
 
+class TokenSet:
+    """Identifiers matched as whole tokens in any text, in time linear in the text, however many are known.
+
+    Text is cut into runs of letters and digits; a match is one run or a sequence of runs joined by the text's
+    own separators (``MV-SYNTH-0001``, a UID's dots) that equals a known identifier, case-insensitively. A regex
+    alternation of every identifier in a 100 000-image cohort would take seconds to compile and to apply to each
+    log line; a set lookup per run does not.
+    """
+
+    _RUN = re.compile(r"[0-9A-Za-z]+")
+
+    def __init__(self, tokens: Iterable[str] = ()) -> None:
+        self._tokens: set[str] = set()
+        self._parts = 1
+        self.update(tokens)
+
+    def update(self, tokens: Iterable[str]) -> None:
+        for t in tokens:
+            t = _EDGES.sub("", str(t)).lower() if t else ""
+            if len(t) >= MIN_TOKEN and t not in self._tokens:
+                self._tokens.add(t)
+                self._parts = max(self._parts, len(self._RUN.findall(t)))
+
+    def __bool__(self) -> bool:
+        return bool(self._tokens)
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """Non-overlapping ``(start, end)`` of every identifier in ``text``, longest match first at each start."""
+        runs = [(m.start(), m.end()) for m in self._RUN.finditer(text)]
+        low = text.lower()
+        out: list[tuple[int, int]] = []
+        i = 0
+        while i < len(runs):
+            for j in range(min(len(runs), i + self._parts) - 1, i - 1, -1):
+                if low[runs[i][0] : runs[j][1]] in self._tokens:
+                    out.append((runs[i][0], runs[j][1]))
+                    i = j
+                    break
+            i += 1
+        return out
+
+    def search(self, text: str) -> bool:
+        return bool(self.spans(text))
+
+    def sub(self, replacement: str, text: str) -> str:
+        for start, end in reversed(self.spans(text)):
+            text = text[:start] + replacement + text[end:]
+        return text
+
+
+_EDGES = re.compile(r"^[^0-9A-Za-z]+|[^0-9A-Za-z]+$")
+
+
+def token_pattern(tokens: Iterable[str]) -> TokenSet | None:
+    """A :class:`TokenSet` of ``tokens`` (``None`` when none is long enough to check)."""
+    found = TokenSet(tokens)
+    return found or None
+
+
 def _identifier_tokens(row: pd.Series) -> list[str]:
     toks = [row.get("patient_id"), row.get("csv_patient"), row.get("accession_number")]
     name = row.get("patient_name") or ""
-    toks += [part for part in str(name).replace(" ", "^").split("^")]
-    return [str(t).lower() for t in toks if t is not None and len(str(t)) >= 3]
+    toks += [part for part in re.split(r"[\^ ,]+", str(name))]
+    return [str(t).lower() for t in toks if t is not None and t == t and len(str(t)) >= MIN_TOKEN]
 
 
-def check_paths(rows: pd.DataFrame, spec: CohortSpec) -> None:
-    """Refuse to write relative paths that spell out a patient's identifiers."""
-    if not spec.record_paths or rows.empty:
+def redact_path(path: str, pattern: TokenSet) -> str:
+    """``site0/MRN0042/axial/file-7.dcm`` -> ``…/<patient>/…/file-7.dcm``: the identifying parts replaced, the
+    folders between them elided, the file name kept (with any identifier in it replaced too)."""
+    parts = PurePosixPath(path).parts
+    out: list[str] = []
+    for i, part in enumerate(parts):
+        redacted = pattern.sub("<patient>", part)
+        if redacted != part or i == len(parts) - 1:
+            out.append(redacted)
+        elif not out or out[-1] != "…":
+            out.append("…")
+    return "/".join(out)
+
+
+def check_paths(rows: pd.DataFrame, spec: CohortSpec, root: str | None = None) -> None:
+    """Refuse a cohort name, or relative paths and an images root to be written, that spell a patient identifier.
+
+    The name is checked always (it names the output folder and every run); paths only when they are recorded
+    (``record_paths``). Of the root, the last two folder names are checked: the default cohort name comes from them.
+
+    Raises:
+        CohortBuildError: naming the number of such paths and a few of them in redacted form.
+    """
+    if rows.empty:
         return
-    leaks = _count_leaks(rows)
-    if leaks:
+    everyone = token_pattern(identifier_set(rows, uids=False))
+    if everyone is not None and everyone.search(spec.name):
         raise CohortBuildError(
-            f"{leaks} image path(s) contain a patient identifier (PatientID, PatientName or the labels CSV's "
-            "patient column) in a folder or file name. The manifest records relative paths, so it would carry "
-            "them. Set `record_paths: false` in the cohort spec (`--no-record-paths` on the command line; "
-            "paths are then kept out of every output), "
-            "or rename the folders."
+            f"the cohort name {redact_path(spec.name, everyone)!r} spells a patient identifier (it is taken from the "
+            "images folder's name unless given); name the cohort with `name:` in the spec or `--name`"
+        )
+    if not spec.record_paths:
+        return
+    offending: list[str] = []
+    tail = "/".join(PurePosixPath(root).parts[-2:]) if root else ""
+    if tail and everyone is not None and everyone.search(tail):
+        offending.append("the images folder " + redact_path(tail, everyone))
+    for path, toks in zip(rows["relpath"], [_identifier_tokens(r) for _, r in rows.iterrows()]):
+        pattern = _row_pattern(toks)
+        if pattern is not None and pattern.search(path):
+            offending.append(redact_path(path, pattern))
+    if offending:
+        shown = "; ".join(offending[:_EXAMPLES])
+        more = f" and {len(offending) - _EXAMPLES} more" if len(offending) > _EXAMPLES else ""
+        raise CohortBuildError(
+            f"{len(offending)} image path(s) contain a patient identifier (PatientID, PatientName, AccessionNumber "
+            f"or the labels CSV's patient column) in a folder or file name: {shown}{more}. The manifest and card "
+            "record paths, so they would carry them. Set `record_paths: false` in the cohort spec "
+            "(`--no-record-paths` on the command line; paths are then kept out of every output), or rename the "
+            "folders."
         )
 
 
-def _count_leaks(rows: pd.DataFrame) -> int:
-    n = 0
-    for _, row in rows.iterrows():
-        path = row["relpath"].lower()
-        if any(t in path for t in _identifier_tokens(row)):
-            n += 1
-    return n
+_ROW_PATTERNS: dict[tuple[str, ...], TokenSet | None] = {}
 
 
-def identifier_set(rows: pd.DataFrame) -> set[str]:
+def _row_pattern(toks: list[str]) -> TokenSet | None:
+    """Patterns per identifier tuple, cached: the images of one patient share them."""
+    key = tuple(sorted(toks))
+    if key not in _ROW_PATTERNS:
+        if len(_ROW_PATTERNS) > 10_000:
+            _ROW_PATTERNS.clear()
+        _ROW_PATTERNS[key] = token_pattern(toks)
+    return _ROW_PATTERNS[key]
+
+
+def identifier_set(rows: pd.DataFrame, uids: bool = True) -> set[str]:
+    """Every identifier token of ``rows`` (ids, name parts, accession numbers; birth dates and UIDs with ``uids``)."""
     toks: set[str] = set()
     for _, row in rows.iterrows():
         toks.update(_identifier_tokens(row))
-        toks.update(str(v).lower() for v in (row.get("birth_date"), row.get("sop_uid"), row.get("study_uid")) if v)
+        if uids:
+            extra = (row.get("birth_date"), row.get("sop_uid"), row.get("study_uid"), row.get("series_uid"))
+            toks.update(str(v).lower() for v in extra if v and v == v)
     return toks
 
 
-def scrub(text: str, identifiers: set[str]) -> str:
-    """Library messages can quote header values; no identifier we know of survives into a reason."""
-    low = text.lower()
-    for tok in identifiers:
-        while tok in low:
-            i = low.index(tok)
-            text, low = text[:i] + "[redacted]" + text[i + len(tok) :], low[:i] + "[redacted]" + low[i + len(tok) :]
-    return text
+def scrub(text: str, identifiers: set[str] | TokenSet | None) -> str:
+    """Library messages can quote header values; no identifier we know of survives into a reason or a log line.
+
+    Whole tokens only: "DOE" goes, "does" and "misplaced" stay.
+    """
+    pattern = identifiers if isinstance(identifiers, TokenSet) or identifiers is None else token_pattern(identifiers)
+    return text if pattern is None else pattern.sub("[redacted]", text)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medvision.cohort.csvfile import read_csv_table
 from medvision.cohort.spec import LabelsSpec, SpecError
 
 __all__ = ["join_labels"]
@@ -23,10 +24,7 @@ def join_labels(rows: pd.DataFrame, spec: LabelsSpec | None) -> tuple[pd.DataFra
     cols = ["label", "csv_patient", "csv_sex", "csv_age", "csv_site", "csv_split"]
     if spec is None:
         return pd.DataFrame({c: pd.Series([None] * len(rows), dtype=object) for c in cols}, index=rows.index), {}
-    try:
-        table = pd.read_csv(spec.csv, dtype=str, keep_default_na=False)
-    except FileNotFoundError:
-        raise SpecError(f"labels CSV {spec.csv} does not exist (key labels.csv)") from None
+    table = read_csv_table(spec.csv)
     needed = [spec.key_column, *spec.label_columns, *spec.subgroup_columns.values()]
     needed += [
         c for c in (spec.patient_column, spec.site_column, spec.sex_column, spec.age_column, spec.split_column) if c

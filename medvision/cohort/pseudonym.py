@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import secrets
+import stat
 from pathlib import Path
 
-__all__ = ["KEY_ENV", "Pseudonymizer", "resolve_key"]
+__all__ = ["KEY_ENV", "Pseudonymizer", "key_fingerprint", "resolve_key"]
+
+log = logging.getLogger("medvision.cohort")
 
 KEY_ENV = "MEDVISION_PSEUDONYM_KEY"
 KEY_FILE_ENV = "MEDVISION_PSEUDONYM_KEY_FILE"
@@ -53,6 +57,20 @@ def resolve_key(key_file: Path | None, out_dir: Path) -> tuple[bytes, str]:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(secrets.token_hex(32) + "\n")
+        log.warning(
+            "created a new pseudonym key at %s: keep it (and a backup) safe; rebuilding a cohort without it "
+            "changes every pseudonym and split",
+            path,
+        )
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        log.warning(
+            "pseudonym key file %s can be read by other users (mode %s): with it and the cohort, patients can be "
+            "re-identified; run `chmod 600 %s`",
+            path,
+            oct(mode),
+            path,
+        )
     try:
         key = bytes.fromhex(path.read_text().strip())
     except ValueError as e:
@@ -60,10 +78,19 @@ def resolve_key(key_file: Path | None, out_dir: Path) -> tuple[bytes, str]:
     return key, str(path)
 
 
+def key_fingerprint(key: bytes) -> str:
+    """A short public fingerprint of the key, recorded in the card so a rebuild can tell the key changed.
+
+    A one-way hash of the (random, 256-bit) key under its own domain label: it identifies the key without
+    revealing it or any pseudonym made with it.
+    """
+    return hashlib.sha256(b"medvision pseudonym key fingerprint\x00" + key).hexdigest()[:16]
+
+
 class Pseudonymizer:
     """Maps identifiers to stable, unlinkable tokens: ``P-3f9a...`` for patients, ``I-...`` for images."""
 
-    PREFIX = {"patient": "P", "study": "S", "series": "R", "image": "I"}
+    PREFIX = {"patient": "P", "study": "S", "series": "R", "image": "I", "site": "H"}
 
     def __init__(self, key: bytes, length: int = 16) -> None:
         self._key = key

@@ -8,13 +8,13 @@ be moved or shared as a whole.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Literal
 
 import yaml
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from medvision.cohort.csvfile import csv_header
 from medvision.config import StrictModel, explain_validation_error
 
 __all__ = [
@@ -63,8 +63,12 @@ class LabelsSpec(_Strict):
 
 
 class SubgroupSpec(_Strict):
-    #: Where "site" comes from in DICOM headers when no CSV column gives it.
-    site_from: Literal["institution", "manufacturer", "institution+manufacturer"] = "institution"
+    #: Where "site" comes from in DICOM headers when no CSV column gives it. The default copies InstitutionName
+    #: verbatim into the manifest, card, metrics and report, so it reveals which hospital the images come from;
+    #: ``institution_pseudonym`` stores a keyed pseudonym of it instead (``H-...``, stable under one key).
+    site_from: Literal["institution", "institution_pseudonym", "manufacturer", "institution+manufacturer"] = (
+        "institution"
+    )
     #: Lower edges of the age bands, in years: [18, 40, 60, 80] gives <18, 18-39, 40-59, 60-79, 80+.
     age_bands: list[int] = Field(default_factory=lambda: [18, 40, 60, 80])
 
@@ -134,6 +138,13 @@ class CohortSpec(_Strict):
     pseudonym_key_file: Path | None = None
     #: Header-indexing and decoding processes; 0 = one per CPU core.
     workers: int = Field(0, ge=0)
+    #: Cap on an image's declared size (columns x rows x frames x samples per pixel, in millions), checked from
+    #: the header before any pixel is decoded: a 1 KB file can claim 60000 x 60000 pixels and exhaust memory.
+    #: 200 admits a 12-bit 4096 x 4096 mammogram, a 6000 x 4000 RGB photo and a 512 x 512 x 700 CT volume.
+    max_megapixels: float = Field(200.0, gt=0)
+    #: Reader kinds to ingest (``[dicom]``, ``[photo]``); default: every supported kind. ``[dicom]`` keeps viewer
+    #: screenshots stored beside DICOM series out of the cohort.
+    kinds: list[str] | None = None
 
     def resolved(self, base: Path) -> CohortSpec:
         """Paths made absolute against ``base`` (the spec file's folder)."""
@@ -170,6 +181,8 @@ class FolderOptions(_Strict):
     record_paths: bool = True
     #: Cohort name; ``None``: the images folder's name (its parent's for a folder called ``images``).
     name: str | None = None
+    #: See :attr:`CohortSpec.kinds`.
+    kinds: list[str] | None = None
 
 
 def spec_from_folder(images: Path, options: FolderOptions | None = None, **kwargs: object) -> CohortSpec:
@@ -187,11 +200,7 @@ def spec_from_folder(images: Path, options: FolderOptions | None = None, **kwarg
         labels = Path(opts.labels).expanduser().resolve()
         key_column = opts.key_column
         if key_column is None:
-            with open(labels, newline="") as fh:
-                header = next(csv.reader(fh), [])
-            if not header:
-                raise SpecError(f"labels CSV {labels} is empty")
-            key_column = header[0]
+            key_column = csv_header(labels)[0]
         lab = {
             "csv": labels,
             "join": opts.join,
@@ -209,6 +218,7 @@ def spec_from_folder(images: Path, options: FolderOptions | None = None, **kwarg
         "images": images,
         "labels": lab,
         "record_paths": opts.record_paths,
+        "kinds": opts.kinds,
         "preprocess": {"size": opts.size, "channels": opts.channels},
     }
     try:
