@@ -14,12 +14,14 @@ pydantic model with every default in one place and ``extra="forbid"`` (subclass
   reproduces the run) and as flat dotted keys (tracking parameters).
 
 Example:
-    >>> class Optim(StrictModel):
-    ...     lr: float = 0.1
-    >>> class Stage(StrictModel):
-    ...     optim: Optim = Optim()
-    >>> parse_config({}, Stage, ["optim.lr=0.01"]).optim.lr
+    >>> from medvision.training.config import FinetuneConfig
+    >>> raw = {"data": {"cohort_dir": "cohorts/derm"}, "backbone": {"name": "bit-tiny"}}
+    >>> parse_config(raw, FinetuneConfig, ["optim.lr=0.01"]).optim.lr
     0.01
+    >>> parse_config(raw, FinetuneConfig, ["optim.lrr=0.01"])
+    Traceback (most recent call last):
+    ...
+    medvision.config.ConfigError: config: override optim.lrr: unknown key 'optim.lrr'. Did you mean 'lr'? ...
 """
 
 from __future__ import annotations

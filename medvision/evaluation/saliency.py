@@ -123,6 +123,11 @@ def integrated_gradients(
         ValueError: images not ``(B, C, H, W)`` in ``[0, 1]``, a target outside the logit columns, or ``steps < 1``.
 
     Example:
+        >>> from medvision.classifier import Classifier
+        >>> from medvision.heads import create_head
+        >>> from medvision.models import create_backbone
+        >>> bb = create_backbone("bit-tiny", in_chans=1)
+        >>> clf = Classifier(bb, create_head("linear", bb.num_features, 2), ["normal", "pneumonia"]).eval()
         >>> attr, delta = integrated_gradients(clf, torch.rand(2, 1, 32, 32), targets=[0, 1])
         >>> attr.shape
         (2, 1, 32, 32)
@@ -287,6 +292,11 @@ def saliency_maps(
         ValueError: unknown method, bad images or targets, or a backbone Grad-CAM cannot handle.
 
     Example:
+        >>> from medvision.classifier import Classifier
+        >>> from medvision.heads import create_head
+        >>> from medvision.models import create_backbone
+        >>> bb = create_backbone("bit-tiny", in_chans=1)
+        >>> clf = Classifier(bb, create_head("linear", bb.num_features, 2), ["normal", "pneumonia"]).eval()
         >>> maps = saliency_maps(clf, torch.rand(2, 1, 64, 64), [0, 1], method="gradcam")
         >>> maps.shape, float(maps.max()) <= 1.0
         ((2, 64, 64), True)

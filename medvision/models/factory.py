@@ -55,6 +55,7 @@ def create_backbone(name: str, weights: str = "none", in_chans: int = 3, **model
             HubUnavailableError when hub weights cannot be downloaded here.
 
     Example:
+        >>> import torch
         >>> bb = create_backbone("bit-tiny", in_chans=1)
         >>> bb(torch.rand(2, 1, 32, 32)).shape == (2, bb.num_features)
         True

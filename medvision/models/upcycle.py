@@ -93,6 +93,7 @@ def upcycle(
         A new :class:`Backbone` with the same weights record and a ``build_spec`` that rebuilds the MoE layout.
 
     Example:
+        >>> from medvision.models import create_backbone
         >>> moe = upcycle(create_backbone("vit-tiny"), num_experts=4)
         >>> len(moe.moe_layers())
         2

@@ -343,7 +343,6 @@ def _report(ctx: StageContext) -> tuple[StageOutput, Rows]:
             ctx.folder / "report.html",
             title=stage.title or ctx.spec.name,
             pipeline_yaml=yaml.safe_dump(ctx.spec.model_dump(mode="json"), sort_keys=False),
-            tracking_uri=ctx.tracker.uri,
         )
         ctx.tracker.client.log_artifact(run_id, str(path), "report")
         output = StageOutput(kind="report", run_ids=[run_id], path=path)

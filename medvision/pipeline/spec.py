@@ -88,12 +88,6 @@ class CohortStage(StrictModel):
             )
 
 
-class Sweep(StrictModel):
-    """Lists of values for dotted config keys; the stage runs once per combination (cartesian product)."""
-
-    values: dict[str, list[Any]] = Field(default_factory=dict)
-
-
 class PretrainStage(StrictModel):
     """Self-supervised pretraining (SimCLR / MICLe) on a cohort's unlabelled pool."""
 

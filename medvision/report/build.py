@@ -39,7 +39,6 @@ def report_from_evaluation(
     *,
     title: str,
     pipeline_yaml: str | None = None,
-    tracking_uri: str | None = None,
     forbidden: list[str] | None = None,
 ) -> Path:
     """Render the report of ``evaluation_dir`` to ``out_path`` (self-contained HTML)."""

@@ -7,7 +7,7 @@ logs the kept backbone as ``mlflow:runs:/RUN_ID/backbone`` for a fine-tuning con
 
 Example:
     >>> from medvision.config import load_config
-    >>> cfg = load_config("pipelines/derm_pretrain.yaml", PretrainConfig, ["optim.epochs=2"])  # doctest: +SKIP
+    >>> cfg = load_config("ssl.yaml", PretrainConfig, ["optim.epochs=2"])  # doctest: +SKIP
     >>> result = pretrain(cfg)  # doctest: +SKIP
     >>> result.backbone_uri  # doctest: +SKIP
     'mlflow:runs:/0123abcd.../backbone'

@@ -8,7 +8,7 @@ talks to MLflow.
 
 Example:
     >>> from medvision.config import load_config
-    >>> cfg = load_config("pipelines/derm_finetune.yaml", FinetuneConfig, ["optim.epochs=2"])  # doctest: +SKIP
+    >>> cfg = load_config("run.yaml", FinetuneConfig, ["optim.epochs=2"])  # doctest: +SKIP
     >>> result = finetune(cfg)  # doctest: +SKIP
     >>> result.metrics["val/auroc"]  # doctest: +SKIP
     0.93
