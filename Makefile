@@ -9,7 +9,7 @@ TORCH   := torch==2.14.1 torchvision==0.29.1
 # The report tests open the HTML in Debian's headless Chromium.
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install browser test demo lint bench clean
+.PHONY: install browser test test-fast demo lint format bench clean
 
 install: $(STAMP) browser
 
@@ -24,15 +24,27 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -e '.[dev]' $(TORCH)
 	touch $(STAMP)
 
-test: install
-	$(BIN)/ruff check medvision tests benchmarks
+# Everything, as CI runs it (.ci/run): the lint gate, then every test, doctests included.
+test: lint
 	$(BIN)/python -m pytest -q
+
+# The inner loop: the same gate, then the tests not marked slow (the end-to-end trainings are left out).
+test-fast: lint
+	$(BIN)/python -m pytest -q -m "not slow"
 
 demo: install
 	$(BIN)/medvision demo --out demo-output
 
+# Style, formatting, the one-way layers of docs/ARCHITECTURE.md (import-linter) and types.
 lint: install
 	$(BIN)/ruff check medvision tests benchmarks
+	$(BIN)/ruff format --check medvision tests benchmarks
+	$(BIN)/lint-imports
+	$(BIN)/mypy medvision
+
+format: install
+	$(BIN)/ruff format medvision tests benchmarks
+	$(BIN)/ruff check --fix medvision tests benchmarks
 
 bench: install
 	$(BIN)/python benchmarks/ingest.py

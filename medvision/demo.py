@@ -10,18 +10,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from medvision._resources import pipelines_dir
 from medvision.pipeline import PipelineResult, load_pipeline, print_summary, run_pipeline
 
 __all__ = ["DEMO_PIPELINE", "run_demo"]
 
-#: The demo pipeline shipped with the repository.
-DEMO_PIPELINE = Path(__file__).resolve().parent.parent / "pipelines" / "demo.yaml"
+#: The demo pipeline (the checkout's pipelines/demo.yaml, or the wheel's copy).
+DEMO_PIPELINE = pipelines_dir() / "demo.yaml"
 
 
 def run_demo(out: str | Path = "demo-output", overrides: list[str] | None = None) -> PipelineResult:
     """Run the demo pipeline with its outputs under ``out``; returns the pipeline's result."""
     if not DEMO_PIPELINE.exists():
-        raise FileNotFoundError(f"{DEMO_PIPELINE} not found: run the demo from a medvision source checkout")
+        raise FileNotFoundError(f"{DEMO_PIPELINE} not found: the medvision installation is incomplete; reinstall it")
     spec = load_pipeline(DEMO_PIPELINE, [f"output_dir={Path(out)}", *(overrides or [])])
     result = run_pipeline(spec)
     print_summary(result)

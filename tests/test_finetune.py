@@ -105,6 +105,7 @@ def test_short_finetune_lifts_val_auroc_well_above_chance(synth_cxr_cohort, tmp_
     assert (tmp_path / "learn" / "checkpoints" / "last.ckpt").exists()
 
 
+@pytest.mark.slow
 def test_hard_kill_then_resume_auto_equals_an_uninterrupted_run(synth_cxr_cohort, tmp_path):
     # HET draws Monte-Carlo noise every step: only per-epoch reseeding makes the resumed run match.
     het = {"name": "het", "options": {"num_samples": 8, "eval_samples": 8}}
@@ -137,6 +138,7 @@ def test_hard_kill_then_resume_auto_equals_an_uninterrupted_run(synth_cxr_cohort
     assert resumed.run_id != straight.run_id
 
 
+@pytest.mark.slow
 def test_two_process_ddp_on_cpu_trains_and_logs_exactly_one_run(synth_cxr_cohort, tmp_path):
     raw = _config(
         synth_cxr_cohort,
@@ -227,6 +229,7 @@ def test_linear_and_locked_modes_train_only_head_and_adapter(tmp_path, mode):
     assert any(k.startswith("adapter.") for k in changed) == (mode == "locked")
 
 
+@pytest.mark.slow
 def test_trainer_stops_early_and_rewrites_last_checkpoint_every_epoch(tmp_path):
     # monitor val/loss with mode max: the loss falls, so no epoch after the first is "better" and
     # patience 1 stops at epoch 2; last.ckpt must still hold epoch 2 while the best stays epoch 1

@@ -39,6 +39,7 @@ def _lint(root: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not LINT_IMPORTS.exists(), reason="import-linter is a dev dependency (make install)")
 def test_layer_contract_holds_and_fails_on_a_planted_upward_import(tmp_path):
     copy = tmp_path / "repo"
@@ -102,3 +103,17 @@ def test_knn_accuracy_is_chunk_invariant_and_ranks_backbones():
     ranking = knn_rank_backbones({"structured": x, "noise": rng.normal(size=x.shape)}, y)
     assert ranking.index[0] == "structured"
     assert ranking.loc["structured", "loo_1nn_accuracy"] == pytest.approx(whole)
+
+
+def test_the_served_model_needs_neither_lightning_nor_scikit_learn():
+    from medvision.tracking.pyfunc import pip_requirements
+
+    names = {r.split("==")[0] for r in pip_requirements()}
+    assert {"torch", "timm", "mlflow"} <= names
+    assert not names & {"lightning", "scikit-learn"}
+    code = (
+        "import sys, medvision.tracking.pyfunc\n"
+        "print(','.join(m for m in ('lightning', 'pytorch_lightning', 'sklearn') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == ""

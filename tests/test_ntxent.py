@@ -112,6 +112,7 @@ def _rank_main(rank: int, world: int, port: int, x1: torch.Tensor, x2: torch.Ten
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_gathered_loss_and_gradients_equal_single_process_on_concatenated_batch(tmp_path):
     world, tau = 2, 0.2
     g = torch.Generator().manual_seed(3)

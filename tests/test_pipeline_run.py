@@ -36,6 +36,10 @@ SMALL = [
 ]
 
 
+# Each test here trains and logs real runs (tens of seconds): `make test-fast` leaves them out.
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -86,6 +86,7 @@ def _embed(backbone, cohort, splits) -> tuple[torch.Tensor, torch.Tensor]:
         return backbone(x), torch.tensor(rows["label_idx"].to_numpy())
 
 
+@pytest.mark.slow
 def test_pretrain_raises_knn_accuracy_and_logs_a_backbone_finetune_can_load(derm_cohort, tmp_path):
     # start from a saved backbone (file: source, as REMEDIS starts from BiT weights): here a random init
     torch.manual_seed(0)
@@ -174,6 +175,7 @@ pretrain(load_config(sys.argv[1], PretrainConfig), callbacks=[Slow()])
 """
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_run(derm_cohort, tmp_path):
     changes = {
         "optim.epochs": 3,

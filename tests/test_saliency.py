@@ -125,6 +125,7 @@ def test_integrated_gradients_are_complete() -> None:
     assert np.abs(delta).max() < 0.02
 
 
+@pytest.mark.slow
 def test_planted_square_is_where_the_maps_point(planted: tuple[Classifier, torch.Tensor]) -> None:
     clf, x = planted
     for method in ("integrated_gradients", "gradcam"):

@@ -143,6 +143,7 @@ def test_planted_phi_never_leaves_the_build(derm, tmp_path, caplog):
     assert not leaked, leaked[:5]
 
 
+@pytest.mark.slow
 def test_a_2000_image_cohort_builds_end_to_end(tmp_path):
     spec = synthesize(tmp_path / "src", kind="cxr", patients=1260, seed=4, size=32)
     n_files = sum(1 for p in (tmp_path / "src" / "images").rglob("*") if p.is_file())

@@ -23,6 +23,10 @@ from medvision.training import FinetuneConfig, finetune
 EPOCHS = 2
 
 
+# Each test here trains and logs real runs (tens of seconds): `make test-fast` leaves them out.
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def hod_run(synth_cxr_cohort, tmp_path_factory):
     """A short HOD fine-tune recorded in its own SQLite store: ``(result, config, tracking_uri)``."""

@@ -20,6 +20,7 @@ import jinja2
 import numpy as np
 import pandas as pd
 
+from medvision._resources import templates_dir
 from medvision.report import figures
 from medvision.report.context import SALIENCY_CATEGORIES, ReportContext, ReportError
 from medvision.report.guard import check_forbidden
@@ -61,7 +62,7 @@ NOT_RUN_NOTES: dict[str, str] = {
     "Grad-CAM) on selected test cases.",
 }
 
-TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "reports" / "templates"
+TEMPLATE_DIR = templates_dir()
 _TEMPLATE = "report.html.j2"
 _DASH = "—"
 
@@ -478,8 +479,8 @@ _BUILDERS = {
 def _environment() -> jinja2.Environment:
     if not (TEMPLATE_DIR / _TEMPLATE).is_file():
         raise ReportError(
-            f"report template {TEMPLATE_DIR / _TEMPLATE} not found; the templates live in the "
-            "repository's reports/templates folder - run from a source checkout (pip install -e .)"
+            f"report template {TEMPLATE_DIR / _TEMPLATE} not found; the templates ship in the wheel "
+            "(medvision._templates) and in a checkout's reports/templates: reinstall medvision"
         )
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATE_DIR),

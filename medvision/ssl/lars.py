@@ -5,6 +5,10 @@ SGD then diverges on layers whose gradients are large relative to their weights.
 tensor's update by ``eta * ||w|| / ||g + wd * w||``, so every layer moves by a similar *relative*
 amount. As in SimCLR, biases and normalisation parameters (param groups with ``lars=False``) get neither
 weight decay nor the trust ratio.
+
+Why not ``timm.optim.Lars``: timm divides by ``||g|| + wd * ||w||`` (NVIDIA's LARC bound), whereas SimCLR's own
+optimiser divides by the norm of the decayed gradient, ``||g + wd * w||``; the two differ whenever the gradient is not
+parallel to the weights, and this module follows SimCLR.
 """
 
 from __future__ import annotations

@@ -6,16 +6,31 @@
 * :func:`open_client` / :func:`get_or_create_experiment` — the store, without global MLflow state.
 """
 
-from medvision.tracking.callback import MLflowTracking
-from medvision.tracking.pyfunc import ClassifierModel, load_run_classifier, log_classifier
-from medvision.tracking.store import artifact_root_for, get_or_create_experiment, open_client
+from __future__ import annotations
 
-__all__ = [
-    "ClassifierModel",
-    "MLflowTracking",
-    "artifact_root_for",
-    "get_or_create_experiment",
-    "load_run_classifier",
-    "log_classifier",
-    "open_client",
-]
+import importlib
+from typing import Any
+
+# Resolved on first use (PEP 562): a serving host unpickles ClassifierModel from medvision.tracking.pyfunc, and
+# importing the callback here would make it install Lightning just to answer predictions.
+_WHERE = {
+    "MLflowTracking": "medvision.tracking.callback",
+    "ClassifierModel": "medvision.tracking.pyfunc",
+    "load_run_classifier": "medvision.tracking.pyfunc",
+    "log_classifier": "medvision.tracking.pyfunc",
+    "artifact_root_for": "medvision.tracking.store",
+    "get_or_create_experiment": "medvision.tracking.store",
+    "open_client": "medvision.tracking.store",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -49,8 +49,7 @@ _REQUIREMENTS = (
     "safetensors",
     "pydantic",
     "pyyaml",
-    "lightning",
-    "scikit-learn",
+    "mlflow",
 )
 _CHUNK = 64
 
