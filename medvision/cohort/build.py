@@ -19,6 +19,7 @@ import pandas as pd
 from medvision.cohort.atomic import write_all
 from medvision.cohort.cache import PreprocessCache
 from medvision.cohort.card import build_card
+from medvision.cohort.cohort import LEADING_COLUMNS
 from medvision.cohort.decode import fill_cache
 from medvision.cohort.identifiers import CohortBuildError, check_paths, identifier_set
 from medvision.cohort.index import IndexedFile, IndexLimits, Rejected, index_files, list_entries
@@ -201,22 +202,8 @@ def _classes(manifest: pd.DataFrame, spec: CohortSpec) -> list[str]:
     return inliers + outliers
 
 
-_FIRST = [
-    "image_id",
-    "patient_id",
-    "study_id",
-    "series_id",
-    "relpath",
-    "frame",
-    "split",
-    "label_fraction",
-    "label",
-    "label_idx",
-]
-
-
 def _order_columns(m: pd.DataFrame) -> pd.DataFrame:
-    return m[[*_FIRST, *[c for c in m.columns if c not in _FIRST]]]
+    return m[[*LEADING_COLUMNS, *[c for c in m.columns if c not in LEADING_COLUMNS]]]
 
 
 def _quarantine_frame(

@@ -16,7 +16,22 @@ from medvision.cohort.cache import PreprocessCache
 from medvision.cohort.card import manifest_sha256
 from medvision.cohort.spec import PreprocessSpec
 
-__all__ = ["Cohort", "CohortOpenError", "open_cohort"]
+#: The manifest's identity and task columns, first in every manifest; every other column is an image fact or a
+#: subgroup attribute.
+LEADING_COLUMNS = (
+    "image_id",
+    "patient_id",
+    "study_id",
+    "series_id",
+    "relpath",
+    "frame",
+    "split",
+    "label_fraction",
+    "label",
+    "label_idx",
+)
+
+__all__ = ["LEADING_COLUMNS", "Cohort", "CohortOpenError", "open_cohort"]
 
 
 @dataclass(frozen=True)

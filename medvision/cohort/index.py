@@ -27,31 +27,12 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class IndexedFile:
+@dataclass(frozen=True, kw_only=True)
+class IndexedFile(ImageHeader):
+    """A file's header (identifiers included: used for pseudonyms and the PHI check, never written out) and where
+    the file is, relative to the images folder."""
+
     relpath: str
-    kind: str  # "dicom" | "photo"
-    frames: int
-    channels: int
-    rows: int
-    columns: int
-    # Identifiers: used for pseudonyms and the PHI check, never written out.
-    patient_id: str | None = None
-    patient_name: str | None = None
-    birth_date: str | None = None
-    accession_number: str | None = None
-    study_uid: str | None = None
-    series_uid: str | None = None
-    sop_uid: str | None = None
-    # Public fields.
-    modality: str | None = None
-    sex: str | None = None
-    age: float | None = None
-    manufacturer: str | None = None
-    institution: str | None = None
-    view: str | None = None
-    photometric: str | None = None
-    transfer_syntax: str | None = None
 
 
 @dataclass(frozen=True)

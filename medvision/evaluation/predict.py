@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from medvision.cohort.cohort import Cohort
+from medvision.cohort.cohort import LEADING_COLUMNS, Cohort
 from medvision.data.dataset import CohortDataset
 
 __all__ = ["Predictions", "SUBGROUP_EXCLUDE", "predict_rows"]
@@ -23,16 +23,7 @@ __all__ = ["Predictions", "SUBGROUP_EXCLUDE", "predict_rows"]
 #: Manifest columns that are not subgroup attributes (ids, paths, image facts).
 SUBGROUP_EXCLUDE = frozenset(
     {
-        "image_id",
-        "patient_id",
-        "study_id",
-        "series_id",
-        "relpath",
-        "frame",
-        "split",
-        "label_fraction",
-        "label",
-        "label_idx",
+        *LEADING_COLUMNS,
         "kind",
         "modality",
         "view",
