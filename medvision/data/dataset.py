@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from medvision.cohort.cohort import Cohort, open_cohort
 
-__all__ = ["CohortDataModule", "CohortDataset", "EpochSampler"]
+__all__ = ["CohortDataModule", "CohortDataset", "CohortFacts", "EpochSampler"]
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -75,7 +75,22 @@ class EpochSampler(Sampler[int]):
         return self.n
 
 
-class CohortDataModule(L.LightningDataModule):
+class CohortFacts:
+    """The cohort facts every training stage's data module answers (input channels for the stem, the manifest hash
+    its run records), declared once for fine-tuning and self-supervised pretraining alike."""
+
+    cohort: Cohort
+
+    @property
+    def in_chans(self) -> int:
+        return self.cohort.in_chans
+
+    @property
+    def manifest_sha256(self) -> str:
+        return self.cohort.manifest_sha256
+
+
+class CohortDataModule(CohortFacts, L.LightningDataModule):
     """Train / val / test (and OOD) loaders of one cohort, at one label fraction."""
 
     def __init__(
@@ -111,14 +126,6 @@ class CohortDataModule(L.LightningDataModule):
     @property
     def num_outlier_classes(self) -> int:
         return self.cohort.num_outlier_classes
-
-    @property
-    def in_chans(self) -> int:
-        return self.cohort.in_chans
-
-    @property
-    def manifest_sha256(self) -> str:
-        return self.cohort.manifest_sha256
 
     def dataset(self, split: str, transform: Transform | None = None) -> CohortDataset:
         rows = self._train_rows if split == "train" else self.cohort.rows(split, labelled=split != "unlabelled")

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from medvision.cohort.cohort import open_cohort
+from medvision.data.dataset import CohortFacts
 from medvision.ssl.augment import AugmentConfig, TwoViewAugment, resolve_pipeline
 from medvision.ssl.micle import Mode, PairDataset, PairSampler
 
@@ -84,7 +85,7 @@ class _LabelledImages(Dataset):
         return {"image": image, "label": torch.tensor(self.labels[i]), "index": torch.tensor(i)}
 
 
-class PretrainDataModule(L.LightningDataModule):
+class PretrainDataModule(CohortFacts, L.LightningDataModule):
     """Pair batches from a cohort's pretraining pool; labelled train / val images for the kNN monitor.
 
     Validation loaders: ``[reference, query]`` (labelled training and validation images) when both exist,
@@ -150,14 +151,6 @@ class PretrainDataModule(L.LightningDataModule):
                 rows = rows.sample(n=knn_max_images, random_state=seed)
             if len(rows):
                 self.knn_sets[name] = rows.reset_index(drop=True)
-
-    @property
-    def in_chans(self) -> int:
-        return self.cohort.in_chans
-
-    @property
-    def manifest_sha256(self) -> str:
-        return self.cohort.manifest_sha256
 
     @property
     def patient_ids(self) -> list[str]:
