@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from typing import overload
+
 import numpy as np
 
 __all__ = ["batched_auroc", "macro_auroc", "present_classes"]
@@ -52,6 +54,14 @@ def present_classes(labels: np.ndarray, num_classes: int, multilabel: bool = Fal
     onehot = np.asarray(labels).astype(bool) if multilabel else np.asarray(labels)[:, None] == np.arange(num_classes)
     counts = onehot.sum(axis=0)
     return [k for k in range(num_classes) if 0 < counts[k] < len(onehot)]
+
+
+@overload
+def macro_auroc(labels: np.ndarray, scores: np.ndarray, weights: None = None, multilabel: bool = False) -> float: ...
+@overload
+def macro_auroc(
+    labels: np.ndarray, scores: np.ndarray, weights: np.ndarray, multilabel: bool = False
+) -> np.ndarray: ...
 
 
 def macro_auroc(

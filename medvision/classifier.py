@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from medvision.heads import Head, HeadOutput, create_head
-from medvision.models import load_backbone_dir, save_backbone
+from medvision.models import Backbone, load_backbone_dir, save_backbone
 
 __all__ = ["Adapter", "Classifier", "load_classifier", "save_classifier"]
 
@@ -48,7 +48,8 @@ class Classifier(nn.Module):
     """``head(adapter(backbone(x)))`` for images ``x`` in ``[0, 1]`` (normalisation is in the backbone).
 
     Args:
-        backbone: any medvision backbone (``forward(x) -> (B, D)``, ``num_features``).
+        backbone: a medvision :class:`~medvision.models.Backbone` (at run time anything with its ``forward(x) ->
+            (B, D)``, ``num_features`` and ``aux_loss()`` trains; saving needs the real one).
         head: a :class:`medvision.heads.Head` reading ``D`` features.
         classes: names of the head's ``num_classes`` task classes, in logit order.
         adapter_hidden: width of the residual adapter; 0 for none.
@@ -58,7 +59,7 @@ class Classifier(nn.Module):
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         head: Head,
         classes: list[str],
         adapter_hidden: int = 0,

@@ -50,7 +50,7 @@ def knn_accuracy(
             f"query must be (Q, D) with (Q,) labels, got {tuple(query.shape)} and {tuple(query_labels.shape)}"
         )
     q = F.normalize(query.float(), dim=1)
-    if reference is None:
+    if reference is None or reference_labels is None:  # both None (checked above): leave-one-out
         if q.shape[0] < 2:
             return float("nan")
         ref, ref_labels = q, query_labels

@@ -8,6 +8,8 @@ rounding would send every rare-class patient to train.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 
@@ -78,7 +80,7 @@ def assign_splits(rows: pd.DataFrame, spec: SplitSpec) -> pd.DataFrame:
     return out
 
 
-def _strata(patients: pd.DataFrame, keys: list[str]) -> pd.Series:
+def _strata(patients: pd.DataFrame, keys: Sequence[str]) -> pd.Series:
     if not keys:
         return pd.Series("all", index=patients.index)
     # Column-wise concatenation (not ``agg(axis=1)``, which returns a DataFrame for zero rows).

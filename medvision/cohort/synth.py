@@ -34,7 +34,7 @@ import numpy as np
 import yaml
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import PYDICOM_ROOT_UID, RLELossless
+from pydicom.uid import PYDICOM_ROOT_UID, UID, RLELossless
 
 __all__ = ["CLASSES", "Kind", "synthesize"]
 
@@ -517,8 +517,8 @@ def _lesion(
         col[:] = (0.86, 0.58, 0.58)
         col += (0.12 * np.exp(-(((np.hypot(u, v) - 0.9 * r) / 0.03) ** 2)))[..., None]  # pearly rim
         for _ in range(int(c.integers(2, 5))):  # telangiectasia
-            a, x0, y0 = c.uniform(0, np.pi), c.uniform(-r, r) / 2, c.uniform(-r, r) / 2
-            line = np.exp(-((((u - x0) * np.sin(a) - (v - y0) * np.cos(a)) / 0.014) ** 2))[..., None]
+            angle, x0, y0 = c.uniform(0, np.pi), c.uniform(-r, r) / 2, c.uniform(-r, r) / 2
+            line = np.exp(-((((u - x0) * np.sin(angle) - (v - y0) * np.cos(angle)) / 0.014) ** 2))[..., None]
             col = col * (1 - line) + np.array([0.72, 0.12, 0.18]) * line
     elif label == "sek":
         mask = shape(c.uniform(0.34, 0.52), c.uniform(0.02, 0.1), aspect=c.uniform(1.3, 1.7), edge=0.015)
@@ -574,8 +574,8 @@ def _dataset(
     """Patient, study, series and equipment modules, with the fake PHI a real archive would carry."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = sop_class
-    ds.file_meta.MediaStorageSOPInstanceUID = uids[2]
+    ds.file_meta.MediaStorageSOPClassUID = UID(sop_class)
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(uids[2])
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.SOPClassUID, ds.SOPInstanceUID = sop_class, uids[2]
     ds.StudyInstanceUID, ds.SeriesInstanceUID = uids[0], uids[1]
@@ -666,6 +666,7 @@ def _write_csv(path: Path, rows: list[dict[str, object]]) -> None:
 
 def _spec_text(kind: str, patients: int, seed: int, size: int) -> str:
     classes, site = CLASSES[kind], _SITES[kind][_HELDOUT_SITE]
+    labels: dict[str, object]
     if kind == "cxr":
         labels = {
             "csv": "labels.csv",

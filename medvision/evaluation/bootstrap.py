@@ -203,7 +203,9 @@ class Bootstrap:
         low, high = percentile_interval(reps, self.confidence)
         return BootstrapResult(self.point(metric, *arrays, mask=mask), low, high, self.confidence, reps, self._token)
 
-    def _prepare(self, arrays: tuple[object, ...], mask: np.ndarray | None) -> tuple[list[np.ndarray], np.ndarray]:
+    def _prepare(
+        self, arrays: tuple[object, ...], mask: np.ndarray | None
+    ) -> tuple[list[np.ndarray], np.ndarray | None]:
         arrs = [np.asarray(a) for a in arrays]
         for i, a in enumerate(arrs):
             if len(a) != self.n_images:

@@ -80,7 +80,7 @@ def greedy_ensemble(probs_by_name: Mapping[str, object], y_true: object, max_siz
     while len(members) < max_size:
         k = len(members) + 1
         scores = {name: nll(y, (total + p) / k) for name, p in probs.items()}
-        name = min(scores, key=scores.get)  # first in input order among equals
+        name = min(scores, key=scores.__getitem__)  # first in input order among equals
         if scores[name] >= best:
             break
         best = scores[name]

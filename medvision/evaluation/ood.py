@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -110,7 +111,11 @@ class MahalanobisDetector:
         y = as_1d(labels, "labels")
         same_length(features=x, labels=y)
         if not hasattr(self, "_sums"):
-            self._dim, self._sums, self._counts, self._scatter = x.shape[1], {}, {}, np.zeros((x.shape[1],) * 2)
+            self._dim = x.shape[1]
+            # Keyed by class label: numpy scalars of whatever (sortable) dtype ``labels`` has.
+            self._sums: dict[Any, np.ndarray] = {}
+            self._counts: dict[Any, int] = {}
+            self._scatter = np.zeros((x.shape[1],) * 2)
         if x.shape[1] != self._dim:
             raise ValueError(f"`features` has {x.shape[1]} columns but earlier batches had {self._dim}.")
         for c in np.unique(y):

@@ -167,9 +167,11 @@ def read_dicom_header(path: str | Path) -> DicomHeader:
                 has_pixels = bool(_PIXEL_TAGS & set(dcmread(path, specific_tags=list(_PIXEL_TAGS)).keys()))
         else:
             has_pixels = _pixel_data_follows(fh, little_endian=ds.original_encoding[1] is not False)
+    # Any-valued: mypy checks a ``**dict`` against every field; the two tables name str and int fields respectively.
+    tagged: dict[str, Any] = {name: _text(ds, keyword) for name, keyword in _TEXT_FIELDS.items()}
+    tagged.update({name: _int(ds, keyword) for name, keyword in _INT_FIELDS.items()})
     return DicomHeader(
-        **{name: _text(ds, keyword) for name, keyword in _TEXT_FIELDS.items()},
-        **{name: _int(ds, keyword) for name, keyword in _INT_FIELDS.items()},
+        **tagged,
         age=_age_years(ds),
         transfer_syntax=str(syntax) if syntax else None,
         frames=_frame_count(ds),
@@ -324,9 +326,10 @@ def _parse(path: Path, fh: BinaryIO, **kwargs: Any) -> Dataset:
     if "SOPClassUID" not in ds and "Rows" not in ds:
         raise ImageReadError(path, "not a DICOM file (no file meta, no SOP Class UID, no image size)", hint)
     # Without file meta the encoding was inferred from the bytes; record it as the syntax the decoder needs.
-    ds.file_meta.TransferSyntaxUID = {
+    syntaxes: dict[tuple[bool | None, bool | None], UID] = {
         (True, True): uid.ImplicitVRLittleEndian, (False, True): uid.ExplicitVRLittleEndian,
-    }.get(ds.original_encoding, uid.ExplicitVRBigEndian)  # fmt: skip
+    }  # fmt: skip
+    ds.file_meta.TransferSyntaxUID = syntaxes.get(ds.original_encoding, uid.ExplicitVRBigEndian)
     return ds
 
 
@@ -477,7 +480,7 @@ def _gray(ds: Dataset, frames: Iterator[tuple[int, np.ndarray, str]], photometri
         else:
             scaled_sum, n_scaled = scaled_sum + _to_unit(values, *out_range), n_scaled + 1
     if n_raw:  # mean of (v - low) / (high - low) over frames == that of the summed frames
-        scaled_sum = scaled_sum + n_raw * _to_unit(raw_sum / n_raw, low, high)
+        scaled_sum = scaled_sum + n_raw * _to_unit(np.asarray(raw_sum) / n_raw, low, high)
     if n_scaled + n_raw == 0:
         raise ValueError("the decoder returned no frames")
     unit = np.asarray(scaled_sum, dtype=np.float64) / (n_scaled + n_raw)

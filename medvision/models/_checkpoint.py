@@ -202,14 +202,15 @@ def _load_npz(model: nn.Module, path: Path, name: str) -> int | None:
         raise WeightsError(
             f"{path}: .npz files hold dense weights; load them into the dense backbone and call upcycle()"
         )
-    if not hasattr(model, "load_pretrained"):
+    load_pretrained = getattr(model, "load_pretrained", None)
+    if not callable(load_pretrained):
         raise WeightsError(
             f"{path}: timm has no .npz loader for {type(model).__name__} (backbone {name!r}); convert the "
             "file to a PyTorch state dict or .safetensors first"
         )
     try:
         with torch.no_grad():
-            model.load_pretrained(str(path))
+            load_pretrained(str(path))
     except (KeyError, ValueError, RuntimeError, OSError) as e:
         raise WeightsError(f"{path}: not a .npz checkpoint for backbone {name!r} ({e})") from e
     with np.load(str(path), allow_pickle=False) as arrays:

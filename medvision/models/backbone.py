@@ -8,7 +8,7 @@ statistics are used, so no dataset, transform or pipeline can pair weights with 
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +17,16 @@ from medvision.models.moe import MoELayer
 from medvision.models.record import WeightsRecord
 
 __all__ = ["Backbone"]
+
+
+class _TimmModel(Protocol):
+    """The part of timm's model API the wrapper calls: every timm model has it, ``nn.Module`` does not declare it."""
+
+    num_features: int
+
+    def forward_features(self, x: Tensor) -> Tensor: ...
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor: ...
 
 
 class Backbone(nn.Module):
@@ -36,12 +46,15 @@ class Backbone(nn.Module):
         True
     """
 
+    mean: Tensor  # buffers, registered in __init__
+    std: Tensor
+
     def __init__(self, model: nn.Module, record: WeightsRecord, build_spec: dict[str, Any]) -> None:
         super().__init__()
         self.model = model
         self.weights_record = record
         self.build_spec = copy.deepcopy(build_spec)
-        self.num_features = int(getattr(model, "head_hidden_size", None) or model.num_features)
+        self.num_features = int(getattr(model, "head_hidden_size", None) or self._timm.num_features)
         shape = (1, record.in_chans, 1, 1)
         # Not persistent: the record is the source of truth, and weight files stay loadable by plain timm.
         self.register_buffer("mean", torch.tensor(record.mean, dtype=torch.float32).view(shape), persistent=False)
@@ -59,11 +72,16 @@ class Backbone(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Unpooled features (ViT tokens ``(B, N, D)`` or CNN map ``(B, D, h, w)``) of ``[0, 1]`` images."""
-        return self.model.forward_features(self.normalise(x))
+        return self._timm.forward_features(self.normalise(x))
 
     def forward(self, x: Tensor) -> Tensor:
         """Pooled embedding ``(B, num_features)`` of images ``(B, in_chans, H, W)`` in ``[0, 1]``."""
-        return self.model.forward_head(self.forward_features(x), pre_logits=True)
+        return self._timm.forward_head(self.forward_features(x), pre_logits=True)
+
+    @property
+    def _timm(self) -> _TimmModel:
+        """``model`` as the timm API it is (a static view only: the object is the same)."""
+        return cast(_TimmModel, self.model)
 
     def moe_layers(self) -> list[MoELayer]:
         """The mixture-of-experts layers inside the model (empty for dense backbones)."""
