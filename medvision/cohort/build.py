@@ -22,6 +22,7 @@ from medvision.cohort.decode import fill_cache
 from medvision.cohort.identifiers import CohortBuildError, check_paths, identifier_set, scrub
 from medvision.cohort.index import IndexedFile, Rejected, index_files, list_files
 from medvision.cohort.labels import join_labels
+from medvision.cohort.named_values import check_heldout_sets_not_empty, check_named_values, facts_from_rows
 from medvision.cohort.normalise import UNKNOWN, age_band, category, given, sex, site
 from medvision.cohort.pseudonym import Pseudonymizer, resolve_key
 from medvision.cohort.spec import CohortSpec, SpecError, load_spec
@@ -59,6 +60,8 @@ def build_cohort(spec: CohortSpec | str | Path, out: str | Path) -> dict:
     rows = _instances(indexed, spec.frames)
     labels, label_stats = join_labels(rows, spec.labels)
     rows = pd.concat([rows, labels], axis=1)
+    rows, rejected = _drop_excluded(rows, rejected)
+    _check_study_values(rows, spec)
     check_paths(rows, spec)
 
     cache = PreprocessCache(out / "cache", spec.preprocess)
@@ -69,6 +72,7 @@ def build_cohort(spec: CohortSpec | str | Path, out: str | Path) -> dict:
 
     manifest = _public_manifest(rows, spec, pseudo)
     manifest = assign_splits(manifest, spec.splits).drop(columns="given_split")
+    check_heldout_sets_not_empty(spec, manifest["split"].value_counts().to_dict())
     classes = _classes(manifest, spec)
     manifest["label_idx"] = manifest["label"].map({c: i for i, c in enumerate(classes)}).fillna(-1).astype("int64")
     manifest = _order_columns(manifest)
@@ -98,6 +102,27 @@ def build_cohort(spec: CohortSpec | str | Path, out: str | Path) -> dict:
 
 
 # --- steps ---------------------------------------------------------------------------------------
+
+
+def _drop_excluded(rows: pd.DataFrame, rejected: list[Rejected]) -> tuple[pd.DataFrame, list[Rejected]]:
+    """Images whose CSV row a ``labels.include``/``exclude`` filter dropped: quarantined with the filter as reason."""
+    excluded = rows["csv_excluded"].notna()
+    rejected = rejected + [
+        Rejected(r, "labels", str(why))
+        for r, why in rows.loc[excluded, ["relpath", "csv_excluded"]].drop_duplicates("relpath").itertuples(index=False)
+    ]
+    return rows[~excluded].drop(columns="csv_excluded"), rejected
+
+
+def _check_study_values(rows: pd.DataFrame, spec: CohortSpec) -> None:
+    """Before any pixel is decoded: labels exist at all, and every value the spec names exists in the data."""
+    if spec.labels is not None and not rows.empty and rows["label"].isna().all():
+        raise SpecError(
+            f"labels CSV {spec.labels.csv}: no image got a label from column(s) {spec.labels.label_columns} "
+            "(every matched row is empty or was mapped away); the cohort would have no class"
+        )
+    sites = [site(r, spec.subgroups.site_from) for _, r in rows.iterrows()]
+    check_named_values(spec, facts_from_rows(pd.DataFrame({"label": rows["label"], "site": sites}), spec))
 
 
 def _instances(indexed: list[IndexedFile], policy: str) -> pd.DataFrame:
