@@ -18,10 +18,13 @@ def run_command(
 
     def body() -> None:
         from medvision.pipeline import load_pipeline, print_summary, run_pipeline
+        from medvision.pipeline.study import check_study
 
         spec = load_pipeline(pipeline, set_ or [])
         if check:
             typer.echo(f"{pipeline}: valid ({len(spec.stages)} stages: {', '.join(spec.stages)})")
+            for note in check_study(spec, str(pipeline)):
+                typer.echo(f"  {note}")
             return
         result = run_pipeline(spec, echo=typer.echo)
         print_summary(result)

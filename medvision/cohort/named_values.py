@@ -32,8 +32,6 @@ __all__ = [
 
 #: Subgroup attributes every cohort has (manifest columns derived by the build).
 STANDARD_ATTRIBUTES = ("sex", "age_band", "site")
-#: Manifest columns an evaluation may also group by (built-in, not identifying).
-GROUPABLE_BUILTINS = ("modality", "view", "photometric", "kind")
 
 
 @dataclass(frozen=True)
@@ -87,7 +85,7 @@ def unknown_values(what: str, key: str, named: Iterable[str], existing: Iterable
         shown = ", ".join(existing[:20]) + (f", ... ({len(existing)} in all)" if len(existing) > 20 else "")
         lines.append(
             f"  - {key}: {what} {value!r} does not exist in {source}"
-            + (f"; did you mean {near!r}?" if near else "")
+            + (f"; did you mean {near!r}?" if near else ".")
             + f" Existing: {shown or '(none)'}"
         )
     return lines
@@ -186,7 +184,7 @@ def facts_from_card(card: dict) -> CohortFacts:
     return CohortFacts(
         labels=frozenset(by_label),
         sites=frozenset(sites),
-        attributes=tuple(dict.fromkeys([*card["subgroups"], *GROUPABLE_BUILTINS])),
+        attributes=tuple(card["subgroups"]),
         heldout_conditions=tuple(card.get("heldout_conditions") or ()),
         heldout_sites=tuple(card.get("heldout_sites") or ()),
         outlier_conditions=tuple(card.get("outlier_conditions") or ()),
@@ -198,4 +196,4 @@ def facts_from_card(card: dict) -> CohortFacts:
 def _attributes(spec: CohortSpec) -> tuple[str, ...]:
     csv_groups = list(spec.labels.subgroup_columns) if spec.labels else []
     assert not set(csv_groups) & BUILTIN_COLUMNS  # the spec refuses such names
-    return tuple(dict.fromkeys([*STANDARD_ATTRIBUTES, *csv_groups, *GROUPABLE_BUILTINS]))
+    return tuple(dict.fromkeys([*STANDARD_ATTRIBUTES, *csv_groups]))
