@@ -288,3 +288,27 @@ def test_rerun_reuses_finished_stages_and_a_killed_stage_resumes(workdir):
     # 4. a changed config re-runs only the stage it reaches
     result = run_pipeline(load_pipeline(pipeline, ["stages.train.config.optim.lr=0.001"]), echo=lambda _: None)
     assert [r["status"] for r in result.rows] == ["reused", "ran"]
+
+
+@pytest.mark.slow
+def test_sigterm_mid_stage_exits_143_naming_the_stage_and_how_to_resume(workdir):
+    pipeline = workdir / "long.yaml"
+    long = json.loads(json.dumps(TWO_STAGES))
+    long["stages"]["train"]["config"]["optim"]["epochs"] = 500  # cannot finish before the signal
+    pipeline.write_text(yaml.safe_dump(long))
+    proc = _run_cli(workdir, pipeline)
+    deadline = time.time() + 300
+    while not list((workdir / "out" / "train").rglob("last.ckpt")):
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # what SLURM and Kubernetes send at a time limit
+    out, _ = proc.communicate(timeout=120)
+    text = out.decode()
+    assert proc.returncode == 143, text[-3000:]
+    assert "interrupted by SIGTERM during stage 'train' (finetune)" in text
+    assert "Re-run the same command to resume" in text and "continues from its last checkpoint" in text
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("two-stage")
+    statuses = {r.info.run_name: r.info.status for r in client.search_runs([exp.experiment_id])}
+    assert statuses["two-stage"] == "KILLED" and statuses["train"] != "FINISHED"

@@ -176,3 +176,23 @@ def test_labels_that_all_map_away_fail_instead_of_building_a_cohort_without_clas
     with pytest.raises(SpecError, match="no image got a label"):
         build_cohort(type(_spec(photos)).model_validate(spec), tmp_path / "out")
     assert Path(tmp_path / "out").exists() is False or not (tmp_path / "out" / "manifest.parquet").exists()
+
+
+def test_evaluation_refuses_unknown_subgroups_and_classes_before_predicting(synth_cxr_cohort, tmp_path):
+    from medvision.evaluation.settings import EvaluationSettings
+    from medvision.evaluation.stage import EvaluationRequest, evaluate_models
+
+    request = EvaluationRequest(
+        cohort_dir=synth_cxr_cohort, models=[{"run_id": "never-looked-up"}], subgroups=["agegroup", "skin"]
+    )
+    with pytest.raises(ValueError, match=r"(?s)subgroup attribute 'agegroup'.*'age_band'.*Existing: age_band, sex"):
+        evaluate_models(request, tmp_path / "eval")
+    assert not (tmp_path / "eval" / "metrics.json").exists()
+    facts = facts_from_card(open_cohort(synth_cxr_cohort).card)
+    with pytest.raises(ValueError, match=r"positive_class: class 'Pneumonia'"):
+        EvaluationSettings(positive_class="Pneumonia").check_against(facts)
+    EvaluationSettings(positive_class=facts.classes[0], subgroups=["sex*age_band"]).check_against(facts)
+    with pytest.raises(ValueError, match="in-distribution reference"):
+        EvaluationSettings(outlier_sets=["test"])
+    with pytest.raises(ValueError, match="unknown set"):
+        EvaluationSettings(sets=["site-ood"])

@@ -71,7 +71,10 @@ def closest(value: str, choices: Iterable[str]) -> str | None:
     if same_case:
         return same_case[0]
     match = difflib.get_close_matches(value.lower(), [c.lower() for c in choices], n=1, cutoff=0.5)
-    return next((c for c in choices if c.lower() == match[0]), None) if match else None
+    if match:
+        return next(c for c in choices if c.lower() == match[0])
+    prefix = [c for c in choices if c[:3].lower() == value[:3].lower()]  # agegroup -> age_band
+    return prefix[0] if len(prefix) == 1 else None
 
 
 def unknown_values(what: str, key: str, named: Iterable[str], existing: Iterable[str], source: str) -> list[str]:
