@@ -33,7 +33,7 @@ from medvision.evaluation.metrics import OperatingPoint, choose_operating_point
 from medvision.evaluation.ood import msp_score, ood_metrics
 from medvision.evaluation.predict import Predictions, predict_rows
 from medvision.evaluation.saliency import pick_cases, saliency_maps
-from medvision.evaluation.settings import EvaluationSettings
+from medvision.evaluation.settings import DeferralCosts, EvaluationSettings
 from medvision.evaluation.tables import (
     calibration_tables,
     discrimination,
@@ -102,6 +102,8 @@ def evaluate_models(request: EvaluationRequest, folder: Path) -> dict[str, float
             "referral_rate": request.referral_rate,
             "seed": request.seed,
             "outlier_sets": request.outlier_sets,
+            "costs": DeferralCosts(**(request.costs or {})).model_dump(),
+            "risk": request.risk,
             "positive_class": results[0]["positive_class"] if results else None,
         },
         "primary_model": primary[3]["name"] if primary else None,

@@ -279,12 +279,27 @@ def _calibration(ctx: ReportContext) -> list[dict]:
     return blocks
 
 
+def _outliers_named(ctx: ReportContext) -> str:
+    """The outlier sets by what they hold: "held-out conditions 'df', 'vasc' (condition_ood)", not the set's id."""
+    st, parts = ctx.study, []
+    for s in ctx.ood.outlier_sets if ctx.ood else []:
+        if s == "condition_ood" and st and st.heldout_conditions:
+            parts.append(f"held-out conditions {', '.join(repr(c) for c in st.heldout_conditions)} ({s})")
+        elif s == "site_ood" and st and st.heldout_sites:
+            parts.append(f"images of the held-out site(s) {', '.join(repr(c) for c in st.heldout_sites)} ({s})")
+        else:
+            parts.append(s)
+    if st and st.abstention_classes:
+        parts.append(f"(abstention classes {', '.join(repr(c) for c in st.abstention_classes)} are not inliers here)")
+    return "; ".join(parts)
+
+
 def _ood(ctx: ReportContext) -> list[dict]:
     o = ctx.ood
     if o is None or o.detectors.empty:
         return []
     primary = o.primary_detector
-    sets = f" Outliers here: {', '.join(o.outlier_sets)}." if o.outlier_sets else ""
+    sets = f" Outliers here: {_outliers_named(ctx)}." if o.outlier_sets else ""
     ci = "auroc_low" in o.detectors.columns and "auroc_high" in o.detectors.columns
     rows = [
         [
