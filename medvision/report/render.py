@@ -333,7 +333,7 @@ def _ood(ctx: ReportContext) -> list[dict]:
         shown = ([primary] if primary in present else []) + [d for d in present if d != primary]
         blocks.append(
             _figure(
-                figures.ood_histograms(o.scores, shown[:4]),
+                figures.ood_histograms(o.scores, shown),
                 "Histograms of OOD scores for inliers and outliers per detector",
                 "Score distributions; the less they overlap, the better outliers are separated.",
             )
@@ -392,7 +392,8 @@ def _subgroups(ctx: ReportContext) -> list[dict]:
         _figure(
             figures.subgroup_forest(s.table, s.overall, m),
             f"Forest plot of {m} per subgroup with 95% confidence intervals",
-            "Dashed line: overall value. Hollow markers: flagged groups.",
+            "Dashed line: overall value. Flagged groups (too few patients, or one outcome only) have no estimate, "
+            "so their rows carry no marker.",
         ),
     ]
 
