@@ -292,8 +292,8 @@ def test_a_second_different_finetune_in_the_same_folder_refuses_to_resume_the_fi
     with pytest.raises(ResumeMismatch, match=r"optim\.lr: 0\.01 there, 0\.02 now.*resume=never"):
         finetune(parse_config(other, FinetuneConfig))
     # another cohort (a different manifest) is another run too, whatever the config says
-    (tmp_path / "runs-finetune" / "checkpoints" / "run-identity.json").write_text(
-        (tmp_path / "runs-finetune" / "checkpoints" / "run-identity.json").read_text().replace('"manifest', '"x')
+    (tmp_path / "runs-finetune" / "run-identity.json").write_text(
+        (tmp_path / "runs-finetune" / "run-identity.json").read_text().replace('"manifest', '"x')
     )
     with pytest.raises(ResumeMismatch, match=r"manifest_sha256"):
         finetune(first)

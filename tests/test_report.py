@@ -578,3 +578,23 @@ def test_no_reassuring_transfer_sentence_when_in_distribution_is_at_chance() -> 
     text = " ".join(f.text for f in summarize(ctx).findings)
     assert "carried over" not in text and "near chance" in text
     assert summarize(ctx).finding("site_ood").concern
+
+
+def test_a_report_of_another_evaluation_is_kept_not_overwritten(tmp_path: Path, monkeypatch) -> None:
+    import json
+
+    from medvision.report import build
+
+    monkeypatch.setattr(build, "context_from_evaluation", lambda d, **kw: full_context())
+    first, second = tmp_path / "eval-a", tmp_path / "eval-b"
+    for folder, boot in ((first, 100), (second, 1000)):
+        folder.mkdir()
+        (folder / "metrics.json").write_text(json.dumps({"settings": {"bootstrap": boot}}))
+    out = tmp_path / "report" / "report.html"
+    build.report_from_evaluation(first, out, title="a")
+    build.report_from_evaluation(first, out, title="a")  # the same evaluation again: replaced in place
+    assert sorted(p.name for p in out.parent.glob("*.html")) == ["report.html"]
+    build.report_from_evaluation(second, out, title="b")
+    kept = out.parent / f"report-{build.evaluation_key(first)}.html"
+    assert kept.exists() and out.exists() and kept.read_text() == out.read_text()  # same fake context
+    assert (out.parent / "report.html.evaluation").read_text().strip() == build.evaluation_key(second)

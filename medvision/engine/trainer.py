@@ -48,8 +48,8 @@ __all__ = [
 ]
 
 LAST_CHECKPOINT = "last.ckpt"
-#: Beside the checkpoints: what run they belong to (config, cohort, code), so ``resume: auto`` never continues
-#: another run's checkpoint.
+#: In the output folder, beside ``checkpoints/``: what run they belong to (config, cohort, code), so
+#: ``resume: auto`` never continues another run's checkpoint.
 RUN_IDENTITY = "run-identity.json"
 #: Settings that may change between an interrupted run and its resumption without making it another run.
 _NOT_IDENTITY = ("output_dir", "resume", "tracking", "trainer.progress_bar")
@@ -194,7 +194,7 @@ def run_identity(config: StageConfig, **facts: str) -> dict[str, object]:
 
 def _check_same_run(config: StageConfig, identity: dict[str, object]) -> None:
     """Refuse to resume ``last.ckpt`` of another run (another config, cohort or code version)."""
-    path = checkpoint_dir(config) / RUN_IDENTITY
+    path = Path(config.output_dir) / RUN_IDENTITY
     folder = Path(config.output_dir)
     way_out = (
         f"Give this run a folder of its own (--set output_dir={folder}-2, or any new folder) or start afresh in "
@@ -256,8 +256,7 @@ def fit_stage(
         out = Path(config.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(config_yaml)
-        checkpoint_dir(config).mkdir(parents=True, exist_ok=True)
-        (checkpoint_dir(config) / RUN_IDENTITY).write_text(json.dumps(identity, indent=1, sort_keys=True, default=str))
+        (out / RUN_IDENTITY).write_text(json.dumps(identity, indent=1, sort_keys=True, default=str))
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
     cb = trainer.checkpoint_callback
     best = Path(cb.best_model_path) if cb is not None and cb.best_model_path else None

@@ -6,7 +6,9 @@ MLflow or the models, by ``medvision report EVALUATION_DIR``.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,9 @@ from medvision.report.context import (
 from medvision.report.render import render_report
 from medvision.report.study import StudySection
 
-__all__ = ["context_from_evaluation", "report_from_evaluation"]
+__all__ = ["context_from_evaluation", "evaluation_key", "report_from_evaluation"]
+
+log = logging.getLogger("medvision.report")
 
 
 def report_from_evaluation(
@@ -43,9 +47,41 @@ def report_from_evaluation(
     tracking_uri: str | None = None,
     forbidden: list[str] | None = None,
 ) -> Path:
-    """Render the report of ``evaluation_dir`` to ``out_path`` (self-contained HTML)."""
+    """Render the report of ``evaluation_dir`` to ``out_path`` (self-contained HTML).
+
+    A report made from another evaluation (other settings, models or cohort) already at ``out_path`` is kept,
+    renamed by its evaluation's key (``report-<key>.html``), never silently overwritten; the key of the
+    evaluation a report shows is written beside it (``<name>.evaluation``).
+    """
     ctx = context_from_evaluation(evaluation_dir, title=title, pipeline_yaml=pipeline_yaml)
-    return render_report(ctx, Path(out_path), forbidden=forbidden or [])
+    out_path, key = Path(out_path), evaluation_key(evaluation_dir)
+    _keep_previous(out_path, key)
+    path = render_report(ctx, out_path, forbidden=forbidden or [])
+    _key_file(out_path).write_text(key + "\n")
+    return path
+
+
+def evaluation_key(evaluation_dir: Path) -> str:
+    """A short content hash of an evaluation's ``metrics.json``: two evaluations with other settings differ."""
+    return hashlib.sha256((Path(evaluation_dir) / "metrics.json").read_bytes()).hexdigest()[:12]
+
+
+def _key_file(out_path: Path) -> Path:
+    return out_path.with_name(out_path.name + ".evaluation")
+
+
+def _keep_previous(out_path: Path, key: str) -> None:
+    if not out_path.exists():
+        return
+    marker = _key_file(out_path)
+    previous = marker.read_text().strip() if marker.exists() else "previous"
+    if previous == key:
+        return  # the same evaluation rendered again
+    kept = out_path.with_name(f"{out_path.stem}-{previous}{out_path.suffix}")
+    out_path.replace(kept)
+    if marker.exists():
+        marker.replace(_key_file(kept))
+    log.warning("%s showed another evaluation (%s); kept it as %s", out_path.name, previous, kept.name)
 
 
 def context_from_evaluation(evaluation_dir: Path, *, title: str, pipeline_yaml: str | None = None) -> ReportContext:

@@ -373,7 +373,11 @@ def _calibration(ctx: ReportContext, out: Summary) -> None:
                 + ", ".join(f"'{s}' {e:.3f}" for s, e in zip(mine["eval_set"], mine["ece"]) if _num(e) is not None)
                 + "."
             )
-            poor = [s for s, e in zip(mine["eval_set"], mine["ece"]) if _num(e) is not None and e > opt.ece_poor]
+            poor = [
+                s
+                for s, e in zip(mine["eval_set"], mine["ece"])
+                if s != cal.eval_set and _num(e) is not None and e > opt.ece_poor
+            ]
             if poor:
                 text += f" Probabilities are poorly calibrated on {_names(poor)}."
     out.findings.append(Finding("calibration", text, concern=ece > opt.ece_good or bool(poor)))
