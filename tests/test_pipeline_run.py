@@ -95,6 +95,11 @@ def test_demo_pipeline_end_to_end_with_every_report_section_and_no_phi(workdir, 
     assert {"test", "site_ood"} <= set(model["sets"])
     assert {"msp", "hod", "mahalanobis", "knn", "energy"} <= {d["detector"] for d in model["ood"]["detectors"]}
     assert model["sets"]["test"]["auroc"]["low"] <= model["sets"]["test"]["auroc"]["value"]
+    # what was tested, per set (issue 12): calibration on every scored set, what the AUROC is, by name in the page
+    assert set(model["calibration_by_set"]) == set(model["sets"]) and model["calibration"]["chosen"]
+    assert model["sets"]["test"]["auroc_kind"].startswith("macro one-vs-rest over")
+    assert {g["group"] for g in model["ood"]["by_group"]} == {"dermatofibroma", "psoriasis"}  # the demo's held-out
+    assert "What was tested: held-out site(s)" in dom and "macro one-vs-rest over" in dom
 
     # the same model through the CLI: evaluate a run, then render its report
     run_id = result.outputs["hod"].run_ids[-1]
@@ -112,11 +117,17 @@ def test_demo_pipeline_end_to_end_with_every_report_section_and_no_phi(workdir, 
             "0",
             "--positive-class",
             "melanoma",
+            "--outlier-sets",
+            "condition_ood,site_ood",  # the held-out site screened as out-of-distribution (issue 12, item 12)
         ],
     )
     assert evaluated.exit_code == 0, evaluated.output
     assert "test/auroc" in evaluated.output
-    ensemble = json.loads((workdir / "eval" / "metrics.json").read_text())["ensemble"]  # two runs: ensembled
+    screened = json.loads((workdir / "eval" / "metrics.json").read_text())
+    for m in screened["models"]:
+        assert "site_ood" not in m["sets"] and m["ood"]["outliers"] == ["condition_ood", "site_ood"]
+        assert "site_ood" in {g["group"] for g in m["ood"]["by_group"]} and "label_shift" not in m
+    ensemble = screened["ensemble"]  # two runs: ensembled
     assert 1 <= len(ensemble["members"]) <= 5 and "test" in ensemble["sets"]
     assert {d["detector"] for d in ensemble["ood"]} == {"ensemble_msp", "ensemble_hod"}
     rendered = cli.invoke(app, ["report", "eval", "--out", "r/report.html"])

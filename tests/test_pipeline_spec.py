@@ -174,3 +174,21 @@ def test_synthetic_cohort_overrides_no_stages_and_stage_key_hints(tmp_path):
     data["stages"]["cohort"]["sinth"] = {}
     with pytest.raises(ConfigError, match=r"Allowed here: folder, kind, medmnist, overrides, spec, synth"):
         load_pipeline(_write(tmp_path, data))
+
+
+def test_the_closing_hint_works_from_any_folder(tmp_path):
+    import io
+    import sys
+
+    from rich.console import Console
+
+    from medvision.pipeline import print_summary
+    from medvision.pipeline.run import PipelineResult
+
+    buffer = io.StringIO()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    print_summary(PipelineResult(parent_run_id="abc", tracking_uri=uri), Console(file=buffer, width=300))
+    hint = next(line for line in buffer.getvalue().splitlines() if "browse the runs" in line)
+    command = hint.split(": ", 1)[1].split(" ui ")[0]
+    assert Path(command).is_absolute() and Path(command).parent == Path(sys.executable).parent
+    assert hint.endswith(f"--backend-store-uri {uri}")
