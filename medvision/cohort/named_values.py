@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pandas as pd
 
 from medvision.cohort.label_rules import apply_label_map, filter_rows
 from medvision.cohort.normalise import category
-from medvision.cohort.spec import BUILTIN_COLUMNS, CohortSpec, SpecError
+from medvision.cohort.spec import CohortSpec, SpecError
 
 __all__ = [
     "CohortFacts",
@@ -54,7 +54,6 @@ class CohortFacts:
     outlier_conditions: tuple[str, ...] = ()
     splits: frozenset[str] | None = None
     source: str = "the data"
-    extra: dict[str, object] = field(default_factory=dict)
 
     @property
     def classes(self) -> list[str] | None:
@@ -198,5 +197,4 @@ def facts_from_card(card: dict) -> CohortFacts:
 
 def _attributes(spec: CohortSpec) -> tuple[str, ...]:
     csv_groups = list(spec.labels.subgroup_columns) if spec.labels else []
-    assert not set(csv_groups) & BUILTIN_COLUMNS  # the spec refuses such names
     return tuple(dict.fromkeys([*STANDARD_ATTRIBUTES, *csv_groups]))
