@@ -251,20 +251,49 @@ def _check_path(model: type[BaseModel], parts: list[str], source: str) -> None:
 
 def _allowed_keys(model: type[BaseModel], loc: list[str]) -> list[str]:
     models: list[type[BaseModel]] | None = [model]
+    key_next = False  # the previous part was a mapping of sections (``stages``): this part is its key
     for part in loc:
         if part.isdigit():  # an index into a list of sections
             continue
+        if key_next:
+            key_next = False
+            continue
         if not models:
             return []
+        tagged = [m for m in models if _literal_tag(m) == part]
+        if len(models) > 1 and tagged:  # pydantic names a discriminated union's member by its tag
+            models = tagged
+            continue
         holders = [m for m in models if part in m.model_fields]
         nxt: list[type[BaseModel]] = []
         for m in holders:
-            sub = _models_in(m.model_fields[part].annotation, through_lists=True)
+            annotation = m.model_fields[part].annotation
+            values = _mapping_value_models(annotation)
+            if values:
+                nxt.extend(values)
+                key_next = True
+                continue
+            sub = _models_in(annotation, through_lists=True)
             if sub is None:
                 return []
             nxt.extend(sub)
         models = nxt
     return sorted({k for m in models or [] for k in m.model_fields})
+
+
+def _mapping_value_models(annotation: Any) -> list[type[BaseModel]]:
+    """The section models of a ``dict[str, Section]`` field (e.g. a pipeline's stages); empty otherwise."""
+    if typing.get_origin(annotation) in (dict, Mapping) and len(typing.get_args(annotation)) == 2:
+        return _models_in(typing.get_args(annotation)[1]) or []
+    return []
+
+
+def _literal_tag(model: type[BaseModel]) -> str | None:
+    """The value of a model's single-value ``Literal`` field (a discriminated union's tag), if it has one."""
+    for field in model.model_fields.values():
+        if typing.get_origin(field.annotation) is typing.Literal and len(typing.get_args(field.annotation)) == 1:
+            return str(typing.get_args(field.annotation)[0])
+    return None
 
 
 def _did_you_mean(word: str, allowed: Sequence[str]) -> str:

@@ -281,3 +281,24 @@ def test_warmup_then_cosine_schedule_per_step():
     assert values[:4] == [0.25, 0.5, 0.75, 1.0]
     assert values[4] == 1.0 and all(a > b for a, b in zip(values[4:], values[5:]))
     assert math.isclose(s(12), 0.0, abs_tol=1e-12) and np.isclose(s(8), 0.5)
+
+
+@pytest.mark.slow
+def test_a_second_different_finetune_in_the_same_folder_refuses_to_resume_the_first(synth_cxr_cohort, tmp_path):
+    from medvision.engine.trainer import ResumeMismatch
+
+    first = parse_config(_config(synth_cxr_cohort, tmp_path, "runs-finetune", optim={"epochs": 1}), FinetuneConfig)
+    done = finetune(first)
+    again = finetune(first)  # the same run, already finished: resumes, trains nothing, fails nothing
+    assert again.run_id == done.run_id
+    other = _config(synth_cxr_cohort, tmp_path, "runs-finetune", optim={"epochs": 1, "lr": 0.02})
+    with pytest.raises(ResumeMismatch, match=r"optim\.lr: 0\.01 there, 0\.02 now.*resume=never"):
+        finetune(parse_config(other, FinetuneConfig))
+    # another cohort (a different manifest) is another run too, whatever the config says
+    (tmp_path / "runs-finetune" / "run-identity.json").write_text(
+        (tmp_path / "runs-finetune" / "run-identity.json").read_text().replace('"manifest', '"x')
+    )
+    with pytest.raises(ResumeMismatch, match=r"manifest_sha256"):
+        finetune(first)
+    fresh = finetune(parse_config({**other, "resume": "never"}, FinetuneConfig))
+    assert fresh.metrics and fresh.run_id is not None

@@ -99,6 +99,11 @@ def test_demo_pipeline_end_to_end_with_every_report_section_and_no_phi(workdir, 
     assert {"test", "site_ood"} <= set(model["sets"])
     assert {"msp", "hod", "mahalanobis", "knn", "energy"} <= {d["detector"] for d in model["ood"]["detectors"]}
     assert model["sets"]["test"]["auroc"]["low"] <= model["sets"]["test"]["auroc"]["value"]
+    # what was tested, per set (issue 12): calibration on every scored set, what the AUROC is, by name in the page
+    assert set(model["calibration_by_set"]) == set(model["sets"]) and model["calibration"]["chosen"]
+    assert model["sets"]["test"]["auroc_kind"].startswith("macro one-vs-rest over")
+    assert {g["group"] for g in model["ood"]["by_group"]} == {"dermatofibroma", "psoriasis"}  # the demo's held-out
+    assert "What was tested: held-out site(s)" in dom and "macro one-vs-rest over" in dom
 
     # the same model through the CLI: evaluate a run, then render its report
     run_id = result.outputs["hod"].run_ids[-1]
@@ -116,11 +121,17 @@ def test_demo_pipeline_end_to_end_with_every_report_section_and_no_phi(workdir, 
             "0",
             "--positive-class",
             "melanoma",
+            "--outlier-sets",
+            "condition_ood,site_ood",  # the held-out site screened as out-of-distribution (issue 12, item 12)
         ],
     )
     assert evaluated.exit_code == 0, evaluated.output
     assert "test/auroc" in evaluated.output
-    ensemble = json.loads((workdir / "eval" / "metrics.json").read_text())["ensemble"]  # two runs: ensembled
+    screened = json.loads((workdir / "eval" / "metrics.json").read_text())
+    for m in screened["models"]:
+        assert "site_ood" not in m["sets"] and set(m["ood"]["outliers"]) == {"condition_ood", "site_ood"}
+        assert "site_ood" in {g["group"] for g in m["ood"]["by_group"]} and "label_shift" not in m
+    ensemble = screened["ensemble"]  # two runs: ensembled
     assert 1 <= len(ensemble["members"]) <= 5 and "test" in ensemble["sets"]
     assert {d["detector"] for d in ensemble["ood"]} == {"ensemble_msp", "ensemble_hod"}
     rendered = cli.invoke(app, ["report", "eval", "--out", "r/report.html"])
@@ -292,3 +303,27 @@ def test_rerun_reuses_finished_stages_and_a_killed_stage_resumes(workdir):
     # 4. a changed config re-runs only the stage it reaches
     result = run_pipeline(load_pipeline(pipeline, ["stages.train.config.optim.lr=0.001"]), echo=lambda _: None)
     assert [r["status"] for r in result.rows] == ["reused", "ran"]
+
+
+@pytest.mark.slow
+def test_sigterm_mid_stage_exits_143_naming_the_stage_and_how_to_resume(workdir):
+    pipeline = workdir / "long.yaml"
+    long = json.loads(json.dumps(TWO_STAGES))
+    long["stages"]["train"]["config"]["optim"]["epochs"] = 500  # cannot finish before the signal
+    pipeline.write_text(yaml.safe_dump(long))
+    proc = _run_cli(workdir, pipeline)
+    deadline = time.time() + 300
+    while not list((workdir / "out" / "train").rglob("last.ckpt")):
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # what SLURM and Kubernetes send at a time limit
+    out, _ = proc.communicate(timeout=120)
+    text = out.decode()
+    assert proc.returncode == 143, text[-3000:]
+    assert "interrupted by SIGTERM during stage 'train' (finetune)" in text
+    assert "Re-run the same command to resume" in text and "continues from its last checkpoint" in text
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("two-stage")
+    statuses = {r.info.run_name: r.info.status for r in client.search_runs([exp.experiment_id])}
+    assert statuses["two-stage"] == "KILLED" and statuses["train"] != "FINISHED"

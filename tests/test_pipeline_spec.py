@@ -108,3 +108,87 @@ def test_deferral_costs_and_risk_levels_are_checked_at_load(tmp_path):
     data["stages"]["evaluate"]["costs"] = {"inlier_deferred": 0.2}
     spec = load_pipeline(_write(tmp_path, data))
     assert spec.stages["evaluate"].risk == {"psoriasis": "high"}
+
+
+# -- the whole study is checked before anything runs (issue 12, item 3) ---------------------------
+
+
+@pytest.fixture
+def folder_study(tmp_path):
+    """A folder + CSV cohort stage (values readable at --check time) and an evaluate stage."""
+    images = tmp_path / "images"
+    images.mkdir()
+    rows = [{"img": f"a{i}", "dx": ["nev", "mel", "df"][i % 3], "site": ["vienna", "rosario"][i % 2]} for i in range(9)]
+    (tmp_path / "labels.csv").write_text("img,dx,site\n" + "".join(f"{r['img']},{r['dx']},{r['site']}\n" for r in rows))
+    data = _base()
+    data["stages"]["cohort"] = {
+        "kind": "cohort",
+        "folder": {"images": str(images), "labels": str(tmp_path / "labels.csv"), "label_column": "dx",
+                   "site_column": "site", "spec": {"splits": {"heldout_conditions": ["df"]}}},
+    }  # fmt: skip
+    data["stages"]["evaluate"].update(positive_class="mel", risk={"df": "high"}, subgroups=["sex", "site"])
+    return data
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda d: d["stages"]["cohort"].update(overrides={"splits": {"heldout_sites": ["Vienna_dias"]}}),
+         r"site 'Vienna_dias' does not exist.*did you mean 'vienna'"),
+        (lambda d: d["stages"]["cohort"].update(overrides={"splits": {"outlier_conditions": ["MEL"]}}),
+         r"label value 'MEL' does not exist.*did you mean 'mel'"),
+        (lambda d: d["stages"]["cohort"].update(overrides={"splits": {"heldout_site": ["x"]}}),
+         r"heldout_site: unknown key.*Did you mean 'heldout_sites'"),
+        (lambda d: d["stages"]["evaluate"].update(positive_class="melanoma"),
+         r"positive_class: class 'melanoma' does not exist.*did you mean 'mel'"),
+        (lambda d: d["stages"]["evaluate"].update(subgroups=["agegroup", "skin"]),
+         r"subgroup attribute 'agegroup'.*Existing: age_band, sex, site"),
+        (lambda d: d["stages"]["evaluate"].update(risk={"DF": "high"}),
+         r"risk: held-out condition 'DF' does not exist.*did you mean 'df'"),
+    ],
+    ids=["site", "outlier", "override-key", "positive-class", "subgroups", "risk"],
+)  # fmt: skip
+def test_check_finds_every_value_the_study_names_that_its_data_lacks(folder_study, tmp_path, change, expected):
+    change(folder_study)
+    with pytest.raises(ConfigError, match=f"(?s){expected}"):
+        load_pipeline(_write(tmp_path, folder_study))
+    result = CliRunner().invoke(app, ["run", str(tmp_path / "p.yaml"), "--check"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_check_says_what_it_checked(folder_study, tmp_path):
+    result = CliRunner().invoke(app, ["run", str(_write(tmp_path, folder_study)), "--check"])
+    assert result.exit_code == 0, result.output
+    assert "named values checked against labels CSV" in result.output
+    assert "evaluate: positive_class, risk and subgroups checked against the cohort" in result.output
+
+
+def test_synthetic_cohort_overrides_no_stages_and_stage_key_hints(tmp_path):
+    data = _base()
+    data["stages"]["cohort"]["overrides"] = {"splits": {"heldout_condition": ["x"]}}
+    with pytest.raises(ConfigError, match=r"(?s)overrides: not cohort-spec keys.*heldout_condition"):
+        load_pipeline(_write(tmp_path, data))
+    with pytest.raises(ConfigError, match=r"(?s)stages: .*at least 1 item"):
+        load_pipeline(_write(tmp_path, {"name": "empty", "stages": {}}))
+    data = _base()
+    data["stages"]["cohort"]["sinth"] = {}
+    with pytest.raises(ConfigError, match=r"Allowed here: folder, kind, medmnist, overrides, spec, synth"):
+        load_pipeline(_write(tmp_path, data))
+
+
+def test_the_closing_hint_works_from_any_folder(tmp_path):
+    import io
+    import sys
+
+    from rich.console import Console
+
+    from medvision.pipeline import print_summary
+    from medvision.pipeline.run import PipelineResult
+
+    buffer = io.StringIO()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    print_summary(PipelineResult(parent_run_id="abc", tracking_uri=uri), Console(file=buffer, width=300))
+    hint = next(line for line in buffer.getvalue().splitlines() if "browse the runs" in line)
+    command = hint.split(": ", 1)[1].split(" ui ")[0]
+    assert Path(command).is_absolute() and Path(command).parent == Path(sys.executable).parent
+    assert hint.endswith(f"--backend-store-uri {uri}")

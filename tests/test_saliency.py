@@ -226,3 +226,17 @@ def test_pick_cases_categories_order_and_no_duplicates() -> None:
     assert pick_cases(y_true, y_pred, ties, None, seed=3) == pick_cases(y_true, y_pred, ties, None, seed=3)
     with pytest.raises(ValueError, match="confidence must be 1-D with 8 entries"):
         pick_cases(y_true, y_pred, conf[:5], ood)
+
+
+def test_maps_are_scaled_by_a_robust_range_not_their_maximum():
+    from medvision.evaluation.saliency import _normalise
+
+    # a Grad-CAM that is high everywhere (0.805..1.0) must show where it is highest, not a uniform wash
+    cam = torch.linspace(0.805, 1.0, 64 * 64).view(1, 64, 64)
+    shown = _normalise(cam, floor=True)
+    assert shown.min() == 0.0 and shown.max() == 1.0 and shown.std() > 0.25
+    # one hot pixel must not dim an Integrated Gradients map to black
+    ig = torch.full((1, 64, 64), 0.01)
+    ig[0, 0, 0] = 10.0
+    assert np.median(_normalise(ig)) == 1.0
+    assert _normalise(torch.zeros(1, 8, 8)).max() == 0.0

@@ -32,6 +32,13 @@ def build(
     sex_column: str | None = typer.Option(None, help="CSV column with the patient's sex."),
     age_column: str | None = typer.Option(None, help="CSV column with the age in years."),
     site_column: str | None = typer.Option(None, help="CSV column naming the acquisition site."),
+    heldout_site: list[str] = typer.Option([], help="A site whose images form site_ood (repeatable)."),
+    heldout_condition: list[str] = typer.Option(
+        [], help="A label value never trained on: its images form condition_ood (repeatable)."
+    ),
+    outlier_condition: list[str] = typer.Option(
+        [], help="A label value trained on as an abstention (outlier) class, for the HOD head (repeatable)."
+    ),
     size: int | None = typer.Option(
         None, help=f"Side of the cached square images (default: {_FOLDER['size'].default})."
     ),
@@ -81,6 +88,9 @@ def build(
                 "name": name,
                 "kinds": [k.strip() for k in kinds.split(",") if k.strip()] if kinds else None,
                 "subgroups": dict(_pair(x) for x in subgroup) or None,
+                "heldout_sites": heldout_site or None,
+                "heldout_conditions": heldout_condition or None,
+                "outlier_conditions": outlier_condition or None,
             }
             s = spec_from_folder(images, **{k: v for k, v in given.items() if v is not None})
         target = out or Path("cohorts") / "build" / s.name

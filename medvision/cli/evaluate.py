@@ -24,6 +24,9 @@ def evaluate_command(
     ),
     positive_class: str | None = typer.Option(None, help="Class for sensitivity/specificity and subgroup AUROC."),
     saliency: int = typer.Option(_DEFAULTS.saliency, help="Saliency cases per category (0: none)."),
+    outlier_sets: str = typer.Option(
+        ",".join(_DEFAULTS.outlier_sets), help="Comma-separated sets screened as out-of-distribution."
+    ),
 ) -> None:
     """Predict with RUNS on the cohort's evaluation sets; write and log predictions and metrics.json."""
 
@@ -83,6 +86,7 @@ def evaluate_command(
             saliency=saliency,
             tracking_uri=uri,
             positive_class=positive_class,
+            outlier_sets=[s for s in outlier_sets.split(",") if s],
         )
         headline = evaluate_models(request, out)
         for run_id in runs:

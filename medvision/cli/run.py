@@ -18,12 +18,20 @@ def run_command(
 
     def body() -> None:
         from medvision.pipeline import load_pipeline, print_summary, run_pipeline
+        from medvision.pipeline.run import PipelineInterrupted
+        from medvision.pipeline.study import check_study
 
         spec = load_pipeline(pipeline, set_ or [])
         if check:
             typer.echo(f"{pipeline}: valid ({len(spec.stages)} stages: {', '.join(spec.stages)})")
+            for note in check_study(spec, str(pipeline)):
+                typer.echo(f"  {note}")
             return
-        result = run_pipeline(spec, echo=typer.echo)
+        try:
+            result = run_pipeline(spec, echo=typer.echo)
+        except PipelineInterrupted as e:
+            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(e.exit_code) from None
         print_summary(result)
 
     run_guarded(body)

@@ -25,6 +25,7 @@ from medvision.cohort.identifiers import CohortBuildError, check_paths, identifi
 from medvision.cohort.index import IndexedFile, IndexLimits, Rejected, index_files, list_entries
 from medvision.cohort.labels import join_labels
 from medvision.cohort.logscrub import PATH_WITHHELD, Scrubber, scrubbed_output
+from medvision.cohort.named_values import check_heldout_sets_not_empty, check_named_values, facts_from_rows
 from medvision.cohort.normalise import UNKNOWN, age_band, category, given, sex, site
 from medvision.cohort.pseudonym import Pseudonymizer, key_fingerprint, resolve_key
 from medvision.cohort.spec import CohortSpec, SpecError, load_spec
@@ -79,6 +80,8 @@ def build_cohort(spec: CohortSpec | str | Path, out: str | Path, *, new_key: boo
         rows = _instances(indexed, spec.frames)
         labels, label_stats = join_labels(rows, spec.labels)
         rows = pd.concat([rows, labels], axis=1)
+        rows, rejected = _drop_excluded(rows, rejected)
+        _check_study_values(rows, spec)
         scrubber.add_identifiers(identifier_set(rows))
         check_paths(rows, spec, str(root))
 
@@ -92,6 +95,7 @@ def build_cohort(spec: CohortSpec | str | Path, out: str | Path, *, new_key: boo
 
     manifest = _public_manifest(rows, spec, pseudo)
     manifest = assign_splits(manifest, spec.splits).drop(columns="given_split")
+    check_heldout_sets_not_empty(spec, manifest["split"].value_counts().to_dict())
     classes = _classes(manifest, spec)
     manifest["label_idx"] = manifest["label"].map({c: i for i, c in enumerate(classes)}).fillna(-1).astype("int64")
     manifest = _order_columns(manifest)
@@ -132,6 +136,27 @@ def build_cohort(spec: CohortSpec | str | Path, out: str | Path, *, new_key: boo
 
 
 # --- steps ---------------------------------------------------------------------------------------
+
+
+def _drop_excluded(rows: pd.DataFrame, rejected: list[Rejected]) -> tuple[pd.DataFrame, list[Rejected]]:
+    """Images whose CSV row a ``labels.include``/``exclude`` filter dropped: quarantined with the filter as reason."""
+    excluded = rows["csv_excluded"].notna()
+    rejected = rejected + [
+        Rejected(r, "labels", str(why))
+        for r, why in rows.loc[excluded, ["relpath", "csv_excluded"]].drop_duplicates("relpath").itertuples(index=False)
+    ]
+    return rows[~excluded].drop(columns="csv_excluded"), rejected
+
+
+def _check_study_values(rows: pd.DataFrame, spec: CohortSpec) -> None:
+    """Before any pixel is decoded: labels exist at all, and every value the spec names exists in the data."""
+    if spec.labels is not None and not rows.empty and rows["label"].isna().all():
+        raise SpecError(
+            f"labels CSV {spec.labels.csv}: no image got a label from column(s) {spec.labels.label_columns} "
+            "(every matched row is empty or was mapped away); the cohort would have no class"
+        )
+    sites = [site(r, spec.subgroups.site_from) for _, r in rows.iterrows()]
+    check_named_values(spec, facts_from_rows(pd.DataFrame({"label": rows["label"], "site": sites}), spec))
 
 
 def _instances(indexed: list[IndexedFile], policy: str) -> pd.DataFrame:

@@ -10,9 +10,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from medvision.cohort.normalise import category
 from medvision.cohort.spec import CohortSpec
 
-__all__ = ["MANIFEST_VERSION", "build_card", "manifest_sha256", "print_card"]
+__all__ = ["MANIFEST_VERSION", "build_card", "manifest_sha256", "print_card", "study_rules"]
 
 MANIFEST_VERSION = 1
 
@@ -35,8 +36,10 @@ def print_card(card: dict, console: Console | None = None) -> None:
         f"sha256 {card['manifest_sha256'][:12]})"
     )
     outl = card.get("outlier_conditions") or []
+    counts = card.get("class_counts") or {}
+    named = [f"{c} ({counts[c]})" if c in counts else c for c in card["classes"]]
     console.print(
-        escape(f"classes: {', '.join(card['classes'])}" + (f"  (training outliers: {', '.join(outl)})" if outl else ""))
+        f"classes: {', '.join(named)}" + (f"  (training outliers: {', '.join(outl)})" if outl else ""), markup=False
     )
     if card.get("heldout_conditions") or card.get("heldout_sites"):
         held = f"conditions {card.get('heldout_conditions') or '-'}; sites {card.get('heldout_sites') or '-'}"
@@ -75,6 +78,8 @@ def print_card(card: dict, console: Console | None = None) -> None:
         console.print(t)
     for warning in card.get("warnings") or []:
         console.print(escape(f"warning: {warning}"), style="yellow")
+    for rule in card.get("rules") or []:
+        console.print(f"rule: {rule}", markup=False)
     lab = card.get("labels") or {}
     if lab.get("csv_rows_without_image") or lab.get("images_without_label"):
         console.print(
@@ -116,6 +121,8 @@ def build_card(
         }
         counts[str(split)] = entry
     return {
+        "class_counts": {str(k): int(v) for k, v in m["label"].dropna().value_counts().sort_index().items()},
+        "rules": study_rules(m, spec, label_stats),
         "name": spec.name,
         "manifest_version": MANIFEST_VERSION,
         "manifest_sha256": manifest_sha256(m),
@@ -135,3 +142,44 @@ def build_card(
         "pseudonym_key": key_source,
         "spec": json.loads(spec.model_dump_json()),
     }
+
+
+def study_rules(m: pd.DataFrame, spec: CohortSpec, label_stats: dict) -> list[str]:
+    """The rules that decided what each evaluation set holds, as sentences with the number of images they touched.
+
+    Said in the card (and so in the report) because each one changes what a metric measures.
+    """
+    sp, rules = spec.splits, []
+    if sp.heldout_sites and sp.heldout_conditions:
+        sites = {category(s) for s in sp.heldout_sites}
+        moved = int(((m["site"].isin(sites)) & (m["split"] == "condition_ood")).sum())
+        rules.append(
+            f"patients of a held-out site ({', '.join(sp.heldout_sites)}) with a held-out condition "
+            f"({', '.join(sp.heldout_conditions)}) go to condition_ood, not site_ood: {moved} image(s)"
+        )
+    if sp.heldout_conditions:
+        other = int(((m["split"] == "condition_ood") & ~m["label"].isin(sp.heldout_conditions)).sum())
+        if other:
+            rules.append(
+                f"condition_ood also holds {other} other image(s) of its patients; they are not scored as outliers"
+            )
+    if sp.outlier_conditions:
+        shown = m[m["label"].isin(sp.outlier_conditions) & m["split"].isin(["val", "test", "site_ood"])]
+        by_split = ", ".join(f"{k} {v}" for k, v in shown["split"].value_counts().sort_index().items()) or "none"
+        rules.append(
+            f"abstention classes ({', '.join(sp.outlier_conditions)}) are trained on as outliers (label_idx after "
+            f"the inlier classes) and left out of every discrimination metric and of the OOD inliers ({by_split})"
+        )
+    lab = spec.labels
+    if lab is not None and (lab.include or lab.exclude):
+        rules.append(
+            f"labels CSV rows filtered (include {lab.include or '-'}, exclude {lab.exclude or '-'}): "
+            f"{label_stats.get('csv_rows_excluded', 0)} row(s) dropped, their images quarantined"
+        )
+    if lab is not None and lab.map:
+        touched = label_stats.get("label_map") or {}
+        parts = [
+            f"{k!r} -> {'(unlabelled)' if v is None else repr(v)} ({touched.get(k, 0)})" for k, v in lab.map.items()
+        ]
+        rules.append(f"label values mapped: {'; '.join(parts)}")
+    return rules

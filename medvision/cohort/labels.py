@@ -7,12 +7,12 @@ pseudonyms.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from medvision.cohort.csvfile import read_csv_table
+from medvision.cohort.label_rules import apply_label_map, check_join, filter_rows, join_keys
 from medvision.cohort.spec import LabelsSpec, SpecError
 
 __all__ = ["join_labels"]
@@ -21,7 +21,8 @@ log = logging.getLogger("medvision.cohort")
 
 
 def join_labels(rows: pd.DataFrame, spec: LabelsSpec | None) -> tuple[pd.DataFrame, dict]:
-    cols = ["label", "csv_patient", "csv_sex", "csv_age", "csv_site", "csv_split"]
+    """The labels and CSV facts of each instance, plus ``csv_excluded`` (the filter that dropped its CSV row)."""
+    cols = ["label", "csv_patient", "csv_sex", "csv_age", "csv_site", "csv_split", "csv_excluded"]
     if spec is None:
         return pd.DataFrame({c: pd.Series([None] * len(rows), dtype=object) for c in cols}, index=rows.index), {}
     table = read_csv_table(spec.csv)
@@ -39,17 +40,15 @@ def join_labels(rows: pd.DataFrame, spec: LabelsSpec | None) -> tuple[pd.DataFra
             f"labels CSV {spec.csv}: {int(dup.sum())} duplicate value(s) in key column "
             f"'{spec.key_column}' (first at CSV line {int(np.argmax(dup.to_numpy())) + 2})"
         )
-    table = table.set_index(spec.key_column)
-    keys = {
-        "sop_instance_uid": rows["sop_uid"],
-        "relpath": rows["relpath"],
-        "filename": rows["relpath"].map(lambda p: Path(p).name),
-        "stem": rows["relpath"].map(lambda p: Path(p).stem),
-    }[spec.join]
+    check_join(rows, pd.Index(table[spec.key_column].dropna()), spec)
+    kept, dropped, filter_stats = filter_rows(table, spec)
+    dropped_by_key = pd.Series(dropped.to_numpy(), index=table.loc[dropped.index, spec.key_column].to_numpy())
+    table = kept.set_index(spec.key_column)
+    keys = join_keys(rows, spec.join)
     matched = table.reindex(keys.to_numpy())
     matched.index = rows.index
     if len(spec.label_columns) == 1:
-        label = matched[spec.label_columns[0]]
+        label, map_stats = apply_label_map(matched[spec.label_columns[0]], spec)
     else:  # multi-label: the positive label names joined, for stratification and the card
         flags = matched[spec.label_columns].apply(pd.to_numeric, errors="coerce")
         label = flags.apply(
@@ -63,6 +62,7 @@ def join_labels(rows: pd.DataFrame, spec: LabelsSpec | None) -> tuple[pd.DataFra
             "csv_age": matched[spec.age_column] if spec.age_column else None,
             "csv_site": matched[spec.site_column] if spec.site_column else None,
             "csv_split": matched[spec.split_column] if spec.split_column else None,
+            "csv_excluded": keys.map(dropped_by_key).to_numpy() if len(dropped_by_key) else None,
         },
         index=rows.index,
     )
@@ -78,11 +78,14 @@ def join_labels(rows: pd.DataFrame, spec: LabelsSpec | None) -> tuple[pd.DataFra
     if len(spec.label_columns) > 1:
         for c in spec.label_columns:
             out[f"label__{c}"] = pd.to_numeric(matched[c], errors="coerce")
+    out["csv_excluded"] = out["csv_excluded"].astype(object).where(out["csv_excluded"].notna(), None)
     used = set(keys.dropna())
     stats = {
-        "csv_rows": len(table),
+        **filter_stats,
+        **({"label_map": map_stats} if len(spec.label_columns) == 1 and spec.map else {}),
+        "csv_rows": len(table) + len(dropped),
         "csv_rows_without_image": int(len(set(table.index) - used)),
-        "images_without_label": int(out["label"].isna().sum()),
+        "images_without_label": int((out["label"].isna() & out["csv_excluded"].isna()).sum()),
     }
     if stats["csv_rows_without_image"]:
         log.warning("%d labels CSV rows match no image (join on %s)", stats["csv_rows_without_image"], spec.join)

@@ -1,7 +1,20 @@
 """Subgroup values as the manifest stores them: one spelling per meaning, ``unknown`` for anything missing.
 
 Sex, age band, site and CSV subgroup columns are what fairness tables group by, so a value must read the same
-whether it came from a DICOM header or a CSV.
+whether it came from a DICOM header or a CSV: two spellings of one meaning would split one group in two.
+
+The rules, applied to every value from either source (and to the values a spec names, so a named site or
+class is compared with what the build stores):
+
+* surrounding white space is removed;
+* a missing value, an empty string or a placeholder for "not known" (:data:`MISSING`: ``unknown``, ``unk``,
+  ``n/a``, ``na``, ``none``, ``null``, ``nan``, ``?``, ``-``, in any case) becomes ``unknown``;
+* sex is ``M``, ``F`` or ``O`` (``male``/``female``/``other`` in any case map to these; DICOM's ``U`` and
+  any other value are ``unknown``);
+* a whole number written as a float (``3.0``) is written as an integer (``3``), so a CSV column read by
+  pandas and a header value agree;
+* every other value keeps its spelling and case (``Vienna`` and ``vienna`` stay different sites: the
+  spec's name must match, and a check suggests the close spelling when it does not).
 """
 
 from __future__ import annotations
@@ -10,16 +23,18 @@ import math
 
 import pandas as pd
 
-__all__ = ["UNKNOWN", "age_band", "category", "given", "sex", "site"]
+__all__ = ["MISSING", "UNKNOWN", "age_band", "category", "given", "sex", "site"]
 
 UNKNOWN = "unknown"
+#: Spellings of "not known", compared in lower case: all become :data:`UNKNOWN`.
+MISSING = frozenset({"", "unknown", "unk", "n/a", "na", "none", "null", "nan", "?", "-"})
+_SEX = {"M": "M", "MALE": "M", "F": "F", "FEMALE": "F", "O": "O", "OTHER": "O"}
 
 
 def sex(value: object) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return UNKNOWN
-    v = str(value).strip().upper()
-    return {"M": "M", "MALE": "M", "F": "F", "FEMALE": "F", "O": "O", "OTHER": "O"}.get(v, v or UNKNOWN)
+    """``M``, ``F``, ``O`` or ``unknown``: DICOM's PatientSex vocabulary, whichever source the value came from."""
+    v = category(value)
+    return UNKNOWN if v == UNKNOWN else _SEX.get(v.upper(), UNKNOWN)
 
 
 def age_band(value: object, edges: list[int]) -> str:
@@ -38,10 +53,11 @@ def age_band(value: object, edges: list[int]) -> str:
 
 
 def category(value: object) -> str:
+    """A subgroup, site or class value as the manifest stores it (the module's rules)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return UNKNOWN
     s = str(value).strip()
-    if not s:
+    if s.lower() in MISSING:
         return UNKNOWN
     try:
         f = float(s)
@@ -60,7 +76,8 @@ def site(row: pd.Series, how: str) -> str:
         "manufacturer": [row["manufacturer"]],
         "institution+manufacturer": [row["institution"], row["manufacturer"]],
     }[how]
-    parts = [str(p) for p in parts if p]
+    parts = [category(p) for p in parts if p]
+    parts = [p for p in parts if p != UNKNOWN]
     return "/".join(parts) if parts else UNKNOWN
 
 

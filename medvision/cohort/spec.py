@@ -8,6 +8,7 @@ be moved or shared as a whole.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -18,6 +19,7 @@ from medvision.cohort.csvfile import csv_header
 from medvision.config import StrictModel, explain_validation_error
 
 __all__ = [
+    "BUILTIN_COLUMNS",
     "CohortSpec",
     "FolderOptions",
     "LabelsSpec",
@@ -37,8 +39,33 @@ class _Strict(StrictModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+#: Manifest columns the build writes itself (:mod:`medvision.cohort.build`); a CSV subgroup may not take one of
+#: these names, or one of the two values would silently win (``--subgroup view=view`` would read DICOM's view).
+BUILTIN_COLUMNS = frozenset(
+    {
+        "image_id", "patient_id", "study_id", "series_id", "relpath", "frame", "split", "label_fraction", "label",
+        "label_idx", "kind", "sex", "age_band", "site", "modality", "view", "photometric", "transfer_syntax",
+        "height", "width", "channels", "content_sha256", "cache_key", "given_split", "ood_score",
+    }
+)  # fmt: skip
+#: CSV column names that hold identifiers by their name: never copied into the manifest as a subgroup.
+_IDENTIFIER_NAME = re.compile(
+    r"^(patient|patient[ _-]?(id|name|number|no)|mrn|medical[ _-]?record.*|accession([ _-]?(number|no))?|"
+    r"(birth[ _-]?date|date[ _-]?of[ _-]?birth|dob)|(first|last|given|family)[ _-]?name|name|ssn|"
+    r"nhs[ _-]?(number|no))$",
+    re.IGNORECASE,
+)
+
+
 class LabelsSpec(_Strict):
-    """Where labels come from and how a CSV row finds its image."""
+    """Where labels come from and how a CSV row finds its image.
+
+    Row filters and a label map turn a raw metadata file into the study's labels without writing a derived CSV
+    by hand: ``include``/``exclude`` keep or drop CSV rows by the values of any column (an image whose row is
+    dropped is quarantined with the filter as its reason, so every file is still accounted for), and ``map``
+    renames label values (merging classes) or, mapped to ``null``, drops a value so its images are unlabelled.
+    Both are recorded in the card with the number of rows they touched.
+    """
 
     csv: Path
     #: What identifies an image in the CSV: the DICOM SOPInstanceUID, the path relative to the
@@ -60,6 +87,33 @@ class LabelsSpec(_Strict):
     #: A CSV column holding a given split (``train``/``val``/``test``), e.g. an official benchmark
     #: split; it replaces the drawn patient split (held-out sites and conditions still apply).
     split_column: str | None = None
+    #: Keep only CSV rows whose column holds one of the values: ``{modality: [CR, DX]}`` (all columns must match).
+    include: dict[str, list[str]] = Field(default_factory=dict)
+    #: Drop CSV rows whose column holds one of the values: ``{finding: [todo]}`` (any column matching drops).
+    exclude: dict[str, list[str]] = Field(default_factory=dict)
+    #: Label values renamed (``{"COVID-19, ARDS": COVID-19}``) or, mapped to ``null``, made unlabelled. Applied
+    #: after the filters, to the label column(s) of a multi-class study.
+    map: dict[str, str | None] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _subgroups_do_not_shadow(self) -> LabelsSpec:
+        for name, column in self.subgroup_columns.items():
+            if name in BUILTIN_COLUMNS or name.startswith(("label__", "p:")):
+                raise ValueError(
+                    f"subgroup name {name!r} (from CSV column {column!r}) is a column the build writes itself "
+                    f"(built-in {name!r}); one would silently overwrite the other. Give it another name, e.g. "
+                    f"csv_{name}: {column} (--subgroup csv_{name}={column})"
+                )
+            used = {"labels.key_column": self.key_column, "labels.patient_column": self.patient_column}
+            clash = [k for k, c in used.items() if c == column]
+            if clash or _IDENTIFIER_NAME.match(column.strip()):
+                why = f"it is {clash[0]}" if clash else "its name says it holds identifiers"
+                raise ValueError(
+                    f"subgroup {name!r} would copy CSV column {column!r} into the manifest, but {why}: identifiers "
+                    "never leave the cohort layer. Use the column as labels.patient_column (it is pseudonymised) "
+                    "and drop it from the subgroups"
+                )
+        return self
 
 
 class SubgroupSpec(_Strict):
@@ -89,11 +143,16 @@ class SplitSpec(_Strict):
     test: float = Field(0.2, gt=0, lt=1)
     #: Stratify the patient split by these manifest columns (patient-level majority value).
     stratify: list[Literal["label", "site"]] = Field(default_factory=lambda: ["label", "site"])
-    #: Every image from these sites goes to ``site_ood`` (a test set from an unseen site).
+    #: Every patient with an image from these sites goes to ``site_ood`` (a test set from an unseen site),
+    #: except patients with a held-out condition: they go to ``condition_ood``, because a condition that was
+    #: never trained on cannot be scored as an in-distribution class at any site. The card states this rule
+    #: and how many images it moved.
     heldout_sites: list[str] = Field(default_factory=list)
     #: Label values that are never trained on: their images go to ``condition_ood``.
     heldout_conditions: list[str] = Field(default_factory=list)
-    #: Label values seen in training as outliers (HOD abstention classes); they stay in train/val/test.
+    #: Label values seen in training as outliers (HOD abstention classes); they stay in train/val/test, take
+    #: ``label_idx`` K..K+M-1 after the K inlier classes, and are left out of every discrimination metric and
+    #: of the inliers of OOD screening (the card, metrics.json and the report say so).
     outlier_conditions: list[str] = Field(default_factory=list)
     #: Nested shares of training patients (stratified); 1.0 is always included.
     label_fractions: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0])
@@ -175,6 +234,10 @@ class FolderOptions(_Strict):
     sex_column: str | None = None
     age_column: str | None = None
     site_column: str | None = None
+    #: Sites, label values and abstention classes of the study (see :class:`SplitSpec`).
+    heldout_sites: list[str] = Field(default_factory=list)
+    heldout_conditions: list[str] = Field(default_factory=list)
+    outlier_conditions: list[str] = Field(default_factory=list)
     size: int = Field(224, ge=8, le=4096)
     channels: Literal[1, 3] = 3
     #: See :attr:`CohortSpec.record_paths`; the build refuses paths that spell a patient identifier.
@@ -220,6 +283,11 @@ def spec_from_folder(images: Path, options: FolderOptions | None = None, **kwarg
         "record_paths": opts.record_paths,
         "kinds": opts.kinds,
         "preprocess": {"size": opts.size, "channels": opts.channels},
+        "splits": {
+            "heldout_sites": opts.heldout_sites,
+            "heldout_conditions": opts.heldout_conditions,
+            "outlier_conditions": opts.outlier_conditions,
+        },
     }
     try:
         return CohortSpec.model_validate(raw)

@@ -16,6 +16,7 @@ many GPUs:
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Sequence
@@ -29,11 +30,14 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 from torch.distributed.fsdp.wrap import size_based_auto_wrap_policy
 
+from medvision._version import code_version
+from medvision.config import flatten
 from medvision.engine.config import StageConfig, TrainerConfig
 from medvision.engine.seeding import EpochSeeding
 
 __all__ = [
     "FitOutcome",
+    "ResumeMismatch",
     "build_trainer",
     "checkpoint_dir",
     "last_checkpoint_path",
@@ -44,6 +48,11 @@ __all__ = [
 ]
 
 LAST_CHECKPOINT = "last.ckpt"
+#: In the output folder, beside ``checkpoints/``: what run they belong to (config, cohort, code), so
+#: ``resume: auto`` never continues another run's checkpoint.
+RUN_IDENTITY = "run-identity.json"
+#: Settings that may change between an interrupted run and its resumption without making it another run.
+_NOT_IDENTITY = ("output_dir", "resume", "tracking", "trainer.progress_bar")
 _PRECISION = {"32": "32-true", "bf16-mixed": "bf16-mixed", "16-mixed": "16-mixed"}
 
 
@@ -171,6 +180,45 @@ def build_trainer(config: StageConfig, callbacks: Sequence[Callback] = ()) -> L.
     )
 
 
+class ResumeMismatch(ValueError):
+    """``resume: auto`` found a checkpoint of a different run in the output folder; the message names the
+    differences and the two ways out."""
+
+
+def run_identity(config: StageConfig, **facts: str) -> dict[str, object]:
+    """What makes two runs the same run: the config (minus where it writes and how it shows progress), the
+    given facts (the cohort's manifest hash) and the code version; the pipeline's stage key, per folder."""
+    flat = {k: v for k, v in flatten(config).items() if not any(k == n or k.startswith(n + ".") for n in _NOT_IDENTITY)}
+    return {**{f"config.{k}": v for k, v in flat.items()}, **facts, "code_version": code_version()}
+
+
+def _check_same_run(config: StageConfig, identity: dict[str, object]) -> None:
+    """Refuse to resume ``last.ckpt`` of another run (another config, cohort or code version)."""
+    path = Path(config.output_dir) / RUN_IDENTITY
+    folder = Path(config.output_dir)
+    way_out = (
+        f"Give this run a folder of its own (--set output_dir={folder}-2, or any new folder) or start afresh in "
+        f"this one (--set resume=never)"
+    )
+    if not path.exists():
+        raise ResumeMismatch(
+            f"{folder} holds a checkpoint ({LAST_CHECKPOINT}) that records no run identity (an older version made "
+            f"it), so resuming it might continue another run. {way_out}"
+        )
+    saved = json.loads(path.read_text())
+    current = json.loads(json.dumps(identity, default=str))
+    diff = [k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+    if diff:
+        shown = "; ".join(
+            f"{k.removeprefix('config.')}: {saved.get(k)!r} there, {current.get(k)!r} now" for k in diff[:8]
+        )
+        more = f" (and {len(diff) - 8} more)" if len(diff) > 8 else ""
+        raise ResumeMismatch(
+            f"{folder} holds the checkpoint of a different run ({shown}{more}); resuming it would continue that "
+            f"run, not start this one. {way_out}"
+        )
+
+
 @dataclass(frozen=True)
 class FitOutcome:
     """The checkpoints a fitted stage left: the best by the monitored metric, and ``last.ckpt``."""
@@ -187,19 +235,28 @@ def fit_stage(
     callbacks: Sequence[Callback],
     ckpt: Path | None,
     config_yaml: str,
+    identity: dict[str, object] | None = None,
 ) -> FitOutcome:
     """Build the trainer, record the resolved config (rank 0), fit (resuming from ``ckpt``), collect checkpoints.
 
     Shared by every training stage (fine-tuning, self-supervised pretraining) so that they resume, write their
     config and report checkpoints the same way. ``config`` may be any stage config with the same trainer,
-    monitor, resume and output-dir fields.
+    monitor, resume and output-dir fields. ``identity`` (:func:`run_identity`) is written beside the checkpoints,
+    and ``resume: auto`` continues a checkpoint only when the identity recorded there is the same.
+
+    Raises:
+        ResumeMismatch: ``resume: auto`` found another run's checkpoint in the output folder.
     """
 
+    identity = identity if identity is not None else run_identity(config)
+    if ckpt is not None and config.resume == "auto":
+        _check_same_run(config, identity)
     trainer = build_trainer(config, callbacks=callbacks)
     if trainer.is_global_zero:
         out = Path(config.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(config_yaml)
+        (out / RUN_IDENTITY).write_text(json.dumps(identity, indent=1, sort_keys=True, default=str))
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
     cb = trainer.checkpoint_callback
     best = Path(cb.best_model_path) if cb is not None and cb.best_model_path else None

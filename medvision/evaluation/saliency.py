@@ -88,11 +88,25 @@ def _prepare(classifier: Classifier, images: Tensor, targets: Sequence[int]) -> 
     return images, targets
 
 
-def _normalise(maps: Tensor) -> np.ndarray:
-    """Per-image ``|map| / max |map|`` as float32 in ``[0, 1]``; an all-zero map stays zero."""
+#: Percentiles of a map's robust display range: one hot pixel must not dim the rest, and a map whose values all
+#: lie high (a Grad-CAM spanning 0.805-1.0) must not show as a uniform wash.
+_ROBUST_LOW, _ROBUST_HIGH = 0.01, 0.99
+
+
+def _normalise(maps: Tensor, floor: bool = False) -> np.ndarray:
+    """Per-image ``|map|`` scaled to ``[0, 1]`` by a robust range, as float32; an all-zero map stays zero.
+
+    The top of the range is the 99th percentile (not the maximum), so Integrated Gradients, whose mass sits in
+    few pixels, stays visible on grey images; with ``floor`` (Grad-CAM) the bottom is the 1st percentile, so a
+    map that is high everywhere shows where it is *highest*.
+    """
     mags = maps.detach().abs().float()
-    peak = mags.flatten(1).amax(dim=1).view(-1, 1, 1)
-    out = torch.where(peak > 0, mags / peak.clamp_min(torch.finfo(torch.float32).tiny), torch.zeros_like(mags))
+    flat = mags.flatten(1)
+    high = torch.quantile(flat, _ROBUST_HIGH, dim=1).view(-1, 1, 1)
+    low = torch.quantile(flat, _ROBUST_LOW, dim=1).view(-1, 1, 1) if floor else torch.zeros_like(high)
+    span = high - low
+    tiny = torch.finfo(torch.float32).tiny
+    out = torch.where(span > tiny, (mags - low) / span.clamp_min(tiny), (mags > 0).float() * (high > 0).float())
     return out.clamp_(0.0, 1.0).cpu().numpy().astype(np.float32)
 
 
@@ -309,7 +323,7 @@ def saliency_maps(
     with _eval_mode(classifier):
         images, targets = _prepare(classifier, images, targets)
         cam = _gradcam(classifier, images, targets)
-    return _normalise(cam)
+    return _normalise(cam, floor=True)
 
 
 def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:

@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from medvision.cohort.named_values import CohortFacts, unknown_values
+from medvision.cohort.splits import SPLITS
 from medvision.config import StrictModel
 
 __all__ = ["DeferralCosts", "EvaluationSettings"]
@@ -35,6 +37,9 @@ class EvaluationSettings(StrictModel):
 
     #: Cohort sets evaluated (``test``, ``val``, ``site_ood``, ``condition_ood``); absent ones are skipped.
     sets: list[str] = Field(default_factory=lambda: ["test", "site_ood", "condition_ood"])
+    #: Sets screened as out-of-distribution (every image an outlier, never scored for discrimination): the
+    #: held-out conditions by default; add ``site_ood`` to ask whether a held-out site or modality is detected.
+    outlier_sets: list[str] = Field(default_factory=lambda: ["condition_ood"])
     #: Subgroup attributes (manifest columns) audited, and intersections written ``sex*age_band``.
     subgroups: list[str] = Field(default_factory=lambda: ["sex", "age_band", "site"])
     #: Patient-level bootstrap resamples for every interval (0: no intervals).
@@ -63,6 +68,39 @@ class EvaluationSettings(StrictModel):
         if v is not None:
             DeferralCosts(**v)  # an unknown field or a bad value fails at load time, naming the field
         return v
+
+    @field_validator("sets", "outlier_sets")
+    @classmethod
+    def _known_sets(cls, v: list[str]) -> list[str]:
+        bad = [s for s in v if s not in SPLITS]
+        if bad:
+            raise ValueError(f"unknown set(s) {bad}; cohort sets are {', '.join(SPLITS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _outliers_are_not_the_reference(self) -> EvaluationSettings:
+        if {"test", "val"} & set(self.outlier_sets):
+            raise ValueError("outlier_sets may not hold test or val: they are the in-distribution reference")
+        return self
+
+    def check_against(self, facts: CohortFacts) -> None:
+        """Fail unless every class, condition and subgroup attribute named here exists in the cohort.
+
+        Raises:
+            ValueError: one line per unknown value, with what exists and the closest spelling.
+        """
+        problems: list[str] = []
+        parts = [p for a in self.subgroups for p in a.split("*")]
+        problems += unknown_values("subgroup attribute", "subgroups", parts, facts.attributes, facts.source)
+        classes = facts.classes
+        if classes is not None and self.positive_class is not None:
+            problems += unknown_values("class", "positive_class", [self.positive_class], classes, facts.source)
+        if facts.labels is not None and self.risk:
+            screened = set(facts.heldout_conditions) if self.outlier_sets == ["condition_ood"] else set(facts.labels)
+            what = "held-out condition" if self.outlier_sets == ["condition_ood"] else "label value"
+            problems += unknown_values(what, "risk", list(self.risk), screened, facts.source)
+        if problems:
+            raise ValueError("evaluation settings name values the cohort does not have:\n" + "\n".join(problems))
 
     @model_validator(mode="after")
     def _known_risk_levels(self) -> EvaluationSettings:

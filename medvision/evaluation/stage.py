@@ -25,6 +25,7 @@ from mlflow import MlflowClient
 
 from medvision._version import code_provenance
 from medvision.cohort.cohort import open_cohort
+from medvision.cohort.named_values import facts_from_card
 from medvision.data.dataset import CohortDataset
 from medvision.evaluation.calibration import TemperatureScaler
 from medvision.evaluation.ensemble import greedy_ensemble, knn_rank_backbones
@@ -32,12 +33,13 @@ from medvision.evaluation.metrics import OperatingPoint, choose_operating_point
 from medvision.evaluation.ood import msp_score, ood_metrics
 from medvision.evaluation.predict import Predictions, predict_rows
 from medvision.evaluation.saliency import pick_cases, saliency_maps
-from medvision.evaluation.settings import EvaluationSettings
+from medvision.evaluation.settings import DeferralCosts, EvaluationSettings
 from medvision.evaluation.tables import (
     calibration_tables,
     discrimination,
     fit_detectors,
     label_shift_table,
+    ood_by_group,
     ood_tables,
     subgroup_table,
 )
@@ -46,8 +48,6 @@ from medvision.tracking import load_run_classifier
 __all__ = ["METRICS_SCHEMA", "EvaluationRequest", "evaluate_models"]
 
 METRICS_SCHEMA = 1
-#: Sets whose rows are all outliers (never scored for discrimination).
-OUTLIER_SETS = frozenset({"condition_ood"})
 
 
 class EvaluationRequest(EvaluationSettings):
@@ -64,6 +64,7 @@ def evaluate_models(request: EvaluationRequest, folder: Path) -> dict[str, float
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     cohort = open_cohort(request.cohort_dir)
+    request.check_against(facts_from_card(cohort.card))  # a misspelt subgroup or class fails before predicting
     results, headline, primary, member_preds = [], {}, None, {}
     for model in request.models:
         name = f"{model.get('stage', 'model')}-{model.get('member')}" if len(request.models) > 1 else "model"
@@ -100,6 +101,9 @@ def evaluate_models(request: EvaluationRequest, folder: Path) -> dict[str, float
             "min_patients": request.min_patients,
             "referral_rate": request.referral_rate,
             "seed": request.seed,
+            "outlier_sets": request.outlier_sets,
+            "costs": DeferralCosts(**(request.costs or {})).model_dump(),
+            "risk": request.risk,
             "positive_class": results[0]["positive_class"] if results else None,
         },
         "primary_model": primary[3]["name"] if primary else None,
@@ -186,7 +190,7 @@ def _predict(
     }
     for s in request.sets:
         rows = cohort.rows(s, labelled=False)
-        if s in OUTLIER_SETS:
+        if s == "condition_ood" and s in request.outlier_sets:
             # a held-out patient's other images (inlier or training-outlier labels) are not unseen conditions
             rows = rows[rows["label"].isin(heldout)].reset_index(drop=True)
         if len(rows):
@@ -221,15 +225,20 @@ def _score_sets(
     """Discrimination per set; calibration, subgroups and OOD screening on the in-distribution set; label shift
     towards the held-out site."""
     k, positive = len(classes), fitted.positive
-    out: dict[str, Any] = {"sets": {}}
+    out: dict[str, Any] = {"sets": {}, "calibration_by_set": {}}
     for s in request.sets:
-        if s not in inlier or s in OUTLIER_SETS or not len(inlier[s].frame):
+        if s not in inlier or s in request.outlier_sets or not len(inlier[s].frame):
             continue
         out["sets"][s] = discrimination(inlier[s], positive, fitted.operating_point, request.bootstrap, request.seed)
+        # abstention-class images are not scored: say how many were left out
+        out["sets"][s]["abstention_images_excluded"] = int((preds[s].frame["label_idx"] >= k).sum())
+        metrics, reliability = calibration_tables(inlier[s], fitted.scaler)
+        out["calibration_by_set"][s] = {"metrics": metrics, "reliability": reliability}
+    chosen = _chosen_calibration(inlier["val"], fitted.scaler) if len(inlier["val"].frame) else None
     id_set = "test" if "test" in inlier else next(iter(out["sets"]), None)
     if id_set:
         metrics, reliability = calibration_tables(inlier[id_set], fitted.scaler)
-        out["calibration"] = {"set": id_set, "metrics": metrics, "reliability": reliability}
+        out["calibration"] = {"set": id_set, "metrics": metrics, "reliability": reliability, "chosen": chosen}
         rows, diffs, overall = subgroup_table(
             inlier[id_set], request.subgroups, positive, request.min_patients, request.bootstrap, request.seed
         )
@@ -240,9 +249,15 @@ def _score_sets(
             "table": rows,
             "differences": diffs,
         }
-        outlier_sets = [s for s in request.sets if s in OUTLIER_SETS and s in preds and len(preds[s].frame)]
+        outlier_sets = [s for s in request.sets if s in request.outlier_sets and s in preds and len(preds[s].frame)]
         if outlier_sets:
             outliers = Predictions.concat([preds[s] for s in outlier_sets])
+            # condition_ood: one group per held-out condition; any other outlier set is one group
+            groups = [
+                str(lab) if s == "condition_ood" else s
+                for s in outlier_sets
+                for lab in preds[s].frame["label"].fillna("(unlabelled)")
+            ]
             det, scores, deferral = ood_tables(
                 inlier[id_set],
                 outliers,
@@ -258,11 +273,19 @@ def _score_sets(
                 "detectors": det,
                 "scores": scores,
                 "deferral": deferral,
+                "by_group": ood_by_group(inlier[id_set], outliers, groups, fitted.detectors),
+                "inliers_exclude_abstention_images": int((preds[id_set].frame["label_idx"] >= k).sum()),
                 "primary": "hod" if any(d["detector"] == "hod" for d in det) else "msp",
             }
-    if "site_ood" in inlier and len(inlier["site_ood"].frame):
+    if "site_ood" in inlier and "site_ood" not in request.outlier_sets and len(inlier["site_ood"].frame):
         out["label_shift"] = label_shift_table(inlier["val"], inlier["site_ood"], fitted.scaler)
     return out
+
+
+def _chosen_calibration(val: Predictions, scaler: TemperatureScaler) -> str:
+    """Raw or temperature-scaled probabilities, whichever has the lower ECE on validation (never on test)."""
+    metrics, _ = calibration_tables(val, scaler)
+    return min(metrics, key=lambda m: (m["ece"], m["method"] != "uncalibrated"))["method"]
 
 
 def _ensemble(
@@ -298,13 +321,13 @@ def _ensemble(
         op = choose_operating_point(y_val == positive, ens_val.probs[:, positive], rule="youden")
     sets: dict[str, Any] = {}
     for s in request.sets:
-        if s in OUTLIER_SETS or any(s not in preds for preds in member_preds.values()):
+        if s in request.outlier_sets or any(s not in preds for preds in member_preds.values()):
             continue
         combined = combine({n: inliers(preds[s]) for n, preds in member_preds.items()})
         if len(combined.frame):
             sets[s] = discrimination(combined, positive, op, request.bootstrap, request.seed)
     ood: list[dict[str, Any]] = []
-    outlier_sets = [s for s in request.sets if s in OUTLIER_SETS]
+    outlier_sets = [s for s in request.sets if s in request.outlier_sets]
     if "test" in sets and outlier_sets and all(s in p for p in member_preds.values() for s in outlier_sets):
         test = combine({n: inliers(p["test"]) for n, p in member_preds.items()})
         out = Predictions.concat([combine({n: p[s] for n, p in member_preds.items()}) for s in outlier_sets])
@@ -374,7 +397,7 @@ def _saliency(primary, cohort, request: EvaluationRequest, folder: Path) -> list
     if "test" in preds:
         test = preds["test"]
         parts.append(test.subset(((test.frame["label_idx"] >= 0) & (test.frame["label_idx"] < k)).to_numpy()))
-    parts += [preds[s] for s in request.sets if s in OUTLIER_SETS and s in preds]
+    parts += [preds[s] for s in request.sets if s in request.outlier_sets and s in preds]
     parts = [p for p in parts if len(p.frame)]
     if not parts:
         return []

@@ -41,6 +41,7 @@ from medvision.evaluation.subgroups import SubgroupFrame
 
 __all__ = [
     "calibration_tables",
+    "ood_by_group",
     "discrimination",
     "fit_detectors",
     "label_shift_table",
@@ -70,6 +71,14 @@ def discrimination(
         "auroc": _ci(bs.ci(macro_auroc, y, pred.probs)),
         "accuracy": _ci(bs.ci("accuracy", y, pred.probs.argmax(1))),
     }
+    k = pred.probs.shape[1]
+    counts = np.bincount(y[(y >= 0) & (y < k)], minlength=k)
+    # what the headline AUROC is, and which classes it could not include (absent from this set)
+    out["auroc_kind"] = "binary" if k == 2 else f"macro one-vs-rest over {int((counts > 0).sum())} classes"
+    out["class_counts"] = counts.tolist()
+    out["classes_absent"] = [int(c) for c in np.flatnonzero(counts == 0)]
+    if k > 2:
+        out["auroc_positive"] = _ci(bs.ci("auroc", y == positive, pred.probs[:, positive]))
     if op is not None:
         is_pos = y == positive
         called = op.predict(pred.probs[:, positive])
@@ -162,6 +171,28 @@ def ood_tables(
         curve = deferral_curve(score, is_ood, correct, risk_level=risk_level, cost_table=costs)
         deferral_rows += [{"detector": name, **r} for r in _thin(curve).to_dict("records")]
     return detectors_rows, score_rows, deferral_rows
+
+
+def ood_by_group(
+    inliers: Predictions, outliers: Predictions, groups: Sequence[str], detectors: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Each detector's AUROC for each outlier group (a held-out condition, a held-out set) against all inliers.
+
+    One pooled AUROC can hide a condition the detectors miss entirely; this table shows it.
+    """
+    both = Predictions.concat([inliers, outliers])
+    k = inliers.probs.shape[1]
+    n_in = len(inliers.frame)
+    groups = np.asarray(groups, dtype=object)
+    rows = []
+    for name, score in _scores(both, detectors, k).items():
+        for g in sorted(set(groups)):
+            mine = np.flatnonzero(groups == g) + n_in
+            keep = np.r_[np.arange(n_in), mine]
+            is_ood = np.r_[np.zeros(n_in, bool), np.ones(len(mine), bool)]
+            m = ood_metrics(score[keep], is_ood)
+            rows.append({"detector": name, "group": str(g), "n_images": int(len(mine)), "auroc": _f(m["ood_auroc"])})
+    return rows
 
 
 def _thin(curve: pd.DataFrame, points: int = 60) -> pd.DataFrame:

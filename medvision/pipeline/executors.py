@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from medvision.cohort.build import build_cohort
 from medvision.cohort.medmnist import import_medmnist
 from medvision.cohort.spec import CohortSpec, FolderOptions, load_spec, spec_from_folder
 from medvision.cohort.synth import synthesize
-from medvision.config import ConfigError
+from medvision.config import ConfigError, explain_validation_error
 from medvision.evaluation.stage import EvaluationRequest, evaluate_models
 from medvision.pipeline.spec import (
     CohortStage,
@@ -32,6 +33,7 @@ from medvision.pipeline.spec import (
     sweep_members,
 )
 from medvision.pipeline.stages import StageOutput, stage_config_model, wire_config
+from medvision.pipeline.study import merge_spec
 from medvision.pipeline.tracker import OUTPUT_TAG, Tracker, stage_key
 from medvision.report.build import report_from_evaluation
 from medvision.ssl import pretrain
@@ -93,7 +95,10 @@ def _record(ctx: StageContext, run_id: str, output: StageOutput) -> None:
 def _cohort(ctx: StageContext) -> tuple[StageOutput, Rows]:
     stage: CohortStage = ctx.stage
     spec_data = _cohort_spec(ctx, stage)
-    spec = CohortSpec.model_validate(spec_data)
+    try:
+        spec = CohortSpec.model_validate(spec_data)
+    except ValidationError as err:
+        raise ConfigError(explain_validation_error(err, CohortSpec, f"stages.{ctx.stage_id} (cohort spec)")) from None
     inputs = [_fingerprint(Path(spec.images))]
     if spec.labels is not None and Path(spec.labels.csv).exists():  # corrected labels rebuild the cohort
         st = Path(spec.labels.csv).stat()
@@ -163,17 +168,9 @@ def _cohort_spec(ctx: StageContext, stage: CohortStage) -> dict[str, Any]:
         f = stage.folder
         options = FolderOptions.model_validate(f.model_dump(exclude={"images", "spec"}) | {"name": ctx.stage_id})
         data = spec_from_folder(f.images, options).model_dump(mode="json")
-        _merge(data, f.spec)
-    _merge(data, stage.overrides)
+        merge_spec(data, f.spec)
+    merge_spec(data, stage.overrides)
     return data
-
-
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
-    for k, v in extra.items():
-        if isinstance(v, dict) and isinstance(base.get(k), dict):
-            _merge(base[k], v)
-        else:
-            base[k] = v
 
 
 def _fingerprint(root: Path) -> str:

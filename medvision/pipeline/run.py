@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,9 +29,52 @@ from medvision.pipeline.spec import PipelineSpec
 from medvision.pipeline.stages import StageOutput
 from medvision.pipeline.tracker import Tracker
 
-__all__ = ["PipelineResult", "run_pipeline"]
+__all__ = ["PipelineInterrupted", "PipelineResult", "run_pipeline"]
 
 log = logging.getLogger("medvision.pipeline")
+
+
+class PipelineInterrupted(Exception):
+    """A pipeline stopped by SIGTERM (what SLURM and Kubernetes send at a time limit) in the middle of a stage.
+
+    Lightning turns SIGTERM into a ``SystemExit`` without a code, so a killed job would exit 0 and look
+    successful; the runner raises this instead and the CLI exits ``exit_code`` (128 + the signal, 143).
+    """
+
+    def __init__(self, stage_id: str, kind: str, signum: int) -> None:
+        self.stage_id, self.kind, self.signum = stage_id, kind, signum
+        self.exit_code = 128 + signum
+        resumes = "continues from its last checkpoint" if kind in ("finetune", "pretrain") else "runs again"
+        super().__init__(
+            f"interrupted by {signal.Signals(signum).name} during stage {stage_id!r} ({kind}); the stages finished "
+            f"before it are kept. Re-run the same command to resume: finished stages are reused and {stage_id!r} "
+            f"{resumes}"
+        )
+
+
+class _Terminated(BaseException):
+    """Raised by the SIGTERM handler; a BaseException so that no ``except Exception`` in a stage swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises :class:`_Terminated` in the main thread (Lightning's own handler calls ours too)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        raise _Terminated(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass
@@ -54,7 +100,8 @@ def run_pipeline(spec: PipelineSpec, *, echo: Callable[[str], None] = print) -> 
     """Run every stage of ``spec`` in order (reusing finished identical stages); return the outputs.
 
     A failing stage marks its run and the parent run FAILED and re-raises; the stages that finished
-    before it are kept and are reused by the next attempt.
+    before it are kept and are reused by the next attempt. SIGTERM stops the running stage and raises
+    :class:`PipelineInterrupted` (the parent run is marked KILLED).
     """
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -65,26 +112,31 @@ def run_pipeline(spec: PipelineSpec, *, echo: Callable[[str], None] = print) -> 
     version = code_version()
     out_root = Path(spec.output_dir).expanduser().resolve()
     echo(f"pipeline {spec.name}: {len(spec.stages)} stages; MLflow {uri}, experiment {spec.tracking.experiment}")
-    ok = False
+    ok, killed = False, False
     try:
-        for stage_id, stage in spec.stages.items():
-            started = time.perf_counter()
-            ctx = executors.StageContext(
-                stage_id=stage_id,
-                stage=stage,
-                spec=spec,
-                outputs=result.outputs,
-                out_root=out_root,
-                tracker=tracker,
-                version=version,
-                echo=echo,
-            )
-            output, rows = executors.execute(ctx)
-            result.outputs[stage_id] = output
-            for row in rows:
-                row.setdefault("seconds", round(time.perf_counter() - started, 1))
-                result.rows.append({"stage": stage_id, "kind": stage.kind, **row})
+        with _sigterm_raises():
+            for stage_id, stage in spec.stages.items():
+                started = time.perf_counter()
+                ctx = executors.StageContext(
+                    stage_id=stage_id,
+                    stage=stage,
+                    spec=spec,
+                    outputs=result.outputs,
+                    out_root=out_root,
+                    tracker=tracker,
+                    version=version,
+                    echo=echo,
+                )
+                try:
+                    output, rows = executors.execute(ctx)
+                except _Terminated as t:
+                    killed = True
+                    raise PipelineInterrupted(stage_id, stage.kind, t.signum) from None
+                result.outputs[stage_id] = output
+                for row in rows:
+                    row.setdefault("seconds", round(time.perf_counter() - started, 1))
+                    result.rows.append({"stage": stage_id, "kind": stage.kind, **row})
         ok = True
     finally:
-        tracker.end(tracker.parent_run_id, ok)
+        tracker.end(tracker.parent_run_id, ok, killed=killed)
     return result

@@ -27,6 +27,7 @@ from medvision.cohort.spec import FolderOptions
 from medvision.config import ConfigError, StrictModel, apply_overrides, explain_validation_error
 from medvision.evaluation.settings import EvaluationSettings
 from medvision.pipeline.stages import stage_config_model, wire_config
+from medvision.pipeline.study import check_study
 
 __all__ = [
     "CohortStage",
@@ -155,7 +156,7 @@ class PipelineSpec(StrictModel):
     #: Every stage writes under ``<output_dir>/<stage id>/``.
     output_dir: Path = Path("runs")
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
-    stages: dict[str, Stage]
+    stages: dict[str, Stage] = Field(min_length=1)
 
     def upstream(self, stage_id: str) -> list[str]:
         """The stage ids ``stage_id`` reads from (direct references only)."""
@@ -188,6 +189,7 @@ def load_pipeline(path: str | Path, overrides: Sequence[str] | None = None) -> P
         raise ConfigError(explain_validation_error(err, PipelineSpec, str(path))) from None
     _check_references(spec, str(path))
     _check_stage_configs(spec, str(path))
+    check_study(spec, str(path))
     return spec
 
 

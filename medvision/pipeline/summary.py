@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 from rich.console import Console
 from rich.table import Table
 
@@ -31,6 +34,9 @@ def print_summary(result: PipelineResult, console: Console | None = None) -> Non
         console.print(f"report: {result.report_path}")
     console.print(f"MLflow parent run: {result.parent_run_id}")
     if result.tracking_uri.startswith("sqlite:"):
-        console.print(f"browse the runs: .venv/bin/mlflow ui --backend-store-uri {result.tracking_uri}")
+        # the mlflow next to this Python, by absolute path: the hint must work from the user's own folder
+        mlflow = Path(sys.executable).parent / "mlflow"
+        command = str(mlflow) if mlflow.exists() else "mlflow"
+        console.print(f"browse the runs: {command} ui --backend-store-uri {result.tracking_uri}", markup=False)
     else:
         console.print(f"browse the runs at {result.tracking_uri}")

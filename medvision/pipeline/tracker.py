@@ -61,5 +61,5 @@ class Tracker:
         run = self.client.create_run(self.experiment_id, run_name=name, tags=self.child_tags(stage_id, kind, key))
         return run.info.run_id
 
-    def end(self, run_id: str, ok: bool) -> None:
-        self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+    def end(self, run_id: str, ok: bool, killed: bool = False) -> None:
+        self.client.set_terminated(run_id, "FINISHED" if ok else "KILLED" if killed else "FAILED")

@@ -23,6 +23,7 @@ from medvision.report.context import (
 )
 from medvision.report.guard import ForbiddenValueError, check_forbidden
 from medvision.report.render import NOT_RUN_NOTES, SECTION_HEADINGS, SECTIONS, render_report
+from medvision.report.study import StudySection
 from medvision.report.summary import Finding, Summary, summarize
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "Reproducibility",
     "SaliencyCase",
     "SaliencySection",
+    "StudySection",
     "Summary",
     "SubgroupSection",
     "SummaryOptions",

@@ -6,7 +6,9 @@ MLflow or the models, by ``medvision report EVALUATION_DIR``.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +31,11 @@ from medvision.report.context import (
     TrainingStage,
 )
 from medvision.report.render import render_report
+from medvision.report.study import StudySection
 
-__all__ = ["context_from_evaluation", "report_from_evaluation"]
+__all__ = ["context_from_evaluation", "evaluation_key", "report_from_evaluation"]
+
+log = logging.getLogger("medvision.report")
 
 
 def report_from_evaluation(
@@ -41,9 +46,41 @@ def report_from_evaluation(
     pipeline_yaml: str | None = None,
     forbidden: list[str] | None = None,
 ) -> Path:
-    """Render the report of ``evaluation_dir`` to ``out_path`` (self-contained HTML)."""
+    """Render the report of ``evaluation_dir`` to ``out_path`` (self-contained HTML).
+
+    A report made from another evaluation (other settings, models or cohort) already at ``out_path`` is kept,
+    renamed by its evaluation's key (``report-<key>.html``), never silently overwritten; the key of the
+    evaluation a report shows is written beside it (``<name>.evaluation``).
+    """
     ctx = context_from_evaluation(evaluation_dir, title=title, pipeline_yaml=pipeline_yaml)
-    return render_report(ctx, Path(out_path), forbidden=forbidden or [])
+    out_path, key = Path(out_path), evaluation_key(evaluation_dir)
+    _keep_previous(out_path, key)
+    path = render_report(ctx, out_path, forbidden=forbidden or [])
+    _key_file(out_path).write_text(key + "\n")
+    return path
+
+
+def evaluation_key(evaluation_dir: Path) -> str:
+    """A short content hash of an evaluation's ``metrics.json``: two evaluations with other settings differ."""
+    return hashlib.sha256((Path(evaluation_dir) / "metrics.json").read_bytes()).hexdigest()[:12]
+
+
+def _key_file(out_path: Path) -> Path:
+    return out_path.with_name(out_path.name + ".evaluation")
+
+
+def _keep_previous(out_path: Path, key: str) -> None:
+    if not out_path.exists():
+        return
+    marker = _key_file(out_path)
+    previous = marker.read_text().strip() if marker.exists() else "previous"
+    if previous == key:
+        return  # the same evaluation rendered again
+    kept = out_path.with_name(f"{out_path.stem}-{previous}{out_path.suffix}")
+    out_path.replace(kept)
+    if marker.exists():
+        marker.replace(_key_file(kept))
+    log.warning("%s showed another evaluation (%s); kept it as %s", out_path.name, previous, kept.name)
 
 
 def context_from_evaluation(evaluation_dir: Path, *, title: str, pipeline_yaml: str | None = None) -> ReportContext:
@@ -70,6 +107,7 @@ def context_from_evaluation(evaluation_dir: Path, *, title: str, pipeline_yaml: 
         subgroups=_subgroups(primary),
         data_efficiency=_data_efficiency(models, sets),
         saliency=_saliency(doc, evaluation_dir),
+        study=_study(primary, doc, card),
         reproducibility=Reproducibility(
             config_yaml=pipeline_yaml,
             manifest_sha256=doc["cohort"]["manifest_sha256"],
@@ -199,6 +237,63 @@ def _data_efficiency(models: list[dict[str, Any]], sets: list[str]) -> DataEffic
     if len({r["label_fraction"] for r in rows}) < 2:
         return None  # one fraction is a point, not a curve
     return DataEfficiencySection(curve=pd.DataFrame(rows))
+
+
+def _study(model: dict[str, Any], doc: dict[str, Any], card: dict[str, Any]) -> StudySection:
+    """What was held out and what each number is, per set, from metrics.json and the card."""
+    classes = list(model["classes"])
+    per_set, prevalence, calibration = [], [], []
+    for set_name, m in model["sets"].items():
+        counts = m.get("class_counts") or []
+        total = sum(counts)
+        prevalence += [{"eval_set": set_name, "class": c, "share": n / total} for c, n in zip(classes, counts) if total]
+        pos = m.get("auroc_positive") or {}
+        per_set.append(
+            {
+                "eval_set": set_name,
+                "auroc_kind": m.get("auroc_kind") or ("binary" if len(classes) == 2 else "macro one-vs-rest"),
+                "auroc": (m.get("auroc") or {}).get("value"),
+                "positive_auroc": pos.get("value"),
+                "positive_low": pos.get("low"),
+                "positive_high": pos.get("high"),
+                "sensitivity": (m.get("sensitivity") or {}).get("value"),
+                "specificity": (m.get("specificity") or {}).get("value"),
+                "classes_absent": ", ".join(classes[i] for i in m.get("classes_absent") or []),
+                "abstention_excluded": int(m.get("abstention_images_excluded") or 0),
+            }
+        )
+    for set_name, cal in (model.get("calibration_by_set") or {}).items():
+        calibration += [{"eval_set": set_name, "method": r["method"], "ece": r["ece"]} for r in cal["metrics"]]
+    shift = model.get("label_shift") or {}
+    ood = model.get("ood") or {}
+    costs = (doc.get("settings") or {}).get("costs")
+    return StudySection(
+        heldout_sites=list(card.get("heldout_sites") or []),
+        heldout_conditions=list(card.get("heldout_conditions") or []),
+        abstention_classes=list(card.get("outlier_conditions") or []),
+        outlier_sets=list(ood.get("outliers") or doc["settings"].get("outlier_sets") or []),
+        rules=list(card.get("rules") or []),
+        classes=classes,
+        positive_class=model.get("positive_class"),
+        calibration_chosen=(model.get("calibration") or {}).get("chosen"),
+        label_shift_set="site_ood" if shift.get("comparison") else None,
+        per_set=pd.DataFrame(per_set),
+        prevalence=pd.DataFrame(prevalence),
+        calibration=pd.DataFrame(calibration),
+        label_shift=pd.DataFrame(shift.get("comparison") or []),
+        ood_by_group=pd.DataFrame(ood.get("by_group") or []),
+        costs=_cost_rows(costs) if costs else None,
+    )
+
+
+def _cost_rows(costs: dict[str, Any]) -> pd.DataFrame:
+    rows = []
+    for outcome, cost in costs.items():
+        if isinstance(cost, dict):
+            rows += [{"outcome": f"{outcome.replace('_', ' ')} ({level} risk)", "cost": v} for level, v in cost.items()]
+        else:
+            rows.append({"outcome": outcome.replace("_", " "), "cost": cost})
+    return pd.DataFrame(rows)
 
 
 def _saliency(doc: dict[str, Any], evaluation_dir: Path) -> SaliencySection | None:

@@ -32,6 +32,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from medvision.report.study import StudySection
+
 __all__ = [
     "CalibrationSection",
     "CohortSection",
@@ -99,6 +101,9 @@ class SummaryOptions(_Model):
     ece_good: float = 0.05  # ECE at or below this reads "well calibrated"
     ece_poor: float = 0.10  # ECE above this reads "poorly calibrated"
     wide_ci: float = 0.10  # a headline CI wider than this gets a caveat
+    collapse_drop: float = 0.20  # sensitivity/specificity this much lower on another set than on test: a collapse
+    chance_auroc: float = 0.60  # an in-distribution AUROC below this is near chance: no transfer claim is made
+    prevalence_gap: float = 0.10  # class shares differing this much between test and the held-out site: caveat
     caveats: list[str] = Field(default_factory=list)  # extra caveats from the caller, shown verbatim
 
     @field_validator("referral_rate")
@@ -485,4 +490,6 @@ class ReportContext(_Model):
     subgroups: SubgroupSection | None = None
     data_efficiency: DataEfficiencySection | None = None
     saliency: SaliencySection | None = None
+    #: What was held out and what each number means, per evaluation set (issue 12's "say what was tested").
+    study: StudySection | None = None
     reproducibility: Reproducibility = Field(default_factory=Reproducibility)

@@ -146,9 +146,13 @@ def calibration_reliability(rel: pd.DataFrame) -> str:
 
 def ood_histograms(scores: pd.DataFrame, detectors: list[str]) -> str:
     """Score distributions of inliers vs outliers, one panel per detector (higher score = more unusual)."""
+    cols = min(3, len(detectors))
+    rows = -(-len(detectors) // cols)
     with plt.rc_context(_RC):
-        fig, axes = plt.subplots(1, len(detectors), figsize=(3.6 * len(detectors), 3.0), squeeze=False)
-        for ax, det in zip(axes[0], detectors):
+        fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False)
+        for ax in axes.flat[len(detectors) :]:
+            ax.set_visible(False)
+        for ax, det in zip(axes.flat, detectors):
             d = scores[scores["detector"].astype(str) == det]
             s = d["score"].to_numpy(float)
             out = d["is_outlier"].to_numpy(bool)

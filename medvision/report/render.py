@@ -280,12 +280,27 @@ def _calibration(ctx: ReportContext) -> list[dict]:
     return blocks
 
 
+def _outliers_named(ctx: ReportContext) -> str:
+    """The outlier sets by what they hold: "held-out conditions 'df', 'vasc' (condition_ood)", not the set's id."""
+    st, parts = ctx.study, []
+    for s in ctx.ood.outlier_sets if ctx.ood else []:
+        if s == "condition_ood" and st and st.heldout_conditions:
+            parts.append(f"held-out conditions {', '.join(repr(c) for c in st.heldout_conditions)} ({s})")
+        elif s == "site_ood" and st and st.heldout_sites:
+            parts.append(f"images of the held-out site(s) {', '.join(repr(c) for c in st.heldout_sites)} ({s})")
+        else:
+            parts.append(s)
+    if st and st.abstention_classes:
+        parts.append(f"(abstention classes {', '.join(repr(c) for c in st.abstention_classes)} are not inliers here)")
+    return "; ".join(parts)
+
+
 def _ood(ctx: ReportContext) -> list[dict]:
     o = ctx.ood
     if o is None or o.detectors.empty:
         return []
     primary = o.primary_detector
-    sets = f" Outliers here: {', '.join(o.outlier_sets)}." if o.outlier_sets else ""
+    sets = f" Outliers here: {_outliers_named(ctx)}." if o.outlier_sets else ""
     ci = "auroc_low" in o.detectors.columns and "auroc_high" in o.detectors.columns
     rows = [
         [
@@ -319,7 +334,7 @@ def _ood(ctx: ReportContext) -> list[dict]:
         shown = ([primary] if primary in present else []) + [d for d in present if d != primary]
         blocks.append(
             _figure(
-                figures.ood_histograms(o.scores, shown[:4]),
+                figures.ood_histograms(o.scores, shown),
                 "Histograms of OOD scores for inliers and outliers per detector",
                 "Score distributions; the less they overlap, the better outliers are separated.",
             )
@@ -378,7 +393,8 @@ def _subgroups(ctx: ReportContext) -> list[dict]:
         _figure(
             figures.subgroup_forest(s.table, s.overall, m),
             f"Forest plot of {m} per subgroup with 95% confidence intervals",
-            "Dashed line: overall value. Hollow markers: flagged groups.",
+            "Dashed line: overall value. Flagged groups (too few patients, or one outcome only) have no estimate, "
+            "so their rows carry no marker.",
         ),
     ]
 

@@ -73,6 +73,50 @@ def _row(df: pd.DataFrame, **match: str) -> pd.Series | None:
     return None if not mask.any() else df[mask].iloc[0]
 
 
+def _per_set(ctx: ReportContext, set_name: str) -> pd.Series | None:
+    per = ctx.study.frame("per_set") if ctx.study else pd.DataFrame()
+    return None if per.empty else _row(per, eval_set=set_name)
+
+
+def _names(values: list[str]) -> str:
+    return ", ".join(f"'{v}'" for v in values)
+
+
+def _study_design(ctx: ReportContext, out: Summary) -> None:
+    """What was held out, by name, and what was left out of the metrics."""
+    st = ctx.study
+    if st is None:
+        return
+    parts = []
+    if st.heldout_sites:
+        parts.append(f"held-out site(s) {_names(st.heldout_sites)} form the set 'site_ood' (never trained on)")
+    if st.heldout_conditions:
+        parts.append(
+            f"held-out condition(s) {_names(st.heldout_conditions)} form 'condition_ood' (never trained on; "
+            "screened as outliers)"
+        )
+    if st.abstention_classes:
+        per = st.frame("per_set")
+        left = int(per["abstention_excluded"].sum()) if "abstention_excluded" in per else 0
+        parts.append(
+            f"abstention class(es) {_names(st.abstention_classes)} are trained on as outliers and left out of every "
+            f"discrimination metric and of the outlier-screening inliers ({left} evaluation image(s) left out)"
+        )
+    others = [s for s in st.outlier_sets if s != "condition_ood"]
+    if others:
+        parts.append(f"the set(s) {_names(others)} are also screened as out-of-distribution")
+    if parts:
+        out.findings.append(Finding("study", "What was tested: " + "; ".join(parts) + "."))
+    out.caveats.extend(f"Cohort rule: {r}." for r in st.rules)
+    per = st.frame("per_set")
+    for _, r in per.iterrows() if "classes_absent" in per else []:
+        if r["classes_absent"]:
+            out.caveats.append(
+                f"Class(es) {r['classes_absent']} are absent from '{r['eval_set']}': their AUROC is left out of that "
+                f"set's average ({r['auroc_kind']})."
+            )
+
+
 def _discrimination(ctx: ReportContext, out: Summary) -> None:
     opt, perf = ctx.summary, ctx.performance
     m = metric_label(opt.metric)
@@ -85,10 +129,35 @@ def _discrimination(ctx: ReportContext, out: Summary) -> None:
         return
     v = float(id_row["value"])
     ci = _ci(id_row["low"], id_row["high"])
-    text = f"On in-distribution test patients ('{opt.id_set}'), {m} is {v:.2f}{ci}."
-    if opt.metric == "auroc":
-        text += f" A randomly chosen positive case is ranked above a randomly chosen negative one {v:.0%} of the time."
-    out.findings.append(Finding("discrimination", text))
+    facts = _per_set(ctx, opt.id_set)
+    kind = str(facts["auroc_kind"]) if facts is not None else "binary"
+    macro = opt.metric == "auroc" and kind.startswith("macro")
+    text = f"On in-distribution test patients ('{opt.id_set}'), {m} is {v:.2f}{ci}"
+    if macro:
+        text += (
+            f", {kind} (the mean of each class's AUROC against all other classes). For an average class, a randomly "
+            f"chosen case of that class is ranked above a randomly chosen case of another class {v:.0%} of the time."
+        )
+        pos = None if facts is None else _num(facts["positive_auroc"])
+        if pos is not None and ctx.study and ctx.study.positive_class:
+            text += (
+                f" For {ctx.study.positive_class} against the rest, AUROC is {pos:.2f}"
+                f"{_ci(facts['positive_low'], facts['positive_high'])}."
+            )
+    elif opt.metric == "auroc":
+        positive = (
+            f" ({ctx.study.positive_class} against the other class)" if ctx.study and ctx.study.positive_class else ""
+        )
+        text += (
+            f"{positive}. A randomly chosen positive case is ranked above a randomly chosen negative one {v:.0%} of "
+            "the time."
+        )
+    else:
+        text += "."
+    near_chance = opt.metric == "auroc" and v < opt.chance_auroc
+    if near_chance:
+        text += f" This is near chance (below {opt.chance_auroc:.2f}): the model has learnt little that generalises."
+    out.findings.append(Finding("discrimination", text, concern=near_chance))
     lo, hi = _num(id_row["low"]), _num(id_row["high"])
     if lo is not None and hi is not None and hi - lo > opt.wide_ci:
         out.caveats.append(
@@ -97,36 +166,112 @@ def _discrimination(ctx: ReportContext, out: Summary) -> None:
     if opt.site_ood_set is None or perf is None:
         return
     ood_row = _row(perf.table, eval_set=opt.site_ood_set, metric=opt.metric)
+    sites = ctx.study.heldout_sites if ctx.study and ctx.study.heldout_sites else []
+    where = f"the held-out site(s) {_names(sites)} ('{opt.site_ood_set}')" if sites else f"'{opt.site_ood_set}'"
     if ood_row is None or _num(ood_row["value"]) is None:
-        out.caveats.append(
-            f"No results on another site ('{opt.site_ood_set}'): how the model transfers to a new site is unknown."
-        )
+        out.caveats.append(f"No results at {where}: how the model transfers to a new site is unknown.")
         return
     w = float(ood_row["value"])
     drop = v - w
     ci = _ci(ood_row["low"], ood_row["high"])
-    if drop >= opt.material_drop:
-        out.findings.append(
-            Finding(
-                "site_ood",
-                (
-                    f"At the other site ('{opt.site_ood_set}'), {m} drops to {w:.2f}{ci}, {drop:.2f} lower than in "
-                    f"distribution. Check performance on local data before relying on the model at a new site."
-                ),
-                concern=True,
-            )
+    if near_chance:
+        text = (
+            f"At {where}, {m} is {w:.2f}{ci}; with in-distribution {m} near chance, no conclusion about transfer to "
+            "a new site can be drawn."
+        )
+        out.findings.append(Finding("site_ood", text, concern=True))
+    elif drop >= opt.material_drop:
+        text = (
+            f"At {where}, {m} drops to {w:.2f}{ci}, {drop:.2f} lower than in distribution. Check performance on "
+            "local data before relying on the model at a new site."
+        )
+        out.findings.append(Finding("site_ood", text, concern=True))
+    else:
+        text = (
+            f"At {where}, {m} is {w:.2f}{ci}, within {opt.material_drop:.2f} of the in-distribution value: "
+            "discrimination carried over without retraining."
+        )
+        out.findings.append(Finding("site_ood", text))
+    _prevalence(ctx, out, opt.site_ood_set)
+
+
+def _prevalence(ctx: ReportContext, out: Summary, site_set: str) -> None:
+    """A site gap is only comparable when the class mix is: show it, and warn when it differs."""
+    prev = ctx.study.frame("prevalence") if ctx.study else pd.DataFrame()
+    if prev.empty:
+        return
+    a = prev[prev["eval_set"] == ctx.summary.id_set].set_index("class")["share"]
+    b = prev[prev["eval_set"] == site_set].set_index("class")["share"]
+    if a.empty or b.empty:
+        return
+    both = pd.concat([a, b], axis=1, keys=["test", "site"]).fillna(0.0)
+    shown = "; ".join(f"{c}: {r['test']:.0%} vs {r['site']:.0%}" for c, r in both.iterrows())
+    gap = float((both["test"] - both["site"]).abs().max())
+    text = f"Class prevalence, '{ctx.summary.id_set}' vs '{site_set}': {shown}."
+    if gap > ctx.summary.prevalence_gap:
+        text += (
+            f" The mix differs (up to {gap:.0%}): accuracy, sensitivity and specificity at a fixed threshold and "
+            "calibration depend on it, so part of any site gap may be case mix rather than the images."
+        )
+    out.findings.append(Finding("prevalence", text, concern=gap > ctx.summary.prevalence_gap))
+
+
+def _operating_point(ctx: ReportContext, out: Summary) -> None:
+    """Sensitivity and specificity on every set at the validation threshold; a collapse is a concern."""
+    per = ctx.study.frame("per_set") if ctx.study else pd.DataFrame()
+    if per.empty or per[["sensitivity", "specificity"]].isna().all().all():
+        return
+    pos = ctx.study.positive_class or "the positive class"
+    parts = [
+        f"'{r['eval_set']}' sensitivity {r['sensitivity']:.2f}, specificity {r['specificity']:.2f}"
+        for _, r in per.iterrows()
+        if _num(r["sensitivity"]) is not None and _num(r["specificity"]) is not None
+    ]
+    text = f"At the operating point chosen on validation ({pos} against the rest): " + "; ".join(parts) + "."
+    ref = _row(per, eval_set=ctx.summary.id_set)
+    collapses = []
+    if ref is not None:
+        for _, r in per.iterrows():
+            for metric in ("sensitivity", "specificity"):
+                a, b = _num(ref[metric]), _num(r[metric])
+                if a is not None and b is not None and a - b >= ctx.summary.collapse_drop:
+                    collapses.append(
+                        f"{metric} falls from {a:.2f} on '{ctx.summary.id_set}' to {b:.2f} on '{r['eval_set']}'"
+                    )
+    if collapses:
+        text += (
+            " The threshold does not transfer: " + "; ".join(collapses) + ". Choose the threshold again on local data."
+        )
+    out.findings.append(Finding("operating_point", text, concern=bool(collapses)))
+
+
+def _label_shift(ctx: ReportContext, out: Summary) -> None:
+    """The EM prior adjustment's effect; when it makes things worse, its assumption fails and it is not offered."""
+    st = ctx.study
+    table = st.frame("label_shift") if st else pd.DataFrame()
+    if table.empty:
+        return
+    rows = table.set_index("metric")
+    acc = rows.loc["accuracy"] if "accuracy" in rows.index else None
+    ece = rows.loc["ece"] if "ece" in rows.index else None
+    where = f"'{st.label_shift_set}'"
+    parts = []
+    if acc is not None:
+        parts.append(f"accuracy {acc['before']:.2f} → {acc['after']:.2f}")
+    if ece is not None:
+        parts.append(f"ECE {ece['before']:.3f} → {ece['after']:.3f}")
+    worse = (acc is not None and acc["after"] < acc["before"] - 0.01) or (
+        ece is not None and ece["after"] > ece["before"] + 0.01
+    )
+    if worse:
+        text = (
+            f"Label-shift adjustment makes things worse at {where} ({', '.join(parts)}): its assumption — the "
+            "images of each class look the same at both sites, p(x|y) fixed — fails here, so the adjusted "
+            "numbers are not offered."
         )
     else:
-        out.findings.append(
-            Finding(
-                "site_ood",
-                (
-                    f"At the other site ('{opt.site_ood_set}'), {m} is {w:.2f}{ci}, "
-                    f"within {opt.material_drop:.2f} of the "
-                    "in-distribution value: performance carried over without retraining."
-                ),
-            )
-        )
+        text = f"Adjusting for the class mix at {where} (EM estimate of its prior): {', '.join(parts)}."
+    out.findings.append(Finding("label_shift", text, concern=worse))
 
 
 def _caught_at(deferral: pd.DataFrame, detector: str, rate: float) -> float | None:
@@ -151,12 +296,38 @@ def _ood(ctx: ReportContext, out: Summary) -> None:
     if auroc is None:
         return
     ci = _ci(row.get("auroc_low"), row.get("auroc_high"))
-    text = f"Unusual images are told apart from usual ones with AUROC {auroc:.2f}{ci} (detector: {det})."
+    what = "unusual images"
+    if ctx.study and ctx.study.heldout_conditions and "condition_ood" in ood.outlier_sets:
+        what = f"images of the held-out conditions {_names(ctx.study.heldout_conditions)}"
+    extra = [s for s in ood.outlier_sets if s != "condition_ood"]
+    if extra:
+        what += f" and of the set(s) {_names(extra)}"
+    text = f"Outlier screening tells {what} apart from usual ones with AUROC {auroc:.2f}{ci} (detector: {det})."
     rate = ctx.summary.referral_rate
     caught = None if ood.deferral is None else _caught_at(ood.deferral, det, rate)
     if caught is not None:
         text += f" Referring the {rate:.0%} most unusual cases for review would catch {caught:.0%} of the outliers."
-    out.findings.append(Finding("ood", text, concern=auroc < 0.8))
+    groups = ctx.study.frame("ood_by_group") if ctx.study else pd.DataFrame()
+    mine = groups[groups["detector"] == det] if not groups.empty else groups
+    if not mine.empty:
+        text += (
+            " By outlier group: "
+            + ", ".join(
+                f"{g} {a:.2f} ({n} images)"
+                for g, a, n in zip(mine["group"], mine["auroc"], mine["n_images"])
+                if _num(a) is not None
+            )
+            + "."
+        )
+    weak = [] if mine.empty else [g for g, a in zip(mine["group"], mine["auroc"]) if _num(a) is not None and a < 0.7]
+    out.findings.append(Finding("ood", text, concern=auroc < 0.8 or bool(weak)))
+    costs = ctx.study.frame("costs") if ctx.study else pd.DataFrame()
+    if not costs.empty:
+        out.caveats.append(
+            "Mean cost uses this cost table (agree it with clinicians): "
+            + "; ".join(f"{o} {c:g}" for o, c in zip(costs["outcome"], costs["cost"]))
+            + "."
+        )
 
 
 def _calibration(ctx: ReportContext, out: Summary) -> None:
@@ -164,11 +335,19 @@ def _calibration(ctx: ReportContext, out: Summary) -> None:
     if cal is None or cal.metrics.empty:
         out.caveats.append("Calibration was not measured: treat predicted probabilities as scores, not risks.")
         return
-    row = cal.metrics.iloc[-1] if cal.deployed is None else _row(cal.metrics, method=cal.deployed)
-    ece = _num(row["ece"])
+    chosen = ctx.study.calibration_chosen if ctx.study and ctx.study.calibration_chosen else cal.deployed
+    row = cal.metrics.iloc[-1] if chosen is None else _row(cal.metrics, method=chosen)
+    ece = None if row is None else _num(row["ece"])
     if ece is None:
         return
-    how = f"ECE {ece:.3f}, {row['method']}"
+    raw = _row(cal.metrics, method="uncalibrated")
+    scaled = cal.metrics[cal.metrics["method"].astype(str) != "uncalibrated"]
+    how = f"on '{cal.eval_set}', ECE {ece:.3f} {row['method']}"
+    if raw is not None and len(scaled):
+        how = (
+            f"on '{cal.eval_set}', ECE {float(raw['ece']):.3f} raw and {float(scaled.iloc[0]['ece']):.3f} "
+            f"{scaled.iloc[0]['method']}; the {row['method']} probabilities are used, chosen on validation"
+        )
     if ece <= opt.ece_good:
         text = (
             f"Predicted probabilities are well calibrated: on average they differ from observed frequencies by "
@@ -184,7 +363,24 @@ def _calibration(ctx: ReportContext, out: Summary) -> None:
             f"Predicted probabilities are poorly calibrated: on average they are off by {ece * 100:.1f} "
             f"percentage points ({how}); use them to rank cases, not as risks."
         )
-    out.findings.append(Finding("calibration", text, concern=ece > opt.ece_good))
+    per = ctx.study.frame("calibration") if ctx.study else pd.DataFrame()
+    poor = []
+    if not per.empty:
+        mine = per[per["method"].astype(str) == str(row["method"])]
+        if len(mine) > 1:
+            text += (
+                " ECE per evaluation set: "
+                + ", ".join(f"'{s}' {e:.3f}" for s, e in zip(mine["eval_set"], mine["ece"]) if _num(e) is not None)
+                + "."
+            )
+            poor = [
+                s
+                for s, e in zip(mine["eval_set"], mine["ece"])
+                if s != cal.eval_set and _num(e) is not None and e > opt.ece_poor
+            ]
+            if poor:
+                text += f" Probabilities are poorly calibrated on {_names(poor)}."
+    out.findings.append(Finding("calibration", text, concern=ece > opt.ece_good or bool(poor)))
 
 
 def _subgroups(ctx: ReportContext, out: Summary) -> None:
@@ -235,7 +431,8 @@ def summarize(ctx: ReportContext) -> Summary:
         ctx: the report context.
 
     Returns:
-        Findings in a fixed order (discrimination, site_ood, ood, calibration, subgroups; absent data is skipped)
+        Findings in a fixed order (study, discrimination, site_ood, prevalence, operating_point, ood, calibration,
+        label_shift, subgroups; absent data is skipped)
         and caveats (missing analyses, wide intervals, flagged groups, then the caller's own caveats).
 
     Example:
@@ -243,9 +440,12 @@ def summarize(ctx: ReportContext) -> Summary:
         []
     """
     out = Summary()
+    _study_design(ctx, out)
     _discrimination(ctx, out)
+    _operating_point(ctx, out)
     _ood(ctx, out)
     _calibration(ctx, out)
+    _label_shift(ctx, out)
     _subgroups(ctx, out)
     out.caveats.extend(ctx.summary.caveats)
     return out

@@ -25,7 +25,7 @@ from lightning.pytorch.callbacks import Callback
 
 from medvision.config import flatten, to_yaml
 from medvision.engine.config import resolve_tracking_uri
-from medvision.engine.trainer import fit_stage, resume_checkpoint
+from medvision.engine.trainer import fit_stage, resume_checkpoint, run_identity
 from medvision.models import create_backbone
 from medvision.ssl.config import PretrainConfig
 from medvision.ssl.data import PretrainDataModule
@@ -136,7 +136,8 @@ def pretrain(config: PretrainConfig, *, callbacks: Sequence[Callback] = ()) -> P
         tags={"medvision.stage": "pretrain", "medvision.ssl_mode": resolved.ssl.mode, "cohort.manifest_sha256": sha},
         texts={"config.yaml": to_yaml(resolved), "cohort/manifest_sha256.txt": sha + "\n"},
     )
-    fitted = fit_stage(resolved, module, datamodule, [tracker, *callbacks], ckpt, to_yaml(resolved))
+    identity = run_identity(resolved, manifest_sha256=sha)
+    fitted = fit_stage(resolved, module, datamodule, [tracker, *callbacks], ckpt, to_yaml(resolved), identity)
     best, last = fitted.best_checkpoint, fitted.last_checkpoint
     metrics = {k: v for k, v in tracker.last_metrics.items() if not (isinstance(v, float) and math.isnan(v))}
     return PretrainResult(

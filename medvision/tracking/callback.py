@@ -157,6 +157,8 @@ class MLflowTracking(Callback):
         if not trainer.is_global_zero or self.run_id is None:
             return
         with isolate_rng():
+            if self._client is None:  # resumed a finished run: no epoch ran, so on_train_start never opened it
+                self._open_run()
             ckpt = getattr(trainer.checkpoint_callback, "best_model_path", "") or ""
             if self.log_model:
                 self._log_network(pl_module, Path(ckpt) if ckpt else None)

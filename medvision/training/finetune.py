@@ -27,7 +27,7 @@ from medvision.classifier import Classifier
 from medvision.config import flatten, to_yaml
 from medvision.data.dataset import CohortDataModule
 from medvision.engine.config import resolve_tracking_uri
-from medvision.engine.trainer import fit_stage, resume_checkpoint
+from medvision.engine.trainer import fit_stage, resume_checkpoint, run_identity
 from medvision.heads import create_head
 from medvision.models import create_backbone
 from medvision.tracking import MLflowTracking
@@ -152,7 +152,8 @@ def finetune(
         "backbone.sha256": record.sha256,
     }
     tracker = _tracker(resolved, tracking_uri, params, sha)
-    fitted = fit_stage(resolved, module, datamodule, [tracker, *callbacks], ckpt, to_yaml(resolved))
+    identity = run_identity(resolved, manifest_sha256=sha)
+    fitted = fit_stage(resolved, module, datamodule, [tracker, *callbacks], ckpt, to_yaml(resolved), identity)
     return FinetuneResult(
         run_id=tracker.run_id,
         best_checkpoint=fitted.best_checkpoint,
