@@ -81,7 +81,7 @@ def build_cohort(spec: CohortSpec | str | Path, out: str | Path, *, new_key: boo
         labels, label_stats = join_labels(rows, spec.labels)
         rows = pd.concat([rows, labels], axis=1)
         rows, rejected = _drop_excluded(rows, rejected)
-        _check_study_values(rows, spec)
+        _check_study_values(rows, spec, pseudo)
         scrubber.add_identifiers(identifier_set(rows))
         check_paths(rows, spec, str(root))
 
@@ -148,14 +148,14 @@ def _drop_excluded(rows: pd.DataFrame, rejected: list[Rejected]) -> tuple[pd.Dat
     return rows[~excluded].drop(columns="csv_excluded"), rejected
 
 
-def _check_study_values(rows: pd.DataFrame, spec: CohortSpec) -> None:
+def _check_study_values(rows: pd.DataFrame, spec: CohortSpec, pseudo: Pseudonymizer) -> None:
     """Before any pixel is decoded: labels exist at all, and every value the spec names exists in the data."""
     if spec.labels is not None and not rows.empty and rows["label"].isna().all():
         raise SpecError(
             f"labels CSV {spec.labels.csv}: no image got a label from column(s) {spec.labels.label_columns} "
             "(every matched row is empty or was mapped away); the cohort would have no class"
         )
-    sites = [site(r, spec.subgroups.site_from) for _, r in rows.iterrows()]
+    sites = [site(r, spec.subgroups.site_from, pseudo) for _, r in rows.iterrows()]
     check_named_values(spec, facts_from_rows(pd.DataFrame({"label": rows["label"], "site": sites}), spec))
 
 
@@ -198,13 +198,7 @@ def _public_manifest(rows: pd.DataFrame, spec: CohortSpec, pseudo: Pseudonymizer
     m["age_band"] = [
         age_band(c if c is not None else h, spec.subgroups.age_bands) for c, h in zip(rows["csv_age"], rows["age"])
     ]
-    if spec.subgroups.site_from == "institution_pseudonym":  # a keyed pseudonym: the hospital is not named
-        m["site"] = [
-            category(c) if c is not None else (pseudo("site", given(i)) if given(i) else UNKNOWN)
-            for c, i in zip(rows["csv_site"], rows["institution"])
-        ]
-    else:
-        m["site"] = rows.apply(lambda r: site(r, spec.subgroups.site_from), axis=1)
+    m["site"] = [site(r, spec.subgroups.site_from, pseudo) for _, r in rows.iterrows()]
     for c in [c for c in rows.columns if c.startswith("sub__")]:
         m[c.removeprefix("sub__")] = rows[c].map(category)
     m["modality"] = rows["modality"].fillna(UNKNOWN)

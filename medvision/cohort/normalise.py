@@ -20,6 +20,7 @@ class is compared with what the build stores):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pandas as pd
 
@@ -68,9 +69,16 @@ def category(value: object) -> str:
     return s
 
 
-def site(row: pd.Series, how: str) -> str:
+def site(row: pd.Series, how: str, pseudonym: Callable[[str, str], str] | None = None) -> str:
+    """The site a row belongs to: the CSV's site column when given, else from the header as ``how`` says;
+    ``institution_pseudonym`` needs ``pseudonym`` (the cohort's keyed pseudonymiser) so no hospital is named."""
     if row.get("csv_site") is not None:
         return category(row["csv_site"])
+    if how == "institution_pseudonym":
+        if pseudonym is None:
+            raise ValueError("site_from: institution_pseudonym needs the cohort's pseudonymiser")
+        institution = given(row["institution"])
+        return pseudonym("site", institution) if institution else UNKNOWN
     parts = {
         "institution": [row["institution"]],
         "manufacturer": [row["manufacturer"]],
