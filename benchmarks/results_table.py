@@ -23,7 +23,9 @@ def _ci(m: dict | None) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("metrics", type=Path)
-    doc = json.loads(ap.parse_args().metrics.read_text())
+    ap.add_argument("--model", help="model whose subgroup table to print (default: the evaluation's primary)")
+    args = ap.parse_args()
+    doc = json.loads(args.metrics.read_text())
     models = doc["models"]
     summary: dict = {"cohort": doc["cohort"]["name"], "manifest_sha256": doc["cohort"]["manifest_sha256"]}
 
@@ -38,7 +40,7 @@ def main() -> None:
         )
         summary[f"{m['name']}/test_auroc"] = (test.get("auroc") or {}).get("value")
 
-    primary = next(m for m in models if m["name"] == doc["primary_model"])
+    primary = next(m for m in models if m["name"] == (args.model or doc["primary_model"]))
     print()
     for m in sorted(models, key=lambda m: (m["stage"] or "", m["label_fraction"])):
         ood = m.get("ood") or {}
