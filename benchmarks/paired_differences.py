@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medvision.auroc import macro_auroc
 from medvision.evaluation.bootstrap import Bootstrap
 from medvision.evaluation.ood import msp_score
-from medvision.evaluation.tables import macro_auroc_batched
 
 N_RESAMPLES = 1000
 
@@ -62,8 +62,8 @@ def compare(folder: Path, models: dict[str, dict], first: str, second: str, seed
         keep = ((fa["label_idx"] >= 0) & (fa["label_idx"] < k)).to_numpy()
         y = fa["label_idx"].to_numpy()[keep]
         boot = Bootstrap(fa["patient_id"].to_numpy()[keep], n_resamples=N_RESAMPLES, seed=seed)
-        ra = boot.ci(macro_auroc_batched, y, _probs(fa, a["classes"])[keep])
-        rb = boot.ci(macro_auroc_batched, y, _probs(fb, b["classes"])[keep])
+        ra = boot.ci(macro_auroc, y, _probs(fa, a["classes"])[keep])
+        rb = boot.ci(macro_auroc, y, _probs(fb, b["classes"])[keep])
         d = ra - rb
         rows.append(
             {
