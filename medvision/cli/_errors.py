@@ -29,7 +29,7 @@ def run_guarded(fn: Callable[[], T]) -> T:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return fn()
-    except (SpecError, ValidationError, FileNotFoundError, ValueError) as e:
+    except (SpecError, ValidationError, FileNotFoundError, FileExistsError, ValueError) as e:
         typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
     except PacsError as e:
