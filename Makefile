@@ -46,6 +46,7 @@ bench: install
 	$(BIN)/python benchmarks/bootstrap.py
 	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/pretrain_step.py
+	$(BIN)/python benchmarks/pacs_pull.py
 
 clean:
 	rm -rf demo-output .pytest_cache reports/generated
