@@ -114,7 +114,7 @@ def test_dicomweb_and_dimse_pulls_build_identical_manifests(pacs, env, tmp_path)
     for protocol in ("dicomweb", "dimse"):
         spec = _spec(pacs, tmp_path / protocol, protocol)
         summary = pull_cohort(spec, progress=False)
-        assert (summary.matched, summary.retrieved, summary.quarantined) == (n, n, 0)
+        assert (protocol, summary.matched, summary.retrieved, summary.quarantined) == (protocol, n, n, 0)
         cards[protocol] = build_cohort(spec, tmp_path / protocol / "cohort")
         manifests[protocol] = pd.read_parquet(tmp_path / protocol / "cohort" / "manifest.parquet")
         # The RLE instance kept its compression on the way (no transcoding by either transport).

@@ -7,6 +7,7 @@ send every instance in the syntax it stores (an RLE instance stays RLE) instead 
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from collections.abc import Iterable
@@ -37,6 +38,8 @@ from medvision.cohort.spec import PacsSpec
 
 __all__ = ["DimseSource"]
 
+log = logging.getLogger("medvision.cohort.pacs")
+
 _SYNTAXES = [
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -60,6 +63,7 @@ class DimseSource:
         self._classes = sorted({c for c in storage_classes if c})
         self._assoc = None
         self._received: list[tuple[Dataset | None, str, str]] = []
+        self._expected: dict[str, int | None] = {}  # UID -> number of children the PACS announced
 
     # --- association ---------------------------------------------------------------------------------
 
@@ -143,7 +147,9 @@ class DimseSource:
                     lost = True
                     break
                 code = int(status.Status)
-                if code in (0xFF00, 0xFF01) and ident is not None:
+                if code in (0xFF00, 0xFF01):
+                    if ident is None:  # a match we cannot read must not silently shrink the cohort
+                        raise PacsError(f"the PACS at {self.where} sent an unreadable {what} response")
                     found.append(ident)
                 elif code != 0x0000:
                     raise PacsError(
@@ -151,6 +157,10 @@ class DimseSource:
                         "check that it allows queries from our AE title"
                     )
             if not lost:
+                if not self._classes:
+                    # One association per search: pynetdicom was seen to hand a late response of one C-FIND to
+                    # the next on a reused association ("unexpected C-FIND service message"), shifting answers.
+                    self.close()
                 return found
             self.close()
             if attempt < self.spec.retries:
@@ -160,21 +170,47 @@ class DimseSource:
         )
 
     def studies(self, filters: dict[str, str]) -> list[str]:
-        q = _identifier("STUDY", {"StudyInstanceUID": "", **filters})
-        return [str(d.StudyInstanceUID) for d in self._find(q, "study search")]
+        q = _identifier("STUDY", {"StudyInstanceUID": "", "NumberOfStudyRelatedSeries": "", **filters})
+        found = self._find(q, "study search")
+        self._expected.update({str(d.StudyInstanceUID): _count(d, "NumberOfStudyRelatedSeries") for d in found})
+        return [str(d.StudyInstanceUID) for d in found]
 
     def series(self, study: str, filters: dict[str, str]) -> list[tuple[str, str]]:
-        q = _identifier("SERIES", {"StudyInstanceUID": study, "SeriesInstanceUID": "", "Modality": "", **filters})
-        return [(str(d.SeriesInstanceUID), str(d.get("Modality", ""))) for d in self._find(q, "series search")]
+        q = _identifier(
+            "SERIES",
+            {
+                "StudyInstanceUID": study,
+                "SeriesInstanceUID": "",
+                "Modality": "",
+                "NumberOfSeriesRelatedInstances": "",
+                **filters,
+            },
+        )
+        found = self._complete(q, "series search", None if filters else self._expected.get(study))
+        self._expected.update({str(d.SeriesInstanceUID): _count(d, "NumberOfSeriesRelatedInstances") for d in found})
+        return [(str(d.SeriesInstanceUID), str(d.get("Modality", ""))) for d in found]
 
     def instances(self, study: str, series: str) -> list[InstanceRef]:
         q = _identifier(
             "IMAGE", {"StudyInstanceUID": study, "SeriesInstanceUID": series, "SOPInstanceUID": "", "SOPClassUID": ""}
         )
-        return [
-            InstanceRef(study, series, str(d.SOPInstanceUID), str(d.get("SOPClassUID", "")))
-            for d in self._find(q, "instance search")
-        ]
+        found = self._complete(q, "instance search", self._expected.get(series))
+        return [InstanceRef(study, series, str(d.SOPInstanceUID), str(d.get("SOPClassUID", ""))) for d in found]
+
+    def _complete(self, identifier: Dataset, what: str, expected: int | None) -> list[Dataset]:
+        """A search whose answer count must reach what the level above announced. Under load Orthanc 1.10 was
+        seen to answer a SERIES-level C-FIND with one series short; asking again gave the full answer, and a
+        pull that silently drops an instance would be worse than one that fails."""
+        key = {"SERIES": "SeriesInstanceUID", "IMAGE": "SOPInstanceUID"}[str(identifier.QueryRetrieveLevel)]
+        for _ in range(self.spec.retries + 1):
+            found = list({str(d.get(key, "")): d for d in self._find(identifier, what)}.values())
+            if expected is None or len(found) >= expected:
+                return found
+            log.debug("a %s came back with %d of %d announced matches; asking again", what, len(found), expected)
+        raise PacsError(
+            f"the PACS at {self.where} answered the {what} with {len(found)} of the {expected} "
+            f"matches it announced, {self.spec.retries + 1} times; try again later"
+        )
 
     # --- retrieval -----------------------------------------------------------------------------------
 
@@ -206,6 +242,13 @@ class DimseSource:
             if error:
                 raise InstanceFailedError(error)
         raise InstanceFailedError(f"C-GET returned no instance (status 0x{(code or 0):04X})")
+
+
+def _count(ds: Dataset, keyword: str) -> int | None:
+    try:
+        return int(ds.get(keyword))
+    except (TypeError, ValueError):
+        return None
 
 
 def _identifier(level: str, keys: dict[str, str]) -> Dataset:
