@@ -135,7 +135,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--patients", type=int, default=200)
     ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     os.environ.setdefault("MEDVISION_PACS_USER", "medvision")
     os.environ.setdefault("MEDVISION_PACS_PASSWORD", PASSWORD)
@@ -149,18 +149,19 @@ def main() -> None:
             import pydicom
 
             classes = sorted({str(pydicom.dcmread(f, stop_before_pixels=True).SOPClassUID) for f in files})
-            rows = {}
+            runs = {}
             for protocol in ("dicomweb", "dimse"):
                 for conc in (1, 4):
-                    secs, n = _best(
-                        lambda tmp, p=protocol, c=conc: (
-                            pull(_spec(server, p, tmp / "store", c), progress=False).retrieved
-                        ),
-                        args.repeats,
+                    runs[f"medvision {protocol} x{conc}"] = lambda tmp, p=protocol, c=conc: (
+                        pull(_spec(server, p, tmp / "store", c), progress=False).retrieved
                     )
-                    rows[f"medvision {protocol} x{conc}"] = (secs, n)
-            rows["plain dicomweb-client x1"] = _best(lambda tmp: plain_dicomweb(server, tmp), args.repeats)
-            rows["plain pynetdicom x1"] = _best(lambda tmp: plain_dimse(server, tmp, classes), args.repeats)
+            runs["plain dicomweb-client x1"] = lambda tmp: plain_dicomweb(server, tmp)
+            runs["plain pynetdicom x1"] = lambda tmp: plain_dimse(server, tmp, classes)
+            rows = {k: (float("inf"), 0) for k in runs}
+            for _ in range(args.repeats):  # interleaved, best of the repeats: load from elsewhere hits all alike
+                for k, fn in runs.items():
+                    secs, n = _best(fn, 1)
+                    rows[k] = min(rows[k], (secs, n))
         finally:
             server.stop()
     finally:
@@ -185,6 +186,7 @@ def main() -> None:
         "dimse_vs_plain": round(rate["medvision dimse x1"] / rate["plain pynetdicom x1"], 3),
         "dicomweb_x4_vs_x1": round(rate["medvision dicomweb x4"] / rate["medvision dicomweb x1"], 3),
         "dimse_x4_vs_x1": round(rate["medvision dimse x4"] / rate["medvision dimse x1"], 3),
+        "plain_dimse_instances": rows["plain pynetdicom x1"][1],
         "cpus": os.cpu_count(),
     }
     print()
