@@ -9,13 +9,20 @@ TORCH   := torch==2.14.1 torchvision==0.29.1
 # The report tests open the HTML in Debian's headless Chromium.
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install browser test test-fast demo lint format bench clean
+.PHONY: install browser servers test test-fast demo lint format bench clean
 
-install: $(STAMP) browser
+install: $(STAMP) browser servers
 
 browser:
 	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get install -y -q chromium >/dev/null || \
 	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q chromium >/dev/null; }; }
+
+# The PACS and team-server tests start Debian's Orthanc (+ DICOMweb plugin) and PostgreSQL themselves.
+SERVERS := orthanc orthanc-dicomweb postgresql
+servers:
+	@missing="$$(for p in $(SERVERS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done)"; \
+	[ -z "$$missing" ] || { $(SUDO) apt-get install -y -q $$missing >/dev/null || \
+	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q $$missing >/dev/null; }; }
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,7 +39,7 @@ test: lint
 test-fast: lint
 	$(BIN)/python -m pytest -q -m "not slow"
 
-demo: install
+demo: $(STAMP)
 	$(BIN)/medvision demo --out demo-output
 
 # Style, formatting, the one-way layers of docs/ARCHITECTURE.md (import-linter) and types.
@@ -51,6 +58,7 @@ bench: install
 	$(BIN)/python benchmarks/bootstrap.py
 	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/pretrain_step.py
+	$(BIN)/python benchmarks/pacs_pull.py
 
 clean:
 	rm -rf demo-output .pytest_cache reports/generated

@@ -11,6 +11,7 @@ import typer
 from medvision.cli._errors import run_guarded
 from medvision.cli.cohort import app as cohort_app
 from medvision.cli.evaluate import evaluate_command, report_command
+from medvision.cli.export import export_command
 from medvision.cli.finetune import finetune_command
 from medvision.cli.pretrain import pretrain_command
 from medvision.cli.run import run_command
@@ -32,6 +33,7 @@ app.command("pretrain")(pretrain_command)
 app.command("run")(run_command)
 app.command("evaluate")(evaluate_command)
 app.command("report")(report_command)
+app.command("export")(export_command)
 
 
 @app.command("demo")

@@ -18,6 +18,7 @@ def run_guarded(fn: Callable[[], T]) -> T:
     from pydantic import ValidationError
 
     from medvision.cohort.build import CohortBuildError
+    from medvision.cohort.pacs.errors import PacsError
     from medvision.cohort.spec import SpecError
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per download floods logs
@@ -28,9 +29,12 @@ def run_guarded(fn: Callable[[], T]) -> T:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return fn()
-    except (SpecError, ValidationError, FileNotFoundError, ValueError) as e:
+    except (SpecError, ValidationError, FileNotFoundError, FileExistsError, ValueError) as e:
         typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
+    except PacsError as e:
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
     except CohortBuildError as e:
         typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None

@@ -59,6 +59,7 @@ def build(
         False, "--new-key", help="Rebuild over a cohort made with another pseudonym key (every pseudonym changes)."
     ),
     out: Path | None = typer.Option(None, help="Output folder (default: cohorts/build/NAME)."),
+    pull: bool = typer.Option(False, "--pull", help="First pull the spec's pacs: request into its store."),
 ) -> None:
     """Index, label, pseudonymise, split and cache a cohort. Writes manifest.parquet, quarantine.csv,
     cohort.json and cache/ into OUT."""
@@ -72,7 +73,13 @@ def build(
             raise ValueError("give either a cohort spec file or --images DIR (not both)")
         if spec is not None:
             s = load_spec(spec)
+            if pull:
+                from medvision.cohort.pacs import pull_cohort
+
+                pull_cohort(s)
         else:
+            if pull:
+                raise ValueError("--pull needs a cohort spec with a pacs: section")
             given = {
                 "labels": labels,
                 "key_column": key_column,
@@ -108,6 +115,29 @@ def _pair(text: str) -> tuple[str, str]:
         raise ValueError(f"--subgroup expects NAME=COLUMN, got {text!r}")
     k, v = text.split("=", 1)
     return k.strip(), v.strip()
+
+
+@app.command("pull")
+def pull(
+    spec: Path = typer.Argument(..., help="A cohort spec with a pacs: section (cohorts/NAME.yaml)."),
+    progress: bool = typer.Option(True, help="Show a progress bar with counts (on stderr)."),
+) -> None:
+    """Pull the spec's PACS request (DICOMweb or DIMSE) into its local store; a re-run skips what is present.
+    Credentials come from $MEDVISION_PACS_USER/$MEDVISION_PACS_PASSWORD, $MEDVISION_PACS_TOKEN or
+    pacs.credentials_file. Then run `medvision cohort build SPEC`."""
+
+    def body() -> None:
+        from medvision.cohort.pacs import pull_cohort
+
+        s = pull_cohort(spec, progress=progress)
+        typer.echo(
+            f"{s.matched} instances matched: {s.retrieved} retrieved, {s.skipped} already present, "
+            f"{s.quarantined} quarantined (see {s.store}/quarantine.jsonl)"
+            + (f"; {s.unmatched_requests} request-list row(s) matched no study" if s.unmatched_requests else "")
+            + f". Build it with: medvision cohort build {spec}"
+        )
+
+    run_guarded(body)
 
 
 @app.command("show")

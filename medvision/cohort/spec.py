@@ -23,6 +23,9 @@ __all__ = [
     "CohortSpec",
     "FolderOptions",
     "LabelsSpec",
+    "PacsQuery",
+    "PacsRequestList",
+    "PacsSpec",
     "PreprocessSpec",
     "SpecError",
     "SplitSpec",
@@ -180,9 +183,96 @@ class PreprocessSpec(_Strict):
     dtype: Literal["uint8", "float16"] = "uint8"
 
 
+class PacsQuery(_Strict):
+    """Which studies and series to pull. Keys left out do not restrict; DICOM wildcards (``*``, ``?``) work in
+    the descriptions. Patient IDs and accession numbers never go here: they belong in the request CSV."""
+
+    #: Modalities in the study (``ModalitiesInStudy``) and of the pulled series (``Modality``).
+    modality: list[str] = Field(default_factory=list)
+    #: ``YYYYMMDD-YYYYMMDD`` (either end may be left open) or one ``YYYYMMDD``.
+    study_date: str | None = Field(None, pattern=r"^(\d{8}|\d{8}-|-\d{8}|\d{8}-\d{8})$")
+    study_description: str | None = None
+    series_description: str | None = None
+    #: ``BodyPartExamined`` of the series, e.g. CHEST.
+    body_part: str | None = None
+
+    def is_empty(self) -> bool:
+        return not (
+            self.modality or self.study_date or self.study_description or self.series_description or self.body_part
+        )
+
+
+class PacsRequestList(_Strict):
+    """A CSV listing the studies an ethics board approved: one identifier per row."""
+
+    csv: Path
+    column: str
+    #: What the column holds; each value becomes one study-level query (ANDed with ``query``).
+    key: Literal["AccessionNumber", "StudyInstanceUID", "PatientID"]
+
+
+class PacsSpec(_Strict):
+    """Where a cohort's instances come from when they live in a PACS (``medvision cohort pull``).
+
+    Credentials are never part of a spec: they come from $MEDVISION_PACS_USER + $MEDVISION_PACS_PASSWORD,
+    $MEDVISION_PACS_TOKEN, or ``credentials_file`` (a file only the user can read).
+    """
+
+    protocol: Literal["dicomweb", "dimse"]
+    #: DICOMweb base URL (QIDO-RS and WADO-RS), e.g. ``https://pacs.example.org/dicom-web``.
+    url: str | None = None
+    #: DIMSE: the PACS host and port, its AE title, and ours (the PACS must know our AE title).
+    host: str | None = None
+    port: int | None = Field(None, ge=1, le=65535)
+    called_aet: str = Field("ANY-SCP", max_length=16)
+    calling_aet: str = Field("MEDVISION", max_length=16)
+    #: The local content-addressed store the instances are pulled into (outside the cohort output);
+    #: the cohort's ``images`` defaults to its ``instances`` folder.
+    store: Path
+    query: PacsQuery = Field(default_factory=PacsQuery)
+    request_list: PacsRequestList | None = None
+    auth: Literal["none", "basic", "bearer"] = "none"
+    credentials_file: Path | None = None
+    #: TLS certificate verification (DICOMweb over https); a CA bundle file for a hospital's own CA.
+    verify_tls: bool = True
+    ca_bundle: Path | None = None
+    #: Instances retrieved at once (HTTP requests or DIMSE associations).
+    concurrency: int = Field(4, ge=1, le=32)
+    #: Attempts after the first on timeouts, refused connections and 5xx answers (exponential back-off).
+    retries: int = Field(3, ge=0, le=10)
+    timeout: float = Field(30.0, gt=0, description="seconds per request")
+
+    @model_validator(mode="after")
+    def _check(self) -> PacsSpec:
+        if self.protocol == "dicomweb":
+            if not self.url or not self.url.startswith(("http://", "https://")):
+                raise ValueError("pacs.url must be the DICOMweb base URL (http:// or https://) for protocol dicomweb")
+            if "@" in self.url.split("//", 1)[1].split("/", 1)[0]:
+                raise ValueError(
+                    "pacs.url must not hold credentials; set $MEDVISION_PACS_USER and "
+                    "$MEDVISION_PACS_PASSWORD (or pacs.credentials_file) instead"
+                )
+        else:
+            if not self.host or self.port is None:
+                raise ValueError("pacs.host and pacs.port are required for protocol dimse")
+            if self.auth != "none":
+                raise ValueError(
+                    "DIMSE has no passwords: the PACS admits our AE title (pacs.calling_aet); set pacs.auth to none"
+                )
+        if self.query.is_empty() and self.request_list is None:
+            raise ValueError(
+                "pacs needs a query (modality, study_date, ...) or a request_list; an empty "
+                "request would pull the whole archive"
+            )
+        return self
+
+
 class CohortSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    #: The images folder; with a ``pacs`` section it defaults to ``<pacs.store>/instances``.
     images: Path
+    #: Pull the images from a PACS first (``medvision cohort pull``); the build then reads the store.
+    pacs: PacsSpec | None = None
     labels: LabelsSpec | None = None
     #: Multi-frame objects: the middle frame, the mean of all frames, or one instance per frame.
     frames: Literal["middle", "mean", "all"] = "middle"
@@ -205,6 +295,18 @@ class CohortSpec(_Strict):
     #: screenshots stored beside DICOM series out of the cohort.
     kinds: list[str] | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _images_from_store(cls, raw: object) -> object:
+        if (
+            isinstance(raw, dict)
+            and raw.get("images") is None
+            and isinstance(raw.get("pacs"), dict)
+            and raw["pacs"].get("store") is not None
+        ):
+            raw = {**raw, "images": Path(raw["pacs"]["store"]) / "instances"}
+        return raw
+
     def resolved(self, base: Path) -> CohortSpec:
         """Paths made absolute against ``base`` (the spec file's folder)."""
 
@@ -214,6 +316,17 @@ class CohortSpec(_Strict):
         upd: dict[str, object] = {"images": fix(self.images), "pseudonym_key_file": fix(self.pseudonym_key_file)}
         if self.labels is not None:
             upd["labels"] = self.labels.model_copy(update={"csv": fix(self.labels.csv)})
+        if self.pacs is not None:
+            p = self.pacs
+            req = None if p.request_list is None else p.request_list.model_copy(update={"csv": fix(p.request_list.csv)})
+            upd["pacs"] = p.model_copy(
+                update={
+                    "store": fix(p.store),
+                    "credentials_file": fix(p.credentials_file),
+                    "ca_bundle": fix(p.ca_bundle),
+                    "request_list": req,
+                }
+            )
         return self.model_copy(update=upd)
 
 

@@ -217,6 +217,8 @@ def _training(ctx: StageContext) -> tuple[StageOutput, Rows]:
         identity = wire_config(stage.kind, data, cohort_dir=cohort.cohort_dir, output_dir=Path("-"), weights=weights)
         identity.pop("tracking", None)
         identity["output_dir"] = None
+        if isinstance(identity.get("data"), dict):  # the cohort is identified by its manifest hash (upstream),
+            identity["data"]["cohort_dir"] = None  # not by the folder it was built in: users share stages
         key = stage_key(stage.kind, identity, upstream_keys, cohort.manifest_sha256, ctx.version)
         name = ctx.stage_id if member == "main" else f"{ctx.stage_id}/{member}"
         run = ctx.tracker.finished(key)

@@ -17,7 +17,11 @@ from pathlib import Path
 import mlflow
 from mlflow import MlflowClient
 
-__all__ = ["artifact_root_for", "get_or_create_experiment", "open_client", "using_tracking_uri"]
+__all__ = ["TrackingAuthError", "artifact_root_for", "get_or_create_experiment", "open_client", "using_tracking_uri"]
+
+
+class TrackingAuthError(ValueError):
+    """The tracking server refused our credentials; the message says which variables to set."""
 
 
 @contextlib.contextmanager
@@ -44,7 +48,31 @@ def open_client(tracking_uri: str) -> MlflowClient:
     db = _sqlite_path(tracking_uri)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
-    return MlflowClient(tracking_uri=tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    if tracking_uri.startswith(("http://", "https://")):
+        _check_access(client, tracking_uri)
+    return client
+
+
+def _check_access(client: MlflowClient, uri: str) -> None:
+    """Fail before any work when an authenticating server (``mlflow server --app-name basic-auth``) refuses us,
+    instead of deep inside a stage with MLflow's raw 401."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.search_experiments(max_results=1)
+    except MlflowException as e:
+        text = str(e)
+        code = next((c for c in ("401", "403") if f"error code {c}" in text), None)
+        if code is None:
+            raise
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        who = f"user {user!r}" if user else "an anonymous client (MLFLOW_TRACKING_USERNAME is not set)"
+        what = "refused the password of" if code == "401" else "denies access to"
+        raise TrackingAuthError(
+            f"the MLflow server at {uri} {what} {who} (HTTP {code}); set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD to your account on that server (ask its admin for one)"
+        ) from None
 
 
 def artifact_root_for(tracking_uri: str) -> str | None:
@@ -59,9 +87,19 @@ def get_or_create_experiment(client: MlflowClient, name: str) -> str:
     Raises:
         ValueError: the experiment exists but was deleted (MLflow keeps the name reserved).
     """
+    from mlflow.exceptions import MlflowException
+
     exp = client.get_experiment_by_name(name)
     if exp is None:
-        return client.create_experiment(name, artifact_location=artifact_root_for(client.tracking_uri))
+        try:
+            return client.create_experiment(name, artifact_location=artifact_root_for(client.tracking_uri))
+        except MlflowException as e:
+            # Two users (or pipelines) starting at once on a shared server: the other one created it first.
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
     if exp.lifecycle_stage == "deleted":
         raise ValueError(
             f"MLflow experiment {name!r} was deleted; restore it (mlflow experiments restore) or set "

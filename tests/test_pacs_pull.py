@@ -1,0 +1,253 @@
+"""Pulling a cohort from a real Orthanc by DICOMweb and by DIMSE, then building it as a folder."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+import yaml
+from dicom_factory import dicom_image, write
+from orthanc_server import CALLED_AET, CALLING_AET, start_orthanc
+from pydicom.uid import RLELossless
+
+from medvision.cohort.build import build_cohort
+from medvision.cohort.pacs import (
+    PacsAuthError,
+    PacsNoMatchError,
+    PacsUnreachableError,
+    pull_cohort,
+)
+from medvision.cohort.spec import SpecError, load_spec
+from medvision.cohort.synth import synthesize
+
+PASSWORD = "Pl4nted-S3cret-pw"  # planted: must never appear in any log or output
+KEY = "00112233445566778899aabbccddeeff"
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory):
+    """A running Orthanc holding a synthetic chest X-ray cohort plus one RLE and one corrupt instance."""
+    root = tmp_path_factory.mktemp("pacs")
+    spec = synthesize(root / "source", "cxr", patients=30, seed=3, size=32)
+    files = sorted((root / "source" / "images").rglob("*.dcm"))
+    rng = np.random.default_rng(0)
+    rle = dicom_image(
+        (rng.random((32, 32)) * 4000).astype(np.uint16),
+        Modality="DX",
+        StudyDate="20210301",
+        BodyPartExamined="CHEST",
+        SeriesDescription="EXTRA RLE",
+    )
+    files.append(write(rle, root / "rle.dcm", RLELossless))
+    bad = dicom_image(
+        (rng.random((32, 32)) * 4000).astype(np.uint16),
+        Modality="DX",
+        StudyDate="20210301",
+        BodyPartExamined="CHEST",
+        SeriesDescription="EXTRA CORRUPT",
+    )
+    bad.PixelData = bad.PixelData[:300]  # truncated: the header is fine, the pixels cannot be decoded
+    files.append(write(bad, root / "corrupt.dcm"))
+    server = start_orthanc(root / "orthanc", "medvision", PASSWORD)
+    server.upload(files)
+    yield {"server": server, "spec": spec, "files": files, "root": root, "rle_sop": rle.SOPInstanceUID}
+    server.stop()
+
+
+def _spec(pacs, tmp: Path, protocol: str, **pacs_extra) -> Path:
+    """A cohort spec pulling every DX/CR study from the fixture's Orthanc into ``tmp/store``."""
+    raw = yaml.safe_load(pacs["spec"].read_text())
+    server = pacs["server"]
+    section = {
+        "protocol": protocol,
+        "store": str(tmp / "store"),
+        "query": {"modality": ["DX", "CR"]},
+        "concurrency": 2,
+        "retries": 1,
+        "timeout": 10,
+    }
+    if protocol == "dicomweb":
+        section |= {"url": server.dicomweb, "auth": "basic"}
+    else:
+        section |= {
+            "host": "127.0.0.1",
+            "port": server.dicom_port,
+            "called_aet": CALLED_AET,
+            "calling_aet": CALLING_AET,
+        }
+    section |= pacs_extra
+    raw.pop("images")
+    raw["labels"]["csv"] = str(pacs["spec"].parent / "labels.csv")
+    raw["pacs"] = section
+    tmp.mkdir(parents=True, exist_ok=True)
+    path = tmp / "cohort.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture
+def env(monkeypatch):
+    monkeypatch.setenv("MEDVISION_PSEUDONYM_KEY", KEY)
+    monkeypatch.setenv("MEDVISION_PACS_USER", "medvision")
+    monkeypatch.setenv("MEDVISION_PACS_PASSWORD", PASSWORD)
+
+
+def _expected_dx_cr(pacs) -> int:
+    return sum(pydicom.dcmread(f, stop_before_pixels=True).Modality in ("DX", "CR") for f in pacs["files"])
+
+
+@pytest.mark.slow
+def test_dicomweb_and_dimse_pulls_build_identical_manifests(pacs, env, tmp_path):
+    n = _expected_dx_cr(pacs)
+    cards, manifests = {}, {}
+    for protocol in ("dicomweb", "dimse"):
+        spec = _spec(pacs, tmp_path / protocol, protocol)
+        summary = pull_cohort(spec, progress=False)
+        assert (protocol, summary.matched, summary.retrieved, summary.quarantined) == (protocol, n, n, 0)
+        cards[protocol] = build_cohort(spec, tmp_path / protocol / "cohort")
+        manifests[protocol] = pd.read_parquet(tmp_path / protocol / "cohort" / "manifest.parquet")
+        # The RLE instance kept its compression on the way (no transcoding by either transport).
+        store = tmp_path / protocol / "store"
+        index = dict(json.loads(line).values() for line in (store / "index.jsonl").read_text().splitlines())
+        sha = index[pacs["rle_sop"]]
+        assert pydicom.dcmread(store / "instances" / sha[:2] / f"{sha}.dcm").file_meta.TransferSyntaxUID == RLELossless
+        quarantine = pd.read_csv(tmp_path / protocol / "cohort" / "quarantine.csv")
+        assert len(quarantine) == 1 and quarantine["stage"].iloc[0] == "decode"  # the truncated pixels
+    web, dimse = manifests["dicomweb"], manifests["dimse"]
+    assert len(web) == n - 1 and web["content_sha256"].nunique() == n - 1
+    pd.testing.assert_frame_equal(web, dimse)
+    assert cards["dicomweb"]["manifest_sha256"] == cards["dimse"]["manifest_sha256"]
+
+
+@pytest.mark.slow
+def test_a_killed_pull_resumes_without_downloading_again(pacs, env, tmp_path):
+    n = _expected_dx_cr(pacs)
+    spec = _spec(pacs, tmp_path, "dicomweb", concurrency=1)
+    index = tmp_path / "store" / "index.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "medvision.cli", "cohort", "pull", str(spec), "--no-progress"],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if index.exists() and len(index.read_text().splitlines()) >= 5:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the pull finished before it could be killed"
+    present = {json.loads(x)["sop"] for x in index.read_text().splitlines() if x.endswith("}")}
+    assert 5 <= len(present) < n
+
+    summary = pull_cohort(spec, progress=False)
+    assert summary.skipped == len(present) and summary.retrieved == n - len(present)
+    lines = [json.loads(x) for x in index.read_text().splitlines() if x.endswith("}")]
+    assert len({x["sop"] for x in lines}) == n
+    assert len(list((tmp_path / "store" / "instances").rglob("*.dcm"))) == n
+    assert not list((tmp_path / "store" / "tmp").iterdir())
+    # A third pull finds everything present and retrieves nothing.
+    again = pull_cohort(spec, progress=False)
+    assert (again.retrieved, again.skipped) == (0, n)
+
+
+def test_stopped_server_wrong_password_and_empty_query_fail_clearly(pacs, env, tmp_path, monkeypatch):
+    from orthanc_server import free_port
+
+    dead = _spec(pacs, tmp_path / "dead", "dicomweb", url=f"http://127.0.0.1:{free_port()}/dicom-web")
+    with pytest.raises(PacsUnreachableError, match="cannot reach the PACS at http://127.0.0.1:"):
+        pull_cohort(dead, progress=False)
+    store = tmp_path / "dead" / "store"
+    assert not list((store / "instances").rglob("*")) and not list((store / "tmp").iterdir())
+
+    dead_dimse = _spec(pacs, tmp_path / "dead2", "dimse", port=free_port())
+    with pytest.raises(PacsUnreachableError, match="cannot reach the PACS"):
+        pull_cohort(dead_dimse, progress=False)
+
+    monkeypatch.setenv("MEDVISION_PACS_PASSWORD", "not-the-password")
+    with pytest.raises(PacsAuthError, match=r"refused our credentials \(HTTP 401\)"):
+        pull_cohort(_spec(pacs, tmp_path / "auth", "dicomweb"), progress=False)
+    with pytest.raises(PacsAuthError, match="rejected the association"):
+        pull_cohort(_spec(pacs, tmp_path / "aet", "dimse", calling_aet="STRANGER"), progress=False)
+
+    monkeypatch.setenv("MEDVISION_PACS_PASSWORD", PASSWORD)
+    nothing = _spec(pacs, tmp_path / "none", "dimse", query={"modality": ["MR"], "study_date": "19000101-19001231"})
+    with pytest.raises(PacsNoMatchError, match="keys used: modality, study_date"):
+        pull_cohort(nothing, progress=False)
+
+
+def test_spec_rejects_typos_credentials_in_url_and_empty_requests(pacs, tmp_path):
+    good = yaml.safe_load(_spec(pacs, tmp_path, "dicomweb").read_text())
+    for change, message in (
+        ({"qurey": {}}, "pacs.qurey: unknown key"),
+        ({"url": "http://user:pw@127.0.0.1/dicom-web"}, "must not hold credentials"),
+        ({"query": {}}, "would pull the whole archive"),
+        ({"query": {"study_date": "2021-01-01"}}, "pacs.query.study_date"),
+    ):
+        raw = {**good, "pacs": {**good["pacs"], **change}}
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        with pytest.raises(SpecError, match=message.replace("(", r"\(")):
+            load_spec(path)
+    spec = load_spec(tmp_path / "cohort.yaml")
+    assert spec.images == (tmp_path / "store" / "instances").resolve()
+    assert spec.pacs.verify_tls is True
+
+
+def test_planted_patient_id_and_password_never_leave_the_pull(pacs, env, tmp_path, caplog, capsys):
+    from mlflow import MlflowClient
+
+    caplog.set_level(logging.DEBUG)
+    planted = json.loads((pacs["root"] / "source" / "phi_planted.json").read_text())
+    wanted = sorted(planted["patient_ids"])[:3]
+    request = tmp_path / "request.csv"
+    with request.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["mrn"])
+        w.writerows([[v] for v in [*wanted, "MRN-NOT-IN-PACS-9"]])
+    spec = _spec(
+        pacs,
+        tmp_path,
+        "dicomweb",
+        query={"body_part": "CHEST"},
+        request_list={"csv": str(request), "column": "mrn", "key": "PatientID"},
+    )
+    summary = pull_cohort(spec, progress=True)
+    assert summary.retrieved > 0 and summary.unmatched_requests == 1
+    card = build_cohort(spec, tmp_path / "cohort")
+    # Track the cohort as the pipeline's cohort stage does (params, the card, the pull summary).
+    (tmp_path / "mlruns").mkdir()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    exp = client.create_experiment("pacs", artifact_location=str(tmp_path / "mlruns" / "artifacts"))
+    run = client.create_run(exp).info.run_id
+    client.log_param(run, "cohort.name", card["name"])
+    client.log_param(run, "cohort.manifest_sha256", card["manifest_sha256"])
+    client.log_artifact(run, str(tmp_path / "cohort" / "cohort.json"), "cohort")
+    client.log_artifact(run, str(tmp_path / "store" / "pull.json"), "cohort")
+    client.set_terminated(run)
+    out, err = capsys.readouterr()
+    texts = [caplog.text, out, err, json.dumps(summary.__dict__)]
+    for f in [
+        *(tmp_path / "cohort").glob("*.*"),
+        *(tmp_path / "mlruns").rglob("*"),
+        tmp_path / "store" / "pull.json",
+        tmp_path / "store" / "index.jsonl",
+    ]:
+        if f.is_file():
+            texts.append(f.read_bytes().decode("utf-8", "replace"))
+    blob = "\n".join(texts)
+    for secret in [PASSWORD, *wanted, "MRN-NOT-IN-PACS-9"]:
+        assert secret not in blob
+    assert "pulling" in err or summary.retrieved  # the progress bar ran without exposing anything
