@@ -65,9 +65,14 @@ def pacs(tmp_path_factory):
     server.stop()
 
 
-def _spec(pacs, tmp: Path, protocol: str, **pacs_extra) -> Path:
-    """A cohort spec pulling every DX/CR study from the fixture's Orthanc into ``tmp/store``."""
+def _spec(pacs, tmp: Path, protocol: str, subset: bool = False, **pacs_extra) -> Path:
+    """A cohort spec pulling every DX/CR study from the fixture's Orthanc into ``tmp/store``; ``subset``: only some
+    patients are pulled, so the synthetic study's held-out sites and conditions are dropped (a build checks that
+    every named value exists in the data)."""
     raw = yaml.safe_load(pacs["spec"].read_text())
+    if subset:
+        for key in ("heldout_sites", "heldout_conditions", "outlier_conditions"):
+            raw.get("splits", {}).pop(key, None)
     server = pacs["server"]
     section = {
         "protocol": protocol,
@@ -221,6 +226,7 @@ def test_planted_patient_id_and_password_never_leave_the_pull(pacs, env, tmp_pat
         pacs,
         tmp_path,
         "dicomweb",
+        subset=True,
         query={"body_part": "CHEST"},
         request_list={"csv": str(request), "column": "mrn", "key": "PatientID"},
     )
