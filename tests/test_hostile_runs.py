@@ -287,3 +287,41 @@ def test_the_served_model_is_code_not_a_pickle_and_needs_neither_lightning_nor_s
     lines = done.stdout.strip().splitlines()
     assert lines[0] == "(2, 2)"
     assert lines[1].startswith("ModelInputError") and "pixel values must be float32 in [0, 1]" in lines[1]
+
+
+# -- 13.6 concurrency -----------------------------------------------------------------------------
+
+
+@pytest.mark.slow  # two tiny pipelines in two fresh interpreters
+def test_two_concurrent_runs_on_a_new_store_both_succeed_and_run_each_stage_once(tmp_path):
+    from collections import Counter
+
+    from mlflow import MlflowClient
+
+    (tmp_path / "home").mkdir()
+    pipeline = _pipeline(tmp_path, TINY)
+    env = _child_env(tmp_path)
+    env.pop("PYTHONPATH")
+    env["PYTHONPATH"] = str(REPO)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "medvision", "run", str(pipeline)],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=900)[0] for p in procs]
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out[-3000:]
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], max_results=100)
+    keys = Counter(r.data.tags["medvision.stage_key"] for r in runs if "medvision.stage_key" in r.data.tags)
+    assert len(keys) == 4 and set(keys.values()) == {1}, keys  # cohort, ft, evaluate, report: once each
+    assert all(r.info.status == "FINISHED" for r in runs)
+    checkpoints = list((tmp_path / "out" / "ft").glob("*/*.ckpt"))
+    assert len({c.parent for c in checkpoints}) == 1

@@ -5,6 +5,11 @@ Every call goes through an explicit :class:`mlflow.MlflowClient`, never the proc
 For a local SQLite store the experiment's artifacts are put beside the database file
 (``<db folder>/mlartifacts``) instead of MLflow's default ``./mlruns`` in whatever folder the
 process happens to run in.
+
+Two processes may open one *new* SQLite store at once (two ``medvision run`` started together): MLflow
+creates its tables on first use without a lock, so the second died with ``table ... already exists``.
+Opening a SQLite store therefore holds a file lock beside the database (``<db>.lock``) while the tables are
+created, and creating an experiment that another process created meanwhile returns that one.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
+from filelock import FileLock
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 __all__ = ["artifact_root_for", "get_or_create_experiment", "open_client", "using_tracking_uri"]
 
@@ -40,11 +47,16 @@ def using_tracking_uri(uri: str) -> Iterator[None]:
 
 
 def open_client(tracking_uri: str) -> MlflowClient:
-    """A client for ``tracking_uri``; for ``sqlite:///PATH`` the folder of PATH is created first."""
+    """A client for ``tracking_uri``; for ``sqlite:///PATH`` the folder of PATH is created first and the
+    store's tables are created (or migrated) under a file lock, one process at a time."""
     db = _sqlite_path(tracking_uri)
-    if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
-    return MlflowClient(tracking_uri=tracking_uri)
+    if db is None:
+        return MlflowClient(tracking_uri=tracking_uri)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{db}.lock"):
+        client = MlflowClient(tracking_uri=tracking_uri)
+        client.search_experiments(max_results=1)  # the store is made (tables created) on first use
+    return client
 
 
 def artifact_root_for(tracking_uri: str) -> str | None:
@@ -61,7 +73,12 @@ def get_or_create_experiment(client: MlflowClient, name: str) -> str:
     """
     exp = client.get_experiment_by_name(name)
     if exp is None:
-        return client.create_experiment(name, artifact_location=artifact_root_for(client.tracking_uri))
+        try:
+            return client.create_experiment(name, artifact_location=artifact_root_for(client.tracking_uri))
+        except MlflowException:
+            exp = client.get_experiment_by_name(name)  # another process created it a moment ago
+            if exp is None:
+                raise
     if exp.lifecycle_stage == "deleted":
         raise ValueError(
             f"MLflow experiment {name!r} was deleted; restore it (mlflow experiments restore) or set "
