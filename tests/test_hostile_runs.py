@@ -323,5 +323,5 @@ def test_two_concurrent_runs_on_a_new_store_both_succeed_and_run_each_stage_once
     keys = Counter(r.data.tags["medvision.stage_key"] for r in runs if "medvision.stage_key" in r.data.tags)
     assert len(keys) == 4 and set(keys.values()) == {1}, keys  # cohort, ft, evaluate, report: once each
     assert all(r.info.status == "FINISHED" for r in runs)
-    checkpoints = list((tmp_path / "out" / "ft").glob("*/*.ckpt"))
-    assert len({c.parent for c in checkpoints}) == 1
+    trained = [p for p in (tmp_path / "out" / "ft").iterdir() if p.is_dir()]
+    assert len(trained) == 1, trained  # one checkpoint folder, written by one training
