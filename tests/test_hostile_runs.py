@@ -325,3 +325,44 @@ def test_two_concurrent_runs_on_a_new_store_both_succeed_and_run_each_stage_once
     assert all(r.info.status == "FINISHED" for r in runs)
     trained = [p for p in (tmp_path / "out" / "ft").iterdir() if p.is_dir()]
     assert len(trained) == 1, trained  # one checkpoint folder, written by one training
+
+
+# -- 13.10 user text printed and plotted literally ------------------------------------------------
+
+HOSTILE_NAMES = ["[/]", "[bold]x", "a$\\frac{$b", "$x^$"]
+
+
+def test_class_names_with_markup_print_literally_in_the_cohort_card():
+    import io
+
+    from rich.console import Console
+
+    from medvision.cohort.card import print_card
+
+    split = {"by_label": {n: 1 for n in HOSTILE_NAMES}, "patients": 4, "images": 4, "by_subgroup": {}}
+    card = {
+        "name": "c",
+        "images": 4,
+        "patients": 4,
+        "quarantined": 0,
+        "manifest_version": 1,
+        "manifest_sha256": "0" * 64,
+        "classes": HOSTILE_NAMES,
+        "counts": {"train": split},
+        "subgroups": [],
+        "quarantine_reasons": {"[red]odd[/red] file": 1},
+    }
+    buf = io.StringIO()
+    print_card(card, Console(file=buf, width=200, color_system=None))
+    text = buf.getvalue()
+    assert all(name in text for name in HOSTILE_NAMES) and "[red]odd[/red] file" in text
+
+
+def test_class_names_with_mathtext_plot_literally_in_the_report_figures():
+    import pandas as pd
+
+    from medvision.report import figures
+
+    counts = pd.DataFrame({"split": ["train"] * 4, "label": HOSTILE_NAMES, "images": [1, 2, 3, 4]})
+    uri = figures.cohort_counts(counts, ["train"], HOSTILE_NAMES)
+    assert uri.startswith("data:image/png;base64,")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Any
 
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from medvision.cohort.spec import CohortSpec
@@ -18,13 +20,27 @@ MANIFEST_VERSION = 1
 _ORDER = ["train", "val", "test", "site_ood", "condition_ood", "unlabelled"]
 
 
+def _escaped(value: Any) -> Any:
+    """``value`` with every string (keys too) escaped for rich markup."""
+    if isinstance(value, str):
+        return escape(value)
+    if isinstance(value, dict):
+        return {_escaped(k): _escaped(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_escaped(v) for v in value]
+    return value
+
+
 def _splits(card: dict) -> list[str]:
     present = list(card["counts"])
     return [s for s in _ORDER if s in present] + sorted(set(present) - set(_ORDER))
 
 
 def print_card(card: dict, console: Console | None = None) -> None:
+    """Print the card as rich tables. Every name in it (cohort, class, subgroup value, reason) is user text and
+    is escaped, so a class called ``[/]`` prints as typed instead of being read as rich markup (which raised)."""
     console = console or Console()
+    card = _escaped(card)
     splits = _splits(card)
     console.print(
         f"[bold]Cohort {card['name']}[/bold]  {card['images']} images, {card['patients']} patients, "
