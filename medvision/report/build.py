@@ -7,12 +7,14 @@ MLflow or the models, by ``medvision report EVALUATION_DIR``.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from medvision.cohort.fingerprints import IdentifierFingerprints
 from medvision.report.context import (
     CalibrationSection,
     CohortSection,
@@ -28,9 +30,12 @@ from medvision.report.context import (
     TrainingSection,
     TrainingStage,
 )
+from medvision.report.guard import check_fingerprints
 from medvision.report.render import render_report
 
 __all__ = ["context_from_evaluation", "report_from_evaluation"]
+
+log = logging.getLogger(__name__)
 
 
 def report_from_evaluation(
@@ -44,6 +49,12 @@ def report_from_evaluation(
 ) -> Path:
     """Render the report of ``evaluation_dir`` to ``out_path`` (self-contained HTML)."""
     ctx = context_from_evaluation(evaluation_dir, title=title, pipeline_yaml=pipeline_yaml)
+    cohort_dir = Path(json.loads((Path(evaluation_dir) / "metrics.json").read_text())["cohort"]["dir"])
+    fingerprints, why_not = IdentifierFingerprints.for_cohort(cohort_dir)
+    if fingerprints is None:
+        log.warning("identifier check of the report is limited: %s", why_not)
+    else:
+        check_fingerprints(ctx, fingerprints)
     return render_report(ctx, Path(out_path), forbidden=forbidden or [])
 
 
