@@ -11,6 +11,7 @@ import resource
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -252,7 +253,11 @@ def test_the_served_model_is_code_not_a_pickle_and_needs_neither_lightning_nor_s
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     run_id = client.create_run(get_or_create_experiment(client, "serve")).info.run_id
-    log_classifier(client, run_id, _tiny_classifier(), (1, 32, 32))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        log_classifier(client, run_id, _tiny_classifier(), (1, 32, 32))
+    advice = [str(w.message) for w in caught if "mlflow" in w.filename and issubclass(w.category, UserWarning)]
+    assert advice == []  # input example, type hints, pickled python_model: causes fixed, nothing to hide
     model_dir = Path(client.download_artifacts(run_id, "model", str(tmp_path / "dl")))
     assert not [p.name for p in model_dir.rglob("*") if p.suffix in (".pkl", ".pickle", ".cloudpickle")]
     mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text())["flavors"]["python_function"]
@@ -459,3 +464,85 @@ def test_the_report_guard_recognises_the_cohorts_planted_identifiers_by_fingerpr
     monkeypatch.setenv("MEDVISION_PSEUDONYM_KEY", "ff" * 16)  # another key: fingerprints cannot be checked
     missing, why_not = IdentifierFingerprints.for_cohort(synth_cxr_cohort)
     assert missing is None and "pseudonym key" in why_not
+
+
+# -- what a user sees -----------------------------------------------------------------------------
+
+
+def test_the_pipeline_summary_keeps_every_result_whole_in_an_80_column_terminal():
+    import io
+
+    from rich.console import Console
+
+    from medvision.pipeline.run import PipelineResult
+    from medvision.pipeline.summary import print_summary
+
+    result = PipelineResult(parent_run_id="p" * 32, tracking_uri="sqlite:////data/studies/mlflow.db")
+    headline = "val/auroc=0.734, val/knn_acc=0.612, val/ood_auroc=0.811"
+    result.rows = [
+        {
+            "stage": "cohort",
+            "kind": "cohort",
+            "member": "-",
+            "status": "ran",
+            "run_id": "0" * 32,
+            "seconds": 3.0,
+            "result": "53 images, 30 patients, 0 quarantined",
+        },
+        {
+            "stage": "hod",
+            "kind": "finetune",
+            "member": "label_fraction=0.25",
+            "status": "reused",
+            "run_id": "1" * 32,
+            "seconds": 16.0,
+            "result": headline,
+        },
+        {
+            "stage": "report",
+            "kind": "report",
+            "member": "-",
+            "status": "ran",
+            "run_id": "2" * 32,
+            "seconds": 3.0,
+            "result": "/data/studies/out/report/report.html",
+        },
+    ]
+    buf = io.StringIO()
+    print_summary(result, Console(file=buf, width=80, color_system=None))
+    text = buf.getvalue()
+    assert "…" not in text and max(len(line) for line in text.splitlines()[:-3]) <= 80
+    for metric in headline.split(", "):
+        assert metric in text, metric  # wrapped between metrics, never inside one
+    assert "sqlite:////data/studies/mlflow.db" in text  # the URI to copy stays on one line
+
+
+def test_the_scoring_server_answers_a_bad_request_with_400_and_the_models_own_message(tmp_path):
+    import json
+
+    import mlflow.pyfunc
+    import numpy as np
+    from fastapi.testclient import TestClient
+    from mlflow import MlflowClient
+    from mlflow.pyfunc import scoring_server
+
+    from medvision.tracking import log_classifier
+    from medvision.tracking.served_model import MAX_BATCH
+    from medvision.tracking.store import get_or_create_experiment
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = client.create_run(get_or_create_experiment(client, "serve")).info.run_id
+    log_classifier(client, run_id, _tiny_classifier(), (1, 32, 32))
+    model = mlflow.pyfunc.load_model(client.download_artifacts(run_id, "model", str(tmp_path / "dl")))
+    server = TestClient(scoring_server.init(model))  # the app `mlflow models serve` runs
+
+    def post(images: np.ndarray):
+        body = json.dumps({"inputs": images.astype(np.float32).tolist()})
+        return server.post("/invocations", content=body, headers={"Content-Type": "application/json"})
+
+    bad = post(np.full((1, 1, 32, 32), 255.0))
+    assert bad.status_code == 400 and "pixel values must be float32 in [0, 1]" in bad.json()["message"]
+    big = post(np.full((MAX_BATCH + 1, 1, 32, 32), 0.5))
+    assert big.status_code == 400 and f"at most {MAX_BATCH} images per request" in big.json()["message"]
+    ok = post(np.full((2, 1, 32, 32), 0.5))
+    assert ok.status_code == 200 and len(ok.json()["predictions"]) == 2

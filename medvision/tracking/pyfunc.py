@@ -111,6 +111,9 @@ def log_classifier(
             artifacts={"classifier": str(tmp_path / "classifier")},
             code_paths=[str(Path(medvision.__file__).parent)],
             signature=_signature(classifier.classes, has_ood, input_shape),
+            # A blank image of the training shape: documents the request format, and MLflow checks that it
+            # serves before the model is logged (no patient data: it is all zeros).
+            input_example=np.zeros((1, *input_shape), np.float32) if input_shape is not None else None,
             pip_requirements=pip_requirements(),
         )
         client.log_artifacts(run_id, str(tmp_path / "model"), model_path)
