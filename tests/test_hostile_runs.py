@@ -546,3 +546,23 @@ def test_the_scoring_server_answers_a_bad_request_with_400_and_the_models_own_me
     assert big.status_code == 400 and f"at most {MAX_BATCH} images per request" in big.json()["message"]
     ok = post(np.full((2, 1, 32, 32), 0.5))
     assert ok.status_code == 200 and len(ok.json()["predictions"]) == 2
+
+
+def test_training_shows_a_rich_bar_in_a_terminal_and_nothing_in_a_log(synth_cxr_cohort, tmp_path, monkeypatch):
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    from medvision.config import parse_config
+    from medvision.engine.trainer import build_trainer
+    from medvision.training import FinetuneConfig
+
+    raw = {
+        "data": {"cohort_dir": str(synth_cxr_cohort)},
+        "backbone": {"name": "resnet-tiny", "weights": "none"},
+        "trainer": {"accelerator": "cpu"},  # progress_bar left at its default
+        "output_dir": str(tmp_path / "run"),
+    }
+    cfg = parse_config(raw, FinetuneConfig)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)  # a log file, CI
+    assert build_trainer(cfg).progress_bar_callback is None
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # a terminal
+    assert isinstance(build_trainer(cfg).progress_bar_callback, RichProgressBar)
