@@ -87,7 +87,7 @@ def test_ordinary_anchors_still_load(tmp_path):
     text = textwrap.dedent(
         """
         name: x
-        params: {optim: &opt {name: adamw, lr: 0.001, epochs: 1}}
+        params: {optim: &opt {name: adamw, lr: 0.001, epochs: 1, warmup_epochs: 0}}
         stages:
           c: {kind: cohort, synth: {kind: derm, patients: 20}}
           f: {kind: finetune, cohort: c, config: {backbone: {name: resnet-tiny, weights: none}, optim: *opt}}
