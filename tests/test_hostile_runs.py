@@ -83,6 +83,16 @@ def test_a_billion_laughs_pipeline_is_refused_quickly_without_expanding_it(tmp_p
     assert "alias bomb" in done.stdout and "bomb.yaml" in done.stdout
 
 
+def test_a_billion_laughs_cohort_spec_is_refused_too(tmp_path):
+    from medvision.cohort.spec import SpecError, load_spec
+
+    lines = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    (tmp_path / "cohort.yaml").write_text("\n".join([*lines, "name: c", "images: img"]) + "\n")
+    with pytest.raises(SpecError, match="alias bomb"):
+        load_spec(tmp_path / "cohort.yaml")
+
+
 def test_ordinary_anchors_still_load(tmp_path):
     text = textwrap.dedent(
         """
