@@ -41,13 +41,23 @@ __all__ = [
     "StrictModel",
     "apply_overrides",
     "explain_validation_error",
+    "PLAIN_NAME",
     "flatten",
     "load_config",
     "parse_config",
+    "read_yaml",
     "to_yaml",
 ]
 
 M = TypeVar("M", bound=BaseModel)
+
+#: A name that is safe as one folder name: stage ids and cohort names become paths under an output folder,
+#: so no separator, no leading dot (``..``, hidden files) and nothing a shell or a URL would reinterpret.
+PLAIN_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+
+#: How many values a config may hold once YAML anchors/aliases (``&a`` / ``*a``) are expanded. Real configs
+#: hold hundreds; a 1 KB "billion laughs" file expands to billions, which every later copy would materialise.
+MAX_YAML_VALUES = 100_000
 
 
 class StrictModel(BaseModel):
@@ -86,11 +96,62 @@ def load_config(path: str | Path, model: type[M], overrides: Sequence[str] | Non
         raise ConfigError(f"{path}: no such config file") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the config file ({e.strerror})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    raw = read_yaml(text, str(path))
     return parse_config({} if raw is None else raw, model, overrides, source=str(path))
+
+
+def read_yaml(text: str, source: str) -> Any:
+    """Parse YAML with the safe loader, refusing documents whose aliases expand beyond :data:`MAX_YAML_VALUES`.
+
+    Why count before constructing: the safe loader itself builds aliases as shared references (cheap), but
+    every consumer that copies or walks the result (overrides, ``${params}`` substitution, validation) pays
+    for the *expanded* tree. The count walks the parsed node graph once, memoised per node, so it costs the
+    size of the file, not of the expansion.
+
+    Raises:
+        ConfigError: invalid YAML, a self-referencing alias, or an alias bomb (naming ``source``).
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        try:
+            node = loader.get_single_node()
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{source}: not valid YAML: {e}") from None
+        if node is None:
+            return None
+        values = _expanded_size(node, {}, set(), source)
+        if values > MAX_YAML_VALUES:
+            raise ConfigError(
+                f"{source}: refusing a YAML document whose anchors/aliases (&name / *name) expand to {values:,} "
+                f"values (limit {MAX_YAML_VALUES:,}); this is the shape of an 'alias bomb'. Write the values out "
+                "or use fewer nested aliases"
+            )
+        try:
+            return loader.construct_document(node)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{source}: not valid YAML: {e}") from None
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int], active: set[int], source: str) -> int:
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    if key in active:
+        raise ConfigError(f"{source}: a YAML alias refers to a value that contains itself; configs must be trees")
+    active.add(key)
+    if isinstance(node, yaml.MappingNode):
+        total = 1 + sum(
+            _expanded_size(k, memo, active, source) + _expanded_size(v, memo, active, source) for k, v in node.value
+        )
+    elif isinstance(node, yaml.SequenceNode):
+        total = 1 + sum(_expanded_size(v, memo, active, source) for v in node.value)
+    else:
+        total = 1
+    active.discard(key)
+    memo[key] = total
+    return total
 
 
 def parse_config(

@@ -28,7 +28,6 @@ from dicom_factory import IDENTIFIERS, dicom_image, write
 from PIL import Image
 from pydicom.uid import RLELossless
 
-from medvision.cohort.atomic import DiskFullError
 from medvision.cohort.build import CohortBuildError, build_cohort
 from medvision.cohort.cache import recipe_id
 from medvision.cohort.cohort import CohortOpenError, open_cohort
@@ -208,18 +207,29 @@ def test_a_rebuild_with_another_key_is_refused_unless_asked_for(tmp_path, monkey
 
 
 def test_a_full_disk_during_a_rebuild_keeps_the_previous_cohort(tmp_path):
-    """ENOSPC is real: the staged manifest is a link to /dev/full, whose every write fails with ENOSPC."""
+    """The kernel refuses the rebuild's writes (a file-size limit: EFBIG, as a full disk gives ENOSPC) in a child
+    process; the cohort built before is intact and nothing half-written is left."""
     root = tmp_path / "images"
     for i in range(3):
         _dicom(root / f"{i}.dcm", i)
     out = tmp_path / "out"
     card = build_cohort(_spec(root), out)
-    _dicom(root / "3.dcm", 3)
-    (out / ".manifest.parquet.tmp").symlink_to("/dev/full")
-    with pytest.raises(DiskFullError, match=f"disk full at {out} \\(need ~1 MB"):
-        build_cohort(_spec(root), out)
+    for i in range(3, 40):
+        _dicom(root / f"{i}.dcm", i)
+    code = (
+        "import resource, signal\n"
+        "from medvision.cohort.build import build_cohort\n"
+        "from medvision.cohort.spec import CohortSpec\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (4000, 4000))\n"
+        f"build_cohort(CohortSpec.model_validate({_spec(root).model_dump(mode='json')!r}), {str(out)!r})\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode != 0
+    assert "DiskFullError: disk full at " + str(out) in result.stderr
     assert open_cohort(out).manifest_sha256 == card["manifest_sha256"]  # the old cohort, intact
-    assert not list(out.glob(".*.tmp"))
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
 
 
 def test_a_full_disk_while_caching_names_the_folder_and_leaves_no_partial_shard(tmp_path):

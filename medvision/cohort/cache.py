@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medvision.cohort.atomic import disk_errors
+from medvision._atomic import atomic_path, atomic_write_text
 from medvision.cohort.spec import PreprocessSpec
 
 __all__ = ["PreprocessCache", "entry_key", "recipe_id"]
@@ -67,29 +67,28 @@ class PreprocessCache:
         if not items:
             return 0
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "recipe.json").write_text(json.dumps(self.params.model_dump(), indent=2, sort_keys=True))
+        atomic_write_text(self.dir / "recipe.json", json.dumps(self.params.model_dump(), indent=2, sort_keys=True))
         shard = int(self._index["shard"].max()) + 1 if len(self._index) else 0
         stacked = np.stack([a for _, a in items])
-        tmp = self.dir / f"shard-{shard:05d}.tmp.npy"
+        # Whole or not at all (a full disk leaves no partial shard, and says where and how much was needed).
         buffer = io.BytesIO()
-        np.save(buffer, stacked)  # written by Python's own file, whose errors carry errno (numpy's tofile drops it)
-        with disk_errors(tmp, stacked.nbytes, cleanup=tmp), open(tmp, "wb") as fh:
-            fh.write(buffer.getbuffer())
-        tmp.rename(self.dir / f"shard-{shard:05d}.npy")
+        np.save(buffer, stacked)  # then written by Python's own file, whose errors carry errno (numpy's drop it)
+        with atomic_path(self.dir / f"shard-{shard:05d}.npy", need_bytes=buffer.getbuffer().nbytes) as tmp:
+            tmp.write_bytes(buffer.getbuffer())
         new = pd.DataFrame(
             {"key": [k for k, _ in items], "shard": np.int32(shard), "row": np.arange(len(items), dtype=np.int32)}
         )
-        self._index = pd.concat([self._index, new], ignore_index=True)
-        tmp_index = self._index_path.with_suffix(".tmp.parquet")
-        with disk_errors(tmp_index, 64 * len(self._index), cleanup=tmp_index):
-            self._index.to_parquet(tmp_index, index=False)
-        tmp_index.replace(self._index_path)  # the index only ever names shards that are fully written
+        index = pd.concat([self._index, new], ignore_index=True)
+        with atomic_path(self._index_path, need_bytes=64 * len(index) + 4096) as tmp:
+            index.to_parquet(tmp, index=False)  # the index only ever names shards that are fully written
+        self._index = index
         self._where.update({k: (shard, i) for i, (k, _) in enumerate(items)})
         return len(items)
 
     def remove_temporaries(self) -> int:
         """Delete shards and indexes left half-written by a build that was killed; the writer calls it first."""
-        stale = [*self.dir.glob("shard-*.tmp.npy"), *self.dir.glob("*.tmp.parquet")] if self.dir.is_dir() else []
+        patterns = ("shard-*.tmp.npy", "*.tmp.parquet", ".*.tmp.npy", ".*.tmp.parquet")  # older and current names
+        stale = [p for pattern in patterns for p in self.dir.glob(pattern)] if self.dir.is_dir() else []
         for path in stale:
             path.unlink(missing_ok=True)
         return len(stale)

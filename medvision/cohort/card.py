@@ -26,6 +26,8 @@ def _splits(card: dict) -> list[str]:
 
 
 def print_card(card: dict, console: Console | None = None) -> None:
+    """Print the card as rich tables. Every name in it (cohort, class, subgroup value, reason) is user text and
+    is escaped, so a class called ``[/]`` prints as typed instead of being read as rich markup (which raised)."""
     console = console or Console()
     # Every value below comes from the data (labels, sites, reasons with "[redacted]"): printed literally, never
     # read as rich markup (a class named "[/]" would otherwise crash the printer).

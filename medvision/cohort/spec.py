@@ -12,11 +12,10 @@ import re
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medvision.cohort.csvfile import csv_header
-from medvision.config import StrictModel, explain_validation_error
+from medvision.config import ConfigError, StrictModel, explain_validation_error, read_yaml
 
 __all__ = [
     "BUILTIN_COLUMNS",
@@ -416,11 +415,11 @@ def load_spec(path: str | Path) -> CohortSpec:
     """Load and validate a cohort spec; relative paths are taken from the spec's folder."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = read_yaml(path.read_text(), str(path))  # safe loader; alias bombs refused before expansion
     except FileNotFoundError as e:
         raise SpecError(f"{path}: no such cohort spec") from e
-    except yaml.YAMLError as e:
-        raise SpecError(f"{path}: not valid YAML: {e}") from e
+    except ConfigError as e:
+        raise SpecError(str(e)) from None
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: a cohort spec is a mapping of keys (name, images, labels, splits, ...)")
     try:

@@ -93,7 +93,9 @@ class TrainerConfig(StrictModel):
     precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
     #: Deterministic kernels; ``None`` means on for CPU (bit-exact resume), off on GPU (speed).
     deterministic: bool | None = None
-    progress_bar: bool = True
+    #: ``auto``: Lightning's rich progress bar (and model summary) when stderr is a terminal, nothing in logs
+    #: and CI, where a redrawn bar becomes thousands of lines; ``true`` / ``false`` force it.
+    progress_bar: bool | Literal["auto"] = "auto"
 
     @field_validator("precision", mode="before")
     @classmethod

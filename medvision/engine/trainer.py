@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 from torch.distributed.fsdp.wrap import size_based_auto_wrap_policy
 
@@ -161,6 +162,9 @@ def build_trainer(config: StageConfig, callbacks: Sequence[Callback] = ()) -> L.
         # reason to stop; it simply does not count as an improvement.
         built.append(EarlyStopping(monitor=mon.metric, mode=mon.mode, patience=mon.patience, check_finite=False))
     deterministic = runs_on_cpu(tc) if tc.deterministic is None else tc.deterministic
+    show = sys.stderr.isatty() if tc.progress_bar == "auto" else bool(tc.progress_bar)
+    if show:
+        built.append(RichProgressBar())
     return L.Trainer(
         accelerator=tc.accelerator,
         devices=tc.devices,
@@ -174,8 +178,8 @@ def build_trainer(config: StageConfig, callbacks: Sequence[Callback] = ()) -> L.
         deterministic=deterministic,
         callbacks=[*built, *callbacks],
         logger=False,  # tracking is a callback (medvision.tracking): one MLflow run, epoch steps
-        enable_progress_bar=tc.progress_bar,
-        enable_model_summary=tc.progress_bar,
+        enable_progress_bar=show,
+        enable_model_summary=show,
         default_root_dir=str(config.output_dir),
     )
 

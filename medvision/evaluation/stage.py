@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 from mlflow import MlflowClient
 
+from medvision._atomic import atomic_path, atomic_write_text
 from medvision._version import code_provenance
 from medvision.cohort.cohort import open_cohort
 from medvision.cohort.named_values import facts_from_card
@@ -112,7 +113,7 @@ def evaluate_models(request: EvaluationRequest, folder: Path) -> dict[str, float
         "ensemble": ensemble,
         "backbone_ranking": ranking,
     }
-    (folder / "metrics.json").write_text(json.dumps(_clean(doc), indent=1))
+    atomic_write_text(folder / "metrics.json", json.dumps(_clean(doc), indent=1))  # whole or absent
     return headline
 
 
@@ -198,7 +199,8 @@ def _predict(
     out_dir.mkdir(parents=True, exist_ok=True)
     for s, p in preds.items():
         if s != "train":
-            p.frame.to_parquet(out_dir / f"{s}.parquet", index=False)
+            with atomic_path(out_dir / f"{s}.parquet") as tmp:
+                p.frame.to_parquet(tmp, index=False)
     return preds
 
 

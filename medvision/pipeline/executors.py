@@ -1,19 +1,27 @@
 """One function per stage kind: decide the stage key, reuse a finished run or run the stage's API.
 
 Each executor returns the stage's :class:`StageOutput` and summary rows (one per sweep member).
+
+Two ``medvision run`` of one pipeline may run at once (a user starts it twice, a scheduler retries). Each
+unit of work therefore holds a file lock in its stage folder while it checks for a finished run and, if there
+is none, runs: a training member or an evaluation locks its stage key (its output folder is named by it); a
+cohort or report stage, whose output folder is shared by every key, locks the stage. The second process
+waits, then finds the finished run and reuses it: no duplicate runs, no two trainings in one checkpoint folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from filelock import FileLock, Timeout
 from pydantic import ValidationError
 
 from medvision.cohort.build import build_cohort
@@ -72,7 +80,26 @@ def execute(ctx: StageContext) -> tuple[StageOutput, Rows]:
         "evaluate": _evaluate,
         "report": _report,
     }[kind]
-    return runner(ctx)
+    if kind in ("cohort", "report"):  # one output folder for every key: one run of the stage at a time
+        with _stage_lock(ctx, "stage"):
+            return runner(ctx)
+    return runner(ctx)  # locks per stage key inside
+
+
+@contextlib.contextmanager
+def _stage_lock(ctx: StageContext, name: str) -> Iterator[None]:
+    """Hold ``<stage folder>/.NAME.lock`` (released by the OS if the process dies); say so when waiting."""
+    ctx.folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(ctx.folder / f".{name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        ctx.echo(f"[{ctx.stage_id}] another run is working on this stage ({lock.lock_file}); waiting for it")
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _reuse(ctx: StageContext, key: str) -> StageOutput | None:
@@ -221,34 +248,32 @@ def _training(ctx: StageContext) -> tuple[StageOutput, Rows]:
             identity["data"]["cohort_dir"] = None  # not by the folder it was built in: users share stages
         key = stage_key(stage.kind, identity, upstream_keys, cohort.manifest_sha256, ctx.version)
         name = ctx.stage_id if member == "main" else f"{ctx.stage_id}/{member}"
-        run = ctx.tracker.finished(key)
-        if run is not None:
-            output.run_ids.append(run.info.run_id)
-            output.members.append({"member": member, **chosen, **_member_facts(identity)})
-            rows.append(
-                {"member": member, "status": "reused", "run_id": run.info.run_id, "result": _headline(run.data.metrics)}
-            )
-            continue
-        tracking = {"tracking_uri": ctx.tracker.uri, "experiment": ctx.tracker.experiment, "run_name": name}
-        cfg = model.model_validate(
-            wire_config(
-                stage.kind,
-                data,
-                cohort_dir=cohort.cohort_dir,
-                output_dir=ctx.folder / f"{member}-{key[:8]}",
-                weights=weights,
-                tracking=tracking,
-            )
-        )
-        (ctx.folder).mkdir(parents=True, exist_ok=True)
-        result = _run_training(stage.kind, cfg)
-        # Tagged once finished: the stage key marks a *completed* result, and an interrupted run that
-        # resumes (same checkpoint folder, same MLflow run) gets its tags when it completes.
-        for tag, value in ctx.tracker.child_tags(ctx.stage_id, stage.kind, key).items():
-            ctx.tracker.client.set_tag(result.run_id, tag, value)
-        output.run_ids.append(result.run_id)
+        with _stage_lock(ctx, key):  # a second `medvision run` waits here, then reuses this member's run
+            run = ctx.tracker.finished(key)
+            if run is not None:
+                row = {"member": member, "status": "reused", "run_id": run.info.run_id}
+                row["result"] = _headline(run.data.metrics)
+            else:
+                tracking = {"tracking_uri": ctx.tracker.uri, "experiment": ctx.tracker.experiment, "run_name": name}
+                cfg = model.model_validate(
+                    wire_config(
+                        stage.kind,
+                        data,
+                        cohort_dir=cohort.cohort_dir,
+                        output_dir=ctx.folder / f"{member}-{key[:8]}",
+                        weights=weights,
+                        tracking=tracking,
+                    )
+                )
+                result = _run_training(stage.kind, cfg)
+                # Tagged once finished: the stage key marks a *completed* result, and an interrupted run that
+                # resumes (same checkpoint folder, same MLflow run) gets its tags when it completes.
+                for tag, value in ctx.tracker.child_tags(ctx.stage_id, stage.kind, key).items():
+                    ctx.tracker.client.set_tag(result.run_id, tag, value)
+                row = {"member": member, "status": "ran", "run_id": result.run_id, "result": _headline(result.metrics)}
+        output.run_ids.append(row["run_id"])
         output.members.append({"member": member, **chosen, **_member_facts(identity)})
-        rows.append({"member": member, "status": "ran", "run_id": result.run_id, "result": _headline(result.metrics)})
+        rows.append(row)
     return output, rows
 
 
@@ -294,6 +319,14 @@ def _evaluate(ctx: StageContext) -> tuple[StageOutput, Rows]:
     cohort = ctx.outputs[next(iter(cohort_ids))]
     settings = stage.model_dump(mode="json")
     key = stage_key("evaluate", settings, [m["run_id"] for m in models], cohort.manifest_sha256, ctx.version)
+    with _stage_lock(ctx, key):  # its folder is named by the key; a second run waits, then reuses
+        return _evaluate_key(ctx, key, models, cohort)
+
+
+def _evaluate_key(
+    ctx: StageContext, key: str, models: list[dict[str, Any]], cohort: StageOutput
+) -> tuple[StageOutput, Rows]:
+    stage: EvaluateStage = ctx.stage
     reused = _reuse(ctx, key)
     if reused is not None:
         return reused, [{"member": "-", "status": "reused", "run_id": reused.run_ids[0], "result": str(reused.path)}]

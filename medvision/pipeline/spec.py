@@ -20,11 +20,17 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from medvision.cohort.spec import FolderOptions
-from medvision.config import ConfigError, StrictModel, apply_overrides, explain_validation_error
+from medvision.config import (
+    PLAIN_NAME,
+    ConfigError,
+    StrictModel,
+    apply_overrides,
+    explain_validation_error,
+    read_yaml,
+)
 from medvision.evaluation.settings import EvaluationSettings
 from medvision.pipeline.stages import stage_config_model, wire_config
 from medvision.pipeline.study import check_study
@@ -44,6 +50,11 @@ __all__ = [
 ]
 
 _PARAM = re.compile(r"\$\{params\.([A-Za-z_][A-Za-z0-9_]*)\}")
+_PLAIN_HINT = "letters, digits, '_', '.', '-', starting with a letter or digit"
+
+
+def _is_plain(name: Any) -> bool:
+    return isinstance(name, str) and re.fullmatch(PLAIN_NAME, name) is not None
 
 
 class SynthSource(StrictModel):
@@ -81,6 +92,14 @@ class CohortStage(StrictModel):
     overrides: dict[str, Any] = Field(default_factory=dict)
 
     def model_post_init(self, _: Any) -> None:
+        names = {
+            "folder.name": self.folder.name if self.folder is not None else None,
+            "folder.spec.name": self.folder.spec.get("name") if self.folder is not None else None,
+            "overrides.name": self.overrides.get("name"),
+        }
+        for key, name in names.items():
+            if name is not None and not _is_plain(name):
+                raise ValueError(f"{key} {name!r} is not a plain name ({_PLAIN_HINT}); it names the cohort's folder")
         given = [k for k in ("spec", "synth", "medmnist", "folder") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(
@@ -158,6 +177,17 @@ class PipelineSpec(StrictModel):
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     stages: dict[str, Stage] = Field(min_length=1)
 
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _plain_stage_ids(cls, v: Any) -> Any:
+        # Stage ids become folders under output_dir: "../../x" would write outside it.
+        for stage_id in v if isinstance(v, Mapping) else ():
+            if not _is_plain(stage_id):
+                raise ValueError(f"stage id {stage_id!r} is not a plain name ({_PLAIN_HINT}); it names a folder")
+        if isinstance(v, Mapping) and not v:
+            raise ValueError("a pipeline needs at least one stage")
+        return v
+
     def upstream(self, stage_id: str) -> list[str]:
         """The stage ids ``stage_id`` reads from (direct references only)."""
         return list(_references(self.stages[stage_id]).values())
@@ -174,11 +204,10 @@ def load_pipeline(path: str | Path, overrides: Sequence[str] | None = None) -> P
     """
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such pipeline file") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    raw = read_yaml(text, str(path))  # before any copy: an alias bomb is refused here, not expanded
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{path}: the top level must be a mapping with name, stages, ...")
     data = apply_overrides(raw, overrides or [], PipelineSpec, source=str(path))

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medvision.cohort.fingerprints import IdentifierFingerprints
 from medvision.report.context import (
     CalibrationSection,
     CohortSection,
@@ -30,12 +31,15 @@ from medvision.report.context import (
     TrainingSection,
     TrainingStage,
 )
+from medvision.report.guard import check_fingerprints
 from medvision.report.render import render_report
 from medvision.report.study import StudySection
 
 __all__ = ["context_from_evaluation", "evaluation_key", "report_from_evaluation"]
 
 log = logging.getLogger("medvision.report")
+
+log = logging.getLogger(__name__)
 
 
 def report_from_evaluation(
@@ -53,6 +57,12 @@ def report_from_evaluation(
     evaluation a report shows is written beside it (``<name>.evaluation``).
     """
     ctx = context_from_evaluation(evaluation_dir, title=title, pipeline_yaml=pipeline_yaml)
+    cohort_dir = Path(json.loads((Path(evaluation_dir) / "metrics.json").read_text())["cohort"]["dir"])
+    fingerprints, why_not = IdentifierFingerprints.for_cohort(cohort_dir)
+    if fingerprints is None:
+        log.warning("identifier check of the report is limited: %s", why_not)
+    else:
+        check_fingerprints(ctx, fingerprints)
     out_path, key = Path(out_path), evaluation_key(evaluation_dir)
     _keep_previous(out_path, key)
     path = render_report(ctx, out_path, forbidden=forbidden or [])

@@ -47,6 +47,10 @@ _RC = {
     "axes.grid": True,
     "grid.alpha": 0.3,
     "legend.frameon": False,
+    # Class, subgroup and stage names are user text: "a$\frac{$b" must print as typed, not be parsed as
+    # mathtext (which raised and killed the report) or handed to LaTeX.
+    "text.parse_math": False,
+    "text.usetex": False,
 }
 
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from medvision.report.context import ReportError
 
-__all__ = ["ForbiddenValueError", "check_forbidden"]
+__all__ = ["ForbiddenValueError", "check_fingerprints", "check_forbidden"]
 
 
 class ForbiddenValueError(ReportError):
@@ -89,3 +89,22 @@ def check_forbidden(context: BaseModel, forbidden: Iterable[str]) -> None:
                     f"refusing to render: field {path} contains forbidden string #{i + 1} (an identifier); "
                     "remove it from the context - reports must carry pseudonymous ids only"
                 )
+
+
+def check_fingerprints(context: BaseModel, fingerprints: Any) -> None:
+    """Raise if any text in ``context`` holds one of the cohort's identifiers, recognised by its keyed fingerprint.
+
+    The report layer never holds the identifiers themselves; the cohort build leaves their fingerprints
+    (:class:`medvision.cohort.fingerprints.IdentifierFingerprints`), which match whole tokens and pairs of
+    adjacent name parts.
+
+    Raises:
+        ForbiddenValueError: naming the first field that holds one; the value itself is not repeated.
+    """
+    for path, text in _texts(context, ""):
+        if fingerprints.find_identifier(text):
+            raise ForbiddenValueError(
+                f"refusing to render: field {path} contains an identifier of the cohort's patients (recognised by "
+                "its fingerprint); remove it (titles, class names, paths in the pipeline) - reports must carry "
+                "pseudonymous ids only"
+            )

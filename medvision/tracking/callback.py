@@ -184,7 +184,8 @@ class MLflowTracking(Callback):
         prefix = _attribute_prefix(pl_module, net)
         net = copy.deepcopy(net).cpu().eval()
         if best is not None and best.exists():
-            state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+            # weights_only: a checkpoint is data; unpickling arbitrary objects from it would run their code.
+            state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
             net.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
         if isinstance(net, Classifier):
             log_classifier(self._client, self.run_id, net, self._input_shape)

@@ -1,19 +1,11 @@
 """A fine-tuned classifier as an MLflow ``pyfunc`` model, and the backbone beside it.
 
-What the model takes and gives (so ``mlflow.pyfunc.load_model(...).predict`` and
-``mlflow models serve`` behave the same):
+What the model takes and gives is described in :mod:`medvision.tracking.served_model`, the model's
+code. The signature records ``C, H, W`` of the training images.
 
-* input: a numpy array ``(N, C, H, W)`` of float32 images in ``[0, 1]`` — the cohort cache's own
-  format, so no preprocessing is repeated or guessed at serving time (normalisation is inside the
-  backbone). Over REST: ``{"inputs": [[[[...]]]]}``. The signature records ``C, H, W`` of the
-  training images.
-* output: a DataFrame, one row per image, one column of probability per task class (named as
-  the class) and, for heads with a built-in OOD score (HOD), a column ``ood_score`` (higher =
-  more likely an unseen condition). Softmax heads' class columns sum to 1.
-
-The model folder holds the classifier (:func:`medvision.classifier.save_classifier`)
-and a copy of the medvision source (``code_paths``), so serving needs only the listed pip
-requirements, not a medvision checkout.
+The model folder holds that code file (MLflow's models-from-code: nothing is pickled), the classifier
+(:func:`medvision.classifier.save_classifier`: safetensors + JSON) and a copy of the medvision source
+(``code_paths``), so serving needs only the listed pip requirements, not a medvision checkout.
 """
 
 from __future__ import annotations
@@ -25,17 +17,17 @@ from pathlib import Path
 import mlflow.artifacts
 import mlflow.pyfunc
 import numpy as np
-import pandas as pd
 import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
-from mlflow.pyfunc import PythonModel
 from mlflow.types import ColSpec, Schema, TensorSpec
 
 import medvision
 from medvision.classifier import load_classifier, save_classifier
 from medvision.models import save_backbone
+from medvision.tracking import served_model
+from medvision.tracking.served_model import ClassifierModel
 
 __all__ = ["ClassifierModel", "load_run_classifier", "log_classifier", "pip_requirements"]
 
@@ -50,46 +42,7 @@ _REQUIREMENTS = (
     "pydantic",
     "pyyaml",
     "mlflow",
-)
-_CHUNK = 64
-
-
-class ClassifierModel(PythonModel):
-    """pyfunc wrapper of a saved :class:`~medvision.classifier.Classifier` (see the module
-    docstring for the input and output contract)."""
-
-    def load_context(self, context) -> None:
-
-        self._classifier, card = load_classifier(context.artifacts["classifier"])
-        self._device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self._classifier.to(self._device)
-        self._classes = list(card["classes"])
-
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
-        x = _as_images(model_input)
-        probs, scores = [], []
-        with torch.inference_mode():
-            for start in range(0, len(x), _CHUNK):
-                out = self._classifier(torch.from_numpy(x[start : start + _CHUNK]).to(self._device))
-                probs.append(out.probs.float().cpu().numpy())
-                if out.ood_score is not None:
-                    scores.append(out.ood_score.float().cpu().numpy())
-        p = np.concatenate(probs) if probs else np.zeros((0, len(self._classes)), np.float32)
-        frame = pd.DataFrame(p.astype(np.float64), columns=self._classes)
-        if scores:
-            frame["ood_score"] = np.concatenate(scores).astype(np.float64)
-        return frame
-
-
-def _as_images(model_input) -> np.ndarray:
-    if isinstance(model_input, dict) and len(model_input) == 1:
-        model_input = next(iter(model_input.values()))
-    x = np.asarray(model_input, dtype=np.float32)
-    if x.ndim != 4:
-        raise ValueError(f"model input must be images of shape (N, C, H, W), got shape {x.shape}")
-    if x.size and (np.nanmin(x) < 0.0 or np.nanmax(x) > 1.0 or np.isnan(x).any()):
-        raise ValueError("model input images must be float32 values in [0, 1] (as stored in the cohort cache)")
-    return np.ascontiguousarray(x)
+)  # no lightning, no scikit-learn: the served code (served_model.py) imports medvision.classifier only
 
 
 def pip_requirements() -> list[str]:
@@ -155,10 +108,13 @@ def log_classifier(
         save_classifier(classifier, tmp_path / "classifier", input_shape=input_shape)
         mlflow.pyfunc.save_model(
             path=str(tmp_path / "model"),
-            python_model=ClassifierModel(),
+            python_model=served_model.__file__,  # model from code: nothing of ours is pickled
             artifacts={"classifier": str(tmp_path / "classifier")},
             code_paths=[str(Path(medvision.__file__).parent)],
             signature=_signature(classifier.classes, has_ood, input_shape),
+            # A blank image of the training shape: documents the request format, and MLflow checks that it
+            # serves before the model is logged (no patient data: it is all zeros).
+            input_example=np.zeros((1, *input_shape), np.float32) if input_shape is not None else None,
             pip_requirements=pip_requirements(),
         )
         client.log_artifacts(run_id, str(tmp_path / "model"), model_path)

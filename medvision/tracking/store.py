@@ -5,6 +5,11 @@ Every call goes through an explicit :class:`mlflow.MlflowClient`, never the proc
 For a local SQLite store the experiment's artifacts are put beside the database file
 (``<db folder>/mlartifacts``) instead of MLflow's default ``./mlruns`` in whatever folder the
 process happens to run in.
+
+Two processes may open one *new* SQLite store at once (two ``medvision run`` started together): MLflow
+creates its tables on first use without a lock, so the second died with ``table ... already exists``.
+Opening a SQLite store therefore holds a file lock beside the database (``<db>.lock``) while the tables are
+created, and creating an experiment that another process created meanwhile returns that one.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
+from filelock import FileLock
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 __all__ = ["TrackingAuthError", "artifact_root_for", "get_or_create_experiment", "open_client", "using_tracking_uri"]
 
@@ -44,20 +51,24 @@ def using_tracking_uri(uri: str) -> Iterator[None]:
 
 
 def open_client(tracking_uri: str) -> MlflowClient:
-    """A client for ``tracking_uri``; for ``sqlite:///PATH`` the folder of PATH is created first."""
+    """A client for ``tracking_uri``; for ``sqlite:///PATH`` the folder of PATH is created first and the
+    store's tables are created (or migrated) under a file lock, one process at a time."""
     db = _sqlite_path(tracking_uri)
-    if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(tracking_uri=tracking_uri)
-    if tracking_uri.startswith(("http://", "https://")):
-        _check_access(client, tracking_uri)
+    if db is None:
+        client = MlflowClient(tracking_uri=tracking_uri)
+        if tracking_uri.startswith(("http://", "https://")):
+            _check_access(client, tracking_uri)
+        return client
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{db}.lock"):
+        client = MlflowClient(tracking_uri=tracking_uri)
+        client.search_experiments(max_results=1)  # the store is made (tables created) on first use
     return client
 
 
 def _check_access(client: MlflowClient, uri: str) -> None:
     """Fail before any work when an authenticating server (``mlflow server --app-name basic-auth``) refuses us,
     instead of deep inside a stage with MLflow's raw 401."""
-    from mlflow.exceptions import MlflowException
 
     try:
         client.search_experiments(max_results=1)
@@ -87,7 +98,6 @@ def get_or_create_experiment(client: MlflowClient, name: str) -> str:
     Raises:
         ValueError: the experiment exists but was deleted (MLflow keeps the name reserved).
     """
-    from mlflow.exceptions import MlflowException
 
     exp = client.get_experiment_by_name(name)
     if exp is None:

@@ -1,0 +1,5 @@
+"""``python -m medvision``: the medvision command without the console script."""
+
+from medvision.cli import main
+
+main()
