@@ -193,10 +193,13 @@ class FinetuneModule(L.LightningModule):
             {"params": no_decay, "weight_decay": 0.0},
         ]
         groups = [g for g in groups if g["params"]]
+        # Fused kernels (one launch updates every parameter) when the parameters are on a GPU; ``None``
+        # keeps torch's default elsewhere, so CPU runs (and their bit-exact resume) are unchanged.
+        fused = True if groups and all(p.is_cuda for g in groups for p in g["params"]) else None
         if cfg.name == "sgd":
-            opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+            opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, fused=fused)
         else:
-            opt = torch.optim.AdamW(groups, lr=cfg.lr)
+            opt = torch.optim.AdamW(groups, lr=cfg.lr, fused=fused)
         total = int(self.trainer.estimated_stepping_batches)
         steps_per_epoch = total / max(1, self.trainer.max_epochs or cfg.epochs)
         schedule = WarmupCosine(round(cfg.warmup_epochs * steps_per_epoch), total)
