@@ -3,8 +3,9 @@
 A build's cost should be linear in its files: indexing, decoding into the cache, the labels join, pseudonyms,
 splits, the manifest and the card. This benchmark writes synthetic chest X-ray cohorts
 (:func:`medvision.cohort.synth.synthesize`: real DICOM with RLE, MONOCHROME1, multi-frame objects, a labels
-CSV; tiny images so disk stays small) of each size under ``--workdir``, builds each with
-:func:`medvision.cohort.build.build_cohort` in a fresh process, and deletes everything afterwards.
+CSV; tiny images so disk stays small; plus 2% structured reports without pixels, which are quarantined) of
+each size under ``--workdir``, builds each with :func:`medvision.cohort.build.build_cohort` in a fresh
+process, and deletes everything afterwards.
 
 Per build: files/s over the whole ``build_cohort`` call, and peak memory of the build's process tree (the
 build process plus its indexing/decoding workers), sampled from ``/proc`` every 50 ms: the sum of RSS (counts
@@ -37,6 +38,29 @@ from medvision.cohort.synth import synthesize
 #: Files per synthetic patient (1-4 views, 35% with several): patients = files / this, then the real count is read.
 FILES_PER_PATIENT = 1.61
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def plant_reports(images: Path, count: int) -> None:
+    """Write ``count`` DICOM structured reports (no pixel data) under ``images/reports``, as archives hold.
+
+    Each carries fake identifiers and is quarantined ("no pixel data"), so the build's quarantine path and
+    its identifier scrubbing are measured at scale too.
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    folder = images / "reports"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"  # Basic Text SR
+        ds.file_meta.MediaStorageSOPInstanceUID = uid = generate_uid(entropy_srcs=["report", str(i)])
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = ds.file_meta.MediaStorageSOPClassUID, uid, "SR"
+        ds.PatientID, ds.PatientName, ds.AccessionNumber = f"RPT{i:07d}", f"Report^Patient{i}", f"ACR{i:07d}"
+        ds.StudyInstanceUID = ds.SeriesInstanceUID = generate_uid(entropy_srcs=["report-study", str(i)])
+        ds.save_as(folder / f"sr-{i:06d}.dcm", enforce_file_format=True)
 
 
 def _tree(pid: int) -> list[int]:
@@ -146,6 +170,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="3000,50000", help="comma-separated file counts, smallest first")
     ap.add_argument("--image-size", type=int, default=32, help="side of the synthetic images (px)")
     ap.add_argument("--rounds", type=int, default=1, help="builds of every size, in alternating size order")
+    ap.add_argument("--reports", type=float, default=0.02, help="share of non-image DICOM files (quarantined)")
     ap.add_argument("--workdir", default=tempfile.gettempdir(), help="where the cohorts are written (then deleted)")
     args = ap.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
@@ -159,6 +184,7 @@ def main() -> None:
                 work / f"src-{n}", "cxr", patients=max(2, round(n / FILES_PER_PATIENT)), seed=0, size=args.image_size
             )
             synth_s[n] = time.perf_counter() - t
+            plant_reports(work / f"src-{n}" / "images", round(n * args.reports))
             files[n] = len(list_files(work / f"src-{n}" / "images"))
         runs: dict[int, list[dict]] = {n: [] for n in sizes}
         for r in range(args.rounds):

@@ -209,8 +209,8 @@ def measure(name: str, args, device: torch.device) -> dict:
         "bare_spread": spread(theirs),
         "ratio": round(ratio, 4),
         "ratio_spread": spread(paired_ratios(ours, theirs)),
-        "mfu_medvision": round(mfu["medvision"], 4),
-        "mfu_bare": round(mfu["bare"], 4),
+        "mfu_medvision": float(f"{mfu['medvision']:.4g}"),
+        "mfu_bare": float(f"{mfu['bare']:.4g}"),
     }
 
 

@@ -264,9 +264,9 @@ def _fill_cache(rows: pd.DataFrame, root: Path, cache: PreprocessCache, spec: Co
                 pending.append((key, payload))
                 decoded += 1
             if len(pending) >= SHARD_SIZE:
-                cache.append(pending)
+                cache.append(pending, save_index=False)
                 pending = []
-    cache.append(pending)
+    cache.append(pending)  # and write the cache index once, naming every shard of this build
     rejects = [Rejected(r, "decode", reason) for r, reason in sorted(failures.items())]
     keep = ~rows["relpath"].isin(failures)
     rows = rows[keep].copy()
@@ -401,20 +401,33 @@ def _identifier_set(rows: pd.DataFrame) -> set[str]:
     return toks
 
 
-def _scrub(text: str, identifiers: set[str]) -> str:
-    """Library messages can quote header values; no identifier we know of survives into a reason."""
-    low = text.lower()
-    for tok in identifiers:
-        while tok in low:
-            i = low.index(tok)
-            text, low = text[:i] + "[redacted]" + text[i + len(tok):], low[:i] + "[redacted]" + low[i + len(tok):]
+def _scrub(text: str, identifiers: set[str], lengths: list[int] | None = None) -> str:
+    """Library messages can quote header values; no identifier we know of survives into a reason.
+
+    Every substring of the message as long as some identifier is looked up in the set, so a message costs
+    the same however many identifiers the cohort has (looping over the identifiers made the quarantine
+    quadratic: more files bring both more identifiers and more quarantined files). Overlapping hits are
+    redacted as one span. ``lengths``: the distinct identifier lengths, longest first (computed if absent).
+    """
+    if lengths is None:
+        lengths = sorted({len(t) for t in identifiers}, reverse=True)
+    low, spans = text.lower(), []
+    for i in range(len(low)):
+        n = next((n for n in lengths if low[i : i + n] in identifiers), 0)  # the longest identifier at i
+        if n and spans and i <= spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], i + n)
+        elif n:
+            spans.append([i, i + n])
+    for start, end in reversed(spans):
+        text = text[:start] + "[redacted]" + text[end:]
     return text
 
 
 def _quarantine_frame(rejected: list[Rejected], files: list[str], spec: CohortSpec,
                       identifiers: set[str]) -> pd.DataFrame:
     q = pd.DataFrame([asdict(r) for r in rejected], columns=["relpath", "stage", "reason"])
-    q["reason"] = q["reason"].map(lambda r: _scrub(str(r), identifiers))
+    lengths = sorted({len(t) for t in identifiers}, reverse=True)
+    q["reason"] = q["reason"].map(lambda r: _scrub(str(r), identifiers, lengths))
     number = {f: i for i, f in enumerate(files)}
     q.insert(0, "file_number", q["relpath"].map(number).astype("int64"))
     if not spec.record_paths:

@@ -48,6 +48,8 @@ class PreprocessCache:
                                         "row": pd.Series(dtype="int32")})
         self._where = dict(zip(self._index["key"], zip(self._index["shard"], self._index["row"])))
         self._shards: dict[int, np.ndarray] = {}
+        self._unsaved: list[pd.DataFrame] = []  # index rows of shards written since the last save_index()
+        self._next_shard = int(self._index["shard"].max()) + 1 if len(self._index) else 0
 
     def __contains__(self, key: str) -> bool:
         return key in self._where
@@ -58,26 +60,42 @@ class PreprocessCache:
     def keys(self) -> set[str]:
         return set(self._where)
 
-    def append(self, items: Iterable[tuple[str, np.ndarray]]) -> int:
-        """Write new entries as one new shard (existing keys are skipped); returns how many were written."""
+    def append(self, items: Iterable[tuple[str, np.ndarray]], *, save_index: bool = True) -> int:
+        """Write new entries as one new shard (existing keys are skipped); returns how many were written.
+
+        ``save_index=False`` leaves the on-disk index to a later :meth:`save_index`: a build appending
+        hundreds of shards then writes the index once instead of rewriting it whole after every shard
+        (quadratic in the cohort size). Until saved, the new shards are simply not named by the index.
+        """
         items = [(k, a) for k, a in items if k not in self._where]
         if not items:
+            if save_index:
+                self.save_index()
             return 0
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "recipe.json").write_text(json.dumps(self.params.model_dump(), indent=2, sort_keys=True))
-        shard = int(self._index["shard"].max()) + 1 if len(self._index) else 0
+        shard = self._next_shard
+        self._next_shard += 1
         stacked = np.stack([a for _, a in items])
         tmp = self.dir / f"shard-{shard:05d}.tmp.npy"
         np.save(tmp, stacked)
         tmp.rename(self.dir / f"shard-{shard:05d}.npy")
-        new = pd.DataFrame({"key": [k for k, _ in items], "shard": np.int32(shard),
-                            "row": np.arange(len(items), dtype=np.int32)})
-        self._index = pd.concat([self._index, new], ignore_index=True)
+        self._unsaved.append(pd.DataFrame({"key": [k for k, _ in items], "shard": np.int32(shard),
+                                           "row": np.arange(len(items), dtype=np.int32)}))
+        self._where.update({k: (shard, i) for i, (k, _) in enumerate(items)})
+        if save_index:
+            self.save_index()
+        return len(items)
+
+    def save_index(self) -> None:
+        """Write the index with every shard appended so far (nothing to do when none is pending)."""
+        if not self._unsaved:
+            return
+        self._index = pd.concat([self._index, *self._unsaved], ignore_index=True)
+        self._unsaved = []
         tmp_index = self._index_path.with_suffix(".tmp.parquet")
         self._index.to_parquet(tmp_index, index=False)
         tmp_index.replace(self._index_path)  # the index only ever names shards that are fully written
-        self._where.update({k: (shard, i) for i, (k, _) in enumerate(items)})
-        return len(items)
 
     def get(self, key: str) -> np.ndarray:
         """The cached ``(C, S, S)`` array (a view into a memory map; copy before writing to it)."""
