@@ -40,10 +40,27 @@ def _resize(arr: np.ndarray, size: int) -> np.ndarray:
 
 
 #: What an index needs from each header: identifiers (for pseudonyms), subgroup tags and image geometry.
-INDEX_TAGS = ("PatientID", "PatientName", "PatientBirthDate", "AccessionNumber", "StudyInstanceUID",
-              "SeriesInstanceUID", "SOPInstanceUID", "Modality", "PatientSex", "PatientAge", "Manufacturer",
-              "InstitutionName", "ViewPosition", "PhotometricInterpretation", "Rows", "Columns", "SamplesPerPixel",
-              "BitsStored", "NumberOfFrames")
+INDEX_TAGS = (
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "AccessionNumber",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "Modality",
+    "PatientSex",
+    "PatientAge",
+    "Manufacturer",
+    "InstitutionName",
+    "ViewPosition",
+    "PhotometricInterpretation",
+    "Rows",
+    "Columns",
+    "SamplesPerPixel",
+    "BitsStored",
+    "NumberOfFrames",
+)
 
 
 def bare_headers(paths: list[Path]) -> None:
@@ -112,10 +129,15 @@ def main() -> None:
         paths = [root / r for r in rel]
         n = len(paths)
 
-        idx = alternate({"bare": lambda: _rate(n, lambda: bare_headers(paths)),
-                         "plain": lambda: _rate(n, lambda: plain_headers(paths)),
-                         "medvision": lambda: _rate(n, lambda: list(index_files(root, rel, workers=0)))},
-                        rounds=args.rounds, warmup=1)
+        idx = alternate(
+            {
+                "bare": lambda: _rate(n, lambda: bare_headers(paths)),
+                "plain": lambda: _rate(n, lambda: plain_headers(paths)),
+                "medvision": lambda: _rate(n, lambda: list(index_files(root, rel, workers=0))),
+            },
+            rounds=args.rounds,
+            warmup=1,
+        )
 
         builds = iter(range(10**6))
 
@@ -129,9 +151,15 @@ def main() -> None:
             return first["images"] / first["build"]["decode_seconds"]
 
         rebuild: list[float] = []
-        dec = alternate({"plain": lambda: _rate(n, lambda: plain_decode(paths, args.cache_size)),
-                         "monai": lambda: _rate(n, lambda: monai_decode(paths, args.cache_size)),
-                         "medvision": medvision_decode}, rounds=args.rounds, warmup=1)
+        dec = alternate(
+            {
+                "plain": lambda: _rate(n, lambda: plain_decode(paths, args.cache_size)),
+                "monai": lambda: _rate(n, lambda: monai_decode(paths, args.cache_size)),
+                "medvision": medvision_decode,
+            },
+            rounds=args.rounds,
+            warmup=1,
+        )
         rebuild = rebuild[1:]  # the warm-up round's rebuild is not kept
         cohort = open_cohort(tmp / "cohort-0")
         ds = CohortDataset(cohort, cohort.manifest)
@@ -156,21 +184,28 @@ def main() -> None:
         ("rebuild", "medvision build, all cached (hash only)", rebuild, "images/s"),
         ("cached pass", "medvision CohortDataset from cache", cached, "images/s"),
     ]
-    print(f"{n} DICOM files ({args.size}px, 12-bit, some RLE / MONOCHROME1), cache {args.cache_size}px, "
-          f"{os.cpu_count()} CPU cores; {args.rounds} timed rounds after a warm-up round, sides alternating")
+    print(
+        f"{n} DICOM files ({args.size}px, 12-bit, some RLE / MONOCHROME1), cache {args.cache_size}px, "
+        f"{os.cpu_count()} CPU cores; {args.rounds} timed rounds after a warm-up round, sides alternating"
+    )
     print(f"{'stage':<20} {'method':<42} {'median':>9} {'min':>9} {'max':>9}")
     for stage, method, rates, unit in rows:
         sp = spread(rates)
         print(f"{stage:<20} {method:<42} {sp['median']:>9.1f} {sp['min']:>9.1f} {sp['max']:>9.1f} {unit}")
     decode_ratios = paired_ratios(dec["medvision"], dec["monai"])
     result = {
-        "benchmark": "ingest", "files": n, "image_size": args.size, "cache_size": args.cache_size,
+        "benchmark": "ingest",
+        "files": n,
+        "image_size": args.size,
+        "cache_size": args.cache_size,
         "rounds": args.rounds,
-        "index_files_per_s": round(med["medvision_index"], 1), "plain_header_files_per_s": round(med["plain_index"], 1),
+        "index_files_per_s": round(med["medvision_index"], 1),
+        "plain_header_files_per_s": round(med["plain_index"], 1),
         "bare_parse_files_per_s": round(med["bare_index"], 1),
         "index_ratio_vs_plain": round(med["medvision_index"] / med["plain_index"], 2),
         "index_ratio_spread": spread(paired_ratios(idx["medvision"], idx["plain"])),
-        "decode_images_per_s": round(med["medvision_decode"], 1), "monai_images_per_s": round(med["monai_decode"], 1),
+        "decode_images_per_s": round(med["medvision_decode"], 1),
+        "monai_images_per_s": round(med["monai_decode"], 1),
         "plain_decode_images_per_s": round(med["plain_decode"], 1),
         "decode_ratio_vs_monai": round(med["medvision_decode"] / med["monai_decode"], 2),
         "decode_ratio_spread": spread(decode_ratios),

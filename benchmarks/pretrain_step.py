@@ -79,9 +79,18 @@ def run_lightning(args, loader: DataLoader, optim: PretrainOptimConfig) -> float
     module = _module(args, optim)
     timer = _Timer(args.skip)
     trainer = L.Trainer(
-        accelerator=args.accelerator, devices=1, precision=args.precision, max_epochs=1,
-        limit_train_batches=args.steps, limit_val_batches=0, num_sanity_val_steps=0, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
+        accelerator=args.accelerator,
+        devices=1,
+        precision=args.precision,
+        max_epochs=1,
+        limit_train_batches=args.steps,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
     )
     trainer.fit(module, train_dataloaders=loader)
     return (args.steps - args.skip) * 2 * args.batch / (timer.t1 - timer.t0)
@@ -89,14 +98,18 @@ def run_lightning(args, loader: DataLoader, optim: PretrainOptimConfig) -> float
 
 def run_bare(args, loader: DataLoader, optim: PretrainOptimConfig) -> float:
     module = _module(args, optim)
-    device = torch.device("cuda" if args.accelerator in ("gpu", "cuda") or (
-        args.accelerator == "auto" and torch.cuda.is_available()) else "cpu")
+    device = torch.device(
+        "cuda"
+        if args.accelerator in ("gpu", "cuda") or (args.accelerator == "auto" and torch.cuda.is_available())
+        else "cpu"
+    )
     backbone, head = module.backbone.to(device).train(), module.projection.to(device).train()
     params = [p for p in list(backbone.parameters()) + list(head.parameters()) if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": optim.weight_decay, "lars": True},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "lars": False}]
-    opt = LARS(groups, lr=optim.peak_lr(args.batch), momentum=optim.momentum,
-               trust_coefficient=optim.trust_coefficient)
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": optim.weight_decay, "lars": True},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "lars": False},
+    ]
+    opt = LARS(groups, lr=optim.peak_lr(args.batch), momentum=optim.momentum, trust_coefficient=optim.trust_coefficient)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(round(optim.warmup_epochs * args.steps), args.steps))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16-mixed")
     t0 = 0.0
@@ -109,7 +122,7 @@ def run_bare(args, loader: DataLoader, optim: PretrainOptimConfig) -> float:
         v1, v2 = batch["view1"].to(device), batch["view2"].to(device)
         with autocast:
             z = head(backbone(torch.cat([v1, v2])))
-            loss = nt_xent_loss(z[: len(v1)], z[len(v1):], 0.1)
+            loss = nt_xent_loss(z[: len(v1)], z[len(v1) :], 0.1)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -138,25 +151,48 @@ def main() -> None:
     optim = PretrainOptimConfig(name="lars", epochs=2, warmup_epochs=0.2, lr=0.3)
     data = _Pairs(args.batch * args.steps, args.chans, args.size)
     loader = DataLoader(data, batch_size=args.batch, shuffle=False, drop_last=True)
-    rates = alternate({"medvision": lambda: run_lightning(args, loader, optim),
-                       "bare": lambda: run_bare(args, loader, optim)}, rounds=args.rounds, warmup=args.warmup_rounds)
+    rates = alternate(
+        {"medvision": lambda: run_lightning(args, loader, optim), "bare": lambda: run_bare(args, loader, optim)},
+        rounds=args.rounds,
+        warmup=args.warmup_rounds,
+    )
     med = {n: statistics.median(v) for n, v in rates.items()}
     ratio = med["medvision"] / med["bare"]
     per_round = spread(paired_ratios(rates["medvision"], rates["bare"]))
-    print(f"pretraining step: {args.backbone}, {args.batch} pairs x {args.size}px, {args.steps - args.skip} timed "
-          f"steps x {args.rounds} rounds after {args.warmup_rounds} warm-up round(s) per side, LARS, "
-          f"{args.precision}, accelerator={args.accelerator}, torch threads={torch.get_num_threads()}")
+    print(
+        f"pretraining step: {args.backbone}, {args.batch} pairs x {args.size}px, {args.steps - args.skip} timed "
+        f"steps x {args.rounds} rounds after {args.warmup_rounds} warm-up round(s) per side, LARS, "
+        f"{args.precision}, accelerator={args.accelerator}, torch threads={torch.get_num_threads()}"
+    )
     print_rounds(rates, "images/s")
-    print(f"median medvision {med['medvision']:.1f} images/s, bare {med['bare']:.1f} images/s, ratio {ratio:.3f} "
-          f"(target >= 0.95: {'met' if ratio >= 0.95 else 'NOT met'}); per-round ratios {per_round['min']:.3f}"
-          f"-{per_round['max']:.3f}")
-    print(json.dumps({"benchmark": "pretrain_step", "backbone": args.backbone, "batch_pairs": args.batch,
-                      "size": args.size, "precision": args.precision, "accelerator": args.accelerator,
-                      "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-                      "rounds": args.rounds, "warmup_rounds": args.warmup_rounds,
-                      "medvision_images_per_s": round(med["medvision"], 2), "bare_images_per_s": round(med["bare"], 2),
-                      "medvision_spread": spread(rates["medvision"]), "bare_spread": spread(rates["bare"]),
-                      "ratio": round(ratio, 4), "ratio_spread": per_round, "target": 0.95, "met": ratio >= 0.95}))
+    print(
+        f"median medvision {med['medvision']:.1f} images/s, bare {med['bare']:.1f} images/s, ratio {ratio:.3f} "
+        f"(target >= 0.95: {'met' if ratio >= 0.95 else 'NOT met'}); per-round ratios {per_round['min']:.3f}"
+        f"-{per_round['max']:.3f}"
+    )
+    print(
+        json.dumps(
+            {
+                "benchmark": "pretrain_step",
+                "backbone": args.backbone,
+                "batch_pairs": args.batch,
+                "size": args.size,
+                "precision": args.precision,
+                "accelerator": args.accelerator,
+                "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+                "rounds": args.rounds,
+                "warmup_rounds": args.warmup_rounds,
+                "medvision_images_per_s": round(med["medvision"], 2),
+                "bare_images_per_s": round(med["bare"], 2),
+                "medvision_spread": spread(rates["medvision"]),
+                "bare_spread": spread(rates["bare"]),
+                "ratio": round(ratio, 4),
+                "ratio_spread": per_round,
+                "target": 0.95,
+                "met": ratio >= 0.95,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -67,9 +67,18 @@ class _Clock(Callback):
 def medvision_round(classifier: Classifier, cfg: FinetuneConfig, loader: DataLoader, warmup: int) -> float:
     clock = _Clock(warmup)
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
-        gradient_clip_val=cfg.optim.grad_clip, gradient_clip_algorithm="norm", callbacks=[clock],
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        gradient_clip_val=cfg.optim.grad_clip,
+        gradient_clip_algorithm="norm",
+        callbacks=[clock],
         deterministic=False,
     )
     trainer.fit(FinetuneModule(classifier, cfg.optim), train_dataloaders=loader)
@@ -77,8 +86,9 @@ def medvision_round(classifier: Classifier, cfg: FinetuneConfig, loader: DataLoa
     return timed * loader.batch_size / (clock.end - clock.start)
 
 
-def bare_round(model: torch.nn.Module, mean: torch.Tensor, std: torch.Tensor, cfg: FinetuneConfig,
-               loader: DataLoader, warmup: int) -> float:
+def bare_round(
+    model: torch.nn.Module, mean: torch.Tensor, std: torch.Tensor, cfg: FinetuneConfig, loader: DataLoader, warmup: int
+) -> float:
     opt = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(len(loader) // 4, len(loader)))
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -114,9 +124,14 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    cfg = parse_config({"data": {"cohort_dir": "unused", "batch_size": args.batch},
-                        "backbone": {"name": args.backbone, "weights": "none"},
-                        "optim": {"name": "sgd", "lr": 0.01, "epochs": 1, "warmup_epochs": 0.25}}, FinetuneConfig)
+    cfg = parse_config(
+        {
+            "data": {"cohort_dir": "unused", "batch_size": args.batch},
+            "backbone": {"name": args.backbone, "weights": "none"},
+            "optim": {"name": "sgd", "lr": 0.01, "epochs": 1, "warmup_epochs": 0.25},
+        },
+        FinetuneConfig,
+    )
     torch.manual_seed(0)
     backbone = create_backbone(args.backbone, "none", in_chans=args.chans)
     head = create_head("linear", backbone.num_features, args.classes)
@@ -127,29 +142,52 @@ def main() -> None:
     n = (args.steps + args.warmup) * args.batch
     loader = DataLoader(_Batches(n, args.chans, args.size, args.classes), batch_size=args.batch, shuffle=False)
 
-    rates = alternate({"medvision (Lightning)": lambda: medvision_round(classifier, cfg, loader, args.warmup),
-                       "bare PyTorch loop": lambda: bare_round(bare, mean, std, cfg, loader, args.warmup)},
-                      rounds=args.rounds, warmup=args.warmup_rounds)
+    rates = alternate(
+        {
+            "medvision (Lightning)": lambda: medvision_round(classifier, cfg, loader, args.warmup),
+            "bare PyTorch loop": lambda: bare_round(bare, mean, std, cfg, loader, args.warmup),
+        },
+        rounds=args.rounds,
+        warmup=args.warmup_rounds,
+    )
     ours, theirs = rates["medvision (Lightning)"], rates["bare PyTorch loop"]
     # The median round per side is the headline; the per-round ratios (each pair ran back to back) give the spread.
     ratio = statistics.median(ours) / statistics.median(theirs)
     per_round = spread(paired_ratios(ours, theirs))
-    print(f"train step: {args.backbone} (timm {backbone.model.__class__.__name__}), {args.chans}x{args.size}x"
-          f"{args.size}, batch {args.batch}, {args.steps} timed steps x {args.rounds} rounds after "
-          f"{args.warmup_rounds} warm-up round(s) per side, {torch.get_num_threads()} threads")
+    print(
+        f"train step: {args.backbone} (timm {backbone.model.__class__.__name__}), {args.chans}x{args.size}x"
+        f"{args.size}, batch {args.batch}, {args.steps} timed steps x {args.rounds} rounds after "
+        f"{args.warmup_rounds} warm-up round(s) per side, {torch.get_num_threads()} threads"
+    )
     print_rounds(rates, "images/s")
-    print(f"ratio of medians {ratio:.3f} (target >= 0.95); per-round ratios median {per_round['median']:.3f}, "
-          f"min {per_round['min']:.3f}, max {per_round['max']:.3f}")
-    print(json.dumps({
-        "benchmark": "train_step", "backbone": args.backbone, "input": [args.chans, args.size, args.size],
-        "batch": args.batch, "steps": args.steps, "rounds": args.rounds, "warmup_rounds": args.warmup_rounds,
-        "threads": torch.get_num_threads(),
-        "medvision_images_per_s": round(statistics.median(ours), 2),
-        "bare_images_per_s": round(statistics.median(theirs), 2),
-        "medvision_spread": spread(ours), "bare_spread": spread(theirs),
-        "medvision_rounds": [round(v, 2) for v in ours], "bare_rounds": [round(v, 2) for v in theirs],
-        "ratio": round(ratio, 4), "ratio_spread": per_round, "target": 0.95, "meets_target": ratio >= 0.95,
-    }))
+    print(
+        f"ratio of medians {ratio:.3f} (target >= 0.95); per-round ratios median {per_round['median']:.3f}, "
+        f"min {per_round['min']:.3f}, max {per_round['max']:.3f}"
+    )
+    print(
+        json.dumps(
+            {
+                "benchmark": "train_step",
+                "backbone": args.backbone,
+                "input": [args.chans, args.size, args.size],
+                "batch": args.batch,
+                "steps": args.steps,
+                "rounds": args.rounds,
+                "warmup_rounds": args.warmup_rounds,
+                "threads": torch.get_num_threads(),
+                "medvision_images_per_s": round(statistics.median(ours), 2),
+                "bare_images_per_s": round(statistics.median(theirs), 2),
+                "medvision_spread": spread(ours),
+                "bare_spread": spread(theirs),
+                "medvision_rounds": [round(v, 2) for v in ours],
+                "bare_rounds": [round(v, 2) for v in theirs],
+                "ratio": round(ratio, 4),
+                "ratio_spread": per_round,
+                "target": 0.95,
+                "meets_target": ratio >= 0.95,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
