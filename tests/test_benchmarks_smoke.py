@@ -100,6 +100,6 @@ def test_cohort_scale_builds_two_sizes_and_reports_rate_and_memory(tmp_path):
     for size in (small, large):
         assert size["files_per_s"] > 0 and size["files_per_cpu_s"] > 0 and size["peak_rss_mb"] > 0
         assert 0 < size["peak_pss_mb"] <= size["peak_rss_mb"]
-    assert out["ratio"] == pytest.approx(large["files_per_s"] / small["files_per_s"], rel=0.01)
+    assert out["ratio"] == pytest.approx(large["files_per_s"] / small["files_per_s"], rel=0.05)  # rates are rounded
     assert {"cpu_ratio", "peak_rss_mb_at_largest", "targets", "meets_targets"} <= set(out)
     assert list(tmp_path.iterdir()) == []  # the synthetic cohorts were deleted
