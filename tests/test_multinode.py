@@ -105,16 +105,16 @@ def test_two_nodes_under_torchrun_train_exactly_like_two_processes_on_one_node(s
     nodes = _torchrun_two_nodes(multi_cfg, tmp_path)
     script = tmp_path / "single_node.py"
     script.write_text(SINGLE_NODE_DRIVER)
-    single = subprocess.run(
-        [sys.executable, str(script), str(single_cfg)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=_env(),
-        cwd=tmp_path,
-    )
-    try:
-        codes = [p.wait(timeout=300) for p in nodes]
+    try:  # generous timeouts: it takes ~30 s, but a machine shared with other jobs can slow it tenfold
+        single = subprocess.run(
+            [sys.executable, str(script), str(single_cfg)],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            env=_env(),
+            cwd=tmp_path,
+        )
+        codes = [p.wait(timeout=900) for p in nodes]
     finally:
         for p in nodes:  # a hung rendezvous must not outlive the test
             if p.poll() is None:
