@@ -9,7 +9,7 @@ TORCH   := torch==2.14.1 torchvision==0.29.1
 # The report tests open the HTML in Debian's headless Chromium.
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install browser servers test test-fast demo lint format bench clean
+.PHONY: install browser servers test test-fast demo lint format bench bench-gpu clean
 
 install: $(STAMP) browser servers
 
@@ -59,6 +59,11 @@ bench: install
 	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/pretrain_step.py
 	$(BIN)/python benchmarks/pacs_pull.py
+	nice -n 10 $(BIN)/python benchmarks/cohort_scale.py
+
+# On a GPU node: medvision's training step vs a bare loop, images/s and MFU (pass the device's bf16 peak).
+bench-gpu: install
+	$(BIN)/python benchmarks/gpu_throughput.py --peak-tflops $(or $(PEAK_TFLOPS),989)
 
 clean:
 	rm -rf demo-output .pytest_cache reports/generated

@@ -5,7 +5,8 @@
 ``MetricFrame`` (``roc_auc_score`` per group) on each resample, using the *same* resample indices, in the same
 process. Point estimates must agree to 1e-12 (asserted). Target: >= 20x faster. When the fairlearn loop over all
 resamples would take too long, it is timed on ``--baseline-resamples`` of them and extrapolated linearly (the
-table says so). Prints a table, then one JSON object as the last line.
+table says so). Both sides run a warm-up round, then ``--rounds`` alternating timed rounds (benchmarks/_timing.py);
+the medians are the headline. Prints a table, then one JSON object as the last line.
 
     .venv/bin/python benchmarks/bootstrap.py [--images 20000] [--resamples 1000] [--baseline-resamples 100]
 """
@@ -14,10 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 
 import numpy as np
 import pandas as pd
+from _timing import alternate, paired_ratios, spread  # benchmarks/_timing.py (run as a script)
 from fairlearn.metrics import MetricFrame
 from sklearn.metrics import roc_auc_score
 
@@ -44,40 +47,53 @@ def main() -> None:
     ap.add_argument("--resamples", type=int, default=1000)
     ap.add_argument("--baseline-resamples", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rounds", type=int, default=5, help="timed rounds per side (after one warm-up round each)")
     args = ap.parse_args()
 
     pid, group, y, score = simulate(args.images, args.groups, args.seed)
     sf = pd.Series(group, name="group")
 
-    t0 = time.perf_counter()
-    boot = Bootstrap(pid, n_resamples=args.resamples, seed=args.seed)
-    frame = SubgroupFrame(
-        metrics={"auroc": "auroc"},
-        y_true=y,
-        y_pred=score,
-        sensitive_features=sf,
-        groups=pid,
-        min_patients=20,
-        bootstrap=boot,
-    )
-    ours = frame.table().loc["group"].xs("auroc", level="metric")
-    t_ours = time.perf_counter() - t0
-
-    # fairlearn loop over the same resamples (same image indices)
     n_base = min(args.baseline_resamples, args.resamples)
-    t0 = time.perf_counter()
-    point = MetricFrame(metrics=roc_auc_score, y_true=y, y_pred=score, sensitive_features=sf).by_group
-    reps = []
-    for b in range(n_base):
-        idx = boot.resample_indices(b)
-        reps.append(
-            MetricFrame(
-                metrics=roc_auc_score, y_true=y[idx], y_pred=score[idx], sensitive_features=sf.to_numpy()[idx]
-            ).by_group
+    kept: dict = {}
+
+    def medvision_side() -> float:
+        t0 = time.perf_counter()
+        boot = Bootstrap(pid, n_resamples=args.resamples, seed=args.seed)
+        frame = SubgroupFrame(
+            metrics={"auroc": "auroc"},
+            y_true=y,
+            y_pred=score,
+            sensitive_features=sf,
+            groups=pid,
+            min_patients=20,
+            bootstrap=boot,
         )
-    t_base_measured = time.perf_counter() - t0
-    t_base = t_base_measured * args.resamples / n_base
-    reps = pd.concat(reps, axis=1).T
+        kept["ours"] = frame.table().loc["group"].xs("auroc", level="metric")
+        kept["boot"] = boot
+        return 1.0 / (time.perf_counter() - t0)
+
+    def fairlearn_side() -> float:  # the same resamples (same image indices), looped through MetricFrame
+        boot = kept["boot"]
+        t0 = time.perf_counter()
+        kept["point"] = MetricFrame(metrics=roc_auc_score, y_true=y, y_pred=score, sensitive_features=sf).by_group
+        reps = []
+        for b in range(n_base):
+            idx = boot.resample_indices(b)
+            reps.append(
+                MetricFrame(
+                    metrics=roc_auc_score, y_true=y[idx], y_pred=score[idx], sensitive_features=sf.to_numpy()[idx]
+                ).by_group
+            )
+        seconds = (time.perf_counter() - t0) * args.resamples / n_base
+        kept["reps"] = pd.concat(reps, axis=1).T
+        return 1.0 / seconds
+
+    # Warm both, then alternate (benchmarks/_timing.py); rates are runs/s, so seconds = 1 / rate.
+    rates = alternate({"medvision": medvision_side, "fairlearn": fairlearn_side}, rounds=args.rounds, warmup=1)
+    t_ours = 1.0 / statistics.median(rates["medvision"])
+    t_base = 1.0 / statistics.median(rates["fairlearn"])
+    speedups = spread(paired_ratios(rates["medvision"], rates["fairlearn"]))
+    ours, point, reps, boot = kept["ours"], kept["point"], kept["reps"], kept["boot"]
 
     max_point_diff = float(np.max(np.abs(ours["value"].to_numpy() - point.loc[ours.index].to_numpy(float))))
     assert max_point_diff <= 1e-12, f"point estimates differ by {max_point_diff}"
@@ -91,12 +107,17 @@ def main() -> None:
         f"subgroup AUROC, {args.images} images / {pid.max() + 1} patients / {args.groups} groups, "
         f"{args.resamples} patient-level resamples"
     )
-    print(f"{'method':<42}{'seconds':>10}")
-    print(f"{'medvision SubgroupFrame (vectorised)':<42}{t_ours:>10.2f}")
+    print(f"{'method':<42}{'median s':>10}{'min s':>8}{'max s':>8}   ({args.rounds} rounds after a warm-up)")
     note = f" (timed {n_base}, x{args.resamples / n_base:g} extrapolated)" if extrapolated else ""
-    print(f"{'fairlearn MetricFrame loop' + note:<42}{t_base:>10.2f}")
+    for label, key in (
+        ("medvision SubgroupFrame (vectorised)", "medvision"),
+        ("fairlearn MetricFrame loop" + note, "fairlearn"),
+    ):
+        secs = [1.0 / r for r in rates[key]]
+        print(f"{label:<42}{statistics.median(secs):>10.2f}{min(secs):>8.2f}{max(secs):>8.2f}")
     print(
-        f"speed-up: {speedup:.1f}x (target >= 20x); point estimates equal to {max_point_diff:.1e} (<= 1e-12), "
+        f"speed-up: {speedup:.1f}x (target >= 20x; per round {speedups['min']:.1f}-{speedups['max']:.1f}x); "
+        f"point estimates equal to {max_point_diff:.1e} (<= 1e-12), "
         f"per-resample AUROCs of the first {n_base} resamples equal to {max_rep_diff:.1e}"
     )
     print(f"{'group':<8}{'n_patients':>11}{'auroc':>8}{'low':>8}{'high':>8}   fairlearn-loop 95% CI ({n_base} res.)")
@@ -119,6 +140,8 @@ def main() -> None:
                 "fairlearn_resamples_timed": n_base,
                 "fairlearn_extrapolated": extrapolated,
                 "speedup": round(speedup, 1),
+                "speedup_spread": speedups,
+                "rounds": args.rounds,
                 "target_speedup": 20,
                 "max_point_diff": max_point_diff,
                 "max_replicate_diff": max_rep_diff,

@@ -3,9 +3,11 @@
 Baselines run in the same process on the same files: a plain pydicom header loop, a plain pydicom
 decode loop, and MONAI's ``LoadImage(reader="PydicomReader")``, each followed by the same resize.
 Targets: indexing >= the plain header loop; decode + preprocess >= 2x MONAI; the cached pass >= 10x
-the first decode. Prints a table, then one JSON object as the last line.
+the first decode. Every method runs an untimed warm-up round, then ``--rounds`` timed rounds with the methods
+alternating (benchmarks/_timing.py); medians are the headline, min/max beside them. Prints a table, then one
+JSON object as the last line.
 
-    .venv/bin/python benchmarks/ingest.py [--patients 300] [--size 512] [--repeats 3]
+    .venv/bin/python benchmarks/ingest.py [--patients 300] [--size 512] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
+from _timing import alternate, paired_ratios, spread  # benchmarks/_timing.py (run as a script)
 
 from medvision.cohort.build import build_cohort
 from medvision.cohort.cohort import open_cohort
@@ -100,13 +104,11 @@ def monai_decode(paths: list[Path], size: int) -> None:
         _resize((arr - lo) / (hi - lo or 1.0), size)
 
 
-def best_of(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+def _rate(count: int, fn) -> float:
+    """``count / seconds`` of one call of ``fn``."""
+    t = time.perf_counter()
+    fn()
+    return count / (time.perf_counter() - t)
 
 
 def main() -> None:
@@ -114,7 +116,7 @@ def main() -> None:
     ap.add_argument("--patients", type=int, default=300)
     ap.add_argument("--size", type=int, default=512, help="side of the synthetic DICOM images")
     ap.add_argument("--cache-size", type=int, default=224, help="side of the cached images")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5, help="timed rounds per method (after one warm-up round)")
     args = ap.parse_args()
     os.environ.setdefault("MEDVISION_PSEUDONYM_KEY", "6d6564766973696f6e2d62656e63686d61726b2d6b6579")
     with tempfile.TemporaryDirectory() as tmp:
@@ -127,58 +129,89 @@ def main() -> None:
         paths = [root / r for r in rel]
         n = len(paths)
 
-        t_bare_idx = best_of(lambda: bare_headers(paths), args.repeats)
-        t_plain_idx = best_of(lambda: plain_headers(paths), args.repeats)
-        t_mv_idx = best_of(lambda: list(index_files(root, rel, workers=0)), args.repeats)
-        t_plain_dec = best_of(lambda: plain_decode(paths, args.cache_size), 1)
-        t_monai = best_of(lambda: monai_decode(paths, args.cache_size), 1)
+        idx = alternate(
+            {
+                "bare": lambda: _rate(n, lambda: bare_headers(paths)),
+                "plain": lambda: _rate(n, lambda: plain_headers(paths)),
+                "medvision": lambda: _rate(n, lambda: list(index_files(root, rel, workers=0))),
+            },
+            rounds=args.rounds,
+            warmup=1,
+        )
 
-        out = tmp / "cohort"
-        first = build_cohort(spec, out)  # every file decoded into the cache
-        t_mv_dec = first["build"]["decode_seconds"]
-        second = build_cohort(spec, out)  # same files: hashed, nothing decoded
-        cohort = open_cohort(out)
+        builds = iter(range(10**6))
+
+        def medvision_decode() -> float:
+            # a fresh output folder each round, so every file is decoded again; then a rebuild of the same folder
+            # (nothing changed: files are hashed, nothing decoded)
+            out = tmp / f"cohort-{next(builds)}"
+            first = build_cohort(spec, out)
+            second = build_cohort(spec, out)
+            rebuild.append(first["images"] / second["build"]["decode_seconds"])
+            return first["images"] / first["build"]["decode_seconds"]
+
+        rebuild: list[float] = []
+        dec = alternate(
+            {
+                "plain": lambda: _rate(n, lambda: plain_decode(paths, args.cache_size)),
+                "monai": lambda: _rate(n, lambda: monai_decode(paths, args.cache_size)),
+                "medvision": medvision_decode,
+            },
+            rounds=args.rounds,
+            warmup=1,
+        )
+        rebuild = rebuild[1:]  # the warm-up round's rebuild is not kept
+        cohort = open_cohort(tmp / "cohort-0")
         ds = CohortDataset(cohort, cohort.manifest)
+        n_img = len(ds)
 
         def cached_pass() -> None:
             for i in range(len(ds)):
                 ds[i]["image"]
 
-        t_cached = best_of(cached_pass, args.repeats)
-        n_img = len(ds)
+        cached = alternate({"cached": lambda: _rate(n_img, cached_pass)}, rounds=args.rounds, warmup=1)["cached"]
 
+    med = {f"{k}_index": statistics.median(v) for k, v in idx.items()}
+    med |= {f"{k}_decode": statistics.median(v) for k, v in dec.items()}
+    med["rebuild"], med["cached"] = statistics.median(rebuild), statistics.median(cached)
     rows = [
-        ("header indexing", "pydicom parse only (no tag read; floor)", n / t_bare_idx, "files/s"),
-        ("header indexing", "plain pydicom loop reading the index tags", n / t_plain_idx, "files/s"),
-        ("header indexing", "medvision index_files", n / t_mv_idx, "files/s"),
-        ("decode+preprocess", "plain pydicom loop", n / t_plain_dec, "images/s"),
-        ("decode+preprocess", "MONAI LoadImage(PydicomReader)", n / t_monai, "images/s"),
-        ("decode+preprocess", "medvision build (decode into cache)", n_img / t_mv_dec, "images/s"),
-        ("rebuild", "medvision build, all cached (hash only)", n_img / second["build"]["decode_seconds"], "images/s"),
-        ("cached pass", "medvision CohortDataset from cache", n_img / t_cached, "images/s"),
+        ("header indexing", "pydicom parse only (no tag read; floor)", idx["bare"], "files/s"),
+        ("header indexing", "plain pydicom loop reading the index tags", idx["plain"], "files/s"),
+        ("header indexing", "medvision index_files", idx["medvision"], "files/s"),
+        ("decode+preprocess", "plain pydicom loop", dec["plain"], "images/s"),
+        ("decode+preprocess", "MONAI LoadImage(PydicomReader)", dec["monai"], "images/s"),
+        ("decode+preprocess", "medvision build (decode into cache)", dec["medvision"], "images/s"),
+        ("rebuild", "medvision build, all cached (hash only)", rebuild, "images/s"),
+        ("cached pass", "medvision CohortDataset from cache", cached, "images/s"),
     ]
     print(
         f"{n} DICOM files ({args.size}px, 12-bit, some RLE / MONOCHROME1), cache {args.cache_size}px, "
-        f"{os.cpu_count()} CPU cores"
+        f"{os.cpu_count()} CPU cores; {args.rounds} timed rounds after a warm-up round, sides alternating"
     )
-    print(f"{'stage':<20} {'method':<42} {'rate':>10}")
-    for stage, method, rate, unit in rows:
-        print(f"{stage:<20} {method:<42} {rate:>10.1f} {unit}")
+    print(f"{'stage':<20} {'method':<42} {'median':>9} {'min':>9} {'max':>9}")
+    for stage, method, rates, unit in rows:
+        sp = spread(rates)
+        print(f"{stage:<20} {method:<42} {sp['median']:>9.1f} {sp['min']:>9.1f} {sp['max']:>9.1f} {unit}")
+    decode_ratios = paired_ratios(dec["medvision"], dec["monai"])
     result = {
         "benchmark": "ingest",
         "files": n,
         "image_size": args.size,
         "cache_size": args.cache_size,
-        "index_files_per_s": round(n / t_mv_idx, 1),
-        "plain_header_files_per_s": round(n / t_plain_idx, 1),
-        "bare_parse_files_per_s": round(n / t_bare_idx, 1),
-        "index_ratio_vs_plain": round(t_plain_idx / t_mv_idx, 2),
-        "decode_images_per_s": round(n_img / t_mv_dec, 1),
-        "monai_images_per_s": round(n / t_monai, 1),
-        "plain_decode_images_per_s": round(n / t_plain_dec, 1),
-        "decode_ratio_vs_monai": round((n_img / t_mv_dec) / (n / t_monai), 2),
-        "cached_images_per_s": round(n_img / t_cached, 1),
-        "cached_ratio_vs_first_decode": round((n_img / t_cached) / (n_img / t_mv_dec), 1),
+        "rounds": args.rounds,
+        "index_files_per_s": round(med["medvision_index"], 1),
+        "plain_header_files_per_s": round(med["plain_index"], 1),
+        "bare_parse_files_per_s": round(med["bare_index"], 1),
+        "index_ratio_vs_plain": round(med["medvision_index"] / med["plain_index"], 2),
+        "index_ratio_spread": spread(paired_ratios(idx["medvision"], idx["plain"])),
+        "decode_images_per_s": round(med["medvision_decode"], 1),
+        "monai_images_per_s": round(med["monai_decode"], 1),
+        "plain_decode_images_per_s": round(med["plain_decode"], 1),
+        "decode_ratio_vs_monai": round(med["medvision_decode"] / med["monai_decode"], 2),
+        "decode_ratio_spread": spread(decode_ratios),
+        "rebuild_images_per_s": round(med["rebuild"], 1),
+        "cached_images_per_s": round(med["cached"], 1),
+        "cached_ratio_vs_first_decode": round(med["cached"] / med["medvision_decode"], 1),
         "targets": {"index_ratio_vs_plain": 1.0, "decode_ratio_vs_monai": 2.0, "cached_ratio_vs_first_decode": 10.0},
     }
     print(json.dumps(result))

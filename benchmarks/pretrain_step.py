@@ -5,8 +5,10 @@ Both sides train the same backbone + projection head with the same NT-Xent loss,
 (random tensors already in memory, served by one shared DataLoader). The medvision side is
 :class:`medvision.ssl.PretrainModule` driven by ``lightning.Trainer`` (callbacks, epoch logging of
 ``train/loss`` and ``train/micle_multi_instance_share``, schedule): everything a real run does per step;
-checkpoints and the kNN monitor run once per epoch and are left out. Rounds alternate the two sides in one
-process so machine noise hits both alike; the median round is reported. Target: medvision / bare >= 0.95.
+checkpoints and the kNN monitor run once per epoch and are left out. Each side first runs an untimed warm-up
+round (a cold first round once read 168 images/s against 931 in the next); then timed rounds alternate which
+side goes first, in one process, so machine noise hits both alike. The median round is the headline, with
+min/max/IQR and per-round ratios as the spread (benchmarks/_timing.py). Target: medvision / bare >= 0.95.
 Prints a table, then one JSON object as the last line.
 
     .venv/bin/python benchmarks/pretrain_step.py [--backbone resnet-tiny] [--size 64] [--batch 32] [--steps 30]
@@ -21,6 +23,7 @@ import time
 
 import lightning as L
 import torch
+from _timing import alternate, paired_ratios, print_rounds, spread  # benchmarks/_timing.py (run as a script)
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, Dataset
 
@@ -137,7 +140,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32, help="pairs per step (2x images)")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--skip", type=int, default=5, help="warm-up steps left out of the timing")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5, help="timed rounds per side (alternating order)")
+    p.add_argument("--warmup-rounds", type=int, default=1, help="untimed rounds per side before timing")
     p.add_argument("--accelerator", default="cpu")
     p.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
@@ -147,23 +151,24 @@ def main() -> None:
     optim = PretrainOptimConfig(name="lars", epochs=2, warmup_epochs=0.2, lr=0.3)
     data = _Pairs(args.batch * args.steps, args.chans, args.size)
     loader = DataLoader(data, batch_size=args.batch, shuffle=False, drop_last=True)
-    rows: list[tuple[int, str, float]] = []
-    for r in range(args.rounds):
-        order = (("medvision", run_lightning), ("bare", run_bare))
-        for name, fn in order if r % 2 == 0 else order[::-1]:
-            rows.append((r, name, fn(args, loader, optim)))
-    med = {n: statistics.median(v for _, m, v in rows if m == n) for n in ("medvision", "bare")}
+    rates = alternate(
+        {"medvision": lambda: run_lightning(args, loader, optim), "bare": lambda: run_bare(args, loader, optim)},
+        rounds=args.rounds,
+        warmup=args.warmup_rounds,
+    )
+    med = {n: statistics.median(v) for n, v in rates.items()}
     ratio = med["medvision"] / med["bare"]
+    per_round = spread(paired_ratios(rates["medvision"], rates["bare"]))
     print(
         f"pretraining step: {args.backbone}, {args.batch} pairs x {args.size}px, {args.steps - args.skip} timed "
-        f"steps, LARS, {args.precision}, accelerator={args.accelerator}, torch threads={torch.get_num_threads()}"
+        f"steps x {args.rounds} rounds after {args.warmup_rounds} warm-up round(s) per side, LARS, "
+        f"{args.precision}, accelerator={args.accelerator}, torch threads={torch.get_num_threads()}"
     )
-    print(f"{'round':>5}  {'side':<10} {'images/s':>10}")
-    for r, name, v in rows:
-        print(f"{r:>5}  {name:<10} {v:>10.1f}")
+    print_rounds(rates, "images/s")
     print(
         f"median medvision {med['medvision']:.1f} images/s, bare {med['bare']:.1f} images/s, ratio {ratio:.3f} "
-        f"(target >= 0.95: {'met' if ratio >= 0.95 else 'NOT met'})"
+        f"(target >= 0.95: {'met' if ratio >= 0.95 else 'NOT met'}); per-round ratios {per_round['min']:.3f}"
+        f"-{per_round['max']:.3f}"
     )
     print(
         json.dumps(
@@ -175,9 +180,14 @@ def main() -> None:
                 "precision": args.precision,
                 "accelerator": args.accelerator,
                 "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+                "rounds": args.rounds,
+                "warmup_rounds": args.warmup_rounds,
                 "medvision_images_per_s": round(med["medvision"], 2),
                 "bare_images_per_s": round(med["bare"], 2),
+                "medvision_spread": spread(rates["medvision"]),
+                "bare_spread": spread(rates["bare"]),
                 "ratio": round(ratio, 4),
+                "ratio_spread": per_round,
                 "target": 0.95,
                 "met": ratio >= 0.95,
             }

@@ -6,9 +6,10 @@ same optimiser (SGD + momentum, per-step LambdaLR warm-up/cosine), gradient-norm
 (cross-entropy). The medvision side is :class:`medvision.training.FinetuneModule` driven by
 ``lightning.Trainer`` (callbacks, logging of ``train/loss``, schedule, clipping) - everything a real run
 does except checkpoint writing and validation, which happen once per epoch and are not per-step cost.
-Rounds alternate the two sides in one process to spread machine noise evenly; the fastest round of each
-side is the headline (median beside it). Target: medvision / bare >= 0.95 images/s on CPU. Prints a
-table, then one JSON object as the last line. Lightning adds a fixed few milliseconds per step (hooks,
+Both sides run an untimed warm-up round, then timed rounds alternate which side goes first (one process,
+so machine noise falls on both alike); the median round of each side is the headline, with min/max/IQR
+and the per-round ratios as its spread (benchmarks/_timing.py). Target: medvision / bare >= 0.95 images/s
+on CPU. Prints a table, then one JSON object as the last line. Lightning adds a fixed few milliseconds per step (hooks,
 metric bookkeeping), so the ratio falls below target only for steps of a few tens of milliseconds (tiny
 models at tiny images); the default (192 px) is still a small model at a small clinical image size.
 
@@ -25,6 +26,7 @@ import time
 
 import lightning as L
 import torch
+from _timing import alternate, paired_ratios, print_rounds, spread  # benchmarks/_timing.py (run as a script)
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, Dataset
 
@@ -115,7 +117,8 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=3)
     ap.add_argument("--steps", type=int, default=6, help="timed steps per round")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps at the start of each round")
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=5, help="timed rounds per side (alternating order)")
+    ap.add_argument("--warmup-rounds", type=int, default=1, help="untimed rounds per side before timing")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
     if args.threads:
@@ -139,29 +142,28 @@ def main() -> None:
     n = (args.steps + args.warmup) * args.batch
     loader = DataLoader(_Batches(n, args.chans, args.size, args.classes), batch_size=args.batch, shuffle=False)
 
-    ours, theirs = [], []
-    for r in range(args.rounds):
-        pair = [
-            ("medvision", lambda: medvision_round(classifier, cfg, loader, args.warmup)),
-            ("bare", lambda: bare_round(bare, mean, std, cfg, loader, args.warmup)),
-        ]
-        for name, fn in pair if r % 2 == 0 else pair[::-1]:  # alternate who goes first
-            (ours if name == "medvision" else theirs).append(fn())
-
-    # Best round per side (as timeit's minimum): on a shared machine other processes only ever slow a
-    # round down, so the fastest round is the least disturbed measurement of each side. Medians too.
-    best_ours, best_theirs = max(ours), max(theirs)
-    ratio = best_ours / best_theirs
-    median_ratio = statistics.median(ours) / statistics.median(theirs)
+    rates = alternate(
+        {
+            "medvision (Lightning)": lambda: medvision_round(classifier, cfg, loader, args.warmup),
+            "bare PyTorch loop": lambda: bare_round(bare, mean, std, cfg, loader, args.warmup),
+        },
+        rounds=args.rounds,
+        warmup=args.warmup_rounds,
+    )
+    ours, theirs = rates["medvision (Lightning)"], rates["bare PyTorch loop"]
+    # The median round per side is the headline; the per-round ratios (each pair ran back to back) give the spread.
+    ratio = statistics.median(ours) / statistics.median(theirs)
+    per_round = spread(paired_ratios(ours, theirs))
     print(
         f"train step: {args.backbone} (timm {backbone.model.__class__.__name__}), {args.chans}x{args.size}x"
-        f"{args.size}, batch {args.batch}, {args.steps} timed steps x {args.rounds} rounds, "
-        f"{torch.get_num_threads()} threads"
+        f"{args.size}, batch {args.batch}, {args.steps} timed steps x {args.rounds} rounds after "
+        f"{args.warmup_rounds} warm-up round(s) per side, {torch.get_num_threads()} threads"
     )
-    print(f"{'side':<24}{'best img/s':>12}{'median img/s':>14}   rounds")
-    for name, runs in (("medvision (Lightning)", ours), ("bare PyTorch loop", theirs)):
-        print(f"{name:<24}{max(runs):>12.1f}{statistics.median(runs):>14.1f}   {', '.join(f'{v:.1f}' for v in runs)}")
-    print(f"{'ratio (target >= 0.95)':<24}{ratio:>12.3f}{median_ratio:>14.3f}")
+    print_rounds(rates, "images/s")
+    print(
+        f"ratio of medians {ratio:.3f} (target >= 0.95); per-round ratios median {per_round['median']:.3f}, "
+        f"min {per_round['min']:.3f}, max {per_round['max']:.3f}"
+    )
     print(
         json.dumps(
             {
@@ -171,13 +173,16 @@ def main() -> None:
                 "batch": args.batch,
                 "steps": args.steps,
                 "rounds": args.rounds,
+                "warmup_rounds": args.warmup_rounds,
                 "threads": torch.get_num_threads(),
-                "medvision_images_per_s": round(best_ours, 2),
-                "bare_images_per_s": round(best_theirs, 2),
+                "medvision_images_per_s": round(statistics.median(ours), 2),
+                "bare_images_per_s": round(statistics.median(theirs), 2),
+                "medvision_spread": spread(ours),
+                "bare_spread": spread(theirs),
                 "medvision_rounds": [round(v, 2) for v in ours],
                 "bare_rounds": [round(v, 2) for v in theirs],
                 "ratio": round(ratio, 4),
-                "median_ratio": round(median_ratio, 4),
+                "ratio_spread": per_round,
                 "target": 0.95,
                 "meets_target": ratio >= 0.95,
             }

@@ -77,3 +77,20 @@ def test_pseudonyms_are_keyed_stable_and_unlinkable(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDVISION_PSEUDONYM_KEY", "zz")
     with pytest.raises(ValueError, match="hex"):
         resolve_key(None, tmp_path / "out")
+
+
+def test_cache_appends_many_shards_and_names_them_when_the_index_is_saved(tmp_path):
+    # A build appends shard after shard and writes the index once: until then a reader sees only what was
+    # saved (never a shard it cannot find), afterwards every shard.
+    params = PreprocessSpec(size=8, channels=1)
+    cache = PreprocessCache(tmp_path, params)
+    for shard in range(3):
+        items = [(f"s{shard}-{i}", np.full((1, 8, 8), shard * 10 + i, np.uint8)) for i in range(2)]
+        assert cache.append(items, save_index=False) == 2
+    assert cache.get("s2-1")[0, 0, 0] == 21  # readable in the writing process at once
+    assert len(PreprocessCache(tmp_path, params)) == 0  # nothing named on disk yet
+    cache.save_index()
+    reopened = PreprocessCache(tmp_path, params)
+    assert len(reopened) == 6 and reopened.get("s1-0")[0, 0, 0] == 10
+    assert reopened.append([("new", np.zeros((1, 8, 8), np.uint8))]) == 1  # the next shard number follows on
+    assert sorted(p.name for p in cache.dir.glob("shard-*.npy")) == [f"shard-0000{i}.npy" for i in range(4)]

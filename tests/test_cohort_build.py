@@ -205,3 +205,14 @@ def test_cli_build_and_show(source, tmp_path):
     assert json.loads((out / "cohort.json").read_text())["name"] == "tiny"
     for value in [*PHI["names"], *PHI["ids"], *PHI["dobs"]]:
         assert value not in result.output + shown.output
+
+
+def test_quarantine_reasons_are_scrubbed_of_every_known_identifier():
+    from medvision.cohort.identifiers import scrub
+
+    identifiers = {"smith", "john", "mrn0042917", "1.2.840.99"}
+    text = "cannot read SMITH^JOHN (MRN0042917) uid 1.2.840.99.7, johnsmith too"
+    out = scrub(text, identifiers)
+    # whole tokens only: "johnsmith" is another word, as "does" is not "doe"
+    assert out == "cannot read [redacted]^[redacted] ([redacted]) uid [redacted].7, johnsmith too"
+    assert scrub(text, set()) == text

@@ -51,6 +51,8 @@ class PreprocessCache:
             )
         self._where = dict(zip(self._index["key"], zip(self._index["shard"], self._index["row"])))
         self._shards: dict[int, np.ndarray] = {}
+        self._unsaved: list[pd.DataFrame] = []  # index rows of shards written since the last save_index()
+        self._next_shard = int(self._index["shard"].max()) + 1 if len(self._index) else 0
 
     def __contains__(self, key: str) -> bool:
         return key in self._where
@@ -61,29 +63,47 @@ class PreprocessCache:
     def keys(self) -> set[str]:
         return set(self._where)
 
-    def append(self, items: Iterable[tuple[str, np.ndarray]]) -> int:
-        """Write new entries as one new shard (existing keys are skipped); returns how many were written."""
+    def append(self, items: Iterable[tuple[str, np.ndarray]], *, save_index: bool = True) -> int:
+        """Write new entries as one new shard (existing keys are skipped); returns how many were written.
+
+        ``save_index=False`` leaves the on-disk index to a later :meth:`save_index`: a build appending hundreds of
+        shards then writes the index once instead of rewriting it whole after every shard (quadratic in the
+        cohort's size). Until saved, the new shards are readable here but not named on disk.
+        """
         items = [(k, a) for k, a in items if k not in self._where]
         if not items:
+            if save_index:
+                self.save_index()
             return 0
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.dir / "recipe.json", json.dumps(self.params.model_dump(), indent=2, sort_keys=True))
-        shard = int(self._index["shard"].max()) + 1 if len(self._index) else 0
+        shard = self._next_shard
+        self._next_shard += 1
         stacked = np.stack([a for _, a in items])
         # Whole or not at all (a full disk leaves no partial shard, and says where and how much was needed).
         buffer = io.BytesIO()
         np.save(buffer, stacked)  # then written by Python's own file, whose errors carry errno (numpy's drop it)
         with atomic_path(self.dir / f"shard-{shard:05d}.npy", need_bytes=buffer.getbuffer().nbytes) as tmp:
             tmp.write_bytes(buffer.getbuffer())
-        new = pd.DataFrame(
-            {"key": [k for k, _ in items], "shard": np.int32(shard), "row": np.arange(len(items), dtype=np.int32)}
+        self._unsaved.append(
+            pd.DataFrame(
+                {"key": [k for k, _ in items], "shard": np.int32(shard), "row": np.arange(len(items), dtype=np.int32)}
+            )
         )
-        index = pd.concat([self._index, new], ignore_index=True)
+        self._where.update({k: (shard, i) for i, (k, _) in enumerate(items)})
+        if save_index:
+            self.save_index()
+        return len(items)
+
+    def save_index(self) -> None:
+        """Write the index with every shard appended so far (nothing to do when none is pending)."""
+        if not self._unsaved:
+            return
+        index = pd.concat([self._index, *self._unsaved], ignore_index=True)
         with atomic_path(self._index_path, need_bytes=64 * len(index) + 4096) as tmp:
             index.to_parquet(tmp, index=False)  # the index only ever names shards that are fully written
         self._index = index
-        self._where.update({k: (shard, i) for i, (k, _) in enumerate(items)})
-        return len(items)
+        self._unsaved = []
 
     def remove_temporaries(self) -> int:
         """Delete shards and indexes left half-written by a build that was killed; the writer calls it first."""

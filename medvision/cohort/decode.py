@@ -98,9 +98,9 @@ def fill_cache(
                 pending.append((key, payload))
                 decoded += 1
             if len(pending) >= SHARD_SIZE:
-                cache.append(pending)
+                cache.append(pending, save_index=False)
                 pending = []
-    cache.append(pending)
+    cache.append(pending)  # and write the cache index once, naming every shard of this build
     rejects = [Rejected(r, "decode", reason) for r, reason in sorted(failures.items())]
     keep = ~rows["relpath"].isin(failures)
     rows = rows[keep].copy()
