@@ -69,15 +69,13 @@ def build(
         from medvision.cohort.card import print_card
         from medvision.cohort.spec import load_spec, spec_from_folder
 
-        if (spec is None) == (images is None):
-            raise ValueError("give either a cohort spec file or --images DIR (not both)")
-        if spec is not None:
+        if spec is not None and images is None:
             s = load_spec(spec)
             if pull:
                 from medvision.cohort.pacs import pull_cohort
 
                 pull_cohort(s)
-        else:
+        elif images is not None and spec is None:
             if pull:
                 raise ValueError("--pull needs a cohort spec with a pacs: section")
             given = {
@@ -99,7 +97,9 @@ def build(
                 "heldout_conditions": heldout_condition or None,
                 "outlier_conditions": outlier_condition or None,
             }
-            s = spec_from_folder(images, **{k: v for k, v in given.items() if v is not None})
+            s = spec_from_folder(images, None, **{k: v for k, v in given.items() if v is not None})
+        else:
+            raise ValueError("give either a cohort spec file or --images DIR (not both)")
         target = out or Path("cohorts") / "build" / s.name
         if spec is not None and kinds:
             s = s.model_copy(update={"kinds": [k.strip() for k in kinds.split(",") if k.strip()]})
@@ -168,7 +168,7 @@ def synth(
 
         if kind not in ("derm", "cxr"):
             raise ValueError(f"--kind must be derm or cxr, got {kind!r}")
-        spec_path = synthesize(out, kind=kind, patients=patients, seed=seed, size=size)
+        spec_path = synthesize(out, kind="derm" if kind == "derm" else "cxr", patients=patients, seed=seed, size=size)
         typer.echo(f"synthetic {kind} cohort written to {out}; build it with: medvision cohort build {spec_path}")
 
     run_guarded(body)

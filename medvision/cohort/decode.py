@@ -51,14 +51,19 @@ def _start_method() -> str:
 _WORKER_SCRUB = ExitStack()
 
 
-def _decode_file(root: str, relpath: str, frames: list[int], params) -> list[tuple[int, str, str, object]]:
+#: One frame's outcome: ``(frame, file SHA-256, cache key, payload)``; the payload is the preprocessed pixels, a
+#: quarantine reason, or ``None`` when the cache already holds the entry.
+_Outcome = tuple[int, str, str, np.ndarray | str | None]
+
+
+def _decode_file(root: str, relpath: str, frames: list[int], params) -> list[_Outcome]:
     """Hash a file, then decode the frames whose cache entry is missing. Never raises."""
     path = Path(root) / relpath
     try:
         sha = hashlib.sha256(path.read_bytes()).hexdigest()
     except OSError as e:
         return [(fr, "", "", f"file could not be read: {e.strerror}") for fr in frames]
-    results = []
+    results: list[_Outcome] = []
     for fr in frames:
         key = entry_key(sha, fr, params)
         if key in _EXISTING:

@@ -136,15 +136,19 @@ class SubgroupSpec(_Strict):
         return v
 
 
+_StratifyColumn = Literal["label", "site"]
+_STRATIFY_DEFAULT: tuple[_StratifyColumn, ...] = ("label", "site")
+
+
 class SplitSpec(_Strict):
     """Patient-level splits. Held-out sites/conditions are removed before train/val/test are drawn."""
 
     seed: int = 0
-    train: float = Field(0.7, gt=0, lt=1)
-    val: float = Field(0.1, gt=0, lt=1)
-    test: float = Field(0.2, gt=0, lt=1)
+    train: float = Field(default=0.7, gt=0, lt=1)
+    val: float = Field(default=0.1, gt=0, lt=1)
+    test: float = Field(default=0.2, gt=0, lt=1)
     #: Stratify the patient split by these manifest columns (patient-level majority value).
-    stratify: list[Literal["label", "site"]] = Field(default_factory=lambda: ["label", "site"])
+    stratify: list[_StratifyColumn] = Field(default_factory=lambda: list(_STRATIFY_DEFAULT))
     #: Every patient with an image from these sites goes to ``site_ood`` (a test set from an unseen site),
     #: except patients with a held-out condition: they go to ``condition_ood``, because a condition that was
     #: never trained on cannot be scored as an in-distribution class at any site. The card states this rule
@@ -174,7 +178,7 @@ class SplitSpec(_Strict):
 class PreprocessSpec(_Strict):
     """What the cache stores. Any change here gives a new cache key, so no stale image is ever read."""
 
-    size: int = Field(224, ge=8, le=4096)
+    size: int = Field(default=224, ge=8, le=4096)
     channels: Literal[1, 3] = 3
     #: ``stretch`` resizes to a square; ``pad`` keeps the aspect ratio and pads with black.
     fit: Literal["stretch", "pad"] = "stretch"
@@ -189,7 +193,7 @@ class PacsQuery(_Strict):
     #: Modalities in the study (``ModalitiesInStudy``) and of the pulled series (``Modality``).
     modality: list[str] = Field(default_factory=list)
     #: ``YYYYMMDD-YYYYMMDD`` (either end may be left open) or one ``YYYYMMDD``.
-    study_date: str | None = Field(None, pattern=r"^(\d{8}|\d{8}-|-\d{8}|\d{8}-\d{8})$")
+    study_date: str | None = Field(default=None, pattern=r"^(\d{8}|\d{8}-|-\d{8}|\d{8}-\d{8})$")
     study_description: str | None = None
     series_description: str | None = None
     #: ``BodyPartExamined`` of the series, e.g. CHEST.
@@ -222,9 +226,9 @@ class PacsSpec(_Strict):
     url: str | None = None
     #: DIMSE: the PACS host and port, its AE title, and ours (the PACS must know our AE title).
     host: str | None = None
-    port: int | None = Field(None, ge=1, le=65535)
-    called_aet: str = Field("ANY-SCP", max_length=16)
-    calling_aet: str = Field("MEDVISION", max_length=16)
+    port: int | None = Field(default=None, ge=1, le=65535)
+    called_aet: str = Field(default="ANY-SCP", max_length=16)
+    calling_aet: str = Field(default="MEDVISION", max_length=16)
     #: The local content-addressed store the instances are pulled into (outside the cohort output);
     #: the cohort's ``images`` defaults to its ``instances`` folder.
     store: Path
@@ -236,10 +240,10 @@ class PacsSpec(_Strict):
     verify_tls: bool = True
     ca_bundle: Path | None = None
     #: Instances retrieved at once (HTTP requests or DIMSE associations).
-    concurrency: int = Field(4, ge=1, le=32)
+    concurrency: int = Field(default=4, ge=1, le=32)
     #: Attempts after the first on timeouts, refused connections and 5xx answers (exponential back-off).
-    retries: int = Field(3, ge=0, le=10)
-    timeout: float = Field(30.0, gt=0, description="seconds per request")
+    retries: int = Field(default=3, ge=0, le=10)
+    timeout: float = Field(default=30.0, gt=0, description="seconds per request")
 
     @model_validator(mode="after")
     def _check(self) -> PacsSpec:
@@ -285,11 +289,11 @@ class CohortSpec(_Strict):
     #: ~/.config/medvision/pseudonym.key (created on first use). Must lie outside the output folder.
     pseudonym_key_file: Path | None = None
     #: Header-indexing and decoding processes; 0 = one per CPU core.
-    workers: int = Field(0, ge=0)
+    workers: int = Field(default=0, ge=0)
     #: Cap on an image's declared size (columns x rows x frames x samples per pixel, in millions), checked from
     #: the header before any pixel is decoded: a 1 KB file can claim 60000 x 60000 pixels and exhaust memory.
     #: 200 admits a 12-bit 4096 x 4096 mammogram, a 6000 x 4000 RGB photo and a 512 x 512 x 700 CT volume.
-    max_megapixels: float = Field(200.0, gt=0)
+    max_megapixels: float = Field(default=200.0, gt=0)
     #: Reader kinds to ingest (``[dicom]``, ``[photo]``); default: every supported kind. ``[dicom]`` keeps viewer
     #: screenshots stored beside DICOM series out of the cohort.
     kinds: list[str] | None = None
@@ -350,7 +354,7 @@ class FolderOptions(_Strict):
     heldout_sites: list[str] = Field(default_factory=list)
     heldout_conditions: list[str] = Field(default_factory=list)
     outlier_conditions: list[str] = Field(default_factory=list)
-    size: int = Field(224, ge=8, le=4096)
+    size: int = Field(default=224, ge=8, le=4096)
     channels: Literal[1, 3] = 3
     #: See :attr:`CohortSpec.record_paths`; the build refuses paths that spell a patient identifier.
     record_paths: bool = True

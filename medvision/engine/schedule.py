@@ -38,7 +38,8 @@ def decay_groups(params: Iterable[nn.Parameter], weight_decay: float, **tags: An
     """Trainable parameters split into weight matrices/kernels (decayed) and biases/norm scales (never decayed:
     shrinking those toward 0 only hurts). ``tags`` are set on the decayed group and negated (``not v``) on the
     other, e.g. ``lars=True`` for LARS's trust ratio. Empty groups are dropped."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in params:
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Literal
+from typing import Literal, Protocol, TypeGuard, cast
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam
 from torch import Tensor, nn
 
 from medvision.classifier import Classifier
+from medvision.models import Backbone
 
 __all__ = ["integrated_gradients", "overlay", "pick_cases", "saliency_maps"]
 
@@ -184,11 +185,26 @@ class _PatchGrid(nn.Module):
         return patches.transpose(1, 2).reshape(patches.shape[0], patches.shape[2], gh, gw)
 
 
-def _is_vit(model: nn.Module) -> bool:
-    return all(hasattr(model, a) for a in ("blocks", "patch_embed", "num_prefix_tokens")) and len(model.blocks) > 0
+class _PatchEmbed(Protocol):
+    grid_size: tuple[int, int]
 
 
-def _vit_grid(model: nn.Module, height: int, width: int) -> tuple[int, int]:
+class _TimmViT(Protocol):
+    """The part of a timm ViT that Grad-CAM relies on; ``nn.Module`` declares none of it, so a type checker needs
+    it spelled out (``blocks`` is a ``Sequential`` in ``VisionTransformer``, a ``ModuleList`` in e.g. Eva)."""
+
+    blocks: nn.Sequential | nn.ModuleList
+    patch_embed: _PatchEmbed
+    num_prefix_tokens: int
+
+
+def _is_vit(model: nn.Module) -> TypeGuard[_TimmViT]:
+    if not all(hasattr(model, a) for a in ("blocks", "patch_embed", "num_prefix_tokens")):
+        return False
+    return len(cast(_TimmViT, model).blocks) > 0
+
+
+def _vit_grid(model: _TimmViT, height: int, width: int) -> tuple[int, int]:
     embed = model.patch_embed
     if getattr(model, "dynamic_img_size", False) and hasattr(embed, "dynamic_feat_size"):
         gh, gw = embed.dynamic_feat_size((height, width))
@@ -198,7 +214,7 @@ def _vit_grid(model: nn.Module, height: int, width: int) -> tuple[int, int]:
 
 
 @contextmanager
-def _vit_layer(model: nn.Module, grid: tuple[int, int]) -> Iterator[nn.Module]:
+def _vit_layer(model: _TimmViT, grid: tuple[int, int]) -> Iterator[nn.Module]:
     """Route the tokens entering the last ViT block through a :class:`_PatchGrid`, the layer captum hooks.
 
     captum's LayerGradCam averages gradients over every dimension after the second, which is the spatial map of a
@@ -226,7 +242,7 @@ def _vit_layer(model: nn.Module, grid: tuple[int, int]) -> Iterator[nn.Module]:
         handle.remove()
 
 
-def _cnn_layer(backbone: nn.Module, probe: Tensor) -> nn.Module:
+def _cnn_layer(backbone: Backbone, probe: Tensor) -> nn.Module:
     """The module whose output is the CNN's final unpooled feature map (the last stage, or the norm after it).
 
     Found by running ``forward_features`` once and keeping the last module to finish whose output *is* the returned

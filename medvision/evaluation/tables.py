@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 
-def _ci(r: BootstrapResult) -> dict[str, float]:
+def _ci(r: BootstrapResult) -> dict[str, float | None]:
     return {"value": _f(r.point), "low": _f(r.low), "high": _f(r.high)}
 
 
@@ -150,7 +150,11 @@ def ood_tables(
     k = inliers.probs.shape[1]
     y = both.frame["label_idx"].to_numpy()
     correct = (~is_ood) & (both.probs.argmax(1) == y)
-    risk_level = np.where(is_ood, [(risk or {}).get(str(lab), "medium") for lab in both.frame["label"]], None)
+    # outliers carry their condition's risk level, inliers None (object array: strings and None)
+    risk_level = np.array(
+        [(risk or {}).get(str(lab), "medium") if o else None for lab, o in zip(both.frame["label"], is_ood)],
+        dtype=object,
+    )
     bs = Bootstrap(both.frame["patient_id"].to_numpy(), n_resamples=max(n_resamples, 1), seed=seed)
     detectors_rows, score_rows, deferral_rows = [], [], []
     for name, score in _scores(both, detectors, k).items():
@@ -183,11 +187,11 @@ def ood_by_group(
     both = Predictions.concat([inliers, outliers])
     k = inliers.probs.shape[1]
     n_in = len(inliers.frame)
-    groups = np.asarray(groups, dtype=object)
+    group_of = np.asarray(groups, dtype=object)
     rows = []
     for name, score in _scores(both, detectors, k).items():
-        for g in sorted(set(groups)):
-            mine = np.flatnonzero(groups == g) + n_in
+        for g in sorted(set(group_of)):
+            mine = np.flatnonzero(group_of == g) + n_in
             keep = np.r_[np.arange(n_in), mine]
             is_ood = np.r_[np.zeros(n_in, bool), np.ones(len(mine), bool)]
             m = ood_metrics(score[keep], is_ood)

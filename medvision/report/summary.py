@@ -139,7 +139,7 @@ def _discrimination(ctx: ReportContext, out: Summary) -> None:
             f"chosen case of that class is ranked above a randomly chosen case of another class {v:.0%} of the time."
         )
         pos = None if facts is None else _num(facts["positive_auroc"])
-        if pos is not None and ctx.study and ctx.study.positive_class:
+        if facts is not None and pos is not None and ctx.study and ctx.study.positive_class:
             text += (
                 f" For {ctx.study.positive_class} against the rest, AUROC is {pos:.2f}"
                 f"{_ci(facts['positive_low'], facts['positive_high'])}."
@@ -218,7 +218,9 @@ def _prevalence(ctx: ReportContext, out: Summary, site_set: str) -> None:
 
 def _operating_point(ctx: ReportContext, out: Summary) -> None:
     """Sensitivity and specificity on every set at the validation threshold; a collapse is a concern."""
-    per = ctx.study.frame("per_set") if ctx.study else pd.DataFrame()
+    if ctx.study is None:
+        return
+    per = ctx.study.frame("per_set")
     if per.empty or per[["sensitivity", "specificity"]].isna().all().all():
         return
     pos = ctx.study.positive_class or "the positive class"
@@ -248,7 +250,9 @@ def _operating_point(ctx: ReportContext, out: Summary) -> None:
 def _label_shift(ctx: ReportContext, out: Summary) -> None:
     """The EM prior adjustment's effect; when it makes things worse, its assumption fails and it is not offered."""
     st = ctx.study
-    table = st.frame("label_shift") if st else pd.DataFrame()
+    if st is None:
+        return
+    table = st.frame("label_shift")
     if table.empty:
         return
     rows = table.set_index("metric")
@@ -291,9 +295,9 @@ def _ood(ctx: ReportContext, out: Summary) -> None:
             "(unseen conditions, other scanners) is unknown."
         )
         return
-    row = _row(ood.detectors, detector=det)
-    auroc = _num(row["auroc"])
-    if auroc is None:
+    row = _row(ood.detectors, detector=det)  # never None: the context checks primary_detector names a row
+    auroc = None if row is None else _num(row["auroc"])
+    if row is None or auroc is None:
         return
     ci = _ci(row.get("auroc_low"), row.get("auroc_high"))
     what = "unusual images"
@@ -338,7 +342,7 @@ def _calibration(ctx: ReportContext, out: Summary) -> None:
     chosen = ctx.study.calibration_chosen if ctx.study and ctx.study.calibration_chosen else cal.deployed
     row = cal.metrics.iloc[-1] if chosen is None else _row(cal.metrics, method=chosen)
     ece = None if row is None else _num(row["ece"])
-    if ece is None:
+    if row is None or ece is None:
         return
     raw = _row(cal.metrics, method="uncalibrated")
     scaled = cal.metrics[cal.metrics["method"].astype(str) != "uncalibrated"]

@@ -41,11 +41,11 @@ class PretrainDataConfig(StrictModel):
     #: default: those images exist to measure out-of-distribution behaviour and must stay unseen.
     include_heldout: bool = False
     #: Pairs per device per step (the global batch is this x devices x nodes).
-    batch_size: int = Field(256, ge=2)
+    batch_size: int = Field(default=256, ge=2)
     #: DataLoader worker processes (0: exact resume, see :mod:`medvision.engine.seeding`).
-    num_workers: int = Field(0, ge=0)
+    num_workers: int = Field(default=0, ge=0)
     #: kNN monitor: at most this many labelled training (reference) and validation (query) images.
-    knn_max_images: int = Field(2048, ge=2)
+    knn_max_images: int = Field(default=2048, ge=2)
 
 
 class SSLConfig(StrictModel):
@@ -54,30 +54,32 @@ class SSLConfig(StrictModel):
     #: ``micle``: two different images of a patient when it has >= 2; ``simclr``: two views of one image.
     mode: Literal["simclr", "micle"] = "micle"
     #: NT-Xent temperature tau.
-    temperature: float = Field(0.1, gt=0.0)
+    temperature: float = Field(default=0.1, gt=0.0)
     #: Linear layers of the projection head (SimCLR v2 uses 3, v1 2).
-    projection_layers: int = Field(2, ge=1, le=4)
+    projection_layers: int = Field(default=2, ge=1, le=4)
     #: Hidden width of the projection head; ``None`` uses the backbone's embedding size.
-    projection_hidden_dim: int | None = Field(None, ge=1)
-    projection_dim: int = Field(128, ge=1)
+    projection_hidden_dim: int | None = Field(default=None, ge=1)
+    projection_dim: int = Field(default=128, ge=1)
 
 
 class PretrainOptimConfig(OptimConfig):
     """SimCLR's optimiser and schedule: LARS, ``lr = 0.3 x global batch / 256``, 10 warm-up epochs, cosine
     decay, weight decay 1e-6 (biases and norms excluded)."""
 
-    name: Literal["lars", "adamw"] = "lars"
+    # Both overrides narrow nothing the engine reads: it uses only the shared schedule fields (epochs, warm-up,
+    # clipping, accumulation); the optimiser and its learning rate are built by this stage's module alone.
+    name: Literal["lars", "adamw"] = "lars"  # type: ignore[assignment]
     #: Peak learning rate; ``None`` applies the linear scaling rule ``base_lr x global batch / 256``.
-    lr: float | None = Field(None, gt=0.0)
+    lr: float | None = Field(default=None, gt=0.0)  # type: ignore[assignment]
     #: Base learning rate of the scaling rule; ``None``: 0.3 for LARS (SimCLR), 1e-3 for AdamW.
-    base_lr: float | None = Field(None, gt=0.0)
-    weight_decay: float = Field(1e-6, ge=0.0)
-    epochs: int = Field(100, ge=1)
-    warmup_epochs: float = Field(10.0, ge=0.0)
+    base_lr: float | None = Field(default=None, gt=0.0)
+    weight_decay: float = Field(default=1e-6, ge=0.0)
+    epochs: int = Field(default=100, ge=1)
+    warmup_epochs: float = Field(default=10.0, ge=0.0)
     #: LARS trust coefficient eta.
-    trust_coefficient: float = Field(0.001, gt=0.0)
+    trust_coefficient: float = Field(default=0.001, gt=0.0)
     #: Contrastive training with LARS needs no clipping.
-    grad_clip: float | None = Field(None, gt=0.0)
+    grad_clip: float | None = Field(default=None, gt=0.0)
 
     def peak_lr(self, global_batch: int) -> float:
         """The learning rate at the end of the warm-up for a global batch of ``global_batch`` pairs."""

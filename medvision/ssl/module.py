@@ -7,6 +7,8 @@ module runs unchanged on a CPU and under DDP on many GPUs.
 
 from __future__ import annotations
 
+from typing import cast
+
 import lightning as L
 import torch
 from torch import Tensor
@@ -105,7 +107,8 @@ class PretrainModule(L.LightningModule):
     def _gather(self, parts: list[tuple[Tensor, Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
         emb, y, idx = (torch.cat(p) for p in zip(*parts))
         if self.trainer.world_size > 1:  # the distributed sampler pads: drop repeated rows
-            emb, y, idx = (self.all_gather(t).flatten(0, 1) for t in (emb, y, idx))
+            # a tensor in gives a tensor out (Lightning's return type also covers collections)
+            emb, y, idx = (cast(Tensor, self.all_gather(t)).flatten(0, 1) for t in (emb, y, idx))
             order = torch.argsort(idx, stable=True)
             emb, y, idx = emb[order], y[order], idx[order]
             first = torch.ones_like(idx, dtype=torch.bool)
@@ -120,6 +123,7 @@ class PretrainModule(L.LightningModule):
         # SimCLR: biases and normalisation scales get neither weight decay nor LARS adaptation.
         groups = decay_groups(self.parameters(), cfg.weight_decay, lars=True)
         lr = cfg.peak_lr(self.batch_size * self.trainer.world_size * cfg.accumulate_grad_batches)
+        opt: torch.optim.Optimizer
         if cfg.name == "lars":
             opt = LARS(groups, lr=lr, momentum=cfg.momentum, trust_coefficient=cfg.trust_coefficient)
         else:

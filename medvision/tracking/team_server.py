@@ -43,8 +43,9 @@ def _pg_bin() -> Path:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=lambda p: int(p.split("/")[4]))
     if found:
         return Path(found[-1]).parent
-    if shutil.which("pg_ctl"):
-        return Path(shutil.which("pg_ctl")).parent
+    on_path = shutil.which("pg_ctl")
+    if on_path:
+        return Path(on_path).parent
     raise FileNotFoundError("PostgreSQL is not installed: run `make install` (or apt-get install postgresql)")
 
 

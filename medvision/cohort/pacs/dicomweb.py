@@ -9,6 +9,7 @@ stores the same bytes as a DIMSE pull.
 from __future__ import annotations
 
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import TypeVar
 from urllib.parse import urlsplit
 
@@ -27,7 +28,14 @@ __all__ = ["DicomWebSource"]
 
 T = TypeVar("T")
 _PAGE = 1000
-_RETRIABLE = (408, 429, 500, 502, 503, 504)
+_RETRIABLE = (
+    HTTPStatus.REQUEST_TIMEOUT,  # 408
+    HTTPStatus.TOO_MANY_REQUESTS,  # 429
+    HTTPStatus.INTERNAL_SERVER_ERROR,  # 500
+    HTTPStatus.BAD_GATEWAY,  # 502
+    HTTPStatus.SERVICE_UNAVAILABLE,  # 503
+    HTTPStatus.GATEWAY_TIMEOUT,  # 504
+)
 _UID, _SERIES, _SOP, _CLASS, _MODALITY = "0020000D", "0020000E", "00080018", "00080016", "00080060"
 
 
@@ -38,7 +46,9 @@ def _value(item: dict, tag: str) -> str:
 
 class DicomWebSource:
     def __init__(self, spec: PacsSpec, credentials: Credentials) -> None:
-        parts = urlsplit(spec.url or "")
+        if not spec.url:  # the spec validator enforces this for protocol dicomweb
+            raise PacsError("pacs.url (the DICOMweb base URL) is required for protocol dicomweb")
+        parts = urlsplit(spec.url)
         #: How messages name the server: scheme, host, port and path; never a query string.
         self.where = f"{parts.scheme}://{parts.netloc}{parts.path}"
         self.retries = spec.retries

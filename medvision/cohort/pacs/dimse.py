@@ -25,12 +25,11 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, build_role, evt
-from pynetdicom.sop_class import (
-    StudyRootQueryRetrieveInformationModelFind as FIND_MODEL,
-)
-from pynetdicom.sop_class import (
-    StudyRootQueryRetrieveInformationModelGet as GET_MODEL,
-)
+from pynetdicom.association import Association
+
+# pynetdicom creates its SOP class names at import time (through globals()), so type checkers cannot see them.
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND_MODEL  # type: ignore[attr-defined]
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as GET_MODEL  # type: ignore[attr-defined]
 
 from medvision.cohort.pacs.errors import InstanceFailedError, PacsAuthError, PacsError, PacsUnreachableError
 from medvision.cohort.pacs.source import InstanceRef
@@ -58,10 +57,13 @@ class DimseSource:
     """One association, opened on first use; ``storage_classes`` are the SOP classes C-GET may return."""
 
     def __init__(self, spec: PacsSpec, storage_classes: Iterable[str] = ()) -> None:
+        if not spec.host or spec.port is None:  # the spec validator enforces this for protocol dimse
+            raise PacsError("pacs.host and pacs.port are required for protocol dimse")
         self.spec = spec
+        self._host, self._port = spec.host, spec.port
         self.where = f"{spec.host}:{spec.port} (AE title {spec.called_aet})"
         self._classes = sorted({c for c in storage_classes if c})
-        self._assoc = None
+        self._assoc: Association | None = None
         self._received: list[tuple[Dataset | None, str, str]] = []
         self._expected: dict[str, int | None] = {}  # UID -> number of children the PACS announced
 
@@ -89,14 +91,14 @@ class DimseSource:
                 roles.append(build_role(cls, scp_role=True))
         return ae, roles
 
-    def _open(self):
+    def _open(self) -> Association:
         if self._assoc is not None and self._assoc.is_established:
             return self._assoc
         ae, roles = self._ae()
         for attempt in range(self.spec.retries + 1):
             assoc = ae.associate(
-                self.spec.host,
-                self.spec.port,
+                self._host,
+                self._port,
                 ae_title=self.spec.called_aet,
                 ext_neg=roles,
                 evt_handlers=[(evt.EVT_C_STORE, self._on_store)],
@@ -104,7 +106,9 @@ class DimseSource:
             if assoc.is_established:
                 # A DIMSE message goes out as several small PDUs; with Nagle on, each waits for the peer's
                 # delayed ACK (about 40 ms), which would cap a pull at a few instances per second.
-                assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                raw = assoc.dul.socket.socket if assoc.dul.socket is not None else None
+                if raw is not None:  # always set once the association is established
+                    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 self._assoc = assoc
                 return assoc
             if assoc.is_rejected:

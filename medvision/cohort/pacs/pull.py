@@ -172,7 +172,7 @@ def _list(source: Source, pacs: PacsSpec, request_values: list[str]) -> tuple[li
         base["StudyDescription"] = q.study_description
     variants = [{**base, "ModalitiesInStudy": m} for m in q.modality] or [base]
     key = pacs.request_list.key if pacs.request_list else None
-    per_request = [{key: v} for v in request_values] if key else [{}]
+    per_request: list[dict[str, str]] = [{key: v} for v in request_values] if key else [{}]
     studies: dict[str, None] = {}
     unmatched = 0
     for extra in per_request:
@@ -248,9 +248,10 @@ def _retrieve(
             futures = [pool.submit(one, ref) for ref in todo]
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
             for f in done:
-                if f.exception() is not None:
+                error = f.exception()
+                if error is not None:
                     pool.shutdown(wait=True, cancel_futures=True)
-                    raise f.exception()
+                    raise error
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
             for src in opened:
