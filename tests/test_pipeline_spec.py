@@ -168,7 +168,7 @@ def test_synthetic_cohort_overrides_no_stages_and_stage_key_hints(tmp_path):
     data["stages"]["cohort"]["overrides"] = {"splits": {"heldout_condition": ["x"]}}
     with pytest.raises(ConfigError, match=r"(?s)overrides: not cohort-spec keys.*heldout_condition"):
         load_pipeline(_write(tmp_path, data))
-    with pytest.raises(ConfigError, match=r"(?s)stages: .*at least 1 item"):
+    with pytest.raises(ConfigError, match=r"(?s)stages: .*at least one stage"):
         load_pipeline(_write(tmp_path, {"name": "empty", "stages": {}}))
     data = _base()
     data["stages"]["cohort"]["sinth"] = {}
