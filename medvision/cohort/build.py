@@ -70,7 +70,10 @@ def build_cohort(spec: CohortSpec | str | Path, out: str | Path, *, new_key: boo
         indexed: list[IndexedFile] = []
         rejected: list[Rejected] = list(left_out)
         for item in index_files(root, files, spec.workers, limits):
-            (indexed if isinstance(item, IndexedFile) else rejected).append(item)
+            if isinstance(item, IndexedFile):
+                indexed.append(item)
+            else:
+                rejected.append(item)
         indexed, duplicates = _unique_instances(indexed, {f: i for i, f in enumerate(entries)})
         rejected += duplicates
         if not indexed:
@@ -119,11 +122,15 @@ def build_cohort(spec: CohortSpec | str | Path, out: str | Path, *, new_key: boo
         "from_cache": int(len(rows) - decoded),
     }
     card_text = json.dumps(card, indent=2, sort_keys=True, default=str)
+
+    def write_card(p: Path) -> None:
+        p.write_text(card_text)
+
     write_all(
         [
             (out / "manifest.parquet", int(manifest.memory_usage(deep=True).sum()), _parquet(manifest)),
             (out / "quarantine.csv", 200 * (len(quarantine) + 1), lambda p: quarantine.to_csv(p, index=False)),
-            (out / "cohort.json", len(card_text), lambda p: p.write_text(card_text)),
+            (out / "cohort.json", len(card_text), write_card),
         ]
     )
     write_fingerprints(out, rows, key)  # lets the report's PHI guard recognise identifiers it never sees

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
@@ -54,7 +55,11 @@ LAST_CHECKPOINT = "last.ckpt"
 RUN_IDENTITY = "run-identity.json"
 #: Settings that may change between an interrupted run and its resumption without making it another run.
 _NOT_IDENTITY = ("output_dir", "resume", "tracking", "trainer.progress_bar")
-_PRECISION = {"32": "32-true", "bf16-mixed": "bf16-mixed", "16-mixed": "16-mixed"}
+_PRECISION: dict[str, Literal["32-true", "bf16-mixed", "16-mixed"]] = {
+    "32": "32-true",
+    "bf16-mixed": "bf16-mixed",
+    "16-mixed": "16-mixed",
+}
 
 
 def checkpoint_dir(config: StageConfig) -> Path:
@@ -262,9 +267,9 @@ def fit_stage(
         (out / "config.yaml").write_text(config_yaml)
         (out / RUN_IDENTITY).write_text(json.dumps(identity, indent=1, sort_keys=True, default=str))
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
-    cb = trainer.checkpoint_callback
-    best = Path(cb.best_model_path) if cb is not None and cb.best_model_path else None
-    score = float(cb.best_model_score) if cb is not None and cb.best_model_score is not None else None
+    cb = trainer.checkpoint_callback  # typed as the Checkpoint base; build_trainer put a ModelCheckpoint first
+    best = Path(cb.best_model_path) if isinstance(cb, ModelCheckpoint) and cb.best_model_path else None
+    score = float(cb.best_model_score) if isinstance(cb, ModelCheckpoint) and cb.best_model_score is not None else None
     last = last_checkpoint_path(config)
     return FitOutcome(
         best_checkpoint=best,

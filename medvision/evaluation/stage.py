@@ -266,7 +266,7 @@ def _score_sets(
                 fitted.detectors,
                 request.bootstrap,
                 request.seed,
-                costs=request.costs,
+                costs=DeferralCosts(**(request.costs or {})),
                 risk=request.risk,
             )
             out["ood"] = {
@@ -309,8 +309,9 @@ def _ensemble(
     def combine(parts: dict[str, Predictions]) -> Predictions:
         base = next(iter(parts.values()))
         probs = selection.predict_proba({n: p.probs for n, p in parts.items()})
-        has_ood = all(p.ood_score is not None for p in parts.values())
-        ood = selection.predict_proba({n: p.ood_score[:, None] for n, p in parts.items()})[:, 0] if has_ood else None
+        scores = {n: p.ood_score for n, p in parts.items() if p.ood_score is not None}
+        has_ood = len(scores) == len(parts)
+        ood = selection.predict_proba({n: s[:, None] for n, s in scores.items()})[:, 0] if has_ood else None
         return Predictions(base.frame, base.logits, probs, base.embeddings, ood)
 
     val = {name: inliers(preds["val"]) for name, preds in member_preds.items()}

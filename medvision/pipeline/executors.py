@@ -139,7 +139,7 @@ def _cohort(ctx: StageContext) -> tuple[StageOutput, Rows]:
                 "member": "-",
                 "status": "reused",
                 "run_id": reused.run_ids[0],
-                "result": f"manifest {reused.manifest_sha256[:12]}",
+                "result": f"manifest {(reused.manifest_sha256 or 'unknown')[:12]}",
             }
         ]
     run_id = ctx.tracker.start_child(ctx.stage_id, "cohort", key, ctx.stage_id)
@@ -191,11 +191,13 @@ def _cohort_spec(ctx: StageContext, stage: CohortStage) -> dict[str, Any]:
             marker.write_text(json.dumps(stamp))
 
         data = load_spec(source / "cohort.yaml").model_dump(mode="json")
-    else:
+    elif stage.folder is not None:
         f = stage.folder
         options = FolderOptions.model_validate(f.model_dump(exclude={"images", "spec"}) | {"name": ctx.stage_id})
         data = spec_from_folder(f.images, options).model_dump(mode="json")
         merge_spec(data, f.spec)
+    else:  # CohortStage's own validation demands one source, so only a hand-built stage lands here
+        raise ConfigError(f"stages.{ctx.stage_id}: a cohort stage needs one of spec, synth, medmnist, folder")
     merge_spec(data, stage.overrides)
     return data
 
@@ -216,6 +218,9 @@ def _fingerprint(root: Path) -> str:
 def _training(ctx: StageContext) -> tuple[StageOutput, Rows]:
     stage: PretrainStage | FinetuneStage = ctx.stage
     cohort = ctx.outputs[stage.cohort]
+    if cohort.cohort_dir is None:
+        raise ConfigError(f"stages.{ctx.stage_id}.cohort: stage {stage.cohort!r} recorded no cohort folder")
+    cohort_dir = cohort.cohort_dir
     weights, upstream_keys = None, [cohort.manifest_sha256 or ""]
     inherited = backbone_name(ctx.spec, ctx.stage_id)
     if stage.backbone_from is not None:
@@ -241,7 +246,7 @@ def _training(ctx: StageContext) -> tuple[StageOutput, Rows]:
             node[last] = value
         if inherited and "name" not in (data.get("backbone") or {}):
             data.setdefault("backbone", {})["name"] = inherited
-        identity = wire_config(stage.kind, data, cohort_dir=cohort.cohort_dir, output_dir=Path("-"), weights=weights)
+        identity = wire_config(stage.kind, data, cohort_dir=cohort_dir, output_dir=Path("-"), weights=weights)
         identity.pop("tracking", None)
         identity["output_dir"] = None
         if isinstance(identity.get("data"), dict):  # the cohort is identified by its manifest hash (upstream),
@@ -259,7 +264,7 @@ def _training(ctx: StageContext) -> tuple[StageOutput, Rows]:
                     wire_config(
                         stage.kind,
                         data,
-                        cohort_dir=cohort.cohort_dir,
+                        cohort_dir=cohort_dir,
                         output_dir=ctx.folder / f"{member}-{key[:8]}",
                         weights=weights,
                         tracking=tracking,
@@ -303,6 +308,14 @@ def _headline(metrics: dict[str, float]) -> str:
 # -- evaluate / report ----------------------------------------------------------------------------
 
 
+def _trained_stage(ctx: StageContext, ref: str) -> PretrainStage | FinetuneStage:
+    """The training stage ``ref`` names (spec validation has already checked that it is one)."""
+    up = ctx.spec.stages[ref]
+    if not isinstance(up, PretrainStage | FinetuneStage):
+        raise ConfigError(f"stages.{ctx.stage_id}.models: {ref!r} is a {up.kind} stage; expected a finetune stage")
+    return up
+
+
 def _evaluate(ctx: StageContext) -> tuple[StageOutput, Rows]:
     stage: EvaluateStage = ctx.stage
     models = []
@@ -310,7 +323,7 @@ def _evaluate(ctx: StageContext) -> tuple[StageOutput, Rows]:
         up = ctx.outputs[ref]
         for run_id, member in zip(up.run_ids, up.members):
             models.append({"stage": ref, "run_id": run_id, **member})
-    cohort_ids = {ctx.spec.stages[ref].cohort for ref in stage.models}
+    cohort_ids = {_trained_stage(ctx, ref).cohort for ref in stage.models}
     if len(cohort_ids) > 1:
         raise ConfigError(
             f"stages.{ctx.stage_id}.models: the models come from different cohorts "
@@ -370,6 +383,8 @@ def _report(ctx: StageContext) -> tuple[StageOutput, Rows]:
     run_id = ctx.tracker.start_child(ctx.stage_id, "report", key, ctx.stage_id)
     ok = False
     try:
+        if evaluation.path is None:
+            raise ConfigError(f"stages.{ctx.stage_id}.evaluation: stage {stage.evaluation!r} recorded no output folder")
         path = report_from_evaluation(
             evaluation.path,
             ctx.folder / "report.html",

@@ -293,6 +293,10 @@ def _check_references(spec: PipelineSpec, source: str) -> None:
 def backbone_name(spec: PipelineSpec, stage_id: str) -> str | None:
     """The backbone a training stage starts from: its own ``backbone.name``, else its ``backbone_from``'s."""
     stage = spec.stages[stage_id]
+    if not isinstance(stage, PretrainStage | FinetuneStage):
+        raise ConfigError(
+            f"stages.{stage_id} is a {stage.kind} stage; only pretrain and finetune stages have a backbone"
+        )
     own = (stage.config.get("backbone") or {}).get("name") if isinstance(stage.config.get("backbone"), dict) else None
     if own or stage.backbone_from is None or stage.backbone_from not in spec.stages:
         return own

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -21,6 +22,9 @@ import pandas as pd  # noqa: E402
 from matplotlib import colormaps  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 from PIL import Image  # noqa: E402
+
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType
 
 __all__ = [
     "PALETTE",
@@ -38,7 +42,7 @@ __all__ = [
 
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
 _MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
-_RC = {
+_RC: dict[RcKeyType, Any] = {
     "font.size": 10,
     "axes.titlesize": 11,
     "axes.labelsize": 10,
@@ -61,7 +65,7 @@ def _uri(fig: plt.Figure) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _err(df: pd.DataFrame) -> np.ndarray | None:
+def _err(df: pd.DataFrame) -> np.ndarray:
     """Asymmetric error-bar lengths from low/high; NaN intervals draw no bar."""
     v, lo, hi = (pd.to_numeric(df[c], errors="coerce").to_numpy(float) for c in ("value", "low", "high"))
     return np.nan_to_num(np.vstack([v - lo, hi - v]), nan=0.0).clip(min=0)
@@ -265,7 +269,7 @@ def overlay_uri(image: np.ndarray | bytes, heatmap: np.ndarray | bytes) -> str:
     h = np.abs(np.nan_to_num(heatmap.astype(np.float32)))
     h = h / h.max() if h.max() > 0 else h
     if h.shape != base.shape[:2]:
-        h = np.asarray(Image.fromarray(h).resize((base.shape[1], base.shape[0]), Image.BILINEAR))
+        h = np.asarray(Image.fromarray(h).resize((base.shape[1], base.shape[0]), Image.Resampling.BILINEAR))
     colour = colormaps["magma"](h)[..., :3]
     alpha = 0.65 * h[..., None]
     out = (1 - alpha) * base + alpha * colour

@@ -70,7 +70,7 @@ def check_forbidden(context: BaseModel, forbidden: Iterable[str]) -> None:
         ForbiddenValueError: naming the first field that holds one; the value itself is not repeated.
         ReportError: a forbidden string shorter than 3 characters (it would match ordinary text).
     """
-    needles = []
+    needles: list[str] = []
     for f in forbidden:
         f = str(f).strip()
         if len(f) < 3:

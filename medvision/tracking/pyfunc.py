@@ -57,9 +57,11 @@ def pip_requirements() -> list[str]:
     return reqs
 
 
-def _signature(classes: list[str], has_ood: bool, input_shape: tuple[int, ...] | None):
+def _signature(classes: list[str], has_ood: bool, input_shape: tuple[int, ...] | None) -> ModelSignature:
     shape = (-1, *input_shape) if input_shape is not None else (-1, -1, -1, -1)
-    outputs = [ColSpec("double", c) for c in classes] + ([ColSpec("double", "ood_score")] if has_ood else [])
+    outputs: list[ColSpec | TensorSpec] = [ColSpec("double", c) for c in classes]
+    if has_ood:
+        outputs.append(ColSpec("double", "ood_score"))
     return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), shape)]), outputs=Schema(outputs))
 
 
