@@ -39,8 +39,6 @@ __all__ = ["context_from_evaluation", "evaluation_key", "report_from_evaluation"
 
 log = logging.getLogger("medvision.report")
 
-log = logging.getLogger(__name__)
-
 
 def report_from_evaluation(
     evaluation_dir: Path,
@@ -57,8 +55,11 @@ def report_from_evaluation(
     evaluation a report shows is written beside it (``<name>.evaluation``).
     """
     ctx = context_from_evaluation(evaluation_dir, title=title, pipeline_yaml=pipeline_yaml)
-    cohort_dir = Path(json.loads((Path(evaluation_dir) / "metrics.json").read_text())["cohort"]["dir"])
-    fingerprints, why_not = IdentifierFingerprints.for_cohort(cohort_dir)
+    cohort = json.loads((Path(evaluation_dir) / "metrics.json").read_text()).get("cohort") or {}
+    if cohort.get("dir"):
+        fingerprints, why_not = IdentifierFingerprints.for_cohort(Path(cohort["dir"]))
+    else:
+        fingerprints, why_not = None, "the evaluation records no cohort folder"
     if fingerprints is None:
         log.warning("identifier check of the report is limited: %s", why_not)
     else:
