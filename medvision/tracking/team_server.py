@@ -30,6 +30,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psycopg
+import requests
+from mlflow.server import get_app_client
+
 __all__ = ["TeamServer", "add_user", "main", "start_team_server"]
 
 
@@ -103,7 +107,6 @@ def start_team_server(
     Returns:
         The running :class:`TeamServer`.
     """
-    import psycopg
 
     folder = Path(folder).expanduser().resolve()
     folder.mkdir(parents=True, exist_ok=True)
@@ -209,8 +212,6 @@ def start_team_server(
 
 
 def _wait_ready(server: TeamServer, timeout: float) -> None:
-    import requests
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.mlflow.poll() is not None:
@@ -230,7 +231,6 @@ def _wait_ready(server: TeamServer, timeout: float) -> None:
 
 def add_user(url: str, admin_user: str, admin_password: str, username: str, password: str) -> None:
     """Create a user on the server through MLflow's auth API (as the admin)."""
-    from mlflow.server import get_app_client
 
     before = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
     os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = admin_user, admin_password

@@ -123,6 +123,7 @@ def pull(pacs: PacsSpec, *, progress: bool = True) -> PullSummary:
 
 
 def _open_source(pacs: PacsSpec, creds: Credentials, classes) -> Source:
+    # Imported here: only the chosen protocol's client library (dicomweb-client or pynetdicom) is loaded.
     if pacs.protocol == "dicomweb":
         from medvision.cohort.pacs.dicomweb import DicomWebSource
 
