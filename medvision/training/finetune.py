@@ -150,6 +150,7 @@ def finetune(
         "data.classes": list(datamodule.classes),
         "backbone.source": record.source,
         "backbone.sha256": record.sha256,
+        "backbone.licence": record.licence,
     }
     tracker = _tracker(resolved, tracking_uri, params, sha)
     fitted = fit_stage(resolved, module, datamodule, [tracker, *callbacks], ckpt, to_yaml(resolved))
