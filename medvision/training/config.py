@@ -21,6 +21,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, model_validator
 
 from medvision.config import StrictModel
+from medvision.data.augment import FinetuneAugmentConfig
 from medvision.engine.config import StageConfig
 from medvision.heads import get_head_class
 
@@ -44,6 +45,9 @@ class DataConfig(StrictModel):
     #: DataLoader worker processes; 0 loads in the training process (exactly resumable, see the
     #: trainer module).
     num_workers: int = Field(0, ge=0)
+    #: With a frozen backbone (``mode: linear`` / ``locked``) and no augmentation, embed each image once and
+    #: train the head on features cached beside the cohort cache (see :mod:`medvision.engine.features`).
+    feature_cache: bool = True
 
 
 class HeadConfig(StrictModel):
@@ -84,6 +88,9 @@ class FinetuneConfig(StageConfig):
 
     data: DataConfig
     head: HeadConfig = Field(default_factory=HeadConfig)
+    #: Training-split augmentation (``preset``: auto, photo, radiograph, none; default none); evaluation is
+    #: never augmented. A frozen backbone with augmentation runs the backbone every step (no feature cache).
+    augment: FinetuneAugmentConfig = Field(default_factory=FinetuneAugmentConfig)
     #: ``full``: train everything. ``linear``: frozen backbone, train the head (linear probe).
     #: ``locked``: frozen backbone, train the head and an optional residual adapter MLP.
     mode: Literal["full", "linear", "locked"] = "full"

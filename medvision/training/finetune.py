@@ -27,6 +27,7 @@ from medvision.classifier import Classifier
 from medvision.config import flatten, to_yaml
 from medvision.data.dataset import CohortDataModule
 from medvision.engine.config import resolve_tracking_uri
+from medvision.engine.features import FeatureDataModule
 from medvision.engine.trainer import fit_stage, resume_checkpoint
 from medvision.heads import create_head
 from medvision.models import create_backbone
@@ -131,6 +132,7 @@ def finetune(
             num_workers=d.num_workers,
             balanced=d.balanced,
             seed=config.seed,
+            augment=config.augment,
         )
     missing = [a for a in DATAMODULE_FACTS if not hasattr(datamodule, a)]
     if missing:
@@ -141,6 +143,8 @@ def finetune(
     with using_tracking_uri(tracking_uri):  # weights "mlflow:runs:/..." come from the store this run records to
         classifier = build_classifier(resolved, datamodule)
     module = FinetuneModule(classifier, resolved.optim)
+    if _takes_feature_path(resolved, datamodule):
+        datamodule = FeatureDataModule(datamodule, classifier.backbone)
 
     sha = str(datamodule.manifest_sha256)
     record = classifier.backbone.weights_record
@@ -151,6 +155,8 @@ def finetune(
         "backbone.source": record.source,
         "backbone.sha256": record.sha256,
         "backbone.licence": record.licence,
+        "augment.resolved_preset": getattr(datamodule, "augment_preset", "none"),
+        "data.feature_path": isinstance(datamodule, FeatureDataModule),
     }
     tracker = _tracker(resolved, tracking_uri, params, sha)
     fitted = fit_stage(resolved, module, datamodule, [tracker, *callbacks], ckpt, to_yaml(resolved))
@@ -161,6 +167,17 @@ def finetune(
         best_score=fitted.best_score,
         metrics=dict(tracker.last_metrics),
         output_dir=Path(resolved.output_dir),
+    )
+
+
+def _takes_feature_path(config: FinetuneConfig, datamodule: L.LightningDataModule) -> bool:
+    """Frozen backbone, un-augmented images from a cohort: the head can learn from cached features."""
+    return (
+        config.data.feature_cache
+        and config.mode != "full"
+        and isinstance(datamodule, CohortDataModule)
+        and datamodule.augment_preset == "none"
+        and datamodule.train_transform is None
     )
 
 
