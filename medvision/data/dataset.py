@@ -9,8 +9,10 @@ the views are as reproducible as the order (see :mod:`medvision.data.augment`).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import numpy as np
@@ -21,11 +23,20 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from medvision.cohort.cohort import Cohort, open_cohort
 from medvision.data.augment import FinetuneAugmentConfig, SeededAugment, resolve_preset
 
-__all__ = ["CohortDataModule", "CohortDataset", "EpochSampler"]
+__all__ = ["CohortDataModule", "CohortDataset", "EpochSampler", "default_workers"]
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 #: ``(cached (C, H, W) array, seed) -> array``: applied to the cache's own dtype before the float conversion.
 Augment = Callable[[np.ndarray, int], np.ndarray]
+
+
+def default_workers(cores: int | None = None) -> int:
+    """DataLoader workers for this machine: all cores but two (the training process and its BLAS threads
+    need them), at most 8; none on machines of two cores or fewer, where a worker only takes a core from the
+    step it should feed (measured by ``benchmarks/input_pipeline.py``)."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(8, cores - 2))
 
 
 class CohortDataset(Dataset):
@@ -113,7 +124,7 @@ class CohortDataModule(L.LightningDataModule):
         cohort_dir: str | Path,
         batch_size: int = 32,
         label_fraction: float = 1.0,
-        num_workers: int = 0,
+        num_workers: int | Literal["auto"] = 0,
         balanced: bool = False,
         seed: int = 0,
         train_transform: Transform | None = None,
@@ -122,7 +133,8 @@ class CohortDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.cohort = open_cohort(cohort_dir)
-        self.batch_size, self.label_fraction, self.num_workers = batch_size, label_fraction, num_workers
+        workers = default_workers() if num_workers == "auto" else int(num_workers)
+        self.batch_size, self.label_fraction, self.num_workers = batch_size, label_fraction, workers
         self.balanced, self.seed = balanced, seed
         self.train_transform, self.eval_transform = train_transform, eval_transform
         train = self.cohort.rows("train", label_fraction)
@@ -194,4 +206,5 @@ class CohortDataModule(L.LightningDataModule):
             drop_last=drop_last,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),  # page-locked batches copy to the GPU asynchronously
         )
