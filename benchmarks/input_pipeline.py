@@ -96,15 +96,15 @@ def main() -> None:
         loader = dm.train_dataloader()  # the same loader every round: persistent workers stay up, as in training
         torch.manual_seed(0)
         backbone = create_backbone(args.backbone, args.weights, dm.in_chans)
-        model = Classifier(backbone, create_head("linear", backbone.num_features, dm.num_inlier_classes), dm.classes)
+        k = len(dm.classes)  # a logit for every training label (inlier classes and outlier conditions)
+        model = Classifier(backbone, create_head("linear", backbone.num_features, k), dm.classes)
         model = model.train()
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
         steps = len(loader)
         g = torch.Generator().manual_seed(0)
         shape = (args.batch, dm.in_chans, args.size, args.size)
         memory = [
-            {"image": torch.rand(shape, generator=g), "label": torch.randint(0, dm.num_inlier_classes, (args.batch,))}
-            for _ in range(steps)
+            {"image": torch.rand(shape, generator=g), "label": torch.randint(0, k, (args.batch,))} for _ in range(steps)
         ]
 
         def end_to_end(epoch: int) -> float:

@@ -117,3 +117,18 @@ def test_train_loader_augments_reproducibly_and_eval_never(synth_cxr_cohort):
         for image, image_id in zip(batch["image"], batch["image_id"]):
             expected = torch.from_numpy(cache.to_float(cache.get(rows.loc[image_id, "cache_key"])))
             assert torch.equal(image, expected), (split, image_id)
+
+
+def test_bit_hyperrule_brackets_and_images_seen():
+    from medvision.engine.hyperrule import BIT_BATCH, bit_hyperrule, hyperrule_epochs
+
+    assert bit_hyperrule(19_999, 64) == bit_hyperrule(100, 64)
+    small, medium, large = bit_hyperrule(1_000, 64), bit_hyperrule(20_000, 224), bit_hyperrule(600_000, 224)
+    assert (small.steps, small.warmup_steps, small.mixup_alpha) == (500, 100, 0.0)
+    assert (medium.steps, medium.mixup_alpha) == (10_000, 0.1) and large.steps == 20_000
+    assert (small.resize, small.crop) == (160, 128) and (medium.resize, medium.crop) == (512, 480)
+    epochs, warmup = hyperrule_epochs(1_000, 224)
+    assert epochs * 1_000 >= 500 * BIT_BATCH > (epochs - 1) * 1_000  # BiT's images seen, no more than an epoch over
+    assert 0 < warmup < epochs
+    with pytest.raises(ValueError, match="at least one"):
+        bit_hyperrule(0, 64)

@@ -122,3 +122,24 @@ def test_linear_head_from_cached_features_equals_the_end_to_end_one(synth_cxr_co
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
     for name in ("val/auroc", "val/loss", "train/loss"):
         assert fast.metrics[name] == pytest.approx(slow.metrics[name], rel=1e-4, abs=1e-5), name
+
+
+def test_evaluation_of_a_frozen_backbone_reads_the_cache_and_predicts_the_same(synth_cxr_cohort, tmp_path):
+    from medvision.classifier import Classifier
+    from medvision.evaluation.predict import predict_rows
+    from medvision.heads import create_head
+
+    own = open_cohort(shutil.copytree(synth_cxr_cohort, tmp_path / "cohort"))
+    rows = own.rows("val")
+    torch.manual_seed(0)
+    head = create_head("hod", 64, 3, num_outlier_classes=1)
+    frozen = Classifier(_backbone(), head, ["a", "b", "c"], freeze_backbone=True)
+    trainable = Classifier(_backbone(), head, ["a", "b", "c"], freeze_backbone=False)
+    cached, direct = predict_rows(frozen, own, rows), predict_rows(trainable, own, rows)
+    np.testing.assert_allclose(cached.probs, direct.probs, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(cached.embeddings, direct.embeddings, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(cached.ood_score, direct.ood_score, rtol=1e-5, atol=1e-6)
+    assert (own.root / "cache" / "features").is_dir()
+    store = FeatureCache.for_cohort(own.cache, frozen.backbone)
+    store.features(own.cache, rows["cache_key"].tolist())
+    assert store.computed == 0  # the evaluation left them there for the next set, detector or re-run

@@ -102,6 +102,9 @@ class FinetuneConfig(StageConfig):
     #: ``full``: train everything. ``linear``: frozen backbone, train the head (linear probe).
     #: ``locked``: frozen backbone, train the head and an optional residual adapter MLP.
     mode: Literal["full", "linear", "locked"] = "full"
+    #: ``fixed``: ``optim.epochs`` / ``warmup_epochs`` as written. ``bit-hyperrule``: set them from the number of
+    #: labelled training images by the BiT-HyperRule (:mod:`medvision.engine.hyperrule`), recorded in the run.
+    schedule: Literal["fixed", "bit-hyperrule"] = "fixed"
     #: Hidden width of the locked-mode adapter; 0 means no adapter.
     adapter_hidden: int = Field(0, ge=0)
     output_dir: Path = Path("runs/finetune")

@@ -28,6 +28,7 @@ from medvision.config import flatten, to_yaml
 from medvision.data.dataset import CohortDataModule
 from medvision.engine.config import resolve_tracking_uri
 from medvision.engine.features import FeatureDataModule
+from medvision.engine.hyperrule import hyperrule_epochs
 from medvision.engine.trainer import fit_stage, resume_checkpoint
 from medvision.heads import create_head
 from medvision.models import create_backbone
@@ -138,6 +139,8 @@ def finetune(
     if missing:
         raise TypeError(f"{type(datamodule).__name__} lacks the cohort facts {missing}; see finetune()'s docstring")
 
+    if config.schedule == "bit-hyperrule":
+        config = _with_hyperrule(config, datamodule)
     tracking_uri = resolve_tracking_uri(config.tracking)
     resolved = _resolved(config, tracking_uri)
     with using_tracking_uri(tracking_uri):  # weights "mlflow:runs:/..." come from the store this run records to
@@ -167,6 +170,17 @@ def finetune(
         best_score=fitted.best_score,
         metrics=dict(tracker.last_metrics),
         output_dir=Path(resolved.output_dir),
+    )
+
+
+def _with_hyperrule(config: FinetuneConfig, datamodule: L.LightningDataModule) -> FinetuneConfig:
+    """``optim.epochs`` and ``warmup_epochs`` from the BiT-HyperRule for this run's training images."""
+    if not isinstance(datamodule, CohortDataModule):
+        raise ValueError("schedule: bit-hyperrule needs the cohort data module (it counts the training images)")
+    n = len(datamodule.dataset("train"))
+    epochs, warmup = hyperrule_epochs(n, int(datamodule.cohort.cache.params.size))
+    return config.model_copy(
+        update={"optim": config.optim.model_copy(update={"epochs": epochs, "warmup_epochs": warmup})}
     )
 
 
