@@ -132,3 +132,13 @@ def test_bit_hyperrule_brackets_and_images_seen():
     assert 0 < warmup < epochs
     with pytest.raises(ValueError, match="at least one"):
         bit_hyperrule(0, 64)
+
+
+def test_default_workers_leave_the_training_process_its_cores():
+    from medvision.data.dataset import default_workers
+
+    assert [default_workers(c) for c in (1, 2, 3, 4, 16, 64)] == [0, 0, 1, 2, 8, 8]
+    raw = {"data": {"cohort_dir": "x"}, "backbone": {"name": "resnet-tiny"}}
+    assert parse_config(raw, FinetuneConfig).data.num_workers == "auto"
+    with pytest.raises(ValueError, match="num_workers"):
+        parse_config({**raw, "data": {"cohort_dir": "x", "num_workers": -1}}, FinetuneConfig)

@@ -95,6 +95,10 @@ class TrainerConfig(StrictModel):
     #: Deterministic kernels; ``None`` means on for CPU (bit-exact resume), off on GPU (speed).
     deterministic: bool | None = None
     progress_bar: bool = True
+    #: Keep conv weights and activations in channels-last (NHWC) memory format, which GPUs with tensor cores
+    #: prefer for CNNs; on CPU measure first (``benchmarks/input_pipeline.py --channels-last``). Off by default so
+    #: existing runs keep their exact numbers.
+    channels_last: bool = False
 
     @field_validator("precision", mode="before")
     @classmethod

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
 
 from medvision.classifier import Classifier
@@ -145,6 +146,8 @@ def finetune(
     resolved = _resolved(config, tracking_uri)
     with using_tracking_uri(tracking_uri):  # weights "mlflow:runs:/..." come from the store this run records to
         classifier = build_classifier(resolved, datamodule)
+    if resolved.trainer.channels_last:
+        classifier.to(memory_format=torch.channels_last)  # conv outputs follow the weights' format
     module = FinetuneModule(classifier, resolved.optim)
     if _takes_feature_path(resolved, datamodule):
         datamodule = FeatureDataModule(datamodule, classifier.backbone)
