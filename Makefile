@@ -39,6 +39,8 @@ bench: install
 	$(BIN)/python benchmarks/bootstrap.py
 	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/pretrain_step.py
+	$(BIN)/python benchmarks/linear_probe.py
+	$(BIN)/python benchmarks/input_pipeline.py
 
 clean:
 	rm -rf demo-output .pytest_cache reports/generated
