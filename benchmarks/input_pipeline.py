@@ -10,7 +10,7 @@ round down). The breakdown says where the time of one image goes: cache read, au
 the step itself; with ``--channels-last`` it also times the step in channels-last memory format.
 Prints a table, then one JSON object as the last line.
 
-    .venv/bin/python benchmarks/input_pipeline.py [--patients 24] [--batch 16] [--rounds 5] [--channels-last]
+    .venv/bin/python benchmarks/input_pipeline.py [--patients 60] [--batch 16] [--rounds 5] [--channels-last]
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def main() -> None:
     ap.add_argument("--backbone", default="effnet-lite0")
     ap.add_argument("--weights", default="hub")
     ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--patients", type=int, default=24)
+    ap.add_argument("--patients", type=int, default=60)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--channels-last", action="store_true", help="also time the pure step in channels-last")
