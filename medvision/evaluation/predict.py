@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from medvision.cohort.cohort import LEADING_COLUMNS, Cohort
 from medvision.data.dataset import CohortDataset
+from medvision.engine.features import FeatureCache
 
 __all__ = ["Predictions", "SUBGROUP_EXCLUDE", "predict_rows"]
 
@@ -71,12 +72,26 @@ class Predictions:
 
 @torch.inference_mode()
 def predict_rows(classifier, cohort: Cohort, rows: pd.DataFrame, batch_size: int = 64) -> Predictions:
-    """The classifier's outputs on ``rows`` (manifest rows of one or more splits), in row order."""
+    """The classifier's outputs on ``rows`` (manifest rows of one or more splits), in row order.
+
+    A frozen backbone (linear probe, locked tuning) reads its features from the cohort's feature cache
+    (:mod:`medvision.engine.features`): each image is embedded once for every set, detector and model that shares
+    those weights, and not again when the same evaluation is re-run.
+    """
     classifier.eval()
-    loader = DataLoader(CohortDataset(cohort, rows), batch_size=batch_size, shuffle=False, num_workers=0)
+    if getattr(classifier, "freeze_backbone", False) and len(rows):
+        store = FeatureCache.for_cohort(cohort.cache, classifier.backbone, batch_size)
+        cached = torch.from_numpy(store.features(cohort.cache, rows["cache_key"].tolist()))
+        batches = [{"features": cached[i : i + batch_size]} for i in range(0, len(rows), batch_size)]
+    else:
+        batches = DataLoader(CohortDataset(cohort, rows), batch_size=batch_size, shuffle=False, num_workers=0)
     logits, probs, feats, scores = [], [], [], []
-    for batch in loader:
-        emb = classifier.embed(batch["image"])
+    for batch in batches:
+        if "features" in batch:
+            f = batch["features"]
+            emb = f if classifier.adapter is None else classifier.adapter(f)
+        else:
+            emb = classifier.embed(batch["image"])
         out = classifier.head(emb)
         feats.append(emb.float().numpy())
         logits.append(out.logits.float().numpy())

@@ -17,7 +17,7 @@ import medvision.models.zoo  # noqa: E402, F401, I001
 from medvision.models.artifact import save_backbone
 from medvision.models.backbone import Backbone
 from medvision.models.errors import HubUnavailableError, UnknownBackboneError, WeightsError
-from medvision.models.factory import create_backbone, fetch_weights, load_backbone_dir
+from medvision.models.factory import create_backbone, fetch_weights, load_backbone_dir, offline_weights
 from medvision.models.moe import MoEConfig, SoftMoE, SparseMoE
 from medvision.models.record import WeightsRecord
 from medvision.models.registry import BackboneSpec, get_backbone_spec, list_backbones, register_backbones
@@ -39,6 +39,7 @@ __all__ = [
     "get_backbone_spec",
     "list_backbones",
     "load_backbone_dir",
+    "offline_weights",
     "parse_weights",
     "register_backbones",
     "save_backbone",

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from medvision.models.errors import WeightsError
 from medvision.models.moe import MoELayer
 
-__all__ = ["load_weights_file", "read_state_dict", "sha256_file"]
+__all__ = ["load_state", "load_weights_file", "read_state_dict", "sha256_file"]
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 _WRAPPER_KEYS = ("state_dict", "model", "module")
@@ -88,7 +88,12 @@ def load_weights_file(model: nn.Module, path: Path, name: str) -> int | None:
     """
     if path.suffix.lower() == ".npz":
         return _load_npz(model, path, name)
-    state = _strip_wrapper_prefix(read_state_dict(path), set(model.state_dict()))
+    return load_state(model, read_state_dict(path), path, name)
+
+
+def load_state(model: nn.Module, state: dict[str, Tensor], path: Path, name: str) -> int | None:
+    """:func:`load_weights_file` for tensors already read from ``path`` (named in errors only)."""
+    state = _strip_wrapper_prefix(state, set(model.state_dict()))
     filter_fn = _timm_filter(model)
     if filter_fn is not None:
         try:

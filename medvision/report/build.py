@@ -150,6 +150,7 @@ def _training(models: list[dict[str, Any]]) -> TrainingSection:
         source = (
             "self-supervised stage " + weights.split("/")[-2][:8] if weights.startswith("mlflow:") else weights or "hub"
         )
+        source = f"{source} ({_start_kind(weights)})"
         stages.append(
             TrainingStage(
                 name=m["name"],
@@ -233,17 +234,23 @@ def _subgroups(model: dict[str, Any]) -> SubgroupSection | None:
     )
 
 
+def _start_kind(weights: str) -> str:
+    """What a backbone started from, in words: the transfer comparison the report exists to show."""
+    if weights.startswith("mlflow:"):
+        return "self-supervised"
+    if weights == "none":
+        return "random-init"
+    if weights.startswith("file:"):
+        return "pretrained (file)"
+    return "pretrained"  # hub, hub:TAG, package: upstream weights (effnet-lite0: ImageNet from its package)
+
+
 def _data_efficiency(models: list[dict[str, Any]], sets: list[str]) -> DataEfficiencySection | None:
     rows = []
     for m in models:
         metrics = (m["sets"] or {}).get("test")
         if metrics and "auroc" in metrics:
-            weights = str(m.get("weights") or "")
-            start = (
-                f"{m.get('stage')}: self-supervised start"
-                if weights.startswith("mlflow:")
-                else f"{m.get('stage')}: {weights or 'hub'} start"
-            )
+            start = f"{m.get('stage')}: {m.get('backbone')}, {_start_kind(str(m.get('weights') or ''))} start"
             rows.append({"start": start, "label_fraction": float(m["label_fraction"]), **_nan(metrics["auroc"])})
     if len({r["label_fraction"] for r in rows}) < 2:
         return None  # one fraction is a point, not a curve

@@ -24,11 +24,9 @@ import torch
 from pydantic import Field
 
 from medvision.config import StrictModel
+from medvision.data.augment import RADIOLOGY_MODALITIES, run_seeded
 
 __all__ = ["RADIOLOGY_MODALITIES", "AugmentConfig", "TwoViewAugment", "build_pipeline", "resolve_pipeline"]
-
-#: DICOM modalities whose images are grey-level projections or slices.
-RADIOLOGY_MODALITIES = frozenset({"CR", "DX", "DR", "MG", "CT", "MR", "PT", "NM", "US", "XA", "RF", "IO", "PX"})
 
 
 class AugmentConfig(StrictModel):
@@ -104,15 +102,9 @@ class TwoViewAugment:
 
     def __call__(self, image: np.ndarray, seed: int) -> torch.Tensor:
         c = image.shape[0]
-        hwc = np.ascontiguousarray(np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8).transpose(1, 2, 0))
-        if c == 1:
-            hwc = hwc[:, :, 0]
         if self.kind == "rgb" and c != 3:
             raise ValueError(f"augment pipeline 'rgb' needs 3-channel images, got {c}; set augment.pipeline: grayscale")
         if self.kind == "grayscale" and c not in (1, 3):
             raise ValueError(f"augment pipeline 'grayscale' needs 1- or 3-channel images, got {c}")
-        self.pipeline.set_random_seed(int(seed) % 2**32)
-        out = self.pipeline(image=hwc)["image"]
-        if out.ndim == 2:
-            out = out[:, :, None]
-        return torch.from_numpy(out.transpose(2, 0, 1).astype(np.float32) / 255.0)
+        chw = np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+        return torch.from_numpy(run_seeded(self.pipeline, chw, seed).astype(np.float32) / 255.0)

@@ -126,6 +126,7 @@ def pretrain(config: PretrainConfig, *, callbacks: Sequence[Callback] = ()) -> P
         "augment.resolved_pipeline": datamodule.pipeline,
         "backbone.source": record.source,
         "backbone.sha256": record.sha256,
+        "backbone.licence": record.licence,
     }
 
     tracker = MLflowTracking(

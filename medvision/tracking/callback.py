@@ -138,6 +138,8 @@ class MLflowTracking(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self._input_shape is None and isinstance(batch, Mapping) and "image" in batch:
             self._input_shape = tuple(int(s) for s in batch["image"].shape[1:])
+        elif self._input_shape is None and isinstance(batch, Mapping) and "input_shape" in batch:
+            self._input_shape = tuple(int(s) for s in batch["input_shape"][0])  # frozen-feature batches
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if _is_scalar(v)}

@@ -18,9 +18,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from medvision.config import StrictModel
+from medvision.data.augment import FinetuneAugmentConfig
 from medvision.engine.config import StageConfig
 from medvision.heads import get_head_class
 
@@ -41,9 +42,20 @@ class DataConfig(StrictModel):
     label_fraction: float = Field(1.0, gt=0.0, le=1.0)
     #: Draw training images with probability inverse to their class frequency.
     balanced: bool = False
-    #: DataLoader worker processes; 0 loads in the training process (exactly resumable, see the
-    #: trainer module).
-    num_workers: int = Field(0, ge=0)
+    #: DataLoader worker processes; ``auto``: from the core count (all but two, at most 8; none on two
+    #: cores); 0 loads in the training process. Items are seeded by position, so any count resumes exactly.
+    num_workers: int | Literal["auto"] = Field("auto")
+
+    @field_validator("num_workers")
+    @classmethod
+    def _workers(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 0:
+            raise ValueError("must be 0 or more (or 'auto')")
+        return v
+
+    #: With a frozen backbone (``mode: linear`` / ``locked``) and no augmentation, embed each image once and
+    #: train the head on features cached beside the cohort cache (see :mod:`medvision.engine.features`).
+    feature_cache: bool = True
 
 
 class HeadConfig(StrictModel):
@@ -84,9 +96,15 @@ class FinetuneConfig(StageConfig):
 
     data: DataConfig
     head: HeadConfig = Field(default_factory=HeadConfig)
+    #: Training-split augmentation (``preset``: auto, photo, radiograph, none; default none); evaluation is
+    #: never augmented. A frozen backbone with augmentation runs the backbone every step (no feature cache).
+    augment: FinetuneAugmentConfig = Field(default_factory=FinetuneAugmentConfig)
     #: ``full``: train everything. ``linear``: frozen backbone, train the head (linear probe).
     #: ``locked``: frozen backbone, train the head and an optional residual adapter MLP.
     mode: Literal["full", "linear", "locked"] = "full"
+    #: ``fixed``: ``optim.epochs`` / ``warmup_epochs`` as written. ``bit-hyperrule``: set them from the number of
+    #: labelled training images by the BiT-HyperRule (:mod:`medvision.engine.hyperrule`), recorded in the run.
+    schedule: Literal["fixed", "bit-hyperrule"] = "fixed"
     #: Hidden width of the locked-mode adapter; 0 means no adapter.
     adapter_hidden: int = Field(0, ge=0)
     output_dir: Path = Path("runs/finetune")

@@ -21,12 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
 
 from medvision.classifier import Classifier
 from medvision.config import flatten, to_yaml
 from medvision.data.dataset import CohortDataModule
 from medvision.engine.config import resolve_tracking_uri
+from medvision.engine.features import FeatureDataModule
+from medvision.engine.hyperrule import hyperrule_epochs
 from medvision.engine.trainer import fit_stage, resume_checkpoint, run_identity
 from medvision.heads import create_head
 from medvision.models import create_backbone
@@ -131,16 +134,23 @@ def finetune(
             num_workers=d.num_workers,
             balanced=d.balanced,
             seed=config.seed,
+            augment=config.augment,
         )
     missing = [a for a in DATAMODULE_FACTS if not hasattr(datamodule, a)]
     if missing:
         raise TypeError(f"{type(datamodule).__name__} lacks the cohort facts {missing}; see finetune()'s docstring")
 
+    if config.schedule == "bit-hyperrule":
+        config = _with_hyperrule(config, datamodule)
     tracking_uri = resolve_tracking_uri(config.tracking)
     resolved = _resolved(config, tracking_uri)
     with using_tracking_uri(tracking_uri):  # weights "mlflow:runs:/..." come from the store this run records to
         classifier = build_classifier(resolved, datamodule)
+    if resolved.trainer.channels_last:
+        classifier.to(memory_format=torch.channels_last)  # conv outputs follow the weights' format
     module = FinetuneModule(classifier, resolved.optim)
+    if _takes_feature_path(resolved, datamodule):
+        datamodule = FeatureDataModule(datamodule, classifier.backbone)
 
     sha = str(datamodule.manifest_sha256)
     record = classifier.backbone.weights_record
@@ -150,6 +160,9 @@ def finetune(
         "data.classes": list(datamodule.classes),
         "backbone.source": record.source,
         "backbone.sha256": record.sha256,
+        "backbone.licence": record.licence,
+        "augment.resolved_preset": getattr(datamodule, "augment_preset", "none"),
+        "data.feature_path": isinstance(datamodule, FeatureDataModule),
     }
     tracker = _tracker(resolved, tracking_uri, params, sha)
     identity = run_identity(resolved, manifest_sha256=sha)
@@ -161,6 +174,28 @@ def finetune(
         best_score=fitted.best_score,
         metrics=dict(tracker.last_metrics),
         output_dir=Path(resolved.output_dir),
+    )
+
+
+def _with_hyperrule(config: FinetuneConfig, datamodule: L.LightningDataModule) -> FinetuneConfig:
+    """``optim.epochs`` and ``warmup_epochs`` from the BiT-HyperRule for this run's training images."""
+    if not isinstance(datamodule, CohortDataModule):
+        raise ValueError("schedule: bit-hyperrule needs the cohort data module (it counts the training images)")
+    n = len(datamodule.dataset("train"))
+    epochs, warmup = hyperrule_epochs(n, int(datamodule.cohort.cache.params.size))
+    return config.model_copy(
+        update={"optim": config.optim.model_copy(update={"epochs": epochs, "warmup_epochs": warmup})}
+    )
+
+
+def _takes_feature_path(config: FinetuneConfig, datamodule: L.LightningDataModule) -> bool:
+    """Frozen backbone, un-augmented images from a cohort: the head can learn from cached features."""
+    return (
+        config.data.feature_cache
+        and config.mode != "full"
+        and isinstance(datamodule, CohortDataModule)
+        and datamodule.augment_preset == "none"
+        and datamodule.train_transform is None
     )
 
 

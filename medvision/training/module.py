@@ -54,6 +54,12 @@ class FinetuneModule(L.LightningModule):
     def forward(self, x: Tensor):
         return self.classifier(x)
 
+    def _outputs(self, batch: dict):
+        """Images through the whole network, or (frozen-feature batches) cached features through the head."""
+        if "features" in batch:
+            return self.classifier.from_features(batch["features"])
+        return self.classifier(batch["image"])
+
     def _trainable_rows(self, y: Tensor) -> Tensor:
         """Rows whose label the head has a logit for (multi-label rows always count)."""
         if self.classifier.head.multilabel:
@@ -75,8 +81,8 @@ class FinetuneModule(L.LightningModule):
         return self.classifier.head.loss(sub, y[keep]), n
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        x, y = batch["image"], batch["label"]
-        out = self.classifier(x)
+        y = batch["label"]
+        out = self._outputs(batch)
         loss, _ = self._loss(out, y)
         aux = self.classifier.aux_loss()
         if isinstance(aux, Tensor) and aux.requires_grad:
@@ -88,12 +94,12 @@ class FinetuneModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        x, y = batch["image"], batch["label"]
-        out = self.classifier(x)
+        y = batch["label"]
+        out = self._outputs(batch)
         loss, n = self._loss(out, y)
         if n:
             self._log("val/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=n)
-        ood = out.ood_score if out.ood_score is not None else x.new_full((len(y),), float("nan"))
+        ood = out.ood_score if out.ood_score is not None else out.probs.new_full((len(y),), float("nan"))
         self._val.append((out.probs.detach().float(), ood.detach().float(), y.detach()))
 
     def on_validation_epoch_start(self) -> None:

@@ -1,0 +1,186 @@
+"""Frozen features, computed once: the fast path of linear probes, locked tuning and feature-space detectors.
+
+A frozen backbone maps an image to the same embedding every epoch, so a linear probe that runs the backbone each
+epoch spends nearly all its time recomputing numbers it already had. :class:`FeatureCache` embeds each image once
+per *(weights, cached image, preprocessing)* and stores the result on disk beside the cohort's preprocessing cache
+(``<cohort>/cache/features/<weights digest>/``), keyed by content:
+
+* the folder is named by a digest of the backbone's tensors (and its input normalisation), so new weights, a
+  fine-tuned backbone or another architecture simply miss;
+* an entry is keyed by the cohort cache's entry key, itself a hash of the image file's content, the frame and the
+  preprocessing recipe, so a changed image or a changed recipe misses too. Nothing stale can be read.
+
+:class:`FeatureDataModule` then serves the cohort's training and validation rows as feature batches in exactly the
+order (``(seed, epoch)`` permutations) the image loaders would, so the head sees the same steps either way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from medvision.cohort.cache import PreprocessCache
+from medvision.data.dataset import CohortDataModule, CohortDataset, EpochSampler
+
+__all__ = ["FeatureCache", "FeatureDataModule", "weights_digest"]
+
+_SHARD = "shard-{:05d}.npy"
+
+
+def weights_digest(backbone: nn.Module) -> str:
+    """SHA-256 over every tensor of ``backbone`` (names, dtypes, shapes, bytes), buffers included.
+
+    Covers the normalisation statistics too (they are non-persistent buffers of :class:`Backbone`), so the same
+    weights fed with other mean/std are other features.
+    """
+    digest = hashlib.sha256()
+    tensors = {**dict(backbone.named_parameters()), **dict(backbone.named_buffers())}
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{name}:{t.dtype}:{tuple(tensors[name].shape)};".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+class FeatureCache:
+    """Embeddings of cached cohort images under one backbone, on disk.
+
+    Args:
+        root: the folder holding one sub-folder per weights digest (``<cohort>/cache/features`` by default,
+            see :meth:`for_cohort`).
+        backbone: the frozen encoder; run in eval mode without gradients.
+        batch_size: images per forward pass when embedding.
+
+    Attributes:
+        computed: how many images the last :meth:`features` call had to embed (0 = all reused).
+    """
+
+    def __init__(self, root: str | Path, backbone: nn.Module, batch_size: int = 64) -> None:
+        self.backbone, self.batch_size = backbone, batch_size
+        self.digest = weights_digest(backbone)
+        self.dir = Path(root) / self.digest[:32]
+        self._index_path = self.dir / "index.parquet"
+        self._index = pd.read_parquet(self._index_path) if self._index_path.exists() else None
+        self._where: dict[str, tuple[int, int]] = {}
+        if self._index is not None:
+            self._where = dict(zip(self._index["key"], zip(self._index["shard"], self._index["row"])))
+        self.computed = 0
+
+    @classmethod
+    def for_cohort(cls, cache: PreprocessCache, backbone: nn.Module, batch_size: int = 64) -> FeatureCache:
+        """The feature cache beside a cohort's preprocessing cache."""
+        return cls(cache.dir.parent / "features", backbone, batch_size)
+
+    def features(self, cache: PreprocessCache, keys: list[str]) -> np.ndarray:
+        """``(len(keys), D)`` float32 embeddings of the cached images ``keys``, computing only the missing ones."""
+        missing = [k for k in dict.fromkeys(keys) if k not in self._where]
+        self.computed = len(missing)
+        if missing:
+            self._append(missing, self._embed(cache, missing))
+        shards: dict[int, np.ndarray] = {}
+        out = []
+        for key in keys:
+            shard, row = self._where[key]
+            if shard not in shards:
+                shards[shard] = np.load(self.dir / _SHARD.format(shard), mmap_mode="r")
+            out.append(shards[shard][row])
+        return np.stack(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
+
+    @torch.no_grad()
+    def _embed(self, cache: PreprocessCache, keys: list[str]) -> np.ndarray:
+        was_training = self.backbone.training
+        self.backbone.eval()
+        device = next(self.backbone.parameters()).device
+        parts = []
+        try:
+            for start in range(0, len(keys), self.batch_size):
+                batch = np.stack([cache.to_float(cache.get(k)) for k in keys[start : start + self.batch_size]])
+                parts.append(self.backbone(torch.from_numpy(batch).to(device)).float().cpu().numpy())
+        finally:
+            self.backbone.train(was_training)
+        return np.concatenate(parts)
+
+    def _append(self, keys: list[str], feats: np.ndarray) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        shard = 1 + max((s for s, _ in self._where.values()), default=-1)
+        tmp = self.dir / f"shard-{shard:05d}.tmp.npy"
+        np.save(tmp, feats)
+        tmp.rename(self.dir / _SHARD.format(shard))
+        new = pd.DataFrame({"key": keys, "shard": np.int32(shard), "row": np.arange(len(keys), dtype=np.int32)})
+        self._index = new if self._index is None else pd.concat([self._index, new], ignore_index=True)
+        tmp_index = self._index_path.with_suffix(".tmp.parquet")
+        self._index.to_parquet(tmp_index, index=False)
+        tmp_index.replace(self._index_path)  # the index only ever names shards that are fully written
+        self._where.update({k: (shard, i) for i, k in enumerate(keys)})
+
+
+class _FeatureDataset(Dataset):
+    """A cohort split's rows with their cached features in place of pixels."""
+
+    def __init__(self, images: CohortDataset, feats: np.ndarray, input_shape: tuple[int, ...]) -> None:
+        self.images, self.feats = images, torch.from_numpy(feats)
+        self.input_shape = torch.tensor(input_shape)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, item: int | tuple[int, int]) -> dict:
+        i = item[0] if isinstance(item, tuple) else item
+        return {**self.images.describe(i), "features": self.feats[i], "input_shape": self.input_shape}
+
+
+class FeatureDataModule(L.LightningDataModule):
+    """The train and validation loaders of a :class:`CohortDataModule`, serving frozen features.
+
+    Batches hold ``features`` (B, D) instead of ``image``; the fine-tuning module sends them straight to the head.
+    Features are computed in :meth:`prepare_data` (once per node) and read in :meth:`setup`.
+
+    Args:
+        images: the image data module (cohort, label fraction, batch size, seed, balancing).
+        backbone: the frozen backbone whose features the head reads.
+    """
+
+    def __init__(self, images: CohortDataModule, backbone: nn.Module) -> None:
+        super().__init__()
+        self.images, self.backbone = images, backbone
+        self._sets: dict[str, _FeatureDataset] = {}
+        self.computed = 0
+
+    # The cohort facts the training stage reads, unchanged.
+    classes = property(lambda self: self.images.classes)
+    num_inlier_classes = property(lambda self: self.images.num_inlier_classes)
+    num_outlier_classes = property(lambda self: self.images.num_outlier_classes)
+    in_chans = property(lambda self: self.images.in_chans)
+    manifest_sha256 = property(lambda self: self.images.manifest_sha256)
+
+    def _split(self, split: str) -> _FeatureDataset:
+        if split not in self._sets:
+            images = self.images.dataset(split)
+            cache = self.images.cohort.cache
+            store = FeatureCache.for_cohort(cache, self.backbone, batch_size=max(self.images.batch_size, 64))
+            feats = store.features(cache, images.rows["cache_key"].tolist())
+            self.computed += store.computed
+            shape = tuple(int(s) for s in cache.get(images.rows["cache_key"].iloc[0]).shape) if len(images) else ()
+            self._sets[split] = _FeatureDataset(images, feats, shape)
+        return self._sets[split]
+
+    def prepare_data(self) -> None:
+        for split in ("train", "val"):
+            self._split(split)
+
+    def train_dataloader(self) -> DataLoader:
+        ds = self._split("train")
+        weights = self.images.balance_weights(ds.images)
+        sampler = EpochSampler(len(ds), self.images.seed, weights)
+        bs = self.images.batch_size
+        return DataLoader(ds, batch_size=bs, sampler=sampler, shuffle=False, drop_last=len(ds) > bs)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self._split("val"), batch_size=self.images.batch_size, shuffle=False)
