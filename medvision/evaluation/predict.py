@@ -8,7 +8,9 @@ metric: predictions are written once and every number in ``metrics.json`` is der
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -79,6 +81,8 @@ def predict_rows(classifier, cohort: Cohort, rows: pd.DataFrame, batch_size: int
     those weights, and not again when the same evaluation is re-run.
     """
     classifier.eval()
+    # Frozen-feature batches ({"features"}) or the dataset's image batches ({"image", ...}).
+    batches: Iterable[Mapping[str, Any]]
     if getattr(classifier, "freeze_backbone", False) and len(rows):
         store = FeatureCache.for_cohort(cohort.cache, classifier.backbone, batch_size)
         cached = torch.from_numpy(store.features(cohort.cache, rows["cache_key"].tolist()))

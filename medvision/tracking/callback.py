@@ -31,8 +31,9 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities.seed import isolate_rng
+from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
 from medvision.classifier import Classifier
@@ -85,7 +86,7 @@ class MLflowTracking(Callback):
         self.run_id: str | None = None
         self.last_metrics: dict[str, float] = {}
         self._input_shape: tuple[int, ...] | None = None
-        self._client = None
+        self._client: MlflowClient | None = None
 
     # -- run life cycle --------------------------------------------------------------------------
 
@@ -128,10 +129,17 @@ class MLflowTracking(Callback):
         for path, text in self.texts.items():
             client.log_text(self.run_id, text, path)
 
+    def _active(self) -> tuple[MlflowClient, str]:
+        """The open run's client and id; raises when no run has been opened on this rank."""
+        if self._client is None or self.run_id is None:
+            raise RuntimeError("MLflowTracking: no MLflow run is open (only rank 0 records, after on_train_start)")
+        return self._client, self.run_id
+
     def _log_params(self, params: Mapping[str, str]) -> None:
+        client, run_id = self._active()
         items = [Param(k, v) for k, v in params.items()]
         for start in range(0, len(items), _BATCH):
-            self._client.log_batch(self.run_id, params=items[start : start + _BATCH])
+            client.log_batch(run_id, params=items[start : start + _BATCH])
 
     # -- per epoch -------------------------------------------------------------------------------
 
@@ -148,10 +156,11 @@ class MLflowTracking(Callback):
         self.last_metrics = metrics
         if not trainer.is_global_zero or self.run_id is None:
             return
+        client, run_id = self._active()
         now = int(time.time() * 1000)
         step = trainer.current_epoch
         with isolate_rng():
-            self._client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
+            client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
 
     # -- end -------------------------------------------------------------------------------------
 
@@ -161,15 +170,19 @@ class MLflowTracking(Callback):
         with isolate_rng():
             if self._client is None:  # resumed a finished run: no epoch ran, so on_train_start never opened it
                 self._open_run()
-            ckpt = getattr(trainer.checkpoint_callback, "best_model_path", "") or ""
+            client, run_id = self._active()
+            # Lightning types the trainer's checkpoint callback as the base Checkpoint; only ModelCheckpoint
+            # keeps a best model.
+            checkpoint = trainer.checkpoint_callback
+            ckpt = (checkpoint.best_model_path or "") if isinstance(checkpoint, ModelCheckpoint) else ""
             if self.log_model:
                 self._log_network(pl_module, Path(ckpt) if ckpt else None)
-            if ckpt:
-                best = trainer.checkpoint_callback.best_model_score
-                self._client.set_tag(self.run_id, "best_checkpoint", Path(ckpt).name)
-                if best is not None and math.isfinite(float(best)):
-                    self._client.log_metric(self.run_id, "best/" + trainer.checkpoint_callback.monitor, float(best))
-            self._client.set_terminated(self.run_id, "FINISHED")
+            if ckpt and isinstance(checkpoint, ModelCheckpoint):
+                best = checkpoint.best_model_score
+                client.set_tag(run_id, "best_checkpoint", Path(ckpt).name)
+                if best is not None and checkpoint.monitor is not None and math.isfinite(float(best)):
+                    client.log_metric(run_id, "best/" + checkpoint.monitor, float(best))
+            client.set_terminated(run_id, "FINISHED")
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if trainer.is_global_zero and self.run_id is not None and self._client is not None:
@@ -189,12 +202,13 @@ class MLflowTracking(Callback):
             # weights_only: a checkpoint is data; unpickling arbitrary objects from it would run their code.
             state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
             net.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+        client, run_id = self._active()
         if isinstance(net, Classifier):
-            log_classifier(self._client, self.run_id, net, self._input_shape)
+            log_classifier(client, run_id, net, self._input_shape)
         else:
             with tempfile.TemporaryDirectory(prefix="medvision-backbone-") as tmp:
                 save_backbone(net, Path(tmp) / "backbone")
-                self._client.log_artifacts(self.run_id, str(Path(tmp) / "backbone"), "backbone")
+                client.log_artifacts(run_id, str(Path(tmp) / "backbone"), "backbone")
 
 
 def _attribute_prefix(module: torch.nn.Module, child: torch.nn.Module) -> str:
