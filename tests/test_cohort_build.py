@@ -216,3 +216,37 @@ def test_quarantine_reasons_are_scrubbed_of_every_known_identifier():
     # whole tokens only: "johnsmith" is another word, as "does" is not "doe"
     assert out == "cannot read [redacted]^[redacted] ([redacted]) uid [redacted].7, johnsmith too"
     assert scrub(text, set()) == text
+
+
+def test_a_build_shows_counts_on_a_terminal_and_nothing_in_a_log(source, tmp_path):
+    """Indexing and decoding draw a bar with counts when stderr is a terminal (a pseudo-terminal here), and print
+    nothing of it when stderr is a pipe (logs, CI)."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    code = f"import sys\nfrom medvision.cohort.build import build_cohort\nbuild_cohort({str(source)!r}, sys.argv[1])\n"
+    env = {**os.environ, "COLUMNS": "100", "TERM": "xterm"}
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path / "tty")], stdout=follower, stderr=follower, env=env
+    )
+    os.close(follower)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    assert proc.wait(timeout=300) == 0
+    text = seen.decode(errors="replace")
+    assert "indexing" in text and "decoding" in text and "/" in text
+    piped = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "pipe")], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert piped.returncode == 0
+    assert "indexing" not in piped.stderr and "decoding" not in piped.stderr

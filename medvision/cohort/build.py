@@ -28,6 +28,7 @@ from medvision.cohort.labels import join_labels
 from medvision.cohort.logscrub import PATH_WITHHELD, Scrubber, scrubbed_output
 from medvision.cohort.named_values import check_heldout_sets_not_empty, check_named_values, facts_from_rows
 from medvision.cohort.normalise import UNKNOWN, age_band, category, given, sex, site
+from medvision.cohort.progress import counting
 from medvision.cohort.pseudonym import Pseudonymizer, key_fingerprint, resolve_key
 from medvision.cohort.spec import CohortSpec, SpecError, load_spec
 from medvision.cohort.splits import assign_splits
@@ -69,11 +70,13 @@ def build_cohort(spec: CohortSpec | str | Path, out: str | Path, *, new_key: boo
         log.info("indexing %d files under the images folder", len(files))
         indexed: list[IndexedFile] = []
         rejected: list[Rejected] = list(left_out)
-        for item in index_files(root, files, spec.workers, limits):
-            if isinstance(item, IndexedFile):
-                indexed.append(item)
-            else:
-                rejected.append(item)
+        with counting("indexing", len(files)) as advance:
+            for item in index_files(root, files, spec.workers, limits):
+                advance(1)
+                if isinstance(item, IndexedFile):
+                    indexed.append(item)
+                else:
+                    rejected.append(item)
         indexed, duplicates = _unique_instances(indexed, {f: i for i, f in enumerate(entries)})
         rejected += duplicates
         if not indexed:
@@ -93,7 +96,8 @@ def build_cohort(spec: CohortSpec | str | Path, out: str | Path, *, new_key: boo
         cache = PreprocessCache(out / "cache", spec.preprocess)
         cache.remove_temporaries()
         t1 = time.perf_counter()
-        rows, decode_rejects, decoded = fill_cache(rows, root, cache, spec, scrubber)
+        with counting("decoding", int(rows["relpath"].nunique())) as advance:
+            rows, decode_rejects, decoded = fill_cache(rows, root, cache, spec, scrubber, advance)
         rejected += decode_rejects
         t_decode = time.perf_counter() - t1
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -81,7 +82,12 @@ def _decode_file(root: str, relpath: str, frames: list[int], params) -> list[_Ou
 
 
 def fill_cache(
-    rows: pd.DataFrame, root: Path, cache: PreprocessCache, spec: CohortSpec, scrubber: Scrubber | None = None
+    rows: pd.DataFrame,
+    root: Path,
+    cache: PreprocessCache,
+    spec: CohortSpec,
+    scrubber: Scrubber | None = None,
+    advance: Callable[[int], None] | None = None,
 ):
     """Decode every instance of ``rows`` into ``cache``; returns the rows kept (with content and cache keys), the
     files quarantined while decoding, and how many entries were decoded now (not found in the cache)."""
@@ -94,6 +100,8 @@ def fill_cache(
     pending: list[tuple[str, np.ndarray]] = []
     decoded = 0
     for relpath, results in _run_decode(jobs, root, cache, spec, scrubber):
+        if advance is not None:
+            advance(1)
         for fr, sha, key, payload in results:
             if isinstance(payload, str):
                 failures.setdefault(relpath, payload)

@@ -108,6 +108,8 @@ def _from_hub(spec: BackboneSpec, tag: str | None, in_chans: int, kwargs: dict[s
     if moe is not None:
         apply_moe(model, moe, copy_dense=True)  # MoE from hub weights = sparse upcycling of the dense ones
     cfg = model.pretrained_cfg
+    if not isinstance(cfg, dict):  # timm sets it on every model it builds; nn.Module does not declare it
+        raise WeightsError(f"timm model {hub_name!r} has no pretrained_cfg dict to read its licence from")
     record = _record(
         spec,
         model,

@@ -126,7 +126,7 @@ def _timm_passthrough(name: str, arch: str, tag: str) -> BackboneSpec:
     else:
         cfg = timm.models.get_pretrained_cfg(arch)
         has_source = cfg is not None and bool(cfg.hf_hub_id or cfg.url or cfg.file)
-        hub_tag = cfg.tag if has_source and cfg.tag else None
+        hub_tag = cfg.tag if cfg is not None and has_source and cfg.tag else None
     return BackboneSpec(
         name=name,
         arch=arch,

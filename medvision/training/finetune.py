@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import lightning as L
 import torch
@@ -44,6 +45,26 @@ __all__ = ["FinetuneResult", "build_classifier", "finetune"]
 DATAMODULE_FACTS = ("classes", "num_inlier_classes", "num_outlier_classes", "in_chans", "manifest_sha256")
 
 
+@runtime_checkable
+class CohortFactsLike(Protocol):
+    """The cohort facts (:data:`DATAMODULE_FACTS`) a data module must answer; ``isinstance`` checks they exist."""
+
+    @property
+    def classes(self) -> Sequence[str]: ...
+
+    @property
+    def num_inlier_classes(self) -> int: ...
+
+    @property
+    def num_outlier_classes(self) -> int: ...
+
+    @property
+    def in_chans(self) -> int: ...
+
+    @property
+    def manifest_sha256(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class FinetuneResult:
     """What a fine-tuning run produced.
@@ -66,7 +87,7 @@ class FinetuneResult:
     output_dir: Path = Path(".")
 
 
-def build_classifier(config: FinetuneConfig, datamodule: L.LightningDataModule) -> Classifier:
+def build_classifier(config: FinetuneConfig, datamodule: CohortFactsLike) -> Classifier:
     """The network for ``config`` sized from the cohort: ``in_chans``, K classes (HOD: + M outlier logits).
 
     Raises:
@@ -136,8 +157,8 @@ def finetune(
             seed=config.seed,
             augment=config.augment,
         )
-    missing = [a for a in DATAMODULE_FACTS if not hasattr(datamodule, a)]
-    if missing:
+    if not isinstance(datamodule, CohortFactsLike):
+        missing = [a for a in DATAMODULE_FACTS if not hasattr(datamodule, a)]
         raise TypeError(f"{type(datamodule).__name__} lacks the cohort facts {missing}; see finetune()'s docstring")
 
     if config.schedule == "bit-hyperrule":
@@ -149,8 +170,9 @@ def finetune(
     if resolved.trainer.channels_last:
         classifier.to(memory_format=torch.channels_last)  # conv outputs follow the weights' format
     module = FinetuneModule(classifier, resolved.optim)
-    if _takes_feature_path(resolved, datamodule):
-        datamodule = FeatureDataModule(datamodule, classifier.backbone)
+    data: L.LightningDataModule = datamodule
+    if isinstance(datamodule, CohortDataModule) and _takes_feature_path(resolved, datamodule):
+        data = FeatureDataModule(datamodule, classifier.backbone)  # answers the same cohort facts
 
     sha = str(datamodule.manifest_sha256)
     record = classifier.backbone.weights_record
@@ -161,12 +183,12 @@ def finetune(
         "backbone.source": record.source,
         "backbone.sha256": record.sha256,
         "backbone.licence": record.licence,
-        "augment.resolved_preset": getattr(datamodule, "augment_preset", "none"),
-        "data.feature_path": isinstance(datamodule, FeatureDataModule),
+        "augment.resolved_preset": getattr(data, "augment_preset", "none"),
+        "data.feature_path": isinstance(data, FeatureDataModule),
     }
     tracker = _tracker(resolved, tracking_uri, params, sha)
     identity = run_identity(resolved, manifest_sha256=sha)
-    fitted = fit_stage(resolved, module, datamodule, [tracker, *callbacks], ckpt, to_yaml(resolved), identity)
+    fitted = fit_stage(resolved, module, data, [tracker, *callbacks], ckpt, to_yaml(resolved), identity)
     return FinetuneResult(
         run_id=tracker.run_id,
         best_checkpoint=fitted.best_checkpoint,
@@ -188,12 +210,11 @@ def _with_hyperrule(config: FinetuneConfig, datamodule: L.LightningDataModule) -
     )
 
 
-def _takes_feature_path(config: FinetuneConfig, datamodule: L.LightningDataModule) -> bool:
+def _takes_feature_path(config: FinetuneConfig, datamodule: CohortDataModule) -> bool:
     """Frozen backbone, un-augmented images from a cohort: the head can learn from cached features."""
     return (
         config.data.feature_cache
         and config.mode != "full"
-        and isinstance(datamodule, CohortDataModule)
         and datamodule.augment_preset == "none"
         and datamodule.train_transform is None
     )

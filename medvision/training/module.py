@@ -140,12 +140,19 @@ class FinetuneModule(L.LightningModule):
         if self.trainer.world_size == 1:
             return t
         n = torch.tensor([t.shape[0]], device=t.device)
-        sizes = self.all_gather(n).view(-1)
+        sizes = self._all_gather_tensor(n).view(-1)
         pad = int(sizes.max()) - t.shape[0]
         if pad:
             t = torch.cat([t, t.new_zeros((pad, *t.shape[1:]))])
-        gathered = self.all_gather(t)  # (world, max_n, ...)
+        gathered = self._all_gather_tensor(t)  # (world, max_n, ...)
         return torch.cat([gathered[r, : int(sizes[r])] for r in range(gathered.shape[0])])
+
+    def _all_gather_tensor(self, t: Tensor) -> Tensor:
+        """``all_gather`` of one tensor (Lightning types the result as any collection it could gather)."""
+        gathered = self.all_gather(t)
+        if not isinstance(gathered, Tensor):
+            raise TypeError(f"all_gather of a tensor returned a {type(gathered).__name__}, not a tensor")
+        return gathered
 
     # -- optimiser -------------------------------------------------------------------------------
 
@@ -155,6 +162,7 @@ class FinetuneModule(L.LightningModule):
         # Fused kernels (one launch updates every parameter) when the parameters are on a GPU; ``None`` keeps
         # torch's default elsewhere, so CPU runs (and their bit-exact resume) are unchanged.
         fused = True if groups and all(p.is_cuda for g in groups for p in g["params"]) else None
+        opt: torch.optim.Optimizer
         if cfg.name == "sgd":
             opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, fused=fused)
         else:
