@@ -21,9 +21,17 @@ __all__ = ["counting"]
 def counting(label: str, total: int) -> Iterator[Callable[[int], None]]:
     """Yield ``advance(n=1)``; on a terminal it moves a bar "label ━━━━ n/total 0:00:03", elsewhere it does nothing."""
     if total <= 0 or not sys.stderr.isatty():
-        yield lambda n=1: None
+        yield _nothing
         return
     columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(label, total=total)
-        yield lambda n=1: bar.advance(task, n)
+
+        def advance(n: int = 1) -> None:
+            bar.advance(task, n)
+
+        yield advance
+
+
+def _nothing(n: int = 1) -> None:
+    """Not a terminal: nothing to draw."""
