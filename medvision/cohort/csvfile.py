@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["LabelsFileError", "csv_header", "read_csv_table"]
 
@@ -65,6 +67,8 @@ def read_csv_table(path: str | Path, nrows: int | None = None) -> pd.DataFrame:
     Raises:
         LabelsFileError: missing, empty, or not UTF-8.
     """
+    import pandas as pd  # here: the CLI imports this module at start-up, and pandas costs 0.25 s there
+
     path = Path(path)
     line = _first_line(path)
     sep = _separator(path, line)

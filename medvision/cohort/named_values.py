@@ -12,12 +12,15 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import pandas as pd
-
+from medvision.cohort.csvfile import read_csv_table
 from medvision.cohort.label_rules import apply_label_map, filter_rows
 from medvision.cohort.normalise import category
 from medvision.cohort.spec import CohortSpec, SpecError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "CohortFacts",
@@ -151,7 +154,7 @@ def facts_from_labels(spec: CohortSpec) -> CohortFacts | None:
     if lab is None or not lab.csv.is_file():
         return None
     try:
-        table = pd.read_csv(lab.csv, dtype=str, keep_default_na=False)
+        table = read_csv_table(lab.csv)  # the same reading (BOM, separators) as the build's labels join
     except (OSError, ValueError, UnicodeDecodeError):
         return None
     wanted = [*lab.label_columns, *([lab.site_column] if lab.site_column else [])]

@@ -118,6 +118,10 @@ class LabelsSpec(_Strict):
         return self
 
 
+#: Every split a built cohort can hold (evaluation settings name sets from these).
+SPLITS = ("train", "val", "test", "site_ood", "condition_ood", "unlabelled")
+
+
 class SubgroupSpec(_Strict):
     #: Where "site" comes from in DICOM headers when no CSV column gives it. The default copies InstitutionName
     #: verbatim into the manifest, card, metrics and report, so it reveals which hospital the images come from;

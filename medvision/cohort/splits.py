@@ -13,11 +13,9 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from medvision.cohort.spec import SplitSpec
+from medvision.cohort.spec import SPLITS, SplitSpec
 
 __all__ = ["SPLITS", "assign_splits"]
-
-SPLITS = ("train", "val", "test", "site_ood", "condition_ood", "unlabelled")
 
 
 def assign_splits(rows: pd.DataFrame, spec: SplitSpec) -> pd.DataFrame:

@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from medvision.cohort.named_values import CohortFacts, unknown_values
-from medvision.cohort.splits import SPLITS
+from medvision.cohort.spec import SPLITS
 from medvision.config import StrictModel
+
+if TYPE_CHECKING:
+    from medvision.cohort.named_values import CohortFacts
 
 __all__ = ["DeferralCosts", "EvaluationSettings"]
 
@@ -89,6 +91,9 @@ class EvaluationSettings(StrictModel):
         Raises:
             ValueError: one line per unknown value, with what exists and the closest spelling.
         """
+        # imported here: the CLI reads these defaults at start-up, and the check's pandas costs 0.3 s there
+        from medvision.cohort.named_values import unknown_values
+
         problems: list[str] = []
         parts = [p for a in self.subgroups for p in a.split("*")]
         problems += unknown_values("subgroup attribute", "subgroups", parts, facts.attributes, facts.source)
