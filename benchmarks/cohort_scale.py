@@ -148,9 +148,15 @@ def build_once(spec: Path, out: Path, key: str) -> dict:
     load = os.getloadavg()[0]
     proc = ctx.Process(target=_build_child, args=(str(spec), str(out), key, send))
     proc.start()
+    send.close()  # the child holds the only sending end: if it dies, recv() raises instead of waiting forever
     sampler = TreeMemory(proc.pid)
     sampler.start()
-    result = recv.recv()
+    try:
+        result = recv.recv()
+    except EOFError:
+        proc.join()
+        sampler.stop()
+        raise SystemExit(f"the build of {spec} failed (exit code {proc.exitcode}); its traceback is above") from None
     proc.join()
     sampler.stop()
     if proc.exitcode != 0:

@@ -316,13 +316,15 @@ def synthesize(out: Path, kind: Kind, patients: int, seed: int, size: int = 64) 
                 path.parent.mkdir(parents=True, exist_ok=True)
                 uids = _uids(kind, seed, p.index, k)
                 _write_cxr(path, pixels, p, site, k, uids, rng, phi)
-                rows.append({"sop_instance_uid": uids[2], "label": p.label})
-    _write_csv(out / "labels.csv", rows)
+                rows.append({"sop_instance_uid": uids[2], "label": p.label, "_site": site.institution})
+    labels_present = {str(r.get("label", r.get("diagnosis"))) for r in rows}
+    sites_present = {str(r.get("_site", r.get("site"))) for r in rows}
+    _write_csv(out / "labels.csv", [{k: v for k, v in r.items() if k != "_site"} for r in rows])
     (out / "phi_planted.json").write_text(
         json.dumps({k: sorted(v) for k, v in phi.items()}, indent=1, sort_keys=True) + "\n"
     )
     spec = out / "cohort.yaml"
-    spec.write_text(_spec_text(kind, patients, seed, size))
+    spec.write_text(_spec_text(kind, patients, seed, size, labels_present, sites_present))
     return spec
 
 
@@ -664,7 +666,11 @@ def _write_csv(path: Path, rows: list[dict[str, object]]) -> None:
         writer.writerows(rows)
 
 
-def _spec_text(kind: str, patients: int, seed: int, size: int) -> str:
+def _spec_text(
+    kind: str, patients: int, seed: int, size: int, labels_present: set[str], sites_present: set[str]
+) -> str:
+    """The cohort spec of a synthetic cohort. It names only held-out sites and conditions that the draw produced
+    (a small cohort may lack a rare condition), since a build refuses values its data does not have."""
     classes, site = CLASSES[kind], _SITES[kind][_HELDOUT_SITE]
     labels: dict[str, object]
     if kind == "cxr":
@@ -693,9 +699,9 @@ def _spec_text(kind: str, patients: int, seed: int, size: int) -> str:
         "subgroups": {"site_from": "institution", "age_bands": [18, 40, 60, 80]},
         "splits": {
             "seed": seed,
-            "heldout_sites": [site.institution],
-            "heldout_conditions": list(classes[-_N_RARE + 1 :]),
-            "outlier_conditions": [classes[-_N_RARE]],
+            "heldout_sites": [s for s in [site.institution] if s in sites_present],
+            "heldout_conditions": [c for c in classes[-_N_RARE + 1 :] if c in labels_present],
+            "outlier_conditions": [c for c in [classes[-_N_RARE]] if c in labels_present],
         },
         "preprocess": {"size": size, "channels": 1 if kind == "cxr" else 3},
     }
