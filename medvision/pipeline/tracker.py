@@ -3,9 +3,13 @@ reusable (equal keys mean the same result)."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
+import time
 from typing import Any
+
+from mlflow.exceptions import MlflowException
 
 from medvision.tracking.store import get_or_create_experiment, open_client
 
@@ -62,4 +66,15 @@ class Tracker:
         return run.info.run_id
 
     def end(self, run_id: str, ok: bool, killed: bool = False) -> None:
-        self.client.set_terminated(run_id, "FINISHED" if ok else "KILLED" if killed else "FAILED")
+        status = "FINISHED" if ok else "KILLED" if killed else "FAILED"
+        for attempt in range(5):
+            try:
+                self.client.set_terminated(run_id, status)
+                return
+            except MlflowException as e:
+                if "database is locked" not in str(e) or attempt == 4:
+                    raise
+                # SIGTERM can land inside a store write: that session's transaction then stays open (holding SQLite's
+                # write lock) until the session is collected, which rolls it back.
+                gc.collect()
+                time.sleep(0.5 * (attempt + 1))
