@@ -257,8 +257,9 @@ def synthesize(out: Path, kind: Kind, patients: int, seed: int, size: int = 64) 
         ValueError: unknown ``kind``, ``patients`` < 1 or ``size`` outside 16-1024.
         FileExistsError: ``out`` exists and is not empty.
 
-    Example:
-        >>> spec = synthesize(Path("/tmp/synth-cxr"), "cxr", patients=200, seed=0)  # doctest: +SKIP
+    Example (needs real files, a run or the network, so it is shown, not run)::
+
+            spec = synthesize(Path("/tmp/synth-cxr"), "cxr", patients=200, seed=0)
     """
     if kind not in CLASSES:
         raise ValueError(f"kind must be one of {sorted(CLASSES)}, got {kind!r}")

@@ -153,9 +153,10 @@ def read_dicom_header(path: str | Path) -> DicomHeader:
     Raises:
         ImageReadError: the file cannot be opened or is not DICOM.
 
-    Example:
-        >>> read_dicom_header("study/IM0001.dcm").public()["modality"]  # doctest: +SKIP
-        'CR'
+    Example (needs real files, a run or the network, so it is shown, not run)::
+
+            read_dicom_header("study/IM0001.dcm").public()["modality"]
+            # -> 'CR'
     """
     path = Path(path)
     with _opened(path) as fh:
@@ -214,10 +215,11 @@ def read_dicom(path: str | Path, frame: Frame = "middle") -> LoadedImage:
             photometric interpretation, no decoder installed for the transfer syntax (the hint names the pip
             package), or data the decoder rejects.
 
-    Example:
-        >>> img = read_dicom("chest/IM0001.dcm")  # doctest: +SKIP
-        >>> img.pixels.shape, img.meta["photometric"]  # doctest: +SKIP
-        ((1, 2048, 2048), 'MONOCHROME1')
+    Example (needs real files, a run or the network, so it is shown, not run)::
+
+            img = read_dicom("chest/IM0001.dcm")
+            img.pixels.shape, img.meta["photometric"]
+            # -> ((1, 2048, 2048), 'MONOCHROME1')
     """
     path = Path(path)
     with _opened(path) as fh:

@@ -41,9 +41,10 @@ def read_photo(path: str | Path) -> LoadedImage:
         ImageReadError: missing, unreadable, truncated or corrupt file, or a floating-point image whose
             intensity range is undefined.
 
-    Example:
-        >>> read_photo("lesion_0001.jpg").pixels.shape  # doctest: +SKIP
-        (3, 450, 600)
+    Example (needs real files, a run or the network, so it is shown, not run)::
+
+            read_photo("lesion_0001.jpg").pixels.shape
+            # -> (3, 450, 600)
     """
     path = Path(path)
     try:

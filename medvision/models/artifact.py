@@ -60,8 +60,9 @@ def save_backbone(backbone: Backbone, directory: str | Path) -> Path:
     Returns:
         ``directory`` as a Path.
 
-    Example:
-        >>> save_backbone(create_backbone("vit-tiny"), tmp_path / "bb")  # doctest: +SKIP
+    Example (needs real files, a run or the network, so it is shown, not run)::
+
+            save_backbone(create_backbone("vit-tiny"), tmp_path / "bb")
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

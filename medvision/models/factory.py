@@ -274,9 +274,10 @@ def fetch_weights(name: str, to: Path) -> Path:
     Raises:
         WeightsError: ``name`` has no hub weights. HubUnavailableError: this machine cannot download them.
 
-    Example:
-        >>> fetch_weights("bit-m-r50x1", Path("weights/"))  # doctest: +SKIP
-        PosixPath('weights/bit-m-r50x1.safetensors')
+    Example (needs real files, a run or the network, so it is shown, not run)::
+
+            fetch_weights("bit-m-r50x1", Path("weights/"))
+            # -> PosixPath('weights/bit-m-r50x1.safetensors')
     """
     backbone = create_backbone(name, weights="hub")
     to = Path(to)

@@ -5,12 +5,13 @@ REMEDIS starts from ``bit-m-r50x1`` hub weights), the projection head, the Light
 trainer factory (checkpoints, ``resume: auto``, per-epoch seeding) and the MLflow callback, which at the end
 logs the kept backbone as ``mlflow:runs:/RUN_ID/backbone`` for a fine-tuning config to start from.
 
-Example:
-    >>> from medvision.config import load_config
-    >>> cfg = load_config("ssl.yaml", PretrainConfig, ["optim.epochs=2"])  # doctest: +SKIP
-    >>> result = pretrain(cfg)  # doctest: +SKIP
-    >>> result.backbone_uri  # doctest: +SKIP
-    'mlflow:runs:/0123abcd.../backbone'
+Example (needs real files, a run or the network, so it is shown, not run)::
+
+        from medvision.config import load_config
+        cfg = load_config("ssl.yaml", PretrainConfig, ["optim.epochs=2"])
+        result = pretrain(cfg)
+        result.backbone_uri
+        # -> 'mlflow:runs:/0123abcd.../backbone'
 """
 
 from __future__ import annotations

@@ -6,12 +6,13 @@ MLflow callback (one run), then ``trainer.fit`` — resuming from ``last.ckpt`` 
 DDP every process runs this function; only rank 0 writes files outside the checkpoint folder and
 talks to MLflow.
 
-Example:
-    >>> from medvision.config import load_config
-    >>> cfg = load_config("run.yaml", FinetuneConfig, ["optim.epochs=2"])  # doctest: +SKIP
-    >>> result = finetune(cfg)  # doctest: +SKIP
-    >>> result.metrics["val/auroc"]  # doctest: +SKIP
-    0.93
+Example (needs real files, a run or the network, so it is shown, not run)::
+
+        from medvision.config import load_config
+        cfg = load_config("run.yaml", FinetuneConfig, ["optim.epochs=2"])
+        result = finetune(cfg)
+        result.metrics["val/auroc"]
+        # -> 0.93
 """
 
 from __future__ import annotations
