@@ -40,7 +40,6 @@ def _lint(root: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not LINT_IMPORTS.exists(), reason="import-linter is a dev dependency (make install)")
 def test_layer_contract_holds_and_fails_on_a_planted_upward_import(tmp_path):
     copy = tmp_path / "repo"
     shutil.copytree(ROOT / "medvision", copy / "medvision", ignore=shutil.ignore_patterns("__pycache__"))
