@@ -135,6 +135,45 @@ def test_dicomweb_and_dimse_pulls_build_identical_manifests(pacs, env, tmp_path)
     assert cards["dicomweb"]["manifest_sha256"] == cards["dimse"]["manifest_sha256"]
 
 
+def test_dimse_responses_wait_for_the_request_that_asked_for_them(pacs, tmp_path):
+    """pynetdicom's reactor thread can take a C-FIND response meant for the request just sent and drop it
+    (pydicom/pynetdicom#875): under CPU load that cut one match from a search every few hundred. A response
+    parked on our association's queue, as one arriving in that window, must stay there for its request."""
+    from pynetdicom.dimse_primitives import C_FIND
+
+    from medvision.cohort.pacs.dimse import DimseSource
+    from medvision.cohort.spec import PacsSpec
+
+    server = pacs["server"]
+    spec = PacsSpec(
+        protocol="dimse",
+        host="127.0.0.1",
+        port=server.dicom_port,
+        called_aet=CALLED_AET,
+        calling_aet=CALLING_AET,
+        store=tmp_path / "store",
+        query={"modality": ["DX"]},
+        timeout=10,
+    )
+    source = DimseSource(spec)
+    try:
+        studies = source.studies({"ModalitiesInStudy": "DX"})
+        assoc = source._assoc
+        assert studies and assoc is not None and assoc.is_established  # one association serves every search
+        parked = C_FIND()
+        parked.MessageIDBeingRespondedTo, parked.Status = 1, 0xFF00
+        assoc.dimse.msg_queue.put((1, parked))
+        time.sleep(0.3)  # the reactor polls the queue every millisecond between requests
+        assert assoc.dimse.msg_queue.qsize() == 1
+        assoc.dimse.msg_queue.get_nowait()
+        # Every later search on the same association still gets its own, complete answer.
+        refs = [r for st in studies for se, _ in source.series(st, {}) for r in source.instances(st, se)]
+        assert source._assoc is assoc and len({r.sop for r in refs}) == len(refs) > 0
+        assert {r.study for r in refs} == set(studies)
+    finally:
+        source.close()
+
+
 @pytest.mark.slow
 def test_a_killed_pull_resumes_without_downloading_again(pacs, env, tmp_path):
     n = _expected_dx_cr(pacs)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 from collections.abc import Iterable
 
@@ -109,6 +110,7 @@ class DimseSource:
                 raw = assoc.dul.socket.socket if assoc.dul.socket is not None else None
                 if raw is not None:  # always set once the association is established
                     raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                _leave_responses_to_requests(assoc)
                 self._assoc = assoc
                 return assoc
             if assoc.is_rejected:
@@ -161,10 +163,6 @@ class DimseSource:
                         "check that it allows queries from our AE title"
                     )
             if not lost:
-                if not self._classes:
-                    # One association per search: pynetdicom was seen to hand a late response of one C-FIND to
-                    # the next on a reused association ("unexpected C-FIND service message"), shifting answers.
-                    self.close()
                 return found
             self.close()
             if attempt < self.spec.retries:
@@ -202,9 +200,12 @@ class DimseSource:
         return [InstanceRef(study, series, str(d.SOPInstanceUID), str(d.get("SOPClassUID", ""))) for d in found]
 
     def _complete(self, identifier: Dataset, what: str, expected: int | None) -> list[Dataset]:
-        """A search whose answer count must reach what the level above announced. Under load Orthanc 1.10 was
-        seen to answer a SERIES-level C-FIND with one series short; asking again gave the full answer, and a
-        pull that silently drops an instance would be worse than one that fails."""
+        """A search whose answer count must reach what the level above announced.
+
+        Short answers were seen under load before ``_leave_responses_to_requests`` (a dropped response); a
+        series that gains instances while we list it can do the same. Asking again costs one search, and a
+        pull that silently drops an instance would be worse than one that fails.
+        """
         key = {"SERIES": "SeriesInstanceUID", "IMAGE": "SOPInstanceUID"}[str(identifier.QueryRetrieveLevel)]
         for _ in range(self.spec.retries + 1):
             found = list({str(d.get(key, "")): d for d in self._find(identifier, what)}.values())
@@ -246,6 +247,27 @@ class DimseSource:
             if error:
                 raise InstanceFailedError(error)
         raise InstanceFailedError(f"C-GET returned no instance (status 0x{(code or 0):04X})")
+
+
+def _leave_responses_to_requests(assoc: Association) -> None:
+    """Keep the association's reactor thread from taking DIMSE messages off its queue.
+
+    pynetdicom pauses that thread before each request with a check-then-act on a flag, and the thread can
+    slip through between the two: it then takes the first response of the request just sent and drops it
+    ("Received unexpected C-FIND service message", pydicom/pynetdicom#875). Under CPU load that silently cut
+    one match from a search every few hundred searches, or left the request waiting out its timeout. We only
+    ever act as the requestor (C-FIND, and C-GET whose C-STORE sub-operations its own response loop serves),
+    so nothing on this association is for the reactor to serve: its non-blocking polls now see an empty queue,
+    and every response waits for the request that asked for it.
+    """
+    take = assoc.dimse.get_msg
+
+    def get_msg(block: bool = False):
+        if not block and threading.current_thread() is assoc:
+            return None, None
+        return take(block)
+
+    assoc.dimse.get_msg = get_msg  # type: ignore[method-assign]
 
 
 def _count(ds: Dataset, keyword: str) -> int | None:
