@@ -3,8 +3,9 @@ public tags.
 
 Pixels follow the standard's grayscale pipeline (PS3.4 N.2: Modality LUT -> VOI LUT -> polarity) or its colour
 models, so that a model sees what a radiologist's viewer shows rather than raw stored values. Every step that
-pydicom implements is delegated to ``pydicom.pixels``; this module only chooses the steps, picks the frames,
-normalises to ``[0, 1]`` and turns library failures into :class:`ImageReadError`.
+pydicom implements is delegated to ``pydicom.pixels``; this module picks and decodes the frames and turns library
+failures into :class:`ImageReadError`, and :mod:`medvision.io.dicom_pixels` chooses the steps and normalises to
+``[0, 1]``.
 
 The header reader is the fast path for indexing a cohort: it never decodes pixels and keeps patient
 identifiers in fields that :meth:`DicomHeader.public` leaves out, so identifiers stay in the cohort layer.
@@ -29,27 +30,15 @@ from pydicom import dcmread, uid
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
-from pydicom.pixels import (
-    apply_color_lut,
-    apply_modality_lut,
-    apply_voi,
-    apply_windowing,
-    as_pixel_options,
-    convert_color_space,
-    get_decoder,
-)
+from pydicom.pixels import as_pixel_options, get_decoder
 from pydicom.pixels.decoders.base import Decoder
 from pydicom.uid import UID
 
+from medvision.io.dicom_pixels import COLOUR, GRAY, colour_pixels, gray_pixels
 from medvision.io.reader import Frame, ImageHeader, ImageReadError, LoadedImage
 
 __all__ = ["DicomHeader", "DicomReader", "read_dicom", "read_dicom_header"]
 
-_GRAY = ("MONOCHROME1", "MONOCHROME2")
-#: YBR_ICT / YBR_RCT are JPEG 2000's internal component transforms; the codec undoes them while decoding.
-_RGB_AFTER_DECODE = ("RGB", "YBR_ICT", "YBR_RCT")
-_YBR = ("YBR_FULL", "YBR_FULL_422")
-_COLOUR = (*_RGB_AFTER_DECODE, *_YBR, "PALETTE COLOR")
 _PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})  # Float, Double Float and (plain) Pixel Data
 
 #: The pip package giving pydicom a decoder for each compressed transfer syntax (beside ``pylibjpeg``).
@@ -234,11 +223,11 @@ def read_dicom(path: str | Path, frame: Frame = "middle") -> LoadedImage:
         )
     decoder = _decoder(path, ds)
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
-    if photometric not in _GRAY + _COLOUR:
+    if photometric not in GRAY + COLOUR:
         raise ImageReadError(
             path,
             f"photometric interpretation {photometric or '(missing)'!r} is not supported",
-            f"supported: {', '.join(_GRAY + _COLOUR)}; convert the file to one of them",
+            f"supported: {', '.join(GRAY + COLOUR)}; convert the file to one of them",
         )
     count = _frame_count(ds)
     indices = _frame_indices(path, frame, count)
@@ -248,7 +237,7 @@ def read_dicom(path: str | Path, frame: Frame = "middle") -> LoadedImage:
         "the pixel data are corrupt or do not match the header (rows, columns, bits); re-export the file",
     ):
         frames = _frames(ds, decoder, indices)
-        pixels = _gray(ds, frames, photometric) if photometric in _GRAY else _colour(ds, frames, photometric)
+        pixels = gray_pixels(ds, frames, photometric) if photometric in GRAY else colour_pixels(ds, frames, photometric)
     meta: dict[str, object] = {
         "modality": _text(ds, "Modality"), "photometric": photometric, "transfer_syntax": str(decoder.UID),
         "frames": count, "frame": "mean" if indices is None else indices[0], "rows": _int(ds, "Rows"),
@@ -408,113 +397,6 @@ def _frames(ds: Dataset, decoder: Decoder, indices: list[int] | None) -> Iterato
             arr,
             str(changes.get("photometric_interpretation", options["photometric_interpretation"])),
         )
-
-
-# --- grayscale pipeline -------------------------------------------------------------------------------------
-
-_LUT_KEYWORDS = (
-    "PhotometricInterpretation", "BitsAllocated", "BitsStored", "PixelRepresentation", "RescaleSlope",
-    "RescaleIntercept", "RescaleType", "ModalityLUTSequence", "WindowCenter", "WindowWidth", "VOILUTFunction",
-    "VOILUTSequence",
-)  # fmt: skip
-
-
-def _lut_dataset(ds: Dataset, index: int) -> Dataset:
-    """The Modality/VOI LUT attributes in force for frame ``index``.
-
-    Enhanced multi-frame objects keep them in functional groups (shared, then per frame) instead of at the top
-    level; pydicom's LUT functions read the top level only, so the values in force are lifted into a small
-    dataset.
-    """
-    lut = Dataset()
-    for keyword in _LUT_KEYWORDS:
-        if keyword in ds:
-            lut.add(ds[keyword])
-    shared = list(ds.get("SharedFunctionalGroupsSequence") or [])
-    per_frame = list(ds.get("PerFrameFunctionalGroupsSequence") or [])
-    for item in shared[:1] + per_frame[index : index + 1]:  # per-frame values win over shared ones
-        for macro in ("PixelValueTransformationSequence", "FrameVOILUTSequence"):
-            if item.get(macro):
-                for element in item[macro][0]:
-                    lut.add(element)
-    lut.file_meta = ds.file_meta
-    lut.set_original_encoding(*ds.original_encoding)
-    return lut
-
-
-def _voi(values: np.ndarray, lut: Dataset) -> tuple[np.ndarray, tuple[float, float] | None]:
-    """Apply the VOI step; return its output and the output range (``None``: no VOI, use the data range)."""
-    sequence = lut.get("VOILUTSequence")
-    if sequence and "LUTDescriptor" in sequence[0] and "LUTData" in sequence[0]:
-        entries, first, bits = (int(v) for v in sequence[0].LUTDescriptor)
-        # LUT inputs are integers; clip to the table so pydicom's uint16 index arithmetic cannot wrap.
-        inputs = np.clip(np.rint(values), first, first + (entries or 2**16) - 1).astype(np.int64)
-        return apply_voi(inputs, lut, index=0).astype(np.float64), (0.0, 2.0**bits - 1)
-    if lut.get("WindowCenter") not in (None, "") and lut.get("WindowWidth") not in (None, ""):
-        windowed = apply_windowing(values, lut, index=0)
-        # The window's output range [y_min, y_max] is what pydicom maps -inf and +inf to.
-        with np.errstate(over="ignore"):
-            y_low, y_high = apply_windowing(np.array([-1e30, 1e30]), lut, index=0)
-        return windowed, (float(y_low), float(y_high))
-    return np.asarray(values, dtype=np.float64), None
-
-
-def _to_unit(values: np.ndarray, low: float, high: float) -> np.ndarray:
-    if not np.isfinite(high - low) or high == low:
-        return np.zeros_like(values, dtype=np.float64)
-    return np.clip((values - low) / (high - low), 0.0, 1.0)
-
-
-def _gray(ds: Dataset, frames: Iterator[tuple[int, np.ndarray, str]], photometric: str) -> np.ndarray:
-    """Mean over the given frames of the scaled VOI output; frames without VOI share one data range."""
-    scaled_sum: np.ndarray | float = 0.0
-    raw_sum: np.ndarray | float = 0.0
-    n_scaled = n_raw = 0
-    low, high = np.inf, -np.inf
-    for index, arr, _ in frames:
-        if arr.ndim != 2:
-            raise ValueError(f"a {photometric} frame must be 2-D, got shape {arr.shape}")
-        lut = _lut_dataset(ds, index)
-        values, out_range = _voi(apply_modality_lut(arr, lut), lut)
-        if out_range is None:
-            raw_sum, n_raw = raw_sum + values, n_raw + 1
-            low, high = min(low, float(values.min())), max(high, float(values.max()))
-        else:
-            scaled_sum, n_scaled = scaled_sum + _to_unit(values, *out_range), n_scaled + 1
-    if n_raw:  # mean of (v - low) / (high - low) over frames == that of the summed frames
-        scaled_sum = scaled_sum + n_raw * _to_unit(np.asarray(raw_sum) / n_raw, low, high)
-    if n_scaled + n_raw == 0:
-        raise ValueError("the decoder returned no frames")
-    unit = np.asarray(scaled_sum, dtype=np.float64) / (n_scaled + n_raw)
-    if photometric == "MONOCHROME1":
-        unit = 1.0 - unit
-    return unit[None].astype(np.float32)
-
-
-# --- colour -------------------------------------------------------------------------------------------------
-
-
-def _colour(ds: Dataset, frames: Iterator[tuple[int, np.ndarray, str]], photometric: str) -> np.ndarray:
-    if photometric == "PALETTE COLOR":
-        # 8 or 16 bits per table entry (third descriptor value); the tables may add an alpha channel.
-        scale = 2.0 ** int(ds.RedPaletteColorLookupTableDescriptor[2]) - 1
-    else:
-        scale = 2.0 ** int(ds.BitsStored) - 1
-    total: np.ndarray | float = 0.0
-    count = 0
-    for _, arr, decoded_as in frames:
-        if photometric == "PALETTE COLOR":
-            rgb = apply_color_lut(arr, ds)[..., :3]
-        elif decoded_as in _YBR:  # pydicom normally converts YBR while decoding; this covers when it did not
-            rgb = convert_color_space(arr, "YBR_FULL", "RGB")
-        else:
-            rgb = arr
-        if rgb.ndim != 3 or rgb.shape[-1] != 3:
-            raise ValueError(f"a {photometric} frame must be (rows, columns, 3), got shape {rgb.shape}")
-        total, count = total + rgb.astype(np.float64) / scale, count + 1
-    if count == 0:
-        raise ValueError("the decoder returned no frames")
-    return np.clip(np.moveaxis(np.asarray(total) / count, -1, 0), 0.0, 1.0).astype(np.float32)
 
 
 # --- header values ------------------------------------------------------------------------------------------

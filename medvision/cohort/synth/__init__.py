@@ -1,0 +1,190 @@
+"""Synthetic DICOM cohorts: chest X-rays (``cxr``) and dermatology photographs (``derm``).
+
+Every later stage (indexing, pseudonyms, splits, SSL, OOD screening, subgroup audits) needs data with
+the awkward properties of a real archive, and tests may not touch real patients or the network. So a
+cohort written here plants each property on purpose:
+
+* real DICOM (pydicom): 12-bit grayscale with Rescale Slope/Intercept and a window, MONOCHROME1 stored
+  inverted so the *displayed* image is unchanged, RLE Lossless, a few multi-frame objects; RGB VL
+  Photographic objects, and for ``derm`` plain JPEG/PNG photos joined through the labels CSV;
+* class patterns a small CNN learns in about a minute at 64 px, made imperfect by noise and faint cases;
+* patients with 2-4 views of one underlying chest/lesion (positive pairs for MICLe, see the method spec);
+* three sites with their own institution, manufacturer, intensity/noise shift and class priors;
+* sex, age and (``derm``) skin type with missing values, and a planted performance gap: the pattern is
+  fainter and noisier for age 80+ (``cxr``) and skin types 5-6 (``derm``), so a subgroup audit finds it;
+* three rare conditions (about 3 % each): one becomes a training outlier class, two are held out;
+* fake PHI in the headers (names, MRNs, birth dates, accession numbers, referring physicians), all listed
+  in ``phi_planted.json`` so tests can prove that no later output carries them.
+
+Everything is a function of ``seed``: numpy generators only, UIDs derived from the seed, fixed dates,
+no wall-clock time, so the same seed gives byte-identical files.
+
+``plan`` decides who the patients are before any pixel exists, ``pixels`` draws each view and ``dicom``
+writes it the way an archive would; this module lays out the folder, the labels CSV and the spec.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image
+
+from medvision.cohort.synth.dicom import seeded_uids, write_cxr, write_derm
+from medvision.cohort.synth.pixels import draw_view
+from medvision.cohort.synth.plan import CLASSES, HELDOUT_SITE, N_RARE, SITES, Kind, plan_patients
+
+__all__ = ["CLASSES", "Kind", "synthesize"]
+
+_MULTIFRAME_SHARE = 0.03  # cxr images stored as a 3-frame object
+
+
+def synthesize(out: Path, kind: Kind, patients: int, seed: int, size: int = 64) -> Path:
+    """Write a synthetic cohort source folder and return the path of its ``cohort.yaml``.
+
+    Layout: ``images/<site>/s<patient>/i<image>.dcm`` (and ``images/<site>/photos/i<image>.jpg|png`` for
+    derm), ``labels.csv``, ``cohort.yaml`` (relative paths; loads with
+    :func:`medvision.cohort.spec.load_spec`) and ``phi_planted.json``. Names are opaque counters, never PHI.
+
+    Args:
+        out: a folder that does not exist yet or is empty.
+        kind: ``"cxr"`` (DX/CR grayscale, CSV joined on SOPInstanceUID) or ``"derm"`` (VL Photographic
+            RGB plus photos, CSV joined on the file stem, with patient/site/sex/age/skin-type columns).
+        patients: number of patients; about 1.6 images each (35 % have 2-4 images).
+        seed: everything written is a function of it.
+        size: image width and height in pixels.
+
+    Returns:
+        The path of the written ``cohort.yaml``.
+
+    Raises:
+        ValueError: unknown ``kind``, ``patients`` < 1 or ``size`` outside 16-1024.
+        FileExistsError: ``out`` exists and is not empty.
+
+    Example (needs real files, a run or the network, so it is shown, not run)::
+
+            spec = synthesize(Path("/tmp/synth-cxr"), "cxr", patients=200, seed=0)
+    """
+    if kind not in CLASSES:
+        raise ValueError(f"kind must be one of {sorted(CLASSES)}, got {kind!r}")
+    if patients < 1:
+        raise ValueError(f"patients must be at least 1, got {patients}")
+    if not 16 <= size <= 1024:
+        raise ValueError(f"size must lie in 16..1024 pixels, got {size}")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty; remove it or choose a new folder for the synthetic cohort")
+    sites = SITES[kind]
+    plan = plan_patients(kind, patients, seed)
+    rows: list[dict[str, object]] = []
+    phi: dict[str, set[str]] = {
+        k: set() for k in ("patient_names", "patient_ids", "birth_dates", "accession_numbers", "referring_physicians")
+    }
+    counter = 0
+    for p in plan:
+        site = sites[p.site]
+        rng = np.random.default_rng([seed, 1, p.index])  # views, noise and file formats of this patient
+        case_seed = int(rng.integers(2**62))  # the underlying chest/lesion, shared by all views
+        for k in range(p.n_images):
+            counter += 1
+            stem = f"i{counter:06d}"
+            if kind == "derm":
+                pixels = draw_view(kind, p, site, case_seed, rng, size)
+                photo = rng.random() < site.photo
+                rel = (
+                    f"{site.folder}/photos/{stem}.{site.photo_format}"
+                    if photo
+                    else f"{site.folder}/s{p.index:04d}/{stem}.dcm"
+                )
+                path = out / "images" / rel
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if photo:
+                    Image.fromarray(pixels).save(path, quality=90)
+                else:
+                    write_derm(path, pixels, p, site, k, seeded_uids(kind, seed, p.index, k), rng, phi)
+                rows.append(
+                    {
+                        "image": stem,
+                        "patient_id": p.mrn,
+                        "diagnosis": p.label,
+                        "site": site.institution,
+                        "sex": p.sex,
+                        "age": p.age,
+                        "fitzpatrick": p.skin if p.skin_known else "",
+                    }
+                )
+                phi["patient_ids"].add(p.mrn)
+            else:
+                frames = 3 if rng.random() < _MULTIFRAME_SHARE else 1
+                pixels = np.stack([draw_view(kind, p, site, case_seed, rng, size) for _ in range(frames)])
+                path = out / "images" / site.folder / f"s{p.index:04d}" / f"{stem}.dcm"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                uids = seeded_uids(kind, seed, p.index, k)
+                write_cxr(path, pixels, p, site, k, uids, rng, phi)
+                rows.append({"sop_instance_uid": uids[2], "label": p.label, "_site": site.institution})
+    labels_present = {str(r.get("label", r.get("diagnosis"))) for r in rows}
+    sites_present = {str(r.get("_site", r.get("site"))) for r in rows}
+    _write_csv(out / "labels.csv", [{k: v for k, v in r.items() if k != "_site"} for r in rows])
+    (out / "phi_planted.json").write_text(
+        json.dumps({k: sorted(v) for k, v in phi.items()}, indent=1, sort_keys=True) + "\n"
+    )
+    spec = out / "cohort.yaml"
+    spec.write_text(_spec_text(kind, patients, seed, size, labels_present, sites_present))
+    return spec
+
+
+def _write_csv(path: Path, rows: list[dict[str, object]]) -> None:
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _spec_text(
+    kind: str, patients: int, seed: int, size: int, labels_present: set[str], sites_present: set[str]
+) -> str:
+    """The cohort spec of a synthetic cohort. It names only held-out sites and conditions that the draw produced
+    (a small cohort may lack a rare condition), since a build refuses values its data does not have."""
+    classes, site = CLASSES[kind], SITES[kind][HELDOUT_SITE]
+    labels: dict[str, object]
+    if kind == "cxr":
+        labels = {
+            "csv": "labels.csv",
+            "join": "sop_instance_uid",
+            "key_column": "sop_instance_uid",
+            "label_columns": ["label"],
+        }
+    else:
+        labels = {
+            "csv": "labels.csv",
+            "join": "stem",
+            "key_column": "image",
+            "label_columns": ["diagnosis"],
+            "patient_column": "patient_id",
+            "subgroup_columns": {"skin_type": "fitzpatrick"},
+            "site_column": "site",
+            "sex_column": "sex",
+            "age_column": "age",
+        }
+    spec = {
+        "name": f"synth-{kind}",
+        "images": "images",
+        "labels": labels,
+        "subgroups": {"site_from": "institution", "age_bands": [18, 40, 60, 80]},
+        "splits": {
+            "seed": seed,
+            "heldout_sites": [s for s in [site.institution] if s in sites_present],
+            "heldout_conditions": [c for c in classes[-N_RARE + 1 :] if c in labels_present],
+            "outlier_conditions": [c for c in [classes[-N_RARE]] if c in labels_present],
+        },
+        "preprocess": {"size": size, "channels": 1 if kind == "cxr" else 3},
+    }
+    header = (
+        f"# Synthetic {kind} cohort: medvision.cohort.synth.synthesize(kind={kind!r}, patients={patients}, "
+        f"seed={seed}, size={size}).\n# No real patient: every name, ID and date is fake and listed in "
+        "phi_planted.json (keep that file out of any build output).\n"
+    )
+    return header + yaml.safe_dump(spec, sort_keys=False)
