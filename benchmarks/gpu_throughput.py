@@ -25,11 +25,10 @@ import json
 import statistics
 import time
 
-import lightning as L
 import torch
+from _steps import RandomBatches, sync, timed_fit  # benchmarks/_steps.py (run as a script)
 from _timing import alternate, paired_ratios, print_rounds, spread  # benchmarks/_timing.py (run as a script)
-from lightning.pytorch.callbacks import Callback
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 from medvision.engine.config import OptimConfig
@@ -41,44 +40,6 @@ from medvision.training import Classifier, FinetuneModule
 #: Names the issue asks for that the registry may not carry yet, and the timm architecture that stands in
 #: (any timm name passes through medvision's registry unchanged).
 FALLBACK = {"effnet-lite0": "tf_efficientnet_lite0"}
-
-
-class _Batches(Dataset):
-    """``length`` items cycling over a few distinct random images (memory stays small at 224 px)."""
-
-    def __init__(self, length: int, distinct: int, chans: int, size: int, classes: int) -> None:
-        g = torch.Generator().manual_seed(0)
-        self.x = torch.rand(distinct, chans, size, size, generator=g)
-        self.y = torch.randint(0, classes, (distinct,), generator=g)
-        self.length = length
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, i: int) -> dict:
-        return {"image": self.x[i % len(self.x)], "label": self.y[i % len(self.y)]}
-
-
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-class _Clock(Callback):
-    """Wall time from the start of batch ``warmup`` to the end of the last batch (device synchronised)."""
-
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.start, self.end = warmup, 0.0, 0.0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if batch_idx == self.warmup:
-            _sync()
-            self.start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if batch_idx == trainer.num_training_batches - 1:
-            _sync()
-            self.end = time.perf_counter()
 
 
 def resolve_name(name: str) -> str | None:
@@ -103,25 +64,17 @@ def flops_per_image(model: torch.nn.Module, batch: torch.Tensor) -> float:
 
 
 def medvision_round(module: FinetuneModule, loader: DataLoader, args) -> float:
-    clock = _Clock(args.warmup_steps)
-    trainer = L.Trainer(
+    seconds = timed_fit(
+        module,
+        loader,
+        args.warmup_steps,
         accelerator=args.accelerator,
-        devices=1,
         precision=args.precision,
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
         gradient_clip_val=1.0,
         gradient_clip_algorithm="norm",
-        callbacks=[clock],
         deterministic=False,
     )
-    trainer.fit(module, train_dataloaders=loader)
-    return args.steps * args.batch / (clock.end - clock.start)
+    return args.steps * args.batch / seconds
 
 
 def bare_round(
@@ -135,7 +88,7 @@ def bare_round(
     start = 0.0
     for i, batch in enumerate(loader):
         if i == args.warmup_steps:
-            _sync()
+            sync()
             start = time.perf_counter()
         x = batch["image"].to(device, non_blocking=True)
         y = batch["label"].to(device, non_blocking=True)
@@ -146,7 +99,7 @@ def bare_round(
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-    _sync()
+    sync()
     return args.steps * args.batch / (time.perf_counter() - start)
 
 
@@ -171,7 +124,7 @@ def measure(name: str, args, device: torch.device) -> dict:
         bare = torch.compile(bare)
     n = (args.warmup_steps + args.steps) * args.batch
     loader = DataLoader(
-        _Batches(n, min(n, 4 * args.batch), 3, args.size, args.classes),
+        RandomBatches(n, 3, args.size, args.classes, distinct=min(n, 4 * args.batch)),
         batch_size=args.batch,
         shuffle=False,
         drop_last=True,

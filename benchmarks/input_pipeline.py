@@ -19,16 +19,13 @@ import argparse
 import json
 import os
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from _cohorts import synthetic_cohort  # benchmarks/_cohorts.py (run as a script)
 
 from medvision.classifier import Classifier
-from medvision.cohort.build import build_cohort
-from medvision.cohort.synth import synthesize
 from medvision.data.augment import FinetuneAugmentConfig
 from medvision.data.dataset import CohortDataModule
 from medvision.heads import create_head
@@ -81,13 +78,9 @@ def main() -> None:
     ap.add_argument("--channels-last", action="store_true", help="also time the pure step in channels-last")
     args = ap.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="medvision-input-") as tmp:
-        work = Path(tmp)
-        os.environ.setdefault("MEDVISION_PSEUDONYM_KEY", "6d6564766973696f6e2d62656e63682d6b6579")
-        spec = synthesize(work / "source", "derm", patients=args.patients, seed=0, size=args.size)
-        build_cohort(spec, work / "cohort")
+    with synthetic_cohort("derm", args.patients, args.size, prefix="medvision-input-") as cohort:
         dm = CohortDataModule(
-            work / "cohort",
+            cohort,
             batch_size=args.batch,
             num_workers="auto",
             augment=FinetuneAugmentConfig(preset="photo"),

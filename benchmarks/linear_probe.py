@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _cohorts import synthetic_cohort  # benchmarks/_cohorts.py (run as a script)
 from lightning.pytorch.callbacks import Callback
 
-from medvision.cohort.build import build_cohort
 from medvision.cohort.cohort import open_cohort
-from medvision.cohort.synth import synthesize
 from medvision.config import parse_config
 from medvision.engine.features import FeatureCache
 from medvision.models import create_backbone
@@ -70,15 +68,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     args = ap.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="medvision-linear-probe-") as tmp:
-        work = Path(tmp)
-        os.environ.setdefault("MEDVISION_PSEUDONYM_KEY", "6d6564766973696f6e2d62656e63682d6b6579")
-        spec = synthesize(work / "source", "derm", patients=args.patients, seed=0, size=args.size)
-        build_cohort(spec, work / "cohort")
-        cohort = open_cohort(work / "cohort")
+    with synthetic_cohort("derm", args.patients, args.size, prefix="medvision-linear-probe-") as cohort_dir:
+        work = cohort_dir.parent  # run outputs and the MLflow store go beside the cohort, deleted with it
+        cohort = open_cohort(cohort_dir)
 
-        slow, slow_s = _run(work / "cohort", work, args, feature_cache=False)
-        fast, fast_s = _run(work / "cohort", work, args, feature_cache=True)
+        slow, slow_s = _run(cohort_dir, work, args, feature_cache=False)
+        fast, fast_s = _run(cohort_dir, work, args, feature_cache=True)
         # The cached side's fit embedded the images before training started; charge that cost to it.
         embed_s = _embed_seconds(cohort, args)
         n_train = len(cohort.rows("train"))

@@ -21,10 +21,9 @@ import json
 import statistics
 import time
 
-import lightning as L
 import torch
+from _steps import sync, timed_fit  # benchmarks/_steps.py (run as a script)
 from _timing import alternate, paired_ratios, print_rounds, spread  # benchmarks/_timing.py (run as a script)
-from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, Dataset
 
 from medvision.engine.schedule import WarmupCosine
@@ -47,27 +46,6 @@ class _Pairs(Dataset):
         return {"view1": self.v1[i], "view2": self.v2[i], "multi_instance": torch.tensor(1.0)}
 
 
-class _Timer(Callback):
-    """Seconds from the start of batch ``skip`` to the end of the last batch."""
-
-    def __init__(self, skip: int) -> None:
-        self.skip, self.t0, self.t1 = skip, 0.0, 0.0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if batch_idx == self.skip:
-            _sync()
-            self.t0 = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        _sync()
-        self.t1 = time.perf_counter()
-
-
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 def _module(args, optim: PretrainOptimConfig) -> PretrainModule:
     torch.manual_seed(0)
     backbone = create_backbone(args.backbone, "none", args.chans)
@@ -76,24 +54,15 @@ def _module(args, optim: PretrainOptimConfig) -> PretrainModule:
 
 
 def run_lightning(args, loader: DataLoader, optim: PretrainOptimConfig) -> float:
-    module = _module(args, optim)
-    timer = _Timer(args.skip)
-    trainer = L.Trainer(
+    seconds = timed_fit(
+        _module(args, optim),
+        loader,
+        args.skip,
         accelerator=args.accelerator,
-        devices=1,
         precision=args.precision,
-        max_epochs=1,
         limit_train_batches=args.steps,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[timer],
     )
-    trainer.fit(module, train_dataloaders=loader)
-    return (args.steps - args.skip) * 2 * args.batch / (timer.t1 - timer.t0)
+    return (args.steps - args.skip) * 2 * args.batch / seconds
 
 
 def run_bare(args, loader: DataLoader, optim: PretrainOptimConfig) -> float:
@@ -117,7 +86,7 @@ def run_bare(args, loader: DataLoader, optim: PretrainOptimConfig) -> float:
         if i == args.steps:
             break
         if i == args.skip:
-            _sync()
+            sync()
             t0 = time.perf_counter()
         v1, v2 = batch["view1"].to(device), batch["view2"].to(device)
         with autocast:
@@ -128,7 +97,7 @@ def run_bare(args, loader: DataLoader, optim: PretrainOptimConfig) -> float:
         opt.step()
         sched.step()
         _ = loss.detach()  # the Lightning side keeps the loss for epoch logging; no host sync here either
-    _sync()
+    sync()
     return (args.steps - args.skip) * 2 * args.batch / (time.perf_counter() - t0)
 
 

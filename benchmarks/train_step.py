@@ -24,11 +24,10 @@ import json
 import statistics
 import time
 
-import lightning as L
 import torch
+from _steps import RandomBatches, timed_fit  # benchmarks/_steps.py (run as a script)
 from _timing import alternate, paired_ratios, print_rounds, spread  # benchmarks/_timing.py (run as a script)
-from lightning.pytorch.callbacks import Callback
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from medvision.config import parse_config
 from medvision.engine.schedule import WarmupCosine
@@ -37,53 +36,17 @@ from medvision.models import create_backbone
 from medvision.training import Classifier, FinetuneConfig, FinetuneModule
 
 
-class _Batches(Dataset):
-    def __init__(self, n: int, chans: int, size: int, classes: int) -> None:
-        g = torch.Generator().manual_seed(0)
-        self.x = torch.rand(n, chans, size, size, generator=g)
-        self.y = torch.randint(0, classes, (n,), generator=g)
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"image": self.x[i], "label": self.y[i]}
-
-
-class _Clock(Callback):
-    """Wall time from the start of batch ``warmup`` to the end of the last batch."""
-
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.start, self.end = warmup, 0.0, 0.0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if batch_idx == self.warmup:
-            self.start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.end = time.perf_counter()
-
-
 def medvision_round(classifier: Classifier, cfg: FinetuneConfig, loader: DataLoader, warmup: int) -> float:
-    clock = _Clock(warmup)
-    trainer = L.Trainer(
+    seconds = timed_fit(
+        FinetuneModule(classifier, cfg.optim),
+        loader,
+        warmup,
         accelerator="cpu",
-        devices=1,
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
         gradient_clip_val=cfg.optim.grad_clip,
         gradient_clip_algorithm="norm",
-        callbacks=[clock],
         deterministic=False,
     )
-    trainer.fit(FinetuneModule(classifier, cfg.optim), train_dataloaders=loader)
-    timed = len(loader) - warmup
-    return timed * loader.batch_size / (clock.end - clock.start)
+    return (len(loader) - warmup) * loader.batch_size / seconds
 
 
 def bare_round(
@@ -140,7 +103,7 @@ def main() -> None:
     bare.reset_classifier(args.classes)
     mean, std = backbone.mean.clone(), backbone.std.clone()
     n = (args.steps + args.warmup) * args.batch
-    loader = DataLoader(_Batches(n, args.chans, args.size, args.classes), batch_size=args.batch, shuffle=False)
+    loader = DataLoader(RandomBatches(n, args.chans, args.size, args.classes), batch_size=args.batch, shuffle=False)
 
     rates = alternate(
         {
