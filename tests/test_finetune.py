@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -233,6 +234,15 @@ def test_linear_and_locked_modes_train_only_head_and_adapter(tmp_path, mode):
     assert changed, "nothing trained"
     assert all(k.startswith(("head.", "adapter.")) for k in changed), sorted(changed)
     assert any(k.startswith("adapter.") for k in changed) == (mode == "locked")
+
+
+def test_a_frozen_backbone_trains_without_lightnings_eval_mode_warning(tmp_path):
+    # The frozen backbone is in eval mode on purpose; Lightning's warning about it has nothing for the user to do.
+    raw = _config(Path("unused"), tmp_path, "frozen", mode="linear", optim={"lr": 0.1, "epochs": 1}, resume="never")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        finetune(parse_config(raw, FinetuneConfig), datamodule=_ToyData())
+    assert not [str(w.message) for w in caught if "eval mode" in str(w.message)]
 
 
 @pytest.mark.slow

@@ -17,7 +17,9 @@ Example (needs real files, a run or the network, so it is shown, not run)::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -189,7 +191,8 @@ def finetune(
     }
     tracker = _tracker(resolved, tracking_uri, params, sha)
     identity = run_identity(resolved, manifest_sha256=sha)
-    fitted = fit_stage(resolved, module, data, [tracker, *callbacks], ckpt, to_yaml(resolved), identity)
+    with _frozen_backbone_is_meant(classifier.freeze_backbone):
+        fitted = fit_stage(resolved, module, data, [tracker, *callbacks], ckpt, to_yaml(resolved), identity)
     return FinetuneResult(
         run_id=tracker.run_id,
         best_checkpoint=fitted.best_checkpoint,
@@ -241,3 +244,16 @@ def _tracker(config: FinetuneConfig, tracking_uri: str, params: dict, manifest_s
         tags={"medvision.stage": "finetune", "cohort.manifest_sha256": manifest_sha256},
         texts={"config.yaml": to_yaml(config), "cohort/manifest_sha256.txt": manifest_sha256 + "\n"},
     )
+
+
+@contextmanager
+def _frozen_backbone_is_meant(frozen: bool) -> Iterator[None]:
+    """Lightning warns when modules start training in eval mode. A frozen backbone (``linear`` / ``locked``) is
+    kept in eval mode on purpose, so its batch-norm statistics stay the pretrained ones: for those runs the warning
+    (one line per stage, naming hundreds of modules) has nothing for the user to do. Full fine-tunes keep it."""
+    if not frozen:
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
+        yield
