@@ -114,6 +114,7 @@ def test_demo_pipeline_end_to_end_with_every_report_section_and_no_phi(workdir, 
     assert model["sets"]["test"]["auroc_kind"].startswith("macro one-vs-rest over")
     assert {g["group"] for g in model["ood"]["by_group"]} == {"dermatofibroma", "psoriasis"}  # the demo's held-out
     assert "What was tested: held-out site(s)" in dom and "macro one-vs-rest over" in dom
+    assert "ECE on every evaluation set" in dom and "On 'site_ood'. Points on the diagonal" in dom
 
     # the same model through the CLI: evaluate a run, then render its report
     run_id = result.outputs["hod"].run_ids[-1]

@@ -528,6 +528,15 @@ def _study(**over) -> StudySection:
                 "ece": [0.12, 0.045, 0.069, 0.107],
             }
         ),  # fmt: skip
+        "reliability": pd.DataFrame(
+            {
+                "eval_set": ["test"] * 2 + ["site_ood"] * 2,
+                "method": ["uncalibrated"] * 4,
+                "confidence": [0.6, 0.9] * 2,
+                "accuracy": [0.55, 0.85, 0.3, 0.6],
+                "count": [40, 60, 20, 30],
+            }
+        ),  # fmt: skip
         "label_shift": pd.DataFrame(
             {"metric": ["accuracy", "ece"], "before": [0.54, 0.05], "after": [0.16, 0.30], "change": [-0.38, 0.25]}
         ),
@@ -571,6 +580,27 @@ def test_the_summary_names_what_was_tested_in_headless_chromium(tmp_path: Path) 
     assert "p(x|y) fixed" in summary
     # OOD per held-out condition
     assert "By outlier group: df 0.91 (30 images), vasc 0.55 (9 images)" in summary
+
+
+def test_calibration_section_covers_every_set_and_the_label_shift_comparison(tmp_path: Path) -> None:
+    full = full_context(ece=0.045)
+    plain = render_report(full, tmp_path / "plain.html")
+    base_imgs = _parse(plain.read_text(encoding="utf-8")).imgs["calibration"]
+    out = render_report(full.model_copy(update={"study": _study()}), tmp_path / "study.html")
+    page = _parse(out.read_text(encoding="utf-8"))
+    text = " ".join(page.text["calibration"].split())
+    assert "ECE on every evaluation set" in text
+    cells = text.replace(" ", "")  # table cells come out of the parser without separators
+    assert "test0.1200.045" in cells and "site_ood0.0690.107" in cells
+    # test's diagram is the one above; the held-out site gets its own
+    assert "On 'site_ood'. Points on the diagonal" in text and "On 'test'." not in text
+    assert page.imgs["calibration"] == base_imgs + 1
+    # an adjustment that hurts is shown as the failure it is
+    assert "makes things worse" in text and "not to be used" in text and "accuracy0.5400.160" in cells
+    helpful = pd.DataFrame({"metric": ["accuracy", "ece"], "before": [0.54, 0.10], "after": [0.60, 0.05]})
+    out = render_report(full.model_copy(update={"study": _study(label_shift=helpful)}), tmp_path / "helpful.html")
+    text = " ".join(_parse(out.read_text(encoding="utf-8")).text["calibration"].split())
+    assert "EM estimate of its class prior" in text and "makes things worse" not in text
 
 
 def test_no_reassuring_transfer_sentence_when_in_distribution_is_at_chance() -> None:

@@ -260,7 +260,7 @@ def _data_efficiency(models: list[dict[str, Any]], sets: list[str]) -> DataEffic
 def _study(model: dict[str, Any], doc: dict[str, Any], card: dict[str, Any]) -> StudySection:
     """What was held out and what each number is, per set, from metrics.json and the card."""
     classes = list(model["classes"])
-    per_set, prevalence, calibration = [], [], []
+    per_set, prevalence, calibration, reliability = [], [], [], []
     for set_name, m in model["sets"].items():
         counts = m.get("class_counts") or []
         total = sum(counts)
@@ -282,6 +282,7 @@ def _study(model: dict[str, Any], doc: dict[str, Any], card: dict[str, Any]) -> 
         )
     for set_name, cal in (model.get("calibration_by_set") or {}).items():
         calibration += [{"eval_set": set_name, "method": r["method"], "ece": r["ece"]} for r in cal["metrics"]]
+        reliability += [{"eval_set": set_name, **r} for r in cal.get("reliability") or []]
     shift = model.get("label_shift") or {}
     ood = model.get("ood") or {}
     costs = (doc.get("settings") or {}).get("costs")
@@ -298,6 +299,7 @@ def _study(model: dict[str, Any], doc: dict[str, Any], card: dict[str, Any]) -> 
         per_set=pd.DataFrame(per_set),
         prevalence=pd.DataFrame(prevalence),
         calibration=pd.DataFrame(calibration),
+        reliability=pd.DataFrame(reliability),
         label_shift=pd.DataFrame(shift.get("comparison") or []),
         ood_by_group=pd.DataFrame(ood.get("by_group") or []),
         costs=_cost_rows(costs) if costs else None,

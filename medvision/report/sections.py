@@ -16,7 +16,8 @@ import pandas as pd
 
 from medvision.report import figures
 from medvision.report.context import SALIENCY_CATEGORIES, ReportContext
-from medvision.report.summary import Summary, metric_label, summarize
+from medvision.report.study import StudySection
+from medvision.report.summary import Summary, label_shift_hurts, metric_label, summarize
 
 __all__ = ["section_blocks"]
 
@@ -233,7 +234,60 @@ def _calibration(ctx: ReportContext) -> list[dict]:
                 "Points on the diagonal are perfectly calibrated; larger markers are bins holding more images.",
             )
         )
+    if ctx.study is not None:
+        blocks += _calibration_by_set(ctx.study, c.eval_set) + _label_shift_table(ctx.study)
     return blocks
+
+
+def _calibration_by_set(st: StudySection, shown: str) -> list[dict]:
+    """ECE on every evaluation set and their reliability diagrams: a model calibrated on test can be badly off at
+    a held-out site, and the table above covers one set only."""
+    cal, blocks = st.frame("calibration"), []
+    if not cal.empty and cal["eval_set"].nunique() > 1:
+        methods = list(dict.fromkeys(cal["method"].astype(str)))
+        ece = {(str(r.eval_set), str(r.method)): r.ece for r in cal.itertuples()}
+        sets = list(dict.fromkeys(cal["eval_set"].astype(str)))
+        blocks.append(
+            _table(
+                "ECE on every evaluation set",
+                ["evaluation set", *(f"ECE, {m}" for m in methods)],
+                ([s, *(_f(ece.get((s, m))) for m in methods)] for s in sets),
+            )
+        )
+    rel = st.frame("reliability")
+    for set_name, group in rel.groupby("eval_set", sort=False) if not rel.empty else ():
+        if str(set_name) == shown:
+            continue
+        blocks.append(
+            _figure(
+                figures.calibration_reliability(group.drop(columns="eval_set")),
+                f"Reliability diagram on '{set_name}': observed accuracy against mean confidence per bin",
+                f"On '{set_name}'. Points on the diagonal are perfectly calibrated; larger markers hold more images.",
+            )
+        )
+    return blocks
+
+
+def _label_shift_table(st: StudySection) -> list[dict]:
+    """The label-shift comparison from ``metrics.json``; when the adjustment hurts, the caption says its adjusted
+    numbers are evidence that its assumption fails, not numbers to use."""
+    table = st.frame("label_shift")
+    if table.empty:
+        return []
+    where = f"'{st.label_shift_set}'"
+    caption = (
+        f"Label-shift adjustment at {where} makes things worse: its assumption (p(x|y) fixed) fails there, so the "
+        "adjusted column shows the failure and is not to be used"
+        if label_shift_hurts(table)
+        else f"Label-shift adjustment at {where} (EM estimate of its class prior)"
+    )
+    return [
+        _table(
+            caption,
+            ["metric", "without adjustment", "with adjustment"],
+            ([str(r["metric"]), _f(r["before"]), _f(r["after"])] for _, r in table.iterrows()),
+        )
+    ]
 
 
 def _outliers_named(ctx: ReportContext) -> str:

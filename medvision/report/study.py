@@ -26,6 +26,7 @@ class StudySection(BaseModel):
             ``abstention_excluded`` (images of abstention classes left out).
         prevalence: ``eval_set``, ``class``, ``share`` — class shares per set (site gaps need them).
         calibration: ``eval_set``, ``method``, ``ece`` — raw and temperature-scaled ECE per set.
+        reliability: ``eval_set``, ``method``, ``confidence``, ``accuracy``, ``count`` — reliability bins per set.
         label_shift: ``metric``, ``before``, ``after`` — on ``label_shift_set``, without and with the EM prior.
         ood_by_group: ``detector``, ``group``, ``n_images``, ``auroc`` — each held-out condition (or outlier set).
         costs: ``outcome``, ``cost`` — the deferral cost table behind "mean cost".
@@ -45,6 +46,7 @@ class StudySection(BaseModel):
     per_set: Any = None
     prevalence: Any = None
     calibration: Any = None
+    reliability: Any = None
     label_shift: Any = None
     ood_by_group: Any = None
     costs: Any = None

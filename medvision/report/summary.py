@@ -15,7 +15,7 @@ import pandas as pd
 
 from medvision.report.context import ReportContext
 
-__all__ = ["Finding", "Summary", "summarize"]
+__all__ = ["Finding", "Summary", "label_shift_hurts", "summarize"]
 
 _METRIC_NAMES = {
     "auroc": "AUROC",
@@ -247,6 +247,18 @@ def _operating_point(ctx: ReportContext, out: Summary) -> None:
     out.findings.append(Finding("operating_point", text, concern=bool(collapses)))
 
 
+def label_shift_hurts(table: pd.DataFrame) -> bool:
+    """Whether the EM prior adjustment lowered accuracy or raised ECE by more than 0.01: then its assumption
+    (p(x|y) the same at both places) fails, and the summary and the calibration section both say so."""
+    rows = table.set_index("metric") if "metric" in table else pd.DataFrame()
+    acc = rows.loc["accuracy"] if "accuracy" in rows.index else None
+    ece = rows.loc["ece"] if "ece" in rows.index else None
+    return bool(
+        (acc is not None and acc["after"] < acc["before"] - 0.01)
+        or (ece is not None and ece["after"] > ece["before"] + 0.01)
+    )
+
+
 def _label_shift(ctx: ReportContext, out: Summary) -> None:
     """The EM prior adjustment's effect; when it makes things worse, its assumption fails and it is not offered."""
     st = ctx.study
@@ -264,9 +276,7 @@ def _label_shift(ctx: ReportContext, out: Summary) -> None:
         parts.append(f"accuracy {acc['before']:.2f} → {acc['after']:.2f}")
     if ece is not None:
         parts.append(f"ECE {ece['before']:.3f} → {ece['after']:.3f}")
-    worse = (acc is not None and acc["after"] < acc["before"] - 0.01) or (
-        ece is not None and ece["after"] > ece["before"] + 0.01
-    )
+    worse = label_shift_hurts(table)
     if worse:
         text = (
             f"Label-shift adjustment makes things worse at {where} ({', '.join(parts)}): its assumption — the "
