@@ -207,6 +207,7 @@ def test_a_pipeline_run_makes_no_network_connection_and_writes_no_telemetry_id(t
     assert not log.exists(), log.read_text()
     assert not (tmp_path / "home" / ".config" / "mlflow").exists()
     assert (tmp_path / "out" / "report" / "report.html").exists()  # the guard did not stop the study itself
+    assert "Validating input example" not in done.stderr  # MLflow's per-model INFO line stays out of the terminal
 
 
 # -- 13.11 unsafe deserialisation -----------------------------------------------------------------

@@ -27,7 +27,8 @@ def run_guarded(fn: Callable[[], T]) -> T:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     # Lightning prints through its own handler; propagating too would print each line twice.
     logging.getLogger("lightning.pytorch").propagate = False
-    for noisy in ("mlflow.store.db.utils", "alembic"):
+    # Store migrations, and MLflow's "Validating input example against model signature" once per logged model.
+    for noisy in ("mlflow.store.db.utils", "alembic", "mlflow.pyfunc"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     _quiet_third_party_advice()
     try:
