@@ -9,7 +9,7 @@ request at a time; and 4 concurrent requests vs 1. Only complete rounds are time
 can lose a response or its association under CPU load (pydicom/pynetdicom#875), and such rounds are counted
 as failed. Prints a table, then one JSON object as the last line.
 
-    .venv/bin/python benchmarks/pacs_pull.py [--patients 200] [--size 256] [--repeats 2]
+    .venv/bin/python benchmarks/pacs_pull.py [--patients 200] [--size 256] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -103,21 +103,26 @@ def plain_dimse(server, out: Path, classes: list[str]) -> int:
             setattr(q, k, v)
         return [i for s, i in assoc.send_c_find(q, FIND) if s and s.Status in (0xFF00, 0xFF01) and i]
 
-    studies = {
-        d.StudyInstanceUID for m in ("DX", "CR") for d in find("STUDY", StudyInstanceUID="", ModalitiesInStudy=m)
-    }
-    for study in sorted(studies):
-        for se in find("SERIES", StudyInstanceUID=study, SeriesInstanceUID="", Modality=""):
-            for inst in find(
-                "IMAGE", StudyInstanceUID=study, SeriesInstanceUID=se.SeriesInstanceUID, SOPInstanceUID=""
-            ):
-                q = Dataset()
-                q.QueryRetrieveLevel = "IMAGE"
-                q.StudyInstanceUID, q.SeriesInstanceUID = study, se.SeriesInstanceUID
-                q.SOPInstanceUID = inst.SOPInstanceUID
-                for _ in assoc.send_c_get(q, GET):
-                    pass
-    assoc.release()
+    try:
+        studies = {
+            d.StudyInstanceUID for m in ("DX", "CR") for d in find("STUDY", StudyInstanceUID="", ModalitiesInStudy=m)
+        }
+        for study in sorted(studies):
+            for se in find("SERIES", StudyInstanceUID=study, SeriesInstanceUID="", Modality=""):
+                for inst in find(
+                    "IMAGE", StudyInstanceUID=study, SeriesInstanceUID=se.SeriesInstanceUID, SOPInstanceUID=""
+                ):
+                    q = Dataset()
+                    q.QueryRetrieveLevel = "IMAGE"
+                    q.StudyInstanceUID, q.SeriesInstanceUID = study, se.SeriesInstanceUID
+                    q.SOPInstanceUID = inst.SOPInstanceUID
+                    for _ in assoc.send_c_get(q, GET):
+                        pass
+    finally:  # a failed round must not leave its association open into the next one
+        if assoc.is_established:
+            assoc.release()
+        else:
+            assoc.abort()
     return len(list(out.glob("*.dcm")))  # what arrived: a response lost to pynetdicom#875 goes missing here
 
 
@@ -132,7 +137,7 @@ def _best(fn, repeats: int) -> tuple[float, int]:
 
 
 def _ratio(a: float, b: float) -> float | None:
-    return round(a / b, 3) if b > 0 else None  # None: the baseline never completed a round
+    return round(a / b, 3) if a > 0 and b > 0 else None  # None: a side never completed a round
 
 
 def main() -> None:

@@ -137,8 +137,10 @@ def test_dicomweb_and_dimse_pulls_build_identical_manifests(pacs, env, tmp_path)
 
 def test_dimse_responses_wait_for_the_request_that_asked_for_them(pacs, tmp_path):
     """pynetdicom's reactor thread can take a C-FIND response meant for the request just sent and drop it
-    (pydicom/pynetdicom#875): under CPU load that cut one match from a search every few hundred. A response
-    parked on our association's queue, as one arriving in that window, must stay there for its request."""
+    (pydicom/pynetdicom#875): under CPU load that cut one match from a search every few hundred. And its response
+    loops take whatever comes next, so a late answer to an earlier request would shift every later answer. A
+    stale response parked on our association's queue must neither be taken by the reactor nor be read as an
+    answer to the searches that follow."""
     from pynetdicom.dimse_primitives import C_FIND
 
     from medvision.cohort.pacs.dimse import DimseSource
@@ -157,19 +159,19 @@ def test_dimse_responses_wait_for_the_request_that_asked_for_them(pacs, tmp_path
     )
     source = DimseSource(spec)
     try:
-        studies = source.studies({"ModalitiesInStudy": "DX"})
+        studies = source.studies({"ModalitiesInStudy": "DX"})  # the source's first request: message ID 1
         assoc = source._assoc
         assert studies and assoc is not None and assoc.is_established  # one association serves every search
-        parked = C_FIND()
-        parked.MessageIDBeingRespondedTo, parked.Status = 1, 0xFF00
-        assoc.dimse.msg_queue.put((1, parked))
+        late = C_FIND()  # a pending match with no identifier: read as an answer, it would fail the next search
+        late.MessageIDBeingRespondedTo, late.Status = 1, 0xFF00
+        assoc.dimse.msg_queue.put((1, late))
         time.sleep(0.3)  # the reactor polls the queue every millisecond between requests
         assert assoc.dimse.msg_queue.qsize() == 1
-        assoc.dimse.msg_queue.get_nowait()
-        # Every later search on the same association still gets its own, complete answer.
+        # Every later search on the same association gets its own, complete answer; the late one is dropped.
         refs = [r for st in studies for se, _ in source.series(st, {}) for r in source.instances(st, se)]
         assert source._assoc is assoc and len({r.sop for r in refs}) == len(refs) > 0
         assert {r.study for r in refs} == set(studies)
+        assert assoc.dimse.msg_queue.empty()
     finally:
         source.close()
 

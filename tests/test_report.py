@@ -575,9 +575,9 @@ def test_the_summary_names_what_was_tested_in_headless_chromium(tmp_path: Path) 
     assert "ECE 0.120 raw and 0.045 temperature-scaled" in summary and "chosen on validation" in summary
     assert "ECE per evaluation set: 'test' 0.045, 'site_ood' 0.107" in summary
     assert "poorly calibrated on 'site_ood'" in summary
-    # label shift that makes things worse is a warning, and its adjusted numbers are not offered
+    # label shift that makes things worse is a warning not to use its adjusted numbers
     assert "Label-shift adjustment makes things worse at 'site_ood' (accuracy 0.54 → 0.16" in summary
-    assert "p(x|y) fixed" in summary
+    assert "p(x|y) fixed" in summary and "do not use the adjusted numbers" in summary
     # OOD per held-out condition
     assert "By outlier group: df 0.91 (30 images), vasc 0.55 (9 images)" in summary
 

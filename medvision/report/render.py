@@ -46,7 +46,7 @@ NOT_RUN_NOTES: dict[str, str] = {
     "performance": "Not run in this pipeline. To get it, evaluate the model on the test split and on held-out "
     "sites (declare them with splits.heldout_sites in the cohort spec).",
     "calibration": "Not run in this pipeline. To get it, evaluate with calibration on: temperature scaling is "
-    "fitted on validation, and NLL, Brier and ECE are measured on test.",
+    "fitted on validation, and NLL, Brier and ECE are measured on test and on every other scored set.",
     "ood": "Not run in this pipeline. To get it, train a HOD head or choose a post-hoc detector, and hold out "
     "conditions (splits.heldout_conditions in the cohort spec) so there are unseen outliers to test on.",
     "subgroups": "Not run in this pipeline. To get it, record subgroup attributes in the cohort (sex, age band, "

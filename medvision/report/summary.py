@@ -260,7 +260,8 @@ def label_shift_hurts(table: pd.DataFrame) -> bool:
 
 
 def _label_shift(ctx: ReportContext, out: Summary) -> None:
-    """The EM prior adjustment's effect; when it makes things worse, its assumption fails and it is not offered."""
+    """The EM prior adjustment's effect; when it makes things worse, its assumption fails and the adjusted
+    numbers are evidence of that, not numbers to use."""
     st = ctx.study
     if st is None:
         return
@@ -280,8 +281,8 @@ def _label_shift(ctx: ReportContext, out: Summary) -> None:
     if worse:
         text = (
             f"Label-shift adjustment makes things worse at {where} ({', '.join(parts)}): its assumption — the "
-            "images of each class look the same at both sites, p(x|y) fixed — fails here, so the adjusted "
-            "numbers are not offered."
+            "images of each class look the same at both sites, p(x|y) fixed — fails here: do not use the "
+            "adjusted numbers."
         )
     else:
         text = f"Adjusting for the class mix at {where} (EM estimate of its prior): {', '.join(parts)}."

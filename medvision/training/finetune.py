@@ -191,7 +191,7 @@ def finetune(
     }
     tracker = _tracker(resolved, tracking_uri, params, sha)
     identity = run_identity(resolved, manifest_sha256=sha)
-    with _frozen_backbone_is_meant(classifier.freeze_backbone):
+    with _frozen_backbone_is_meant(classifier):
         fitted = fit_stage(resolved, module, data, [tracker, *callbacks], ckpt, to_yaml(resolved), identity)
     return FinetuneResult(
         run_id=tracker.run_id,
@@ -247,11 +247,16 @@ def _tracker(config: FinetuneConfig, tracking_uri: str, params: dict, manifest_s
 
 
 @contextmanager
-def _frozen_backbone_is_meant(frozen: bool) -> Iterator[None]:
+def _frozen_backbone_is_meant(classifier: Classifier) -> Iterator[None]:
     """Lightning warns when modules start training in eval mode. A frozen backbone (``linear`` / ``locked``) is
     kept in eval mode on purpose, so its batch-norm statistics stay the pretrained ones: for those runs the warning
-    (one line per stage, naming hundreds of modules) has nothing for the user to do. Full fine-tunes keep it."""
-    if not frozen:
+    (one line per stage, counting hundreds of modules) has nothing for the user to do. It stays on when anything
+    outside the backbone would start in eval mode, which would be a real mistake."""
+    was_training = classifier.training
+    classifier.train()  # the mode fit starts in: a frozen backbone stays in eval mode (Classifier.train)
+    outside = [n for n, m in classifier.named_modules() if not m.training and not n.startswith("backbone")]
+    classifier.train(was_training)
+    if not classifier.freeze_backbone or outside:
         yield
         return
     with warnings.catch_warnings():

@@ -11,7 +11,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (
@@ -65,6 +65,7 @@ class DimseSource:
         self.where = f"{spec.host}:{spec.port} (AE title {spec.called_aet})"
         self._classes = sorted({c for c in storage_classes if c})
         self._assoc: Association | None = None
+        self._message_id = 0  # the ID of the request in flight; responses to any other are stale
         self._received: list[tuple[Dataset | None, str, str]] = []
         self._expected: dict[str, int | None] = {}  # UID -> number of children the PACS announced
 
@@ -110,7 +111,7 @@ class DimseSource:
                 raw = assoc.dul.socket.socket if assoc.dul.socket is not None else None
                 if raw is not None:  # always set once the association is established
                     raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                _leave_responses_to_requests(assoc)
+                _leave_responses_to_requests(assoc, lambda: self._message_id)
                 self._assoc = assoc
                 return assoc
             if assoc.is_rejected:
@@ -142,22 +143,34 @@ class DimseSource:
             self._assoc.release()
         self._assoc = None
 
+    def _abandon(self) -> None:
+        """Abort mid-request: the answers still on their way must not meet a later request."""
+        if self._assoc is not None and self._assoc.is_established:
+            self._assoc.abort()
+        self._assoc = None
+
+    def _next_message_id(self) -> int:
+        self._message_id = self._message_id % 0xFFFF + 1  # (0000,0110) is an unsigned short; 0 is not used
+        return self._message_id
+
     # --- searches ------------------------------------------------------------------------------------
 
     def _find(self, identifier: Dataset, what: str) -> list[Dataset]:
         for attempt in range(self.spec.retries + 1):
             assoc = self._open()
             found, lost = [], False
-            for status, ident in assoc.send_c_find(identifier, FIND_MODEL):
+            for status, ident in assoc.send_c_find(identifier, FIND_MODEL, msg_id=self._next_message_id()):
                 if not status:  # no answer: the association timed out or was aborted
                     lost = True
                     break
                 code = int(status.Status)
                 if code in (0xFF00, 0xFF01):
                     if ident is None:  # a match we cannot read must not silently shrink the cohort
+                        self._abandon()
                         raise PacsError(f"the PACS at {self.where} sent an unreadable {what} response")
                     found.append(ident)
                 elif code != 0x0000:
+                    self._abandon()
                     raise PacsError(
                         f"the PACS at {self.where} refused the {what} (C-FIND status 0x{code:04X}); "
                         "check that it allows queries from our AE title"
@@ -202,9 +215,8 @@ class DimseSource:
     def _complete(self, identifier: Dataset, what: str, expected: int | None) -> list[Dataset]:
         """A search whose answer count must reach what the level above announced.
 
-        Short answers were seen under load before ``_leave_responses_to_requests`` (a dropped response); a
-        series that gains instances while we list it can do the same. Asking again costs one search, and a
-        pull that silently drops an instance would be worse than one that fails.
+        Short answers were seen under load before ``_leave_responses_to_requests`` (a dropped response). Asking
+        again costs one search, and a pull that silently drops an instance would be worse than one that fails.
         """
         key = {"SERIES": "SeriesInstanceUID", "IMAGE": "SOPInstanceUID"}[str(identifier.QueryRetrieveLevel)]
         for _ in range(self.spec.retries + 1):
@@ -227,7 +239,7 @@ class DimseSource:
             assoc = self._open()
             self._received = []
             code, lost = None, False
-            for status, _ in assoc.send_c_get(q, GET_MODEL):
+            for status, _ in assoc.send_c_get(q, GET_MODEL, msg_id=self._next_message_id()):
                 if not status:
                     lost = True
                     break
@@ -249,23 +261,31 @@ class DimseSource:
         raise InstanceFailedError(f"C-GET returned no instance (status 0x{(code or 0):04X})")
 
 
-def _leave_responses_to_requests(assoc: Association) -> None:
-    """Keep the association's reactor thread from taking DIMSE messages off its queue.
+def _leave_responses_to_requests(assoc: Association, current: Callable[[], int]) -> None:
+    """Hand each DIMSE response to the request that asked for it, and to no one else.
 
-    pynetdicom pauses that thread before each request with a check-then-act on a flag, and the thread can
-    slip through between the two: it then takes the first response of the request just sent and drops it
-    ("Received unexpected C-FIND service message", pydicom/pynetdicom#875). Under CPU load that silently cut
-    one match from a search every few hundred searches, or left the request waiting out its timeout. We only
-    ever act as the requestor (C-FIND, and C-GET whose C-STORE sub-operations its own response loop serves),
-    so nothing on this association is for the reactor to serve: its non-blocking polls now see an empty queue,
-    and every response waits for the request that asked for it.
+    pynetdicom pauses the association's reactor thread before each request with a check-then-act on a flag, and
+    the thread can slip through between the two: it then takes the first response of the request just sent and
+    drops it ("Received unexpected C-FIND service message", pydicom/pynetdicom#875). Under CPU load that silently
+    cut one match from a search every few hundred searches, or left the request waiting out its timeout. We only
+    ever act as the requestor (C-FIND, and C-GET whose C-STORE sub-operations its own response loop serves), so
+    nothing on this association is for the reactor to serve: its non-blocking polls now see an empty queue.
+
+    And pynetdicom's response loops take whatever response comes next, whatever request it answers. A late answer
+    to an earlier request (one abandoned after a timeout) would become the first answer to the next one, shifting
+    every answer after it; so a response whose Message ID Being Responded To is not ``current()`` is dropped.
     """
     take = assoc.dimse.get_msg
 
     def get_msg(block: bool = False):
         if not block and threading.current_thread() is assoc:
             return None, None
-        return take(block)
+        while True:
+            context_id, msg = take(block)
+            answers = getattr(msg, "MessageIDBeingRespondedTo", None)  # None on requests (C-STORE sub-operations)
+            if answers is None or answers == current():
+                return context_id, msg
+            log.debug("dropped a DIMSE response to request %s while request %s is in flight", answers, current())
 
     assoc.dimse.get_msg = get_msg  # type: ignore[method-assign]
 
