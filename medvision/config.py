@@ -40,6 +40,7 @@ __all__ = [
     "ConfigError",
     "StrictModel",
     "apply_overrides",
+    "did_you_mean",
     "explain_validation_error",
     "PLAIN_NAME",
     "flatten",
@@ -215,7 +216,7 @@ def explain_validation_error(err: ValidationError, model: type[BaseModel], sourc
         where = ".".join(loc) or "(top level)"
         if e["type"] == "extra_forbidden":
             allowed = _allowed_keys(model, loc[:-1])
-            hint = _did_you_mean(loc[-1], allowed)
+            hint = did_you_mean(loc[-1], allowed)
             lines.append(f"  - {where}: unknown key.{hint} Allowed here: {', '.join(allowed) or '(none)'}")
         elif e["type"] == "missing":
             lines.append(f"  - {where}: required, but not given")
@@ -295,7 +296,7 @@ def _check_path(model: type[BaseModel], parts: list[str], source: str) -> None:
         holders = [m for m in models if part in m.model_fields]
         if not holders:
             allowed = sorted({k for m in models for k in m.model_fields})
-            hint = _did_you_mean(part, allowed)
+            hint = did_you_mean(part, allowed)
             raise ConfigError(
                 f"{source}: override {'.'.join(parts)}: unknown key {'.'.join(parts[: depth + 1])!r}.{hint} "
                 f"Allowed under {here}: {', '.join(allowed)}"
@@ -357,6 +358,7 @@ def _literal_tag(model: type[BaseModel]) -> str | None:
     return None
 
 
-def _did_you_mean(word: str, allowed: Sequence[str]) -> str:
+def did_you_mean(word: str, allowed: Sequence[str]) -> str:
+    """`` Did you mean 'x'?`` for the closest allowed spelling, or nothing: the tail of a "no such key" message."""
     close = difflib.get_close_matches(word, list(allowed), n=1, cutoff=0.6)
     return f" Did you mean {close[0]!r}?" if close else ""

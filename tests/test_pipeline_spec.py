@@ -192,3 +192,22 @@ def test_the_closing_hint_works_from_any_folder(tmp_path):
     command = hint.split(": ", 1)[1].split(" ui ")[0]
     assert Path(command).is_absolute() and Path(command).parent == Path(sys.executable).parent
     assert hint.endswith(f"--backend-store-uri {uri}")
+
+
+def test_a_misspelt_set_of_a_parameter_or_stage_fails_before_anything_runs():
+    # params and stages are free-form mappings: without this check the typo would add an unused parameter (and
+    # train 20 epochs instead of 1) or a stage with no kind.
+    demo = REPO / "pipelines" / "demo.yaml"
+    with pytest.raises(
+        ConfigError, match=r"--set params\.epoch: the pipeline has no parameter 'epoch'\. Did you mean 'epochs'\?"
+    ):
+        load_pipeline(demo, ["params.epoch=1"])
+    with pytest.raises(ConfigError, match=r"no stage 'tranfser'\. Did you mean 'transfer'\? Its stages: cohort, micle"):
+        load_pipeline(demo, ["stages.tranfser.config.optim.lr=0.1"])
+    assert load_pipeline(demo, ["params.epochs=2", "stages.transfer.config.optim.lr=0.1"])  # the real names pass
+
+
+def test_a_warmup_longer_than_the_run_says_which_keys_to_change():
+    spec = REPO / "pipelines" / "transfer-effnet.yaml"
+    with pytest.raises(ConfigError, match=r"lower optim\.warmup_epochs \(0 for none\) or raise optim\.epochs"):
+        load_pipeline(spec, ["params.epochs=1"])

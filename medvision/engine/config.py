@@ -71,7 +71,10 @@ class OptimConfig(StrictModel):
     @model_validator(mode="after")
     def _warmup_fits(self) -> OptimConfig:
         if self.warmup_epochs >= self.epochs:
-            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be shorter than epochs ({self.epochs})")
+            raise ValueError(
+                f"warmup_epochs ({self.warmup_epochs}) must be shorter than epochs ({self.epochs}); "
+                "lower optim.warmup_epochs (0 for none) or raise optim.epochs"
+            )
         return self
 
 

@@ -28,6 +28,7 @@ from medvision.config import (
     ConfigError,
     StrictModel,
     apply_overrides,
+    did_you_mean,
     explain_validation_error,
     read_yaml,
 )
@@ -210,6 +211,7 @@ def load_pipeline(path: str | Path, overrides: Sequence[str] | None = None) -> P
     raw = read_yaml(text, str(path))  # before any copy: an alias bomb is refused here, not expanded
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{path}: the top level must be a mapping with name, stages, ...")
+    _check_override_targets(raw, overrides or [], str(path))
     data = apply_overrides(raw, overrides or [], PipelineSpec, source=str(path))
     data = _substitute(data, data.get("params") or {}, str(path))
     try:
@@ -220,6 +222,29 @@ def load_pipeline(path: str | Path, overrides: Sequence[str] | None = None) -> P
     _check_stage_configs(spec, str(path))
     check_study(spec, str(path))
     return spec
+
+
+def _check_override_targets(raw: Mapping[str, Any], overrides: Sequence[str], source: str) -> None:
+    """``--set params.NAME=...`` and ``--set stages.ID...`` must name a parameter or stage the file declares.
+
+    Both sections are free-form mappings, so the schema cannot catch a typo in them: ``--set params.epoch=1``
+    would add an unused parameter and leave ``epochs`` at its default, and ``--set stages.tranfser...`` would
+    create a stage with no ``kind``. A misspelt override must fail before anything runs, naming the closest match.
+    """
+    for item in overrides:
+        parts = item.partition("=")[0].strip().split(".")
+        if len(parts) < 2 or parts[0] not in ("params", "stages"):
+            continue
+        section, name = parts[0], parts[1]
+        declared = raw.get(section) if isinstance(raw.get(section), Mapping) else {}
+        if name in declared:
+            continue
+        what = "parameter" if section == "params" else "stage"
+        listed = ", ".join(map(str, declared)) or "(none)"
+        raise ConfigError(
+            f"{source}: --set {item.partition('=')[0].strip()}: the pipeline has no {what} {name!r}."
+            f"{did_you_mean(name, list(map(str, declared)))} Its {what}s: {listed}"
+        )
 
 
 def sweep_members(stage: FinetuneStage) -> Iterator[tuple[str, dict[str, Any]]]:
