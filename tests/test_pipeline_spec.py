@@ -145,8 +145,12 @@ def folder_study(tmp_path):
          r"subgroup attribute 'agegroup'.*Existing: age_band, sex, site"),
         (lambda d: d["stages"]["evaluate"].update(risk={"DF": "high"}),
          r"risk: held-out condition 'DF' does not exist.*did you mean 'df'"),
+        (lambda d: d["stages"]["cohort"]["folder"].update(label_column="diagnose"),
+         r"labels.label_columns: labels CSV .* has no column 'diagnose'.*Its columns: img, dx, site"),
+        (lambda d: d["stages"]["cohort"]["folder"].update(key_column="image"),
+         r"labels.key_column: labels CSV .* has no column 'image'. Did you mean 'img'\?"),
     ],
-    ids=["site", "outlier", "override-key", "positive-class", "subgroups", "risk"],
+    ids=["site", "outlier", "override-key", "positive-class", "subgroups", "risk", "label-column", "key-column"],
 )  # fmt: skip
 def test_check_finds_every_value_the_study_names_that_its_data_lacks(folder_study, tmp_path, change, expected):
     change(folder_study)
@@ -161,6 +165,16 @@ def test_check_says_what_it_checked(folder_study, tmp_path):
     assert result.exit_code == 0, result.output
     assert "named values checked against labels CSV" in result.output
     assert "evaluate: positive_class, risk and subgroups checked against the cohort" in result.output
+
+
+def test_check_says_plainly_when_the_data_is_not_there(folder_study, tmp_path):
+    folder = folder_study["stages"]["cohort"]["folder"]
+    folder.update(images=str(tmp_path / "imgs"), labels=str(tmp_path / "no.csv"), key_column="img")
+    result = CliRunner().invoke(app, ["run", str(_write(tmp_path, folder_study)), "--check"])
+    assert result.exit_code == 0, result.output  # the keys are valid; the data may appear before the run
+    out = " ".join(result.output.split())
+    assert f"NOT FOUND on this machine: images folder {tmp_path / 'imgs'}; labels CSV {tmp_path / 'no.csv'}" in out
+    assert "will fail until these exist" in out
 
 
 def test_synthetic_cohort_overrides_no_stages_and_stage_key_hints(tmp_path):

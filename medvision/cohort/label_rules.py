@@ -14,8 +14,9 @@ from pathlib import Path
 import pandas as pd
 
 from medvision.cohort.spec import LabelsSpec, SpecError
+from medvision.config import did_you_mean
 
-__all__ = ["JOIN_KEYS", "apply_label_map", "check_join", "filter_rows", "join_keys"]
+__all__ = ["JOIN_KEYS", "apply_label_map", "check_columns", "check_join", "filter_rows", "join_keys"]
 
 #: How each ``labels.join`` choice derives an image's key from its indexed row.
 JOIN_KEYS = ("sop_instance_uid", "relpath", "filename", "stem")
@@ -98,3 +99,26 @@ def check_join(rows: pd.DataFrame, keys: pd.Index, spec: LabelsSpec) -> None:
         f"labels CSV {spec.csv}: no row's key (column {spec.key_column!r}) matches any image when joining on "
         f"{spec.join!r}; e.g. CSV key {str(keys[0])!r} vs image key {example_image!r}. {hint}"
     )
+
+
+def check_columns(lab: LabelsSpec, header: list[str]) -> None:
+    """Every column the spec names must be in the CSV: a misspelt one is a typo to report before anything runs,
+    with the closest real name, not a "values checked at build time" that fails later."""
+    named: list[tuple[str, str | None]] = [
+        ("labels.key_column", lab.key_column),
+        *(("labels.label_columns", c) for c in lab.label_columns),
+        ("labels.patient_column", lab.patient_column),
+        ("labels.site_column", lab.site_column),
+        ("labels.sex_column", lab.sex_column),
+        ("labels.age_column", lab.age_column),
+        ("labels.split_column", lab.split_column),
+        *((f"labels.subgroup_columns.{k}", c) for k, c in lab.subgroup_columns.items()),
+        *((f"labels.include.{c}", c) for c in lab.include),
+        *((f"labels.exclude.{c}", c) for c in lab.exclude),
+    ]
+    for key, column in named:
+        if column is not None and column not in header:
+            raise SpecError(
+                f"{key}: labels CSV {lab.csv} has no column {column!r}.{did_you_mean(column, header)} "
+                f"Its columns: {', '.join(header)}"
+            )

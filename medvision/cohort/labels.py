@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from medvision.cohort.csvfile import read_csv_table
-from medvision.cohort.label_rules import apply_label_map, check_join, filter_rows, join_keys
+from medvision.cohort.label_rules import apply_label_map, check_columns, check_join, filter_rows, join_keys
 from medvision.cohort.spec import LabelsSpec, SpecError
 
 __all__ = ["join_labels"]
@@ -26,13 +26,7 @@ def join_labels(rows: pd.DataFrame, spec: LabelsSpec | None) -> tuple[pd.DataFra
     if spec is None:
         return pd.DataFrame({c: pd.Series([None] * len(rows), dtype=object) for c in cols}, index=rows.index), {}
     table = read_csv_table(spec.csv)
-    needed = [spec.key_column, *spec.label_columns, *spec.subgroup_columns.values()]
-    needed += [
-        c for c in (spec.patient_column, spec.site_column, spec.sex_column, spec.age_column, spec.split_column) if c
-    ]
-    missing = [c for c in needed if c not in table.columns]
-    if missing:
-        raise SpecError(f"labels CSV {spec.csv} lacks column(s) {missing}; it has {list(table.columns)}")
+    check_columns(spec, [str(c) for c in table.columns])
     table = table.replace({"": None, "NaN": None, "nan": None, "NA": None})
     dup = table[spec.key_column].duplicated()
     if dup.any():

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from medvision.cohort.csvfile import read_csv_table
-from medvision.cohort.label_rules import apply_label_map, filter_rows
+from medvision.cohort.label_rules import apply_label_map, check_columns, filter_rows
 from medvision.cohort.normalise import category
 from medvision.cohort.spec import CohortSpec, SpecError
 
@@ -149,6 +149,9 @@ def facts_from_labels(spec: CohortSpec) -> CohortFacts | None:
     """Facts readable from the labels CSV alone (``medvision run --check``); ``None`` without a readable CSV.
 
     Labels get the spec's row filters and label map; sites are known only when a CSV column gives them.
+
+    Raises:
+        SpecError: a column the spec names is not in the CSV (with the closest real name).
     """
     lab = spec.labels
     if lab is None or not lab.csv.is_file():
@@ -157,9 +160,7 @@ def facts_from_labels(spec: CohortSpec) -> CohortFacts | None:
         table = read_csv_table(lab.csv)  # the same reading (BOM, separators) as the build's labels join
     except (OSError, ValueError, UnicodeDecodeError):
         return None
-    wanted = [*lab.label_columns, *([lab.site_column] if lab.site_column else [])]
-    if any(c not in table.columns for c in wanted):
-        return None  # the build names the missing column
+    check_columns(lab, [str(c) for c in table.columns])
     table = table.replace({"": None, "NaN": None, "nan": None, "NA": None})
     table, _, _ = filter_rows(table, lab)
     if len(lab.label_columns) == 1:

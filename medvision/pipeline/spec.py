@@ -236,7 +236,8 @@ def _check_override_targets(raw: Mapping[str, Any], overrides: Sequence[str], so
         if len(parts) < 2 or parts[0] not in ("params", "stages"):
             continue
         section, name = parts[0], parts[1]
-        declared = raw.get(section) if isinstance(raw.get(section), Mapping) else {}
+        value = raw.get(section)
+        declared: Mapping[str, Any] = value if isinstance(value, Mapping) else {}
         if name in declared:
             continue
         what = "parameter" if section == "params" else "stage"

@@ -96,9 +96,21 @@ def _check_cohort(stage_id: str, stage: Any, source: str, notes: list[str]) -> C
         cohort = CohortSpec.model_validate(data)
     except ValidationError as err:
         raise ConfigError(explain_validation_error(err, CohortSpec, f"{where} (cohort spec with overrides)")) from None
-    facts = facts_from_labels(cohort)
+    missing = [f"images folder {cohort.images.resolve()}"] if not cohort.images.is_dir() and cohort.pacs is None else []
+    try:
+        facts = facts_from_labels(cohort)
+    except SpecError as e:  # a column the spec names is not in the (readable) CSV: a typo, reported now
+        raise ConfigError(f"{where}: {e}") from None
+    if facts is None and cohort.labels is not None:
+        missing.append(f"labels CSV {cohort.labels.csv.resolve()}")
+    if missing:  # said plainly: "valid" alone would promise a run that fails at its first stage
+        notes.append(
+            f"{stage_id}: NOT FOUND on this machine: {'; '.join(missing)}. The spec's keys are valid, but the "
+            "cohort stage will fail until these exist"
+        )
     if facts is None:
-        notes.append(f"{stage_id}: cohort spec valid; values checked at build time (no readable labels CSV)")
+        if not missing:
+            notes.append(f"{stage_id}: cohort spec valid; values checked at build time (no readable labels CSV)")
         return None
     try:
         check_named_values(cohort, facts)
