@@ -187,8 +187,10 @@ def test_a_rebuild_with_another_key_is_refused_unless_asked_for(tmp_path, monkey
     assert len(card["pseudonym_key_fingerprint"]) == 16 and KEY_A not in json.dumps(card)
     first = pd.read_parquet(tmp_path / "out" / "manifest.parquet")
     monkeypatch.setenv("MEDVISION_PSEUDONYM_KEY", KEY_B)
-    with pytest.raises(CohortBuildError, match="another pseudonym key.*--new-key"):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    with pytest.raises(CohortBuildError, match="another pseudonym key.*--new-key") as refused:
         build_cohort(_spec(root), tmp_path / "out")
+    assert str(tmp_path / "xdg" / "medvision" / "pseudonym.key") in str(refused.value)  # where the key really is
     assert pd.read_parquet(tmp_path / "out" / "manifest.parquet").equals(first)  # left as it was
     build_cohort(_spec(root), tmp_path / "out", new_key=True)
     assert set(pd.read_parquet(tmp_path / "out" / "manifest.parquet")["image_id"]).isdisjoint(first["image_id"])

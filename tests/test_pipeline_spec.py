@@ -47,6 +47,15 @@ def test_a_typo_in_a_stage_config_names_the_stage_and_key(tmp_path):
         load_pipeline(_write(tmp_path, data))
 
 
+def test_a_stage_key_error_names_the_key_as_written_not_the_stage_kind_twice(tmp_path):
+    data = _base()
+    data["stages"]["hod"]["sweeps"] = {"data.label_fraction": [0.1]}
+    with pytest.raises(ConfigError) as bad:
+        load_pipeline(_write(tmp_path, data))
+    assert "stages.hod.sweeps: unknown key. Did you mean 'sweep'?" in str(bad.value)
+    assert "finetune.sweeps" not in str(bad.value)  # pydantic's union tag is not part of the user's key
+
+
 def test_a_typo_in_a_sweep_key_fails(tmp_path):
     data = _base()
     data["stages"]["hod"]["sweep"] = {"data.label_fractoin": [0.1]}

@@ -29,7 +29,7 @@ from medvision.cohort.logscrub import PATH_WITHHELD, Scrubber, scrubbed_output
 from medvision.cohort.named_values import check_heldout_sets_not_empty, check_named_values, facts_from_rows
 from medvision.cohort.normalise import UNKNOWN, age_band, category, given, sex, site
 from medvision.cohort.progress import counting
-from medvision.cohort.pseudonym import Pseudonymizer, key_fingerprint, resolve_key
+from medvision.cohort.pseudonym import Pseudonymizer, default_key_file, key_fingerprint, resolve_key
 from medvision.cohort.spec import CohortSpec, SpecError, load_spec
 from medvision.cohort.splits import assign_splits
 from medvision.io import PHOTO_SUFFIXES, readers
@@ -290,8 +290,9 @@ def _check_same_key(out: Path, fingerprint: str, new_key: bool) -> None:
             f"{out} holds a cohort built with another pseudonym key (fingerprint {previous}, now {fingerprint}). "
             "Rebuilding with this key would change every patient and image pseudonym and re-draw the splits (a "
             "test patient could move into training). Restore the original key ($MEDVISION_PSEUDONYM_KEY, the "
-            "spec's `pseudonym_key_file`, or ~/.config/medvision/pseudonym.key), build into another folder, or "
-            "pass --new-key (build_cohort(..., new_key=True)) to start a new cohort version on purpose."
+            f"spec's `pseudonym_key_file`, $MEDVISION_PSEUDONYM_KEY_FILE or {default_key_file()}), build into "
+            "another folder, or pass --new-key (`medvision cohort build --new-key`; in Python "
+            "build_cohort(..., new_key=True)) to start a new cohort version on purpose."
         )
     log.warning("rebuilding %s with a new pseudonym key: every pseudonym and split changes (--new-key)", out.name)
 

@@ -16,7 +16,7 @@ import secrets
 import stat
 from pathlib import Path
 
-__all__ = ["KEY_ENV", "Pseudonymizer", "key_fingerprint", "resolve_key"]
+__all__ = ["KEY_ENV", "Pseudonymizer", "default_key_file", "key_fingerprint", "resolve_key"]
 
 log = logging.getLogger("medvision.cohort")
 
@@ -24,7 +24,7 @@ KEY_ENV = "MEDVISION_PSEUDONYM_KEY"
 KEY_FILE_ENV = "MEDVISION_PSEUDONYM_KEY_FILE"
 
 
-def _default_key_file() -> Path:
+def default_key_file() -> Path:
     base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
     return Path(base) / "medvision" / "pseudonym.key"
 
@@ -44,7 +44,7 @@ def resolve_key(key_file: Path | None, out_dir: Path) -> tuple[bytes, str]:
         if len(key) < 16:
             raise ValueError(f"${KEY_ENV} is too short: use at least 16 bytes (32 hex characters)")
         return key, f"${KEY_ENV}"
-    path = key_file or (Path(os.environ[KEY_FILE_ENV]) if os.environ.get(KEY_FILE_ENV) else _default_key_file())
+    path = key_file or (Path(os.environ[KEY_FILE_ENV]) if os.environ.get(KEY_FILE_ENV) else default_key_file())
     path = path.expanduser().resolve()
     out = out_dir.expanduser().resolve()
     if path == out or out in path.parents:
