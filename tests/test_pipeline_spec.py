@@ -234,3 +234,9 @@ def test_a_warmup_longer_than_the_run_says_which_keys_to_change():
     spec = REPO / "pipelines" / "transfer-effnet.yaml"
     with pytest.raises(ConfigError, match=r"lower optim\.warmup_epochs \(0 for none\) or raise optim\.epochs"):
         load_pipeline(spec, ["params.epochs=1"])
+
+
+def test_a_cohort_spec_not_found_says_where_it_was_looked_for(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # recipes name cohorts/... relative to the repository root
+    with pytest.raises(ConfigError, match=r"no such cohort spec \(looked for .*cohorts/pad-ufes\.yaml: relative to"):
+        load_pipeline(REPO / "pipelines" / "hod-derm.yaml")

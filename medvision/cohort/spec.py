@@ -425,7 +425,8 @@ def load_spec(path: str | Path) -> CohortSpec:
     try:
         raw = read_yaml(path.read_text(), str(path))  # safe loader; alias bombs refused before expansion
     except FileNotFoundError as e:
-        raise SpecError(f"{path}: no such cohort spec") from e
+        where = "" if path.is_absolute() else f" (looked for {path.resolve()}: relative to the current directory)"
+        raise SpecError(f"{path}: no such cohort spec{where}") from e
     except ConfigError as e:
         raise SpecError(str(e)) from None
     if not isinstance(raw, dict):
