@@ -133,7 +133,8 @@ def folder_study(tmp_path):
     data["stages"]["cohort"] = {
         "kind": "cohort",
         "folder": {"images": str(images), "labels": str(tmp_path / "labels.csv"), "label_column": "dx",
-                   "site_column": "site", "spec": {"splits": {"heldout_conditions": ["df"]}}},
+                   "site_column": "site",
+                   "spec": {"splits": {"heldout_conditions": ["df"], "label_fractions": [0.25, 1.0]}}},
     }  # fmt: skip
     data["stages"]["evaluate"].update(positive_class="mel", risk={"df": "high"}, subgroups=["sex", "site"])
     return data
@@ -240,3 +241,10 @@ def test_a_cohort_spec_not_found_says_where_it_was_looked_for(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)  # recipes name cohorts/... relative to the repository root
     with pytest.raises(ConfigError, match=r"no such cohort spec \(looked for .*cohorts/pad-ufes\.yaml: relative to"):
         load_pipeline(REPO / "pipelines" / "hod-derm.yaml")
+
+
+def test_a_sweep_over_a_label_fraction_the_cohort_does_not_declare_fails_before_training(tmp_path):
+    data = _base()
+    data["stages"]["hod"]["sweep"]["data.label_fraction"] = [0.2, 1.0]  # the demo cohort declares 0.25 and 1.0
+    with pytest.raises(ConfigError, match=r"stages\.hod: data\.label_fraction 0\.2 is not a label fraction of cohort"):
+        load_pipeline(_write(tmp_path, data))

@@ -59,9 +59,12 @@ def check_study(spec: Any, source: str) -> list[str]:
     """
     notes: list[str] = []
     facts: dict[str, CohortFacts | None] = {}
+    fractions: dict[str, list[float]] = {}  # each cohort stage's declared label fractions, when readable now
     for stage_id, stage in spec.stages.items():
         if stage.kind == "cohort":
-            facts[stage_id] = _check_cohort(stage_id, stage, source, notes)
+            facts[stage_id] = _check_cohort(stage_id, stage, source, notes, fractions)
+        elif stage.kind == "finetune" and stage.cohort in fractions:
+            _check_label_fractions(stage_id, stage, fractions[stage.cohort], source)
         elif stage.kind == "evaluate":
             cohorts = {spec.stages[m].cohort for m in stage.models if m in spec.stages}
             known = [facts.get(c) for c in cohorts]
@@ -80,7 +83,27 @@ def check_study(spec: Any, source: str) -> list[str]:
     return notes
 
 
-def _check_cohort(stage_id: str, stage: Any, source: str, notes: list[str]) -> CohortFacts | None:
+def _check_label_fractions(stage_id: str, stage: Any, declared: list[float], source: str) -> None:
+    """A fine-tune may only ask for a label fraction its cohort declared: the nested subsets are drawn at build
+    time, and a sweep that asks for another one would train its first members and then fail."""
+    data = stage.config.get("data") if isinstance(stage.config.get("data"), dict) else {}
+    asked = [*stage.sweep.get("data.label_fraction", []), data.get("label_fraction")]
+    for value in asked:
+        try:
+            f = float(value)
+        except (TypeError, ValueError):
+            continue  # absent, or not a number: the stage config's own validation says so
+        if f < 1.0 and not any(abs(f - d) < 1e-9 for d in declared):
+            raise ConfigError(
+                f"{source}: stages.{stage_id}: data.label_fraction {value} is not a label fraction of cohort "
+                f"{stage.cohort!r} ({', '.join(map(str, declared))}); add it to that cohort's "
+                "splits.label_fractions (the nested subsets are drawn when it is built) or use one of those"
+            )
+
+
+def _check_cohort(
+    stage_id: str, stage: Any, source: str, notes: list[str], fractions: dict[str, list[float]]
+) -> CohortFacts | None:
     where = f"{source}: stages.{stage_id}"
     try:
         data = declared_spec(stage_id, stage, source)
@@ -90,12 +113,16 @@ def _check_cohort(stage_id: str, stage: Any, source: str, notes: list[str]) -> C
         return None
     if data is None:  # generated when the stage runs: only the overrides' keys can be checked now
         _check_override_keys(stage_id, stage.overrides, where)
+        declared = (stage.overrides.get("splits") or {}).get("label_fractions")
+        if isinstance(declared, list):
+            fractions[stage_id] = [float(f) for f in declared]
         notes.append(f"{stage_id}: overrides checked; values checked when the {_source_kind(stage)} data is made")
         return None
     try:
         cohort = CohortSpec.model_validate(data)
     except ValidationError as err:
         raise ConfigError(explain_validation_error(err, CohortSpec, f"{where} (cohort spec with overrides)")) from None
+    fractions[stage_id] = list(cohort.splits.label_fractions)
     missing = [f"images folder {cohort.images.resolve()}"] if not cohort.images.is_dir() and cohort.pacs is None else []
     try:
         facts = facts_from_labels(cohort)
