@@ -248,3 +248,10 @@ def test_a_sweep_over_a_label_fraction_the_cohort_does_not_declare_fails_before_
     data["stages"]["hod"]["sweep"]["data.label_fraction"] = [0.2, 1.0]  # the demo cohort declares 0.25 and 1.0
     with pytest.raises(ConfigError, match=r"stages\.hod: data\.label_fraction 0\.2 is not a label fraction of cohort"):
         load_pipeline(_write(tmp_path, data))
+
+
+def test_a_misspelt_backbone_fails_at_check_naming_the_closest_and_the_cli_list():
+    with pytest.raises(
+        ConfigError, match=r"backbone\.name: unknown backbone 'effnet-lite9'\. Did you mean: effnet-lite1"
+    ):
+        load_pipeline(REPO / "pipelines" / "demo.yaml", ["stages.transfer.config.backbone.name=effnet-lite9"])

@@ -112,8 +112,8 @@ def get_backbone_spec(name: str) -> BackboneSpec:
     close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     raise UnknownBackboneError(
-        f"unknown backbone {name!r}.{hint} list_backbones() shows medvision's names; any timm model name "
-        "(timm.list_models()) also works."
+        f"unknown backbone {name!r}.{hint} `medvision weights list` (in Python, list_backbones()) shows "
+        "medvision's names; any timm model name (timm.list_models()) also works."
     )
 
 

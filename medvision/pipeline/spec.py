@@ -338,6 +338,18 @@ def backbone_name(spec: PipelineSpec, stage_id: str) -> str | None:
     return backbone_name(spec, stage.backbone_from)
 
 
+def _check_backbone_name(name: object, where: str) -> None:
+    """A misspelt backbone fails here, not after the cohort stage has run (the registry knows every name)."""
+    if not isinstance(name, str):
+        return
+    from medvision.models import UnknownBackboneError, get_backbone_spec  # timm: loaded only when checking
+
+    try:
+        get_backbone_spec(name)
+    except UnknownBackboneError as e:
+        raise ConfigError(f"{where}: backbone.name: {e}") from None
+
+
 def _check_stage_configs(spec: PipelineSpec, source: str) -> None:
     """Validate every training stage's partial config (per sweep member) against the real config model."""
 
@@ -359,3 +371,4 @@ def _check_stage_configs(spec: PipelineSpec, source: str) -> None:
                 )
             except ValidationError as err:
                 raise ConfigError(explain_validation_error(err, model, where)) from None
+            _check_backbone_name((data.get("backbone") or {}).get("name"), where)
