@@ -300,6 +300,23 @@ def test_truncated_files(tmp_path):
     _raises(cut_rle, "truncated")
 
 
+@pytest.mark.filterwarnings("ignore:End of file reached before delimiter")
+def test_indexing_tells_a_cut_off_image_from_an_object_without_pixels(tmp_path):
+    from medvision.io import read_header
+
+    native = write(dicom_image(RNG.integers(0, 4096, (32, 32), dtype=np.uint16)), tmp_path / "native.dcm")
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(native.read_bytes()[:300])  # ends inside the header: a transfer that stopped
+    with pytest.raises(ImageReadError, match=r"header stops early .* truncated\? Re-export it"):
+        read_header(cut)
+    nopix = write(dicom_image(np.zeros((2, 2), dtype=np.uint8), PixelData=None), tmp_path / "nopix.dcm")
+    with pytest.raises(ImageReadError, match=r"describes a 2x2 image but the file holds no pixel data: truncated"):
+        read_header(nopix)
+    report = dicom_image(np.zeros((2, 2), dtype=np.uint8), PixelData=None, Rows=None, Columns=None, Modality="SR")
+    with pytest.raises(ImageReadError, match=r"no pixel data \(a SR object, e\.g\. a report"):
+        read_header(write(report, tmp_path / "report.dcm"))
+
+
 def test_missing_pixel_data(tmp_path):
     path = write(dicom_image(np.zeros((2, 2), dtype=np.uint8), PixelData=None), tmp_path / "nopix.dcm")
     error = _raises(path, "no Pixel Data")

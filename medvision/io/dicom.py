@@ -259,7 +259,7 @@ class DicomReader:
     def read_header(self, path: Path) -> ImageHeader:
         h = read_dicom_header(path)
         if not h.has_pixel_data:
-            raise ImageReadError(path, "DICOM file has no pixel data (e.g. a report or DICOMDIR)")
+            raise ImageReadError(path, _why_no_pixels(h))
         return ImageHeader(
             kind=self.kind, frames=int(h.frames or 1), channels=int(h.samples_per_pixel or 1),
             rows=int(h.rows or 0), columns=int(h.columns or 0),
@@ -274,6 +274,22 @@ class DicomReader:
 
 
 # --- opening and parsing ------------------------------------------------------------------------------------
+
+
+def _why_no_pixels(h: DicomHeader) -> str:
+    """Tell a cut-off image from an object that never had pixels: both end without Pixel Data, but one needs a
+    re-export and the other (a report, a DICOMDIR) only needs leaving out."""
+    if h.rows and h.columns:
+        return (
+            f"DICOM header describes a {h.rows}x{h.columns} image but the file holds no pixel data: truncated, or "
+            "exported without pixels; re-export it from the archive"
+        )
+    if not h.modality:
+        return (
+            "DICOM file has no pixel data and its header stops early (no Modality, no image size): truncated? "
+            "Re-export it from the archive (a DICOMDIR index can simply be left out of the images folder)"
+        )
+    return f"DICOM file has no pixel data (a {h.modality} object, e.g. a report or a presentation state)"
 
 
 @contextmanager
