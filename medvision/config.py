@@ -213,9 +213,9 @@ def explain_validation_error(err: ValidationError, model: type[BaseModel], sourc
     lines = [f"{source}: invalid configuration ({err.error_count()} problem(s)):"]
     for e in err.errors():
         loc = [str(p) for p in e["loc"]]
-        where = ".".join(loc) or "(top level)"
+        where = ".".join(_walk(model, loc)[1]) or "(top level)"  # the key as written, without union tags
         if e["type"] == "extra_forbidden":
-            allowed = _allowed_keys(model, loc[:-1])
+            allowed = _walk(model, loc[:-1])[0]
             hint = did_you_mean(loc[-1], allowed)
             lines.append(f"  - {where}: unknown key.{hint} Allowed here: {', '.join(allowed) or '(none)'}")
         elif e["type"] == "missing":
@@ -311,24 +311,25 @@ def _check_path(model: type[BaseModel], parts: list[str], source: str) -> None:
         models = next_models
 
 
-def _allowed_keys(model: type[BaseModel], loc: list[str]) -> list[str]:
-    models: list[type[BaseModel]] | None = [model]
+def _walk(model: type[BaseModel], loc: list[str]) -> tuple[list[str], list[str]]:
+    """Follow an error location through ``model``: the keys allowed at its end, and the location as the user
+    wrote it. Pydantic names a discriminated union's member by its tag (``stages.hod.finetune.sweeps``); that
+    part is how we find the member, and it is left out of what we show (``stages.hod.sweeps``)."""
+    models: list[type[BaseModel]] = [model]
+    shown: list[str] = []
     key_next = False  # the previous part was a mapping of sections (``stages``): this part is its key
     for part in loc:
-        if part.isdigit():  # an index into a list of sections
-            continue
-        if key_next:
+        if part.isdigit() or key_next or not models:  # a list index, a section's key, or past what we know
             key_next = False
+            shown.append(part)
             continue
-        if not models:
-            return []
         tagged = [m for m in models if _literal_tag(m) == part]
-        if len(models) > 1 and tagged:  # pydantic names a discriminated union's member by its tag
+        if len(models) > 1 and tagged:
             models = tagged
             continue
-        holders = [m for m in models if part in m.model_fields]
+        shown.append(part)
         nxt: list[type[BaseModel]] = []
-        for m in holders:
+        for m in (m for m in models if part in m.model_fields):
             annotation = m.model_fields[part].annotation
             values = _mapping_value_models(annotation)
             if values:
@@ -336,11 +337,12 @@ def _allowed_keys(model: type[BaseModel], loc: list[str]) -> list[str]:
                 key_next = True
                 continue
             sub = _models_in(annotation, through_lists=True)
-            if sub is None:
-                return []
+            if sub is None:  # a plain value: nothing below it has keys
+                nxt = []
+                break
             nxt.extend(sub)
         models = nxt
-    return sorted({k for m in models or [] for k in m.model_fields})
+    return sorted({k for m in models for k in m.model_fields}), shown
 
 
 def _mapping_value_models(annotation: Any) -> list[type[BaseModel]]:

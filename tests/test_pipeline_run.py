@@ -275,17 +275,22 @@ def _run_cli(workdir: Path, pipeline: Path) -> subprocess.Popen:
     )
 
 
+def _wait_for_first_checkpoint(proc: subprocess.Popen, workdir: Path) -> None:
+    """Until the fine-tune stage has written ``last.ckpt``: the moment to interrupt it so that it can resume."""
+    deadline = time.time() + 300
+    while not list((workdir / "out" / "train").rglob("last.ckpt")):
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+
+
 def test_rerun_reuses_finished_stages_and_a_killed_stage_resumes(workdir):
     pipeline = workdir / "two.yaml"
     pipeline.write_text(yaml.safe_dump(TWO_STAGES))
 
     # 1. kill the pipeline while the finetune stage is training (after its first checkpoint)
     proc = _run_cli(workdir, pipeline)
-    deadline = time.time() + 300
-    while not list((workdir / "out" / "train").rglob("last.ckpt")):
-        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-        assert time.time() < deadline, "no checkpoint appeared"
-        time.sleep(0.05)
+    _wait_for_first_checkpoint(proc, workdir)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
@@ -323,11 +328,7 @@ def test_sigterm_mid_stage_exits_143_naming_the_stage_and_how_to_resume(workdir)
     long["stages"]["train"]["config"]["optim"]["epochs"] = 500  # cannot finish before the signal
     pipeline.write_text(yaml.safe_dump(long))
     proc = _run_cli(workdir, pipeline)
-    deadline = time.time() + 300
-    while not list((workdir / "out" / "train").rglob("last.ckpt")):
-        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-        assert time.time() < deadline, "no checkpoint appeared"
-        time.sleep(0.05)
+    _wait_for_first_checkpoint(proc, workdir)
     proc.send_signal(signal.SIGTERM)  # what SLURM and Kubernetes send at a time limit
     out, _ = proc.communicate(timeout=120)
     text = out.decode()

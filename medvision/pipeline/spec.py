@@ -217,20 +217,11 @@ def load_pipeline(path: str | Path, overrides: Sequence[str] | None = None) -> P
     try:
         spec = PipelineSpec.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_without_kind_tags(explain_validation_error(err, PipelineSpec, str(path)))) from None
+        raise ConfigError(explain_validation_error(err, PipelineSpec, str(path))) from None
     _check_references(spec, str(path))
     _check_stage_configs(spec, str(path))
     check_study(spec, str(path))
     return spec
-
-
-#: Pydantic puts a tagged union's tag in an error's location (``stages.cohort.cohort.folder``): the stage kinds.
-_KIND_TAG = re.compile(r"\b(stages\.[A-Za-z0-9_.-]+?)\.(?:cohort|pretrain|finetune|evaluate|report)\b(?=[.:\s])")
-
-
-def _without_kind_tags(message: str) -> str:
-    """``stages.cohort.cohort.folder.channels`` -> ``stages.cohort.folder.channels``: the key as the user wrote it."""
-    return _KIND_TAG.sub(r"\1", message)
 
 
 def _check_override_targets(raw: Mapping[str, Any], overrides: Sequence[str], source: str) -> None:
