@@ -5,7 +5,7 @@ Why shared: ``input_pipeline.py`` and ``linear_probe.py`` measure medvision's tr
 each time: the same seed, and the same pseudonym key, since pseudonyms decide which patients land in which split.
 The key is a fixed benchmark-only one unless ``MEDVISION_PSEUDONYM_KEY`` is already set, so a build never creates a
 key in the home folder. Benchmarks that time synthesis or the build itself (``ingest.py``, ``cohort_scale.py``) or
-need only the DICOM files (``pacs_pull.py``) call :func:`medvision.cohort.synth.synthesize` themselves.
+need only the DICOM files (``pacs_pull.py``) call :func:`medvision.sources.synth.synthesize` themselves.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from medvision.cohort.build import build_cohort
-from medvision.cohort.synth import Kind, synthesize
+from medvision.sources.synth import Kind, synthesize
 
 __all__ = ["PSEUDONYM_KEY", "synthetic_cohort"]
 

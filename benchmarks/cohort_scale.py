@@ -2,7 +2,7 @@
 
 A build's cost should be linear in its files: indexing, decoding into the cache, the labels join, pseudonyms,
 splits, the manifest and the card. This benchmark writes synthetic chest X-ray cohorts
-(:func:`medvision.cohort.synth.synthesize`: real DICOM with RLE, MONOCHROME1, multi-frame objects, a labels
+(:func:`medvision.sources.synth.synthesize`: real DICOM with RLE, MONOCHROME1, multi-frame objects, a labels
 CSV; tiny images so disk stays small; plus 2% structured reports without pixels, which are quarantined) of
 each size under ``--workdir``, builds each with :func:`medvision.cohort.build.build_cohort` in a fresh
 process, and deletes everything afterwards.
@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from medvision.cohort.index import list_files
-from medvision.cohort.synth import synthesize
+from medvision.sources.synth import synthesize
 
 #: Files per synthetic patient (1-4 views, 35% with several): patients = files / this, then the real count is read.
 FILES_PER_PATIENT = 1.61

@@ -28,8 +28,8 @@ from medvision.cohort.build import build_cohort
 from medvision.cohort.cohort import open_cohort
 from medvision.cohort.index import index_files, list_files
 from medvision.cohort.spec import load_spec
-from medvision.cohort.synth import synthesize
 from medvision.data.dataset import CohortDataset
+from medvision.sources.synth import synthesize
 
 
 def _resize(arr: np.ndarray, size: int) -> np.ndarray:

@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the Or
 
 from orthanc_server import CALLED_AET, CALLING_AET, start_orthanc  # noqa: E402
 
-from medvision.cohort.pacs import pull  # noqa: E402
 from medvision.cohort.spec import PacsSpec  # noqa: E402
-from medvision.cohort.synth import synthesize  # noqa: E402
+from medvision.sources.pacs import pull  # noqa: E402
+from medvision.sources.synth import synthesize  # noqa: E402
 
 PASSWORD = "bench-password"
 

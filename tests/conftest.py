@@ -15,7 +15,7 @@ def synth_cxr_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A built synthetic chest X-ray cohort (300 patients, 32 px, 1 channel; 3 inlier classes + 1
     training outlier condition), built once per session. Treat it as read-only."""
     from medvision.cohort.build import build_cohort
-    from medvision.cohort.synth import synthesize
+    from medvision.sources.synth import synthesize
 
     root = tmp_path_factory.mktemp("synth-cxr")
     with pytest.MonkeyPatch.context() as mp:

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from medvision.cli import app
 from medvision.cohort.build import build_cohort
-from medvision.cohort.medmnist import MedMNISTError, import_medmnist
+from medvision.sources.medmnist import MedMNISTError, import_medmnist
 
 
 @pytest.fixture(autouse=True)

@@ -22,14 +22,14 @@ from orthanc_server import CALLED_AET, CALLING_AET, start_orthanc
 from pydicom.uid import RLELossless
 
 from medvision.cohort.build import build_cohort
-from medvision.cohort.pacs import (
+from medvision.cohort.spec import SpecError, load_spec
+from medvision.sources.pacs import (
     PacsAuthError,
     PacsNoMatchError,
     PacsUnreachableError,
     pull_cohort,
 )
-from medvision.cohort.spec import SpecError, load_spec
-from medvision.cohort.synth import synthesize
+from medvision.sources.synth import synthesize
 
 PASSWORD = "Pl4nted-S3cret-pw"  # planted: must never appear in any log or output
 KEY = "00112233445566778899aabbccddeeff"
@@ -143,8 +143,8 @@ def test_dimse_responses_wait_for_the_request_that_asked_for_them(pacs, tmp_path
     answer to the searches that follow."""
     from pynetdicom.dimse_primitives import C_FIND
 
-    from medvision.cohort.pacs.dimse import DimseSource
     from medvision.cohort.spec import PacsSpec
+    from medvision.sources.pacs.dimse import DimseSource
 
     server = pacs["server"]
     spec = PacsSpec(

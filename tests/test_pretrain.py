@@ -19,10 +19,10 @@ from typer.testing import CliRunner
 
 from medvision.cohort.build import build_cohort
 from medvision.cohort.cohort import open_cohort
-from medvision.cohort.synth import synthesize
 from medvision.config import ConfigError, load_config
 from medvision.knn import knn_accuracy
 from medvision.models import create_backbone, save_backbone
+from medvision.sources.synth import synthesize
 from medvision.ssl import (
     PretrainConfig,
     PretrainDataModule,

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from medvision.cli import app
 from medvision.cohort.build import build_cohort
 from medvision.cohort.cohort import open_cohort
-from medvision.cohort.synth import CLASSES, synthesize
+from medvision.sources.synth import CLASSES, synthesize
 
 KEY = "00112233445566778899aabbccddeeff"
 

@@ -19,9 +19,9 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from medvision.cli import app
-from medvision.cohort.synth import synthesize
 from medvision.data.dataset import CohortDataModule
 from medvision.pipeline import load_pipeline, run_pipeline
+from medvision.sources.synth import synthesize
 from medvision.tracking.store import TrackingAuthError, using_tracking_uri
 from medvision.tracking.team_server import add_user, start_team_server
 

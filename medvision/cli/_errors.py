@@ -20,8 +20,8 @@ def run_guarded(fn: Callable[[], T]) -> T:
 
     from medvision._atomic import DiskFullError
     from medvision.cohort.build import CohortBuildError
-    from medvision.cohort.pacs.errors import PacsError
     from medvision.cohort.spec import SpecError
+    from medvision.sources.pacs.errors import PacsError
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per download floods logs
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)

@@ -72,7 +72,7 @@ def build(
         if spec is not None and images is None:
             s = load_spec(spec)
             if pull:
-                from medvision.cohort.pacs import pull_cohort
+                from medvision.sources.pacs import pull_cohort
 
                 pull_cohort(s)
         elif images is not None and spec is None:
@@ -127,7 +127,7 @@ def pull(
     pacs.credentials_file. Then run `medvision cohort build SPEC`."""
 
     def body() -> None:
-        from medvision.cohort.pacs import pull_cohort
+        from medvision.sources.pacs import pull_cohort
 
         s = pull_cohort(spec, progress=progress)
         typer.echo(
@@ -164,7 +164,7 @@ def synth(
     """Write a synthetic DICOM cohort with planted structure (sites, subgroups, rare conditions, fake PHI)."""
 
     def body() -> None:
-        from medvision.cohort.synth import synthesize
+        from medvision.sources.synth import synthesize
 
         if kind not in ("derm", "cxr"):
             raise ValueError(f"--kind must be derm or cxr, got {kind!r}")
@@ -182,7 +182,7 @@ def import_medmnist(
     """Turn a MedMNIST .npz into a cohort source (official splits kept)."""
 
     def body() -> None:
-        from medvision.cohort.medmnist import import_medmnist as run
+        from medvision.sources.medmnist import import_medmnist as run
 
         spec_path = run(npz, out)
         typer.echo(f"MedMNIST cohort source written to {out}; build it with: medvision cohort build {spec_path}")

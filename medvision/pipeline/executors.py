@@ -25,9 +25,7 @@ from filelock import FileLock, Timeout
 from pydantic import ValidationError
 
 from medvision.cohort.build import build_cohort
-from medvision.cohort.medmnist import import_medmnist
 from medvision.cohort.spec import CohortSpec, FolderOptions, load_spec, spec_from_folder
-from medvision.cohort.synth import synthesize
 from medvision.config import ConfigError, explain_validation_error
 from medvision.evaluation.stage import EvaluationRequest, evaluate_models
 from medvision.pipeline.spec import (
@@ -44,6 +42,8 @@ from medvision.pipeline.stages import StageOutput, stage_config_model, wire_conf
 from medvision.pipeline.study import merge_spec
 from medvision.pipeline.tracker import OUTPUT_TAG, Tracker, stage_key
 from medvision.report.build import report_from_evaluation
+from medvision.sources.medmnist import import_medmnist
+from medvision.sources.synth import synthesize
 from medvision.ssl import pretrain
 from medvision.training import finetune
 

@@ -59,7 +59,7 @@ def _is_plain(name: Any) -> bool:
 
 
 class SynthSource(StrictModel):
-    """A synthetic cohort written by :func:`medvision.cohort.synth.synthesize` (the demo's data)."""
+    """A synthetic cohort written by :func:`medvision.sources.synth.synthesize` (the demo's data)."""
 
     kind: Literal["derm", "cxr"] = "derm"
     patients: int = Field(120, ge=10)
@@ -68,7 +68,7 @@ class SynthSource(StrictModel):
 
 
 class MedMNISTSource(StrictModel):
-    """A MedMNIST ``.npz`` imported with :func:`medvision.cohort.medmnist.import_medmnist`."""
+    """A MedMNIST ``.npz`` imported with :func:`medvision.sources.medmnist.import_medmnist`."""
 
     npz: Path
 

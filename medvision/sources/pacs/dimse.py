@@ -32,13 +32,13 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND_MODEL  # type: ignore[attr-defined]
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as GET_MODEL  # type: ignore[attr-defined]
 
-from medvision.cohort.pacs.errors import InstanceFailedError, PacsAuthError, PacsError, PacsUnreachableError
-from medvision.cohort.pacs.source import InstanceRef
 from medvision.cohort.spec import PacsSpec
+from medvision.sources.pacs.errors import InstanceFailedError, PacsAuthError, PacsError, PacsUnreachableError
+from medvision.sources.pacs.source import InstanceRef
 
 __all__ = ["DimseSource"]
 
-log = logging.getLogger("medvision.cohort.pacs")
+log = logging.getLogger("medvision.sources.pacs")
 
 _SYNTAXES = [
     ExplicitVRLittleEndian,

@@ -1,8 +1,8 @@
 """The contract both PACS transports meet: search studies -> series -> instances, then fetch one instance.
 
 Filters are DICOM keyword -> value dicts; values are passed to the server and never logged. A source
-raises :class:`~medvision.cohort.pacs.errors.PacsError` subclasses for whole-pull failures and
-:class:`~medvision.cohort.pacs.errors.InstanceFailedError` for one instance.
+raises :class:`~medvision.sources.pacs.errors.PacsError` subclasses for whole-pull failures and
+:class:`~medvision.sources.pacs.errors.InstanceFailedError` for one instance.
 """
 
 from __future__ import annotations

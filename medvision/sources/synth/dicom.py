@@ -13,7 +13,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_ROOT_UID, UID, RLELossless
 
-from medvision.cohort.synth.plan import Patient, Site
+from medvision.sources.synth.plan import Patient, Site
 
 __all__ = ["seeded_uids", "write_cxr", "write_derm"]
 

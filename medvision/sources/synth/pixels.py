@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medvision.cohort.synth.plan import Patient, Site
+from medvision.sources.synth.plan import Patient, Site
 
 __all__ = ["draw_view"]
 

@@ -19,10 +19,10 @@ from pydicom.dataset import Dataset
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from medvision.cohort.pacs.credentials import Credentials
-from medvision.cohort.pacs.errors import InstanceFailedError, PacsAuthError, PacsError, PacsUnreachableError
-from medvision.cohort.pacs.source import InstanceRef
 from medvision.cohort.spec import PacsSpec
+from medvision.sources.pacs.credentials import Credentials
+from medvision.sources.pacs.errors import InstanceFailedError, PacsAuthError, PacsError, PacsUnreachableError
+from medvision.sources.pacs.source import InstanceRef
 
 __all__ = ["DicomWebSource"]
 

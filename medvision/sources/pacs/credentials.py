@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medvision.cohort.pacs.errors import PacsAuthError
+from medvision.sources.pacs.errors import PacsAuthError
 
 __all__ = ["PASSWORD_ENV", "TOKEN_ENV", "USER_ENV", "Credentials", "resolve_credentials"]
 

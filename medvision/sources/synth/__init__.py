@@ -33,9 +33,9 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from medvision.cohort.synth.dicom import seeded_uids, write_cxr, write_derm
-from medvision.cohort.synth.pixels import draw_view
-from medvision.cohort.synth.plan import CLASSES, HELDOUT_SITE, N_RARE, SITES, Kind, plan_patients
+from medvision.sources.synth.dicom import seeded_uids, write_cxr, write_derm
+from medvision.sources.synth.pixels import draw_view
+from medvision.sources.synth.plan import CLASSES, HELDOUT_SITE, N_RARE, SITES, Kind, plan_patients
 
 __all__ = ["CLASSES", "Kind", "synthesize"]
 
@@ -183,7 +183,7 @@ def _spec_text(
         "preprocess": {"size": size, "channels": 1 if kind == "cxr" else 3},
     }
     header = (
-        f"# Synthetic {kind} cohort: medvision.cohort.synth.synthesize(kind={kind!r}, patients={patients}, "
+        f"# Synthetic {kind} cohort: medvision.sources.synth.synthesize(kind={kind!r}, patients={patients}, "
         f"seed={seed}, size={size}).\n# No real patient: every name, ID and date is fake and listed in "
         "phi_planted.json (keep that file out of any build output).\n"
     )

@@ -23,15 +23,15 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from medvision.cohort.pacs.credentials import Credentials, resolve_credentials
-from medvision.cohort.pacs.errors import InstanceFailedError, PacsNoMatchError
-from medvision.cohort.pacs.source import InstanceRef, Source
-from medvision.cohort.pacs.store import InstanceStore, canonical_bytes
 from medvision.cohort.spec import CohortSpec, PacsSpec, SpecError, load_spec
+from medvision.sources.pacs.credentials import Credentials, resolve_credentials
+from medvision.sources.pacs.errors import InstanceFailedError, PacsNoMatchError
+from medvision.sources.pacs.source import InstanceRef, Source
+from medvision.sources.pacs.store import InstanceStore, canonical_bytes
 
 __all__ = ["PullSummary", "pull", "pull_cohort"]
 
-log = logging.getLogger("medvision.cohort.pacs")
+log = logging.getLogger("medvision.sources.pacs")
 
 #: Loggers of the libraries that talk to the PACS; their debug lines quote request URLs (query values).
 _LIBRARY_LOGGERS = ("urllib3", "requests", "dicomweb_client", "pynetdicom")
@@ -125,10 +125,10 @@ def pull(pacs: PacsSpec, *, progress: bool = True) -> PullSummary:
 def _open_source(pacs: PacsSpec, creds: Credentials, classes) -> Source:
     # Imported here: only the chosen protocol's client library (dicomweb-client or pynetdicom) is loaded.
     if pacs.protocol == "dicomweb":
-        from medvision.cohort.pacs.dicomweb import DicomWebSource
+        from medvision.sources.pacs.dicomweb import DicomWebSource
 
         return DicomWebSource(pacs, creds)
-    from medvision.cohort.pacs.dimse import DimseSource
+    from medvision.sources.pacs.dimse import DimseSource
 
     return DimseSource(pacs, classes)
 
