@@ -102,3 +102,19 @@ def test_registry_rejects_duplicates_and_unknown_names():
         boot.ci("f1", [0, 1, 1])
     with pytest.raises(ValueError, match="rows but `groups` has 3"):
         boot.ci("mean", [0.1, 0.2])
+
+
+def test_patient_weighted_ratio_is_the_mean_over_drawn_patients_of_their_own_means():
+    from medvision.evaluation.bootstrap import patient_weights
+
+    rng = np.random.default_rng(7)
+    patients, y, _ = _clustered_data(rng)
+    w = patient_weights(patients)
+    assert abs(w.sum() - len(np.unique(patients))) < 1e-9  # every patient weighs one in all
+    boot = Bootstrap(patients, n_resamples=30, seed=2)
+    reps = boot.replicates("ratio", y * w, w)
+    own = {p: y[patients == p].mean() for p in np.unique(patients)}
+    for b in range(30):
+        drawn = boot.patient_ids[boot.patient_draws[b]]
+        assert abs(reps[b] - np.mean([own[p] for p in drawn])) < 1e-12
+    assert np.isnan(boot.point("ratio", y, np.zeros_like(w)))  # nothing in the denominator: undefined, not 0

@@ -31,7 +31,14 @@ import numpy as np
 from medvision.evaluation import _weighted
 from medvision.evaluation._checks import as_1d
 
-__all__ = ["Bootstrap", "BootstrapResult", "BATCHED_METRICS", "register_batched_metric", "resolve_metric"]
+__all__ = [
+    "Bootstrap",
+    "BootstrapResult",
+    "BATCHED_METRICS",
+    "patient_weights",
+    "register_batched_metric",
+    "resolve_metric",
+]
 
 BatchedMetric = Callable[..., np.ndarray]
 """``fn(*arrays, weights) -> (B,)``: a metric evaluated under each row of a (B, n) weight matrix."""
@@ -57,6 +64,30 @@ register_batched_metric("accuracy")(_weighted.batched_accuracy)
 register_batched_metric("sensitivity")(_weighted.batched_sensitivity)
 register_batched_metric("specificity")(_weighted.batched_specificity)
 register_batched_metric("mean")(_weighted.batched_mean)
+
+
+@register_batched_metric("ratio")
+def batched_ratio(numerator: np.ndarray, denominator: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``sum(w * numerator) / sum(w * denominator)`` per row of ``weights`` (NaN where the denominator is 0).
+
+    With ``denominator = patient_weights(groups)`` and ``numerator = value * denominator`` this is the
+    patient-weighted mean (every patient counts once, its images share that weight); with per-patient indicators
+    carried by one image of each patient it is a share of patients, e.g. of answered patients with an error.
+    """
+    num, den = weights @ np.asarray(numerator, float), weights @ np.asarray(denominator, float)
+    out = np.full(num.shape, np.nan)
+    np.divide(num, den, out=out, where=den > 0)
+    return out
+
+
+def patient_weights(groups: object) -> np.ndarray:
+    """``1 / m_j`` for every image of patient ``j`` (``m_j`` its number of images): each patient weighs 1 in all.
+
+    The weight the conformal and risk-control estimands give an image (a random image of a random patient), so a
+    patient photographed ten times does not count ten times.
+    """
+    _, inverse, counts = np.unique(as_1d(groups, "groups"), return_inverse=True, return_counts=True)
+    return 1.0 / counts[inverse]
 
 
 def resolve_metric(metric: str | BatchedMetric) -> BatchedMetric:
