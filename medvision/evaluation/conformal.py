@@ -394,7 +394,7 @@ def coverage_table(
         "guarantee",
     ]
     out = pd.DataFrame(rows).reindex(columns=columns)
-    out["guarantee"] = out["guarantee"].fillna("")
+    out["guarantee"] = out["guarantee"].astype(object).where(out["guarantee"].notna(), "")
     return out
 
 
