@@ -276,3 +276,17 @@ def test_small_groups_are_flagged_without_numbers_and_bad_input_is_named():
         ConformalClassifier().fit(p, frame["label_idx"], categories=frame["site"]).predict_set(p)
     with pytest.raises(ValueError, match="class indices 0..2"):
         ConformalClassifier().fit(p, np.full(len(p), -1))
+
+
+def test_a_row_carries_the_promise_only_when_its_group_is_a_union_of_calibrated_categories():
+    rng = np.random.default_rng(9)
+    p, frame = _cohort(rng, 400)
+    fitted = fit_conformal(p, frame, mondrian=["sex", "sex*site", "class"])
+    table = conformal_table(
+        fitted, p, frame, set_name="test", attributes=["sex", "sex*site"], classes=["a", "b", "c"], n_resamples=50
+    )
+    verdict = table.groupby(["method", "attribute"])["guarantee"].agg(lambda v: set(v))
+    assert verdict[("sex", "sex")] == {"holds"}
+    assert verdict[("sex", "sex*site")] == {"not_promised"}  # per sex is not per (sex, site)
+    assert verdict[("sex*site", "sex")] == {"holds"}  # a sex is a union of (sex, site) cells
+    assert verdict[("class", "class")] == {"holds"} and verdict[("marginal", "class")] == {"not_promised"}

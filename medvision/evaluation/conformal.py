@@ -316,8 +316,9 @@ def coverage_table(
         target: the promised coverage.
         features: one column per subgroup attribute, one row per image (:func:`attribute_columns`).
         classes: class names; adds one row per true class (attribute ``class``).
-        promised: attributes the sets were calibrated per category of (Mondrian); only those rows carry the
-            promise. The ``all`` row is always promised (a Mondrian predictor also covers marginally).
+        promised: the attributes of the Mondrian taxonomy the sets were calibrated with (``["sex", "site"]`` for
+            ``sex*site``, ``["class"]`` for label-conditional). A row carries the promise when its attributes are
+            among them (its group is then a union of calibrated categories); the ``all`` row always does.
         exchangeable: whether these patients are exchangeable with the validation patients.
         min_patients: smaller groups are flagged ``few_patients`` and get no metrics.
         bootstrap: a :class:`Bootstrap` over ``groups`` to share resamples with other tables.
@@ -350,52 +351,47 @@ def coverage_table(
     if boot.n_images != n:
         raise ValueError(f"`bootstrap` covers {boot.n_images} images but there are {n}.")
     per_class = [] if classes is None else [(CLASS, str(c), y == i) for i, c in enumerate(classes)]
-    promised_set = {*promised}
     rows = []
     for grp in iter_groups(g, features, min_patients, per_class):
         row: dict[str, object] = {"attribute": grp.attribute, "group": grp.group, **grp.counts, "target": target}
-        if grp.flag:
-            rows.append(row)
-            continue
-        w = masked_patient_weights(g, grp.mask)
-        ci = boot.ci("ratio", covered * w, w, mask=grp.mask)
-
-        def mean(v: np.ndarray, w: np.ndarray = w, mask: np.ndarray = grp.mask) -> float:
-            return float(np.dot(v[mask], w[mask]) / w[mask].sum())
-
-        row.update(
-            coverage=ci.point,
-            coverage_low=ci.low,
-            coverage_high=ci.high,
-            shortfall=target - ci.point,
-            mean_set_size=mean(size),
-            singleton_rate=mean(size == 1),
-            empty_rate=mean(size == 0),
-        )
-        is_promised = grp.attribute == ALL or any(
-            part in promised_set for part in grp.attribute.split("*")
-        )  # a Mondrian category's coverage carries to any union of categories, e.g. sex from sex*site
-        row["guarantee"] = _verdict(exchangeable, is_promised, ci.point, ci.high, target)
+        if not grp.flag:
+            cov = _coverage(grp.mask, g, covered, size, boot, target)
+            row.update(cov)
+            # a Mondrian category's promise carries to any union of its categories (sex from sex*site), so a row
+            # is promised when its attributes are among the taxonomy's
+            is_promised = grp.attribute == ALL or set(grp.attribute.split("*")) <= {*promised}
+            row["guarantee"] = _verdict(exchangeable, is_promised, cov["coverage"], cov["coverage_high"], target)
         rows.append(row)
-    columns = [
-        "attribute",
-        "group",
-        "n_patients",
-        "n_images",
-        "flag",
-        "target",
-        "coverage",
-        "coverage_low",
-        "coverage_high",
-        "shortfall",
-        "mean_set_size",
-        "singleton_rate",
-        "empty_rate",
-        "guarantee",
-    ]
-    out = pd.DataFrame(rows).reindex(columns=columns)
+    out = pd.DataFrame(rows).reindex(columns=_COVERAGE_COLUMNS)
     out["guarantee"] = out["guarantee"].astype(object).where(out["guarantee"].notna(), "")
     return out
+
+
+_COVERAGE_COLUMNS = [
+    "attribute", "group", "n_patients", "n_images", "flag", "target", "coverage", "coverage_low", "coverage_high",
+    "shortfall", "mean_set_size", "singleton_rate", "empty_rate", "guarantee",
+]  # fmt: skip
+
+
+def _coverage(
+    mask: np.ndarray, g: np.ndarray, covered: np.ndarray, size: np.ndarray, boot: Bootstrap, target: float
+) -> dict[str, float]:
+    """Patient-weighted coverage (with its interval), mean set size, singleton and empty rates within ``mask``."""
+    w = masked_patient_weights(g, mask)
+    ci = boot.ci("ratio", covered * w, w, mask=mask)
+
+    def mean(v: np.ndarray) -> float:
+        return float(np.dot(v[mask], w[mask]) / w[mask].sum())
+
+    return {
+        "coverage": ci.point,
+        "coverage_low": ci.low,
+        "coverage_high": ci.high,
+        "shortfall": target - ci.point,
+        "mean_set_size": mean(size),
+        "singleton_rate": mean(size == 1),
+        "empty_rate": mean(size == 0),
+    }
 
 
 def _verdict(exchangeable: bool, promised: bool, value: float, high: float, target: float) -> str:
