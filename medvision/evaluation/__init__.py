@@ -56,6 +56,8 @@ _WHERE = {
     "RiskControlledAbstention": "medvision.evaluation.risk_control",
     "abstention_table": "medvision.evaluation.risk_control",
     "SubgroupFrame": "medvision.evaluation.subgroups",
+    "abstention_sentence": "medvision.evaluation.trust_text",
+    "coverage_sentence": "medvision.evaluation.trust_text",
 }
 
 
@@ -86,6 +88,8 @@ __all__ = [
     "conformal_table",
     "RiskControlledAbstention",
     "abstention_table",
+    "coverage_sentence",
+    "abstention_sentence",
     "msp_score",
     "max_logit_score",
     "energy_score",

@@ -234,11 +234,11 @@ def abstention_table(
         One row per group: ``set``, ``attribute``, ``group``, ``n_patients``, ``n_images``, ``flag``, ``on``,
         ``alpha``, ``threshold``, ``ood_threshold``, ``referral_rate`` (+ ``_low``/``_high``), ``accepted_error``
         (+ CI; share of answered patients with a wrong answer), ``miss_rate`` (+ CI; share of positive patients
-        missed), ``risk`` (the controlled one of the two), ``excess`` (risk - α; > 0: over the promise), and
-        ``guarantee``: ``holds``, ``above_alpha`` (exchangeable, yet the whole interval is above α),
-        ``not_promised`` (a subgroup: LTT promises the whole population only), ``does_not_carry_over`` (a held-out
-        site or condition), or empty for a flagged row (``few_patients``; ``nothing_answered`` / ``no_positives``
-        when the controlled risk is undefined).
+        missed), ``risk`` / ``risk_low`` / ``risk_high`` (the controlled one of the two), ``excess`` (risk - α;
+        > 0: over the promise), and ``guarantee``: ``holds``, ``above_alpha`` (exchangeable, yet the whole
+        interval is above α), ``not_promised`` (a subgroup: LTT promises the whole population only),
+        ``does_not_carry_over`` (a held-out site or condition), or empty for a flagged row (``few_patients``;
+        ``nothing_answered`` / ``no_positives`` when the controlled risk is undefined).
     """
     p = as_2d(y_prob, "y_prob")
     y = frame[LABEL].to_numpy()
@@ -272,7 +272,13 @@ def abstention_table(
                 row["flag"] = "nothing_answered" if rule.on == "error" else "no_positives"
             else:
                 verdict = _verdict(exch, grp.attribute == ALL, rates[f"{key}_low"], rule.alpha)
-                row.update(risk=risk, excess=risk - rule.alpha, guarantee=verdict)
+                row.update(
+                    risk=risk,
+                    risk_low=rates[f"{key}_low"],
+                    risk_high=rates[f"{key}_high"],
+                    excess=risk - rule.alpha,
+                    guarantee=verdict,
+                )
         rows.append(row)
     out = pd.DataFrame(rows).reindex(columns=_COLUMNS)
     out["guarantee"] = out["guarantee"].astype(object).where(out["guarantee"].notna(), "")
@@ -282,7 +288,8 @@ def abstention_table(
 _COLUMNS = [
     "set", "attribute", "group", "n_patients", "n_images", "flag", "on", "alpha", "threshold", "ood_threshold",
     "referral_rate", "referral_rate_low", "referral_rate_high", "accepted_error", "accepted_error_low",
-    "accepted_error_high", "miss_rate", "miss_rate_low", "miss_rate_high", "risk", "excess", "guarantee",
+    "accepted_error_high", "miss_rate", "miss_rate_low", "miss_rate_high", "risk", "risk_low", "risk_high",
+    "excess", "guarantee",
 ]  # fmt: skip
 
 
