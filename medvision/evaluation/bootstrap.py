@@ -234,6 +234,27 @@ class Bootstrap:
         low, high = percentile_interval(reps, self.confidence)
         return BootstrapResult(self.point(metric, *arrays, mask=mask), low, high, self.confidence, reps, self._token)
 
+    def ratio_ci(self, numerator: object, denominator: object, mask: np.ndarray | None = None) -> BootstrapResult:
+        """``ci("ratio", numerator, denominator, mask=mask)``, computed from per-patient sums.
+
+        A resample's weighted sum over images is its patient counts times the per-patient sums, so the (B, n)
+        image-weight matrix is never built: the tables that report many groups (coverage, referral, reliability
+        bins) stay fast at 1000 resamples. Same resamples, same values up to float summation order.
+        """
+        arrs, mask = self._prepare((numerator, denominator), mask)
+        patients = self.image_patient if mask is None else self.image_patient[mask]
+        num = np.bincount(patients, weights=arrs[0].astype(float), minlength=self.n_patients)
+        den = np.bincount(patients, weights=arrs[1].astype(float), minlength=self.n_patients)
+        if not hasattr(self, "_float_counts"):  # cast once: an int matrix times floats is cast on every product
+            self._float_counts = self.patient_counts.astype(float)
+        top, bottom = self._float_counts @ num, self._float_counts @ den  # two matrix-vector products: the fastest
+        reps = np.full(self.n_resamples, np.nan)
+        np.divide(top, bottom, out=reps, where=bottom > 0)
+        total = den.sum()
+        point = float(num.sum() / total) if total > 0 else float("nan")
+        low, high = percentile_interval(reps, self.confidence)
+        return BootstrapResult(point, low, high, self.confidence, reps, self._token)
+
     def _prepare(
         self, arrays: tuple[object, ...], mask: np.ndarray | None
     ) -> tuple[list[np.ndarray], np.ndarray | None]:

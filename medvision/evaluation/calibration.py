@@ -279,7 +279,7 @@ def calibration_by_group(
             row.update(ece=ci.point, ece_low=ci.low, ece_high=ci.high)
             for b in np.unique(bins[grp.mask]):
                 in_bin = grp.mask & (bins == b)
-                acc = boot.ci("ratio", correct * in_bin, in_bin.astype(float), mask=grp.mask)
+                acc = boot.ratio_ci(correct * in_bin, in_bin.astype(float), mask=grp.mask)
                 bin_rows.append(
                     {
                         "attribute": grp.attribute,

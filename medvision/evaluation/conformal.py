@@ -378,7 +378,7 @@ def _coverage(
 ) -> dict[str, float]:
     """Patient-weighted coverage (with its interval), mean set size, singleton and empty rates within ``mask``."""
     w = masked_patient_weights(g, mask)
-    ci = boot.ci("ratio", covered * w, w, mask=mask)
+    ci = boot.ratio_ci(covered * w, w, mask=mask)
 
     def mean(v: np.ndarray) -> float:
         return float(np.dot(v[mask], w[mask]) / w[mask].sum())

@@ -314,7 +314,7 @@ def _group_rates(
         ("accepted_error", carrier & failed, carrier & answered),
         ("miss_rate", carrier & missed, carrier & pos_patient),
     ):
-        ci = boot.ci("ratio", num, den, mask=mask)
+        ci = boot.ratio_ci(num, den, mask=mask)
         out.update({name: ci.point, f"{name}_low": ci.low, f"{name}_high": ci.high})
     return out
 
