@@ -2,11 +2,11 @@
 RAPS), marginal or Mondrian (per true class, per subgroup or site, or an intersection), and their coverage.
 
 **The promise** (split conformal: Vovk, Gammerman & Shafer 2005; Angelopoulos & Bates 2023, "A gentle introduction
-to conformal prediction", §1). If the validation (calibration) patients and a new patient are exchangeable draws
+to conformal prediction"). If the validation (calibration) patients and a new patient are exchangeable draws
 from one population, the set C(x) of a random image x of the new patient holds its true class with probability at
 least ``target`` = 1 - α; for a score without ties, at most 1 - α + 1/(n + 1) with n calibration patients. A
 *Mondrian* conformal predictor (Vovk, Lindsay, Nouretdinov & Gammerman 2003, "Mondrian confidence machine"; Vovk et
-al. 2005 §4.5) calibrates separately inside each category κ of a taxonomy, and promises the same coverage within
+al. 2005) calibrates separately inside each category κ of a taxonomy, and promises the same coverage within
 every category: for every true class (label-conditional), every sex, every site. A category without enough
 calibration patients gets q̂ = +∞, i.e. every class: the honest answer of the finite-sample rule, not a failure.
 

@@ -10,15 +10,21 @@ H_λ : R(λ) > α and returns a λ̂ among the rejected ones; controlling the fa
 
     P( R(λ̂) <= α ) >= 1 - δ.
 
-* **p-values.** The loss is binary, so the exact binomial tail is a valid p-value (LTT's binomial p-value; the
-  selective-classification example of Angelopoulos & Bates 2023, "A gentle introduction to conformal prediction",
-  §5): with n(λ) units at risk and k(λ) of them failing, p(λ) = P(Binomial(n(λ), α) <= k(λ)).
-* **Family-wise control: fixed-sequence testing** (LTT §3). Candidates are ordered from the most cautious (highest
-  λ: fewest answers) down; they are tested at level δ in that order, and testing stops at the first λ not rejected.
-  λ̂ is the last rejected, i.e. the lowest threshold (most answers) certified. Thresholds at which even zero
-  failures could not reach p <= δ (n(λ) < log δ / log(1 - α)) are skipped before testing, as in the gentle
-  introduction's example; that choice looks at confidences only, never at labels. When no λ is certified every
-  case is referred (``feasible_`` is False).
+* **p-values.** The loss is binary, so the exact binomial tail is a valid p-value (LTT's binomial p-value, used
+  for selective classification in Angelopoulos & Bates 2023, "A gentle introduction to conformal prediction"): with
+  n(λ) units at risk and k(λ) of them failing, p(λ) = P(Binomial(n(λ), α) <= k(λ)).
+* **Family-wise control: fixed-sequence testing** (LTT). Candidates (the validation confidences) are ordered from
+  the most cautious (highest λ: fewest answers) down; they are tested at level δ in that order, and testing stops
+  at the first λ not rejected. λ̂ is the last rejected, i.e. the lowest threshold (most answers) certified.
+  Thresholds at which even zero failures could not reach p <= δ (n(λ) < log δ / log(1 - α)) are skipped before
+  testing (the gentle introduction's example likewise skips thresholds that answer too few cases); that choice
+  looks at confidences only, never at labels. When no λ is certified every case is referred (``feasible_`` is
+  False).
+* **Why not conformal risk control** (Angelopoulos, Bates, Fisch, Lei & Schuster 2022)? CRC picks
+  λ̂ = inf{λ : n/(n + 1) · R̂_n(λ) + B/(n + 1) <= α} for a loss bounded by B and monotone in λ, and bounds the
+  *expected* loss E[L(λ̂)] <= α. The error among answered cases is a ratio (errors / answered), not the mean of a
+  monotone per-case loss, so CRC does not apply to it; LTT covers both risks with one, stronger, promise (a bound
+  that holds with probability 1 - δ, not only on average).
 
 **Patients, not images.** The units are patients, so images of one patient need not be independent:
 
