@@ -2,13 +2,14 @@
 RAPS), marginal or Mondrian (per true class, per subgroup or site, or an intersection), and their coverage.
 
 **The promise** (split conformal: Vovk, Gammerman & Shafer 2005; Angelopoulos & Bates 2023, "A gentle introduction
-to conformal prediction"). If the validation (calibration) patients and a new patient are exchangeable draws
-from one population, the set C(x) of a random image x of the new patient holds its true class with probability at
-least ``target`` = 1 - α; for a score without ties, at most 1 - α + 1/(n + 1) with n calibration patients. A
-*Mondrian* conformal predictor (Vovk, Lindsay, Nouretdinov & Gammerman 2003, "Mondrian confidence machine"; Vovk et
-al. 2005) calibrates separately inside each category κ of a taxonomy, and promises the same coverage within
-every category: for every true class (label-conditional), every sex, every site. A category without enough
-calibration patients gets q̂ = +∞, i.e. every class: the honest answer of the finite-sample rule, not a failure.
+to conformal prediction"). If the validation (calibration) patients and a new patient are exchangeable draws from
+one population, the set C(x) of a random image x of the new patient holds its true class with probability at least
+``target`` = 1 - α; with one image per patient and a score without ties, at most 1 - α + 1/(n + 1) for n
+calibration patients. A *Mondrian* conformal predictor (Vovk, Lindsay, Nouretdinov & Gammerman 2003, "Mondrian
+confidence machine"; Vovk et al. 2005) calibrates separately inside each category κ of a taxonomy, and promises the
+same coverage within every category: for every true class (label-conditional), every sex, every site. A category
+without enough calibration patients gets q̂ = +∞, i.e. every class: the honest answer of the finite-sample rule,
+not a failure.
 
 **Patients, not images.** Images of one patient are not independent draws, so the exchangeable units are patients
 (hierarchical exchangeability: patients are i.i.d., a patient's images exchangeable among themselves). Each
