@@ -78,3 +78,15 @@ def test_sentences_from_real_tables_quote_their_numbers_and_name_the_held_out_si
     text = abstention_sentence(rows)
     assert f"confidence below {rule.threshold_:.2f}" in text and "within the promised 5%" in text
     assert "at the held-out site" in text and "the promise does not carry over there" in text
+
+
+def test_a_point_estimate_past_the_promise_is_not_called_within_it():
+    row = _row("test", threshold=0.9, referral_rate=0.5, risk=0.07, risk_low=0.04, risk_high=0.1, guarantee="holds")
+    assert "above the promised 5%, but within sampling error of it" in abstention_sentence(pd.DataFrame([row]))
+    worse = {**row, "risk_low": 0.06, "guarantee": "above_alpha"}
+    assert "above the promised 5% beyond sampling error" in abstention_sentence(pd.DataFrame([worse]))
+    cov = {"method": "marginal", "set": "test", "attribute": "all", "group": "all", "flag": "", "target": 0.9}
+    cov.update(coverage=0.88, coverage_low=0.85, coverage_high=0.91, mean_set_size=1.2, guarantee="holds")
+    assert "of test patients, with 1.2 classes per set on average, below the target but within sampling error" in (
+        coverage_sentence(pd.DataFrame([cov]))
+    )

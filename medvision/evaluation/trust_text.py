@@ -93,6 +93,8 @@ def coverage_sentence(
             ", below the target beyond sampling error: the test patients may not come from the validation "
             "patients' population"
         )
+    elif ref["coverage"] < ref["target"]:
+        parts[0] += ", below the target but within sampling error of it"
     groups = rows[(rows["set"] == reference) & (rows["attribute"] == attribute) & (rows["flag"] == "")]
     if len(groups):
         parts.append(", ".join(f"{words.get(g, g)} {_pct(c)}" for g, c in zip(groups["group"], groups["coverage"])))
@@ -145,11 +147,12 @@ def abstention_sentence(
     if ref["flag"]:
         parts = [lead + "none of them (nothing to measure)"]
     else:
-        verdict = (
-            f"within the promised {_pct(alpha)}"
-            if ref["guarantee"] == "holds"
-            else f"above the promised {_pct(alpha)} beyond sampling error"
-        )
+        if ref["guarantee"] != "holds":
+            verdict = f"above the promised {_pct(alpha)} beyond sampling error"
+        elif ref["risk"] > alpha:
+            verdict = f"above the promised {_pct(alpha)}, but within sampling error of it"
+        else:
+            verdict = f"within the promised {_pct(alpha)}"
         parts = [f"{lead}{_pct(ref['risk'])}{_interval(ref['risk_low'], ref['risk_high'])} {whose}, {verdict}"]
     for set_name in [s for s in dict.fromkeys(table["set"]) if s != reference]:
         row = _whole(table, set_name)
