@@ -35,9 +35,10 @@ $(STAMP): pyproject.toml Makefile
 test: lint
 	$(BIN)/python -m pytest -q
 
-# The inner loop: the same gate, then the tests not marked slow (the end-to-end trainings are left out).
+# The inner loop: the same gate, then the tests marked neither slow (end-to-end trainings, multi-process runs) nor
+# server (they start Orthanc or PostgreSQL). Chromium still opens reports; the full-disk test uses `unshare`.
 test-fast: lint
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not server"
 
 demo: $(STAMP)
 	$(BIN)/medvision demo --out demo-output
