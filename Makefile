@@ -45,14 +45,14 @@ demo: $(STAMP)
 
 # Style, formatting, the one-way layers of docs/ARCHITECTURE.md (import-linter) and types.
 lint: install
-	$(BIN)/ruff check medvision tests benchmarks
-	$(BIN)/ruff format --check medvision tests benchmarks
+	$(BIN)/ruff check medvision tests benchmarks scripts
+	$(BIN)/ruff format --check medvision tests benchmarks scripts
 	$(BIN)/lint-imports
-	$(BIN)/mypy medvision
+	$(BIN)/mypy medvision scripts/team_server.py
 
 format: install
-	$(BIN)/ruff format medvision tests benchmarks
-	$(BIN)/ruff check --fix medvision tests benchmarks
+	$(BIN)/ruff format medvision tests benchmarks scripts
+	$(BIN)/ruff check --fix medvision tests benchmarks scripts
 
 bench: install
 	$(BIN)/python benchmarks/ingest.py
