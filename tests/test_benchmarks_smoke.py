@@ -119,6 +119,15 @@ def _run_failing(script: str, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+def test_bootstrap_times_a_plain_numpy_sklearn_loop_beside_fairlearn_and_agrees_with_both():
+    out = _run("bootstrap.py", "--images", "400", "--groups", "2", "--resamples", "20", "--baseline-resamples", "5",
+               "--rounds", "1")  # fmt: skip
+    assert out["plain_loop_s"] > 0 and out["speedup_vs_plain"] > 0 and out["speedup_vs_fairlearn"] > 0
+    assert out["fairlearn_resamples_timed"] == 5 and out["fairlearn_extrapolated"] is True
+    assert set(out["max_diff"]) == {"fairlearn point", "plain point", "fairlearn replicates", "plain replicates"}
+    assert max(out["max_diff"].values()) <= 1e-12
+
+
 def _evaluation(folder: Path, models: dict[str, np.ndarray], names: dict[str, str] | None = None) -> Path:
     """A minimal evaluation folder: metrics.json naming the models, each with its test predictions."""
     n = 60
