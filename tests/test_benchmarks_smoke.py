@@ -119,6 +119,20 @@ def _run_failing(script: str, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
+def test_ingest_gives_both_sides_the_same_workers_and_reports_per_core_rates():
+    # 50 patients: about 70 files, past the size below which either side stays in one process
+    out = _run("ingest.py", "--patients", "50", "--size", "32", "--cache-size", "16", "--rounds", "1", "--workers", "2")
+    serial, parallel = out["settings"]
+    assert (serial["workers"], parallel["workers"]) == (1, 2)
+    for s in (serial, parallel):
+        assert s["index_files_per_s"] > 0 and s["plain_header_files_per_s"] > 0 and s["monai_images_per_s"] > 0
+        assert s["index_files_per_s_per_core"] == pytest.approx(s["index_files_per_s"] / s["workers"], abs=0.1)
+        assert s["decode_images_per_s_per_core"] == pytest.approx(s["decode_images_per_s"] / s["workers"], abs=0.1)
+    assert out["files"] >= 64 and out["decode_ratio_vs_monai"] == serial["decode_ratio_vs_monai"]  # serial headline
+    assert set(out["meets_targets"]) == {"workers=1", "workers=2"}
+
+
 def test_bootstrap_times_a_plain_numpy_sklearn_loop_beside_fairlearn_and_agrees_with_both():
     out = _run("bootstrap.py", "--images", "400", "--groups", "2", "--resamples", "20", "--baseline-resamples", "5",
                "--rounds", "1")  # fmt: skip
