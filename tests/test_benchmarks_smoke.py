@@ -142,6 +142,16 @@ def test_bootstrap_times_a_plain_numpy_sklearn_loop_beside_fairlearn_and_agrees_
     assert max(out["max_diff"].values()) <= 1e-12
 
 
+def test_quarantine_scrub_times_the_old_loop_against_the_scrubber_and_both_redact():
+    out = _run("quarantine_scrub.py", "--sizes", "100,300", "--rounds", "1")
+    small, large = out["sizes"]
+    assert small["identifiers"] < large["identifiers"] and small["messages"] < large["messages"]
+    for size in (small, large):
+        assert size["current_s"] > 0 and size["previous_s"] > 0 and size["previous_extrapolated"] is False
+    capped = _run("quarantine_scrub.py", "--sizes", "300", "--rounds", "1", "--baseline-messages", "2")
+    assert capped["sizes"][0]["previous_messages_timed"] == 2 and capped["sizes"][0]["previous_extrapolated"] is True
+
+
 def _evaluation(folder: Path, models: dict[str, np.ndarray], names: dict[str, str] | None = None) -> Path:
     """A minimal evaluation folder: metrics.json naming the models, each with its test predictions."""
     n = 60
