@@ -7,10 +7,11 @@
 - the loop a statistician would write with numpy and scikit-learn: draw patients with replacement (numpy, the same
   generator and seed, so the same draws), gather their images, ``roc_auc_score`` per group per resample, percentile
   interval. Timed on every resample: this is the headline ratio. Target: >= 20x.
-- fairlearn's ``MetricFrame`` (``roc_auc_score`` per group) rebuilt on each resample, as fairlearn's documentation
-  suggests for intervals. It costs about 0.4 s a resample here, so by default it is timed on
-  ``--baseline-resamples`` of them and extrapolated linearly to all (each resample costs the same: same size, same
-  groups); the table and the JSON say so. ``--baseline-resamples 0`` times it on every resample.
+- fairlearn's ``MetricFrame`` (``roc_auc_score`` per group) rebuilt on each resample (its own ``n_boot`` draws
+  rows, i.e. images, not patients, so it cannot give these intervals). It costs about 0.4-1 s a resample here, so
+  by default it is timed on ``--baseline-resamples`` of them and extrapolated linearly to all (each resample costs
+  the same: same size, same groups); the table and the JSON say so. ``--baseline-resamples 0`` times it on every
+  resample.
 
 Point estimates and the per-resample AUROCs of both baselines must agree with medvision's to 1e-12 (asserted). All
 three sides run a warm-up round, then ``--rounds`` alternating timed rounds (benchmarks/_timing.py); medians are the
