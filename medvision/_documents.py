@@ -56,7 +56,7 @@ class Document(BaseModel):
         if not isinstance(raw, dict):
             return raw
         raw = cls.upgrade(dict(raw))
-        found, current = raw.get("schema_version"), cls.current_version()
+        found, current = raw.get("schema_version", cls.current_version()), cls.current_version()
         if found != current:
             raise ValueError(
                 f"schema_version is {found!r}, this medvision reads version {current} of the {cls.document}"
@@ -74,7 +74,11 @@ class Document(BaseModel):
     def staged(self, path: str | Path) -> tuple[Path, int, Callable[[Path], None]]:
         """The document as one entry of :func:`medvision._atomic.write_all` (several files switched together)."""
         text = self.to_json()
-        return Path(path), len(text.encode()), lambda tmp: tmp.write_text(text, encoding="utf-8")
+
+        def write(tmp: Path) -> None:
+            tmp.write_text(text, encoding="utf-8")
+
+        return Path(path), len(text.encode()), write
 
     @classmethod
     def read(cls, path: str | Path) -> Self:
@@ -95,6 +99,12 @@ class Document(BaseModel):
     @classmethod
     def parse(cls, raw: Any, where: str = "") -> Self:
         """Validate an already-loaded document (``where`` names its origin in the message)."""
+        origin = f"{where}: " if where else ""
+        if isinstance(raw, dict) and "schema_version" not in cls.upgrade(dict(raw)):
+            raise DocumentError(
+                f"{origin}a {cls.document} without schema_version (written by an older medvision, or not one); "
+                f"{cls.remedy}"
+            )
         try:
             return cls.model_validate(raw)
         except ValidationError as e:
@@ -103,5 +113,4 @@ class Document(BaseModel):
                 for err in e.errors()[:5]
             )
             more = f" (and {e.error_count() - 5} more)" if e.error_count() > 5 else ""
-            origin = f"{where}: " if where else ""
             raise DocumentError(f"{origin}not a valid {cls.document}: {problems}{more}; {cls.remedy}") from None

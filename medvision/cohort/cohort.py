@@ -43,6 +43,14 @@ class Cohort:
     card: CohortCard
     cache: PreprocessCache
 
+    # Shorthands for the card's facts (declared there, read here).
+    classes = property(lambda self: list(self.card.classes), doc="Inlier classes, then training-outlier conditions.")
+    num_inlier_classes = property(lambda self: self.card.num_inlier_classes)
+    num_outlier_classes = property(lambda self: self.card.num_outlier_classes)
+    in_chans = property(lambda self: self.card.in_chans)
+    manifest_sha256 = property(lambda self: self.card.manifest_sha256)
+    subgroups = property(lambda self: list(self.card.subgroups))
+
     @property
     def label_columns(self) -> list[str]:
         """Multi-label cohorts: the 0/1 label columns; empty for multi-class cohorts."""

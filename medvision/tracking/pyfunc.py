@@ -154,24 +154,37 @@ def load_run_classifier(
         return load_classifier(_classifier_folder(ref.path))
     with tempfile.TemporaryDirectory(prefix="medvision-run-") as tmp:
         try:
-            if ref.kind == "run":
+            source = _registered_source(ref, tracking_uri) if ref.kind == "registered" else ref
+            if isinstance(source, ModelRef):
                 local = mlflow.artifacts.download_artifacts(
-                    run_id=ref.run_id,
-                    artifact_path=f"{ref.artifact_path}/artifacts/classifier",
+                    run_id=source.run_id,
+                    artifact_path=f"{source.artifact_path}/artifacts/classifier",
                     dst_path=tmp,
                     tracking_uri=tracking_uri,
                 )
             else:
-                model = mlflow.artifacts.download_artifacts(
-                    artifact_uri=ref.uri, dst_path=tmp, tracking_uri=tracking_uri, registry_uri=tracking_uri
+                downloaded = mlflow.artifacts.download_artifacts(
+                    artifact_uri=source, dst_path=tmp, tracking_uri=tracking_uri
                 )
-                local = str(_classifier_folder(Path(model)))
+                local = str(_classifier_folder(Path(downloaded)))
         except (MlflowException, OSError) as e:
             raise FileNotFoundError(
                 f"{ref} holds no classifier ({e}); give a finished fine-tuning run (runs:/RUN_ID) or a registered "
                 "version of one"
             ) from None
         return load_classifier(local)
+
+
+def _registered_source(ref: ModelRef, tracking_uri: str | None) -> ModelRef | str:
+    """Where a registered model version's files are: the run that logged it, or the version's own source URI."""
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    if ref.alias:
+        version = client.get_model_version_by_alias(str(ref.name), ref.alias)
+    else:
+        version = client.get_model_version(str(ref.name), str(ref.version))
+    if version.source.startswith("runs:/"):
+        return ModelRef.parse(version.source)
+    return str(version.source)
 
 
 def _classifier_folder(folder: Path) -> Path:
