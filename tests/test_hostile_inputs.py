@@ -417,7 +417,7 @@ def test_the_card_prints_labels_and_reasons_literally(tmp_path):
         tmp_path / "labels.csv", index=False
     )
     card = build_cohort(spec_from_folder(root, labels=tmp_path / "labels.csv", size=8, channels=1), tmp_path / "o")
-    card["quarantine_reasons"] = {"name [redacted] in header": 1}
+    card = card.model_copy(update={"quarantine_reasons": {"name [redacted] in header": 1}})
     console = Console(record=True, width=200)
     print_card(card, console)
     text = console.export_text()
