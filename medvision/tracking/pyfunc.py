@@ -182,9 +182,12 @@ def _registered_source(ref: ModelRef, tracking_uri: str | None) -> ModelRef | st
         version = client.get_model_version_by_alias(str(ref.name), ref.alias)
     else:
         version = client.get_model_version(str(ref.name), str(ref.version))
-    if version.source.startswith("runs:/"):
-        return ModelRef.parse(version.source)
-    return str(version.source)
+    source = str(version.source or "")
+    if source.startswith("runs:/"):
+        return ModelRef.parse(source)
+    if not source:
+        raise FileNotFoundError(f"{ref} records no source for its files")
+    return source
 
 
 def _classifier_folder(folder: Path) -> Path:
