@@ -149,6 +149,9 @@ def _probe_files(folder: Path) -> dict[str, str]:
     Image.fromarray((ramp.T * 127).astype(np.uint8)).save(folder / "grey8.tif")
     (folder / "notes.txt").write_text("not an image")
     (folder / "volume.nii").write_bytes(b"\x5c\x01\x00\x00" + bytes(344))  # a NIfTI header: no medvision reader
+    bomb = dicom_image(np.zeros((8, 8), np.uint8))
+    bomb.Rows = bomb.Columns = 20000  # 400 MP declared in a few hundred bytes: refused before decoding
+    write(bomb, folder / "bomb.dcm")
     return {
         "mono1_windowed.dcm": "grey DICOM, MONOCHROME1, VOI window, 45x70",
         "ct_slice": "grey DICOM, Modality LUT, 90x52, no suffix",
@@ -172,7 +175,7 @@ def test_bundle_prepares_every_format_exactly_as_the_cohort_build(hod_run, bundl
     monkeypatch.setenv("MEDVISION_PSEUDONYM_KEY", "6d6564766973696f6e2d746573742d6b6579")
     spec = CohortSpec(name="probe", images=tmp_path / "images", preprocess=recipe.spec, frames=recipe.frames)
     built = build_cohort(spec, tmp_path / "cohort")
-    assert built.images == len(probes) and built.quarantined == 2
+    assert built.images == len(probes) and built.quarantined == 3
     probs, p_out = _medvision_probs(clf, tmp_path / "cohort", list(probes))
 
     got = _run_bundle(bundle, tmp_path / "images", tmp_path)
@@ -182,9 +185,10 @@ def test_bundle_prepares_every_format_exactly_as_the_cohort_build(hod_run, bundl
     np.testing.assert_allclose(got[card.classes].to_numpy(), probs, atol=1e-5)
     np.testing.assert_allclose(got["p_out"].to_numpy(), p_out, atol=1e-5)
 
-    # files the build cannot read are refused by name, with the reader's reason, never a ConfigExpression error
+    # files the build would not ingest are refused by name with the build's reason, never a ConfigExpression error
     rejected = pd.read_csv(tmp_path / "rejected.csv").set_index("file")["reason"]
-    assert sorted(rejected.index) == ["notes.txt", "volume.nii"] and rejected.str.len().min() > 10
+    assert sorted(rejected.index) == ["bomb.dcm", "notes.txt", "volume.nii"] and rejected.str.len().min() > 10
+    assert "image too large" in rejected["bomb.dcm"]  # the cohort's max_megapixels, checked before decoding
     # a 16-bit PNG keeps its range (20000..50000 of 65535), it is not clipped to 1 as "/ 255" did
     grey16 = prepare_file(tmp_path / "images" / "grey16.png", recipe)
     assert grey16[grey16 > 0].min() > 0.25 and grey16.max() < 0.8

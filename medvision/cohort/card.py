@@ -145,7 +145,10 @@ class CohortCard(Document):
     @property
     def recipe(self) -> PreprocessRecipe:
         """How a file became one of this cohort's training images (recorded in every classifier trained on it)."""
-        return PreprocessRecipe.from_spec(self.preprocess, self.spec.get("frames", "middle"), self.spec.get("kinds"))
+        spec = self.spec
+        return PreprocessRecipe.from_spec(
+            self.preprocess, spec.get("frames", "middle"), spec.get("kinds"), spec.get("max_megapixels")
+        )
 
     @property
     def label_values(self) -> frozenset[str]:

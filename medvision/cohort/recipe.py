@@ -28,12 +28,13 @@ from typing import Literal
 import numpy as np
 from pydantic import ConfigDict
 
+from medvision.cohort.index import IndexLimits, Rejected, index_files, list_entries
 from medvision.cohort.preprocess import preprocess
 from medvision.cohort.spec import PreprocessSpec
 from medvision.config import StrictModel
 from medvision.io import ImageReadError, read_header, read_image, reader_for
 
-__all__ = ["PreprocessRecipe", "from_storage", "prepare_file"]
+__all__ = ["PreprocessRecipe", "from_storage", "prepare_file", "screen_folder"]
 
 
 class PreprocessRecipe(StrictModel):
@@ -48,6 +49,9 @@ class PreprocessRecipe(StrictModel):
     frames: Literal["middle", "mean", "all"] = "middle"
     #: The reader kinds the cohort ingested (``dicom``, ``photo``, ...); ``None``: every registered kind.
     kinds: list[str] | None = None
+    #: The cap on a file's declared size the cohort was built with (``max_megapixels``), checked from the header
+    #: before any pixel is decoded; ``None``: no cap.
+    max_megapixels: float | None = None
     # The fixed steps, named so the card says what was done (a later recipe may offer choices here).
     intensity: Literal["display"] = "display"
     colour_to_grey: Literal["bt601-luma"] = "bt601-luma"
@@ -56,10 +60,23 @@ class PreprocessRecipe(StrictModel):
 
     @classmethod
     def from_spec(
-        cls, spec: PreprocessSpec, frames: Literal["middle", "mean", "all"] = "middle", kinds: list[str] | None = None
+        cls,
+        spec: PreprocessSpec,
+        frames: Literal["middle", "mean", "all"] = "middle",
+        kinds: list[str] | None = None,
+        max_megapixels: float | None = None,
     ) -> PreprocessRecipe:
-        """The recipe of a cohort built with ``spec`` (its ``preprocess`` section, ``frames`` and ``kinds``)."""
-        return cls(size=spec.size, channels=spec.channels, fit=spec.fit, storage=spec.dtype, frames=frames, kinds=kinds)
+        """The recipe of a cohort built with ``spec`` (its ``preprocess`` section, ``frames``, ``kinds`` and
+        ``max_megapixels``)."""
+        return cls(
+            size=spec.size,
+            channels=spec.channels,
+            fit=spec.fit,
+            storage=spec.dtype,
+            frames=frames,
+            kinds=kinds,
+            max_megapixels=max_megapixels,
+        )
 
     @property
     def spec(self) -> PreprocessSpec:
@@ -102,3 +119,22 @@ def prepare_file(path: str | Path, recipe: PreprocessRecipe) -> np.ndarray:
         )
     pixels = read_image(path, frame=frame).pixels
     return from_storage(preprocess(pixels, recipe.spec))
+
+
+def screen_folder(folder: str | Path, recipe: PreprocessRecipe) -> tuple[list[str], list[tuple[str, str]]]:
+    """The files under ``folder`` the cohort build would ingest for this recipe, and every other entry with the
+    build's own reason (no reader, unreadable header, a kind the model was not trained on, over the size cap).
+
+    Only paths and reasons leave this function: the headers (which may hold identifiers) stay in the cohort layer.
+    """
+    folder = Path(folder)
+    files, left_out = list_entries(folder)
+    limits = IndexLimits(recipe.max_megapixels, frozenset(recipe.kinds) if recipe.kinds is not None else None)
+    accepted: list[str] = []
+    rejected = [(r.relpath, r.reason) for r in left_out]
+    for item in index_files(folder, sorted(files), workers=1, limits=limits):
+        if isinstance(item, Rejected):
+            rejected.append((item.relpath, item.reason))
+        else:
+            accepted.append(item.relpath)
+    return accepted, rejected

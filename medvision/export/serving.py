@@ -23,9 +23,7 @@ import torch
 
 from medvision._atomic import atomic_write_text
 from medvision.classifier import ClassifierCard
-from medvision.cohort.index import list_entries
-from medvision.cohort.recipe import PreprocessRecipe, prepare_file
-from medvision.io import ImageReadError, read_header, reader_for
+from medvision.cohort.recipe import PreprocessRecipe, prepare_file, screen_folder
 
 __all__ = ["PrepareImaged", "image_datalist", "recipe_of", "write_predictions"]
 
@@ -50,9 +48,9 @@ def recipe_of(card_file: str | Path) -> PreprocessRecipe:
 def image_datalist(folder: str | Path, card_file: str | Path, rejected_file: str | Path) -> list[dict[str, str]]:
     """Every file under ``folder`` a medvision reader accepts, as MONAI datalist items ``{"image": path}``.
 
-    Each other file is written to ``rejected_file`` (CSV: ``file``, ``reason``) with why it was refused: no
-    reader accepts it, its header cannot be read, or the model was not trained on its kind. The list is
-    sorted by path, so ``predictions.csv`` is too.
+    Each other file is written to ``rejected_file`` (CSV: ``file``, ``reason``) with the cohort build's reason:
+    no reader accepts it, its header cannot be read, the model was not trained on its kind, or it declares more
+    pixels than the cohort's ``max_megapixels``. The list is sorted by path, so ``predictions.csv`` is too.
 
     Raises:
         ValueError: ``folder`` holds no file the model can read (the message names how many were refused).
@@ -60,19 +58,8 @@ def image_datalist(folder: str | Path, card_file: str | Path, rejected_file: str
     folder, recipe = Path(folder), recipe_of(card_file)
     if not folder.is_dir():
         raise ValueError(f"dataset_dir {folder} is not a folder; pass --dataset_dir with the images to predict")
-    files, left_out = list_entries(folder)
-    items, rejected = [], [(r.relpath, r.reason) for r in left_out]
-    for rel in sorted(files):
-        path = folder / rel
-        try:
-            kind = reader_for(path).kind
-            if recipe.kinds is not None and kind not in recipe.kinds:
-                raise ImageReadError(path, f"a {kind} file; the model was trained on {', '.join(recipe.kinds)} only")
-            read_header(path)
-        except ImageReadError as e:
-            rejected.append((rel, e.reason + (f" ({e.hint})" if e.hint else "")))
-            continue
-        items.append({"image": str(path)})
+    accepted, rejected = screen_folder(folder, recipe)  # the cohort build's own indexing and limits
+    items = [{"image": str(folder / rel)} for rel in accepted]
     _write_csv(rejected_file, ["file", "reason"], rejected)
     if rejected:
         log.warning("%d file(s) refused; see %s", len(rejected), rejected_file)
