@@ -190,8 +190,7 @@ def finetune(
         "augment.resolved_preset": getattr(data, "augment_preset", "none"),
         "data.feature_path": isinstance(data, FeatureDataModule),
     }
-    recipe = getattr(datamodule, "preprocessing", None)  # a cohort's data module knows how its images were made
-    tracker = _tracker(resolved, tracking_uri, params, sha, recipe if isinstance(recipe, PreprocessRecipe) else None)
+    tracker = _tracker(resolved, tracking_uri, params, sha, _recipe(datamodule))
     identity = run_identity(resolved, manifest_sha256=sha)
     with _frozen_backbone_is_meant(classifier):
         fitted = fit_stage(resolved, module, data, [tracker, *callbacks], ckpt, to_yaml(resolved), identity)
@@ -235,6 +234,12 @@ def _resolved(config: FinetuneConfig, tracking_uri: str) -> FinetuneConfig:
             "tracking": config.tracking.model_copy(update={"tracking_uri": tracking_uri}),
         }
     )
+
+
+def _recipe(datamodule: L.LightningDataModule) -> PreprocessRecipe | None:
+    """How the data module's images were made from their files (a cohort's data module knows; others do not)."""
+    recipe = getattr(datamodule, "preprocessing", None)
+    return recipe if isinstance(recipe, PreprocessRecipe) else None
 
 
 def _tracker(
