@@ -8,7 +8,6 @@ identifier reaches a log line, a warning or an output file.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -184,7 +183,7 @@ def test_a_rebuild_with_another_key_is_refused_unless_asked_for(tmp_path, monkey
     for i in range(3):
         _dicom(root / f"{i}.dcm", i)
     card = build_cohort(_spec(root), tmp_path / "out")
-    assert len(card["pseudonym_key_fingerprint"]) == 16 and KEY_A not in json.dumps(card)
+    assert len(card.pseudonym_key_fingerprint) == 16 and KEY_A not in card.to_json()
     first = pd.read_parquet(tmp_path / "out" / "manifest.parquet")
     monkeypatch.setenv("MEDVISION_PSEUDONYM_KEY", KEY_B)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
