@@ -126,7 +126,7 @@ def _heads(result) -> dict[str, torch.Tensor]:
 
 def _embed_seconds(cohort, args) -> float:
     """Time embedding the train + val images into a cold feature cache, as the cached side did once."""
-    backbone = create_backbone(args.backbone, args.weights, cohort.in_chans)
+    backbone = create_backbone(args.backbone, args.weights, cohort.card.in_chans)
     keys = [*cohort.rows("train")["cache_key"], *cohort.rows("val")["cache_key"]]
     with tempfile.TemporaryDirectory() as cold:
         start = time.perf_counter()

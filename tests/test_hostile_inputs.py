@@ -8,7 +8,6 @@ identifier reaches a log line, a warning or an output file.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -184,7 +183,7 @@ def test_a_rebuild_with_another_key_is_refused_unless_asked_for(tmp_path, monkey
     for i in range(3):
         _dicom(root / f"{i}.dcm", i)
     card = build_cohort(_spec(root), tmp_path / "out")
-    assert len(card["pseudonym_key_fingerprint"]) == 16 and KEY_A not in json.dumps(card)
+    assert len(card.pseudonym_key_fingerprint) == 16 and KEY_A not in card.to_json()
     first = pd.read_parquet(tmp_path / "out" / "manifest.parquet")
     monkeypatch.setenv("MEDVISION_PSEUDONYM_KEY", KEY_B)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
@@ -417,7 +416,7 @@ def test_the_card_prints_labels_and_reasons_literally(tmp_path):
         tmp_path / "labels.csv", index=False
     )
     card = build_cohort(spec_from_folder(root, labels=tmp_path / "labels.csv", size=8, channels=1), tmp_path / "o")
-    card["quarantine_reasons"] = {"name [redacted] in header": 1}
+    card = card.model_copy(update={"quarantine_reasons": {"name [redacted] in header": 1}})
     console = Console(record=True, width=200)
     print_card(card, console)
     text = console.export_text()

@@ -20,6 +20,7 @@ from services import need
 from typer.testing import CliRunner
 
 from medvision.cli import app
+from medvision.evaluation.document import Evaluation
 from medvision.pipeline import load_pipeline, run_pipeline
 from medvision.report import SECTION_HEADINGS
 
@@ -106,15 +107,15 @@ def test_demo_pipeline_end_to_end_with_every_report_section_and_no_phi(workdir, 
     assert {r.data.params["augment.resolved_preset"] for r in transfer_runs} == {"photo"}
 
     # metrics.json carries the method's numbers with CIs
-    metrics = json.loads(next((workdir / "demo-output" / "evaluate").rglob("metrics.json")).read_text())
-    model = metrics["models"][0]
-    assert {"test", "site_ood"} <= set(model["sets"])
-    assert {"msp", "hod", "mahalanobis", "knn", "energy"} <= {d["detector"] for d in model["ood"]["detectors"]}
-    assert model["sets"]["test"]["auroc"]["low"] <= model["sets"]["test"]["auroc"]["value"]
+    metrics_file = next((workdir / "demo-output" / "evaluate").rglob("metrics.json"))
+    model = Evaluation.open(metrics_file.parent).metrics.models[0]
+    assert {"test", "site_ood"} <= set(model.sets)
+    assert {"msp", "hod", "mahalanobis", "knn", "energy"} <= {d.detector for d in model.ood.detectors}
+    assert model.sets["test"].auroc.low <= model.sets["test"].auroc.value
     # what was tested, per set (issue 12): calibration on every scored set, what the AUROC is, by name in the page
-    assert set(model["calibration_by_set"]) == set(model["sets"]) and model["calibration"]["chosen"]
-    assert model["sets"]["test"]["auroc_kind"].startswith("macro one-vs-rest over")
-    assert {g["group"] for g in model["ood"]["by_group"]} == {"dermatofibroma", "psoriasis"}  # the demo's held-out
+    assert set(model.calibration_by_set) == set(model.sets) and model.calibration.chosen
+    assert model.sets["test"].auroc_kind.startswith("macro one-vs-rest over")
+    assert {g.group for g in model.ood.by_group} == {"dermatofibroma", "psoriasis"}  # the demo's held-out
     assert "What was tested: held-out site(s)" in dom and "macro one-vs-rest over" in dom
     assert "ECE on every evaluation set" in dom and "On 'site_ood'. Points on the diagonal" in dom
 
@@ -140,13 +141,13 @@ def test_demo_pipeline_end_to_end_with_every_report_section_and_no_phi(workdir, 
     )
     assert evaluated.exit_code == 0, evaluated.output
     assert "test/auroc" in evaluated.output
-    screened = json.loads((workdir / "eval" / "metrics.json").read_text())
-    for m in screened["models"]:
-        assert "site_ood" not in m["sets"] and set(m["ood"]["outliers"]) == {"condition_ood", "site_ood"}
-        assert "site_ood" in {g["group"] for g in m["ood"]["by_group"]} and "label_shift" not in m
-    ensemble = screened["ensemble"]  # two runs: ensembled
-    assert 1 <= len(ensemble["members"]) <= 5 and "test" in ensemble["sets"]
-    assert {d["detector"] for d in ensemble["ood"]} == {"ensemble_msp", "ensemble_hod"}
+    screened = Evaluation.open(workdir / "eval").metrics
+    for m in screened.models:
+        assert "site_ood" not in m.sets and set(m.ood.outliers) == {"condition_ood", "site_ood"}
+        assert "site_ood" in {g.group for g in m.ood.by_group} and m.label_shift is None
+    ensemble = screened.ensemble  # two runs: ensembled
+    assert 1 <= len(ensemble.members) <= 5 and "test" in ensemble.sets
+    assert {d.detector for d in ensemble.ood} == {"ensemble_msp", "ensemble_hod"}
     rendered = cli.invoke(app, ["report", "eval", "--out", "r/report.html"])
     assert rendered.exit_code == 0 and (workdir / "r" / "report.html").stat().st_size > 10_000
     missing = cli.invoke(app, ["evaluate", "no-such-run", "--out", "eval2"])
@@ -154,8 +155,8 @@ def test_demo_pipeline_end_to_end_with_every_report_section_and_no_phi(workdir, 
 
     # `mlflow models serve` serves the logged model: class probabilities plus the HOD OOD score
     served = _serve_and_predict(result.tracking_uri, run_id, workdir)
-    assert set(served[0]) == set(model["classes"]) | {"ood_score"}
-    assert abs(sum(served[0][c] for c in model["classes"]) - 1) < 1e-5
+    assert set(served[0]) == set(model.classes) | {"ood_score"}
+    assert abs(sum(served[0][c] for c in model.classes) - 1) < 1e-5
 
     # planted PHI appears nowhere: manifest, report, metrics, predictions, MLflow store, artifacts, logs
     planted = json.loads((workdir / "demo-output" / "cohort" / "source" / "phi_planted.json").read_text())
@@ -163,7 +164,7 @@ def test_demo_pipeline_end_to_end_with_every_report_section_and_no_phi(workdir, 
     out, err = capfd.readouterr()
     texts = [
         report.read_text(),
-        json.dumps(metrics),
+        metrics_file.read_text(),
         caplog.text,
         out,
         err,

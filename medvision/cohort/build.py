@@ -18,14 +18,14 @@ import pandas as pd
 
 from medvision._atomic import write_all
 from medvision.cohort.cache import PreprocessCache
-from medvision.cohort.card import build_card
+from medvision.cohort.card import CARD_FILE, BuildStats, CohortCard, build_card
 from medvision.cohort.cohort import LEADING_COLUMNS
 from medvision.cohort.decode import fill_cache
 from medvision.cohort.fingerprints import write_fingerprints
 from medvision.cohort.identifiers import CohortBuildError, check_paths, identifier_set
 from medvision.cohort.index import IndexedFile, IndexLimits, Rejected, index_files, list_entries
 from medvision.cohort.labels import join_labels
-from medvision.cohort.logscrub import PATH_WITHHELD, Scrubber, scrubbed_output
+from medvision.cohort.logscrub import Scrubber, scrubbed_output
 from medvision.cohort.named_values import check_heldout_sets_not_empty, check_named_values, facts_from_rows
 from medvision.cohort.normalise import UNKNOWN, age_band, category, given, sex, site
 from medvision.cohort.progress import counting
@@ -39,7 +39,7 @@ __all__ = ["CohortBuildError", "build_cohort"]
 log = logging.getLogger("medvision.cohort")
 
 
-def build_cohort(spec: CohortSpec | str | Path, out: str | Path, *, new_key: bool = False) -> dict:
+def build_cohort(spec: CohortSpec | str | Path, out: str | Path, *, new_key: bool = False) -> CohortCard:
     """Build (or rebuild) a cohort into ``out`` and return its card (the content of cohort.json).
 
     Rebuilding is cheap: files whose content and preprocessing are unchanged are not decoded again. A rebuild over
@@ -111,30 +111,29 @@ def build_cohort(spec: CohortSpec | str | Path, out: str | Path, *, new_key: boo
     quarantine = _quarantine_frame(rejected, entries, spec, scrubber)
     _check_every_file_accounted(entries, rows, quarantine, spec)
 
-    card = build_card(manifest, quarantine, spec, classes, label_stats, key_source)
-    card["pseudonym_key_fingerprint"] = fingerprint
-    card["warnings"] = warnings_
-    if not spec.record_paths:  # the folders' own names may be what identifies a patient
-        card["spec"]["images"] = PATH_WITHHELD
-        if card["spec"].get("labels"):
-            card["spec"]["labels"]["csv"] = Path(card["spec"]["labels"]["csv"]).name
-    card["build"] = {
-        "files": len(entries),
-        "index_seconds": round(t_index, 3),
-        "decode_seconds": round(t_decode, 3),
-        "decoded_now": decoded,
-        "from_cache": int(len(rows) - decoded),
-    }
-    card_text = json.dumps(card, indent=2, sort_keys=True, default=str)
-
-    def write_card(p: Path) -> None:
-        p.write_text(card_text)
-
+    build = BuildStats(
+        files=len(entries),
+        index_seconds=round(t_index, 3),
+        decode_seconds=round(t_decode, 3),
+        decoded_now=decoded,
+        from_cache=int(len(rows) - decoded),
+    )
+    card = build_card(
+        manifest,
+        quarantine,
+        spec,
+        classes,
+        label_stats,
+        key_source,
+        key_fingerprint=fingerprint,
+        warnings=warnings_,
+        build=build,
+    )
     write_all(
         [
             (out / "manifest.parquet", int(manifest.memory_usage(deep=True).sum()), _parquet(manifest)),
             (out / "quarantine.csv", 200 * (len(quarantine) + 1), lambda p: quarantine.to_csv(p, index=False)),
-            (out / "cohort.json", len(card_text), write_card),
+            card.staged(out / CARD_FILE),
         ]
     )
     write_fingerprints(out, rows, key)  # lets the report's PHI guard recognise identifiers it never sees
@@ -143,7 +142,7 @@ def build_cohort(spec: CohortSpec | str | Path, out: str | Path, *, new_key: boo
         spec.name,
         len(manifest),
         len(quarantine),
-        card["manifest_sha256"][:12],
+        card.manifest_sha256[:12],
     )
     return card
 

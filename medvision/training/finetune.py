@@ -29,6 +29,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from medvision.classifier import Classifier
+from medvision.cohort.recipe import PreprocessRecipe
 from medvision.config import flatten, to_yaml
 from medvision.data.dataset import CohortDataModule
 from medvision.engine.config import resolve_tracking_uri
@@ -189,7 +190,7 @@ def finetune(
         "augment.resolved_preset": getattr(data, "augment_preset", "none"),
         "data.feature_path": isinstance(data, FeatureDataModule),
     }
-    tracker = _tracker(resolved, tracking_uri, params, sha)
+    tracker = _tracker(resolved, tracking_uri, params, sha, _recipe(datamodule))
     identity = run_identity(resolved, manifest_sha256=sha)
     with _frozen_backbone_is_meant(classifier):
         fitted = fit_stage(resolved, module, data, [tracker, *callbacks], ckpt, to_yaml(resolved), identity)
@@ -235,7 +236,15 @@ def _resolved(config: FinetuneConfig, tracking_uri: str) -> FinetuneConfig:
     )
 
 
-def _tracker(config: FinetuneConfig, tracking_uri: str, params: dict, manifest_sha256: str):
+def _recipe(datamodule: L.LightningDataModule) -> PreprocessRecipe | None:
+    """How the data module's images were made from their files (a cohort's data module knows; others do not)."""
+    recipe = getattr(datamodule, "preprocessing", None)
+    return recipe if isinstance(recipe, PreprocessRecipe) else None
+
+
+def _tracker(
+    config: FinetuneConfig, tracking_uri: str, params: dict, manifest_sha256: str, recipe: PreprocessRecipe | None
+) -> MLflowTracking:
     return MLflowTracking(
         tracking_uri,
         config.tracking.experiment,
@@ -243,6 +252,7 @@ def _tracker(config: FinetuneConfig, tracking_uri: str, params: dict, manifest_s
         params=params,
         tags={"medvision.stage": "finetune", "cohort.manifest_sha256": manifest_sha256},
         texts={"config.yaml": to_yaml(config), "cohort/manifest_sha256.txt": manifest_sha256 + "\n"},
+        preprocessing=recipe,
     )
 
 
