@@ -41,7 +41,6 @@ def evaluate_command(
 
         from medvision.engine.config import TrackingConfig, resolve_tracking_uri
         from medvision.evaluation.stage import EvaluationRequest, evaluate_models
-        from medvision.tracking.uri import redact_uri
 
         uri = resolve_tracking_uri(TrackingConfig())
         client = MlflowClient(uri)
@@ -73,6 +72,7 @@ def evaluate_command(
 def _model_of(client: Any, uri: str, text: str) -> dict[str, Any]:
     """The evaluation's facts of one model reference: its run, a distinct stable name, and its training facts."""
     from medvision.tracking.model_ref import ModelRef
+    from medvision.tracking.uri import redact_uri
 
     ref = ModelRef.parse(text)
     if ref.kind == "path":
