@@ -71,7 +71,7 @@ def build_cohort(spec: CohortSpec | str | Path, out: str | Path, *, new_key: boo
         indexed: list[IndexedFile] = []
         rejected: list[Rejected] = list(left_out)
         with counting("indexing", len(files)) as advance:
-            for item in index_files(root, files, spec.workers, limits):
+            for item in index_files(root, files, spec.workers, limits, scrubber):
                 advance(1)
                 if isinstance(item, IndexedFile):
                     indexed.append(item)

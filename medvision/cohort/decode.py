@@ -7,9 +7,7 @@ returns pixels or a quarantine reason; the parent process alone writes the cache
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 from collections.abc import Callable
-from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,7 @@ import pandas as pd
 
 from medvision.cohort.cache import PreprocessCache, entry_key
 from medvision.cohort.index import Rejected, worker_count
-from medvision.cohort.logscrub import Scrubber, scrubbed_output
+from medvision.cohort.logscrub import Scrubber, scrub_worker
 from medvision.cohort.preprocess import preprocess
 from medvision.cohort.spec import CohortSpec
 from medvision.cohort.workers import WORKER_DIED, map_isolated
@@ -37,19 +35,10 @@ _DIED = (
 def _decode_init(existing: set[str], scrubber: Scrubber | None = None) -> None:
     global _EXISTING
     _EXISTING = existing
-    if scrubber is not None and multiprocessing.parent_process() is not None and _start_method() != "fork":
-        # A spawned worker starts without the parent's log scrubbing; a forked one inherits it.
-        _WORKER_SCRUB.enter_context(scrubbed_output(scrubber))
+    scrub_worker(scrubber)  # a spawned worker starts without the parent's log scrubbing
 
 
 _EXISTING: set[str] = set()
-
-
-def _start_method() -> str:
-    return multiprocessing.get_start_method(allow_none=True) or "fork"
-
-
-_WORKER_SCRUB = ExitStack()
 
 
 #: One frame's outcome: ``(frame, file SHA-256, cache key, payload)``; the payload is the preprocessed pixels, a
