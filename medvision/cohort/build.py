@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from medvision._atomic import write_all
+from medvision._atomic import private_dir, write_all
 from medvision.cohort.cache import PreprocessCache
 from medvision.cohort.card import build_card
 from medvision.cohort.cohort import LEADING_COLUMNS
@@ -92,7 +92,7 @@ def build_cohort(spec: CohortSpec | str | Path, out: str | Path, *, new_key: boo
         scrubber.add_identifiers(identifier_set(rows))
         check_paths(rows, spec, str(root))
 
-        out.mkdir(parents=True, exist_ok=True)
+        private_dir(out)  # the cohort identifies no one by name, but it holds patients' images: owner-only
         cache = PreprocessCache(out / "cache", spec.preprocess)
         cache.remove_temporaries()
         t1 = time.perf_counter()
@@ -135,7 +135,8 @@ def build_cohort(spec: CohortSpec | str | Path, out: str | Path, *, new_key: boo
             (out / "manifest.parquet", int(manifest.memory_usage(deep=True).sum()), _parquet(manifest)),
             (out / "quarantine.csv", 200 * (len(quarantine) + 1), lambda p: quarantine.to_csv(p, index=False)),
             (out / "cohort.json", len(card_text), write_card),
-        ]
+        ],
+        private=True,
     )
     write_fingerprints(out, rows, key)  # lets the report's PHI guard recognise identifiers it never sees
     log.info(
