@@ -521,3 +521,48 @@ def test_spawned_index_and_decode_workers_scrub_what_libraries_log(tmp_path):
     assert "odd header in <path withheld>" in done.stderr
     assert "decoding <path withheld>" in done.stderr  # ... and decode workers
     assert "A002304" not in done.stderr and str(tmp_path / "images") not in done.stderr
+
+
+# --- issue 21: identifiers in subgroup values, duplicates whose first copy is corrupt ---------------------------
+
+
+def test_a_neutral_csv_column_holding_patient_ids_is_refused_as_a_subgroup(tmp_path):
+    """Issue 21 probe #4: a CSV column with a neutral name (``code``) holding the DICOM PatientIDs, used as
+    ``--subgroup grp=code``, put the raw IDs into manifest.parquet, cohort.json and the printed card."""
+    from typer.testing import CliRunner
+
+    from medvision.cli import app
+
+    root = tmp_path / "images"
+    ids = [f"MRN-{7000 + i}" for i in range(8)]
+    for i, pid in enumerate(ids):
+        _dicom(root / f"{i}.dcm", i, PatientID=pid, PatientName=f"Doe{i}^Jane{i}")
+    table = pd.DataFrame(
+        {
+            "image": [str(i) for i in range(8)],
+            "label": ["a", "b"] * 4,
+            "code": ids,  # the patient IDs, under a name nothing flags
+            "note": [f"seen by {'Jane3 Doe3' if i == 3 else 'the team'}" for i in range(8)],  # a name in free text
+            "arm": ["x", "y"] * 4,
+        }
+    )
+    table.to_csv(tmp_path / "labels.csv", index=False)
+    runner = CliRunner()
+
+    def build(subgroup: str, out: str):
+        return runner.invoke(
+            app,
+            ["cohort", "build", "--images", str(root), "--labels", str(tmp_path / "labels.csv"), "--size", "8",
+             "--subgroup", subgroup, "--out", str(tmp_path / out)],
+        )  # fmt: skip
+
+    for subgroup in ("grp=code", "grp=note"):
+        result = build(subgroup, subgroup)
+        assert result.exit_code == 1, result.output
+        assert "labels.subgroup_columns.grp" in result.output and "holds patient identifiers" in result.output
+        assert "labels.patient_column" in result.output  # says what to do
+        assert not any(pid in result.output for pid in ids) and "Jane3" not in result.output
+        assert not (tmp_path / subgroup / "manifest.parquet").exists()
+    result = build("grp=arm", "arm")  # an ordinary attribute still builds
+    assert result.exit_code == 0, result.output
+    assert set(pd.read_parquet(tmp_path / "arm" / "manifest.parquet")["grp"]) == {"x", "y"}

@@ -22,7 +22,7 @@ from medvision.cohort.card import build_card
 from medvision.cohort.cohort import LEADING_COLUMNS
 from medvision.cohort.decode import fill_cache
 from medvision.cohort.fingerprints import write_fingerprints
-from medvision.cohort.identifiers import CohortBuildError, check_paths, identifier_set
+from medvision.cohort.identifiers import CohortBuildError, check_copied_values, check_paths, identifier_set
 from medvision.cohort.index import IndexedFile, IndexLimits, Rejected, index_files, list_entries
 from medvision.cohort.labels import join_labels
 from medvision.cohort.logscrub import PATH_WITHHELD, Scrubber, scrubbed_output
@@ -91,6 +91,7 @@ def build_cohort(spec: CohortSpec | str | Path, out: str | Path, *, new_key: boo
         _check_study_values(rows, spec, pseudo)
         scrubber.add_identifiers(identifier_set(rows))
         check_paths(rows, spec, str(root))
+        check_copied_values(rows, spec)
 
         private_dir(out)  # the cohort identifies no one by name, but it holds patients' images: owner-only
         cache = PreprocessCache(out / "cache", spec.preprocess)

@@ -27,6 +27,7 @@ from medvision.cohort.spec import CohortSpec
 __all__ = [
     "CohortBuildError",
     "TokenSet",
+    "check_copied_values",
     "check_paths",
     "identifier_set",
     "name_tokens",
@@ -206,6 +207,72 @@ def identifier_set(rows: pd.DataFrame, uids: bool = True) -> set[str]:
             extra = (row.get("birth_date"), row.get("sop_uid"), row.get("study_uid"), row.get("series_uid"))
             toks.update(str(v).lower() for v in extra if v and v == v)
     return toks
+
+
+def _copied_columns(rows: pd.DataFrame, spec: CohortSpec) -> dict[str, str]:
+    """The columns the build copies verbatim from the labels CSV into the manifest and card -> the spec key."""
+    lab = spec.labels
+    if lab is None:
+        return {}
+    copied = {
+        f"sub__{name}": f"labels.subgroup_columns.{name} (CSV column {col!r})"
+        for name, col in lab.subgroup_columns.items()
+    }
+    if lab.site_column:
+        copied["csv_site"] = f"labels.site_column (CSV column {lab.site_column!r})"
+    if len(lab.label_columns) == 1:
+        copied["label"] = f"labels.label_columns (CSV column {lab.label_columns[0]!r})"
+    return {c: key for c, key in copied.items() if c in rows}
+
+
+def check_copied_values(rows: pd.DataFrame, spec: CohortSpec) -> None:
+    """Refuse CSV values that the build copies verbatim (subgroups, the site column, labels) when they are patient
+    identifiers of this cohort.
+
+    Why: a column's *name* can say it holds identifiers (``patient_id``), which the spec refuses; a neutral name
+    (``code``) cannot, yet a subgroup copies every value into ``manifest.parquet``, ``cohort.json`` and the printed
+    card. The build knows the identifiers (it pseudonymises them), so the values are matched against them: patient
+    IDs (the headers' and the CSV's patient column), accession numbers, birth dates and UIDs as whole tokens, and
+    names as two adjacent parts of one patient's name ("Jane Doe", ``DOE^JANE``). A single name part is not
+    matched: a subgroup value "White" must not stop a study because a patient is called White.
+
+    Raises:
+        CohortBuildError: naming the spec key and CSV column and how many values match, never the values.
+    """
+    copied = _copied_columns(rows, spec)
+    if not copied or rows.empty:
+        return
+    ids = [
+        rows.get(c)
+        for c in ("patient_id", "csv_patient", "accession_number", "birth_date", "sop_uid", "study_uid", "series_uid")
+    ]
+    known = TokenSet(str(v) for col in ids if col is not None for v in col.dropna())
+    pairs = {
+        _name_pair(a, b)
+        for name in rows.get("patient_name", pd.Series(dtype=object)).dropna()
+        for a, b in _adjacent(str(name))
+    }
+    for column, key in copied.items():
+        values = {str(v) for v in rows[column].dropna()}
+        hits = sum(known.search(v) or any(_name_pair(a, b) in pairs for a, b in _adjacent(v)) for v in values)
+        if hits:
+            raise CohortBuildError(
+                f"{key} holds patient identifiers: {hits} of its {len(values)} distinct value(s) equal or contain a "
+                "patient ID, accession number, birth date, UID or patient name of this cohort (values not shown). "
+                "The build copies this column verbatim into manifest.parquet, cohort.json and the card, and "
+                "identifiers never leave the cohort layer. If the column identifies patients, give it as "
+                "labels.patient_column (--patient-column; it is pseudonymised) and drop it here; otherwise "
+                "correct its values"
+            )
+
+
+def _adjacent(text: str) -> list[tuple[str, str]]:
+    words = TokenSet._RUN.findall(text.lower())
+    return list(zip(words, words[1:]))
+
+
+def _name_pair(a: str, b: str) -> tuple[str, str]:
+    return (a, b) if a <= b else (b, a)
 
 
 def scrub(text: str, identifiers: set[str] | TokenSet | None) -> str:
