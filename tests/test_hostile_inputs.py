@@ -26,7 +26,7 @@ import pydicom
 import pytest
 from dicom_factory import IDENTIFIERS, dicom_image, write
 from PIL import Image
-from pydicom.uid import RLELossless
+from pydicom.uid import ImplicitVRLittleEndian, RLELossless
 
 from medvision.cohort.build import CohortBuildError, build_cohort
 from medvision.cohort.cache import recipe_id
@@ -566,3 +566,33 @@ def test_a_neutral_csv_column_holding_patient_ids_is_refused_as_a_subgroup(tmp_p
     result = build("grp=arm", "arm")  # an ordinary attribute still builds
     assert result.exit_code == 0, result.output
     assert set(pd.read_parquet(tmp_path / "arm" / "manifest.parquet")["grp"]) == {"x", "y"}
+
+
+def test_duplicates_keep_the_first_readable_copy_when_the_first_one_is_corrupt(tmp_path):
+    """Issue 21 probe #6 (pydicom's own test corpus: ``badVR.dcm``): copies of one SOP instance were deduplicated
+    by sorted path alone, so a corrupt first copy was kept (and quarantined) and the readable copies were
+    quarantined as duplicates: the instance was lost."""
+    import copy
+
+    root = tmp_path / "images"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    instance = dicom_image((rng.random((32, 32)) * 4000).astype(np.uint16), Modality="DX")
+    corrupt = copy.deepcopy(instance)
+    corrupt.PixelData = corrupt.PixelData[:300]  # the header reads, the pixels cannot be decoded
+    write(corrupt, root / "0-first.dcm")
+    write(copy.deepcopy(instance), root / "1-readable.dcm")
+    write(copy.deepcopy(instance), root / "2-readable-implicit.dcm", ImplicitVRLittleEndian)
+    _dicom(root / "3-other.dcm", 3)
+    build_cohort(_spec(root), tmp_path / "out")
+    manifest, quarantine = _accounted(tmp_path / "out")
+    assert sorted(manifest["relpath"]) == ["1-readable.dcm", "3-other.dcm"]
+    reasons = dict(zip(quarantine["relpath"], zip(quarantine["stage"], quarantine["reason"])))
+    assert set(reasons) == {"0-first.dcm", "2-readable-implicit.dcm"}
+    stage, reason = reasons["0-first.dcm"]
+    assert stage == "decode" and reason.endswith("a readable copy of the same instance, file #1, is kept")
+    assert reasons["2-readable-implicit.dcm"] == (
+        "index",
+        "duplicate SOP Instance UID: the same DICOM instance as file #1 (kept)",
+    )
+    assert manifest["image_id"].is_unique

@@ -79,7 +79,7 @@ def fill_cache(
     advance: Callable[[int], None] | None = None,
 ):
     """Decode every instance of ``rows`` into ``cache``; returns the rows kept (with content and cache keys), the
-    files quarantined while decoding, and how many entries were decoded now (not found in the cache)."""
+    files quarantined while decoding, and the cache keys decoded now (not found in the cache)."""
     by_file: dict[str, list[int]] = {}
     for relpath, frame in zip(rows["relpath"], rows["frame"]):
         by_file.setdefault(relpath, []).append(int(frame))
@@ -87,7 +87,7 @@ def fill_cache(
     sha_of: dict[tuple[str, int], tuple[str, str]] = {}
     failures: dict[str, str] = {}
     pending: list[tuple[str, np.ndarray]] = []
-    decoded = 0
+    decoded: set[str] = set()
     for relpath, results in _run_decode(jobs, root, cache, spec, scrubber):
         if advance is not None:
             advance(1)
@@ -98,7 +98,7 @@ def fill_cache(
             sha_of[(relpath, fr)] = (sha, key)
             if payload is not None:
                 pending.append((key, payload))
-                decoded += 1
+                decoded.add(key)
             if len(pending) >= SHARD_SIZE:
                 cache.append(pending, save_index=False)
                 pending = []
