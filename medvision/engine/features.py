@@ -105,7 +105,15 @@ class FeatureCache:
         missing = [k for k in dict.fromkeys(keys) if k not in self._store]
         self.computed = len(missing)
         if missing:
-            self._store.append(zip(missing, self._embed(cache, missing)))
+            feats = self._embed(cache, missing)
+            try:
+                self._store.append(zip(missing, feats))
+            except PermissionError as e:
+                raise PermissionError(
+                    e.errno,
+                    f"the feature cache {self.dir} is not writable ({e.strerror}); set ${FEATURE_CACHE_ENV} to a "
+                    "folder you can write, or turn the cache off (data.feature_cache: false)",
+                ) from e
         if not keys:
             return np.zeros((0, 0), np.float32)
         return self._store.get_many(keys).astype(np.float32)
