@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -70,6 +71,7 @@ def main() -> None:
 
     with synthetic_cohort("derm", args.patients, args.size, prefix="medvision-linear-probe-") as cohort_dir:
         work = cohort_dir.parent  # run outputs and the MLflow store go beside the cohort, deleted with it
+        os.environ["MEDVISION_FEATURE_CACHE"] = str(work / "features")  # a cold feature cache, deleted with it
         cohort = open_cohort(cohort_dir)
 
         slow, slow_s = _run(cohort_dir, work, args, feature_cache=False)

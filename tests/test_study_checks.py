@@ -196,3 +196,40 @@ def test_evaluation_refuses_unknown_subgroups_and_classes_before_predicting(synt
         EvaluationSettings(outlier_sets=["test"])
     with pytest.raises(ValueError, match="unknown set"):
         EvaluationSettings(sets=["site-ood"])
+
+
+def test_duplicate_csv_keys_fail_after_the_row_filters_in_the_build_and_in_check(photos, tmp_path):
+    """Issue 21: `--check` passed a cohort whose labels CSV has duplicate keys (the build then failed), and the
+    duplicate-key check ran before the row filters, so a filter that removes the duplicates could not help."""
+    img, csv, table = photos
+    extra = table.iloc[[2, 5]].assign(dx="todo")  # second rows for two images, marked for removal
+    pd.concat([table, extra], ignore_index=True).to_csv(csv, index=False)
+
+    def pipeline(exclude: dict) -> Path:
+        folder = {"images": str(img), "labels": str(csv), "label_column": "dx", "patient_column": "lesion",
+                  "site_column": "site", "size": 8, "spec": {"labels": {"exclude": exclude}}}  # fmt: skip
+        path = tmp_path / "study.yaml"
+        data = {
+            "name": "dups",
+            "output_dir": str(tmp_path / "runs"),
+            "stages": {"cohort": {"kind": "cohort", "folder": folder}},
+        }
+        path.write_text(json.dumps(data))
+        return path
+
+    checked = CliRunner().invoke(app, ["run", str(pipeline({})), "--check"])
+    assert checked.exit_code == 2, checked.output
+    said = " ".join(checked.output.split())
+    assert "2 duplicate value(s) in key column 'image'" in said and "(first at CSV line 42)" in said
+    assert "labels.exclude" in said  # and what to do
+    with pytest.raises(SpecError, match=r"2 duplicate value\(s\) in key column 'image'"):
+        build_cohort(_spec(photos), tmp_path / "refused")
+
+    checked = CliRunner().invoke(app, ["run", str(pipeline({"dx": ["todo"]})), "--check"])
+    assert checked.exit_code == 0, checked.output
+    spec = _spec(photos).model_dump(mode="json")
+    spec["labels"] |= {"exclude": {"dx": ["todo"]}}
+    card = build_cohort(type(_spec(photos)).model_validate(spec), tmp_path / "out")  # the filter removes them
+    m = open_cohort(tmp_path / "out").manifest
+    assert len(m) == 40 and "todo" not in set(m["label"].dropna()) and card["images"] == 40
+    assert m.set_index("relpath").loc["isic_0002.png", "label"] == table.loc[2, "dx"]

@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from medvision.cohort.labels import check_label_keys
 from medvision.cohort.named_values import CohortFacts, check_named_values, facts_from_labels
 from medvision.cohort.spec import CohortSpec, FolderOptions, SpecError, load_spec, spec_from_folder
 from medvision.config import ConfigError, explain_validation_error
@@ -126,6 +127,7 @@ def _check_cohort(
     missing = [f"images folder {cohort.images.resolve()}"] if not cohort.images.is_dir() and cohort.pacs is None else []
     try:
         facts = facts_from_labels(cohort)
+        check_label_keys(cohort.labels)  # one row per image after the row filters, as the build requires
     except SpecError as e:  # a column the spec names is not in the (readable) CSV: a typo, reported now
         raise ConfigError(f"{where}: {e}") from None
     if facts is None and cohort.labels is not None:
