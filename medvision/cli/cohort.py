@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from medvision.cli._errors import run_guarded
+from medvision.errors import InputError
 from medvision.cohort.spec import FolderOptions
 
 _FOLDER = FolderOptions.model_fields  # the folder defaults, declared once in the cohort layer
@@ -77,7 +78,7 @@ def build(
                 pull_cohort(s)
         elif images is not None and spec is None:
             if pull:
-                raise ValueError("--pull needs a cohort spec with a pacs: section")
+                raise InputError("--pull needs a cohort spec with a pacs: section")
             given = {
                 "labels": labels,
                 "key_column": key_column,
@@ -99,7 +100,7 @@ def build(
             }
             s = spec_from_folder(images, None, **{k: v for k, v in given.items() if v is not None})
         else:
-            raise ValueError("give either a cohort spec file or --images DIR (not both)")
+            raise InputError("give either a cohort spec file or --images DIR (not both)")
         target = out or Path("cohorts") / "build" / s.name
         if spec is not None and kinds:
             s = s.model_copy(update={"kinds": [k.strip() for k in kinds.split(",") if k.strip()]})
@@ -112,7 +113,7 @@ def build(
 
 def _pair(text: str) -> tuple[str, str]:
     if "=" not in text:
-        raise ValueError(f"--subgroup expects NAME=COLUMN, got {text!r}")
+        raise InputError(f"--subgroup expects NAME=COLUMN, got {text!r}")
     k, v = text.split("=", 1)
     return k.strip(), v.strip()
 
@@ -167,7 +168,7 @@ def synth(
         from medvision.sources.synth import synthesize
 
         if kind not in ("derm", "cxr"):
-            raise ValueError(f"--kind must be derm or cxr, got {kind!r}")
+            raise InputError(f"--kind must be derm or cxr, got {kind!r}")
         spec_path = synthesize(out, kind="derm" if kind == "derm" else "cxr", patients=patients, seed=seed, size=size)
         typer.echo(f"synthetic {kind} cohort written to {out}; build it with: medvision cohort build {spec_path}")
 

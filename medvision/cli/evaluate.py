@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from medvision.cli._errors import run_guarded
+from medvision.errors import InputError
 from medvision.evaluation.settings import EvaluationSettings
 
 _DEFAULTS = EvaluationSettings()  # the evaluate defaults, declared once in the evaluation layer
@@ -43,7 +44,7 @@ def evaluate_command(
             try:
                 run = client.get_run(run_id)
             except Exception as e:  # noqa: BLE001 - MLflow raises several types for a missing run
-                raise ValueError(
+                raise InputError(
                     f"run {run_id!r} not found in {uri} ({type(e).__name__}); pass the run id of a "
                     "fine-tuning run (see `mlflow ui`), or set MLFLOW_TRACKING_URI"
                 ) from None
@@ -63,14 +64,14 @@ def evaluate_command(
             )
         cohort_dir = cohort or Path(client.get_run(runs[0]).data.params.get("data.cohort_dir", ""))
         if not (cohort_dir / "cohort.json").exists():
-            raise ValueError(f"cohort folder {cohort_dir} not found; pass --cohort DIR (a built cohort)")
+            raise InputError(f"cohort folder {cohort_dir} not found; pass --cohort DIR (a built cohort)")
         import json
 
         built = json.loads((cohort_dir / "cohort.json").read_text())["manifest_sha256"]
         for run_id in runs:
             trained = client.get_run(run_id).data.tags.get("cohort.manifest_sha256")
             if trained and trained != built:
-                raise ValueError(
+                raise InputError(
                     f"run {run_id} was trained on cohort manifest {trained[:12]} but {cohort_dir} holds "
                     f"manifest {built[:12]} (rebuilt or another cohort): its test set may overlap the "
                     "training patients. Evaluate on the cohort the run was trained on"
@@ -109,7 +110,7 @@ def report_command(
         from medvision.report.build import report_from_evaluation
 
         if not (evaluation / "metrics.json").exists():
-            raise ValueError(f"{evaluation} holds no metrics.json; run `medvision evaluate RUN --out {evaluation}`")
+            raise InputError(f"{evaluation} holds no metrics.json; run `medvision evaluate RUN --out {evaluation}`")
         path = report_from_evaluation(evaluation, out, title=title)
         typer.echo(f"report: {path.resolve()}")
 
