@@ -35,7 +35,7 @@ from medvision.engine.config import resolve_tracking_uri
 from medvision.engine.features import FeatureDataModule
 from medvision.engine.hyperrule import hyperrule_epochs
 from medvision.engine.trainer import fit_stage, resume_checkpoint, run_identity
-from medvision.heads import create_head
+from medvision.heads import create_head, get_head_class
 from medvision.models import create_backbone
 from medvision.tracking import MLflowTracking
 from medvision.tracking.store import using_tracking_uri
@@ -91,27 +91,16 @@ class FinetuneResult:
 
 
 def build_classifier(config: FinetuneConfig, datamodule: CohortFactsLike) -> Classifier:
-    """The network for ``config`` sized from the cohort: ``in_chans``, K classes (HOD: + M outlier logits).
+    """The network for ``config`` sized from the cohort: ``in_chans``, K classes, and whatever the head takes from
+    the cohort (:meth:`~medvision.heads.Head.options_for_cohort`: HOD's M outlier logits).
 
     Raises:
-        ValueError: the head does not fit the cohort (HOD without training outlier conditions, or
+        HeadConfigError: the head does not fit the cohort (HOD without training outlier conditions, or
             ``num_outlier_classes`` different from the cohort's).
     """
 
-    k, m = int(datamodule.num_inlier_classes), int(datamodule.num_outlier_classes)
-    options = dict(config.head.options)
-    if config.head.name == "hod":
-        if m < 1:
-            raise ValueError(
-                "head 'hod' needs training outlier conditions, but the cohort has none; declare them in the "
-                "cohort spec (splits.outlier_conditions) or use another head"
-            )
-        given = options.setdefault("num_outlier_classes", m)
-        if given != m:
-            raise ValueError(
-                f"head.options.num_outlier_classes is {given} but the cohort has {m} training outlier "
-                "conditions; leave the option out to take the cohort's"
-            )
+    k = int(datamodule.num_inlier_classes)
+    options = get_head_class(config.head.name).options_for_cohort(config.head.options, datamodule)
     in_chans = config.backbone.in_chans or int(datamodule.in_chans)
     backbone = create_backbone(config.backbone.name, config.backbone.weights, in_chans, **config.backbone.options)
     head = create_head(config.head.name, backbone.num_features, k, **options)
