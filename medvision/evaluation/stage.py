@@ -277,7 +277,7 @@ def _score_sets(
                 "deferral": deferral,
                 "by_group": ood_by_group(inlier[id_set], outliers, groups, fitted.detectors),
                 "inliers_exclude_abstention_images": int((preds[id_set].frame["label_idx"] >= k).sum()),
-                "primary": "hod" if any(d["detector"] == "hod" for d in det) else "msp",
+                "primary": inlier[id_set].ood_score_name or "msp",  # the head's own score (Head.ood_score_name)
             }
     if "site_ood" in inlier and "site_ood" not in request.outlier_sets and len(inlier["site_ood"].frame):
         out["label_shift"] = label_shift_table(inlier["val"], inlier["site_ood"], fitted.scaler)
