@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from medvision.cli import app
 from medvision.config import ConfigError
 from medvision.pipeline import load_pipeline
-from medvision.pipeline.spec import sweep_members
+from medvision.pipeline.stages.training import sweep_members
 
 REPO = Path(__file__).resolve().parent.parent
 PIPELINES = sorted((REPO / "pipelines").glob("*.yaml"))

@@ -25,9 +25,10 @@ import pandas as pd
 from medvision._version import code_version
 from medvision.engine.config import TrackingConfig, resolve_tracking_uri
 from medvision.pipeline import executors
+from medvision.pipeline.kinds import StageContext, StageOutput, stage_kind
 from medvision.pipeline.spec import PipelineSpec
-from medvision.pipeline.stages import StageOutput
 from medvision.pipeline.tracker import Tracker
+from medvision.plugins import load_all
 
 __all__ = ["PipelineInterrupted", "PipelineResult", "run_pipeline"]
 
@@ -44,7 +45,7 @@ class PipelineInterrupted(Exception):
     def __init__(self, stage_id: str, kind: str, signum: int) -> None:
         self.stage_id, self.kind, self.signum = stage_id, kind, signum
         self.exit_code = 128 + signum
-        resumes = "continues from its last checkpoint" if kind in ("finetune", "pretrain") else "runs again"
+        resumes = "continues from its last checkpoint" if stage_kind(kind).resumes else "runs again"
         super().__init__(
             f"interrupted by {signal.Signals(signum).name} during stage {stage_id!r} ({kind}); the stages finished "
             f"before it are kept. Re-run the same command to resume: finished stages are reused and {stage_id!r} "
@@ -91,9 +92,14 @@ class PipelineResult:
         return pd.DataFrame(self.rows, columns=["stage", "kind", "member", "status", "run_id", "seconds", "result"])
 
     @property
+    def files(self) -> list[tuple[str, Path]]:
+        """``(kind, path)`` of every file a person opens (the report: kinds whose ``opens_file`` is set), in order."""
+        return [(o.kind, o.path) for o in self.outputs.values() if o.path is not None and stage_kind(o.kind).opens_file]
+
+    @property
     def report_path(self) -> Path | None:
-        reports = [o.path for o in self.outputs.values() if o.kind == "report" and o.path]
-        return reports[-1] if reports else None
+        """The last of :attr:`files` (the report), if any stage made one."""
+        return self.files[-1][1] if self.files else None
 
 
 def run_pipeline(spec: PipelineSpec, *, echo: Callable[[str], None] = print) -> PipelineResult:
@@ -105,6 +111,7 @@ def run_pipeline(spec: PipelineSpec, *, echo: Callable[[str], None] = print) -> 
     """
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    load_all()
 
     uri = resolve_tracking_uri(TrackingConfig(tracking_uri=spec.tracking.tracking_uri))
     tracker = Tracker(uri, spec.tracking.experiment, spec.name)
@@ -117,7 +124,7 @@ def run_pipeline(spec: PipelineSpec, *, echo: Callable[[str], None] = print) -> 
         with _sigterm_raises():
             for stage_id, stage in spec.stages.items():
                 started = time.perf_counter()
-                ctx = executors.StageContext(
+                ctx = StageContext(
                     stage_id=stage_id,
                     stage=stage,
                     spec=spec,
