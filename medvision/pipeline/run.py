@@ -24,6 +24,7 @@ import pandas as pd
 
 from medvision._version import code_version
 from medvision.engine.config import TrackingConfig, resolve_tracking_uri
+from medvision.errors import MedvisionError
 from medvision.pipeline import executors
 from medvision.pipeline.kinds import StageContext, StageOutput, stage_kind
 from medvision.pipeline.spec import PipelineSpec
@@ -35,7 +36,7 @@ __all__ = ["PipelineInterrupted", "PipelineResult", "run_pipeline"]
 log = logging.getLogger("medvision.pipeline")
 
 
-class PipelineInterrupted(Exception):
+class PipelineInterrupted(MedvisionError):
     """A pipeline stopped by SIGTERM (what SLURM and Kubernetes send at a time limit) in the middle of a stage.
 
     Lightning turns SIGTERM into a ``SystemExit`` without a code, so a killed job would exit 0 and look
