@@ -5,7 +5,7 @@ sizes, modification times) or corrected labels change the key and rebuild the co
 assembles the spec it will build and validates it; when the labels CSV is readable it also checks the held-out
 sites, held-out conditions and abstention classes against the CSV's values (:mod:`medvision.cohort.named_values`,
 the same check the build makes). Synthetic and MedMNIST sources exist only once the stage runs: their overrides
-are checked for unknown keys, their values at build time.
+are validated against a stand-in spec (keys and values), the named values at build time.
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ class CohortKind(StageKind[CohortStage]):
             if isinstance(declared, list):
                 study.fractions[stage_id] = [float(f) for f in declared]
             made = "synthetic" if stage.synth is not None else "MedMNIST"
-            return [f"{stage_id}: overrides checked; values checked when the {made} data is made"]
+            return [f"{stage_id}: overrides checked (keys and values); named values when the {made} data is made"]
         try:
             cohort = CohortSpec.model_validate(data)
         except ValidationError as err:
@@ -235,17 +235,37 @@ def _check_values(stage_id: str, cohort: CohortSpec, where: str) -> tuple[Cohort
 
 
 def _check_generated_overrides(overrides: dict[str, Any], where: str) -> None:
-    """Unknown keys in a generated source's overrides (a stand-in spec supplies the required keys)."""
+    """The overrides of a source generated at run time, validated against a stand-in spec: unknown keys and bad
+    values (splits that do not sum to 1, a negative size) fail now. The stand-in supplies the keys the generator
+    writes (so "required" is never the overrides' fault); only problems at or below an overridden key are kept."""
     stand_in: dict[str, Any] = {"name": "check", "images": str(Path("."))}
     merge_spec(stand_in, overrides)
     try:
         CohortSpec.model_validate(stand_in)
     except ValidationError as err:
         unknown = [e for e in err.errors() if e["type"] == "extra_forbidden"]
+        message = explain_validation_error(err, CohortSpec, f"{where}.overrides")
         if unknown:
-            message = explain_validation_error(err, CohortSpec, f"{where}.overrides")
             lines = [ln for ln in message.splitlines() if "unknown key" in ln]
             raise ConfigError(f"{where}.overrides: not cohort-spec keys:\n" + "\n".join(lines)) from None
+        touched = _paths(overrides)
+        ours = [e for e in err.errors() if e["type"] != "missing" and _overlaps(tuple(map(str, e["loc"])), touched)]
+        if ours:
+            raise ConfigError(message) from None
+
+
+def _paths(mapping: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every dotted path an overrides mapping sets, as tuples."""
+    out: list[tuple[str, ...]] = []
+    for k, v in mapping.items():
+        here = (*prefix, str(k))
+        out += _paths(v, here) if isinstance(v, dict) and v else [here]
+    return out
+
+
+def _overlaps(loc: tuple[str, ...], touched: list[tuple[str, ...]]) -> bool:
+    """An error at ``loc`` comes from the overrides when it lies at, above or below a path they set."""
+    return any(loc[: len(t)] == t or t[: len(loc)] == loc for t in touched)
 
 
 def _source_spec(ctx: StageContext[CohortStage]) -> dict[str, Any]:
