@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 from abc import abstractmethod
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
+from mlflow import MlflowClient
 from pydantic import Field, PrivateAttr, ValidationError, field_validator
 
 from medvision.config import ConfigError, apply_overrides, explain_validation_error
@@ -32,7 +34,7 @@ from medvision.pipeline.study import Study
 from medvision.ssl import PretrainConfig, pretrain
 from medvision.training import FinetuneConfig, finetune
 
-__all__ = ["FinetuneKind", "FinetuneStage", "Member", "PretrainKind", "PretrainStage", "sweep_members"]
+__all__ = ["FinetuneKind", "FinetuneStage", "Member", "PretrainKind", "PretrainStage", "kept_headline", "sweep_members"]
 
 TrainingConfig = FinetuneConfig | PretrainConfig
 
@@ -204,7 +206,7 @@ class TrainingKind(StageKind[T]):
         return output, rows
 
     def _reuse_or_run(self, ctx: StageContext[T], member: Member, key: str, config: TrainingConfig) -> dict[str, Any]:
-        client = ctx.tracker.client
+        client, monitor = ctx.tracker.client, config.monitor.metric
         run = ctx.tracker.finished(key)
         if run is not None:
             run_id = run.info.run_id
@@ -212,7 +214,7 @@ class TrainingKind(StageKind[T]):
                 "member": member.name,
                 "status": "reused",
                 "run_id": run_id,
-                "result": _headline(client.get_run(run_id).data.metrics),
+                "result": kept_headline(client, run_id, monitor),
             }
         name = ctx.stage_id if member.name == "main" else f"{ctx.stage_id}/{member.name}"
         tracking = {"tracking_uri": ctx.tracker.uri, "experiment": ctx.tracker.experiment, "run_name": name}
@@ -230,7 +232,7 @@ class TrainingKind(StageKind[T]):
             "member": member.name,
             "status": "ran",
             "run_id": run_id,
-            "result": _headline(client.get_run(run_id).data.metrics),
+            "result": kept_headline(client, run_id, monitor),
         }
 
 
@@ -301,6 +303,27 @@ def _member_facts(config: TrainingConfig) -> dict[str, Any]:
     }
 
 
-def _headline(metrics: dict[str, float]) -> str:
-    keys = [k for k in _HEADLINE if k in metrics] or sorted(metrics)[:3]
-    return ", ".join(f"{k}={metrics[k]:.3f}" for k in keys)
+def kept_headline(client: MlflowClient, run_id: str, monitor: str) -> str:
+    """The run's headline metrics at the epoch whose checkpoint was kept (the model the run *is*), said so.
+
+    The last epoch's values are not the model's: with early overfitting the last validation AUROC can be far below
+    the kept checkpoint's. The kept epoch is the first one whose ``monitor`` value equals the run's ``best/<monitor>``
+    (what the checkpoint callback kept); without a best value (nothing finite to monitor) the last epoch is shown,
+    and said to be.
+    """
+    metrics = client.get_run(run_id).data.metrics
+    keys = [k for k in _HEADLINE if k in metrics] or sorted(k for k in metrics if not k.startswith("best/"))[:3]
+    best = metrics.get(f"best/{monitor}")
+    step = None
+    if best is not None:
+        history = sorted(client.get_metric_history(run_id, monitor), key=lambda m: m.step)
+        step = next((m.step for m in history if math.isclose(m.value, best, rel_tol=1e-9, abs_tol=1e-12)), None)
+    if step is None:
+        return "last epoch: " + ", ".join(f"{k}={metrics[k]:.3f}" for k in keys)
+    at_step = {}
+    for k in keys:
+        values = [m.value for m in client.get_metric_history(run_id, k) if m.step == step]
+        if values:
+            at_step[k] = values[-1]
+    kept = f"kept epoch {step + 1}/{len({m.step for m in history})}"  # counted from 1, as people do
+    return f"{kept}: " + ", ".join(f"{k}={v:.3f}" for k, v in at_step.items())
