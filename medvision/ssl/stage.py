@@ -27,6 +27,7 @@ from lightning.pytorch.callbacks import Callback
 from medvision.config import flatten, to_yaml
 from medvision.engine.config import resolve_tracking_uri
 from medvision.engine.trainer import fit_stage, resume_checkpoint, run_identity
+from medvision.errors import InputError
 from medvision.models import create_backbone
 from medvision.ssl.config import PretrainConfig
 from medvision.ssl.data import PretrainDataModule
@@ -101,7 +102,7 @@ def pretrain(config: PretrainConfig, *, callbacks: Sequence[Callback] = ()) -> P
         knn_max_images=d.knn_max_images,
     )
     if config.monitor.metric == "val/knn_acc" and not datamodule.knn_sets:
-        raise ValueError(
+        raise InputError(
             f"cohort {d.cohort_dir} has no labelled train or val images, so the kNN monitor (monitor.metric: "
             "val/knn_acc) cannot run; set monitor.metric=train/loss and monitor.mode=min"
         )
@@ -124,7 +125,7 @@ def pretrain(config: PretrainConfig, *, callbacks: Sequence[Callback] = ()) -> P
         "data.pool_images": len(datamodule.pool_rows),
         "data.pool_patients": int(datamodule.pool_rows["patient_id"].nunique()),
         "data.multi_instance_patient_share": round(datamodule.multi_instance_patient_share(), 4),
-        "augment.resolved_pipeline": datamodule.pipeline,
+        "augment.resolved_preset": datamodule.augment_preset,
         "backbone.source": record.source,
         "backbone.sha256": record.sha256,
         "backbone.licence": record.licence,
