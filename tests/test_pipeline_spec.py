@@ -273,5 +273,8 @@ def test_check_validates_the_values_of_a_synthetic_cohorts_overrides(tmp_path, o
         load_pipeline(_write(tmp_path, data))
     result = CliRunner().invoke(app, ["run", str(tmp_path / "p.yaml"), "--check"])
     assert result.exit_code == 2 and "valid (" not in result.output and "Traceback" not in result.output
-    data["stages"]["cohort"]["overrides"] = {"splits": {"train": 0.6, "val": 0.2, "test": 0.2}, "preprocess": {"size": 48}}
+    data["stages"]["cohort"]["overrides"] = {
+        "splits": {"train": 0.6, "val": 0.2, "test": 0.2},
+        "preprocess": {"size": 48},
+    }
     assert load_pipeline(_write(tmp_path, data))  # good values pass: the stand-in spec's own keys are never blamed

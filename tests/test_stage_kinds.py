@@ -116,7 +116,9 @@ def test_a_bad_sweep_value_names_the_member_and_the_key(tmp_path):
     data["stages"]["hod"]["sweep"] = {"optim.lr": [0.01, -1]}
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
-    with pytest.raises(ConfigError, match=r"(?s)stages\.hod\.config \(sweep member lr=-1\).*optim\.lr: Input should be greater"):
+    with pytest.raises(
+        ConfigError, match=r"(?s)stages\.hod\.config \(sweep member lr=-1\).*optim\.lr: Input should be greater"
+    ):
         load_pipeline(path)
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import typer
 
 from medvision.cli._errors import run_guarded
-from medvision.errors import InputError
 from medvision.cohort.spec import FolderOptions
+from medvision.errors import InputError
 
 _FOLDER = FolderOptions.model_fields  # the folder defaults, declared once in the cohort layer
 

@@ -1,8 +1,8 @@
 """Image readers: files in, ``(C, H, W)`` float32 pixels in ``[0, 1]`` plus non-identifying metadata out.
 
-Just above the stack's base (it imports only the error base and the entry-point loader): DICOM (:mod:`medvision.io.dicom`), photos
-(:mod:`medvision.io.photo`), the reader contract (:mod:`medvision.io.reader`) and the ordered registry both
-indexing and decoding use (:mod:`medvision.io.registry`).
+Just above the stack's base (it imports only the error base and the entry-point loader): DICOM
+(:mod:`medvision.io.dicom`), photos (:mod:`medvision.io.photo`), the reader contract (:mod:`medvision.io.reader`)
+and the ordered registry both indexing and decoding use (:mod:`medvision.io.registry`).
 """
 
 from medvision.io.dicom import DicomHeader, DicomReader, read_dicom, read_dicom_header

@@ -27,6 +27,7 @@ from medvision.heads import get_head_class
 
 __all__ = ["DataConfig", "FinetuneConfig", "HeadConfig"]
 
+
 class DataConfig(StrictModel):
     """Which built cohort, and how it is batched."""
 
