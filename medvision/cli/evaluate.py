@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from medvision.cli._errors import run_guarded
 from medvision.errors import InputError
 from medvision.evaluation.settings import EvaluationSettings
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 _DEFAULTS = EvaluationSettings()  # the evaluate defaults, declared once in the evaluation layer
 
@@ -32,71 +37,81 @@ def evaluate_command(
     """Predict with RUNS on the cohort's evaluation sets; write and log predictions and metrics.json."""
 
     def body() -> None:
-        from mlflow import MlflowClient
-
-        from medvision.engine.config import TrackingConfig, resolve_tracking_uri
-        from medvision.evaluation.stage import EvaluationRequest, evaluate_models
-
-        uri = resolve_tracking_uri(TrackingConfig())
-        client = MlflowClient(uri)
-        models = []
-        for run_id in runs:
-            try:
-                run = client.get_run(run_id)
-            except Exception as e:  # noqa: BLE001 - MLflow raises several types for a missing run
-                raise InputError(
-                    f"run {run_id!r} not found in {uri} ({type(e).__name__}); pass the run id of a "
-                    "fine-tuning run (see `mlflow ui`), or set MLFLOW_TRACKING_URI"
-                ) from None
-            p = run.data.params
-            name = (run.info.run_name or "model").split("/")
-            models.append(
-                {
-                    "run_id": run_id,
-                    "stage": name[0],
-                    "member": name[-1] if len(name) > 1 else run_id[:8],
-                    "backbone": p.get("backbone.name"),
-                    "weights": p.get("backbone.weights"),
-                    "head": p.get("head.name"),
-                    "label_fraction": float(p.get("data.label_fraction", 1.0)),
-                    "seed": int(p.get("seed", 0)),
-                }
-            )
-        cohort_dir = cohort or Path(client.get_run(runs[0]).data.params.get("data.cohort_dir", ""))
-        if not (cohort_dir / "cohort.json").exists():
-            raise InputError(f"cohort folder {cohort_dir} not found; pass --cohort DIR (a built cohort)")
-        import json
-
-        built = json.loads((cohort_dir / "cohort.json").read_text())["manifest_sha256"]
-        for run_id in runs:
-            trained = client.get_run(run_id).data.tags.get("cohort.manifest_sha256")
-            if trained and trained != built:
-                raise InputError(
-                    f"run {run_id} was trained on cohort manifest {trained[:12]} but {cohort_dir} holds "
-                    f"manifest {built[:12]} (rebuilt or another cohort): its test set may overlap the "
-                    "training patients. Evaluate on the cohort the run was trained on"
-                )
-        request = EvaluationRequest(
-            cohort_dir=cohort_dir,
-            models=models,
-            sets=[s for s in sets.split(",") if s],
-            subgroups=[s for s in subgroups.split(",") if s],
-            bootstrap=bootstrap,
-            min_patients=min_patients,
-            ensemble=len(models) > 1,
-            saliency=saliency,
-            tracking_uri=uri,
-            positive_class=positive_class,
-            outlier_sets=[s for s in outlier_sets.split(",") if s],
-        )
-        headline = evaluate_models(request, out)
-        for run_id in runs:
-            client.log_artifacts(run_id, str(out), "evaluation")
-        for key, value in sorted(headline.items()):
-            typer.echo(f"{key:50s} {value:.3f}")
-        typer.echo(f"wrote {out / 'metrics.json'}; render it with: medvision report {out}")
+        settings = {
+            "sets": [s for s in sets.split(",") if s],
+            "subgroups": [s for s in subgroups.split(",") if s],
+            "bootstrap": bootstrap,
+            "min_patients": min_patients,
+            "saliency": saliency,
+            "positive_class": positive_class,
+            "outlier_sets": [s for s in outlier_sets.split(",") if s],
+        }
+        _evaluate(runs, out, cohort, settings)
 
     run_guarded(body)
+
+
+def _evaluate(runs: list[str], out: Path, cohort: Path | None, settings: dict[str, Any]) -> None:
+    """Evaluate the runs (ensembled when several) on their cohort; log and print the headline metrics."""
+    from mlflow import MlflowClient
+
+    from medvision.engine.config import TrackingConfig, resolve_tracking_uri
+    from medvision.evaluation.stage import EvaluationRequest, evaluate_models
+
+    uri = resolve_tracking_uri(TrackingConfig())
+    client = MlflowClient(uri)
+    models = [_model(client, uri, run_id) for run_id in runs]
+    cohort_dir = _trained_cohort(client, runs, cohort)
+    request = EvaluationRequest(
+        cohort_dir=cohort_dir, models=models, ensemble=len(models) > 1, tracking_uri=uri, **settings
+    )
+    headline = evaluate_models(request, out)
+    for run_id in runs:
+        client.log_artifacts(run_id, str(out), "evaluation")
+    for key, value in sorted(headline.items()):
+        typer.echo(f"{key:50s} {value:.3f}")
+    typer.echo(f"wrote {out / 'metrics.json'}; render it with: medvision report {out}")
+
+
+def _model(client: MlflowClient, uri: str, run_id: str) -> dict[str, Any]:
+    """What the evaluation says about the model of ``run_id`` (its stage, member, backbone, head, ...)."""
+    try:
+        run = client.get_run(run_id)
+    except Exception as e:  # noqa: BLE001 - MLflow raises several types for a missing run
+        raise InputError(
+            f"run {run_id!r} not found in {uri} ({type(e).__name__}); pass the run id of a "
+            "fine-tuning run (see `mlflow ui`), or set MLFLOW_TRACKING_URI"
+        ) from None
+    p = run.data.params
+    name = (run.info.run_name or "model").split("/")
+    return {
+        "run_id": run_id,
+        "stage": name[0],
+        "member": name[-1] if len(name) > 1 else run_id[:8],
+        "backbone": p.get("backbone.name"),
+        "weights": p.get("backbone.weights"),
+        "head": p.get("head.name"),
+        "label_fraction": float(p.get("data.label_fraction", 1.0)),
+        "seed": int(p.get("seed", 0)),
+    }
+
+
+def _trained_cohort(client: MlflowClient, runs: list[str], cohort: Path | None) -> Path:
+    """The cohort folder to evaluate on (``--cohort``, else the first run's), refused when a run was trained on
+    another manifest: its test set may overlap the training patients."""
+    cohort_dir = cohort or Path(client.get_run(runs[0]).data.params.get("data.cohort_dir", ""))
+    if not (cohort_dir / "cohort.json").exists():
+        raise InputError(f"cohort folder {cohort_dir} not found; pass --cohort DIR (a built cohort)")
+    built = json.loads((cohort_dir / "cohort.json").read_text())["manifest_sha256"]
+    for run_id in runs:
+        trained = client.get_run(run_id).data.tags.get("cohort.manifest_sha256")
+        if trained and trained != built:
+            raise InputError(
+                f"run {run_id} was trained on cohort manifest {trained[:12]} but {cohort_dir} holds "
+                f"manifest {built[:12]} (rebuilt or another cohort): its test set may overlap the "
+                "training patients. Evaluate on the cohort the run was trained on"
+            )
+    return cohort_dir
 
 
 def report_command(

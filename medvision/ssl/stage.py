@@ -89,6 +89,43 @@ def pretrain(config: PretrainConfig, *, callbacks: Sequence[Callback] = ()) -> P
     """
     L.seed_everything(config.seed, workers=True, verbose=False)
     ckpt = resume_checkpoint(config)
+    datamodule = _datamodule(config)
+    tracking_uri = resolve_tracking_uri(config.tracking)
+    d = config.data
+    resolved = config.model_copy(
+        update={
+            "data": d.model_copy(update={"cohort_dir": Path(d.cohort_dir).resolve()}),
+            "output_dir": Path(config.output_dir).resolve(),
+            "tracking": config.tracking.model_copy(update={"tracking_uri": tracking_uri}),
+        }
+    )
+    with using_tracking_uri(tracking_uri):  # weights "mlflow:runs:/..." come from the store this run records to
+        module = build_pretrain_module(resolved, datamodule.in_chans)
+    sha = datamodule.manifest_sha256
+    tracker = MLflowTracking(
+        tracking_uri,
+        resolved.tracking.experiment,
+        run_name=resolved.tracking.run_name,
+        params=_params(resolved, datamodule, module),
+        tags={"medvision.stage": "pretrain", "medvision.ssl_mode": resolved.ssl.mode, "cohort.manifest_sha256": sha},
+        texts={"config.yaml": to_yaml(resolved), "cohort/manifest_sha256.txt": sha + "\n"},
+    )
+    identity = run_identity(resolved, manifest_sha256=sha)
+    fitted = fit_stage(resolved, module, datamodule, [tracker, *callbacks], ckpt, to_yaml(resolved), identity)
+    best, last = fitted.best_checkpoint, fitted.last_checkpoint
+    metrics = {k: v for k, v in tracker.last_metrics.items() if not (isinstance(v, float) and math.isnan(v))}
+    return PretrainResult(
+        run_id=tracker.run_id,
+        backbone_uri=f"mlflow:runs:/{tracker.run_id}/backbone" if tracker.run_id else None,
+        best_checkpoint=best,
+        last_checkpoint=last,
+        metrics=metrics,
+        output_dir=Path(resolved.output_dir),
+    )
+
+
+def _datamodule(config: PretrainConfig) -> PretrainDataModule:
+    """The pool's data module; refused before anything trains when the default kNN monitor has nothing to score."""
     d = config.data
     datamodule = PretrainDataModule(
         d.cohort_dir,
@@ -106,22 +143,15 @@ def pretrain(config: PretrainConfig, *, callbacks: Sequence[Callback] = ()) -> P
             f"cohort {d.cohort_dir} has no labelled train or val images, so the kNN monitor (monitor.metric: "
             "val/knn_acc) cannot run; set monitor.metric=train/loss and monitor.mode=min"
         )
-    tracking_uri = resolve_tracking_uri(config.tracking)
-    resolved = config.model_copy(
-        update={
-            "data": d.model_copy(update={"cohort_dir": Path(d.cohort_dir).resolve()}),
-            "output_dir": Path(config.output_dir).resolve(),
-            "tracking": config.tracking.model_copy(update={"tracking_uri": tracking_uri}),
-        }
-    )
-    with using_tracking_uri(tracking_uri):  # weights "mlflow:runs:/..." come from the store this run records to
-        module = build_pretrain_module(resolved, datamodule.in_chans)
+    return datamodule
 
-    sha = datamodule.manifest_sha256
+
+def _params(resolved: PretrainConfig, datamodule: PretrainDataModule, module: PretrainModule) -> dict[str, object]:
+    """The run's MLflow parameters: the resolved config, the pool and where the starting weights came from."""
     record = module.backbone.weights_record
-    params = {
+    return {
         **flatten(resolved),
-        "data.manifest_sha256": sha,
+        "data.manifest_sha256": datamodule.manifest_sha256,
         "data.pool_images": len(datamodule.pool_rows),
         "data.pool_patients": int(datamodule.pool_rows["patient_id"].nunique()),
         "data.multi_instance_patient_share": round(datamodule.multi_instance_patient_share(), 4),
@@ -130,24 +160,3 @@ def pretrain(config: PretrainConfig, *, callbacks: Sequence[Callback] = ()) -> P
         "backbone.sha256": record.sha256,
         "backbone.licence": record.licence,
     }
-
-    tracker = MLflowTracking(
-        tracking_uri,
-        resolved.tracking.experiment,
-        run_name=resolved.tracking.run_name,
-        params=params,
-        tags={"medvision.stage": "pretrain", "medvision.ssl_mode": resolved.ssl.mode, "cohort.manifest_sha256": sha},
-        texts={"config.yaml": to_yaml(resolved), "cohort/manifest_sha256.txt": sha + "\n"},
-    )
-    identity = run_identity(resolved, manifest_sha256=sha)
-    fitted = fit_stage(resolved, module, datamodule, [tracker, *callbacks], ckpt, to_yaml(resolved), identity)
-    best, last = fitted.best_checkpoint, fitted.last_checkpoint
-    metrics = {k: v for k, v in tracker.last_metrics.items() if not (isinstance(v, float) and math.isnan(v))}
-    return PretrainResult(
-        run_id=tracker.run_id,
-        backbone_uri=f"mlflow:runs:/{tracker.run_id}/backbone" if tracker.run_id else None,
-        best_checkpoint=best,
-        last_checkpoint=last,
-        metrics=metrics,
-        output_dir=Path(resolved.output_dir),
-    )

@@ -139,16 +139,7 @@ def finetune(
     L.seed_everything(config.seed, workers=True, verbose=False)
     ckpt = resume_checkpoint(config)  # fail on a bad resume path before anything is built
     if datamodule is None:
-        d = config.data
-        datamodule = CohortDataModule(
-            d.cohort_dir,
-            batch_size=d.batch_size,
-            label_fraction=d.label_fraction,
-            num_workers=d.num_workers,
-            balanced=d.balanced,
-            seed=config.seed,
-            augment=config.augment,
-        )
+        datamodule = _cohort_datamodule(config)
     if not isinstance(datamodule, CohortFactsLike):
         missing = [a for a in DATAMODULE_FACTS if not hasattr(datamodule, a)]
         raise TypeError(f"{type(datamodule).__name__} lacks the cohort facts {missing}; see finetune()'s docstring")
@@ -167,18 +158,7 @@ def finetune(
         data = FeatureDataModule(datamodule, classifier.backbone)  # answers the same cohort facts
 
     sha = str(datamodule.manifest_sha256)
-    record = classifier.backbone.weights_record
-    params = {
-        **flatten(resolved),
-        "data.manifest_sha256": sha,
-        "data.classes": list(datamodule.classes),
-        "backbone.source": record.source,
-        "backbone.sha256": record.sha256,
-        "backbone.licence": record.licence,
-        "augment.resolved_preset": getattr(data, "augment_preset", "none"),
-        "data.feature_path": isinstance(data, FeatureDataModule),
-    }
-    tracker = _tracker(resolved, tracking_uri, params, sha)
+    tracker = _tracker(resolved, tracking_uri, _params(resolved, datamodule, data, classifier), sha)
     identity = run_identity(resolved, manifest_sha256=sha)
     with _frozen_backbone_is_meant(classifier):
         fitted = fit_stage(resolved, module, data, [tracker, *callbacks], ckpt, to_yaml(resolved), identity)
@@ -190,6 +170,37 @@ def finetune(
         metrics=dict(tracker.last_metrics),
         output_dir=Path(resolved.output_dir),
     )
+
+
+def _cohort_datamodule(config: FinetuneConfig) -> CohortDataModule:
+    """The default data: the cohort of ``config.data``, batched, sampled and augmented as configured."""
+    d = config.data
+    return CohortDataModule(
+        d.cohort_dir,
+        batch_size=d.batch_size,
+        label_fraction=d.label_fraction,
+        num_workers=d.num_workers,
+        balanced=d.balanced,
+        seed=config.seed,
+        augment=config.augment,
+    )
+
+
+def _params(
+    resolved: FinetuneConfig, datamodule: CohortFactsLike, data: L.LightningDataModule, classifier: Classifier
+) -> dict[str, object]:
+    """The run's MLflow parameters: the resolved config, the cohort, the starting weights, what the data path did."""
+    record = classifier.backbone.weights_record
+    return {
+        **flatten(resolved),
+        "data.manifest_sha256": str(datamodule.manifest_sha256),
+        "data.classes": list(datamodule.classes),
+        "backbone.source": record.source,
+        "backbone.sha256": record.sha256,
+        "backbone.licence": record.licence,
+        "augment.resolved_preset": getattr(data, "augment_preset", "none"),
+        "data.feature_path": isinstance(data, FeatureDataModule),
+    }
 
 
 def _with_hyperrule(config: FinetuneConfig, datamodule: L.LightningDataModule) -> FinetuneConfig:
