@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import ModuleType
+from typing import cast
 
 from medvision.io.dicom import DicomReader
 from medvision.io.photo import PhotoReader
@@ -61,7 +62,7 @@ def load_reader_plugins() -> None:
                     f"the {READERS} entry point {name!r} gives {obj!r}, which is not a reader (it needs kind, "
                     "can_read, read_header and read; see medvision.io.Reader)"
                 )
-            register_reader(reader)
+            register_reader(cast(Reader, reader))
     except BaseException:
         _adopted = False
         raise

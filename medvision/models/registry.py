@@ -113,8 +113,9 @@ def load_backbone_plugins() -> None:
         for name, obj in load_group(BACKBONES):
             if isinstance(obj, ModuleType):
                 continue  # importing it registered its table
-            specs = list(obj) if isinstance(obj, list | tuple) else [obj]
-            if not all(isinstance(s, BackboneSpec) for s in specs):
+            given = list(obj) if isinstance(obj, list | tuple) else [obj]
+            specs = [s for s in given if isinstance(s, BackboneSpec)]
+            if len(specs) != len(given):
                 raise PluginError(
                     f"the {BACKBONES} entry point {name!r} gives {obj!r}; it must name a BackboneSpec or a list of them"
                 )

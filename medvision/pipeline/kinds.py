@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast
 
 from medvision.config import PLAIN_NAME, ConfigError, StrictModel, did_you_mean
 from medvision.pipeline.tracker import Tracker, stage_key
@@ -255,7 +255,7 @@ def load_stage_plugins() -> None:
             if not issubclass(cls, StageKind):
                 raise PluginError(f"the {STAGES} entry point {ep_name!r} gives {obj!r}; it must name a StageKind")
             if not any(type(k) is cls for k in _KINDS.values()):
-                register_stage_kind(obj)
+                register_stage_kind(cast("StageKind[Any] | type[StageKind[Any]]", obj))
     except BaseException:
         _adopted = False
         raise

@@ -51,7 +51,8 @@ class EvaluateKind(StageKind[EvaluateStage]):
 
     def _models(self, ctx: StageContext[EvaluateStage]) -> tuple[list[dict[str, Any]], StageOutput]:
         """The models to evaluate (one per upstream run, with its member facts) and the cohort they share."""
-        models, cohorts = [], {}
+        models: list[dict[str, Any]] = []
+        cohorts: dict[str | None, list[str]] = {}
         for ref in ctx.stage.models:
             up = ctx.outputs[ref]
             cohorts.setdefault(up.manifest_sha256, []).append(ref)

@@ -21,7 +21,7 @@ from abc import abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeAlias, TypeVar
 
 from mlflow import MlflowClient
 from pydantic import Field, PrivateAttr, ValidationError, field_validator
@@ -36,7 +36,7 @@ from medvision.training import FinetuneConfig, finetune
 
 __all__ = ["FinetuneKind", "FinetuneStage", "Member", "PretrainKind", "PretrainStage", "kept_headline", "sweep_members"]
 
-TrainingConfig = FinetuneConfig | PretrainConfig
+TrainingConfig: TypeAlias = FinetuneConfig | PretrainConfig
 
 #: The metrics a training row shows, when the run has them.
 _HEADLINE = ("val/auroc", "val/knn_acc", "val/ood_auroc")
@@ -143,7 +143,8 @@ class TrainingKind(StageKind[T]):
             if inherited and "name" not in (data.get("backbone") or {}):
                 data.setdefault("backbone", {})["name"] = inherited
             # the pipeline decides the folders: what the stage config says there is overruled
-            data["data"] = {**(data.get("data") if isinstance(data.get("data"), dict) else {}), "cohort_dir": "COHORT"}
+            section = data.get("data")
+            data["data"] = {**(section if isinstance(section, dict) else {}), "cohort_dir": "COHORT"}
             data["output_dir"] = "OUT"
             try:
                 config = self.model.model_validate(data)
@@ -265,7 +266,7 @@ class FinetuneKind(TrainingKind[FinetuneStage]):
         if declared is None:
             return []
         for member in self.members(study.spec.stages, stage_id, study.source):
-            f = member.config.data.label_fraction  # type: ignore[union-attr]
+            f = getattr(member.config.data, "label_fraction", 1.0)
             if f < 1.0 and not any(abs(f - d) < 1e-9 for d in declared):
                 raise ConfigError(
                     f"{study.source}: stages.{stage_id}: data.label_fraction {f} is not a label fraction of cohort "
@@ -299,7 +300,7 @@ def _member_facts(config: TrainingConfig) -> dict[str, Any]:
         "weights": config.backbone.weights,
         "label_fraction": getattr(config.data, "label_fraction", 1.0),
         "seed": config.seed,
-        "head": head.name if head is not None else "linear",
+        "head": head.name if head is not None else None,  # a pretraining stage has none
     }
 
 
