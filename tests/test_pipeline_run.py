@@ -339,3 +339,36 @@ def test_sigterm_mid_stage_exits_143_naming_the_stage_and_how_to_resume(workdir)
     exp = client.get_experiment_by_name("two-stage")
     statuses = {r.info.run_name: r.info.status for r in client.search_runs([exp.experiment_id])}
     assert statuses["two-stage"] == "KILLED" and statuses["train"] != "FINISHED"
+
+
+@pytest.mark.slow
+def test_demo_stopped_by_sigterm_exits_143_with_one_line_like_run(workdir):
+    """Issue 21, probe 7: `medvision demo` printed a 40-line traceback ending in PipelineInterrupted."""
+    env = {**os.environ, "MEDVISION_PSEUDONYM_KEY": KEY}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    small = [
+        "params.patients=40",
+        "params.size=32",
+        "params.pretrain_epochs=500",
+        "stages.micle.config.data.batch_size=8",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "medvision.cli", "demo", "--out", "demo", *(a for s in small for a in ("--set", s))],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    deadline = time.time() + 300
+    while not list((workdir / "demo" / "micle").rglob("last.ckpt")):  # mid-way through the pretraining stage
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    text = err.decode()
+    errors = [line for line in text.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 143, text[-3000:]
+    assert "Traceback" not in text and len(errors) == 1
+    assert errors[0].startswith("error: interrupted by SIGTERM during stage 'micle' (pretrain)")
