@@ -26,8 +26,10 @@ and the entry point, never with a bare ``ImportError`` from somewhere inside it.
 
 from __future__ import annotations
 
+import functools
 import threading
 from importlib import metadata
+from typing import Any
 
 from medvision.errors import MedvisionError
 
@@ -61,7 +63,7 @@ def load_group(group: str) -> list[tuple[str, object]]:
             return _loaded[group]
         found: list[tuple[str, object]] = []
         _loaded[group] = found
-        for ep in sorted(metadata.entry_points(group=group), key=lambda e: e.name):
+        for ep in sorted(_installed().select(group=group), key=lambda e: e.name):
             try:
                 found.append((ep.name, ep.load()))
             except Exception as e:  # noqa: BLE001 - any failure inside a plugin's import is the plugin's
@@ -72,6 +74,13 @@ def load_group(group: str) -> list[tuple[str, object]]:
                     f"{type(e).__name__}: {e}. Fix or uninstall that package (pip uninstall {dist})"
                 ) from e
         return found
+
+
+@functools.cache
+def _installed() -> Any:
+    """Every installed entry point, read once per process (a scan of all distributions' metadata; ``EntryPoints``
+    from Python 3.12, ``SelectableGroups`` before: both ``select(group=...)``)."""
+    return metadata.entry_points()
 
 
 def load_all() -> None:
