@@ -23,6 +23,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from medvision.errors import MedvisionError
+
 __all__ = ["DiskFullError", "atomic_path", "atomic_write_text", "private_dir", "write_all"]
 
 log = logging.getLogger("medvision")
@@ -32,8 +34,8 @@ _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # EFBIG: a file-size limi
 FILE_MODE, DIR_MODE = 0o600, 0o700
 
 
-class DiskFullError(OSError):
-    """The disk (or quota) filled up while writing; the message names the folder and the space needed."""
+class DiskFullError(MedvisionError, OSError):
+    """The disk (or quota) filled up while writing; the message names the folder and the space needed (exit 1)."""
 
     def __str__(self) -> str:  # the sentence alone, without OSError's "[Errno 28]" prefix
         return str(self.strerror)

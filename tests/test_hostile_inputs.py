@@ -230,7 +230,7 @@ def test_a_full_disk_during_a_rebuild_keeps_the_previous_cohort(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode != 0
     assert "DiskFullError: disk full at " + str(out) in result.stderr
-    assert open_cohort(out).manifest_sha256 == card["manifest_sha256"]  # the old cohort, intact
+    assert open_cohort(out).manifest_sha256 == card.manifest_sha256  # the old cohort, intact
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]
 
 
@@ -330,7 +330,7 @@ def test_links_duplicates_and_screenshots_are_each_accounted_for(tmp_path, caplo
     assert "duplicate SOP Instance UID" in reasons["a/2-copy.dcm"] and "link loop" in reasons["a/loop"]
     assert "broken symbolic link" in reasons["gone.dcm"]
     assert manifest["image_id"].is_unique
-    assert "--kinds dicom" in caplog.text and card["warnings"]
+    assert "--kinds dicom" in caplog.text and card.warnings
     build_cohort(_spec(root, kinds=["dicom"]), tmp_path / "out2")
     manifest, quarantine = _accounted(tmp_path / "out2")
     assert "a/screenshot.png" not in set(manifest["relpath"]) and "a/screenshot.png" in set(quarantine["relpath"])
@@ -498,7 +498,7 @@ if __name__ == "__main__":
         splits={"stratify": []},
     )
     card = build_cohort(spec, out)
-    print("images", sum(c["images"] for c in card["counts"].values()))
+    print("images", sum(c.images for c in card.counts.values()))
 """
 
 

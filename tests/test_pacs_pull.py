@@ -153,7 +153,7 @@ def test_dicomweb_and_dimse_pulls_build_identical_manifests(pacs, env, tmp_path)
     web, dimse = manifests["dicomweb"], manifests["dimse"]
     assert len(web) == n - 1 and web["content_sha256"].nunique() == n - 1
     pd.testing.assert_frame_equal(web, dimse)
-    assert cards["dicomweb"]["manifest_sha256"] == cards["dimse"]["manifest_sha256"]
+    assert cards["dicomweb"].manifest_sha256 == cards["dimse"].manifest_sha256
 
 
 def test_dimse_responses_wait_for_the_request_that_asked_for_them(pacs, tmp_path):
@@ -299,8 +299,8 @@ def test_planted_patient_id_and_password_never_leave_the_pull(pacs, env, tmp_pat
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     exp = client.create_experiment("pacs", artifact_location=str(tmp_path / "mlruns" / "artifacts"))
     run = client.create_run(exp).info.run_id
-    client.log_param(run, "cohort.name", card["name"])
-    client.log_param(run, "cohort.manifest_sha256", card["manifest_sha256"])
+    client.log_param(run, "cohort.name", card.name)
+    client.log_param(run, "cohort.manifest_sha256", card.manifest_sha256)
     client.log_artifact(run, str(tmp_path / "cohort" / "cohort.json"), "cohort")
     client.log_artifact(run, str(tmp_path / "store" / "pull.json"), "cohort")
     client.set_terminated(run)

@@ -265,8 +265,20 @@ TWO_STAGES = {
 }
 
 
+def _after_sigterm(proc: subprocess.Popen, timeout: float = 120) -> tuple[bytes, bytes]:
+    """The process's output once it has stopped after SIGTERM; if it hangs instead, the test fails with every
+    thread's stack (``PYTHONFAULTHANDLER`` dumps them on SIGABRT), so a hang says where it is."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        out, err = proc.communicate(timeout=60)
+        text = (out or b"").decode(errors="replace") + (err or b"").decode(errors="replace")
+        pytest.fail(f"still running {timeout:.0f} s after SIGTERM; its stacks and last output:\n{text[-6000:]}")
+
+
 def _run_cli(workdir: Path, pipeline: Path) -> subprocess.Popen:
-    env = {**os.environ, "MEDVISION_PSEUDONYM_KEY": KEY}
+    env = {**os.environ, "MEDVISION_PSEUDONYM_KEY": KEY, "PYTHONFAULTHANDLER": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.Popen(
         [sys.executable, "-m", "medvision.cli", "run", str(pipeline)],
@@ -333,7 +345,7 @@ def test_sigterm_mid_stage_exits_143_naming_the_stage_and_how_to_resume(workdir)
     proc = _run_cli(workdir, pipeline)
     _wait_for_first_checkpoint(proc, workdir)
     proc.send_signal(signal.SIGTERM)  # what SLURM and Kubernetes send at a time limit
-    out, _ = proc.communicate(timeout=120)
+    out, _ = _after_sigterm(proc)
     text = out.decode()
     assert proc.returncode == 143, text[-3000:]
     assert "interrupted by SIGTERM during stage 'train' (finetune)" in text
@@ -342,3 +354,36 @@ def test_sigterm_mid_stage_exits_143_naming_the_stage_and_how_to_resume(workdir)
     exp = client.get_experiment_by_name("two-stage")
     statuses = {r.info.run_name: r.info.status for r in client.search_runs([exp.experiment_id])}
     assert statuses["two-stage"] == "KILLED" and statuses["train"] != "FINISHED"
+
+
+@pytest.mark.slow
+def test_demo_stopped_by_sigterm_exits_143_with_one_line_like_run(workdir):
+    """Issue 21, probe 7: `medvision demo` printed a 40-line traceback ending in PipelineInterrupted."""
+    env = {**os.environ, "MEDVISION_PSEUDONYM_KEY": KEY, "PYTHONFAULTHANDLER": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    small = [
+        "params.patients=40",
+        "params.size=32",
+        "params.pretrain_epochs=500",
+        "stages.micle.config.data.batch_size=8",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "medvision.cli", "demo", "--out", "demo", *(a for s in small for a in ("--set", s))],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    deadline = time.time() + 300
+    while not list((workdir / "demo" / "micle").rglob("last.ckpt")):  # mid-way through the pretraining stage
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = _after_sigterm(proc)
+    text = err.decode()
+    errors = [line for line in text.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 143, text[-3000:]
+    assert "Traceback" not in text and len(errors) == 1
+    assert errors[0].startswith("error: interrupted by SIGTERM during stage 'micle' (pretrain)")

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from medvision.cli._errors import run_guarded
+from medvision.errors import InputError
 
 FORMATS = ("monai-bundle",)
 
@@ -24,7 +25,7 @@ def export_command(
 
     def body() -> None:
         if format_ not in FORMATS:
-            raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {format_!r}")
+            raise InputError(f"--format must be one of {', '.join(FORMATS)}, got {format_!r}")
         from medvision.export import export_monai_bundle
 
         path = export_monai_bundle(model, out, tracking_uri=tracking_uri)

@@ -8,7 +8,6 @@ fields (classes, inlier count, channels, manifest hash, subgroups, held-out sets
 from __future__ import annotations
 
 import hashlib
-import warnings
 from typing import Any, ClassVar, Literal
 
 import pandas as pd
@@ -162,15 +161,6 @@ class CohortCard(Document):
     @property
     def nonempty_splits(self) -> frozenset[str]:
         return frozenset(s for s, c in self.counts.items() if c.images)
-
-    def __getitem__(self, key: str) -> Any:
-        """Deprecated: the card was a dict; read its fields as attributes (``card.images``)."""
-        warnings.warn(
-            f"card[{key!r}] is deprecated: the cohort card is a CohortCard now; read card.{key}",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return self.model_dump(mode="json")[key]
 
 
 def _splits(card: CohortCard) -> list[str]:

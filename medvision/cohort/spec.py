@@ -17,6 +17,7 @@ from pydantic import ConfigDict, Discriminator, Field, Tag, ValidationError, fie
 
 from medvision.cohort.csvfile import csv_header
 from medvision.config import ConfigError, StrictModel, explain_validation_error, read_yaml
+from medvision.errors import InputError
 
 __all__ = [
     "BUILTIN_COLUMNS",
@@ -462,8 +463,8 @@ def spec_from_folder(images: Path, options: FolderOptions | None = None, **kwarg
         raise SpecError(explain_validation_error(e, CohortSpec, "options of cohort build")) from e
 
 
-class SpecError(ValueError):
-    """A cohort spec that cannot be used; the message names the file and the key."""
+class SpecError(InputError):
+    """A cohort spec that cannot be used; the message names the file and the key (exit code 2)."""
 
 
 def load_spec(path: str | Path) -> CohortSpec:

@@ -376,7 +376,7 @@ class _Scoring:
                 "deferral": deferral,
                 "by_group": ood_by_group(inliers, outliers, groups, detectors),
                 "inliers_exclude_abstention_images": int((preds[id_set].frame["label_idx"] >= k).sum()),
-                "primary": "hod" if any(d["detector"] == "hod" for d in det) else "msp",
+                "primary": inliers.ood_score_name or "msp",  # the head's own score (Head.ood_score_name)
             }
         )
 

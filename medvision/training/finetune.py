@@ -36,7 +36,7 @@ from medvision.engine.config import resolve_tracking_uri
 from medvision.engine.features import FeatureDataModule
 from medvision.engine.hyperrule import hyperrule_epochs
 from medvision.engine.trainer import fit_stage, resume_checkpoint, run_identity
-from medvision.heads import create_head
+from medvision.heads import create_head, get_head_class
 from medvision.models import create_backbone
 from medvision.tracking import MLflowTracking
 from medvision.tracking.store import using_tracking_uri
@@ -92,27 +92,16 @@ class FinetuneResult:
 
 
 def build_classifier(config: FinetuneConfig, datamodule: CohortFactsLike) -> Classifier:
-    """The network for ``config`` sized from the cohort: ``in_chans``, K classes (HOD: + M outlier logits).
+    """The network for ``config`` sized from the cohort: ``in_chans``, K classes, and whatever the head takes from
+    the cohort (:meth:`~medvision.heads.Head.options_for_cohort`: HOD's M outlier logits).
 
     Raises:
-        ValueError: the head does not fit the cohort (HOD without training outlier conditions, or
+        HeadConfigError: the head does not fit the cohort (HOD without training outlier conditions, or
             ``num_outlier_classes`` different from the cohort's).
     """
 
-    k, m = int(datamodule.num_inlier_classes), int(datamodule.num_outlier_classes)
-    options = dict(config.head.options)
-    if config.head.name == "hod":
-        if m < 1:
-            raise ValueError(
-                "head 'hod' needs training outlier conditions, but the cohort has none; declare them in the "
-                "cohort spec (splits.outlier_conditions) or use another head"
-            )
-        given = options.setdefault("num_outlier_classes", m)
-        if given != m:
-            raise ValueError(
-                f"head.options.num_outlier_classes is {given} but the cohort has {m} training outlier "
-                "conditions; leave the option out to take the cohort's"
-            )
+    k = int(datamodule.num_inlier_classes)
+    options = get_head_class(config.head.name).options_for_cohort(config.head.options, datamodule)
     in_chans = config.backbone.in_chans or int(datamodule.in_chans)
     backbone = create_backbone(config.backbone.name, config.backbone.weights, in_chans, **config.backbone.options)
     head = create_head(config.head.name, backbone.num_features, k, **options)
@@ -151,16 +140,7 @@ def finetune(
     L.seed_everything(config.seed, workers=True, verbose=False)
     ckpt = resume_checkpoint(config)  # fail on a bad resume path before anything is built
     if datamodule is None:
-        d = config.data
-        datamodule = CohortDataModule(
-            d.cohort_dir,
-            batch_size=d.batch_size,
-            label_fraction=d.label_fraction,
-            num_workers=d.num_workers,
-            balanced=d.balanced,
-            seed=config.seed,
-            augment=config.augment,
-        )
+        datamodule = _cohort_datamodule(config)
     if not isinstance(datamodule, CohortFactsLike):
         missing = [a for a in DATAMODULE_FACTS if not hasattr(datamodule, a)]
         raise TypeError(f"{type(datamodule).__name__} lacks the cohort facts {missing}; see finetune()'s docstring")
@@ -179,18 +159,9 @@ def finetune(
         data = FeatureDataModule(datamodule, classifier.backbone)  # answers the same cohort facts
 
     sha = str(datamodule.manifest_sha256)
-    record = classifier.backbone.weights_record
-    params = {
-        **flatten(resolved),
-        "data.manifest_sha256": sha,
-        "data.classes": list(datamodule.classes),
-        "backbone.source": record.source,
-        "backbone.sha256": record.sha256,
-        "backbone.licence": record.licence,
-        "augment.resolved_preset": getattr(data, "augment_preset", "none"),
-        "data.feature_path": isinstance(data, FeatureDataModule),
-    }
-    tracker = _tracker(resolved, tracking_uri, params, sha, _recipe(datamodule))
+    tracker = _tracker(
+        resolved, tracking_uri, _params(resolved, datamodule, data, classifier), sha, _recipe(datamodule)
+    )
     identity = run_identity(resolved, manifest_sha256=sha)
     with _frozen_backbone_is_meant(classifier):
         fitted = fit_stage(resolved, module, data, [tracker, *callbacks], ckpt, to_yaml(resolved), identity)
@@ -202,6 +173,37 @@ def finetune(
         metrics=dict(tracker.last_metrics),
         output_dir=Path(resolved.output_dir),
     )
+
+
+def _cohort_datamodule(config: FinetuneConfig) -> CohortDataModule:
+    """The default data: the cohort of ``config.data``, batched, sampled and augmented as configured."""
+    d = config.data
+    return CohortDataModule(
+        d.cohort_dir,
+        batch_size=d.batch_size,
+        label_fraction=d.label_fraction,
+        num_workers=d.num_workers,
+        balanced=d.balanced,
+        seed=config.seed,
+        augment=config.augment,
+    )
+
+
+def _params(
+    resolved: FinetuneConfig, datamodule: CohortFactsLike, data: L.LightningDataModule, classifier: Classifier
+) -> dict[str, object]:
+    """The run's MLflow parameters: the resolved config, the cohort, the starting weights, what the data path did."""
+    record = classifier.backbone.weights_record
+    return {
+        **flatten(resolved),
+        "data.manifest_sha256": str(datamodule.manifest_sha256),
+        "data.classes": list(datamodule.classes),
+        "backbone.source": record.source,
+        "backbone.sha256": record.sha256,
+        "backbone.licence": record.licence,
+        "augment.resolved_preset": getattr(data, "augment_preset", "none"),
+        "data.feature_path": isinstance(data, FeatureDataModule),
+    }
 
 
 def _with_hyperrule(config: FinetuneConfig, datamodule: L.LightningDataModule) -> FinetuneConfig:
