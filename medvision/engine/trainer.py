@@ -36,6 +36,7 @@ from medvision._documents import DocumentError
 from medvision.engine.config import StageConfig, TrainerConfig
 from medvision.engine.identity import RUN_IDENTITY_FILE, RunIdentity
 from medvision.engine.seeding import EpochSeeding
+from medvision.errors import InputError
 
 __all__ = [
     "FitOutcome",
@@ -188,7 +189,7 @@ def build_trainer(config: StageConfig, callbacks: Sequence[Callback] = ()) -> L.
     )
 
 
-class ResumeMismatch(ValueError):
+class ResumeMismatch(InputError):
     """``resume: auto`` found a checkpoint of a different run in the output folder; the message names the
     differences and the two ways out."""
 

@@ -32,6 +32,7 @@ from medvision._version import code_provenance
 from medvision.cohort.cohort import open_cohort
 from medvision.cohort.named_values import facts_from_card
 from medvision.data.dataset import CohortDataset
+from medvision.errors import InputError
 from medvision.evaluation.calibration import TemperatureScaler
 from medvision.evaluation.document import (
     METRICS_FILE,
@@ -145,13 +146,13 @@ def model_names(models: list[dict[str, Any]]) -> list[str]:
     ``stage-member`` (``model`` when it is the only one).
 
     Raises:
-        ValueError: a run given twice, or two models that would share a name (one's predictions would overwrite
+        InputError: a run given twice, or two models that would share a name (one's predictions would overwrite
             the other's, and a comparison of the two would compare a model with itself).
     """
     runs = [str(m["run_id"]) for m in models]
     twice = sorted({r for r in runs if runs.count(r) > 1})
     if twice:
-        raise ValueError(
+        raise InputError(
             f"run(s) {', '.join(twice)} given more than once: an evaluation of a model against itself compares "
             "nothing; give each run once"
         )
@@ -160,7 +161,7 @@ def model_names(models: list[dict[str, Any]]) -> list[str]:
     for name in sorted(set(names)):
         same = [r for r, n in zip(runs, names) if n == name]
         if len(same) > 1:
-            raise ValueError(
+            raise InputError(
                 f"models of runs {', '.join(same)} would all be named {name!r} in this evaluation, and each one's "
                 "predictions would overwrite the other's; give each model a distinct name"
             )

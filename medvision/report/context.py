@@ -33,6 +33,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from medvision.cohort.card import CohortCard
+from medvision.errors import InputError
 from medvision.report.study import StudySection
 
 __all__ = [
@@ -58,7 +59,7 @@ _PNG = b"\x89PNG\r\n\x1a\n"
 _JPEG = b"\xff\xd8\xff"
 
 
-class ReportError(ValueError):
+class ReportError(InputError):
     """A report that cannot be rendered. The message names the section/field and says what to change."""
 
 
