@@ -21,8 +21,21 @@ FACTS = CohortFacts(
 
 def test_defaults_are_declared_once_and_match_the_issue_interface():
     s = EvaluationSettings()
-    assert s.conformal.model_dump() == {"target": 0.9, "mondrian": [], "score": "aps", "randomized": True}
-    assert s.abstain.model_dump() == {"alpha": 0.05, "delta": 0.1, "on": "error", "ood": None, "ood_rate": 0.05}
+    assert s.conformal.model_dump() == {
+        "enabled": True,
+        "target": 0.9,
+        "mondrian": [],
+        "score": "aps",
+        "randomized": True,
+    }
+    assert s.abstain.model_dump() == {
+        "enabled": True,
+        "alpha": 0.05,
+        "delta": 0.1,
+        "on": "error",
+        "ood": None,
+        "ood_rate": 0.05,
+    }
     assert s.calibration.site is None
     raw = {"conformal": {"target": 0.9, "mondrian": ["sex", "site"]}, "abstain": {"alpha": 0.05, "on": "miss"}}
     parsed = parse_config({**raw, "calibration": {"site": "Oslo"}}, EvaluationSettings)

@@ -48,6 +48,9 @@ class DeferralCosts(BaseModel):
 class ConformalSettings(StrictModel):
     """Conformal prediction sets calibrated on the validation patients (``evaluation/conformal.py``)."""
 
+    #: Fit and report the sets (single-label models with labelled validation patients; otherwise the evaluation
+    #: records why they were skipped).
+    enabled: bool = True
     #: Coverage the sets promise for a new patient exchangeable with the validation ones.
     target: float = Field(0.9, gt=0, lt=1)
     #: Mondrian taxonomies, each calibrated and reported beside the marginal sets: ``class`` (per true class), a
@@ -72,6 +75,8 @@ class ConformalSettings(StrictModel):
 class AbstainSettings(StrictModel):
     """Referral with a guaranteed risk on the answered cases (``evaluation/risk_control.py``, Learn then Test)."""
 
+    #: Fit and report the referral rule (same conditions as the conformal sets).
+    enabled: bool = True
     #: Promised bound on the risk of answered cases.
     alpha: float = Field(0.05, gt=0, lt=1)
     #: Chance the promise fails over the draw of validation patients: P(risk <= alpha) >= 1 - delta.
