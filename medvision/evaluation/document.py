@@ -347,7 +347,10 @@ class Trust(_Part):
     @property
     def held_out_sets(self) -> list[str]:
         """Sets where a promise was evaluated but does not carry over (not exchangeable with validation)."""
-        rows = [*(self.conformal.coverage if self.conformal else []), *(self.abstain.sets if self.abstain else [])]
+        rows: list[CoverageRow | AbstentionRow] = [
+            *(self.conformal.coverage if self.conformal else []),
+            *(self.abstain.sets if self.abstain else []),
+        ]
         return list(dict.fromkeys(r.set for r in rows if r.guarantee == "does_not_carry_over"))
 
 

@@ -17,7 +17,6 @@ they are fitted on and evaluated on, and turns their tables into the typed :clas
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,7 +63,7 @@ class TrustInputs:
     val: Predictions
     sets: dict[str, Predictions]
     outlier_sets: list[str]
-    detectors: Mapping[str, Any]
+    detectors: dict[str, Any]
     multilabel: bool = False
 
 
