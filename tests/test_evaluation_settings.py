@@ -72,3 +72,12 @@ def test_names_the_cohort_does_not_have_fail_against_its_facts():
     assert "'class'" not in text and "'site'" not in text  # class and an existing column are accepted
     with pytest.raises(ValueError, match="'Lyon' is a held-out site: it has no validation patients"):
         EvaluationSettings(calibration={"site": "Lyon"}).check_against(FACTS)
+
+
+def test_the_bare_yaml_key_on_means_on_not_true():
+    from medvision.config import read_yaml
+
+    raw = read_yaml("abstain: {alpha: 0.1, on: miss, ood: hod}\n", "evaluate.yaml")  # YAML 1.1: `on` is True
+    assert True in raw["abstain"]
+    parsed = parse_config(raw, EvaluationSettings, source="evaluate.yaml")
+    assert parsed.abstain.on == "miss" and parsed.abstain.alpha == 0.1

@@ -90,6 +90,14 @@ class AbstainSettings(StrictModel):
     #: Share of in-distribution cases the OOD score may refer (its threshold, fixed on validation).
     ood_rate: float = Field(0.05, gt=0, lt=1)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, raw: Any) -> Any:
+        # YAML 1.1 (PyYAML) reads the bare key `on` as the boolean True: `abstain: {on: miss}` must still mean `on`
+        if isinstance(raw, dict) and True in raw and "on" not in raw:
+            raw = {("on" if k is True else k): v for k, v in raw.items()}
+        return raw
+
     @field_validator("ood")
     @classmethod
     def _known_score(cls, v: str | None) -> str | None:
