@@ -21,8 +21,21 @@ FACTS = CohortFacts(
 
 def test_defaults_are_declared_once_and_match_the_issue_interface():
     s = EvaluationSettings()
-    assert s.conformal.model_dump() == {"target": 0.9, "mondrian": [], "score": "aps", "randomized": True}
-    assert s.abstain.model_dump() == {"alpha": 0.05, "delta": 0.1, "on": "error", "ood": None, "ood_rate": 0.05}
+    assert s.conformal.model_dump() == {
+        "enabled": True,
+        "target": 0.9,
+        "mondrian": [],
+        "score": "aps",
+        "randomized": True,
+    }
+    assert s.abstain.model_dump() == {
+        "enabled": True,
+        "alpha": 0.05,
+        "delta": 0.1,
+        "on": "error",
+        "ood": None,
+        "ood_rate": 0.05,
+    }
     assert s.calibration.site is None
     raw = {"conformal": {"target": 0.9, "mondrian": ["sex", "site"]}, "abstain": {"alpha": 0.05, "on": "miss"}}
     parsed = parse_config({**raw, "calibration": {"site": "Oslo"}}, EvaluationSettings)
@@ -59,3 +72,12 @@ def test_names_the_cohort_does_not_have_fail_against_its_facts():
     assert "'class'" not in text and "'site'" not in text  # class and an existing column are accepted
     with pytest.raises(ValueError, match="'Lyon' is a held-out site: it has no validation patients"):
         EvaluationSettings(calibration={"site": "Lyon"}).check_against(FACTS)
+
+
+def test_the_bare_yaml_key_on_means_on_not_true():
+    from medvision.config import read_yaml
+
+    raw = read_yaml("abstain: {alpha: 0.1, on: miss, ood: hod}\n", "evaluate.yaml")  # YAML 1.1: `on` is True
+    assert True in raw["abstain"]
+    parsed = parse_config(raw, EvaluationSettings, source="evaluate.yaml")
+    assert parsed.abstain.on == "miss" and parsed.abstain.alpha == 0.1

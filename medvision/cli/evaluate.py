@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from medvision.cli._errors import run_guarded
+from medvision.config import parse_config
 from medvision.errors import InputError
 from medvision.evaluation.settings import EvaluationSettings
 
@@ -34,6 +35,21 @@ def evaluate_command(
     outlier_sets: str = typer.Option(
         ",".join(_DEFAULTS.outlier_sets), help="Comma-separated sets screened as out-of-distribution."
     ),
+    coverage: float = typer.Option(
+        _DEFAULTS.conformal.target, help="Coverage the conformal prediction sets promise (calibrated on validation)."
+    ),
+    mondrian: str = typer.Option(
+        ",".join(_DEFAULTS.conformal.mondrian),
+        help="Mondrian taxonomies: class, subgroup columns, a*b (e.g. class,site).",
+    ),
+    alpha: float = typer.Option(_DEFAULTS.abstain.alpha, help="Promised bound on the risk of the answered cases."),
+    abstain_on: str = typer.Option(
+        _DEFAULTS.abstain.on, help="Risk the referral rule controls: error (among answered) or miss (positive class)."
+    ),
+    abstain_ood: str | None = typer.Option(
+        _DEFAULTS.abstain.ood, help="Also refer what this OOD score flags (hod, msp, energy, mahalanobis, knn, ...)."
+    ),
+    trust: bool = typer.Option(True, help="Fit the conformal sets and the referral rule (--no-trust: skip both)."),
 ) -> None:
     """Predict with RUNS on the cohort's evaluation sets; write and log predictions and metrics.json.
 
@@ -49,7 +65,11 @@ def evaluate_command(
             "saliency": saliency,
             "positive_class": positive_class,
             "outlier_sets": [s for s in outlier_sets.split(",") if s],
+            "conformal": {"enabled": trust, "target": coverage, "mondrian": [m for m in mondrian.split(",") if m]},
+            "abstain": {"enabled": trust, "alpha": alpha, "on": abstain_on, "ood": abstain_ood},
         }
+        # a bad value fails here, naming the option's key, before any run is loaded
+        parse_config(settings, EvaluationSettings, source="medvision evaluate options")
         _evaluate(runs, out, cohort, settings)
 
     run_guarded(body)

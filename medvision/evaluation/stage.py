@@ -50,6 +50,7 @@ from medvision.evaluation.document import (
     SaliencyRecord,
     SetMetrics,
     Subgroups,
+    Trust,
     ood_scores_path,
     predictions_path,
 )
@@ -68,6 +69,7 @@ from medvision.evaluation.tables import (
     ood_tables,
     subgroup_table,
 )
+from medvision.evaluation.trust import TrustInputs, trust_record
 from medvision.tracking import load_run_classifier
 
 __all__ = ["METRICS_SCHEMA", "EvaluationRequest", "evaluate_models", "model_names"]
@@ -131,6 +133,9 @@ def evaluate_models(request: EvaluationRequest, folder: Path) -> dict[str, float
             "costs": DeferralCosts(**(request.costs or {})),
             "risk": request.risk,
             "positive_class": results[0].positive_class if results else None,
+            "conformal": request.conformal,
+            "abstain": request.abstain,
+            "calibration": request.calibration,
         },
         primary_model=primary[3].name if primary else None,
         models=results,
@@ -225,6 +230,7 @@ def _evaluate_one(
     entry.sets, entry.calibration_by_set = scored.sets()
     entry.calibration, entry.subgroups, entry.ood = scored.in_distribution()
     entry.label_shift = scored.label_shift()
+    entry.trust = scored.trust(bool(getattr(classifier.head, "multilabel", False)))
     return entry, preds
 
 
@@ -380,6 +386,25 @@ class _Scoring:
                 "primary": inliers.ood_score_name or "msp",  # the head's own score (Head.ood_score_name)
             }
         )
+
+    def trust(self, multilabel: bool) -> Trust:
+        """Conformal sets and the referral rule fitted on validation, evaluated on every requested set (inliers of
+        a scored set, every image of an outlier set); calibration per subgroup and site (``evaluation/trust.py``)."""
+        r, sets = self.request, {}
+        for s in (s for s in r.sets if s in self.preds):
+            judged = self.preds[s] if s in r.outlier_sets else self.inlier[s]
+            if len(judged.frame):
+                sets[s] = judged
+        inputs = TrustInputs(
+            classes=self.classes,
+            positive=self.fitted.positive,
+            val=self.inlier["val"],
+            sets=sets,
+            outlier_sets=list(r.outlier_sets),
+            detectors=self.fitted.detectors,
+            multilabel=multilabel,
+        )
+        return trust_record(inputs, r)
 
     def label_shift(self) -> LabelShift | None:
         site = self.inlier.get("site_ood")

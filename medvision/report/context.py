@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from medvision.cohort.card import CohortCard
 from medvision.errors import InputError
 from medvision.report.study import StudySection
+from medvision.report.trust import TrustSection
 
 __all__ = [
     "CalibrationSection",
@@ -490,6 +491,8 @@ class ReportContext(_Model):
     calibration: CalibrationSection | None = None
     ood: OODSection | None = None
     subgroups: SubgroupSection | None = None
+    #: When to trust this model: conformal sets, risk-controlled referral, ECE per subgroup and site.
+    trust: TrustSection | None = None
     data_efficiency: DataEfficiencySection | None = None
     saliency: SaliencySection | None = None
     #: What was held out and what each number means, per evaluation set (issue 12's "say what was tested").

@@ -7,63 +7,23 @@ renderer shows its note instead. Every number is formatted here, so the template
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable
-from typing import Any
-
 import numpy as np
 import pandas as pd
 
 from medvision.report import figures
+from medvision.report._blocks import DASH as _DASH
+from medvision.report._blocks import estimate as _est
+from medvision.report._blocks import figure as _figure
+from medvision.report._blocks import num as _f
+from medvision.report._blocks import para as _para
+from medvision.report._blocks import table as _table
+from medvision.report._blocks import text as _text
 from medvision.report.context import SALIENCY_CATEGORIES, OODSection, ReportContext
 from medvision.report.study import StudySection
 from medvision.report.summary import Summary, label_shift_hurts, metric_label, summarize
+from medvision.report.trust import trust_blocks
 
 __all__ = ["section_blocks"]
-
-_DASH = "—"
-
-
-# -- formatting -----------------------------------------------------------------------------------
-
-
-def _f(x: Any, digits: int = 3) -> str:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return _DASH if x is None else str(x)
-    return _DASH if math.isnan(v) else f"{v:.{digits}f}"
-
-
-def _est(v: Any, lo: Any, hi: Any, digits: int = 3) -> str:
-    s = _f(v, digits)
-    if s == _DASH or _f(lo) == _DASH or _f(hi) == _DASH:
-        return s
-    sep = "–" if float(lo) >= 0 else " to "  # an en dash between negative numbers reads as a minus sign
-    return f"{s} ({_f(lo, digits)}{sep}{_f(hi, digits)})"
-
-
-def _text(x: Any) -> str:
-    return _DASH if x is None or (isinstance(x, float) and math.isnan(x)) else str(x)
-
-
-def _table(caption: str, headers: list[str], rows: Iterable[list[str]], numeric_from: int = 1) -> dict:
-    return {
-        "kind": "table",
-        "caption": caption,
-        "headers": headers,
-        "rows": [list(r) for r in rows],
-        "numeric_from": numeric_from,
-    }
-
-
-def _para(text: str) -> dict:
-    return {"kind": "p", "text": text}
-
-
-def _figure(uri: str, alt: str, caption: str) -> dict:
-    return {"kind": "figure", "uri": uri, "alt": alt, "caption": caption}
-
 
 # -- sections -------------------------------------------------------------------------------------
 
@@ -506,6 +466,7 @@ _BUILDERS = {
     "calibration": _calibration,
     "ood": _ood,
     "subgroups": _subgroups,
+    "trust": lambda ctx: trust_blocks(ctx.trust),
     "data-efficiency": _data_efficiency,
     "saliency": _saliency,
     "reproducibility": _reproducibility,
