@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from pydantic import BaseModel, ConfigDict
@@ -151,5 +151,8 @@ def write_checklist(checklist: Checklist, out_dir: Path, cohort_dir: Path) -> li
     return paths
 
 
-def _text(content: str) -> Callable[[Any], object]:
-    return lambda path: Path(path).write_text(content, encoding="utf-8")
+def _text(content: str) -> Callable[[Path], None]:
+    def write(path: Path) -> None:
+        path.write_text(content, encoding="utf-8")
+
+    return write
