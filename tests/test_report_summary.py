@@ -4,9 +4,14 @@ a subgroup gap whose interval excludes zero) and the team's own threshold, not f
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 from report_factory import full_context
 
-from medvision.report import SummaryOptions, summarize
+from medvision.evaluation.document import Subgroups
+from medvision.evaluation.predict import Predictions
+from medvision.evaluation.tables import subgroup_table
+from medvision.report import Finding, ReportContext, SubgroupSection, SummaryOptions, render_report, summarize
 
 
 def test_summary_follows_the_numbers() -> None:
@@ -35,3 +40,40 @@ def test_summary_follows_the_numbers() -> None:
     assert (
         "No subgroup scores below" in summarize(full_context(worst_gap=0.01, gap_high=0.05)).finding("subgroups").text
     )
+
+
+def test_a_group_with_one_positive_is_named_with_its_reason_and_no_chance_claim(tmp_path) -> None:
+    """Issue 21: the headline called a one-positive subgroup's gap 'unlikely to be chance'. From the evaluate
+    stage's table through metrics.json's typed rows to the rendered report: the group is named with its reason in
+    words, gets no interval, and the summary claims nothing about it."""
+    rng = np.random.default_rng(3)
+    pid = np.repeat(np.arange(60), 2)
+    label = np.isin(pid, [0, *range(30, 45)]).astype(int)  # one positive woman (patients < 30), 15 positive men
+    p1 = np.clip(0.25 + 0.5 * label + rng.normal(scale=0.1, size=len(pid)), 0.01, 0.99)
+    p1[pid == 0] = 0.001  # the one positive woman is ranked below every negative
+    frame = pd.DataFrame(
+        {"patient_id": [f"P{i}" for i in pid], "label_idx": label, "sex": np.where(pid < 30, "F", "M")}
+    )
+    probs = np.c_[1 - p1, p1]
+    pred = Predictions(frame, np.log(probs), probs, np.zeros((len(pid), 2)), None)
+    rows, diffs, overall = subgroup_table(
+        pred, ["sex"], positive=1, min_patients=20, n_resamples=200, seed=0, min_positives=5, min_negatives=5
+    )
+    doc = Subgroups.model_validate(
+        {"set": "test", "metric": "AUROC", "overall": overall, "table": rows, "differences": diffs}
+    )
+    table = pd.DataFrame([r.model_dump() for r in doc.table]).fillna({"flag": ""}).fillna(np.nan)
+    assert doc.table[0].n_positive == 1 and doc.table[0].flag == "few_positives"
+    ctx = ReportContext(
+        title="one positive",
+        subgroups=SubgroupSection(metric="auroc", overall=overall["value"], table=table),
+    )
+    summary = summarize(ctx)
+    said = " ".join([f.text for f in summary.findings] + summary.caveats)
+    assert (
+        "unlikely to be chance" not in said and "sex = F" not in (summary.finding("subgroups") or Finding("", "")).text
+    )
+    assert "sex = F (only 1 patient with a positive case: no estimate or interval)" in said
+    html = render_report(ctx, tmp_path / "report.html").read_text()
+    assert "only 1 patient with a positive case: no estimate or interval" in html
+    assert "unlikely to be chance" not in html

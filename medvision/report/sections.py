@@ -17,7 +17,7 @@ import pandas as pd
 from medvision.report import figures
 from medvision.report.context import SALIENCY_CATEGORIES, OODSection, ReportContext
 from medvision.report.study import StudySection
-from medvision.report.summary import Summary, label_shift_hurts, metric_label, summarize
+from medvision.report.summary import Summary, label_shift_hurts, metric_label, subgroup_flag, summarize
 
 __all__ = ["section_blocks"]
 
@@ -393,7 +393,7 @@ def _subgroups(ctx: ReportContext) -> list[dict]:
             _f(r["n_images"], 0),
             _est(r["value"], r["low"], r["high"]),
             _est(r["gap"], r["gap_low"], r["gap_high"]),
-            "" if pd.isna(r["flag"]) else str(r["flag"]),
+            subgroup_flag(r),
         ]
         for _, r in s.table.iterrows()
     ]
@@ -401,19 +401,21 @@ def _subgroups(ctx: ReportContext) -> list[dict]:
     return [
         _para(
             f"{m} on '{s.eval_set}' per subgroup; overall {overall}. Gap = subgroup minus overall (negative: "
-            "worse), with a CI from the same patient resamples. Flagged groups are shown but left out of gap "
-            "summaries."
+            "worse), with a CI from the same patient resamples. Groups with too few patients, or too few positive or "
+            "negative cases, are shown with the reason but get no estimate, no interval and no gap, and are left "
+            "out of gap summaries."
         ),
         _table(
             f"{m} per subgroup (95% CI) and gap to overall",
-            ["attribute", "group", "patients", "images", f"{m} (95% CI)", "gap to overall (95% CI)", "flag"],
+            ["attribute", "group", "patients", "images", f"{m} (95% CI)", "gap to overall (95% CI)", "not estimated"],
             rows,
             numeric_from=2,
         ),
         _figure(
             figures.subgroup_forest(s.table, s.overall, m),
             f"Forest plot of {m} per subgroup with 95% confidence intervals",
-            "Dashed line: overall value. Flagged groups (too few patients, or one outcome only) have no estimate, "
+            "Dashed line: overall value. Flagged groups (too few patients, positive or negative cases) have no "
+            "estimate, "
             "so their rows carry no marker.",
         ),
     ]

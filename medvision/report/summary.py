@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from medvision.evaluation.subgroups import flag_words
 from medvision.report.context import ReportContext
 
-__all__ = ["Finding", "Summary", "label_shift_hurts", "summarize"]
+__all__ = ["Finding", "Summary", "label_shift_hurts", "subgroup_flag", "summarize"]
 
 _METRIC_NAMES = {
     "auroc": "AUROC",
@@ -413,6 +414,11 @@ def _calibration(ctx: ReportContext, out: Summary) -> None:
     out.findings.append(Finding("calibration", text, concern=ece > opt.ece_good or bool(poor)))
 
 
+def subgroup_flag(row: pd.Series) -> str:
+    """Why a subgroup row has no estimate, in words (``""`` for a usable row); counts are optional columns."""
+    return flag_words(row["flag"], row["n_patients"], row.get("n_positive"), row.get("n_negative"))
+
+
 def _subgroups(ctx: ReportContext, out: Summary) -> None:
     sg = ctx.subgroups
     if sg is None or sg.table.empty:
@@ -422,10 +428,10 @@ def _subgroups(ctx: ReportContext, out: Summary) -> None:
     flags = t["flag"].fillna("").astype(str).str.strip()
     flagged, usable = t[flags != ""], t[flags == ""]
     if len(flagged):
-        names = ", ".join(f"{a} = {g}" for a, g in zip(flagged["attribute"], flagged["group"]))
+        why = "; ".join(f"{r['attribute']} = {r['group']} ({subgroup_flag(r)})" for _, r in flagged.iterrows())
         out.caveats.append(
-            f"{len(flagged)} subgroup(s) ({names}) have too few patients or no positives; they are "
-            "shown but left out of the gap summary."
+            f"{len(flagged)} subgroup(s) are too small to judge, so no interval or gap is given and nothing is "
+            f"claimed about them: {why}."
         )
     gaps = pd.to_numeric(usable["gap"], errors="coerce")
     m = metric_label(sg.metric)
