@@ -17,7 +17,14 @@ import pandas as pd
 from medvision.report import figures
 from medvision.report.context import SALIENCY_CATEGORIES, OODSection, ReportContext
 from medvision.report.study import StudySection
-from medvision.report.summary import Summary, label_shift_hurts, metric_label, subgroup_flag, summarize
+from medvision.report.summary import (
+    Summary,
+    inverted_detector,
+    label_shift_hurts,
+    metric_label,
+    subgroup_flag,
+    summarize,
+)
 
 __all__ = ["section_blocks"]
 
@@ -318,6 +325,9 @@ def _ood(ctx: ReportContext) -> list[dict]:
         ),
         _ood_table(o, primary),
     ]
+    inverted = inverted_detector(o)
+    if inverted:
+        blocks.append(_para(inverted))
     if o.scores is not None and not o.scores.empty:
         present = list(dict.fromkeys(o.scores["detector"].astype(str)))
         shown = ([primary] if primary in present else []) + [d for d in present if d != primary]
@@ -338,7 +348,7 @@ def _ood_table(o: OODSection, primary: str | None) -> dict:
     ci = "auroc_low" in o.detectors.columns and "auroc_high" in o.detectors.columns
     rows = [
         [
-            str(r["detector"]) + (" (deployed)" if str(r["detector"]) == primary else ""),
+            str(r["detector"]) + (_deployed(r["auroc"]) if str(r["detector"]) == primary else ""),
             _est(r["auroc"], r["auroc_low"], r["auroc_high"]) if ci else _f(r["auroc"]),
             _f(r["aupr_in"]),
             _f(r["aupr_out"]),
@@ -357,6 +367,11 @@ def _ood_table(o: OODSection, primary: str | None) -> dict:
         ],
         rows,
     )
+
+
+def _deployed(auroc: Any) -> str:
+    a = pd.to_numeric(auroc, errors="coerce")
+    return " (deployed; inverted: AUROC below 0.5)" if pd.notna(a) and a < 0.5 else " (deployed)"
 
 
 def _deferral(deferral: pd.DataFrame, primary: str | None, rate: float) -> list[dict]:
