@@ -39,11 +39,9 @@ import pandas as pd
 from medvision.evaluation._checks import as_1d, same_length
 from medvision.evaluation.bootstrap import BatchedMetric, Bootstrap, BootstrapResult, resolve_metric
 
-__all__ = ["FLAGS", "SubgroupFrame", "UNKNOWN", "flag_words"]
+__all__ = ["SubgroupFrame", "UNKNOWN", "flag_words"]
 
 UNKNOWN = "unknown"
-#: Why a group has no metric, as written in its ``flag`` (several are joined by ``";"``).
-FLAGS = ("few_patients", "single_class", "few_positives", "few_negatives")
 _SEP = " & "
 
 
@@ -222,7 +220,8 @@ class SubgroupFrame:
 
 
 def flag_words(flag: object, n_patients: object = None, n_positive: object = None, n_negative: object = None) -> str:
-    """A group's ``flag`` in plain words, with the counts that raised it when known; ``""`` for a usable group.
+    """A group's ``flag`` (``;``-joined ``few_patients``, ``single_class``, ``few_positives``, ``few_negatives``) in
+    plain words, with the counts that raised it when known; ``""`` for a usable group.
 
     Example:
         >>> flag_words("few_positives", 40, 1, 39)

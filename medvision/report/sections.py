@@ -422,7 +422,15 @@ def _subgroups(ctx: ReportContext) -> list[dict]:
         ),
         _table(
             f"{m} per subgroup (95% CI) and gap to overall",
-            ["attribute", "group", "patients", "images", f"{m} (95% CI)", "gap to overall (95% CI)", "not estimated"],
+            [
+                "attribute",
+                "group",
+                "patients",
+                "images",
+                f"{m} (95% CI)",
+                "gap to overall (95% CI)",
+                "why not estimated",
+            ],
             rows,
             numeric_from=2,
         ),
@@ -430,8 +438,7 @@ def _subgroups(ctx: ReportContext) -> list[dict]:
             figures.subgroup_forest(s.table, s.overall, m),
             f"Forest plot of {m} per subgroup with 95% confidence intervals",
             "Dashed line: overall value. Flagged groups (too few patients, positive or negative cases) have no "
-            "estimate, "
-            "so their rows carry no marker.",
+            "estimate, so their rows carry no marker.",
         ),
     ]
 
