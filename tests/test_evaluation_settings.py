@@ -37,6 +37,7 @@ def test_defaults_are_declared_once_and_match_the_issue_interface():
         "ood_rate": 0.05,
     }
     assert s.calibration.site is None
+    assert (s.min_positives, s.min_negatives) == (5, 5)  # a one-positive subgroup gets no interval by default
     raw = {"conformal": {"target": 0.9, "mondrian": ["sex", "site"]}, "abstain": {"alpha": 0.05, "on": "miss"}}
     parsed = parse_config({**raw, "calibration": {"site": "Oslo"}}, EvaluationSettings)
     parsed.check_against(FACTS)
@@ -54,6 +55,9 @@ def test_defaults_are_declared_once_and_match_the_issue_interface():
         ({"abstain": {"on": "misses"}}, [], r"abstain\.on: Input should be 'error' or 'miss'"),
         ({"conformal": {"target": 1.5}}, [], r"conformal\.target: Input should be less than 1"),
         ({"conformal": {"mondrian": ["sex", "sex"]}}, [], r"lists a taxonomy twice"),
+        ({"min_positives": 0}, [], r"min_positives: Input should be greater than or equal to 1"),
+        ({}, ["min_negatives=-2"], r"min_negatives: Input should be greater than or equal to 1"),
+        ({"min_positive": 3}, [], r"min_positive: unknown key\. Did you mean 'min_positives'\?"),
     ],
 )
 def test_a_typo_fails_at_load_time_naming_the_key_and_the_closest_spelling(raw, overrides, message):

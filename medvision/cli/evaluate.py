@@ -30,6 +30,12 @@ def evaluate_command(
     min_patients: int = typer.Option(
         _DEFAULTS.min_patients, help="Groups with fewer patients are flagged and get no metric."
     ),
+    min_positives: int = typer.Option(
+        _DEFAULTS.min_positives, help="Groups where fewer patients have a positive case are flagged: no metric or CI."
+    ),
+    min_negatives: int = typer.Option(
+        _DEFAULTS.min_negatives, help="Groups where fewer patients have a negative case are flagged: no metric or CI."
+    ),
     positive_class: str | None = typer.Option(None, help="Class for sensitivity/specificity and subgroup AUROC."),
     saliency: int = typer.Option(_DEFAULTS.saliency, help="Saliency cases per category (0: none)."),
     outlier_sets: str = typer.Option(
@@ -62,6 +68,8 @@ def evaluate_command(
             "subgroups": [s for s in subgroups.split(",") if s],
             "bootstrap": bootstrap,
             "min_patients": min_patients,
+            "min_positives": min_positives,
+            "min_negatives": min_negatives,
             "saliency": saliency,
             "positive_class": positive_class,
             "outlier_sets": [s for s in outlier_sets.split(",") if s],

@@ -139,6 +139,11 @@ class SubgroupRow(_Part):
     group: str
     n_patients: int
     n_images: int
+    #: Patients holding an image of the positive class / of another class (``None`` in older documents).
+    n_positive: int | None = None
+    n_negative: int | None = None
+    #: Why the group has no value, interval or gap (``;``-joined ``few_patients``, ``single_class``,
+    #: ``few_positives``, ``few_negatives``); empty or ``None`` for a usable group.
     flag: str | None = None
     value: float | None = None
     low: float | None = None
@@ -449,6 +454,9 @@ class Settings(_Part):
     subgroups: list[str]
     bootstrap: int
     min_patients: int
+    #: ``None`` in documents written before these minimums existed.
+    min_positives: int | None = None
+    min_negatives: int | None = None
     referral_rate: float
     seed: int
     outlier_sets: list[str]

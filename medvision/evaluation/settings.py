@@ -128,6 +128,11 @@ class EvaluationSettings(StrictModel):
     bootstrap: int = Field(1000, ge=0)
     #: Subgroups with fewer patients are flagged and get no metric.
     min_patients: int = Field(20, ge=1)
+    #: Subgroups where fewer patients hold a case of the positive class are flagged and get no metric, interval
+    #: or gap: with one positive case an AUROC is that case's rank, and its interval claims nothing.
+    min_positives: int = Field(5, ge=1)
+    #: The same for patients holding a case of any other class.
+    min_negatives: int = Field(5, ge=1)
     #: Also evaluate a greedy ensemble of the evaluated models (selection on validation NLL, method spec §4).
     ensemble: bool = False
     #: Referral rate at which the report says how many outliers are caught.

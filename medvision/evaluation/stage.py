@@ -127,6 +127,8 @@ def evaluate_models(request: EvaluationRequest, folder: Path) -> dict[str, float
             "subgroups": request.subgroups,
             "bootstrap": request.bootstrap,
             "min_patients": request.min_patients,
+            "min_positives": request.min_positives,
+            "min_negatives": request.min_negatives,
             "referral_rate": request.referral_rate,
             "seed": request.seed,
             "outlier_sets": request.outlier_sets,
@@ -342,7 +344,14 @@ class _Scoring:
     def _subgroups(self, id_set: str) -> Subgroups:
         r, k, positive = self.request, len(self.classes), self.fitted.positive
         rows, diffs, overall = subgroup_table(
-            self.inlier[id_set], r.subgroups, positive, r.min_patients, r.bootstrap, r.seed
+            self.inlier[id_set],
+            r.subgroups,
+            positive,
+            r.min_patients,
+            r.bootstrap,
+            r.seed,
+            min_positives=r.min_positives,
+            min_negatives=r.min_negatives,
         )
         return Subgroups.model_validate(
             {

@@ -211,9 +211,21 @@ def _thin(curve: pd.DataFrame, points: int = 60) -> pd.DataFrame:
 
 
 def subgroup_table(
-    pred: Predictions, attributes: Sequence[str], positive: int, min_patients: int, n_resamples: int, seed: int
+    pred: Predictions,
+    attributes: Sequence[str],
+    positive: int,
+    min_patients: int,
+    n_resamples: int,
+    seed: int,
+    *,
+    min_positives: int,
+    min_negatives: int,
 ) -> tuple[list[dict], list[dict], dict[str, Any]]:
-    """Per-group AUROC with CIs, gaps to overall and worst-vs-best difference (fairlearn's shape)."""
+    """Per-group AUROC with CIs, gaps to overall and worst-vs-best difference (fairlearn's shape).
+
+    A group below ``min_patients`` patients, or with fewer than ``min_positives`` patients holding a ``positive``
+    image (``min_negatives`` holding another), is flagged and gets no value, interval or gap (see
+    :class:`~medvision.evaluation.subgroups.SubgroupFrame`)."""
     present = [a for a in attributes if "*" not in a and a in pred.frame.columns]
     intersections = [
         tuple(a.split("*")) for a in attributes if "*" in a and all(p in pred.frame.columns for p in a.split("*"))
@@ -234,6 +246,8 @@ def subgroup_table(
         groups=pred.frame["patient_id"].to_numpy(),
         intersections=intersections,
         min_patients=min_patients,
+        min_positives=min_positives,
+        min_negatives=min_negatives,
         n_resamples=max(n_resamples, 1),
         seed=seed,
     )

@@ -339,8 +339,9 @@ class SubgroupSection(_Model):
     Frames:
         table: ``attribute``, ``group``, ``patients``, ``images``, ``value``, ``low``, ``high``, ``gap``,
             ``gap_low``, ``gap_high``, ``flag`` — ``gap`` = group - overall (negative: worse than overall),
-            its CI from shared bootstrap resamples; ``flag`` is empty for a usable group, else the reason it is
-            excluded from gap summaries (e.g. ``"fewer than 20 patients"``, ``"no positives"``).
+            its CI from shared bootstrap resamples; ``flag`` is empty for a usable group, else the reason it has no
+            estimate and is excluded from gap summaries (``few_patients``, ``single_class``, ``few_positives``,
+            ``few_negatives``; said in words with the optional ``n_positive`` / ``n_negative`` counts).
     """
 
     metric: str = "auroc"

@@ -7,6 +7,8 @@ renderer shows its note instead. Every number is formatted here, so the template
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -20,7 +22,14 @@ from medvision.report._blocks import table as _table
 from medvision.report._blocks import text as _text
 from medvision.report.context import SALIENCY_CATEGORIES, OODSection, ReportContext
 from medvision.report.study import StudySection
-from medvision.report.summary import Summary, label_shift_hurts, metric_label, summarize
+from medvision.report.summary import (
+    Summary,
+    inverted_detector,
+    label_shift_hurts,
+    metric_label,
+    subgroup_flag,
+    summarize,
+)
 from medvision.report.trust import trust_blocks
 
 __all__ = ["section_blocks"]
@@ -278,6 +287,9 @@ def _ood(ctx: ReportContext) -> list[dict]:
         ),
         _ood_table(o, primary),
     ]
+    inverted = inverted_detector(o)
+    if inverted:
+        blocks.append(_para(inverted))
     if o.scores is not None and not o.scores.empty:
         present = list(dict.fromkeys(o.scores["detector"].astype(str)))
         shown = ([primary] if primary in present else []) + [d for d in present if d != primary]
@@ -298,7 +310,7 @@ def _ood_table(o: OODSection, primary: str | None) -> dict:
     ci = "auroc_low" in o.detectors.columns and "auroc_high" in o.detectors.columns
     rows = [
         [
-            str(r["detector"]) + (" (deployed)" if str(r["detector"]) == primary else ""),
+            str(r["detector"]) + (_deployed(r["auroc"]) if str(r["detector"]) == primary else ""),
             _est(r["auroc"], r["auroc_low"], r["auroc_high"]) if ci else _f(r["auroc"]),
             _f(r["aupr_in"]),
             _f(r["aupr_out"]),
@@ -317,6 +329,11 @@ def _ood_table(o: OODSection, primary: str | None) -> dict:
         ],
         rows,
     )
+
+
+def _deployed(auroc: Any) -> str:
+    a = pd.to_numeric(auroc, errors="coerce")
+    return " (deployed; inverted: AUROC below 0.5)" if pd.notna(a) and a < 0.5 else " (deployed)"
 
 
 def _deferral(deferral: pd.DataFrame, primary: str | None, rate: float) -> list[dict]:
@@ -353,7 +370,7 @@ def _subgroups(ctx: ReportContext) -> list[dict]:
             _f(r["n_images"], 0),
             _est(r["value"], r["low"], r["high"]),
             _est(r["gap"], r["gap_low"], r["gap_high"]),
-            "" if pd.isna(r["flag"]) else str(r["flag"]),
+            subgroup_flag(r),
         ]
         for _, r in s.table.iterrows()
     ]
@@ -361,20 +378,29 @@ def _subgroups(ctx: ReportContext) -> list[dict]:
     return [
         _para(
             f"{m} on '{s.eval_set}' per subgroup; overall {overall}. Gap = subgroup minus overall (negative: "
-            "worse), with a CI from the same patient resamples. Flagged groups are shown but left out of gap "
-            "summaries."
+            "worse), with a CI from the same patient resamples. Groups with too few patients, or too few positive or "
+            "negative cases, are shown with the reason but get no estimate, no interval and no gap, and are left "
+            "out of gap summaries."
         ),
         _table(
             f"{m} per subgroup (95% CI) and gap to overall",
-            ["attribute", "group", "patients", "images", f"{m} (95% CI)", "gap to overall (95% CI)", "flag"],
+            [
+                "attribute",
+                "group",
+                "patients",
+                "images",
+                f"{m} (95% CI)",
+                "gap to overall (95% CI)",
+                "why not estimated",
+            ],
             rows,
             numeric_from=2,
         ),
         _figure(
             figures.subgroup_forest(s.table, s.overall, m),
             f"Forest plot of {m} per subgroup with 95% confidence intervals",
-            "Dashed line: overall value. Flagged groups (too few patients, or one outcome only) have no estimate, "
-            "so their rows carry no marker.",
+            "Dashed line: overall value. Flagged groups (too few patients, positive or negative cases) have no "
+            "estimate, so their rows carry no marker.",
         ),
     ]
 
