@@ -103,3 +103,28 @@ def test_cohort_scale_builds_two_sizes_and_reports_rate_and_memory(tmp_path):
     assert out["ratio"] == pytest.approx(large["files_per_s"] / small["files_per_s"], rel=0.05)  # rates are rounded
     assert {"cpu_ratio", "peak_rss_mb_at_largest", "targets", "meets_targets"} <= set(out)
     assert list(tmp_path.iterdir()) == []  # the synthetic cohorts were deleted
+
+
+@pytest.mark.slow
+def test_embed_benchmark_compares_the_feature_cache_with_a_bare_forward():
+    out = _run(
+        "embed.py",
+        "--backbone",
+        "resnet-tiny",
+        "--weights",
+        "none",
+        "--size",
+        "32",
+        "--patients",
+        "24",
+        "--rounds",
+        "2",
+    )
+    assert out["benchmark"] == "embed" and out["images"] > 0 and out["rounds"] == 2
+    for side in ("feature_cache_images_per_s", "bare_images_per_s"):
+        assert 0 < out[side]["min"] <= out[side]["median"] <= out[side]["max"]
+    assert out["ratio"] == pytest.approx(
+        out["feature_cache_images_per_s"]["median"] / out["bare_images_per_s"]["median"], rel=1e-3
+    )
+    assert out["max_embedding_diff"] < 1e-5  # the cache stores the bare forward's numbers
+    assert out["target"] == 0.9 and isinstance(out["meets_target"], bool)
