@@ -20,7 +20,8 @@ from torch import Tensor
 from medvision.auroc import macro_auroc
 from medvision.classifier import Classifier
 from medvision.engine.config import OptimConfig
-from medvision.engine.schedule import decay_groups, warmup_cosine
+from medvision.engine.schedule import decay_groups, layer_decay_groups, warmup_cosine
+from medvision.training.config import FinetuneOptimConfig
 
 __all__ = ["FinetuneModule"]
 
@@ -156,9 +157,22 @@ class FinetuneModule(L.LightningModule):
 
     # -- optimiser -------------------------------------------------------------------------------
 
+    def param_groups(self) -> list[dict]:
+        """Optimiser groups, each with its own ``lr``: one rate, or with ``optim.layer_decay`` a rate per backbone
+        layer (the head and adapter at ``optim.lr``; a frozen backbone has nothing to decay)."""
+        cfg = self.optim
+        clf = self.classifier
+        decay = cfg.layer_decay if isinstance(cfg, FinetuneOptimConfig) else None
+        if decay is None or clf.freeze_backbone:
+            return [{**g, "lr": cfg.lr} for g in decay_groups(clf.parameters(), cfg.weight_decay)]
+        others = [p for name, p in clf.named_parameters() if not name.startswith("backbone.")]
+        timm_model = getattr(clf.backbone, "model", clf.backbone)  # the timm module inside medvision's Backbone
+        groups = layer_decay_groups(timm_model, others, cfg.weight_decay, decay)
+        return [{**g, "lr": cfg.lr * g["lr_scale"]} for g in groups]
+
     def configure_optimizers(self):
         cfg = self.optim
-        groups = decay_groups(self.classifier.parameters(), cfg.weight_decay)
+        groups = self.param_groups()
         # Fused kernels (one launch updates every parameter) when the parameters are on a GPU; ``None`` keeps
         # torch's default elsewhere, so CPU runs (and their bit-exact resume) are unchanged.
         fused = True if groups and all(p.is_cuda for g in groups for p in g["params"]) else None
