@@ -26,7 +26,7 @@ from medvision.tracking import load_run_classifier
 from medvision.training import FinetuneConfig, FinetuneModule, finetune
 from medvision.training.config import FinetuneOptimConfig
 from medvision.training.probe import LogisticProbe
-from medvision.training.recipe import DECISION_ARTIFACT, RecipeDecision
+from medvision.training.recipe import DECISION_ARTIFACT, RecipeDecision, decision_of_run
 
 GRID = [0.01, 0.1, 1.0]
 
@@ -152,7 +152,8 @@ def test_auto_trains_the_fingerprints_candidates_and_records_why(synth_cxr_cohor
             run_id=result.run_id, artifact_path=DECISION_ARTIFACT, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"
         )
     )
-    assert decision == result.decision
+    assert decision == result.decision == decision_of_run(result.run_id, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert decision_of_run(decision.winner_run_id, f"sqlite:///{tmp_path / 'mlflow.db'}") is None  # a fixed recipe
     # 10% of the cohort: a handful of patients per class, so the rule leaves full fine-tuning out
     assert decision.fingerprint.min_patients_per_class <= 20 and "Woerner" in decision.candidates_rule
     assert [c.recipe for c in decision.candidates] == ["linear-probe", "lp-ft"]
@@ -198,3 +199,22 @@ def test_auto_is_not_a_plain_finetune(tmp_path):
     )
     with pytest.raises(ValueError, match="medvision.recipes.fit"):
         finetune(cfg)
+
+
+def test_medvision_finetune_runs_auto_unless_the_config_names_a_recipe(tmp_path):
+    import typer
+    import yaml
+    from typer.testing import CliRunner
+
+    from medvision.cli.finetune import finetune_command
+
+    app = typer.Typer()
+    app.command()(finetune_command)
+    path = tmp_path / "run.yaml"
+    missing = tmp_path / "no-cohort"  # the run stops at the cohort; what matters is the recipe it set out with
+    path.write_text(yaml.safe_dump({"data": {"cohort_dir": str(missing)}, "backbone": {"name": "resnet-tiny"}}))
+    chosen = CliRunner().invoke(app, [str(path)])
+    assert "recipe: auto" in chosen.output and chosen.exit_code != 0 and "no-cohort" in chosen.output
+    for override in ("recipe=finetune", "mode=linear", "trainer.devices=2"):
+        kept = CliRunner().invoke(app, [str(path), "--set", override])
+        assert "recipe: auto" not in kept.output, override

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 from filelock import FileLock, Timeout
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from medvision.cohort.build import build_cohort
 from medvision.cohort.spec import CohortSpec, FolderOptions, load_spec, spec_from_folder
@@ -41,11 +41,12 @@ from medvision.pipeline.spec import (
 from medvision.pipeline.stages import StageOutput, stage_config_model, wire_config
 from medvision.pipeline.study import merge_spec
 from medvision.pipeline.tracker import OUTPUT_TAG, Tracker, stage_key
+from medvision.recipes import CandidateRunner, fit
 from medvision.report.build import report_from_evaluation
 from medvision.sources.medmnist import import_medmnist
 from medvision.sources.synth import synthesize
 from medvision.ssl import pretrain
-from medvision.training import finetune
+from medvision.training import FinetuneConfig, FinetuneResult, finetune
 
 __all__ = ["StageContext", "execute"]
 
@@ -246,11 +247,8 @@ def _training(ctx: StageContext) -> tuple[StageOutput, Rows]:
             node[last] = value
         if inherited and "name" not in (data.get("backbone") or {}):
             data.setdefault("backbone", {})["name"] = inherited
-        identity = wire_config(stage.kind, data, cohort_dir=cohort_dir, output_dir=Path("-"), weights=weights)
-        identity.pop("tracking", None)
-        identity["output_dir"] = None
-        if isinstance(identity.get("data"), dict):  # the cohort is identified by its manifest hash (upstream),
-            identity["data"]["cohort_dir"] = None  # not by the folder it was built in: users share stages
+        wired = wire_config(stage.kind, data, cohort_dir=cohort_dir, output_dir=Path("-"), weights=weights)
+        identity = _identity(model.model_validate(wired))
         key = stage_key(stage.kind, identity, upstream_keys, cohort.manifest_sha256, ctx.version)
         name = ctx.stage_id if member == "main" else f"{ctx.stage_id}/{member}"
         with _stage_lock(ctx, key):  # a second `medvision run` waits here, then reuses this member's run
@@ -270,7 +268,8 @@ def _training(ctx: StageContext) -> tuple[StageOutput, Rows]:
                         tracking=tracking,
                     )
                 )
-                result = _run_training(stage.kind, cfg)
+                reuse = _candidate_runner(ctx, upstream_keys, cohort.manifest_sha256)
+                result = _run_training(stage.kind, cfg, reuse)
                 # Tagged once finished: the stage key marks a *completed* result, and an interrupted run that
                 # resumes (same checkpoint folder, same MLflow run) gets its tags when it completes.
                 for tag, value in ctx.tracker.child_tags(ctx.stage_id, stage.kind, key).items():
@@ -282,11 +281,44 @@ def _training(ctx: StageContext) -> tuple[StageOutput, Rows]:
     return output, rows
 
 
-def _run_training(kind: str, cfg: Any) -> Any:
+def _run_training(kind: str, cfg: Any, run_candidate: CandidateRunner) -> Any:
     if kind == "finetune":
-        return finetune(cfg)
+        return fit(cfg, run_candidate=run_candidate)
 
     return pretrain(cfg)
+
+
+def _identity(cfg: BaseModel) -> dict[str, Any]:
+    """What makes two training members the same work: the validated config with every default filled in (a stage
+    that writes a default out and one that leaves it are the same work), without where it writes and records; the
+    cohort is identified by its manifest hash (upstream), not by the folder it was built in: users share stages."""
+    identity = cfg.model_dump(mode="json", exclude={"output_dir", "tracking", "resume"})
+    if isinstance(identity.get("data"), dict):
+        identity["data"]["cohort_dir"] = None
+    return identity
+
+
+def _candidate_runner(ctx: StageContext, upstream: list[str], manifest: str | None) -> CandidateRunner:
+    """How ``recipe: auto`` trains a candidate inside a pipeline: under the stage key of that exact config, so a
+    finished identical run (the same recipe run as a baseline stage, or an interrupted ``auto``) is reused, and a
+    new one becomes reusable by them."""
+
+    def run(cfg: FinetuneConfig) -> FinetuneResult:
+        key = stage_key("finetune", _identity(cfg), upstream, manifest, ctx.version)
+        with _stage_lock(ctx, key):
+            done = ctx.tracker.finished(key)
+            if done is not None:
+                ctx.echo(f"[{ctx.stage_id}] candidate {cfg.recipe}: reusing finished run {done.info.run_id}")
+                metrics = dict(done.data.metrics)
+                best = metrics.get(f"best/{cfg.monitor.metric}")
+                return FinetuneResult(done.info.run_id, None, None, best, metrics, Path(cfg.output_dir))
+            result = finetune(cfg)
+            if result.run_id is not None:
+                for tag, value in ctx.tracker.child_tags(ctx.stage_id, "finetune", key).items():
+                    ctx.tracker.client.set_tag(result.run_id, tag, value)
+            return result
+
+    return run
 
 
 def _member_facts(config: dict[str, Any]) -> dict[str, Any]:

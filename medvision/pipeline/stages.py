@@ -1,6 +1,6 @@
 """How each pipeline stage kind runs: wire its inputs from earlier stages, call the stage's Python API.
 
-The pipeline never re-implements a stage: a finetune stage is :func:`medvision.training.finetune` with a
+The pipeline never re-implements a stage: a finetune stage is :func:`medvision.recipes.fit` (any recipe) with a
 config whose cohort folder, starting weights, output folder and tracking were filled in from upstream
 stages. What a stage hands downstream is a :class:`StageOutput` (run ids and folders, never data).
 """

@@ -30,7 +30,7 @@ from mlflow.entities import Metric
 
 from medvision.cohort.cohort import Cohort, open_cohort
 from medvision.config import flatten, to_yaml
-from medvision.engine.config import resolve_tracking_uri
+from medvision.engine.config import resolve_tracking_uri, single_process
 from medvision.evaluation.predict import predict_rows
 from medvision.evaluation.settings import EvaluationSettings
 from medvision.recipes.selection import DECISION_RULE, compare_candidates
@@ -130,6 +130,11 @@ def fit_auto(
     Returns:
         An :class:`AutoResult` whose ``run_id`` is the ``auto`` run.
     """
+    if not single_process(config.trainer):
+        raise ValueError(
+            "recipe: auto runs in one process (its probe and its choice are not distributed); set trainer.devices "
+            "to 1 outside torchrun/SLURM, or pick a fixed recipe (lp-ft, finetune) to train on several devices"
+        )
     cohort = open_cohort(config.data.cohort_dir)
     fp = fingerprint_config(config, cohort)
     plan = plan_candidates(fp, config.head.name)

@@ -18,6 +18,7 @@ import torch
 
 from medvision.classifier import Classifier
 from medvision.data.dataset import CohortDataModule
+from medvision.engine.config import single_process
 from medvision.engine.features import FeatureCache
 from medvision.tracking import MLflowTracking
 from medvision.training.config import FinetuneConfig
@@ -104,6 +105,11 @@ def run_linear_probe(
     Returns:
         The run id, its metrics (``val/auroc`` also as ``best/val/auroc``: a probe has one "epoch") and the probe.
     """
+    if not single_process(config.trainer):
+        raise ValueError(
+            "recipe: linear-probe is one process (a convex fit of seconds, recorded once); set trainer.devices to 1 "
+            "and start it without torchrun/SLURM"
+        )
     probe = fit_head_probe(classifier, datamodule, config)
     metrics = {**probe_metrics(probe), **_validation_metrics(classifier, datamodule, config)}
     if config.monitor.metric in metrics:

@@ -18,11 +18,14 @@ written as an MLflow artifact (``recipe/decision.json``) and read by the report 
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Literal
 
+import mlflow.artifacts
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medvision._atomic import atomic_write_text
@@ -39,6 +42,7 @@ __all__ = [
     "Interval",
     "Recipe",
     "RecipeDecision",
+    "decision_of_run",
     "fingerprint",
     "plan_candidates",
 ]
@@ -256,3 +260,21 @@ class RecipeDecision(_Document):
             return cls.model_validate(data)
         except ValidationError as err:
             raise ValueError(f"{path} is not a valid recipe decision: {err}") from None
+
+
+def decision_of_run(run_id: str, tracking_uri: str | None = None) -> RecipeDecision | None:
+    """The decision an ``auto`` run recorded (``recipe/decision.json``), or ``None`` for a run of a fixed recipe.
+
+    What the evaluation and the report read to say "Why this recipe" for a model.
+
+    Raises:
+        ValueError: the run has a decision this medvision cannot read (another schema version).
+    """
+    with tempfile.TemporaryDirectory(prefix="medvision-decision-") as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=DECISION_ARTIFACT, dst_path=tmp, tracking_uri=tracking_uri
+            )
+        except (MlflowException, OSError):
+            return None
+        return RecipeDecision.read(local)
