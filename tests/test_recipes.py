@@ -10,6 +10,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+import yaml
 from lightning.pytorch.callbacks import Callback
 from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
@@ -203,7 +204,6 @@ def test_auto_is_not_a_plain_finetune(tmp_path):
 
 def test_medvision_finetune_runs_auto_unless_the_config_names_a_recipe(tmp_path):
     import typer
-    import yaml
     from typer.testing import CliRunner
 
     from medvision.cli.finetune import finetune_command
@@ -218,3 +218,42 @@ def test_medvision_finetune_runs_auto_unless_the_config_names_a_recipe(tmp_path)
     for override in ("recipe=finetune", "mode=linear", "trainer.devices=2"):
         kept = CliRunner().invoke(app, [str(path), "--set", override])
         assert "recipe: auto" not in kept.output, override
+
+
+@pytest.mark.slow
+def test_a_pipeline_auto_stage_reuses_an_identical_fixed_recipe_run(tmp_path, monkeypatch):
+    from medvision.pipeline import load_pipeline, run_pipeline
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MEDVISION_PSEUDONYM_KEY", "00112233445566778899aabbccddeeff")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config = {
+        "backbone": {"name": "resnet-tiny", "weights": "none"},
+        "probe": {"c_grid": GRID, "folds": 3},
+        "data": {"batch_size": 16},
+        "optim": {"name": "adamw", "lr": 0.003, "epochs": 1, "warmup_epochs": 0},
+        "trainer": {"accelerator": "cpu", "progress_bar": False},
+    }
+    spec = {
+        "name": "recipes",
+        "output_dir": "out",
+        "tracking": {"experiment": "recipes"},
+        "stages": {
+            "cohort": {"kind": "cohort", "synth": {"kind": "derm", "patients": 30, "seed": 0, "size": 32}},
+            "probe": {"kind": "finetune", "cohort": "cohort", "config": {**config, "recipe": "linear-probe"}},
+            "auto": {"kind": "finetune", "cohort": "cohort", "config": {**config, "recipe": "auto"}},
+        },
+    }
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    echoed: list[str] = []
+    result = run_pipeline(load_pipeline(tmp_path / "p.yaml"), echo=echoed.append)
+    probe_run, auto_run = result.outputs["probe"].run_ids[0], result.outputs["auto"].run_ids[0]
+    decision = decision_of_run(auto_run, result.tracking_uri)
+    assert decision is not None and decision.candidates[0].recipe == "linear-probe"
+    assert decision.candidates[0].run_id == probe_run  # the probe stage's run, not a second probe
+    assert any("candidate linear-probe: reusing finished run" in line for line in echoed)
+    client = MlflowClient(result.tracking_uri)
+    lpft = client.get_run(decision.candidates[1].run_id)
+    assert lpft.data.tags["medvision.stage"] == "auto" and lpft.data.tags["mlflow.parentRunId"] == result.parent_run_id
+    again = run_pipeline(load_pipeline(tmp_path / "p.yaml"), echo=lambda _: None)
+    assert [r["status"] for r in again.rows] == ["reused"] * 3
