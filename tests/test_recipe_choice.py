@@ -105,6 +105,27 @@ def test_the_difference_is_paired_on_the_same_patients():
     assert scores[0].val_auroc.low < scores[0].val_auroc.point < scores[0].val_auroc.high
 
 
+def test_a_validation_set_of_one_class_keeps_the_simplest_and_still_records(tmp_path):
+    y, patients = np.zeros(20, int), np.arange(20)
+    rng = np.random.default_rng(5)
+    winner, scores = compare_candidates(y, patients, {"linear-probe": _probs(y, rng, 1), "lp-ft": _probs(y, rng, 1)})
+    assert winner == "linear-probe" and not scores[1].adopted
+    assert scores[0].val_auroc.point is None and scores[1].difference.low is None  # undefined, not NaN
+    doc = RecipeDecision(
+        fingerprint=_fp({0: 5, 1: 5, 2: 5}),
+        candidates_rule="r",
+        decision_rule=DECISION_RULE,
+        candidates=scores,
+        winner=winner,
+        winner_run_id=None,
+        val_images=20,
+        val_patients=20,
+        n_resamples=1000,
+        confidence=0.95,
+    )
+    assert RecipeDecision.read(doc.write(tmp_path / "d.json")) == doc
+
+
 def test_unknown_candidates_are_refused():
     with pytest.raises(ValueError, match="candidates among"):
         compare_candidates(np.zeros(4), np.arange(4), {"auto": np.zeros((4, 2))})

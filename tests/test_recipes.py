@@ -95,6 +95,7 @@ class _AtStart(Callback):
         self.bias = pl_module.classifier.head.fc.bias.detach().clone()
         named = {id(p): n for n, p in pl_module.named_parameters()}
         self.lrs = {named[id(p)]: g["initial_lr"] for g in trainer.optimizers[0].param_groups for p in g["params"]}
+        self.state = {k: v.detach().clone() for k, v in pl_module.classifier.backbone.state_dict().items()}
 
 
 def test_lp_ft_starts_from_the_probe_and_trains_every_layer_at_its_decayed_rate(synth_cxr_cohort, tmp_path):
@@ -111,6 +112,14 @@ def test_lp_ft_starts_from_the_probe_and_trains_every_layer_at_its_decayed_rate(
     scales = sorted({v / peak for k, v in start.lrs.items() if k.startswith("classifier.backbone.")})
     assert scales == pytest.approx([0.75**i for i in range(len(scales), 0, -1)])  # one rate per timm layer
     assert start.lrs["classifier.backbone.model.conv1.weight"] == pytest.approx(peak * scales[0])  # the stem: lowest
+    # batch-norm statistics stay as pretrained (the probe read features made with them); the weights do train
+    final = torch.load(result.last_checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    final = {
+        k.removeprefix("classifier.backbone."): v for k, v in final.items() if k.startswith("classifier.backbone.")
+    }
+    stats = [k for k in start.state if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.equal(final[k], start.state[k]) for k in stats)
+    assert not torch.equal(final["model.conv1.weight"], start.state["model.conv1.weight"])
     run = _client(tmp_path).get_run(result.run_id)
     assert float(run.data.params["optim.effective_lr"]) == pytest.approx(peak)
     assert float(run.data.params["lpft.probe_C"]) == probe.C_
@@ -133,7 +142,8 @@ def test_layer_decay_without_lp_ft_gives_each_layer_its_rate():
 
 
 def test_step_schedule_under_a_budget_trains_fewer_epochs_than_the_rule(synth_cxr_cohort, tmp_path):
-    raw = _raw(synth_cxr_cohort, tmp_path, "steps", schedule="steps", budget_minutes=0.05)  # 3 s
+    # 3 CPU-seconds: the same epochs on a busy machine as on a quiet one
+    raw = _raw(synth_cxr_cohort, tmp_path, "steps", schedule="steps", budget_minutes=0.05, budget_clock="cpu")
     result = finetune(parse_config(raw, FinetuneConfig))
     run = _client(tmp_path).get_run(result.run_id)
     rule = hyperrule_steps(28, 8, 32)  # 28 training images at 10%, batch 8: 3 steps an epoch

@@ -51,10 +51,9 @@ def finetune_command(
                 f"recipe: {d.winner} chosen among {', '.join(c.recipe for c in d.candidates)} ({d.candidates_rule})"
             )
             for c in d.candidates:
-                v = c.val_auroc
-                line = f"  {c.recipe:<13} val AUROC {v.point:.3f} ({v.low:.3f}-{v.high:.3f})"
-                if (diff := c.difference) is not None:
-                    line += f", vs {c.versus} {diff.point:+.3f} ({diff.low:+.3f} to {diff.high:+.3f})"
+                line = f"  {c.recipe:<13} val AUROC {_interval(c.val_auroc, '.3f')}"
+                if c.difference is not None:
+                    line += f", vs {c.versus} {_interval(c.difference, '+.3f')}"
                 typer.echo(line)
         if result.run_id is not None:
             typer.echo(
@@ -67,3 +66,11 @@ def finetune_command(
             typer.echo(f"  {name:<16} {value:.4f}")
 
     run_guarded(body)
+
+
+def _interval(i, fmt: str) -> str:
+    """``point (low to high)``, or ``n/a`` where the AUROC is undefined (one class in the validation set)."""
+    if i.point is None:
+        return "n/a"
+    bounds = f" ({i.low:{fmt}} to {i.high:{fmt}})" if i.low is not None and i.high is not None else ""
+    return f"{i.point:{fmt}}{bounds}"

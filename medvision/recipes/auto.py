@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from lightning.pytorch.callbacks import Callback
 from mlflow.entities import Metric
 
@@ -42,6 +41,7 @@ from medvision.training.recipe import (
     DECISION_ARTIFACT,
     CohortFingerprint,
     FixedRecipe,
+    Interval,
     RecipeDecision,
     fingerprint,
     plan_candidates,
@@ -248,13 +248,11 @@ def _record(
     )
     shape = card.get("input_shape") if isinstance(card, dict) else None
     history = _history(winner.run_id, tracking_uri)
-    return tracker.record_fitted(
-        classifier, tuple(shape) if shape else None, {k: v for k, v in metrics.items() if np.isfinite(v)}, history
-    )
+    return tracker.record_fitted(classifier, tuple(shape) if shape else None, metrics, history)
 
 
-def _interval_values(i: Any) -> dict[str, float]:
-    return {"": i.point, "_low": i.low, "_high": i.high}
+def _interval_values(i: Interval) -> dict[str, float]:
+    return {k: v for k, v in {"": i.point, "_low": i.low, "_high": i.high}.items() if v is not None}
 
 
 def _history(run_id: str, tracking_uri: str) -> list[Metric]:

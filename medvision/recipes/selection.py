@@ -40,7 +40,10 @@ def _macro_auroc(y: np.ndarray, p: np.ndarray, weights: np.ndarray) -> np.ndarra
 
 
 def _interval(r: BootstrapResult) -> Interval:
-    return Interval(point=r.point, low=r.low, high=r.high)
+    def finite(x: float) -> float | None:
+        return float(x) if np.isfinite(x) else None
+
+    return Interval(point=finite(r.point), low=finite(r.low), high=finite(r.high))
 
 
 def compare_candidates(

@@ -135,6 +135,10 @@ class LpFtConfig(StrictModel):
     lr_scale: float = Field(0.1, gt=0.0, le=1.0)
     #: Layer-wise decay used when ``optim.layer_decay`` is not set (BEiT/MAE range 0.65-0.75).
     layer_decay: float = Field(0.75, gt=0.0, le=1.0)
+    #: Keep the backbone's batch-norm statistics as pretrained (its scales and shifts still train). The probe was
+    #: fitted to features computed with those statistics; re-estimating them from small augmented batches moves
+    #: every feature at once, before a single weight has changed (why BiT uses GroupNorm for transfer).
+    freeze_batchnorm: bool = True
 
 
 class FinetuneConfig(StageConfig):
@@ -162,6 +166,10 @@ class FinetuneConfig(StageConfig):
     #: Wall-clock budget of the training loop, in minutes; the epochs and the cosine schedule shrink to fit it
     #: after the first epoch is timed (:class:`medvision.engine.TimeBudget`). ``None``: no budget.
     budget_minutes: float | None = Field(None, gt=0.0)
+    #: What the budget counts: ``wall`` (elapsed time) or ``cpu`` (this process's CPU time, all threads: two busy
+    #: cores spend two CPU-minutes a minute). ``cpu`` trains the same epochs on a busy shared machine as on a
+    #: quiet one, so a benchmark stays comparable.
+    budget_clock: Literal["wall", "cpu"] = "wall"
     #: Hidden width of the locked-mode adapter; 0 means no adapter.
     adapter_hidden: int = Field(0, ge=0)
     output_dir: Path = Path("runs/finetune")

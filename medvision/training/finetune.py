@@ -17,6 +17,7 @@ Example (needs real files, a run or the network, so it is shown, not run)::
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -191,7 +192,8 @@ def finetune(
     if resolved.recipe == "lp-ft" and ckpt is None:  # LP-FT's first stage (a resumed run has its head already)
         probe_facts = probe_metrics(fit_head_probe(classifier, datamodule, resolved))  # type: ignore[arg-type]
     optim = _effective_optim(resolved)
-    module = FinetuneModule(classifier, optim)
+    frozen_stats = resolved.recipe == "lp-ft" and resolved.lpft.freeze_batchnorm
+    module = FinetuneModule(classifier, optim, freeze_batchnorm=frozen_stats)
     data: L.LightningDataModule = datamodule
     if isinstance(datamodule, CohortDataModule) and _takes_feature_path(resolved, datamodule):
         data = FeatureDataModule(datamodule, classifier.backbone)  # answers the same cohort facts
@@ -221,7 +223,8 @@ def finetune(
         best = probe.metrics.get(resolved.monitor.metric)
         return FinetuneResult(probe.run_id, None, None, best, probe.metrics, Path(resolved.output_dir))
     # the budget runs before the tracker, so the epoch count it settles on is logged in the same epoch
-    budget = [TimeBudget(resolved.budget_minutes * 60)] if resolved.budget_minutes is not None else []
+    clock = time.process_time if resolved.budget_clock == "cpu" else time.monotonic
+    budget = [TimeBudget(resolved.budget_minutes * 60, clock)] if resolved.budget_minutes is not None else []
     identity = run_identity(resolved, manifest_sha256=sha)
     with _frozen_backbone_is_meant(classifier):
         fitted = fit_stage(resolved, module, data, [*budget, tracker, *callbacks], ckpt, to_yaml(resolved), identity)

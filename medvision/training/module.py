@@ -15,7 +15,7 @@ import lightning as L
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
-from torch import Tensor
+from torch import Tensor, nn
 
 from medvision.auroc import macro_auroc
 from medvision.classifier import Classifier
@@ -37,18 +37,28 @@ class FinetuneModule(L.LightningModule):
     Args:
         classifier: the network (its ``freeze_backbone`` decides the trainable parameters).
         optim: optimiser and schedule settings.
+        freeze_batchnorm: keep the backbone's batch-norm layers in eval mode while training (their running
+            statistics stay the pretrained ones; their affine parameters still train), as LP-FT does.
     """
 
-    def __init__(self, classifier: Classifier, optim: OptimConfig) -> None:
+    def __init__(self, classifier: Classifier, optim: OptimConfig, freeze_batchnorm: bool = False) -> None:
         super().__init__()
         self.classifier = classifier
         self.optim = optim
+        self.freeze_batchnorm = freeze_batchnorm
         self._val: list[tuple[Tensor, ...]] = []
 
     def _log(self, name: str, value, **kwargs) -> None:
         # Metrics reach MLflow through the tracking callback (trainer.callback_metrics), not a
         # Lightning logger, hence logger=False.
         self.log(name, value, logger=False, **kwargs)
+
+    def on_train_epoch_start(self) -> None:
+        # Lightning has put the model in train mode for the epoch; batch-norm statistics stay as pretrained
+        if self.freeze_batchnorm:
+            for m in self.classifier.backbone.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
 
     # -- steps -----------------------------------------------------------------------------------
 

@@ -192,11 +192,12 @@ def plan_candidates(fp: CohortFingerprint, head: str) -> CandidatePlan:
 
 
 class Interval(_Document):
-    """A point estimate with its bootstrap percentile interval."""
+    """A point estimate with its bootstrap percentile interval; ``None`` where undefined (an AUROC of a validation
+    set that holds one class only)."""
 
-    point: float
-    low: float
-    high: float
+    point: float | None
+    low: float | None
+    high: float | None
 
 
 class CandidateScore(_Document):
