@@ -19,6 +19,7 @@ data choose empirically. The steps:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,7 +174,8 @@ def _decide(
     """Every candidate's logged network on the validation inliers, compared by the paired rule."""
     k = cohort.num_inlier_classes
     val = cohort.rows("val")
-    val = val[(val["label_idx"] >= 0) & (val["label_idx"] < k)].reset_index(drop=True)
+    if not cohort.label_columns:  # multi-class: the task's inlier rows (outlier conditions have no task label)
+        val = val[(val["label_idx"] >= 0) & (val["label_idx"] < k)].reset_index(drop=True)
     if val.empty:
         raise ValueError(
             f"recipe: auto chooses on the validation split, but cohort {cohort.card['name']} has no labelled "
@@ -186,13 +188,15 @@ def _decide(
         classifier, _ = load_run_classifier(result.run_id, tracking_uri)
         probs[recipe] = predict_rows(classifier, cohort, val).probs
     settings = EvaluationSettings()  # the evaluation's own bootstrap defaults (method spec §10)
+    labels = val[cohort.label_columns].fillna(0).to_numpy() if cohort.label_columns else val["label_idx"].to_numpy()
     winner, scores = compare_candidates(
-        val["label_idx"].to_numpy(),
+        labels,
         val["patient_id"].to_numpy(),
         probs,  # type: ignore[arg-type]  # keys are the plan's fixed recipes
         {r: res.run_id for r, res in results.items()},  # type: ignore[misc]
         n_resamples=max(1, settings.bootstrap),
         seed=config.seed,
+        multilabel=bool(cohort.label_columns),
     )
     return RecipeDecision(
         fingerprint=fp,
@@ -224,7 +228,8 @@ def _record(
         "recipe.winner": decision.winner,
         "recipe.winner_run_id": decision.winner_run_id,
         "recipe.candidates": ",".join(s.recipe for s in decision.candidates),
-        **{f"fingerprint.{k}": v for k, v in flatten(decision.fingerprint).items()},
+        # one param per fingerprint field (per-class counts as one JSON value: class names are not key material)
+        **{f"fingerprint.{k}": json.dumps(v) if isinstance(v, dict) else v for k, v in decision.fingerprint},
     }
     metrics: dict[str, float] = {}  # the winner's own metrics arrive with its history
     for s in decision.candidates:

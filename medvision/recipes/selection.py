@@ -39,6 +39,10 @@ def _macro_auroc(y: np.ndarray, p: np.ndarray, weights: np.ndarray) -> np.ndarra
     return macro_auroc(y, p, weights)
 
 
+def _macro_auroc_multilabel(y: np.ndarray, p: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    return macro_auroc(y, p, weights, multilabel=True)
+
+
 def _interval(r: BootstrapResult) -> Interval:
     def finite(x: float) -> float | None:
         return float(x) if np.isfinite(x) else None
@@ -55,17 +59,19 @@ def compare_candidates(
     n_resamples: int = 1000,
     seed: int = 0,
     confidence: float = 0.95,
+    multilabel: bool = False,
 ) -> tuple[FixedRecipe, list[CandidateScore]]:
     """Choose among candidates by :data:`DECISION_RULE`.
 
     Args:
-        y_true: ``(N,)`` validation labels in ``[0, K)`` (inlier rows only).
+        y_true: ``(N,)`` validation labels in ``[0, K)`` (inlier rows only), or ``(N, K)`` 0/1 with ``multilabel``.
         patients: ``(N,)`` patient of each row; patients are resampled whole.
         probs: per candidate, ``(N, K)`` validation probabilities in the same row order.
         run_ids: per candidate, its MLflow run (recorded in the scores).
         n_resamples: bootstrap resamples (the evaluation default, see the method spec §10).
         seed: seeds the one resample matrix every candidate shares.
         confidence: interval coverage.
+        multilabel: ``y_true`` is an indicator matrix (macro AUROC over labels).
 
     Returns:
         ``(winner, scores)``, scores in the order compared.
@@ -87,7 +93,8 @@ def compare_candidates(
     ids = dict(run_ids or {})
     boot = Bootstrap(np.asarray(patients), n_resamples=n_resamples, seed=seed, confidence=confidence)
     y = np.asarray(y_true)
-    results = {r: boot.ci(_macro_auroc, y, np.asarray(probs[r], dtype=np.float64)) for r in order}
+    metric = _macro_auroc_multilabel if multilabel else _macro_auroc
+    results = {r: boot.ci(metric, y, np.asarray(probs[r], dtype=np.float64)) for r in order}
     incumbent = order[0]
     scores = [CandidateScore(recipe=incumbent, run_id=ids.get(incumbent), val_auroc=_interval(results[incumbent]))]
     for recipe in order[1:]:
