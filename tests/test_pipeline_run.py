@@ -17,6 +17,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
+from services import need
 from typer.testing import CliRunner
 
 from medvision.cli import app
@@ -53,6 +54,7 @@ def workdir(tmp_path, monkeypatch):
 
 
 def _chromium_dom(html: Path, shot: Path) -> str:
+    need("chromium")
     args = [
         "chromium",
         "--headless",
