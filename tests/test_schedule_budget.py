@@ -101,11 +101,26 @@ def test_a_budget_that_fits_changes_nothing():
 
 
 def test_epochs_that_slow_down_after_the_plan_stop_at_the_budget():
-    # the first epoch is fast, so the plan is long; the later ones are 10x slower and hit the cap
-    trainer, budget = _fit(lambda epoch: 0.1 if epoch == 0 else 1.0, epochs=40, budget=30)
-    assert budget.planned_epochs == 37  # 0.8 s for the first epoch: 36 more of those would fit
-    assert trainer.current_epoch == 5  # 0.8 + 4 x 8 = 32.8 s >= 30: stopped after the fifth epoch
+    # the first two epochs are fast, so the plan is long; the later ones are 10x slower and hit the cap
+    trainer, budget = _fit(lambda epoch: 0.1 if epoch < 2 else 1.0, epochs=40, budget=30)
+    assert budget.planned_epochs == 37  # 1.6 s for two epochs, 0.8 s each: 35 more of those would fit
+    assert trainer.current_epoch == 6  # 1.6 + 4 x 8 = 33.6 s >= 30: stopped after the sixth epoch
     assert budget.spent >= 30
+
+
+def test_the_plan_times_the_second_epoch_not_the_first_ones_start_up_costs():
+    # epoch 0 pays a one-time 3 s (its first step); steady epochs take 0.8 s: planning from epoch 0 would allow
+    # 1 + (30 - 3.7) / 3.7 = 8 epochs, the steady epoch allows 2 + (30 - 4.5) / 0.8 = 33
+    clock = {"first": True}
+
+    def cost(epoch: int) -> float:
+        if clock["first"]:
+            clock["first"] = False
+            return 3.0
+        return 0.1
+
+    trainer, budget = _fit(cost, epochs=60, budget=30)
+    assert budget.planned_epochs == 33 and trainer.current_epoch == 33
 
 
 def test_a_nonpositive_budget_is_refused():

@@ -2,11 +2,13 @@
 
 A step-based schedule (``schedule: steps``) can ask for more steps than a CPU affords: 500 HyperRule steps of an
 EfficientNet at 96 px take minutes per run on two cores. Stopping at the deadline would leave the learning rate high
-(a cosine cut in the middle), so :class:`TimeBudget` measures the first epoch (validation included), then lowers
-the epoch count *and* the cosine's length to what fits: the run still warms up, decays to zero and keeps its best
-validation epoch. If later epochs turn out slower (a shared machine), it stops once the budget is spent. What it
-decided is logged as ``budget/epochs`` every epoch and travels in checkpoints, so a resumed run keeps its plan
-and its remaining time.
+(a cosine cut in the middle), so :class:`TimeBudget` times an epoch (validation included), then lowers the epoch
+count *and* the cosine's length to what fits: the run still warms up, decays to zero and keeps its best validation
+epoch. The epoch it times is the second one: the first also pays one-time costs (opening the MLflow run, the first
+allocations), which would make a short epoch look several times longer than it is; only a first epoch that already
+takes a quarter of the budget is planned from directly. If later epochs turn out slower (a shared machine), it stops
+once the budget is spent. What it decided is logged as ``budget/epochs`` every epoch and travels in checkpoints, so a
+resumed run keeps its plan and its remaining time.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ class TimeBudget(Callback):
         self.spent = 0.0
         self._t0 = clock()
         self._spent_at_start = 0.0
-        self._epoch_at_start = 0
+        self._epoch_t0 = self._t0
 
     def state_dict(self) -> dict[str, Any]:
         return {"planned_epochs": self.planned_epochs, "spent": self._now_spent()}
@@ -61,24 +63,27 @@ class TimeBudget(Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._t0 = self.clock()
         self._spent_at_start = self.spent
-        self._epoch_at_start = trainer.current_epoch
         if self.planned_epochs is not None and self.planned_epochs < (trainer.max_epochs or 0):
             trainer.fit_loop.max_epochs = self.planned_epochs  # the scheduler's length came back with its state
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epoch_t0 = self.clock()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.spent = self._now_spent()
         done = trainer.current_epoch + 1
-        ran = max(1, done - self._epoch_at_start)
-        per_epoch = (self.clock() - self._t0) / ran
+        per_epoch = self.clock() - self._epoch_t0  # this epoch alone (training and validation)
         max_epochs = int(trainer.max_epochs or done)
-        if self.planned_epochs is None:
+        first_is_short = done == 1 and self.spent < 0.25 * self.seconds and max_epochs > 2
+        if self.planned_epochs is None and not first_is_short:
             affordable = done + math.floor(max(0.0, self.seconds - self.spent) / max(per_epoch, 1e-9))
             self.planned_epochs = max(done, min(max_epochs, affordable))
             if self.planned_epochs < max_epochs:
                 _shrink(trainer, self.planned_epochs, trainer.global_step / done)
-        elif self.spent >= self.seconds and done < max_epochs:
+        elif self.planned_epochs is not None and self.spent >= self.seconds and done < max_epochs:
             trainer.should_stop = True  # slower than planned: the budget is a cap
-        pl_module.log("budget/epochs", float(self.planned_epochs), logger=False, on_epoch=True)
+        planned = self.planned_epochs if self.planned_epochs is not None else max_epochs
+        pl_module.log("budget/epochs", float(planned), logger=False, on_epoch=True)
 
 
 def _shrink(trainer: L.Trainer, epochs: int, steps_per_epoch: float) -> None:
