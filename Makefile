@@ -58,11 +58,11 @@ format: install
 bench: install
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/bootstrap.py
+	$(BIN)/python benchmarks/quarantine_scrub.py
 	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/pretrain_step.py
-	$(BIN)/python benchmarks/pacs_pull.py
+	$(BIN)/python benchmarks/pacs_pull.py --repeats 5
 	nice -n 10 $(BIN)/python benchmarks/cohort_scale.py
-
 	$(BIN)/python benchmarks/linear_probe.py
 	$(BIN)/python benchmarks/input_pipeline.py
 

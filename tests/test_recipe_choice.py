@@ -154,5 +154,5 @@ def test_the_decision_document_round_trips_and_refuses_other_versions(tmp_path):
     data = json.loads(path.read_text())
     data["schema_version"] = 2
     path.write_text(json.dumps(data))
-    with pytest.raises(ValueError, match="schema_version 2"):
+    with pytest.raises(ValueError, match="schema_version is 2.*re-run the auto fine-tune"):
         RecipeDecision.read(path)

@@ -77,7 +77,8 @@ def test_linear_probe_is_an_ordinary_run_that_reproduces_sklearn(synth_cxr_cohor
     assert {"model", "backbone", "config.yaml"} <= {f.path for f in _client(tmp_path).list_artifacts(result.run_id)}
 
     classifier, card = load_run_classifier(result.run_id, f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert classifier.freeze_backbone and card["input_shape"] == [1, 32, 32]
+    assert classifier.freeze_backbone and card.input_shape == (1, 32, 32)
+    assert card.preprocessing is not None  # export and serving read the cohort's recipe from the probe run too
     probe, x_val, _ = _probe_on(synth_cxr_cohort, cfg.seed, classifier.head.num_outputs)
     assert run.data.metrics["probe/C"] == probe.C_
     with torch.no_grad():  # the logged network, through its own backbone, on validation images
@@ -179,8 +180,9 @@ def test_auto_trains_the_fingerprints_candidates_and_records_why(synth_cxr_cohor
     assert run.data.metrics["recipe/linear-probe/val_auroc"] == pytest.approx(decision.candidates[0].val_auroc.point)
     # the auto run holds the winner's network, so evaluation and export use it like any run
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    mine, _ = load_run_classifier(result.run_id, uri)
-    theirs, _ = load_run_classifier(decision.winner_run_id, uri)
+    mine, my_card = load_run_classifier(result.run_id, uri)
+    theirs, their_card = load_run_classifier(decision.winner_run_id, uri)
+    assert my_card.preprocessing is not None and my_card.preprocessing == their_card.preprocessing
     for (name, a), (_, b) in zip(mine.state_dict().items(), theirs.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     assert set(result.candidates) == {"linear-probe", "lp-ft"}

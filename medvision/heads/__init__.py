@@ -6,14 +6,15 @@ metrics and OOD code rely on.
 """
 
 from . import het, hetxl, hod, linear  # noqa: F401  (importing registers the heads)
-from .base import Head, HeadConfigError, HeadOptions, HeadOutput
+from .base import CohortShape, Head, HeadConfigError, HeadOptions, HeadOutput
 from .het import HETHead, HETOptions
 from .hetxl import HETXLHead, HETXLOptions
 from .hod import HODHead, HODOptions
 from .linear import LinearHead, LinearOptions, MultiLabelHead, MultiLabelOptions
-from .registry import create_head, get_head_class, list_heads, register_head
+from .registry import create_head, get_head_class, list_heads, load_head_plugins, ood_score_names, register_head
 
 __all__ = [
+    "CohortShape",
     "HETHead",
     "HETOptions",
     "HETXLHead",
@@ -31,5 +32,7 @@ __all__ = [
     "create_head",
     "get_head_class",
     "list_heads",
+    "load_head_plugins",
+    "ood_score_names",
     "register_head",
 ]

@@ -31,6 +31,7 @@ from mlflow.entities import Metric
 from medvision.cohort.cohort import Cohort, open_cohort
 from medvision.config import flatten, to_yaml
 from medvision.engine.config import resolve_tracking_uri, single_process
+from medvision.errors import InputError
 from medvision.evaluation.predict import predict_rows
 from medvision.evaluation.settings import EvaluationSettings
 from medvision.recipes.selection import DECISION_RULE, compare_candidates
@@ -84,7 +85,7 @@ def fit(
     if config.recipe != "auto":
         return finetune(config, datamodule=datamodule, callbacks=callbacks)
     if datamodule is not None:
-        raise ValueError(
+        raise InputError(
             "recipe: auto reads its cohort (data.cohort_dir) itself and cannot train on a given data module; "
             "set recipe to linear-probe, lp-ft or finetune to train on it"
         )
@@ -132,7 +133,7 @@ def fit_auto(
         An :class:`AutoResult` whose ``run_id`` is the ``auto`` run.
     """
     if not single_process(config.trainer):
-        raise ValueError(
+        raise InputError(
             "recipe: auto runs in one process (its probe and its choice are not distributed); set trainer.devices "
             "to 1 outside torchrun/SLURM, or pick a fixed recipe (lp-ft, finetune) to train on several devices"
         )
@@ -177,8 +178,8 @@ def _decide(
     if not cohort.label_columns:  # multi-class: the task's inlier rows (outlier conditions have no task label)
         val = val[(val["label_idx"] >= 0) & (val["label_idx"] < k)].reset_index(drop=True)
     if val.empty:
-        raise ValueError(
-            f"recipe: auto chooses on the validation split, but cohort {cohort.card['name']} has no labelled "
+        raise InputError(
+            f"recipe: auto chooses on the validation split, but cohort {cohort.card.name} has no labelled "
             "validation images of its task classes; give the cohort a validation split or pick a fixed recipe"
         )
     probs = {}
@@ -248,12 +249,12 @@ def _record(
         texts={
             "config.yaml": to_yaml(resolved),
             "cohort/manifest_sha256.txt": sha + "\n",
-            DECISION_ARTIFACT: decision.model_dump_json(indent=1),
+            DECISION_ARTIFACT: decision.to_json(),
         },
+        preprocessing=card.preprocessing,  # the winner's: export and serving read it from the auto run's card
     )
-    shape = card.get("input_shape") if isinstance(card, dict) else None
     history = _history(winner.run_id, tracking_uri)
-    return tracker.record_fitted(classifier, tuple(shape) if shape else None, metrics, history)
+    return tracker.record_fitted(classifier, card.input_shape, metrics, history)
 
 
 def _interval_values(i: Interval) -> dict[str, float]:

@@ -31,6 +31,7 @@ from lightning.pytorch.callbacks import Callback
 
 from medvision._atomic import atomic_write_text
 from medvision.classifier import Classifier
+from medvision.cohort.recipe import PreprocessRecipe
 from medvision.config import flatten, to_yaml
 from medvision.data.dataset import CohortDataModule
 from medvision.engine.budget import TimeBudget
@@ -38,7 +39,8 @@ from medvision.engine.config import resolve_tracking_uri
 from medvision.engine.features import FeatureDataModule
 from medvision.engine.hyperrule import hyperrule_epochs, hyperrule_steps
 from medvision.engine.trainer import fit_stage, resume_checkpoint, run_identity
-from medvision.heads import create_head
+from medvision.errors import InputError
+from medvision.heads import create_head, get_head_class
 from medvision.models import create_backbone
 from medvision.tracking import MLflowTracking
 from medvision.tracking.store import using_tracking_uri
@@ -95,27 +97,16 @@ class FinetuneResult:
 
 
 def build_classifier(config: FinetuneConfig, datamodule: CohortFactsLike) -> Classifier:
-    """The network for ``config`` sized from the cohort: ``in_chans``, K classes (HOD: + M outlier logits).
+    """The network for ``config`` sized from the cohort: ``in_chans``, K classes, and whatever the head takes from
+    the cohort (:meth:`~medvision.heads.Head.options_for_cohort`: HOD's M outlier logits).
 
     Raises:
-        ValueError: the head does not fit the cohort (HOD without training outlier conditions, or
+        HeadConfigError: the head does not fit the cohort (HOD without training outlier conditions, or
             ``num_outlier_classes`` different from the cohort's).
     """
 
-    k, m = int(datamodule.num_inlier_classes), int(datamodule.num_outlier_classes)
-    options = dict(config.head.options)
-    if config.head.name == "hod":
-        if m < 1:
-            raise ValueError(
-                "head 'hod' needs training outlier conditions, but the cohort has none; declare them in the "
-                "cohort spec (splits.outlier_conditions) or use another head"
-            )
-        given = options.setdefault("num_outlier_classes", m)
-        if given != m:
-            raise ValueError(
-                f"head.options.num_outlier_classes is {given} but the cohort has {m} training outlier "
-                "conditions; leave the option out to take the cohort's"
-            )
+    k = int(datamodule.num_inlier_classes)
+    options = get_head_class(config.head.name).options_for_cohort(config.head.options, datamodule)
     in_chans = config.backbone.in_chans or int(datamodule.in_chans)
     backbone = create_backbone(config.backbone.name, config.backbone.weights, in_chans, **config.backbone.options)
     head = create_head(config.head.name, backbone.num_features, k, **options)
@@ -157,23 +148,14 @@ def finetune(
         ValueError: the head or backbone does not fit the cohort, bad backbone weights, or ``recipe: auto``.
     """
     if config.recipe == "auto":
-        raise ValueError(
+        raise InputError(
             "recipe: auto trains several candidates and picks one on validation; run it with "
             "medvision.recipes.fit(config) (what `medvision finetune` and pipelines do), or set a fixed recipe"
         )
     L.seed_everything(config.seed, workers=True, verbose=False)
     ckpt = resume_checkpoint(config)  # fail on a bad resume path before anything is built
     if datamodule is None:
-        d = config.data
-        datamodule = CohortDataModule(
-            d.cohort_dir,
-            batch_size=d.batch_size,
-            label_fraction=d.label_fraction,
-            num_workers=d.num_workers,
-            balanced=d.balanced,
-            seed=config.seed,
-            augment=config.augment,
-        )
+        datamodule = _cohort_datamodule(config)
     if not isinstance(datamodule, CohortFactsLike):
         missing = [a for a in DATAMODULE_FACTS if not hasattr(datamodule, a)]
         raise TypeError(f"{type(datamodule).__name__} lacks the cohort facts {missing}; see finetune()'s docstring")
@@ -199,29 +181,10 @@ def finetune(
         data = FeatureDataModule(datamodule, classifier.backbone)  # answers the same cohort facts
 
     sha = str(datamodule.manifest_sha256)
-    record = classifier.backbone.weights_record
-    params = {
-        **flatten(resolved),
-        "data.manifest_sha256": sha,
-        "data.classes": list(datamodule.classes),
-        "backbone.source": record.source,
-        "backbone.sha256": record.sha256,
-        "backbone.licence": record.licence,
-        "augment.resolved_preset": getattr(data, "augment_preset", "none"),
-        "data.feature_path": isinstance(data, FeatureDataModule),
-        "optim.effective_lr": optim.lr,
-        "optim.effective_layer_decay": optim.layer_decay,
-        **{f"lpft.{k.replace('/', '_')}": v for k, v in probe_facts.items()},
-    }
-    tracker = _tracker(resolved, tracking_uri, params, sha)
+    params = {**_params(resolved, datamodule, data, classifier), **_recipe_params(optim, probe_facts)}
+    tracker = _tracker(resolved, tracking_uri, params, sha, _preprocessing(datamodule))
     if resolved.recipe == "linear-probe":
-        if not isinstance(datamodule, CohortDataModule):
-            raise ValueError("recipe: linear-probe embeds a cohort's cached images; give finetune() no data module")
-        Path(resolved.output_dir).mkdir(parents=True, exist_ok=True)
-        atomic_write_text(Path(resolved.output_dir) / "config.yaml", to_yaml(resolved))
-        probe = run_linear_probe(resolved, classifier, datamodule, tracker)
-        best = probe.metrics.get(resolved.monitor.metric)
-        return FinetuneResult(probe.run_id, None, None, best, probe.metrics, Path(resolved.output_dir))
+        return _linear_probe(resolved, classifier, datamodule, tracker)
     # the budget runs before the tracker, so the epoch count it settles on is logged in the same epoch
     clock = time.process_time if resolved.budget_clock == "cpu" else time.monotonic
     budget = [TimeBudget(resolved.budget_minutes * 60, clock)] if resolved.budget_minutes is not None else []
@@ -236,6 +199,59 @@ def finetune(
         metrics=dict(tracker.last_metrics),
         output_dir=Path(resolved.output_dir),
     )
+
+
+def _cohort_datamodule(config: FinetuneConfig) -> CohortDataModule:
+    """The default data: the cohort of ``config.data``, batched, sampled and augmented as configured."""
+    d = config.data
+    return CohortDataModule(
+        d.cohort_dir,
+        batch_size=d.batch_size,
+        label_fraction=d.label_fraction,
+        num_workers=d.num_workers,
+        balanced=d.balanced,
+        seed=config.seed,
+        augment=config.augment,
+    )
+
+
+def _params(
+    resolved: FinetuneConfig, datamodule: CohortFactsLike, data: L.LightningDataModule, classifier: Classifier
+) -> dict[str, object]:
+    """The run's MLflow parameters: the resolved config, the cohort, the starting weights, what the data path did."""
+    record = classifier.backbone.weights_record
+    return {
+        **flatten(resolved),
+        "data.manifest_sha256": str(datamodule.manifest_sha256),
+        "data.classes": list(datamodule.classes),
+        "backbone.source": record.source,
+        "backbone.sha256": record.sha256,
+        "backbone.licence": record.licence,
+        "augment.resolved_preset": getattr(data, "augment_preset", "none"),
+        "data.feature_path": isinstance(data, FeatureDataModule),
+    }
+
+
+def _recipe_params(optim: FinetuneOptimConfig, probe_facts: dict[str, float]) -> dict[str, object]:
+    """What the training recipe changed: the optimiser as used (LP-FT scales and decays it) and the LP-FT probe."""
+    return {
+        "optim.effective_lr": optim.lr,
+        "optim.effective_layer_decay": optim.layer_decay,
+        **{f"lpft.{k.replace('/', '_')}": v for k, v in probe_facts.items()},
+    }
+
+
+def _linear_probe(
+    resolved: FinetuneConfig, classifier: Classifier, datamodule: CohortFactsLike, tracker: MLflowTracking
+) -> FinetuneResult:
+    """The ``linear-probe`` recipe: a logistic probe on cached embeddings, recorded as an ordinary run."""
+    if not isinstance(datamodule, CohortDataModule):
+        raise ValueError("recipe: linear-probe embeds a cohort's cached images; give finetune() no data module")
+    Path(resolved.output_dir).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(resolved.output_dir) / "config.yaml", to_yaml(resolved))
+    probe = run_linear_probe(resolved, classifier, datamodule, tracker)
+    best = probe.metrics.get(resolved.monitor.metric)
+    return FinetuneResult(probe.run_id, None, None, best, probe.metrics, Path(resolved.output_dir))
 
 
 def _with_hyperrule(config: FinetuneConfig, datamodule: L.LightningDataModule) -> FinetuneConfig:
@@ -296,7 +312,15 @@ def _resolved(config: FinetuneConfig, tracking_uri: str) -> FinetuneConfig:
     )
 
 
-def _tracker(config: FinetuneConfig, tracking_uri: str, params: dict, manifest_sha256: str):
+def _preprocessing(datamodule: L.LightningDataModule) -> PreprocessRecipe | None:
+    """How the data module's images were made from their files (a cohort's data module knows; others do not)."""
+    recipe = getattr(datamodule, "preprocessing", None)
+    return recipe if isinstance(recipe, PreprocessRecipe) else None
+
+
+def _tracker(
+    config: FinetuneConfig, tracking_uri: str, params: dict, manifest_sha256: str, recipe: PreprocessRecipe | None
+) -> MLflowTracking:
     return MLflowTracking(
         tracking_uri,
         config.tracking.experiment,
@@ -304,6 +328,7 @@ def _tracker(config: FinetuneConfig, tracking_uri: str, params: dict, manifest_s
         params=params,
         tags={"medvision.stage": "finetune", "cohort.manifest_sha256": manifest_sha256},
         texts={"config.yaml": to_yaml(config), "cohort/manifest_sha256.txt": manifest_sha256 + "\n"},
+        preprocessing=recipe,
     )
 
 

@@ -20,6 +20,7 @@ from medvision.classifier import Classifier
 from medvision.data.dataset import CohortDataModule
 from medvision.engine.config import single_process
 from medvision.engine.features import FeatureCache
+from medvision.errors import InputError
 from medvision.tracking import MLflowTracking
 from medvision.training.config import FinetuneConfig
 from medvision.training.module import FinetuneModule
@@ -106,7 +107,7 @@ def run_linear_probe(
         The run id, its metrics (``val/auroc`` also as ``best/val/auroc``: a probe has one "epoch") and the probe.
     """
     if not single_process(config.trainer):
-        raise ValueError(
+        raise InputError(
             "recipe: linear-probe is one process (a convex fit of seconds, recorded once); set trainer.devices to 1 "
             "and start it without torchrun/SLURM"
         )

@@ -17,18 +17,16 @@ written as an MLflow artifact (``recipe/decision.json``) and read by the report 
 
 from __future__ import annotations
 
-import json
 import tempfile
-from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import mlflow.artifacts
 import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from medvision._atomic import atomic_write_text
+from medvision._documents import Document
 from medvision.training.probe import probe_supports
 
 __all__ = [
@@ -215,12 +213,17 @@ class CandidateScore(_Document):
     adopted: bool = False
 
 
-class RecipeDecision(_Document):
+class RecipeDecision(Document):
     """Why an ``auto`` run holds the model it holds: fingerprint, candidates, rule, the winner.
 
     Written once by the ``auto`` run (``recipe/decision.json`` among its MLflow artifacts); read by the report.
-    Only validation data went into it: test is never looked at to choose.
+    Only validation data went into it: test is never looked at to choose. Read and written through
+    :class:`medvision._documents.Document` (:meth:`read` names the file and the fix when it cannot read one).
     """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    document: ClassVar[str] = "recipe decision (recipe/decision.json)"
+    remedy: ClassVar[str] = "re-run the auto fine-tune with this medvision to record it again"
 
     schema_version: Literal[1] = 1
     fingerprint: CohortFingerprint
@@ -237,30 +240,6 @@ class RecipeDecision(_Document):
     n_resamples: int = Field(ge=1)
     confidence: float = Field(gt=0, lt=1)
     seed: int = 0
-
-    def write(self, path: str | Path) -> Path:
-        """Write the document as JSON (whole or not at all)."""
-        return atomic_write_text(path, self.model_dump_json(indent=1))
-
-    @classmethod
-    def read(cls, path: str | Path) -> RecipeDecision:
-        """Read a document written by :meth:`write`.
-
-        Raises:
-            ValueError: the file is not a recipe decision of this schema version (the message names it).
-        """
-        path = Path(path)
-        data = json.loads(path.read_text())
-        version = data.get("schema_version") if isinstance(data, dict) else None
-        if version != 1:
-            raise ValueError(
-                f"{path}: recipe decision schema_version {version!r}, this medvision reads 1; "
-                "re-run the auto fine-tune with this version to record it again"
-            )
-        try:
-            return cls.model_validate(data)
-        except ValidationError as err:
-            raise ValueError(f"{path} is not a valid recipe decision: {err}") from None
 
 
 def decision_of_run(run_id: str, tracking_uri: str | None = None) -> RecipeDecision | None:
