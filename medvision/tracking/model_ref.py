@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from medvision.errors import InputError
+
 __all__ = ["ModelRef", "ModelRefError"]
 
 #: MLflow run ids: 32 hex digits (uuid4().hex).
@@ -23,8 +25,8 @@ _FORMS = (
 )
 
 
-class ModelRefError(ValueError):
-    """Text that is no model reference; the message names the forms that are."""
+class ModelRefError(InputError):
+    """Text that is no model reference; the message names the forms that are (the user's to fix: exit code 2)."""
 
 
 class ModelRef(BaseModel):
