@@ -26,7 +26,7 @@ _FORMS = (
 
 
 class ModelRefError(InputError):
-    """Text that is no model reference; the message names the forms that are (the user's to fix: exit code 2)."""
+    """Text that is no model reference; the message names the forms that are."""
 
 
 class ModelRef(BaseModel):
