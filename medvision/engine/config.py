@@ -24,6 +24,7 @@ __all__ = [
     "TrackingConfig",
     "TrainerConfig",
     "resolve_tracking_uri",
+    "single_process",
 ]
 
 
@@ -179,3 +180,12 @@ def resolve_tracking_uri(tracking: TrackingConfig) -> str:
     if env:
         return check_no_credentials(env, "$MLFLOW_TRACKING_URI")
     return f"sqlite:///{(Path.cwd() / 'mlflow.db').resolve()}"
+
+
+def single_process(trainer: TrainerConfig) -> bool:
+    """Whether a run with these trainer settings is one process: one device, one node, and not started by a
+    launcher (torchrun's ``WORLD_SIZE``, SLURM's task count) as one of several ranks. Work that is not a Lightning
+    loop (a logistic probe, ``recipe: auto``'s choice) records itself once only in that case."""
+    env = os.environ
+    launched = max(int(env.get("WORLD_SIZE", "1") or 1), int(env.get("SLURM_NTASKS", "1") or 1))
+    return trainer.devices == 1 and trainer.num_nodes in (1, "auto") and launched == 1

@@ -25,7 +25,7 @@ import logging
 import math
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +188,45 @@ class MLflowTracking(Callback):
                 if best is not None and checkpoint.monitor is not None and math.isfinite(float(best)):
                     client.log_metric(run_id, "best/" + checkpoint.monitor, float(best))
             client.set_terminated(run_id, "FINISHED")
+
+    def record_fitted(
+        self,
+        network: Classifier,
+        input_shape: tuple[int, ...] | None,
+        metrics: Mapping[str, float] | None = None,
+        history: Sequence[Metric] = (),
+    ) -> str:
+        """Record a classifier fitted outside a Lightning loop (a convex linear probe, the model an ``auto`` recipe
+        chose) as this stage's finished run: the same params, tags, texts and model layout as a trained one, so
+        evaluation, export and the report cannot tell the difference.
+
+        Args:
+            network: the fitted classifier (copied to CPU for logging; the caller's object is untouched).
+            input_shape: ``(C, H, W)`` of the training images, for the model signature.
+            metrics: final metrics (logged at step 0).
+            history: earlier metric histories to carry over (e.g. the chosen candidate's training curves).
+
+        Returns:
+            The run id.
+        """
+        with isolate_rng():
+            self._open_run()
+            client, run_id = self._active()
+            try:
+                now = int(time.time() * 1000)
+                final = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()]
+                logged = [*history, *final]
+                for start in range(0, len(logged), 1000):  # MLflow's batch limit
+                    client.log_batch(run_id, metrics=logged[start : start + 1000])
+                log_classifier(
+                    client, run_id, copy.deepcopy(network).cpu().eval(), input_shape, preprocessing=self.preprocessing
+                )
+            except BaseException:
+                client.set_terminated(run_id, "FAILED")
+                raise
+            client.set_terminated(run_id, "FINISHED")
+        self.last_metrics = {k: float(v) for k, v in (metrics or {}).items()}
+        return run_id
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if trainer.is_global_zero and self.run_id is not None and self._client is not None:

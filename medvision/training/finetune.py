@@ -17,6 +17,7 @@ Example (needs real files, a run or the network, so it is shown, not run)::
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -28,19 +29,23 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from medvision._atomic import atomic_write_text
 from medvision.classifier import Classifier
 from medvision.cohort.recipe import PreprocessRecipe
 from medvision.config import flatten, to_yaml
 from medvision.data.dataset import CohortDataModule
+from medvision.engine.budget import TimeBudget
 from medvision.engine.config import resolve_tracking_uri
 from medvision.engine.features import FeatureDataModule
-from medvision.engine.hyperrule import hyperrule_epochs
+from medvision.engine.hyperrule import hyperrule_epochs, hyperrule_steps
 from medvision.engine.trainer import fit_stage, resume_checkpoint, run_identity
+from medvision.errors import InputError
 from medvision.heads import create_head, get_head_class
 from medvision.models import create_backbone
 from medvision.tracking import MLflowTracking
 from medvision.tracking.store import using_tracking_uri
-from medvision.training.config import FinetuneConfig
+from medvision.training.config import FinetuneConfig, FinetuneOptimConfig
+from medvision.training.linear_probe import fit_head_probe, probe_metrics, run_linear_probe
 from medvision.training.module import FinetuneModule
 
 __all__ = ["FinetuneResult", "build_classifier", "finetune"]
@@ -110,7 +115,7 @@ def build_classifier(config: FinetuneConfig, datamodule: CohortFactsLike) -> Cla
         head,
         classes=list(datamodule.classes)[:k],
         adapter_hidden=config.adapter_hidden,
-        freeze_backbone=config.mode != "full",
+        freeze_backbone=config.mode != "full" or config.recipe == "linear-probe",
     )
 
 
@@ -133,10 +138,20 @@ def finetune(
     Returns:
         A :class:`FinetuneResult`. Under DDP every rank returns one; all carry the run id.
 
+    The fixed recipes run here (``linear-probe``: a logistic probe on cached embeddings, recorded as a run;
+    ``lp-ft``: that probe as the head, then the Lightning loop at ``optim.lr x lpft.lr_scale`` with layer-wise
+    decay; ``finetune``: the Lightning loop as configured). ``auto`` trains several of them:
+    :func:`medvision.recipes.fit`.
+
     Raises:
         FileNotFoundError: the cohort or the ``resume`` checkpoint does not exist.
-        ValueError: the head or backbone does not fit the cohort, or bad backbone weights.
+        ValueError: the head or backbone does not fit the cohort, bad backbone weights, or ``recipe: auto``.
     """
+    if config.recipe == "auto":
+        raise InputError(
+            "recipe: auto trains several candidates and picks one on validation; run it with "
+            "medvision.recipes.fit(config) (what `medvision finetune` and pipelines do), or set a fixed recipe"
+        )
     L.seed_everything(config.seed, workers=True, verbose=False)
     ckpt = resume_checkpoint(config)  # fail on a bad resume path before anything is built
     if datamodule is None:
@@ -147,24 +162,35 @@ def finetune(
 
     if config.schedule == "bit-hyperrule":
         config = _with_hyperrule(config, datamodule)
+    elif config.schedule == "steps" and config.recipe != "linear-probe":
+        config = _with_steps(config, datamodule)
     tracking_uri = resolve_tracking_uri(config.tracking)
     resolved = _resolved(config, tracking_uri)
     with using_tracking_uri(tracking_uri):  # weights "mlflow:runs:/..." come from the store this run records to
         classifier = build_classifier(resolved, datamodule)
     if resolved.trainer.channels_last:
         classifier.to(memory_format=torch.channels_last)  # conv outputs follow the weights' format
-    module = FinetuneModule(classifier, resolved.optim)
+    probe_facts: dict[str, float] = {}
+    if resolved.recipe == "lp-ft" and ckpt is None:  # LP-FT's first stage (a resumed run has its head already)
+        probe_facts = probe_metrics(fit_head_probe(classifier, datamodule, resolved))  # type: ignore[arg-type]
+    optim = _effective_optim(resolved)
+    frozen_stats = resolved.recipe == "lp-ft" and resolved.lpft.freeze_batchnorm
+    module = FinetuneModule(classifier, optim, freeze_batchnorm=frozen_stats)
     data: L.LightningDataModule = datamodule
     if isinstance(datamodule, CohortDataModule) and _takes_feature_path(resolved, datamodule):
         data = FeatureDataModule(datamodule, classifier.backbone)  # answers the same cohort facts
 
     sha = str(datamodule.manifest_sha256)
-    tracker = _tracker(
-        resolved, tracking_uri, _params(resolved, datamodule, data, classifier), sha, _recipe(datamodule)
-    )
+    params = {**_params(resolved, datamodule, data, classifier), **_recipe_params(optim, probe_facts)}
+    tracker = _tracker(resolved, tracking_uri, params, sha, _preprocessing(datamodule))
+    if resolved.recipe == "linear-probe":
+        return _linear_probe(resolved, classifier, datamodule, tracker)
+    # the budget runs before the tracker, so the epoch count it settles on is logged in the same epoch
+    clock = time.process_time if resolved.budget_clock == "cpu" else time.monotonic
+    budget = [TimeBudget(resolved.budget_minutes * 60, clock)] if resolved.budget_minutes is not None else []
     identity = run_identity(resolved, manifest_sha256=sha)
     with _frozen_backbone_is_meant(classifier):
-        fitted = fit_stage(resolved, module, data, [tracker, *callbacks], ckpt, to_yaml(resolved), identity)
+        fitted = fit_stage(resolved, module, data, [*budget, tracker, *callbacks], ckpt, to_yaml(resolved), identity)
     return FinetuneResult(
         run_id=tracker.run_id,
         best_checkpoint=fitted.best_checkpoint,
@@ -206,6 +232,28 @@ def _params(
     }
 
 
+def _recipe_params(optim: FinetuneOptimConfig, probe_facts: dict[str, float]) -> dict[str, object]:
+    """What the training recipe changed: the optimiser as used (LP-FT scales and decays it) and the LP-FT probe."""
+    return {
+        "optim.effective_lr": optim.lr,
+        "optim.effective_layer_decay": optim.layer_decay,
+        **{f"lpft.{k.replace('/', '_')}": v for k, v in probe_facts.items()},
+    }
+
+
+def _linear_probe(
+    resolved: FinetuneConfig, classifier: Classifier, datamodule: CohortFactsLike, tracker: MLflowTracking
+) -> FinetuneResult:
+    """The ``linear-probe`` recipe: a logistic probe on cached embeddings, recorded as an ordinary run."""
+    if not isinstance(datamodule, CohortDataModule):
+        raise ValueError("recipe: linear-probe embeds a cohort's cached images; give finetune() no data module")
+    Path(resolved.output_dir).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(resolved.output_dir) / "config.yaml", to_yaml(resolved))
+    probe = run_linear_probe(resolved, classifier, datamodule, tracker)
+    best = probe.metrics.get(resolved.monitor.metric)
+    return FinetuneResult(probe.run_id, None, None, best, probe.metrics, Path(resolved.output_dir))
+
+
 def _with_hyperrule(config: FinetuneConfig, datamodule: L.LightningDataModule) -> FinetuneConfig:
     """``optim.epochs`` and ``warmup_epochs`` from the BiT-HyperRule for this run's training images."""
     if not isinstance(datamodule, CohortDataModule):
@@ -214,6 +262,32 @@ def _with_hyperrule(config: FinetuneConfig, datamodule: L.LightningDataModule) -
     epochs, warmup = hyperrule_epochs(n, int(datamodule.cohort.cache.params.size))
     return config.model_copy(
         update={"optim": config.optim.model_copy(update={"epochs": epochs, "warmup_epochs": warmup})}
+    )
+
+
+def _with_steps(config: FinetuneConfig, datamodule: L.LightningDataModule) -> FinetuneConfig:
+    """``optim.epochs`` and ``warmup_epochs`` from the HyperRule's step count at this run's batch."""
+    if not isinstance(datamodule, CohortDataModule):
+        raise ValueError("schedule: steps needs the cohort data module (it counts the training images)")
+    plan = hyperrule_steps(
+        len(datamodule.dataset("train")),
+        config.data.batch_size,
+        int(datamodule.cohort.cache.params.size),
+        config.optim.accumulate_grad_batches,
+    )
+    update = {"epochs": plan.epochs, "warmup_epochs": plan.warmup_epochs}
+    return config.model_copy(update={"optim": config.optim.model_copy(update=update)})
+
+
+def _effective_optim(config: FinetuneConfig) -> FinetuneOptimConfig:
+    """The optimiser the module uses: LP-FT's smaller, layer-wise decayed rate; the config's otherwise."""
+    if config.recipe != "lp-ft":
+        return config.optim
+    return config.optim.model_copy(
+        update={
+            "lr": config.optim.lr * config.lpft.lr_scale,
+            "layer_decay": config.optim.layer_decay or config.lpft.layer_decay,
+        }
     )
 
 
@@ -238,7 +312,7 @@ def _resolved(config: FinetuneConfig, tracking_uri: str) -> FinetuneConfig:
     )
 
 
-def _recipe(datamodule: L.LightningDataModule) -> PreprocessRecipe | None:
+def _preprocessing(datamodule: L.LightningDataModule) -> PreprocessRecipe | None:
     """How the data module's images were made from their files (a cohort's data module knows; others do not)."""
     recipe = getattr(datamodule, "preprocessing", None)
     return recipe if isinstance(recipe, PreprocessRecipe) else None

@@ -15,12 +15,13 @@ import lightning as L
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
-from torch import Tensor
+from torch import Tensor, nn
 
 from medvision.auroc import macro_auroc
 from medvision.classifier import Classifier
 from medvision.engine.config import OptimConfig
-from medvision.engine.schedule import decay_groups, warmup_cosine
+from medvision.engine.schedule import decay_groups, layer_decay_groups, warmup_cosine
+from medvision.training.config import FinetuneOptimConfig
 
 __all__ = ["FinetuneModule"]
 
@@ -36,18 +37,28 @@ class FinetuneModule(L.LightningModule):
     Args:
         classifier: the network (its ``freeze_backbone`` decides the trainable parameters).
         optim: optimiser and schedule settings.
+        freeze_batchnorm: keep the backbone's batch-norm layers in eval mode while training (their running
+            statistics stay the pretrained ones; their affine parameters still train), as LP-FT does.
     """
 
-    def __init__(self, classifier: Classifier, optim: OptimConfig) -> None:
+    def __init__(self, classifier: Classifier, optim: OptimConfig, freeze_batchnorm: bool = False) -> None:
         super().__init__()
         self.classifier = classifier
         self.optim = optim
+        self.freeze_batchnorm = freeze_batchnorm
         self._val: list[tuple[Tensor, ...]] = []
 
     def _log(self, name: str, value, **kwargs) -> None:
         # Metrics reach MLflow through the tracking callback (trainer.callback_metrics), not a
         # Lightning logger, hence logger=False.
         self.log(name, value, logger=False, **kwargs)
+
+    def on_train_epoch_start(self) -> None:
+        # Lightning has put the model in train mode for the epoch; batch-norm statistics stay as pretrained
+        if self.freeze_batchnorm:
+            for m in self.classifier.backbone.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
 
     # -- steps -----------------------------------------------------------------------------------
 
@@ -156,9 +167,22 @@ class FinetuneModule(L.LightningModule):
 
     # -- optimiser -------------------------------------------------------------------------------
 
+    def param_groups(self) -> list[dict]:
+        """Optimiser groups, each with its own ``lr``: one rate, or with ``optim.layer_decay`` a rate per backbone
+        layer (the head and adapter at ``optim.lr``; a frozen backbone has nothing to decay)."""
+        cfg = self.optim
+        clf = self.classifier
+        decay = cfg.layer_decay if isinstance(cfg, FinetuneOptimConfig) else None
+        if decay is None or clf.freeze_backbone:
+            return [{**g, "lr": cfg.lr} for g in decay_groups(clf.parameters(), cfg.weight_decay)]
+        others = [p for name, p in clf.named_parameters() if not name.startswith("backbone.")]
+        timm_model = getattr(clf.backbone, "model", clf.backbone)  # the timm module inside medvision's Backbone
+        groups = layer_decay_groups(timm_model, others, cfg.weight_decay, decay)
+        return [{**g, "lr": cfg.lr * g["lr_scale"]} for g in groups]
+
     def configure_optimizers(self):
         cfg = self.optim
-        groups = decay_groups(self.classifier.parameters(), cfg.weight_decay)
+        groups = self.param_groups()
         # Fused kernels (one launch updates every parameter) when the parameters are on a GPU; ``None`` keeps
         # torch's default elsewhere, so CPU runs (and their bit-exact resume) are unchanged.
         fused = True if groups and all(p.is_cuda for g in groups for p in g["params"]) else None

@@ -1,7 +1,7 @@
 """The training stages: self-supervised pretraining and supervised fine-tuning (optionally swept).
 
-The pipeline never re-implements a stage: a finetune stage is :func:`medvision.training.finetune` with a config
-whose cohort folder, starting weights, output folder and tracking are filled in from upstream stages. Each sweep
+The pipeline never re-implements a stage: a finetune stage is :func:`medvision.recipes.fit` (any recipe) with a
+config whose cohort folder, starting weights, output folder and tracking are filled in from upstream stages. Each sweep
 member's config is validated once, when the pipeline is loaded (its sweep values set through the one
 :func:`medvision.config.apply_overrides`, so a typo fails before the first stage starts); running it only sets the
 folders, weights and tracking the pipeline decides on that validated model.
@@ -9,7 +9,9 @@ folders, weights and tracking the pipeline decides on that validated model.
 A member's identity (what its stage key hashes) is :class:`medvision.engine.identity.RunIdentity`, the one
 definition that ``resume: auto`` also reads: its validated config without the folders and tracking (the cohort is
 identified by its manifest hash, not by the folder it was built in: users share stages; the upstream run whose
-backbone it starts from is in its weights reference) and the cohort's manifest.
+backbone it starts from is in its weights reference) and the cohort's manifest. ``recipe: auto`` trains each of its
+candidates under that candidate config's own RunIdentity key, so a finished identical fixed-recipe member (a baseline
+stage, or an interrupted ``auto``) is reused as the candidate, and a new candidate is reusable by them.
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ from medvision.models import UnknownBackboneError, get_backbone_spec
 from medvision.pipeline.executors import stage_lock
 from medvision.pipeline.kinds import Identity, Rows, StageContext, StageKind, StageOutput, StageSpec
 from medvision.pipeline.study import Study
+from medvision.recipes import CandidateRunner, fit
 from medvision.ssl import PretrainConfig, pretrain
-from medvision.training import FinetuneConfig, finetune
+from medvision.training import FinetuneConfig, FinetuneResult, finetune
 
 __all__ = ["FinetuneKind", "FinetuneStage", "Member", "PretrainKind", "PretrainStage", "kept_headline", "sweep_members"]
 
@@ -132,8 +135,9 @@ class TrainingKind(StageKind[T]):
     model: ClassVar[type[TrainingConfig]]
 
     @abstractmethod
-    def run(self, config: Any) -> str | None:
-        """Train ``config`` (the member's config, folders and tracking set); return its MLflow run id."""
+    def run(self, ctx: StageContext[T], config: Any) -> str | None:
+        """Train ``config`` (the member's config, folders and tracking set) for stage ``ctx``; return its MLflow run
+        id."""
 
     # -- load time ------------------------------------------------------------------------------------------
 
@@ -234,7 +238,7 @@ class TrainingKind(StageKind[T]):
         tracking = {"tracking_uri": ctx.tracker.uri, "experiment": ctx.tracker.experiment, "run_name": name}
         folders = {"output_dir": ctx.folder / f"{member.name}-{key[:8]}"}
         run_id = self.run(
-            config.model_copy(update={**folders, "tracking": config.tracking.model_copy(update=tracking)})
+            ctx, config.model_copy(update={**folders, "tracking": config.tracking.model_copy(update=tracking)})
         )
         if run_id is None:  # the pipeline always passes a tracking URI: a run without one is a bug
             raise RuntimeError(f"stages.{ctx.stage_id}: the {self.name} run recorded no MLflow run")
@@ -257,19 +261,43 @@ class PretrainKind(TrainingKind[PretrainStage]):
     config = PretrainStage
     model = PretrainConfig
 
-    def run(self, config: Any) -> str | None:
+    def run(self, ctx: StageContext[PretrainStage], config: Any) -> str | None:
         return pretrain(config).run_id
 
 
 class FinetuneKind(TrainingKind[FinetuneStage]):
-    """Fine-tuning (:func:`medvision.training.finetune`), one run per sweep member; its outputs are classifiers."""
+    """Fine-tuning (:func:`medvision.recipes.fit`: any recipe), one run per sweep member; its outputs are
+    classifiers."""
 
     name = "finetune"
     config = FinetuneStage
     model = FinetuneConfig
 
-    def run(self, config: Any) -> str | None:
-        return finetune(config).run_id
+    def run(self, ctx: StageContext[FinetuneStage], config: Any) -> str | None:
+        return fit(config, run_candidate=self._candidate_runner(ctx)).run_id
+
+    def _candidate_runner(self, ctx: StageContext[FinetuneStage]) -> CandidateRunner:
+        """How ``recipe: auto`` trains a candidate inside a pipeline: under the stage key of that exact config (its
+        :class:`RunIdentity` key, what a fixed-recipe member with the same config is keyed by), so a finished
+        identical run is reused and a new one becomes reusable by a later member or stage."""
+        manifest = ctx.outputs[ctx.stage.cohort].manifest_sha256
+
+        def run(config: FinetuneConfig) -> FinetuneResult:
+            key = RunIdentity.of(config, manifest_sha256=manifest).key()
+            with stage_lock(ctx, key):
+                done = ctx.tracker.finished(key)
+                if done is not None:
+                    ctx.echo(f"[{ctx.stage_id}] candidate {config.recipe}: reusing finished run {done.info.run_id}")
+                    metrics = dict(done.data.metrics)
+                    best = metrics.get(f"best/{config.monitor.metric}")
+                    return FinetuneResult(done.info.run_id, None, None, best, metrics, Path(config.output_dir))
+                result = finetune(config)
+                if result.run_id is not None:
+                    for tag, value in ctx.tracker.child_tags(ctx.stage_id, self.name, key).items():
+                        ctx.tracker.client.set_tag(result.run_id, tag, value)
+                return result
+
+        return run
 
     def check(self, stage_id: str, stage: FinetuneStage, study: Study) -> list[str]:
         """A fine-tune may only ask for a label fraction its cohort declared: the nested subsets are drawn at build
