@@ -19,7 +19,8 @@ import pandas as pd
 from medvision._atomic import write_all
 from medvision.cohort.cache import PreprocessCache
 from medvision.cohort.card import build_card
-from medvision.cohort.cohort import LEADING_COLUMNS
+from medvision.cohort.cases import assign_cases
+from medvision.cohort.cohort import CASE_COLUMNS, LEADING_COLUMNS
 from medvision.cohort.decode import fill_cache
 from medvision.cohort.fingerprints import write_fingerprints
 from medvision.cohort.identifiers import CohortBuildError, check_paths, identifier_set
@@ -88,6 +89,7 @@ def build_cohort(spec: CohortSpec | str | Path, out: str | Path, *, new_key: boo
         labels, label_stats = join_labels(rows, spec.labels)
         rows = pd.concat([rows, labels], axis=1)
         rows, rejected = _drop_excluded(rows, rejected)
+        rows, rejected, cases = _cases(rows, spec, rejected)
         _check_study_values(rows, spec, pseudo)
         scrubber.add_identifiers(identifier_set(rows))
         check_paths(rows, spec, str(root))
@@ -96,9 +98,11 @@ def build_cohort(spec: CohortSpec | str | Path, out: str | Path, *, new_key: boo
         cache = PreprocessCache(out / "cache", spec.preprocess)
         cache.remove_temporaries()
         t1 = time.perf_counter()
+        case_of = dict(zip(rows["relpath"], rows["case_key"])) if spec.unit != "image" else {}
         with counting("decoding", int(rows["relpath"].nunique())) as advance:
             rows, decode_rejects, decoded = fill_cache(rows, root, cache, spec, scrubber, advance)
         rejected += decode_rejects
+        rows, rejected = _whole_cases(rows, rejected, decode_rejects, case_of, spec, entries, cases)
         t_decode = time.perf_counter() - t1
 
     manifest = _public_manifest(rows, spec, pseudo)
@@ -112,6 +116,8 @@ def build_cohort(spec: CohortSpec | str | Path, out: str | Path, *, new_key: boo
     _check_every_file_accounted(entries, rows, quarantine, spec)
 
     card = build_card(manifest, quarantine, spec, classes, label_stats, key_source)
+    if spec.unit != "image":
+        card["cases"] = _case_card(manifest, quarantine, spec, cases)
     card["pseudonym_key_fingerprint"] = fingerprint
     card["warnings"] = warnings_
     if not spec.record_paths:  # the folders' own names may be what identifies a patient
@@ -161,6 +167,64 @@ def _drop_excluded(rows: pd.DataFrame, rejected: list[Rejected]) -> tuple[pd.Dat
     return rows[~excluded].drop(columns="csv_excluded"), rejected
 
 
+def _raw_patient(rows: pd.DataFrame) -> pd.Series:
+    """Each row's patient identity before pseudonyms: the CSV's patient column, else PatientID, else the file."""
+    return pd.Series(
+        [
+            given(c) or given(p) or "file:" + r
+            for c, p, r in zip(rows["csv_patient"], rows["patient_id"], rows["relpath"])
+        ],
+        index=rows.index,
+    )
+
+
+def _cases(rows: pd.DataFrame, spec: CohortSpec, rejected: list[Rejected]) -> tuple[pd.DataFrame, list[Rejected], dict]:
+    """Group instances into cases of ``spec.unit`` and order them; a case that cannot be ordered (or whose
+    instances disagree on the label) is quarantined whole, each of its files with the case's reason."""
+    if spec.unit == "image":
+        return rows, rejected, {}
+    assigned = assign_cases(rows, spec.unit, _raw_patient(rows))
+    lost = assigned.rejected_rows.drop_duplicates("relpath")
+    rejected = rejected + [
+        Rejected(r, "case", f"{spec.unit} quarantined whole: {why}")
+        for r, why in zip(lost["relpath"], lost["case_reason"])
+    ]
+    facts = {"notes": assigned.notes, "quarantined_cases": len(assigned.rejected)}
+    return assigned.rows, rejected, facts
+
+
+def _whole_cases(
+    rows: pd.DataFrame,
+    rejected: list[Rejected],
+    decode_rejects: list[Rejected],
+    case_of: dict[str, str],
+    spec: CohortSpec,
+    entries: list[str],
+    cases: dict,
+) -> tuple[pd.DataFrame, list[Rejected]]:
+    """A case one of whose files could not be decoded is dropped whole: a bag is never silently shortened
+    (``cases["quarantined_cases"]`` counts it)."""
+    if spec.unit == "image" or not decode_rejects:
+        return rows, rejected
+    number = {f: i for i, f in enumerate(entries)}
+    culprit: dict[str, str] = {}
+    for r in sorted((r.relpath for r in decode_rejects), key=lambda f: number.get(f, -1)):
+        culprit.setdefault(case_of[r], r)
+    drop = rows["case_key"].isin(culprit)
+    gone = rows[drop].drop_duplicates("relpath")
+    rejected = rejected + [
+        Rejected(
+            r,
+            "case",
+            f"{spec.unit} quarantined whole: file #{number[culprit[k]]} of it could not be decoded (see its row); "
+            "a case is kept whole or not at all",
+        )
+        for r, k in zip(gone["relpath"], gone["case_key"])
+    ]
+    cases["quarantined_cases"] = cases.get("quarantined_cases", 0) + len(culprit)
+    return rows[~drop], rejected
+
+
 def _check_study_values(rows: pd.DataFrame, spec: CohortSpec, pseudo: Pseudonymizer) -> None:
     """Before any pixel is decoded: labels exist at all, and every value the spec names exists in the data."""
     if spec.labels is not None and not rows.empty and rows["label"].isna().all():
@@ -191,13 +255,9 @@ def _instances(indexed: list[IndexedFile], policy: str) -> pd.DataFrame:
 def _public_manifest(rows: pd.DataFrame, spec: CohortSpec, pseudo: Pseudonymizer) -> pd.DataFrame:
     """Identifiers become pseudonyms; everything else identifying is dropped here."""
 
-    def patient_of(r: pd.Series) -> str:
-        raw = given(r["csv_patient"]) or given(r["patient_id"])
-        return pseudo("patient", str(raw)) if raw else pseudo("patient", "file:" + r["relpath"])
-
     m = pd.DataFrame(index=rows.index)
     m["image_id"] = [pseudo("image", f"{given(r.sop_uid) or r.relpath}#{r.frame}") for r in rows.itertuples()]
-    m["patient_id"] = rows.apply(patient_of, axis=1)
+    m["patient_id"] = [pseudo("patient", p) for p in _raw_patient(rows)]
     m["study_id"] = [pseudo("study", given(s) or "file:" + p) for s, p in zip(rows["study_uid"], rows["relpath"])]
     m["series_id"] = [pseudo("series", given(s) or "file:" + p) for s, p in zip(rows["series_uid"], rows["relpath"])]
     m["relpath"] = rows["relpath"] if spec.record_paths else None
@@ -223,7 +283,24 @@ def _public_manifest(rows: pd.DataFrame, spec: CohortSpec, pseudo: Pseudonymizer
     m["channels"] = rows["channels"].astype("int64")
     m["content_sha256"] = rows["content_sha256"]
     m["cache_key"] = rows["cache_key"]
+    if spec.unit != "image":
+        m = _case_columns(m, rows, spec, pseudo)
     return m.reset_index(drop=True)
+
+
+def _case_columns(m: pd.DataFrame, rows: pd.DataFrame, spec: CohortSpec, pseudo: Pseudonymizer) -> pd.DataFrame:
+    """The case of each instance and its place in the case; subgroups become the case's (its first instance's),
+    so a case is one row of every table whatever its instances' headers say (a patient's age band over years)."""
+    m["case_id"] = [pseudo("case", f"{spec.unit}:{k}") for k in rows["case_key"]]
+    m["instance_index"] = rows["instance_index"].astype("int64")
+    m["slice_position"] = rows["slice_position"].astype("float64")
+    m["slice_spacing"] = rows["slice_spacing"].astype("float64")
+    m["case_ordering"] = rows["case_ordering"].astype(str)
+    subgroups = ["sex", "age_band", "site", *(spec.labels.subgroup_columns if spec.labels else {})]
+    first = m.sort_values(["case_id", "instance_index"]).groupby("case_id")[subgroups].first()
+    for column in subgroups:
+        m[column] = m["case_id"].map(first[column])
+    return m
 
 
 def _classes(manifest: pd.DataFrame, spec: CohortSpec) -> list[str]:
@@ -235,7 +312,30 @@ def _classes(manifest: pd.DataFrame, spec: CohortSpec) -> list[str]:
 
 
 def _order_columns(m: pd.DataFrame) -> pd.DataFrame:
-    return m[[*LEADING_COLUMNS, *[c for c in m.columns if c not in LEADING_COLUMNS]]]
+    first = [*LEADING_COLUMNS, *(c for c in CASE_COLUMNS if c in m.columns)]
+    return m[[*first, *[c for c in m.columns if c not in first]]]
+
+
+def _case_card(m: pd.DataFrame, q: pd.DataFrame, spec: CohortSpec, facts: dict) -> dict:
+    """What the card says about cases: how many (per split, beside the instances), how they were ordered, what
+    was resampled, and how many were quarantined whole (their files are in quarantine.csv with the reason)."""
+    per_case = m.drop_duplicates("case_id")
+    sizes = m.groupby("case_id").size()
+    return {
+        "unit": spec.unit,
+        "cases": int(len(per_case)),
+        "instances": int(len(m)),
+        "instances_per_case": {
+            "min": int(sizes.min()) if len(sizes) else 0,
+            "median": float(sizes.median()) if len(sizes) else 0.0,
+            "max": int(sizes.max()) if len(sizes) else 0,
+        },
+        "by_split": {str(k): int(v) for k, v in per_case["split"].value_counts().sort_index().items()},
+        "by_label": {str(k): int(v) for k, v in per_case["label"].fillna("(unlabelled)").value_counts().items()},
+        "ordering": {str(k): int(v) for k, v in per_case["case_ordering"].value_counts().sort_index().items()},
+        "notes": facts.get("notes", {}),
+        "quarantined_cases": int(facts.get("quarantined_cases", 0)),
+    }
 
 
 def _quarantine_frame(

@@ -37,6 +37,19 @@ def print_card(card: dict, console: Console | None = None) -> None:
         f"{card['quarantined']} quarantined  (manifest v{card['manifest_version']} "
         f"sha256 {card['manifest_sha256'][:12]})"
     )
+    cases = card.get("cases")
+    if cases:
+        size = cases["instances_per_case"]
+        console.print(
+            f"cases: {cases['cases']} {cases['unit']} case(s) of {cases['instances']} instances "
+            f"({size['min']}-{size['max']} per case, median {size['median']:g}); per split "
+            + ", ".join(f"{k} {v}" for k, v in cases["by_split"].items())
+            + f"; ordered by {', '.join(f'{k} ({v})' for k, v in cases['ordering'].items())}; "
+            f"{cases['quarantined_cases']} quarantined whole",
+            markup=False,
+        )
+        for note, n in cases.get("notes", {}).items():
+            console.print(f"  {note} ({n} case(s))", markup=False)
     outl = card.get("outlier_conditions") or []
     counts = card.get("class_counts") or {}
     named = [f"{c} ({counts[c]})" if c in counts else c for c in card["classes"]]

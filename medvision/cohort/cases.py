@@ -25,24 +25,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import get_args
 
 import numpy as np
 import pandas as pd
+
+from medvision.cohort.spec import CohortSpec
 
 __all__ = [
     "UNITS",
     "CaseAssignment",
     "Ordering",
     "SliceGeometry",
-    "Unit",
     "UnorderableSeries",
     "assign_cases",
     "order_series",
 ]
 
-Unit = Literal["image", "series", "study", "patient"]
-UNITS: tuple[Unit, ...] = ("image", "series", "study", "patient")
+#: What a case can be; the spec declares the units, once.
+UNITS: tuple[str, ...] = get_args(CohortSpec.model_fields["unit"].annotation)
 
 #: Two direction cosines within this of each other are one orientation (about 0.06 degrees).
 _ORIENTATION_TOL = 1e-3
@@ -249,7 +250,7 @@ class CaseAssignment:
     notes: dict[str, int] = field(default_factory=dict)
 
 
-def assign_cases(rows: pd.DataFrame, unit: Unit, patient: pd.Series) -> CaseAssignment:
+def assign_cases(rows: pd.DataFrame, unit: str, patient: pd.Series) -> CaseAssignment:
     """Group instances into cases of ``unit`` and order each case.
 
     Args:

@@ -31,7 +31,12 @@ LEADING_COLUMNS = (
     "label_idx",
 )
 
-__all__ = ["LEADING_COLUMNS", "Cohort", "CohortOpenError", "open_cohort"]
+#: The columns a cohort built with a ``unit`` other than ``image`` adds (one row per instance still): the
+#: pseudonymous case, the instance's place in the case's order, its position along the slice normal (mm), the
+#: case's slice spacing (mm) and how the case was ordered (:mod:`medvision.cohort.cases`).
+CASE_COLUMNS = ("case_id", "instance_index", "slice_position", "slice_spacing", "case_ordering")
+
+__all__ = ["CASE_COLUMNS", "LEADING_COLUMNS", "Cohort", "CohortOpenError", "open_cohort"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,11 @@ class Cohort:
     @property
     def num_outlier_classes(self) -> int:
         return len(self.classes) - self.num_inlier_classes
+
+    @property
+    def unit(self) -> str:
+        """What a case is: ``image`` (every instance its own case), ``series``, ``study`` or ``patient``."""
+        return str((self.card.get("cases") or {}).get("unit", "image"))
 
     @property
     def label_columns(self) -> list[str]:

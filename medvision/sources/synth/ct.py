@@ -40,7 +40,8 @@ DEFECTS: dict[str, str] = {
     "mixed-size": "resample",
 }
 _FOV_MM = 360.0
-_WINDOW = (-300.0, 1600.0)  # centre, width in HU: lung parenchyma and soft tissue both visible
+_WINDOW = (-300.0, 1600.0)
+_VESSELS = 20  # centre, width in HU: lung parenchyma and soft tissue both visible
 
 
 @dataclass(frozen=True)
@@ -149,18 +150,18 @@ class _Anatomy:
         a = c.uniform(0.72, 0.9)
         vessels = np.column_stack(
             [
-                c.uniform(0, 2 * np.pi, 40),
-                np.sqrt(c.uniform(0.02, 0.8, 40)),
-                c.uniform(0.012, 0.03, 40),
-                c.uniform(0.0, 0.1, 40),
-                c.uniform(1, 4, 40),
-                c.uniform(0, 2 * np.pi, 40),
+                c.uniform(0, 2 * np.pi, _VESSELS),
+                np.sqrt(c.uniform(0.02, 0.8, _VESSELS)),
+                c.uniform(0.01, 0.025, _VESSELS),
+                c.uniform(0.0, 0.1, _VESSELS),
+                c.uniform(1, 4, _VESSELS),
+                c.uniform(0, 2 * np.pi, _VESSELS),
             ]
         )
         return _Anatomy(
             body=(a, a * c.uniform(0.62, 0.75), c.uniform(-0.05, 0.05)),
             fat=c.uniform(0.03, 0.12),
-            lungs=(c.uniform(0.0, 0.12), c.uniform(0.88, 1.0), c.uniform(0.33, 0.4), c.uniform(0.55, 0.7)),
+            lungs=(c.uniform(0.0, 0.12), c.uniform(0.88, 1.0), c.uniform(0.3, 0.36), c.uniform(0.55, 0.7)),
             heart=(c.uniform(0.4, 0.55), c.uniform(0.8, 1.2)),
             vessels=vessels,
             contrast=float(c.choice([45.0, 160.0])),
@@ -175,7 +176,7 @@ class _Anatomy:
 
     def lung_centres(self) -> list[tuple[float, float]]:
         a, b, y0 = self.body
-        return [(-0.45 * a, y0 - 0.05 * b), (0.45 * a, y0 - 0.05 * b)]
+        return [(-0.5 * a, y0 - 0.05 * b), (0.5 * a, y0 - 0.05 * b)]
 
 
 @dataclass(frozen=True)
@@ -188,17 +189,23 @@ class _Finding:
 
 
 def _finding(c: np.random.Generator, n: int, anatomy: _Anatomy) -> _Finding:
-    """A nodule on 3-10 % of the slices (at least one), inside one lung, at a random height."""
+    """A nodule on 3-10 % of the slices (at least one), at a height where the lungs are wide, wholly inside one lung
+    (a nodule hidden in soft tissue would be a label without a finding)."""
     count = max(1, int(round(c.uniform(0.03, 0.10) * n)))
     lo, hi = anatomy.lungs[:2]
-    first_ok, last_ok = int(np.ceil((lo + 0.15 * (hi - lo)) * n)), int(np.floor((hi - 0.15 * (hi - lo)) * n))
+    first_ok, last_ok = int(np.ceil((lo + 0.2 * (hi - lo)) * n)), int(np.floor((hi - 0.2 * (hi - lo)) * n))
     start = int(c.integers(first_ok, max(first_ok + 1, last_ok - count + 1)))
     slices = tuple(range(start, min(n, start + count)))
-    cx, cy = anatomy.lung_centres()[int(c.integers(2))]
+    scale = min(anatomy.lung_shape((k + 0.5) / n) for k in slices)
     a, b, _ = anatomy.body
-    angle, rho = c.uniform(0, 2 * np.pi), c.uniform(0.2, 0.55)
-    centre = (cx + rho * anatomy.lungs[2] * a * np.cos(angle), cy + rho * anatomy.lungs[3] * b * np.sin(angle))
-    return _Finding(slices, centre, c.uniform(0.1, 0.15), c.uniform(-10, 60), (slices[0] + slices[-1]) / 2)
+    rx, ry = anatomy.lungs[2] * a * scale, anatomy.lungs[3] * b * scale
+    radius = c.uniform(0.35, 0.5) * min(rx, ry)
+    room = 0.9 * (1 - radius / min(rx, ry))  # the offset (as a share of the lung's radii) that keeps it inside
+    side = int(c.integers(2))
+    cx, cy = anatomy.lung_centres()[side]
+    angle, offset = c.uniform(0, 2 * np.pi), c.uniform(0.0, 1.0) * room
+    centre = (cx + offset * rx * np.cos(angle), cy + offset * ry * np.sin(angle))
+    return _Finding(slices, centre, radius, c.uniform(0, 80), (slices[0] + slices[-1]) / 2)
 
 
 def _soft(x: np.ndarray, width: float) -> np.ndarray:
@@ -225,6 +232,15 @@ def _draw_slice(
     body = _soft(ell, width * 4)
     inner = _soft(1 - (x / (a - anatomy.fat)) ** 2 - ((y - y0) / (b - anatomy.fat)) ** 2, width * 4)
     hu = -1000 + body * 900 + inner * 140  # air, fat (-100), soft tissue (+40)
+    # The mediastinum first (heart, aorta), then the lungs around it: the heart never bulges into a lung field.
+    lo = anatomy.heart[0]
+    if t > lo:
+        s = np.sin(np.pi * min(1.0, (t - lo) / (1.05 - lo))) * anatomy.heart[1]
+        hx, hy = 0.3 * a * s + 1e-3, 0.4 * b * s + 1e-3
+        heart = _soft(1 - ((x - 0.08 * a) / hx) ** 2 - ((y - y0 + 0.1 * b) / hy) ** 2, width * 3)
+        hu = hu * (1 - heart) + heart * anatomy.contrast
+    aorta = _soft(0.06 - np.hypot(x + 0.08 * a, y - y0 - 0.35 * b), width)
+    hu = hu * (1 - aorta) + aorta * anatomy.contrast
     scale = anatomy.lung_shape(t)
     lung = np.zeros_like(x)
     if scale > 0.05:
@@ -240,15 +256,8 @@ def _draw_slice(
         r = share * scale * anatomy.lungs[2] * a + amp * np.sin(freq * 2 * np.pi * t + phase)
         vx, vy = cx + r * np.cos(angle), cy + r * np.sin(angle) * anatomy.lungs[3] / anatomy.lungs[2]
         vessels = np.maximum(vessels, _soft(radius - np.hypot(x - vx, y - vy), width))
-    hu = hu + lung * vessels * (anatomy.contrast * 0.3 + 900 - 40)
-    lo = anatomy.heart[0]
-    if t > lo:
-        s = np.sin(np.pi * min(1.0, (t - lo) / (1.05 - lo))) * anatomy.heart[1]
-        hx, hy = 0.3 * a * s + 1e-3, 0.4 * b * s + 1e-3
-        heart = _soft(1 - ((x - 0.12 * a) / hx) ** 2 - ((y - y0 + 0.1 * b) / hy) ** 2, width * 3)
-        hu = hu * (1 - heart) + heart * anatomy.contrast
-    aorta = _soft(0.06 - np.hypot(x + 0.08 * a, y - y0 - 0.35 * b), width)
-    hu = hu * (1 - aorta) + aorta * anatomy.contrast
+    # Small vessels are thinner than a voxel: partial volume leaves them a few hundred HU above the lung.
+    hu = hu + lung * vessels * (anatomy.contrast * 0.5 + 300)
     spine = np.hypot(x, y - y0 - 0.72 * b)
     hu = np.where(spine < 0.09, np.where(spine < 0.06, 250.0, 700.0), hu)
     if finding is not None and k in finding.slices:
