@@ -30,19 +30,21 @@ from lightning.pytorch.callbacks import Callback
 
 from medvision.classifier import Classifier
 from medvision.config import flatten, to_yaml
+from medvision.data.bags import BagDataModule
 from medvision.data.dataset import CohortDataModule
+from medvision.engine.bags import BagFeatureDataModule
 from medvision.engine.config import resolve_tracking_uri
 from medvision.engine.features import FeatureDataModule
 from medvision.engine.hyperrule import hyperrule_epochs
 from medvision.engine.trainer import fit_stage, resume_checkpoint, run_identity
-from medvision.heads import create_head
+from medvision.heads import create_head, get_head_class
 from medvision.models import create_backbone
 from medvision.tracking import MLflowTracking
 from medvision.tracking.store import using_tracking_uri
 from medvision.training.config import FinetuneConfig
 from medvision.training.module import FinetuneModule
 
-__all__ = ["FinetuneResult", "build_classifier", "finetune"]
+__all__ = ["FinetuneResult", "build_classifier", "cohort_datamodule", "finetune"]
 
 #: What the engine reads from a data module besides its loaders (the cohort contract).
 DATAMODULE_FACTS = ("classes", "num_inlier_classes", "num_outlier_classes", "in_chans", "manifest_sha256")
@@ -150,16 +152,7 @@ def finetune(
     L.seed_everything(config.seed, workers=True, verbose=False)
     ckpt = resume_checkpoint(config)  # fail on a bad resume path before anything is built
     if datamodule is None:
-        d = config.data
-        datamodule = CohortDataModule(
-            d.cohort_dir,
-            batch_size=d.batch_size,
-            label_fraction=d.label_fraction,
-            num_workers=d.num_workers,
-            balanced=d.balanced,
-            seed=config.seed,
-            augment=config.augment,
-        )
+        datamodule = cohort_datamodule(config)
     if not isinstance(datamodule, CohortFactsLike):
         missing = [a for a in DATAMODULE_FACTS if not hasattr(datamodule, a)]
         raise TypeError(f"{type(datamodule).__name__} lacks the cohort facts {missing}; see finetune()'s docstring")
@@ -175,7 +168,9 @@ def finetune(
     module = FinetuneModule(classifier, resolved.optim)
     data: L.LightningDataModule = datamodule
     if isinstance(datamodule, CohortDataModule) and _takes_feature_path(resolved, datamodule):
-        data = FeatureDataModule(datamodule, classifier.backbone)  # answers the same cohort facts
+        # both answer the same cohort facts; bags of cached instance features for case cohorts
+        features = BagFeatureDataModule if isinstance(datamodule, BagDataModule) else FeatureDataModule
+        data = features(datamodule, classifier.backbone)
 
     sha = str(datamodule.manifest_sha256)
     record = classifier.backbone.weights_record
@@ -187,7 +182,7 @@ def finetune(
         "backbone.sha256": record.sha256,
         "backbone.licence": record.licence,
         "augment.resolved_preset": getattr(data, "augment_preset", "none"),
-        "data.feature_path": isinstance(data, FeatureDataModule),
+        "data.feature_path": isinstance(data, FeatureDataModule | BagFeatureDataModule),
     }
     tracker = _tracker(resolved, tracking_uri, params, sha)
     identity = run_identity(resolved, manifest_sha256=sha)
@@ -201,6 +196,34 @@ def finetune(
         metrics=dict(tracker.last_metrics),
         output_dir=Path(resolved.output_dir),
     )
+
+
+def cohort_datamodule(config: FinetuneConfig) -> CohortDataModule:
+    """The data module of ``config.data``: images, or bags of a case cohort's instances (``unit`` other than
+    ``image``), which need a head that reads bags.
+
+    Raises:
+        ValueError: a case cohort with a head that reads single embeddings, naming the head to use.
+    """
+    d = config.data
+    kwargs = {
+        "batch_size": d.batch_size,
+        "label_fraction": d.label_fraction,
+        "num_workers": d.num_workers,
+        "balanced": d.balanced,
+        "seed": config.seed,
+        "augment": config.augment,
+    }
+    images = CohortDataModule(d.cohort_dir, **kwargs)  # type: ignore[arg-type]
+    if images.cohort.unit == "image":
+        return images
+    if not getattr(get_head_class(config.head.name), "takes_bags", False):
+        raise ValueError(
+            f"cohort {d.cohort_dir} is a {images.cohort.unit}-level cohort (unit: {images.cohort.unit}): its labels "
+            f"belong to whole cases, but head {config.head.name!r} reads one image at a time. Use head: {{name: mil}} "
+            "(pooling: gated_attention, attention, mean, max or middle), or rebuild the cohort with unit: image"
+        )
+    return BagDataModule(d.cohort_dir, max_instances=d.max_instances, **kwargs)  # type: ignore[arg-type]
 
 
 def _with_hyperrule(config: FinetuneConfig, datamodule: L.LightningDataModule) -> FinetuneConfig:
