@@ -56,8 +56,9 @@ def compare(folder: Path, models: dict[str, dict], first: str, second: str, seed
             continue
         fa = pd.read_parquet(folder / "predictions" / a["name"] / "test.parquet")
         fb = pd.read_parquet(folder / "predictions" / b["name"] / "test.parquet")
-        if not fa["image_id"].equals(fb["image_id"]):
-            raise SystemExit(f"{a['name']} and {b['name']} were not scored on the same test images in the same order")
+        row = "case_id" if "case_id" in fa else "image_id"  # case cohorts are scored one row per case
+        if not fa[row].equals(fb[row]):
+            raise SystemExit(f"{a['name']} and {b['name']} were not scored on the same test cases in the same order")
         k = len(a["classes"])
         keep = ((fa["label_idx"] >= 0) & (fa["label_idx"] < k)).to_numpy()
         y = fa["label_idx"].to_numpy()[keep]

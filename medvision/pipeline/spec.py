@@ -61,10 +61,12 @@ def _is_plain(name: Any) -> bool:
 class SynthSource(StrictModel):
     """A synthetic cohort written by :func:`medvision.sources.synth.synthesize` (the demo's data)."""
 
-    kind: Literal["derm", "cxr"] = "derm"
+    kind: Literal["derm", "cxr", "ct-series"] = "derm"
     patients: int = Field(120, ge=10)
     seed: int = 0
     size: int = Field(64, ge=16)
+    #: ``ct-series``: the typical number of slices per series (the others ignore it).
+    slices: int = Field(40, ge=8, le=1000)
 
 
 class MedMNISTSource(StrictModel):

@@ -333,6 +333,7 @@ def _saliency(doc: dict[str, Any], evaluation_dir: Path) -> SaliencySection | No
                 image=(image * 255).round().astype(np.uint8),
                 integrated_gradients=arrays["integrated_gradients"],
                 gradcam=arrays["gradcam"],
+                **{k: rec.get(k) for k in ("instance_rank", "instance_weight", "instance_position", "n_instances")},
             )
         )
     return SaliencySection(cases=cases) if cases else None

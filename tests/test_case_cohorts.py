@@ -1,0 +1,136 @@
+"""Case cohorts (``unit: series | study | patient``): one manifest row per instance with its case, every case whole
+or quarantined whole with the reason, and the card counting both."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from medvision.cohort.build import build_cohort
+from medvision.cohort.cohort import open_cohort
+from medvision.data.bags import BagDataset, CaseIndex
+from medvision.sources.synth import DEFECTS, synthesize
+
+KEY = "00112233445566778899aabbccddeeff"
+
+
+@pytest.fixture(autouse=True)
+def _key(monkeypatch):
+    monkeypatch.setenv("MEDVISION_PSEUDONYM_KEY", KEY)
+
+
+@pytest.fixture(scope="module")
+def ct_source(tmp_path_factory) -> Path:
+    return synthesize(tmp_path_factory.mktemp("ct") / "src", "ct-series", patients=20, seed=4, size=16, slices=10)
+
+
+@pytest.fixture(scope="module")
+def ct_cohort(ct_source, tmp_path_factory) -> Path:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDVISION_PSEUDONYM_KEY", KEY)
+        out = tmp_path_factory.mktemp("ct") / "cohort"
+        build_cohort(ct_source, out)
+    return out
+
+
+def test_every_series_is_one_case_in_slice_order(ct_source, ct_cohort):
+    cohort = open_cohort(ct_cohort)
+    m = cohort.manifest
+    assert cohort.unit == "series"
+    truth = pd.read_csv(ct_source.parent / "slices_truth.csv", keep_default_na=False).set_index("relpath")
+    m = m.join(truth, on="relpath")
+    for _, case in m.groupby("case_id"):
+        case = case.sort_values("instance_index")
+        assert case["instance_index"].tolist() == list(range(len(case)))
+        assert case["slice_index"].is_monotonic_increasing, "instances follow the slices' true order"
+        assert case[["series_id", "label", "split", "patient_id", "sex", "age_band", "site"]].nunique().max() == 1
+    ordered = m.drop_duplicates("case_id").set_index("defect")["case_ordering"]
+    assert ordered.get("instance-number-only") == "instance_number"
+    assert set(ordered.drop(index="instance-number-only", errors="ignore")) == {"position"}
+    # the label of a series went to every one of its slices (labels.csv has one row per series)
+    assert m["label"].notna().all() and m.groupby("case_id")["label"].nunique().max() == 1
+
+
+def test_defective_series_are_quarantined_whole_with_the_reason(ct_source, ct_cohort):
+    q = pd.read_csv(ct_cohort / "quarantine.csv")
+    truth = pd.read_csv(ct_source.parent / "slices_truth.csv", keep_default_na=False)
+    for defect, fate in DEFECTS.items():
+        files = set(truth.loc[truth["defect"] == defect, "relpath"])
+        if fate == "quarantine":
+            assert files <= set(q["relpath"]), f"every file of the {defect} series is quarantined"
+        else:
+            assert not files & set(q["relpath"])
+    reasons = " ".join(q["reason"])
+    for words in ("cannot be ordered", "missing slice", "duplicate slice positions"):
+        assert words in reasons
+    assert (q["stage"] == "case").all()
+
+
+def test_the_card_counts_cases_and_instances(ct_cohort):
+    card = json.loads((ct_cohort / "cohort.json").read_text())
+    cases, m = card["cases"], pd.read_parquet(ct_cohort / "manifest.parquet")
+    assert cases["unit"] == "series" and cases["instances"] == card["images"] == len(m)
+    assert cases["cases"] == m["case_id"].nunique() == sum(cases["by_split"].values())
+    assert cases["quarantined_cases"] == sum(1 for d in DEFECTS.values() if d == "quarantine")
+    assert any("resampled" in note for note in cases["notes"])
+    assert sum(cases["ordering"].values()) == cases["cases"]
+
+
+def test_no_planted_phi_in_any_output(ct_source, ct_cohort):
+    planted = json.loads((ct_source.parent / "phi_planted.json").read_text())
+    text = (
+        "".join(p.read_text(errors="ignore") for p in ct_cohort.glob("*.json"))
+        + (ct_cohort / "quarantine.csv").read_text()
+    )
+    text += pd.read_parquet(ct_cohort / "manifest.parquet").to_csv()
+    for values in planted.values():
+        for v in values:
+            assert v not in text
+
+
+def test_a_slice_that_cannot_be_decoded_takes_its_whole_case(ct_source, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    spec = yaml.safe_load(ct_source.read_text())
+    spec["images"] = str(ct_source.parent / "images")
+    spec["labels"]["csv"] = str(ct_source.parent / "labels.csv")
+    images = tmp_path / "images"
+    import shutil
+
+    shutil.copytree(ct_source.parent / "images", images)
+    spec["images"] = str(images)
+    truth = pd.read_csv(ct_source.parent / "slices_truth.csv", keep_default_na=False)
+    victim = truth[truth["defect"] == ""].iloc[3]
+    path = images / victim["relpath"]
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 60])  # the header is intact; the pixel data end early
+    (src / "cohort.yaml").write_text(yaml.safe_dump(spec))
+    card = build_cohort(src / "cohort.yaml", tmp_path / "out")
+    q = pd.read_csv(tmp_path / "out" / "quarantine.csv")
+    series = victim["relpath"].rsplit("/", 1)[0]
+    mates = set(truth.loc[truth["relpath"].str.startswith(series + "/"), "relpath"])
+    assert mates <= set(q["relpath"]), "the whole series left the cohort, not just the broken slice"
+    kept = pd.read_parquet(tmp_path / "out" / "manifest.parquet")
+    assert not kept["relpath"].str.startswith(series + "/").any()
+    assert "could not be decoded" in " ".join(q.loc[q["stage"] == "case", "reason"])
+    assert card["cases"]["quarantined_cases"] == sum(1 for d in DEFECTS.values() if d == "quarantine") + 1
+
+
+def test_patient_cases_over_several_views(tmp_path):
+    spec = synthesize(tmp_path / "src", "cxr", patients=40, seed=2, size=16)
+    text = spec.read_text() + "unit: patient\n"
+    spec.write_text(text)
+    build_cohort(spec, tmp_path / "out")
+    cohort = open_cohort(tmp_path / "out")
+    m = cohort.manifest
+    assert m.groupby("case_id")["patient_id"].nunique().max() == 1
+    assert m.groupby("patient_id")["case_id"].nunique().max() == 1
+    assert m.groupby("case_id").size().max() >= 2  # patients with several views are one bag
+    bags = BagDataset(cohort, cohort.rows("train"))
+    item = bags[0]
+    assert item["image"].shape[0] == bags.rows["n_instances"].iloc[0]
+    assert len(CaseIndex.from_rows(cohort.rows("train"))) == len(bags)
