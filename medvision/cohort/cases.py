@@ -311,7 +311,9 @@ def assign_cases(rows: pd.DataFrame, unit: str, patient: pd.Series) -> CaseAssig
 
 def _order_case(case: pd.DataFrame) -> pd.DataFrame:
     """One case's rows in bag order: its series by Study then Series Instance UID, each series ordered."""
-    parts, methods, notes, spacings = [], set(), [], []
+    parts: list[pd.DataFrame] = []
+    methods: set[str] = set()
+    notes: list[str] = []
     for _, one in case.groupby(["_study", "_series"], sort=True):
         geometry = [_geometry(r) for r in one.itertuples(index=False)]
         o = order_series(geometry)
@@ -321,7 +323,6 @@ def _order_case(case: pd.DataFrame) -> pd.DataFrame:
         parts.append(part)
         methods.add(o.method)
         notes += o.notes
-        spacings.append(o.spacing)
     ordered = pd.concat(parts)
     ordered["instance_index"] = np.arange(len(ordered), dtype=np.int64)
     ordered["case_ordering"] = "+".join(sorted(methods))
@@ -330,30 +331,35 @@ def _order_case(case: pd.DataFrame) -> pd.DataFrame:
 
 
 def _geometry(r: object) -> SliceGeometry:
-    def get(name: str, default: object = None) -> object:
-        value = getattr(r, name, default)
-        return default if value is None or (isinstance(value, float) and value != value) else value
+    def value(name: str) -> object:
+        v = getattr(r, name, None)
+        return None if v is None or (isinstance(v, float) and v != v) else v
 
+    def number(name: str, default: float | None = None) -> float | None:
+        v = value(name)
+        return default if v is None else float(v)  # type: ignore[arg-type]
+
+    instance = number("instance_number")
     return SliceGeometry(
-        position=_tuple(get("position")),  # type: ignore[arg-type]
-        orientation=_tuple(get("orientation")),  # type: ignore[arg-type]
-        instance_number=None if get("instance_number") is None else int(get("instance_number")),  # type: ignore[call-overload]
-        frame=int(get("frame", 0)),  # type: ignore[call-overload]
-        slice_spacing=get("slice_spacing"),  # type: ignore[arg-type]
-        slice_thickness=get("slice_thickness"),  # type: ignore[arg-type]
-        rows=int(get("rows", 0)),  # type: ignore[call-overload]
-        columns=int(get("columns", 0)),  # type: ignore[call-overload]
-        file=str(get("relpath", "")),
+        position=_tuple(value("position"), 3),  # type: ignore[arg-type]
+        orientation=_tuple(value("orientation"), 6),  # type: ignore[arg-type]
+        instance_number=None if instance is None else int(instance),
+        frame=int(number("frame", 0) or 0),
+        slice_spacing=number("slice_spacing"),
+        slice_thickness=number("slice_thickness"),
+        rows=int(number("rows", 0) or 0),
+        columns=int(number("columns", 0) or 0),
+        file=str(value("relpath") or ""),
     )
 
 
-def _tuple(value: object) -> tuple[float, ...] | None:
-    if value is None:
-        return None
+def _tuple(value: object, n: int) -> tuple[float, ...] | None:
+    """``n`` floats from a header value (a tuple, or a list/array after a parquet round trip); else ``None``."""
     try:
-        return tuple(float(v) for v in value)  # type: ignore[attr-defined]
+        numbers = tuple(float(v) for v in value)  # type: ignore[attr-defined]
     except TypeError:
         return None
+    return numbers if len(numbers) == n else None
 
 
 def _uid(value: object) -> str:

@@ -202,7 +202,7 @@ class BagDataModule(CohortDataModule):
         sampler = EpochSampler(len(ds), self.seed, self.balance_weights(ds), seeded=True)
         return self._loader(ds, sampler, drop_last=len(ds) > self.batch_size)
 
-    def _loader(self, ds, sampler, drop_last: bool) -> DataLoader:  # type: ignore[no-untyped-def]
+    def _loader(self, ds, sampler, drop_last: bool) -> DataLoader:
         return DataLoader(
             ds,
             batch_size=self.batch_size,

@@ -125,7 +125,7 @@ class MILHead(Head):
         h, mask = self._bags(features, mask)
         return self.pooling(h, mask)
 
-    def forward(self, features: Tensor, mask: Tensor | None = None) -> HeadOutput:  # type: ignore[override]
+    def forward(self, features: Tensor, mask: Tensor | None = None) -> HeadOutput:
         return self.classify(self.pool(features, mask)[0])
 
     def classify(self, pooled: Tensor) -> HeadOutput:

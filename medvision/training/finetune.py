@@ -223,7 +223,7 @@ def cohort_datamodule(config: FinetuneConfig) -> CohortDataModule:
             f"belong to whole cases, but head {config.head.name!r} reads one image at a time. Use head: {{name: mil}} "
             "(pooling: gated_attention, attention, mean, max or middle), or rebuild the cohort with unit: image"
         )
-    return BagDataModule(d.cohort_dir, max_instances=d.max_instances, **kwargs)  # type: ignore[arg-type]
+    return BagDataModule(d.cohort_dir, max_instances=d.max_instances, **kwargs)
 
 
 def _with_hyperrule(config: FinetuneConfig, datamodule: L.LightningDataModule) -> FinetuneConfig:
