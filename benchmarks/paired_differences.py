@@ -9,7 +9,11 @@ difference has its own interval: one :class:`~medvision.evaluation.bootstrap.Boo
 both models in each resample) evaluated on both models' saved predictions, then subtracted.
 
 ``--compare A B`` pairs the members of stages A and B that share a label fraction and reports test AUROC(A) -
-AUROC(B). ``--ood`` reports, for every model with a HOD head, OOD AUROC of ``p_out`` minus that of MSP on the
+AUROC(B). It refuses (exit status 1, naming the models and what to do) to compare a model with itself: a stage with
+itself, two models of one name in ``metrics.json`` (one's predictions overwrote the other's), one prediction file
+for both, or two files whose predictions are identical. Such a difference is +0.000 by construction, not a finding.
+
+``--ood`` reports, for every model with a HOD head, OOD AUROC of ``p_out`` minus that of MSP on the
 held-out conditions (outliers positive). Prints Markdown tables, then one JSON object as the last line.
 """
 
@@ -46,16 +50,64 @@ def _verdict(low: float, high: float) -> str:
     return "no difference shown"
 
 
+class SameModelError(SystemExit):
+    """Two compared models are one model's predictions: their difference would be zero by construction."""
+
+
+def refuse_duplicate_names(doc: dict, source: Path) -> None:
+    """Two models of one name share one predictions folder, so the second's predictions overwrote the first's."""
+    names = [m["name"] for m in doc["models"]]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise SameModelError(
+            f"{source}: {len(twice)} model name(s) appear more than once ({', '.join(twice)}); their predictions "
+            f"share one folder (predictions/<name>/), so one model's overwrote the other's and any comparison between "
+            "them would compare a model with itself. Re-run the evaluation so each model gets its own name."
+        )
+
+
+def refuse_same_predictions(
+    folder: Path, a: dict, b: dict, pa: Path, pb: Path, fa: pd.DataFrame, fb: pd.DataFrame
+) -> None:
+    """Refuse a pair that is one model's predictions twice: same file, identical bytes, or identical probabilities."""
+    why = None
+    if a["name"] == b["name"]:
+        why = f"both are model {a['name']!r}"
+    elif pa.resolve() == pb.resolve():
+        why = f"both read the same prediction file {pa}"
+    elif pa.read_bytes() == pb.read_bytes():
+        why = f"their prediction files {pa} and {pb} are byte for byte identical"
+    elif a["classes"] == b["classes"] and np.array_equal(_probs(fa, a["classes"]), _probs(fb, b["classes"])):
+        why = f"their predicted probabilities on the test images are identical ({pa}, {pb})"
+    if why:
+        raise SameModelError(
+            f"{folder}: refusing to compare {a['name']} with {b['name']}: {why}. The difference would be +0.000 by "
+            "construction, not a finding. Compare two different models: check the stage names given to --compare, "
+            "and if these are two runs evaluated together, re-run `medvision evaluate` so that each model has its "
+            "own name and predictions."
+        )
+
+
 def compare(folder: Path, models: dict[str, dict], first: str, second: str, seed: int) -> list[dict]:
-    """Test AUROC(first) - AUROC(second) for each label fraction both stages have."""
+    """Test AUROC(first) - AUROC(second) for each label fraction both stages have.
+
+    Raises:
+        SameModelError: when ``first`` and ``second`` are one stage, or a pair's predictions are one model's.
+    """
+    if first == second:
+        raise SameModelError(
+            f"{folder}: --compare {first} {second} compares stage {first!r} with itself; the difference would be "
+            "+0.000 by construction. Name two different stages."
+        )
     rows = []
     by_fraction = {(m["stage"], m["label_fraction"]): m for m in models.values()}
     for (stage, fraction), a in sorted(by_fraction.items(), key=lambda kv: kv[0][1]):
         b = by_fraction.get((second, fraction))
         if stage != first or b is None:
             continue
-        fa = pd.read_parquet(folder / "predictions" / a["name"] / "test.parquet")
-        fb = pd.read_parquet(folder / "predictions" / b["name"] / "test.parquet")
+        pa, pb = (folder / "predictions" / m["name"] / "test.parquet" for m in (a, b))
+        fa, fb = pd.read_parquet(pa), pd.read_parquet(pb)
+        refuse_same_predictions(folder, a, b, pa, pb, fa, fb)
         row = "case_id" if "case_id" in fa else "image_id"  # case cohorts are scored one row per case
         if not fa[row].equals(fb[row]):
             raise SystemExit(f"{a['name']} and {b['name']} were not scored on the same test cases in the same order")
@@ -114,6 +166,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     doc = json.loads((args.evaluation / "metrics.json").read_text())
+    refuse_duplicate_names(doc, args.evaluation / "metrics.json")
     models = {m["name"]: m for m in doc["models"]}
     summary: dict = {"evaluation": str(args.evaluation), "resamples": N_RESAMPLES, "compare": [], "ood": []}
 

@@ -1,4 +1,5 @@
-"""No phone-home: switch off every usage report and update check of the stack before it is imported.
+"""No phone-home: switch off every usage report and update check of the stack before it is imported, and keep the
+stack's advertisements and device banners out of the user's log.
 
 Why here: a hospital runs medvision on machines that must not talk to the internet, and a tool that leaves
 the building on its own (MLflow's usage telemetry resolved two hosts and wrote an installation id to
@@ -11,14 +12,23 @@ medvision) all pass through it.
 A variable already set by the operator is respected (``setdefault``), so an explicit opt-in stays possible.
 What is *not* switched off: downloads the user asks for (``weights: hub``, ``medvision weights fetch``) and the
 tracking server the config names; both are the user's own choice of network (see docs/SECURITY.md).
+
+Lightning also prints, on every ``Trainer`` and every fit, an advertisement for its cloud services ("💡 Tip: For
+seamless cloud logging ... try installing litlogger") and a device banner ("GPU available: False, used: False",
+"TPU available: ...", "LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES: ..."): seven lines in the demo's log that say nothing
+a medvision user can act on (the trainer config names the device). :func:`quiet_library_banners` drops exactly
+those records with a filter on the loggers that emit them, set before Lightning is imported (a logger's filters
+survive Lightning's own logging set-up); every other Lightning message, warnings included, still shows.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import sys
 
-__all__ = ["PHONE_HOME_OFF", "disable_phone_home"]
+__all__ = ["BANNERS", "PHONE_HOME_OFF", "disable_phone_home", "quiet_library_banners"]
 
 #: Environment switches, each with the library that reads it.
 PHONE_HOME_OFF: dict[str, str] = {
@@ -39,3 +49,29 @@ def disable_phone_home() -> None:
     telemetry = sys.modules.get("mlflow.telemetry")
     if telemetry is not None:
         telemetry.set_telemetry_client()
+
+
+#: Messages dropped from the stack's logs, with the loggers that emit them: advertisements and device banners.
+BANNERS = re.compile(
+    r"\W*Tip: "  # Lightning's "💡 Tip: ... litlogger / litmodels" cloud advertisements
+    r"|(GPU|TPU|HPU|IPU) available: "  # Lightning's device banner at every Trainer
+    r"|LOCAL_RANK: \d+ - CUDA_VISIBLE_DEVICES: "  # ... and its CUDA device line at every fit
+)
+_BANNER_LOGGERS = tuple(
+    f"{root}.{name}"
+    for root in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric")
+    for name in ("utilities.rank_zero", "accelerators.cuda")
+)
+
+
+class _DropBanners(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return BANNERS.match(record.getMessage()) is None
+
+
+def quiet_library_banners() -> None:
+    """Drop :data:`BANNERS` from the loggers that emit them (idempotent)."""
+    for name in _BANNER_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropBanners) for f in logger.filters):
+            logger.addFilter(_DropBanners())

@@ -3,14 +3,13 @@
 Started from a temporary JSON config and storage folder: HTTP bound to 127.0.0.1 with remote access off,
 DICOMweb on, HTTP basic authentication with one user, and one known DICOM modality (our AE title on
 127.0.0.1) that alone may query and retrieve (checked by AE title and host). ``make install`` installs the
-packages.
+packages; a machine without them fails the test with one line saying so (``services.need``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -18,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+from services import DICOMWEB_PLUGIN, need
 
 __all__ = ["DICOMWEB_PLUGIN", "Orthanc", "free_port", "start_orthanc"]
 
-DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 CALLED_AET = "ORTHANC"
 CALLING_AET = "MEDVISION"
 
@@ -72,8 +71,7 @@ class Orthanc:
 
 def start_orthanc(folder: Path, user: str, password: str) -> Orthanc:
     """Start Orthanc with storage under ``folder``; returns when its REST API answers."""
-    if shutil.which("Orthanc") is None or not DICOMWEB_PLUGIN.exists():
-        raise RuntimeError("the PACS tests need Debian's orthanc and orthanc-dicomweb: run `make install`")
+    need("orthanc")  # one line naming the packages and `make install` when they are missing
     folder.mkdir(parents=True, exist_ok=True)
     http_port, dicom_port = free_port(), free_port()
     config = {

@@ -8,7 +8,9 @@ import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
-CHROMIUM = "/usr/bin/chromium"
+from services import need
+
+CHROMIUM = "chromium"
 
 
 class _Sections(HTMLParser):
@@ -58,6 +60,7 @@ def _parse(html: str) -> _Sections:
 
 
 def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    need("chromium")
     # Offline by construction: every host name resolves to nothing, so any fetch would fail visibly.
     cmd = [
         CHROMIUM,

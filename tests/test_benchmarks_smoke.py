@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,6 +105,116 @@ def test_cohort_scale_builds_two_sizes_and_reports_rate_and_memory(tmp_path):
     assert out["ratio"] == pytest.approx(large["files_per_s"] / small["files_per_s"], rel=0.05)  # rates are rounded
     assert {"cpu_ratio", "peak_rss_mb_at_largest", "targets", "meets_targets"} <= set(out)
     assert list(tmp_path.iterdir()) == []  # the synthetic cohorts were deleted
+
+
+def _run_failing(script: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=ROOT,
+    )
+
+
+@pytest.mark.slow
+def test_ingest_gives_both_sides_the_same_workers_and_reports_per_core_rates():
+    # 50 patients: about 70 files, past the size below which either side stays in one process
+    out = _run("ingest.py", "--patients", "50", "--size", "32", "--cache-size", "16", "--rounds", "1", "--workers", "2")
+    serial, parallel = out["settings"]
+    assert (serial["workers"], parallel["workers"]) == (1, 2)
+    for s in (serial, parallel):
+        assert s["index_files_per_s"] > 0 and s["plain_header_files_per_s"] > 0 and s["monai_images_per_s"] > 0
+        assert s["index_files_per_s_per_core"] == pytest.approx(s["index_files_per_s"] / s["workers"], abs=0.1)
+        assert s["decode_images_per_s_per_core"] == pytest.approx(s["decode_images_per_s"] / s["workers"], abs=0.1)
+    assert out["files"] >= 64 and out["decode_ratio_vs_monai"] == serial["decode_ratio_vs_monai"]  # serial headline
+    assert set(out["meets_targets"]) == {"workers=1", "workers=2"}
+
+
+def test_bootstrap_times_a_plain_numpy_sklearn_loop_beside_fairlearn_and_agrees_with_both():
+    out = _run("bootstrap.py", "--images", "400", "--groups", "2", "--resamples", "20", "--baseline-resamples", "5",
+               "--rounds", "1")  # fmt: skip
+    assert out["plain_loop_s"] > 0 and out["speedup_vs_plain"] > 0 and out["speedup_vs_fairlearn"] > 0
+    assert out["fairlearn_resamples_timed"] == 5 and out["fairlearn_extrapolated"] is True
+    assert set(out["max_diff"]) == {"fairlearn point", "plain point", "fairlearn replicates", "plain replicates"}
+    assert max(out["max_diff"].values()) <= 1e-12
+
+
+def test_quarantine_scrub_times_the_old_loop_against_the_scrubber_and_both_redact():
+    out = _run("quarantine_scrub.py", "--sizes", "100,300", "--rounds", "1")
+    small, large = out["sizes"]
+    assert small["identifiers"] < large["identifiers"] and small["messages"] < large["messages"]
+    for size in (small, large):
+        assert size["current_s"] > 0 and size["previous_s"] > 0 and size["previous_extrapolated"] is False
+    capped = _run("quarantine_scrub.py", "--sizes", "300", "--rounds", "1", "--baseline-messages", "2")
+    assert capped["sizes"][0]["previous_messages_timed"] == 2 and capped["sizes"][0]["previous_extrapolated"] is True
+
+
+def _evaluation(folder: Path, models: dict[str, np.ndarray], names: dict[str, str] | None = None) -> Path:
+    """A minimal evaluation folder: metrics.json naming the models, each with its test predictions."""
+    n = 60
+    y = np.arange(n) % 2
+    doc: dict[str, list] = {"models": []}
+    for stage, probs in models.items():
+        name = (names or {}).get(stage, f"{stage}-1.0")
+        doc["models"].append({"name": name, "stage": stage, "label_fraction": 1.0, "classes": ["neg", "pos"]})
+        (folder / "predictions" / name).mkdir(parents=True, exist_ok=True)
+        frame = pd.DataFrame({"image_id": [f"i{i}" for i in range(n)], "patient_id": [f"p{i // 2}" for i in range(n)]})
+        frame["label_idx"] = y
+        frame["p:neg"], frame["p:pos"] = 1 - probs, probs
+        frame.to_parquet(folder / "predictions" / name / "test.parquet")
+    (folder / "metrics.json").write_text(json.dumps(doc))
+    return folder
+
+
+def _scores(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    y = np.arange(60) % 2
+    return 1 / (1 + np.exp(-(y + rng.normal(size=60))))
+
+
+def test_paired_differences_compares_two_different_models(tmp_path):
+    folder = _evaluation(tmp_path, {"imagenet": _scores(1), "random": _scores(2)})
+    out = _run("paired_differences.py", str(folder), "--compare", "imagenet", "random")
+    (row,) = out["compare"]
+    assert row["diff"] == pytest.approx(row["first_auroc"] - row["second_auroc"]) and row["diff"] != 0
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("same stage", "compares stage 'imagenet' with itself"),
+        ("identical predictions", "predicted probabilities on the test images are identical"),
+        ("identical files", "byte for byte identical"),
+        ("one name for two models", "model name(s) appear more than once (finetune-1.0)"),
+    ],
+)
+def test_paired_differences_refuses_to_compare_a_model_with_itself(tmp_path, case, expected):
+    # the study's probe: two starts of one recipe evaluated together, named alike, so one's predictions overwrote
+    # the other's and the script printed +0.000 without a warning
+    same = _scores(1)
+    if case == "same stage":
+        _evaluation(tmp_path, {"imagenet": same, "random": _scores(2)})
+        compare = ("imagenet", "imagenet")
+    elif case == "identical predictions":
+        _evaluation(tmp_path, {"imagenet": same, "random": same.copy()})
+        path = tmp_path / "predictions" / "random-1.0" / "test.parquet"
+        pd.read_parquet(path).to_parquet(path, compression="gzip")  # other bytes, the same predictions
+        compare = ("imagenet", "random")
+    elif case == "identical files":
+        _evaluation(tmp_path, {"imagenet": same, "random": same.copy()})
+        compare = ("imagenet", "random")
+    else:
+        _evaluation(tmp_path, {"imagenet": same, "random": _scores(2)}, names={"imagenet": "finetune-1.0",
+                                                                             "random": "finetune-1.0"})  # fmt: skip
+        compare = ("imagenet", "random")
+    proc = _run_failing("paired_differences.py", str(tmp_path), "--compare", *compare)
+    assert proc.returncode == 1, proc.stdout
+    assert expected in proc.stderr
+    assert "+0.000 by construction" in proc.stderr or "overwrote" in proc.stderr
+    assert "difference (95% CI)" not in proc.stdout  # no table was printed
 
 
 @pytest.mark.slow

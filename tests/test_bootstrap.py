@@ -102,3 +102,31 @@ def test_registry_rejects_duplicates_and_unknown_names():
         boot.ci("f1", [0, 1, 1])
     with pytest.raises(ValueError, match="rows but `groups` has 3"):
         boot.ci("mean", [0.1, 0.2])
+
+
+def test_patient_weighted_ratio_is_the_mean_over_drawn_patients_of_their_own_means():
+    from medvision.evaluation.bootstrap import patient_weights
+
+    rng = np.random.default_rng(7)
+    patients, y, _ = _clustered_data(rng)
+    w = patient_weights(patients)
+    assert abs(w.sum() - len(np.unique(patients))) < 1e-9  # every patient weighs one in all
+    boot = Bootstrap(patients, n_resamples=30, seed=2)
+    reps = boot.replicates("ratio", y * w, w)
+    own = {p: y[patients == p].mean() for p in np.unique(patients)}
+    for b in range(30):
+        drawn = boot.patient_ids[boot.patient_draws[b]]
+        assert abs(reps[b] - np.mean([own[p] for p in drawn])) < 1e-12
+    assert np.isnan(boot.point("ratio", y, np.zeros_like(w)))  # nothing in the denominator: undefined, not 0
+
+
+def test_ratio_from_patient_sums_equals_the_image_weighted_ratio():
+    rng = np.random.default_rng(8)
+    patients, y, score = _clustered_data(rng)
+    boot = Bootstrap(patients, n_resamples=200, seed=4, max_chunk=3000)
+    mask = score > 0
+    slow = boot.ci("ratio", y * score, score**2, mask=mask)
+    fast = boot.ratio_ci(y * score, score**2, mask=mask)
+    np.testing.assert_allclose(fast.replicates, slow.replicates, rtol=1e-12)
+    assert abs(fast.point - slow.point) < 1e-12 and abs(fast.low - slow.low) < 1e-12
+    assert (fast - slow).high < 1e-12  # paired: same resamples, so the difference is zero

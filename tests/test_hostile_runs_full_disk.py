@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from services import need
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -47,6 +49,7 @@ def test_a_full_disk_leaves_no_partial_output_and_names_the_folder(tmp_path):
     import json
     import os
 
+    need("userns")
     disk = tmp_path / "disk"
     disk.mkdir()
     (tmp_path / "child.py").write_text(_FULL_DISK)

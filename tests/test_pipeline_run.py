@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 from mlflow import MlflowClient
+from services import need
 from typer.testing import CliRunner
 
 from medvision.cli import app
@@ -51,6 +52,7 @@ def workdir(tmp_path, monkeypatch):
 
 
 def _chromium_dom(html: Path, shot: Path) -> str:
+    need("chromium")
     args = [
         "chromium",
         "--headless",

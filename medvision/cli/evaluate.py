@@ -35,6 +35,7 @@ def evaluate_command(
 
         from medvision.engine.config import TrackingConfig, resolve_tracking_uri
         from medvision.evaluation.stage import EvaluationRequest, evaluate_models
+        from medvision.tracking.uri import redact_uri
 
         uri = resolve_tracking_uri(TrackingConfig())
         client = MlflowClient(uri)
@@ -44,7 +45,7 @@ def evaluate_command(
                 run = client.get_run(run_id)
             except Exception as e:  # noqa: BLE001 - MLflow raises several types for a missing run
                 raise ValueError(
-                    f"run {run_id!r} not found in {uri} ({type(e).__name__}); pass the run id of a "
+                    f"run {run_id!r} not found in {redact_uri(uri)} ({type(e).__name__}); pass the run id of a "
                     "fine-tuning run (see `mlflow ui`), or set MLFLOW_TRACKING_URI"
                 ) from None
             p = run.data.params

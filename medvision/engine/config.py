@@ -11,9 +11,10 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from medvision.config import StrictModel
+from medvision.tracking.uri import check_no_credentials
 
 __all__ = [
     "BackboneConfig",
@@ -130,11 +131,22 @@ class MonitorConfig(StrictModel):
 class TrackingConfig(StrictModel):
     """Where the run is recorded (one MLflow run per stage)."""
 
-    #: ``None``: $MLFLOW_TRACKING_URI if set, else ``sqlite:///mlflow.db`` in the working directory.
+    # A refused URI holds a password: pydantic must not echo it back in its error text.
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    #: ``None``: $MLFLOW_TRACKING_URI if set, else ``sqlite:///mlflow.db`` in the working directory. Never with
+    #: credentials (``http://user:PASSWORD@...`` is refused): they come from MLFLOW_TRACKING_USERNAME / _PASSWORD.
     tracking_uri: str | None = None
     experiment: str = "medvision-finetune"
     #: MLflow run name; ``None`` lets MLflow pick one.
     run_name: str | None = None
+
+    @model_validator(mode="after")
+    def _no_credentials(self) -> TrackingConfig:
+        # A model-level check, so the error carries the section, not the URI, as its input (never echoed).
+        if self.tracking_uri:
+            check_no_credentials(self.tracking_uri, "tracking.tracking_uri")
+        return self
 
 
 class StageConfig(StrictModel):
@@ -155,10 +167,14 @@ class StageConfig(StrictModel):
 
 def resolve_tracking_uri(tracking: TrackingConfig) -> str:
     """The MLflow tracking URI a run uses: the config's, else $MLFLOW_TRACKING_URI, else a SQLite
-    file ``mlflow.db`` in the current working directory (absolute, so DDP workers agree)."""
+    file ``mlflow.db`` in the current working directory (absolute, so DDP workers agree).
+
+    Raises:
+        TrackingURIError: $MLFLOW_TRACKING_URI holds a password (``medvision.tracking.uri``).
+    """
     if tracking.tracking_uri:
         return tracking.tracking_uri
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
-        return env
+        return check_no_credentials(env, "$MLFLOW_TRACKING_URI")
     return f"sqlite:///{(Path.cwd() / 'mlflow.db').resolve()}"

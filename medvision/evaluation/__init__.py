@@ -1,4 +1,5 @@
-"""Evaluation metrics: discrimination, calibration, patient-level bootstrap, OOD, subgroups, label shift, ensembles.
+"""Evaluation metrics: discrimination, calibration, patient-level bootstrap, OOD, subgroups, label shift, ensembles,
+and when to trust the model (conformal prediction sets, abstention with risk control).
 
 Pure computation over arrays and DataFrames (no dependence on the training engine), so reports and CLI commands can
 call it on saved predictions.
@@ -15,7 +16,14 @@ _WHERE = {
     "Bootstrap": "medvision.evaluation.bootstrap",
     "BootstrapResult": "medvision.evaluation.bootstrap",
     "register_batched_metric": "medvision.evaluation.bootstrap",
+    "SubgroupCalibration": "medvision.evaluation.calibration",
     "TemperatureScaler": "medvision.evaluation.calibration",
+    "calibration_by_group": "medvision.evaluation.calibration",
+    "fit_site_temperature": "medvision.evaluation.calibration",
+    "ConformalClassifier": "medvision.evaluation.conformal",
+    "conformal_table": "medvision.evaluation.conformal",
+    "coverage_table": "medvision.evaluation.conformal",
+    "fit_conformal": "medvision.evaluation.conformal",
     "brier_score": "medvision.evaluation.calibration",
     "expected_calibration_error": "medvision.evaluation.calibration",
     "nll": "medvision.evaluation.calibration",
@@ -45,7 +53,11 @@ _WHERE = {
     "max_logit_score": "medvision.evaluation.ood",
     "msp_score": "medvision.evaluation.ood",
     "ood_metrics": "medvision.evaluation.ood",
+    "RiskControlledAbstention": "medvision.evaluation.risk_control",
+    "abstention_table": "medvision.evaluation.risk_control",
     "SubgroupFrame": "medvision.evaluation.subgroups",
+    "abstention_sentence": "medvision.evaluation.trust_text",
+    "coverage_sentence": "medvision.evaluation.trust_text",
 }
 
 
@@ -67,6 +79,17 @@ __all__ = [
     "expected_calibration_error",
     "reliability_diagram",
     "TemperatureScaler",
+    "calibration_by_group",
+    "SubgroupCalibration",
+    "fit_site_temperature",
+    "ConformalClassifier",
+    "fit_conformal",
+    "coverage_table",
+    "conformal_table",
+    "RiskControlledAbstention",
+    "abstention_table",
+    "coverage_sentence",
+    "abstention_sentence",
     "msp_score",
     "max_logit_score",
     "energy_score",

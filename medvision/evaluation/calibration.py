@@ -11,16 +11,26 @@ Conventions (see the method spec §1, uncertainty):
 - ECE uses the top-label confidence ``max_k p_k`` in 15 equal-width bins (*default*; Guo et al. 2017, eq. 3);
   bin b covers ``(b/M, (b+1)/M]`` with a confidence of exactly 0 put in the first bin. ECE = sum_b (n_b / n) *
   |accuracy_b - confidence_b|.
+
+Per subgroup and per site (:func:`calibration_by_group`): the same ECE and reliability bins inside every group,
+with intervals from the one patient-level bootstrap (:func:`batched_ece` evaluates the definition above under every
+resample's image weights at once, so the point estimate *is* :func:`expected_calibration_error`). A site that is
+calibrated badly can be recalibrated on its own validation patients (:func:`fit_site_temperature`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
 from scipy.special import log_softmax, logsumexp, softmax
 
+from medvision.cohort.named_values import closest
 from medvision.evaluation._checks import as_1d, as_2d, same_length, sample_weights
+from medvision.evaluation._groups import LABEL, PATIENT, attribute_columns, iter_groups
+from medvision.evaluation.bootstrap import Bootstrap
 
 __all__ = [
     "nll",
@@ -28,6 +38,10 @@ __all__ = [
     "expected_calibration_error",
     "reliability_diagram",
     "TemperatureScaler",
+    "batched_ece",
+    "SubgroupCalibration",
+    "calibration_by_group",
+    "fit_site_temperature",
 ]
 
 _EPS = np.finfo(np.float64).eps
@@ -72,6 +86,11 @@ def brier_score(y_true: object, y_prob: object, sample_weight: object | None = N
     return float(np.dot(w, per_sample) / w.sum())
 
 
+def _bin_index(confidence: np.ndarray, n_bins: int) -> np.ndarray:
+    """Bin of each confidence: ``(b/M, (b+1)/M]`` is bin b, a confidence of exactly 0 goes to bin 0."""
+    return np.clip(np.ceil(confidence * n_bins).astype(int) - 1, 0, n_bins - 1)
+
+
 def _binned(y_true: object, y_prob: object, n_bins: int, sample_weight: object | None) -> pd.DataFrame:
     if n_bins < 1:
         raise ValueError(f"`n_bins` must be >= 1; got {n_bins}.")
@@ -80,7 +99,7 @@ def _binned(y_true: object, y_prob: object, n_bins: int, sample_weight: object |
     w = sample_weights(sample_weight, same_length(y_true=y, y_prob=p))
     conf = p.max(axis=1)
     correct = (p.argmax(axis=1) == y).astype(float)
-    b = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
+    b = _bin_index(conf, n_bins)
     count = np.bincount(b, weights=w, minlength=n_bins)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_conf = np.bincount(b, weights=w * conf, minlength=n_bins) / count
@@ -183,3 +202,126 @@ class TemperatureScaler:
     def predict_proba(self, logits: object) -> np.ndarray:
         """Calibrated class probabilities softmax(logits / T)."""
         return np.exp(log_softmax(self.transform(logits), axis=1))
+
+
+def batched_ece(confidence: np.ndarray, correct: np.ndarray, weights: np.ndarray, n_bins: int = 15) -> np.ndarray:
+    """Top-label ECE (the module's definition) under every row of a (B, n) weight matrix, shape (B,).
+
+    With count_b, correct_b and confidence_b the weighted count, number correct and summed confidence of bin b,
+    ``ECE = sum_b |correct_b - confidence_b| / sum_b count_b`` (the same as weighting each bin's
+    ``|accuracy_b - mean confidence_b|`` by its share of images). A bootstrap metric for :class:`Bootstrap`.
+    """
+    conf = np.asarray(confidence, dtype=float)
+    onehot = np.eye(n_bins)[_bin_index(conf, n_bins)]
+    count = weights @ onehot
+    gap = np.abs(weights @ (onehot * np.asarray(correct, float)[:, None]) - weights @ (onehot * conf[:, None]))
+    total = count.sum(axis=1)
+    out = np.full(len(weights), np.nan)
+    np.divide(gap.sum(axis=1), total, out=out, where=total > 0)
+    return out
+
+
+@dataclass(frozen=True)
+class SubgroupCalibration:
+    """ECE per group and reliability-diagram bins per group, both with patient-level bootstrap intervals.
+
+    Attributes:
+        ece: one row per group: ``attribute``, ``group`` (``all``/``all`` first), ``n_patients``, ``n_images``,
+            ``flag``, ``ece``, ``ece_low``, ``ece_high``. The bootstrap distribution of ECE sits above the point
+            estimate (ECE is biased upwards in small samples), so an interval can exclude it: read the interval
+            as the spread, the point as the estimate.
+        reliability: one row per non-empty bin of each unflagged group: ``attribute``, ``group``, ``bin_lower``,
+            ``bin_upper``, ``count`` (images), ``confidence``, ``accuracy``, ``accuracy_low``, ``accuracy_high``.
+    """
+
+    ece: pd.DataFrame
+    reliability: pd.DataFrame
+
+
+def calibration_by_group(
+    y_prob: object,
+    frame: pd.DataFrame,
+    *,
+    attributes: list[str] | tuple[str, ...] = (),
+    n_bins: int = 15,
+    min_patients: int = 20,
+    bootstrap: Bootstrap | None = None,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> SubgroupCalibration:
+    """ECE and reliability bins for the whole set and every subgroup (sex, site, ``a*b``), with patient-level
+    bootstrap intervals; groups with fewer than ``min_patients`` patients are flagged and get no numbers.
+
+    Args:
+        y_prob: (n, K) probabilities (raw or recalibrated) of inlier images.
+        frame: the set's predictions table (``label_idx``, ``patient_id``, subgroup columns).
+        attributes: subgroup columns to report; ``site`` gives the per-site table.
+        bootstrap: a :class:`Bootstrap` over the set's patients to share resamples with other tables.
+    """
+    p = _prob_matrix(y_prob)
+    y = _class_index(frame[LABEL].to_numpy(), p.shape[1])
+    g = frame[PATIENT].to_numpy()
+    same_length(y_prob=p, frame=y)
+    conf = p.max(axis=1)
+    correct = (p.argmax(axis=1) == y).astype(float)
+    boot = bootstrap or Bootstrap(g, n_resamples=max(n_resamples, 1), seed=seed)
+    features = attribute_columns(frame, list(attributes)) if attributes else None
+    bins = _bin_index(conf, n_bins)
+
+    def ece(c: np.ndarray, k: np.ndarray, w: np.ndarray) -> np.ndarray:
+        return batched_ece(c, k, w, n_bins)
+
+    ece_rows, bin_rows = [], []
+    for grp in iter_groups(g, features, min_patients):
+        row: dict[str, object] = {"attribute": grp.attribute, "group": grp.group, **grp.counts}
+        if not grp.flag:
+            ci = boot.ci(ece, conf, correct, mask=grp.mask)
+            row.update(ece=ci.point, ece_low=ci.low, ece_high=ci.high)
+            for b in np.unique(bins[grp.mask]):
+                in_bin = grp.mask & (bins == b)
+                acc = boot.ratio_ci(correct * in_bin, in_bin.astype(float), mask=grp.mask)
+                bin_rows.append(
+                    {
+                        "attribute": grp.attribute,
+                        "group": grp.group,
+                        "bin_lower": b / n_bins,
+                        "bin_upper": (b + 1) / n_bins,
+                        "count": int(in_bin.sum()),
+                        "confidence": float(conf[in_bin].mean()),
+                        "accuracy": acc.point,
+                        "accuracy_low": acc.low,
+                        "accuracy_high": acc.high,
+                    }
+                )
+        ece_rows.append(row)
+    ece_cols = ["attribute", "group", "n_patients", "n_images", "flag", "ece", "ece_low", "ece_high"]
+    bin_cols = ["attribute", "group", "bin_lower", "bin_upper", "count", "confidence", "accuracy"]
+    return SubgroupCalibration(
+        pd.DataFrame(ece_rows).reindex(columns=ece_cols),
+        pd.DataFrame(bin_rows).reindex(columns=[*bin_cols, "accuracy_low", "accuracy_high"]),
+    )
+
+
+def fit_site_temperature(logits: object, y_true: object, sites: object, site: str) -> TemperatureScaler:
+    """Temperature scaling fitted on one site's images only: recalibration for deployment at that site.
+
+    Pass the *validation* rows (never the rows it will be evaluated on); the scaler then rescales any logits,
+    e.g. that site's test images. Probabilities work too: pass ``log(p)``, as the evaluate stage does.
+
+    Raises:
+        ValueError: the site has no rows here, naming the sites that do and the closest spelling.
+    """
+    z = as_2d(logits, "logits")
+    s = as_1d(sites, "sites").astype(str)
+    y = as_1d(y_true, "y_true")
+    same_length(logits=z, y_true=y, sites=s)
+    mask = s == site
+    if not mask.any():
+        existing = sorted(set(s.tolist()))
+        close = closest(site, existing)
+        hint = f" Did you mean {close!r}?" if close else ""
+        raise ValueError(
+            f"calibration site {site!r} has no validation images to fit a temperature on.{hint} Sites with "
+            f"validation images: {', '.join(existing)}. A held-out site has none: name a site seen in validation."
+        )
+    return TemperatureScaler().fit(z[mask], y[mask])

@@ -3,17 +3,28 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from medvision.cohort.spec import SPLITS
-from medvision.config import StrictModel
+from medvision.config import StrictModel, did_you_mean
 
 if TYPE_CHECKING:
     from medvision.cohort.named_values import CohortFacts
 
-__all__ = ["DeferralCosts", "EvaluationSettings"]
+__all__ = [
+    "AbstainSettings",
+    "CalibrationSettings",
+    "ConformalSettings",
+    "DeferralCosts",
+    "EvaluationSettings",
+    "OOD_SCORES",
+]
+
+#: OOD scores an abstention rule may combine with its confidence threshold: the detectors every evaluation
+#: computes (``hod`` only for HOD heads). Higher = more out of distribution, as in ``evaluation/ood.py``.
+OOD_SCORES = ("hod", "msp", "max_logit", "energy", "mahalanobis", "knn")
 
 
 class DeferralCosts(BaseModel):
@@ -32,6 +43,62 @@ class DeferralCosts(BaseModel):
         default_factory=lambda: {"low": 1.0, "medium": 5.0, "high": 20.0},
         description="outlier retained (silently mislabelled), by the condition's risk level",
     )
+
+
+class ConformalSettings(StrictModel):
+    """Conformal prediction sets calibrated on the validation patients (``evaluation/conformal.py``)."""
+
+    #: Coverage the sets promise for a new patient exchangeable with the validation ones.
+    target: float = Field(0.9, gt=0, lt=1)
+    #: Mondrian taxonomies, each calibrated and reported beside the marginal sets: ``class`` (per true class), a
+    #: subgroup column (``sex``, ``site``), or an intersection ``a*b`` (``class*site``).
+    mondrian: list[str] = Field(default_factory=list)
+    #: Conformity score: ``aps`` (Romano et al. 2020) or ``raps`` (Angelopoulos et al. 2021).
+    score: Literal["aps", "raps"] = "aps"
+    #: Randomised scores (exact coverage; the evaluation seed reproduces every set); ``false``: larger sets.
+    randomized: bool = True
+
+    @field_validator("mondrian")
+    @classmethod
+    def _plain_taxonomies(cls, v: list[str]) -> list[str]:
+        bad = [t for t in v if not t or any(not part for part in t.split("*")) or t == "marginal"]
+        if bad:
+            raise ValueError(f"mondrian entries must name 'class' or subgroup columns (a*b crosses them); got {bad}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"mondrian lists a taxonomy twice: {v}")
+        return v
+
+
+class AbstainSettings(StrictModel):
+    """Referral with a guaranteed risk on the answered cases (``evaluation/risk_control.py``, Learn then Test)."""
+
+    #: Promised bound on the risk of answered cases.
+    alpha: float = Field(0.05, gt=0, lt=1)
+    #: Chance the promise fails over the draw of validation patients: P(risk <= alpha) >= 1 - delta.
+    delta: float = Field(0.1, gt=0, lt=1)
+    #: ``error``: errors among answered patients; ``miss``: misses of ``positive_class`` (answered and called
+    #: something else).
+    on: Literal["error", "miss"] = "error"
+    #: Also refer what this OOD score flags (``hod``, ``msp``, ``max_logit``, ``energy``, ``mahalanobis``,
+    #: ``knn``); ``null``: confidence only.
+    ood: str | None = None
+    #: Share of in-distribution cases the OOD score may refer (its threshold, fixed on validation).
+    ood_rate: float = Field(0.05, gt=0, lt=1)
+
+    @field_validator("ood")
+    @classmethod
+    def _known_score(cls, v: str | None) -> str | None:
+        if v is not None and v not in OOD_SCORES:
+            raise ValueError(f"unknown OOD score {v!r}.{did_you_mean(v, OOD_SCORES)} Known: {', '.join(OOD_SCORES)}")
+        return v
+
+
+class CalibrationSettings(StrictModel):
+    """Recalibration beyond the validation-wide temperature."""
+
+    #: Fit a second temperature on this site's validation patients only (recalibration for deployment there);
+    #: ``null``: none. The site must have validation patients (a held-out site has none).
+    site: str | None = None
 
 
 class EvaluationSettings(StrictModel):
@@ -62,6 +129,12 @@ class EvaluationSettings(StrictModel):
     costs: dict[str, Any] | None = None
     #: Risk level of each held-out condition, e.g. ``{MEL: high, SCC: high}``; unlisted ones are ``medium``.
     risk: dict[str, str] = Field(default_factory=dict)
+    #: Conformal prediction sets: ``{target: 0.9, mondrian: [sex, site]}``.
+    conformal: ConformalSettings = Field(default_factory=ConformalSettings)
+    #: Referral with a guaranteed risk: ``{alpha: 0.05, on: error | miss, ood: hod}``.
+    abstain: AbstainSettings = Field(default_factory=AbstainSettings)
+    #: Per-site recalibration: ``{site: NAME}``.
+    calibration: CalibrationSettings = Field(default_factory=CalibrationSettings)
     seed: int = 0
 
     @field_validator("costs")
@@ -97,6 +170,18 @@ class EvaluationSettings(StrictModel):
         problems: list[str] = []
         parts = [p for a in self.subgroups for p in a.split("*")]
         problems += unknown_values("subgroup attribute", "subgroups", parts, facts.attributes, facts.source)
+        taxonomies = [p for t in self.conformal.mondrian for p in t.split("*") if p != "class"]
+        problems += unknown_values(
+            "subgroup attribute", "conformal.mondrian", taxonomies, [*facts.attributes, "class"], facts.source
+        )
+        site = self.calibration.site
+        if site is not None and site in facts.heldout_sites:
+            problems.append(
+                f"  - calibration.site: {site!r} is a held-out site: it has no validation patients to fit a "
+                "temperature on. Name a site seen in validation."
+            )
+        elif site is not None and facts.sites is not None:
+            problems += unknown_values("site", "calibration.site", [site], facts.sites, facts.source)
         classes = facts.classes
         if classes is not None and self.positive_class is not None:
             problems += unknown_values("class", "positive_class", [self.positive_class], classes, facts.source)

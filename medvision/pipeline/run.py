@@ -28,6 +28,7 @@ from medvision.pipeline import executors
 from medvision.pipeline.spec import PipelineSpec
 from medvision.pipeline.stages import StageOutput
 from medvision.pipeline.tracker import Tracker
+from medvision.tracking.uri import redact_uri
 
 __all__ = ["PipelineInterrupted", "PipelineResult", "run_pipeline"]
 
@@ -111,7 +112,10 @@ def run_pipeline(spec: PipelineSpec, *, echo: Callable[[str], None] = print) -> 
     result = PipelineResult(parent_run_id=tracker.parent_run_id, tracking_uri=uri)
     version = code_version()
     out_root = Path(spec.output_dir).expanduser().resolve()
-    echo(f"pipeline {spec.name}: {len(spec.stages)} stages; MLflow {uri}, experiment {spec.tracking.experiment}")
+    echo(
+        f"pipeline {spec.name}: {len(spec.stages)} stages; MLflow {redact_uri(uri)}, "
+        f"experiment {spec.tracking.experiment}"
+    )
     ok, killed = False, False
     try:
         with _sigterm_raises():

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from medvision.cohort.spec import FolderOptions
 from medvision.config import (
@@ -35,6 +35,7 @@ from medvision.config import (
 from medvision.evaluation.settings import EvaluationSettings
 from medvision.pipeline.stages import stage_config_model, wire_config
 from medvision.pipeline.study import check_study
+from medvision.tracking.uri import check_no_credentials
 
 __all__ = [
     "CohortStage",
@@ -166,6 +167,12 @@ class TrackingSpec(StrictModel):
     #: ``None``: $MLFLOW_TRACKING_URI if set, else ``sqlite:///mlflow.db`` in the working directory.
     tracking_uri: str | None = None
     experiment: str = "medvision"
+
+    @model_validator(mode="after")
+    def _no_credentials(self) -> TrackingSpec:
+        if self.tracking_uri:  # a password here would be printed, stored and logged (medvision.tracking.uri)
+            check_no_credentials(self.tracking_uri, "tracking.tracking_uri")
+        return self
 
 
 class PipelineSpec(StrictModel):

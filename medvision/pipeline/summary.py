@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from medvision.pipeline.run import PipelineResult
+from medvision.tracking.uri import redact_uri
 
 __all__ = ["print_summary"]
 
@@ -50,7 +51,9 @@ def print_summary(result: PipelineResult, console: Console | None = None) -> Non
         mlflow = Path(sys.executable).parent / "mlflow"
         command = str(mlflow) if mlflow.exists() else "mlflow"
         console.print(
-            f"browse the runs: {command} ui --backend-store-uri {result.tracking_uri}", markup=False, soft_wrap=True
+            f"browse the runs: {command} ui --backend-store-uri {redact_uri(result.tracking_uri)}",
+            markup=False,
+            soft_wrap=True,
         )
     else:
-        console.print(f"browse the runs at {result.tracking_uri}", soft_wrap=True)
+        console.print(f"browse the runs at {redact_uri(result.tracking_uri)}", soft_wrap=True)

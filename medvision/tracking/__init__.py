@@ -3,7 +3,8 @@
 * :class:`MLflowTracking` — the Lightning callback every training stage adds;
 * :func:`log_classifier` / :class:`ClassifierModel` — a fine-tuned classifier as a pyfunc model;
 * :func:`load_run_classifier` — the classifier of a run back as a torch module (evaluation);
-* :func:`open_client` / :func:`get_or_create_experiment` — the store, without global MLflow state.
+* :func:`open_client` / :func:`get_or_create_experiment` — the store, without global MLflow state;
+* :func:`redact_uri` / :func:`check_no_credentials` — tracking URIs never carry a password.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ _WHERE = {
     "artifact_root_for": "medvision.tracking.store",
     "get_or_create_experiment": "medvision.tracking.store",
     "open_client": "medvision.tracking.store",
+    "TrackingURIError": "medvision.tracking.uri",
+    "check_no_credentials": "medvision.tracking.uri",
+    "redact_uri": "medvision.tracking.uri",
 }
 
 __all__ = sorted(_WHERE)

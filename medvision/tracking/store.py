@@ -24,6 +24,8 @@ from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from medvision.tracking.uri import check_no_credentials
+
 __all__ = ["TrackingAuthError", "artifact_root_for", "get_or_create_experiment", "open_client", "using_tracking_uri"]
 
 
@@ -52,7 +54,13 @@ def using_tracking_uri(uri: str) -> Iterator[None]:
 
 def open_client(tracking_uri: str) -> MlflowClient:
     """A client for ``tracking_uri``; for ``sqlite:///PATH`` the folder of PATH is created first and the
-    store's tables are created (or migrated) under a file lock, one process at a time."""
+    store's tables are created (or migrated) under a file lock, one process at a time.
+
+    Raises:
+        TrackingURIError: the URI holds a password (it would reach MLflow's own printed lines).
+        TrackingAuthError: an authenticating server refuses the user in $MLFLOW_TRACKING_USERNAME.
+    """
+    check_no_credentials(tracking_uri, "the tracking URI")
     db = _sqlite_path(tracking_uri)
     if db is None:
         client = MlflowClient(tracking_uri=tracking_uri)
