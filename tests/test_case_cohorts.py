@@ -4,6 +4,7 @@ or quarantined whole with the reason, and the card counting both."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -12,7 +13,9 @@ import yaml
 
 from medvision.cohort.build import build_cohort
 from medvision.cohort.cohort import open_cohort
+from medvision.config import ConfigError
 from medvision.data.bags import BagDataset, CaseIndex
+from medvision.pipeline import load_pipeline
 from medvision.sources.synth import DEFECTS, synthesize
 
 KEY = "00112233445566778899aabbccddeeff"
@@ -96,11 +99,8 @@ def test_a_slice_that_cannot_be_decoded_takes_its_whole_case(ct_source, tmp_path
     src = tmp_path / "src"
     src.mkdir()
     spec = yaml.safe_load(ct_source.read_text())
-    spec["images"] = str(ct_source.parent / "images")
     spec["labels"]["csv"] = str(ct_source.parent / "labels.csv")
     images = tmp_path / "images"
-    import shutil
-
     shutil.copytree(ct_source.parent / "images", images)
     spec["images"] = str(images)
     truth = pd.read_csv(ct_source.parent / "slices_truth.csv", keep_default_na=False)
@@ -134,3 +134,12 @@ def test_patient_cases_over_several_views(tmp_path):
     item = bags[0]
     assert item["image"].shape[0] == bags.rows["n_instances"].iloc[0]
     assert len(CaseIndex.from_rows(cohort.rows("train"))) == len(bags)
+
+
+def test_check_refuses_a_single_image_head_on_a_series_cohort(tmp_path):
+    recipe = yaml.safe_load((Path(__file__).resolve().parent.parent / "pipelines" / "series-mil.yaml").read_text())
+    recipe["stages"]["mean"]["config"] = {**recipe["stages"]["attention"]["config"], "head": {"name": "linear"}}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    with pytest.raises(ConfigError, match=r"stages.mean: cohort 'cohort' is series-level .* head 'linear'"):
+        load_pipeline(path)

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from medvision.cohort.named_values import CohortFacts, check_named_values, facts_from_labels
 from medvision.cohort.spec import CohortSpec, FolderOptions, SpecError, load_spec, spec_from_folder
 from medvision.config import ConfigError, explain_validation_error
+from medvision.heads import get_head_class
 
 __all__ = ["check_study", "merge_spec"]
 
@@ -60,11 +61,18 @@ def check_study(spec: Any, source: str) -> list[str]:
     notes: list[str] = []
     facts: dict[str, CohortFacts | None] = {}
     fractions: dict[str, list[float]] = {}  # each cohort stage's declared label fractions, when readable now
+    units: dict[str, str] = {}  # each cohort stage's unit (image, series, study, patient), when known now
     for stage_id, stage in spec.stages.items():
         if stage.kind == "cohort":
             facts[stage_id] = _check_cohort(stage_id, stage, source, notes, fractions)
-        elif stage.kind == "finetune" and stage.cohort in fractions:
-            _check_label_fractions(stage_id, stage, fractions[stage.cohort], source)
+            unit = _unit(stage_id, stage, source)
+            if unit is not None:
+                units[stage_id] = unit
+        elif stage.kind == "finetune":
+            if stage.cohort in fractions:
+                _check_label_fractions(stage_id, stage, fractions[stage.cohort], source)
+            if units.get(stage.cohort, "image") != "image":
+                _check_bag_head(stage_id, stage, units[stage.cohort], source)
         elif stage.kind == "evaluate":
             cohorts = {spec.stages[m].cohort for m in stage.models if m in spec.stages}
             known = [facts.get(c) for c in cohorts]
@@ -81,6 +89,37 @@ def check_study(spec: Any, source: str) -> list[str]:
                 + ("checked against the cohort" if checked else "checked when its cohort is built")
             )
     return notes
+
+
+def _unit(stage_id: str, stage: Any, source: str) -> str | None:
+    """What a case of the cohort stage's cohort will be: the overrides' ``unit``, the spec's, or the synthetic kind's
+    (``ct-series`` writes a series-level spec); ``None`` when only the build can say."""
+    if "unit" in stage.overrides:
+        return str(stage.overrides["unit"])
+    if stage.synth is not None:
+        return "series" if stage.synth.kind == "ct-series" else "image"
+    try:
+        data = declared_spec(stage_id, stage, source)
+    except (OSError, ConfigError):
+        return None
+    return None if data is None else str(data.get("unit", "image"))
+
+
+def _check_bag_head(stage_id: str, stage: Any, unit: str, source: str) -> None:
+    """A case cohort's labels belong to whole cases: its fine-tunes need a head that reads bags (``mil``)."""
+    head = stage.config.get("head") if isinstance(stage.config.get("head"), dict) else {}
+    names = [*stage.sweep.get("head.name", []), head.get("name", "linear")]
+    for name in names:
+        try:
+            takes_bags = getattr(get_head_class(str(name)), "takes_bags", False)
+        except ValueError:
+            continue  # an unknown head: the stage config's own validation names it
+        if not takes_bags:
+            raise ConfigError(
+                f"{source}: stages.{stage_id}: cohort {stage.cohort!r} is {unit}-level (unit: {unit}), but head "
+                f"{name!r} reads one image at a time; use head: {{name: mil, options: {{pooling: gated_attention}}}}"
+                " (or attention, mean, max, middle)"
+            )
 
 
 def _check_label_fractions(stage_id: str, stage: Any, declared: list[float], source: str) -> None:
