@@ -7,16 +7,19 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from lightning.pytorch.callbacks import Callback
 
 from medvision.cohort.build import build_cohort
 from medvision.cohort.cohort import open_cohort
-from medvision.config import ConfigError
+from medvision.config import ConfigError, parse_config
 from medvision.data.bags import BagDataset, CaseIndex
 from medvision.pipeline import load_pipeline
 from medvision.sources.synth import DEFECTS, synthesize
+from medvision.training import FinetuneConfig, finetune
 
 KEY = "00112233445566778899aabbccddeeff"
 
@@ -143,3 +146,39 @@ def test_check_refuses_a_single_image_head_on_a_series_cohort(tmp_path):
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     with pytest.raises(ConfigError, match=r"stages.mean: cohort 'cohort' is series-level .* head 'linear'"):
         load_pipeline(path)
+
+
+class _BagShapes(Callback):
+    """Records how many instances each training and validation bag batch holds."""
+
+    def __init__(self) -> None:
+        self.train: list[int] = []
+        self.val: list[tuple[int, int]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.train.append(int(batch["mask"].sum(1).max()))
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self.val += [(int(n), len(ids)) for n, ids in zip(batch["mask"].sum(1), batch["case_id"])]
+
+
+@pytest.mark.slow
+def test_full_fine_tuning_reads_at_most_the_cap_per_training_bag_and_every_slice_to_validate(ct_cohort, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    raw = {
+        "data": {"cohort_dir": str(ct_cohort), "batch_size": 4, "max_instances": 3, "num_workers": 0},
+        "backbone": {"name": "resnet-tiny", "weights": "none"},
+        "mode": "full",
+        "head": {"name": "mil", "options": {"pooling": "attention", "attention_dim": 8}},
+        "optim": {"name": "adamw", "lr": 0.001, "epochs": 1, "warmup_epochs": 0},
+        "trainer": {"accelerator": "cpu", "progress_bar": False},
+        "output_dir": str(tmp_path / "run"),
+        "resume": "never",
+        "tracking": {"tracking_uri": uri, "experiment": "bag-full"},
+    }
+    shapes = _BagShapes()
+    result = finetune(parse_config(raw, FinetuneConfig), callbacks=[shapes])
+    assert shapes.train and max(shapes.train) == 3  # a 10-slice series never costs more than the cap
+    sizes = open_cohort(ct_cohort).manifest.groupby("case_id").size()
+    assert shapes.val and max(n for n, _ in shapes.val) == sizes[open_cohort(ct_cohort).rows("val")["case_id"]].max()
+    assert np.isfinite(result.metrics["train/loss"])
