@@ -23,10 +23,10 @@ from medvision.data.bags import BagDataset
 from medvision.engine.bags import bag_features
 from medvision.evaluation.predict import SUBGROUP_EXCLUDE, Predictions
 
-__all__ = ["CASE_COLUMNS", "predict_cases"]
+__all__ = ["predict_cases"]
 
-#: The identity columns of a case-level predictions table (besides subgroups and ``p:<class>``).
-CASE_COLUMNS = ("case_id", "patient_id", "split", "label", "label_idx", "n_instances")
+#: The identity columns of a case-level predictions table, first (then subgroups, ``n_instances``, ``p:<class>``).
+_IDENTITY = ("case_id", "patient_id", "split", "label", "label_idx")
 
 
 @torch.inference_mode()
@@ -41,8 +41,9 @@ def predict_cases(classifier, cohort: Cohort, rows: pd.DataFrame, batch_size: in
         top_k: instances named per case.
 
     Returns:
-        :class:`Predictions` whose frame has :data:`CASE_COLUMNS`, the subgroup columns, ``p:<class>`` and the
-        ``top_*`` columns; ``embeddings`` are the pooled case embeddings (what feature-space detectors score).
+        :class:`Predictions` whose frame has ``case_id``, ``patient_id``, ``split``, ``label``, ``label_idx``, the
+        subgroup columns, ``n_instances``, ``p:<class>`` and the ``top_*`` columns; ``embeddings`` are the pooled
+        case embeddings (what feature-space detectors score).
     """
     head = classifier.head
     if not getattr(head, "takes_bags", False):
@@ -97,11 +98,8 @@ def _top(bags: BagDataset, i: int, weights: np.ndarray, k: int) -> dict[str, lis
 
 def _predictions(classifier, bags: BagDataset, pooled, logits, probs, top) -> Predictions:
     cases = bags.rows
-    keep = [c for c in cases.columns if c in CASE_COLUMNS or c not in SUBGROUP_EXCLUDE]
-    frame = cases[[c for c in keep if c not in ("case_id", "instance_index", "n_instances")]].copy()
-    frame.insert(0, "case_id", cases["case_id"].to_numpy())
-    frame["n_instances"] = cases["n_instances"].to_numpy()
-    frame = frame.drop(columns=[c for c in ("slice_position", "slice_spacing", "case_ordering") if c in frame])
+    subgroups = [c for c in cases.columns if c not in SUBGROUP_EXCLUDE]
+    frame = cases[[*(c for c in _IDENTITY if c in cases), *subgroups, "n_instances"]].copy()
     k = len(classifier.classes)
     p = np.concatenate(probs) if probs else np.zeros((0, k), np.float32)
     for j, name in enumerate(classifier.classes):
