@@ -132,9 +132,9 @@ def _build_child(spec: str, out: str, key: str, conn) -> None:
         {
             "seconds": seconds,
             "cpu_seconds": _cpu_seconds() - cpu0,
-            "images": card["images"],
-            "quarantined": card["quarantined"],
-            "build": card["build"],
+            "images": card.images,
+            "quarantined": card.quarantined,
+            "build": card.build.model_dump() if card.build else None,
             "maxrss_self_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         }
     )

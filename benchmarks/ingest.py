@@ -160,8 +160,8 @@ def _setting(w: int, spec, root: Path, rel: list[str], paths: list[Path], tmp: P
         out = tmp / f"cohort-w{w}-{next(builds)}"
         first = build_cohort(spec, out)
         second = build_cohort(spec, out)
-        rebuild.append(first["images"] / second["build"]["decode_seconds"])
-        return first["images"] / first["build"]["decode_seconds"]
+        rebuild.append(first.images / second.build.decode_seconds)
+        return first.images / first.build.decode_seconds
 
     dec = alternate(
         {

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -70,6 +71,7 @@ def main() -> None:
 
     with synthetic_cohort("derm", args.patients, args.size, prefix="medvision-linear-probe-") as cohort_dir:
         work = cohort_dir.parent  # run outputs and the MLflow store go beside the cohort, deleted with it
+        os.environ["MEDVISION_FEATURE_CACHE"] = str(work / "features")  # a cold feature cache, deleted with it
         cohort = open_cohort(cohort_dir)
 
         slow, slow_s = _run(cohort_dir, work, args, feature_cache=False)
@@ -126,7 +128,7 @@ def _heads(result) -> dict[str, torch.Tensor]:
 
 def _embed_seconds(cohort, args) -> float:
     """Time embedding the train + val images into a cold feature cache, as the cached side did once."""
-    backbone = create_backbone(args.backbone, args.weights, cohort.in_chans)
+    backbone = create_backbone(args.backbone, args.weights, cohort.card.in_chans)
     keys = [*cohort.rows("train")["cache_key"], *cohort.rows("val")["cache_key"]]
     with tempfile.TemporaryDirectory() as cold:
         start = time.perf_counter()

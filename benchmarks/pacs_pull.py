@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the Or
 
 from orthanc_server import CALLED_AET, CALLING_AET, start_orthanc  # noqa: E402
 
-from medvision.cohort.spec import PacsSpec  # noqa: E402
+from medvision.cohort.spec import DicomWebPacs, DimsePacs, PacsSpec  # noqa: E402
 from medvision.sources.pacs import pull  # noqa: E402
 from medvision.sources.synth import synthesize  # noqa: E402
 
@@ -35,13 +35,16 @@ PASSWORD = "bench-password"
 
 
 def _spec(server, protocol: str, store: Path, concurrency: int) -> PacsSpec:
-    extra = (
-        {"url": server.dicomweb, "auth": "basic"}
-        if protocol == "dicomweb"
-        else {"host": "127.0.0.1", "port": server.dicom_port, "called_aet": CALLED_AET, "calling_aet": CALLING_AET}
-    )
-    return PacsSpec(
-        protocol=protocol, store=store, query={"modality": ["DX", "CR"]}, concurrency=concurrency, retries=1, **extra
+    common = {"store": store, "query": {"modality": ["DX", "CR"]}, "concurrency": concurrency, "retries": 1}
+    if protocol == "dicomweb":
+        return DicomWebPacs(protocol="dicomweb", url=server.dicomweb, auth="basic", **common)
+    return DimsePacs(
+        protocol="dimse",
+        host="127.0.0.1",
+        port=server.dicom_port,
+        called_aet=CALLED_AET,
+        calling_aet=CALLING_AET,
+        **common,
     )
 
 

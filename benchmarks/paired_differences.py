@@ -8,11 +8,8 @@ marginal intervals neither prove nor refute it. Every model of an evaluation sco
 difference has its own interval: one :class:`~medvision.evaluation.bootstrap.Bootstrap` (same patients drawn for
 both models in each resample) evaluated on both models' saved predictions, then subtracted.
 
-``--compare A B`` pairs the members of stages A and B that share a label fraction and reports test AUROC(A) -
-AUROC(B). It refuses (exit status 1, naming the models and what to do) to compare a model with itself: a stage with
-itself, two models of one name in ``metrics.json`` (one's predictions overwrote the other's), one prediction file
-for both, or two files whose predictions are identical. Such a difference is +0.000 by construction, not a finding.
-
+``--compare A B`` pairs the members of stages A and B (or the models named A and B) that share a label fraction and
+reports test AUROC(A) - AUROC(B); a model compared with itself (one run twice, or identical predictions) is refused.
 ``--ood`` reports, for every model with a HOD head, OOD AUROC of ``p_out`` minus that of MSP on the
 held-out conditions (outliers positive). Prints Markdown tables, then one JSON object as the last line.
 """
@@ -28,6 +25,7 @@ import pandas as pd
 
 from medvision.auroc import macro_auroc
 from medvision.evaluation.bootstrap import Bootstrap
+from medvision.evaluation.document import Evaluation, ModelMetrics
 from medvision.evaluation.ood import msp_score
 
 N_RESAMPLES = 1000
@@ -50,78 +48,36 @@ def _verdict(low: float, high: float) -> str:
     return "no difference shown"
 
 
-class SameModelError(SystemExit):
-    """Two compared models are one model's predictions: their difference would be zero by construction."""
+def compare(ev: Evaluation, first: str, second: str, seed: int) -> list[dict]:
+    """Test AUROC(first) - AUROC(second) for each label fraction both sides have.
 
-
-def refuse_duplicate_names(doc: dict, source: Path) -> None:
-    """Two models of one name share one predictions folder, so the second's predictions overwrote the first's."""
-    names = [m["name"] for m in doc["models"]]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise SameModelError(
-            f"{source}: {len(twice)} model name(s) appear more than once ({', '.join(twice)}); their predictions "
-            f"share one folder (predictions/<name>/), so one model's overwrote the other's and any comparison between "
-            "them would compare a model with itself. Re-run the evaluation so each model gets its own name."
-        )
-
-
-def refuse_same_predictions(
-    folder: Path, a: dict, b: dict, pa: Path, pb: Path, fa: pd.DataFrame, fb: pd.DataFrame
-) -> None:
-    """Refuse a pair that is one model's predictions twice: same file, identical bytes, or identical probabilities."""
-    why = None
-    if a["name"] == b["name"]:
-        why = f"both are model {a['name']!r}"
-    elif pa.resolve() == pb.resolve():
-        why = f"both read the same prediction file {pa}"
-    elif pa.read_bytes() == pb.read_bytes():
-        why = f"their prediction files {pa} and {pb} are byte for byte identical"
-    elif a["classes"] == b["classes"] and np.array_equal(_probs(fa, a["classes"]), _probs(fb, b["classes"])):
-        why = f"their predicted probabilities on the test images are identical ({pa}, {pb})"
-    if why:
-        raise SameModelError(
-            f"{folder}: refusing to compare {a['name']} with {b['name']}: {why}. The difference would be +0.000 by "
-            "construction, not a finding. Compare two different models: check the stage names given to --compare, "
-            "and if these are two runs evaluated together, re-run `medvision evaluate` so that each model has its "
-            "own name and predictions."
-        )
-
-
-def compare(folder: Path, models: dict[str, dict], first: str, second: str, seed: int) -> list[dict]:
-    """Test AUROC(first) - AUROC(second) for each label fraction both stages have.
+    ``first`` and ``second`` are model names, or stage names (every member of the stage, one per label fraction).
 
     Raises:
-        SameModelError: when ``first`` and ``second`` are one stage, or a pair's predictions are one model's.
+        SystemExit: a side names no model or two models of one label fraction; the two are one run, or their test
+            predictions are identical (a model compared with itself, which would print +0.000 as if it were a
+            finding).
     """
-    if first == second:
-        raise SameModelError(
-            f"{folder}: --compare {first} {second} compares stage {first!r} with itself; the difference would be "
-            "+0.000 by construction. Name two different stages."
-        )
     rows = []
-    by_fraction = {(m["stage"], m["label_fraction"]): m for m in models.values()}
-    for (stage, fraction), a in sorted(by_fraction.items(), key=lambda kv: kv[0][1]):
-        b = by_fraction.get((second, fraction))
-        if stage != first or b is None:
-            continue
-        pa, pb = (folder / "predictions" / m["name"] / "test.parquet" for m in (a, b))
-        fa, fb = pd.read_parquet(pa), pd.read_parquet(pb)
-        refuse_same_predictions(folder, a, b, pa, pb, fa, fb)
-        row = "case_id" if "case_id" in fa else "image_id"  # case cohorts are scored one row per case
+    side_a, side_b = _side(ev, first), _side(ev, second)
+    for fraction in sorted(set(side_a) & set(side_b)):
+        a, b = side_a[fraction], side_b[fraction]
+        fa, fb = ev.predictions(a.name, "test"), ev.predictions(b.name, "test")
+        row = "case_id" if ev.metrics.cohort.unit != "image" else "image_id"  # case cohorts: one row per case
         if not fa[row].equals(fb[row]):
-            raise SystemExit(f"{a['name']} and {b['name']} were not scored on the same test cases in the same order")
-        k = len(a["classes"])
+            raise SystemExit(f"{a.name} and {b.name} were not scored on the same test cases in the same order")
+        _refuse_self_comparison(a, b, _probs(fa, a.classes), _probs(fb, b.classes))
+        k = len(a.classes)
         keep = ((fa["label_idx"] >= 0) & (fa["label_idx"] < k)).to_numpy()
         y = fa["label_idx"].to_numpy()[keep]
         boot = Bootstrap(fa["patient_id"].to_numpy()[keep], n_resamples=N_RESAMPLES, seed=seed)
-        ra = boot.ci(macro_auroc, y, _probs(fa, a["classes"])[keep])
-        rb = boot.ci(macro_auroc, y, _probs(fb, b["classes"])[keep])
+        ra = boot.ci(macro_auroc, y, _probs(fa, a.classes)[keep])
+        rb = boot.ci(macro_auroc, y, _probs(fb, b.classes)[keep])
         d = ra - rb
         rows.append(
             {
-                "first": a["name"],
-                "second": b["name"],
+                "first": a.name,
+                "second": b.name,
                 "label_fraction": fraction,
                 "first_auroc": ra.point,
                 "second_auroc": rb.point,
@@ -133,27 +89,55 @@ def compare(folder: Path, models: dict[str, dict], first: str, second: str, seed
     return rows
 
 
-def hod_minus_msp(folder: Path, models: dict[str, dict], seed: int) -> list[dict]:
+def _side(ev: Evaluation, key: str) -> dict[float, ModelMetrics]:
+    """The models ``key`` names (a model name, else a stage), by label fraction."""
+    models = ev.metrics.models
+    named = [m for m in models if m.name == key] or [m for m in models if m.stage == key]
+    if not named:
+        raise SystemExit(
+            f"no model or stage {key!r} in this evaluation; models: {', '.join(m.name for m in models)}; "
+            f"stages: {', '.join(sorted({str(m.stage) for m in models}))}"
+        )
+    by_fraction: dict[float, ModelMetrics] = {}
+    for m in named:
+        if m.label_fraction in by_fraction:
+            raise SystemExit(
+                f"{key!r} names two models at label fraction {m.label_fraction:g} "
+                f"({by_fraction[m.label_fraction].name} and {m.name}); compare them by model name"
+            )
+        by_fraction[m.label_fraction] = m
+    return by_fraction
+
+
+def _refuse_self_comparison(a: ModelMetrics, b: ModelMetrics, pa: np.ndarray, pb: np.ndarray) -> None:
+    if a.run_id == b.run_id:
+        raise SystemExit(f"{a.name} and {b.name} are the same run ({a.run_id}): there is nothing to compare")
+    if pa.shape == pb.shape and np.array_equal(pa, pb):
+        raise SystemExit(
+            f"{a.name} (run {a.run_id}) and {b.name} (run {b.run_id}) made identical test predictions: one model's "
+            "predictions were saved under both names, or the two runs are one model; the difference would be 0 by "
+            "construction. Evaluate the runs again with this medvision (models get distinct names)"
+        )
+
+
+def hod_minus_msp(ev: Evaluation, seed: int) -> list[dict]:
     """OOD AUROC of HOD's p_out minus MSP's, held-out conditions vs test inliers, for every HOD model."""
     rows = []
-    for m in models.values():
-        ood_sets = (m.get("ood") or {}).get("outliers") or []
-        test_path = folder / "predictions" / m["name"] / "test.parquet"
-        parts = [pd.read_parquet(test_path)] + [
-            pd.read_parquet(folder / "predictions" / m["name"] / f"{s}.parquet") for s in ood_sets
-        ]
+    for m in ev.metrics.models:
+        ood_sets = m.ood.outliers if m.ood else []
+        parts = [ev.predictions(m.name, "test")] + [ev.predictions(m.name, s) for s in ood_sets]
         if not ood_sets or "ood_score" not in parts[0]:
             continue
-        k = len(m["classes"])
+        k = len(m.classes)
         inl = parts[0][(parts[0]["label_idx"] >= 0) & (parts[0]["label_idx"] < k)]
         both = pd.concat([inl, *parts[1:]], ignore_index=True)
         is_ood = np.r_[np.zeros(len(inl), bool), np.ones(len(both) - len(inl), bool)]
         boot = Bootstrap(both["patient_id"].to_numpy(), n_resamples=N_RESAMPLES, seed=seed)
         hod = boot.ci("auroc", is_ood, both["ood_score"].to_numpy())
-        msp = boot.ci("auroc", is_ood, msp_score(_probs(both, m["classes"])))
+        msp = boot.ci("auroc", is_ood, msp_score(_probs(both, m.classes)))
         d = hod - msp
         rows.append(
-            {"model": m["name"], "hod": hod.point, "msp": msp.point, "diff": d.point, "low": d.low, "high": d.high}
+            {"model": m.name, "hod": hod.point, "msp": msp.point, "diff": d.point, "low": d.low, "high": d.high}
         )
     return rows
 
@@ -165,13 +149,11 @@ def main() -> None:
     ap.add_argument("--ood", action="store_true", help="HOD p_out minus MSP for every HOD model")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    doc = json.loads((args.evaluation / "metrics.json").read_text())
-    refuse_duplicate_names(doc, args.evaluation / "metrics.json")
-    models = {m["name"]: m for m in doc["models"]}
+    ev = Evaluation.open(args.evaluation)
     summary: dict = {"evaluation": str(args.evaluation), "resamples": N_RESAMPLES, "compare": [], "ood": []}
 
     for first, second in args.compare:
-        rows = compare(args.evaluation, models, first, second, args.seed)
+        rows = compare(ev, first, second, args.seed)
         if not rows:
             raise SystemExit(f"no label fraction is shared by stages {first!r} and {second!r} in this evaluation")
         print(f"Test AUROC, {first} minus {second} (paired patient-level bootstrap, {N_RESAMPLES} resamples)\n")
@@ -186,7 +168,7 @@ def main() -> None:
         summary["compare"] += rows
 
     if args.ood:
-        rows = hod_minus_msp(args.evaluation, models, args.seed)
+        rows = hod_minus_msp(ev, args.seed)
         print(f"OOD AUROC on held-out conditions, HOD p_out minus MSP (paired, {N_RESAMPLES} resamples)\n")
         print("| model | HOD | MSP | difference (95% CI) | reading |")
         print("|---|---|---|---|---|")

@@ -36,6 +36,8 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from medvision.errors import InputError
+
 __all__ = [
     "ConfigError",
     "StrictModel",
@@ -67,8 +69,8 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ConfigError(ValueError):
-    """A config that cannot be used. The message names the file, the key and what is allowed."""
+class ConfigError(InputError):
+    """A config that cannot be used. The message names the file, the key and what is allowed (exit code 2)."""
 
 
 # -- loading -----------------------------------------------------------------------------------

@@ -10,6 +10,22 @@ import pytest
 _TEST_PSEUDONYM_KEY = "6d6564766973696f6e2d746573742d6b6579"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _feature_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory):
+    """Frozen features go to the user's cache folder by default; tests (and the runs they start in subprocesses,
+    which inherit the environment) keep theirs in the session's temporary folder instead."""
+    import os
+
+    folder = tmp_path_factory.mktemp("feature-cache")
+    before = os.environ.get("MEDVISION_FEATURE_CACHE")
+    os.environ["MEDVISION_FEATURE_CACHE"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("MEDVISION_FEATURE_CACHE", None)
+    else:
+        os.environ["MEDVISION_FEATURE_CACHE"] = before
+
+
 @pytest.fixture(scope="session")
 def synth_cxr_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A built synthetic chest X-ray cohort (300 patients, 32 px, 1 channel; 3 inlier classes + 1

@@ -79,6 +79,23 @@ def test_config_typo_fails_at_load():
         parse_config(raw, FinetuneConfig)
 
 
+def test_one_vocabulary_for_fine_tuning_and_pretraining_and_old_spellings_still_load():
+    """Pretraining said rgb | grayscale (key `pipeline`) for what fine-tuning calls photo | radiograph (`preset`)."""
+    from typing import get_args
+
+    from medvision.ssl import AugmentConfig, PretrainConfig
+
+    two_view = set(get_args(AugmentConfig.model_fields["preset"].annotation))
+    assert two_view == set(get_args(FinetuneAugmentConfig.model_fields["preset"].annotation)) - {"none"}
+    raw = {"data": {"cohort_dir": "x"}, "backbone": {"name": "resnet-tiny"}, "augment": {"pipeline": "grayscale"}}
+    with pytest.warns(FutureWarning, match=r"augment\.pipeline is now augment\.preset"):
+        assert parse_config(raw, PretrainConfig).augment.preset == "radiograph"
+    with pytest.warns(FutureWarning, match=r"augment\.preset: 'rgb' is now spelt 'photo'"):
+        assert FinetuneAugmentConfig(preset="rgb").preset == "photo"
+    with pytest.warns(FutureWarning, match="'grayscale' is now spelt 'radiograph'"):
+        assert AugmentConfig(preset="grayscale").preset == "radiograph"
+
+
 def test_seeded_sampler_keeps_the_order_of_the_plain_one():
     plain, seeded = EpochSampler(50, seed=4), EpochSampler(50, seed=4, seeded=True)
     for epoch in (0, 3):

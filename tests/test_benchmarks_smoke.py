@@ -153,18 +153,30 @@ def test_quarantine_scrub_times_the_old_loop_against_the_scrubber_and_both_redac
 
 
 def _evaluation(folder: Path, models: dict[str, np.ndarray], names: dict[str, str] | None = None) -> Path:
-    """A minimal evaluation folder: metrics.json naming the models, each with its test predictions."""
+    """A minimal evaluation folder: a valid metrics.json naming the models, each with its test predictions."""
     n = 60
     y = np.arange(n) % 2
-    doc: dict[str, list] = {"models": []}
-    for stage, probs in models.items():
+    entries = []
+    for i, (stage, probs) in enumerate(models.items()):
         name = (names or {}).get(stage, f"{stage}-1.0")
-        doc["models"].append({"name": name, "stage": stage, "label_fraction": 1.0, "classes": ["neg", "pos"]})
+        entries.append(
+            {"name": name, "run_id": f"run{i}", "stage": stage, "label_fraction": 1.0, "classes": ["neg", "pos"],
+             "positive_class": "pos", "temperature": 1.0, "sets": {}}
+        )  # fmt: skip
         (folder / "predictions" / name).mkdir(parents=True, exist_ok=True)
         frame = pd.DataFrame({"image_id": [f"i{i}" for i in range(n)], "patient_id": [f"p{i // 2}" for i in range(n)]})
         frame["label_idx"] = y
         frame["p:neg"], frame["p:pos"] = 1 - probs, probs
         frame.to_parquet(folder / "predictions" / name / "test.parquet")
+    doc = {
+        "schema_version": 2,
+        "code_version": {"package": "0", "commit": None, "dirty": None, "label": "test", "key": "k"},
+        "cohort": {"name": "c", "manifest_sha256": "0" * 64, "classes": ["neg", "pos"], "dir": "."},
+        "settings": {"sets": ["test"], "subgroups": [], "bootstrap": 10, "min_patients": 1, "referral_rate": 0.1,
+                     "seed": 0, "outlier_sets": [], "costs": {}, "risk": {}},
+        "primary_model": None,
+        "models": entries,
+    }  # fmt: skip
     (folder / "metrics.json").write_text(json.dumps(doc))
     return folder
 
@@ -185,9 +197,9 @@ def test_paired_differences_compares_two_different_models(tmp_path):
 @pytest.mark.parametrize(
     ("case", "expected"),
     [
-        ("same stage", "compares stage 'imagenet' with itself"),
-        ("identical predictions", "predicted probabilities on the test images are identical"),
-        ("identical files", "byte for byte identical"),
+        ("same stage", "are the same run"),
+        ("identical predictions", "made identical test predictions"),
+        ("identical files", "made identical test predictions"),
         ("one name for two models", "model name(s) appear more than once (finetune-1.0)"),
     ],
 )
@@ -213,7 +225,7 @@ def test_paired_differences_refuses_to_compare_a_model_with_itself(tmp_path, cas
     proc = _run_failing("paired_differences.py", str(tmp_path), "--compare", *compare)
     assert proc.returncode == 1, proc.stdout
     assert expected in proc.stderr
-    assert "+0.000 by construction" in proc.stderr or "overwrote" in proc.stderr
+    assert "by construction" in proc.stderr or "nothing to compare" in proc.stderr or "overwrote" in proc.stderr
     assert "difference (95% CI)" not in proc.stdout  # no table was printed
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -94,3 +96,44 @@ def test_cache_appends_many_shards_and_names_them_when_the_index_is_saved(tmp_pa
     assert len(reopened) == 6 and reopened.get("s1-0")[0, 0, 0] == 10
     assert reopened.append([("new", np.zeros((1, 8, 8), np.uint8))]) == 1  # the next shard number follows on
     assert sorted(p.name for p in cache.dir.glob("shard-*.npy")) == [f"shard-0000{i}.npy" for i in range(4)]
+
+
+def test_two_writers_of_one_cache_lose_no_entry_and_never_share_a_shard(tmp_path):
+    # Two builds (or a build and a rebuild) write one recipe folder: each opened it before the other wrote. The
+    # second writer must neither take the first one's shard number (overwriting its images) nor drop its index.
+    params = PreprocessSpec(size=8, channels=1)
+    a, b = PreprocessCache(tmp_path, params), PreprocessCache(tmp_path, params)
+    assert a.append([("a1", np.full((1, 8, 8), 1, np.uint8))], save_index=False) == 1
+    assert b.append([("b1", np.full((1, 8, 8), 2, np.uint8)), ("a1", np.full((1, 8, 8), 1, np.uint8))]) == 2
+    a.save_index()  # after b saved its own: a's index write must keep b's entries
+    reopened = PreprocessCache(tmp_path, params)
+    assert len(reopened) == 2 and reopened.get("a1")[0, 0, 0] == 1 and reopened.get("b1")[0, 0, 0] == 2
+    assert sorted(p.name for p in a.dir.glob("shard-*.npy")) == ["shard-00000.npy", "shard-00001.npy"]
+    assert a.remove_temporaries() == 0 and sorted(p.name for p in a.dir.iterdir() if p.name.startswith(".")) == [
+        ".lock"
+    ]
+
+
+def test_private_files_are_owner_only_whatever_the_umask_and_create_only_never_replaces(tmp_path):
+    from medvision._atomic import atomic_write_text, private_dir
+
+    old = os.umask(0o022)  # the default that left pulled DICOM and cohorts readable by every local account
+    try:
+        target = atomic_write_text(tmp_path / "new" / "deep" / "card.json", "{}", private=True)
+        cache = PreprocessCache(tmp_path / "cache", PreprocessSpec(size=8, channels=1))
+        cache.append([("k", np.zeros((1, 8, 8), np.uint8))])
+        open_folder = tmp_path / "shared"
+        open_folder.mkdir(mode=0o755)
+        private_dir(open_folder)
+    finally:
+        os.umask(old)
+    assert _mode(target) == 0o600 and _mode(target.parent) == _mode(tmp_path / "new") == 0o700
+    assert {_mode(p) for p in cache.dir.iterdir()} == {0o600} and _mode(cache.dir) == _mode(cache.dir.parent) == 0o700
+    assert _mode(open_folder) == 0o700  # an existing folder is tightened
+    with pytest.raises(FileExistsError):
+        atomic_write_text(target, "replaced", replace=False)
+    assert target.read_text() == "{}" and [p.name for p in target.parent.iterdir()] == ["card.json"]
+
+
+def _mode(path) -> int:
+    return path.stat().st_mode & 0o777

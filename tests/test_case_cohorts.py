@@ -120,7 +120,33 @@ def test_a_slice_that_cannot_be_decoded_takes_its_whole_case(ct_source, tmp_path
     kept = pd.read_parquet(tmp_path / "out" / "manifest.parquet")
     assert not kept["relpath"].str.startswith(series + "/").any()
     assert "could not be decoded" in " ".join(q.loc[q["stage"] == "case", "reason"])
-    assert card["cases"]["quarantined_cases"] == sum(1 for d in DEFECTS.values() if d == "quarantine") + 1
+    assert card.cases is not None
+    assert card.cases.quarantined_cases == sum(1 for d in DEFECTS.values() if d == "quarantine") + 1
+
+
+def test_a_second_copy_of_a_slice_is_a_duplicate_not_a_doubled_slice(ct_source, tmp_path):
+    """Cases are formed after one copy per SOP instance is kept: a slice copied into a second folder of the
+    series is quarantined as a duplicate, and its series stays whole (not refused for 'duplicate slice positions')."""
+    spec = yaml.safe_load(ct_source.read_text())
+    spec["labels"]["csv"] = str(ct_source.parent / "labels.csv")
+    images = tmp_path / "images"
+    shutil.copytree(ct_source.parent / "images", images)
+    spec["images"] = str(images)
+    truth = pd.read_csv(ct_source.parent / "slices_truth.csv", keep_default_na=False)
+    victim = truth[truth["defect"] == ""].iloc[2]
+    series = victim["relpath"].rsplit("/", 1)[0]
+    copy = f"{series}/zz-copy.dcm"
+    shutil.copyfile(images / victim["relpath"], images / copy)
+    (tmp_path / "cohort.yaml").write_text(yaml.safe_dump(spec))
+    card = build_cohort(tmp_path / "cohort.yaml", tmp_path / "out")
+    q = pd.read_csv(tmp_path / "out" / "quarantine.csv")
+    assert q.loc[q["relpath"] == copy, "reason"].str.contains("duplicate SOP Instance UID").all()
+    assert (q["relpath"] == copy).sum() == 1
+    kept = pd.read_parquet(tmp_path / "out" / "manifest.parquet")
+    mates = set(truth.loc[truth["relpath"].str.startswith(series + "/"), "relpath"])
+    assert mates <= set(kept["relpath"]), "the series is kept whole, with one copy of the copied slice"
+    assert card.cases is not None
+    assert card.cases.quarantined_cases == sum(1 for d in DEFECTS.values() if d == "quarantine")
 
 
 def test_patient_cases_over_several_views(tmp_path):

@@ -134,7 +134,7 @@ def test_build_accounts_for_every_file_and_leaks_no_phi(source, tmp_path, caplog
     labelled_patients = set(m.loc[m["label"].notna(), "patient_id"])
     for patient, split in zip(unl["patient_id"], unl["split"]):
         assert split in ("unlabelled", "site_ood") or patient in labelled_patients
-    assert card["images"] == len(m) == 13 and card["quarantined"] == 4
+    assert card.images == len(m) == 13 and card.quarantined == 4
     assert m["patient_id"].str.match(r"^P-[0-9a-f]{16}$").all()
     # PHI never leaves the cohort layer
     text = _all_text(out) + caplog.text + "\n".join(str(w.message) for w in recwarn)
@@ -155,14 +155,14 @@ def test_build_accounts_for_every_file_and_leaks_no_phi(source, tmp_path, caplog
 def test_rebuild_uses_cache_and_changed_preprocessing_decodes_again(source, tmp_path):
     out = tmp_path / "out"
     first = build_cohort(source, out)
-    assert first["build"]["decoded_now"] == first["images"]
+    assert first.build.decoded_now == first.images
     again = build_cohort(source, out)
-    assert again["build"]["decoded_now"] == 0 and again["build"]["from_cache"] == again["images"]
-    assert again["manifest_sha256"] == first["manifest_sha256"]
+    assert again.build.decoded_now == 0 and again.build.from_cache == again.images
+    assert again.manifest_sha256 == first.manifest_sha256
     spec = load_spec(source)
     bigger = spec.model_copy(update={"preprocess": spec.preprocess.model_copy(update={"size": 20})})
     third = build_cohort(bigger, out)
-    assert third["build"]["decoded_now"] == third["images"]
+    assert third.build.decoded_now == third.images
     m = pd.read_parquet(out / "manifest.parquet")
     from medvision.cohort.cohort import open_cohort
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from mlflow import MlflowClient
@@ -106,9 +107,12 @@ def _linear(cohort_dir, tmp_path, name: str, feature_cache: bool) -> dict:
 @pytest.mark.slow
 def test_linear_head_from_cached_features_equals_the_end_to_end_one(synth_cxr_cohort, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    own = shutil.copytree(synth_cxr_cohort, tmp_path / "cohort")  # the fast path writes features beside its cache
+    own = shutil.copytree(synth_cxr_cohort, tmp_path / "cohort")
+    monkeypatch.setenv("MEDVISION_FEATURE_CACHE", str(tmp_path / "features"))
+    before = _listing(own)
     fast = finetune(parse_config(_linear(own, tmp_path, "fast", True), FinetuneConfig))
-    assert (own / "cache" / "features").is_dir()
+    assert _listing(own) == before  # the cohort stays read-only: the features went to the feature cache
+    assert list((tmp_path / "features").glob("*/index.parquet"))
     slow = finetune(parse_config(_linear(own, tmp_path, "slow", False), FinetuneConfig))
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert client.get_run(fast.run_id).data.params["data.feature_path"] == "True"
@@ -124,12 +128,14 @@ def test_linear_head_from_cached_features_equals_the_end_to_end_one(synth_cxr_co
         assert fast.metrics[name] == pytest.approx(slow.metrics[name], rel=1e-4, abs=1e-5), name
 
 
-def test_evaluation_of_a_frozen_backbone_reads_the_cache_and_predicts_the_same(synth_cxr_cohort, tmp_path):
+def test_evaluation_of_a_frozen_backbone_reads_the_cache_and_predicts_the_same(synth_cxr_cohort, tmp_path, monkeypatch):
     from medvision.classifier import Classifier
     from medvision.evaluation.predict import predict_rows
     from medvision.heads import create_head
 
+    monkeypatch.setenv("MEDVISION_FEATURE_CACHE", str(tmp_path / "features"))
     own = open_cohort(shutil.copytree(synth_cxr_cohort, tmp_path / "cohort"))
+    before = _listing(own.root)
     rows = own.rows("val")
     torch.manual_seed(0)
     head = create_head("hod", 64, 3, num_outlier_classes=1)
@@ -139,7 +145,89 @@ def test_evaluation_of_a_frozen_backbone_reads_the_cache_and_predicts_the_same(s
     np.testing.assert_allclose(cached.probs, direct.probs, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(cached.embeddings, direct.embeddings, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(cached.ood_score, direct.ood_score, rtol=1e-5, atol=1e-6)
-    assert (own.root / "cache" / "features").is_dir()
+    assert _listing(own.root) == before  # nothing written into the cohort
     store = FeatureCache.for_cohort(own.cache, frozen.backbone)
+    assert store.dir.parent == tmp_path / "features"
     store.features(own.cache, rows["cache_key"].tolist())
     assert store.computed == 0  # the evaluation left them there for the next set, detector or re-run
+
+
+def _listing(folder) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*"))}
+
+
+_EMBED = """
+import sys, time
+from pathlib import Path
+import numpy as np, torch
+from medvision.cohort.cohort import open_cohort
+from medvision.engine.features import FeatureCache
+from medvision.models import create_backbone
+
+cohort_dir, root, start, stop, out, barrier, me = sys.argv[1:]
+cohort = open_cohort(cohort_dir)
+keys = cohort.manifest["cache_key"].tolist()[int(start):int(stop)]
+torch.manual_seed(0)
+store = FeatureCache(root, create_backbone("resnet-tiny", weights="none", in_chans=1).eval(), batch_size=16)
+Path(barrier, me).touch()
+while len(list(Path(barrier).iterdir())) < 2:  # both processes ready: start embedding together
+    time.sleep(0.005)
+np.save(out, store.features(cohort.cache, keys))
+print(store.computed)
+"""
+
+
+def test_two_processes_embedding_one_cohort_at_once_get_identical_uncorrupted_features(cohort, tmp_path):
+    """Two runs (a sweep's members, an evaluation beside a probe) embed overlapping sets of one cohort's images
+    into one feature store at the same moment. With the old copy of the cache both took shard number 0 and one
+    temporary name, and the last index written won: one process's features were read back for the other's keys,
+    or entries were lost. Real processes, the real shard store, the real cohort."""
+    import subprocess
+    import sys
+
+    keys = cohort.manifest["cache_key"].tolist()
+    n = len(keys)
+    halves = [(0, 2 * n // 3), (n // 3, n)]  # the middle third is embedded by both
+    (tmp_path / "barrier").mkdir()
+    script = tmp_path / "embed.py"
+    script.write_text(_EMBED)
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(script),
+                str(cohort.root),
+                str(tmp_path / "features"),
+                str(a),
+                str(b),
+                str(tmp_path / f"out{i}.npy"),
+                str(tmp_path / "barrier"),
+                str(i),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i, (a, b) in enumerate(halves)
+    ]
+    results = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, results):
+        assert p.returncode == 0, err[-3000:]
+    computed = [int(out.split()[-1]) for out, _ in results]
+    assert computed == [b - a for a, b in halves]  # both embedded at once: each found the store empty
+    first, second = np.load(tmp_path / "out0.npy"), np.load(tmp_path / "out1.npy")
+    np.testing.assert_array_equal(first[n // 3 :], second[: 2 * n // 3 - n // 3])  # the shared third agrees
+
+    reader = FeatureCache(tmp_path / "features", _backbone(), batch_size=16)
+    stored = reader.features(cohort.cache, keys)
+    assert reader.computed == 0  # every entry of both processes was saved ...
+    np.testing.assert_array_equal(stored[: 2 * n // 3], first)  # ... and reads back as its writer computed it
+    np.testing.assert_array_equal(stored[n // 3 :], second)
+    with torch.no_grad():  # and they are the backbone's embeddings of those images, not another image's
+        x = torch.from_numpy(np.stack([cohort.cache.to_float(cohort.cache.get(k)) for k in keys]))
+        np.testing.assert_allclose(stored, _backbone()(x).numpy(), rtol=1e-4, atol=1e-5)
+    index = pd.read_parquet(reader.dir / "index.parquet")
+    assert index["key"].is_unique and set(index["key"]) == set(keys)
+    assert not [p for p in reader.dir.iterdir() if ".tmp" in p.name]
+    assert oct(reader.dir.stat().st_mode & 0o777) == "0o700"
+    assert {oct(p.stat().st_mode & 0o777) for p in reader.dir.glob("*.*")} == {"0o600"}

@@ -301,6 +301,7 @@ def test_warmup_then_cosine_schedule_per_step():
 
 @pytest.mark.slow
 def test_a_second_different_finetune_in_the_same_folder_refuses_to_resume_the_first(synth_cxr_cohort, tmp_path):
+    from medvision.engine.identity import RunIdentity
     from medvision.engine.trainer import ResumeMismatch
 
     first = parse_config(_config(synth_cxr_cohort, tmp_path, "runs-finetune", optim={"epochs": 1}), FinetuneConfig)
@@ -311,10 +312,9 @@ def test_a_second_different_finetune_in_the_same_folder_refuses_to_resume_the_fi
     with pytest.raises(ResumeMismatch, match=r"optim\.lr: 0\.01 there, 0\.02 now.*resume=never"):
         finetune(parse_config(other, FinetuneConfig))
     # another cohort (a different manifest) is another run too, whatever the config says
-    (tmp_path / "runs-finetune" / "run-identity.json").write_text(
-        (tmp_path / "runs-finetune" / "run-identity.json").read_text().replace('"manifest', '"x')
-    )
-    with pytest.raises(ResumeMismatch, match=r"manifest_sha256"):
+    identity = RunIdentity.read(tmp_path / "runs-finetune" / "run-identity.json")
+    identity.model_copy(update={"manifest_sha256": "0" * 64}).write(tmp_path / "runs-finetune" / "run-identity.json")
+    with pytest.raises(ResumeMismatch, match=r"manifest_sha256: '0000"):
         finetune(first)
     fresh = finetune(parse_config({**other, "resume": "never"}, FinetuneConfig))
     assert fresh.metrics and fresh.run_id is not None

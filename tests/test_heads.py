@@ -472,3 +472,43 @@ def test_targets_are_validated() -> None:
         hod.loss(out, torch.zeros(2, 3))
     with pytest.raises(ValueError, match=r"\(B, 8\)"):
         hod(torch.randn(2, 7))
+
+
+# ---------------------------------------------------------------------------------------------
+# what a head declares instead of being special-cased by name
+
+
+class _Cohort:
+    def __init__(self, k: int, m: int) -> None:
+        self.num_inlier_classes, self.num_outlier_classes = k, m
+
+
+def test_hod_takes_its_abstention_classes_from_the_cohort_and_refuses_a_mismatch() -> None:
+    assert HODHead.cohort_options == {"num_outlier_classes"}
+    assert HODHead.options_for_cohort({"coarse_weight": 0.1}, _Cohort(3, 2)) == {
+        "coarse_weight": 0.1,
+        "num_outlier_classes": 2,
+    }
+    with pytest.raises(HeadConfigError, match="num_outlier_classes is 3 but the cohort has 2"):
+        HODHead.options_for_cohort({"num_outlier_classes": 3}, _Cohort(3, 2))
+    with pytest.raises(HeadConfigError, match="needs training outlier conditions"):
+        HODHead.options_for_cohort({}, _Cohort(3, 0))
+    linear = create_head("linear", 4, 2).options_for_cohort({"label_smoothing": 0.1}, _Cohort(2, 5))
+    assert linear == {"label_smoothing": 0.1}  # a head that takes nothing from the cohort
+
+
+def test_a_head_names_its_own_ood_score_and_the_ood_tables_use_that_name() -> None:
+    from test_evaluation_tables import _preds
+
+    from medvision.evaluation.tables import ood_tables
+    from medvision.heads import ood_score_names
+
+    assert ood_score_names() == ["hod"] and HODHead.ood_score_name == "hod"
+    assert create_head("linear", 4, 2).ood_score_name is None  # no built-in score: post-hoc detectors only
+    inliers, outliers = _preds(40, 3, 0), _preds(20, 3, 1)
+    for p, level in ((inliers, 0.1), (outliers, 0.9)):
+        p.ood_score, p.ood_score_name = np.full(len(p.frame), level), "evidence"
+    rows, _, _ = ood_tables(inliers, outliers, {}, n_resamples=10, seed=0)
+    names = [r["detector"] for r in rows]
+    assert "evidence" in names and "hod" not in names
+    assert next(r for r in rows if r["detector"] == "evidence")["auroc"] == 1.0

@@ -18,21 +18,31 @@ def test_class_names_with_markup_print_literally_in_the_cohort_card():
 
     from rich.console import Console
 
-    from medvision.cohort.card import print_card
+    from medvision.cohort.card import CohortCard, print_card
 
     split = {"by_label": {n: 1 for n in HOSTILE_NAMES}, "patients": 4, "images": 4, "by_subgroup": {}}
-    card = {
-        "name": "c",
-        "images": 4,
-        "patients": 4,
-        "quarantined": 0,
-        "manifest_version": 1,
-        "manifest_sha256": "0" * 64,
-        "classes": HOSTILE_NAMES,
-        "counts": {"train": split},
-        "subgroups": [],
-        "quarantine_reasons": {"[red]odd[/red] file": 1},
-    }
+    card = CohortCard(
+        name="c",
+        images=4,
+        patients=4,
+        quarantined=0,
+        manifest_version=1,
+        manifest_sha256="0" * 64,
+        classes=HOSTILE_NAMES,
+        num_inlier_classes=len(HOSTILE_NAMES),
+        class_counts={},
+        outlier_conditions=[],
+        heldout_conditions=[],
+        heldout_sites=[],
+        label_fractions=[1.0],
+        counts={"train": split},
+        subgroups=[],
+        labels={},
+        rules=[],
+        pseudonym_key="test",
+        spec={},
+        quarantine_reasons={"[red]odd[/red] file": 1},
+    )
     buf = io.StringIO()
     print_card(card, Console(file=buf, width=200, color_system=None))
     text = buf.getvalue()

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
-from medvision.ssl.augment import AugmentConfig, TwoViewAugment, resolve_pipeline
+from medvision.ssl.augment import AugmentConfig, TwoViewAugment, resolve_preset
 from medvision.ssl.micle import PairDataset, PairSampler, plan_pairs
 
 
@@ -78,7 +78,7 @@ def test_dataloader_batches_follow_the_sampler_and_views_are_seeded():
     images = rng.random((12, 3, 16, 16)).astype(np.float32)
     patients = ["A", "A", "B", "C", "C", "C", "D", "E", "F", "F", "G", "H"]
     sampler = PairSampler(patients, batch_size=4, mode="micle", seed=3)
-    augment = TwoViewAugment("rgb", 16, AugmentConfig())
+    augment = TwoViewAugment("photo", 16, AugmentConfig())
     ds = PairDataset(lambda i: images[i], augment, len(images))
     loader = DataLoader(ds, sampler=sampler, batch_size=4, drop_last=True)
     sampler.set_epoch(1)
@@ -95,18 +95,18 @@ def test_dataloader_batches_follow_the_sampler_and_views_are_seeded():
     assert not torch.equal(next(iter(loader))["view1"], first[0]["view1"])
 
 
-def test_augment_pipeline_resolution_and_channels():
-    assert resolve_pipeline("auto", 1) == "grayscale"
-    assert resolve_pipeline("auto", 3, "DX") == "grayscale"
-    assert resolve_pipeline("auto", 3, "XC") == "rgb"
-    assert resolve_pipeline("rgb", 1) == "rgb"
-    gray = TwoViewAugment("grayscale", 24, AugmentConfig())
+def test_augment_preset_resolution_and_channels():
+    assert resolve_preset("auto", 1) == "radiograph"
+    assert resolve_preset("auto", 3, "DX") == "radiograph"
+    assert resolve_preset("auto", 3, "XC") == "photo"
+    assert resolve_preset("photo", 1) == "photo"  # asked for by name: not second-guessed
+    gray = TwoViewAugment("radiograph", 24, AugmentConfig())
     x = np.random.default_rng(1).random((1, 24, 24)).astype(np.float32)
     out = gray(x, 7)
     assert out.shape == (1, 24, 24) and float(out.min()) >= 0.0 and float(out.max()) <= 1.0
     assert torch.equal(out, gray(x, 7)) and not torch.equal(out, gray(x, 8))
     with pytest.raises(ValueError, match="3-channel"):
-        TwoViewAugment("rgb", 24, AugmentConfig())(x, 0)
+        TwoViewAugment("photo", 24, AugmentConfig())(x, 0)
 
 
 # -- the pool ---------------------------------------------------------------------------------------------------

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import http.server
 import json
 import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+import requests
 import yaml
 from dicom_factory import dicom_image, write
 from orthanc_server import CALLED_AET, CALLING_AET, start_orthanc
@@ -104,6 +107,22 @@ def _spec(pacs, tmp: Path, protocol: str, subset: bool = False, **pacs_extra) ->
     return path
 
 
+def _indexed(store: Path) -> dict[str, str]:
+    """SOP Instance UID -> SHA-256 of every instance the store's records name (merged file and pending segments)."""
+    index: dict[str, str] = {}
+    for path in [store / "index.jsonl", *sorted((store / "index.d").glob("*.jsonl"))]:
+        try:
+            lines = path.read_text().splitlines()
+        except FileNotFoundError:  # a segment merged away meanwhile
+            continue
+        index.update((rec["sop"], rec["sha256"]) for rec in map(json.loads, lines))
+    return index
+
+
+def _temporaries(store: Path) -> list[Path]:
+    return [p for p in store.rglob("*") if ".tmp" in p.name or p.suffix == ".part"]
+
+
 @pytest.fixture
 def env(monkeypatch):
     monkeypatch.setenv("MEDVISION_PSEUDONYM_KEY", KEY)
@@ -127,15 +146,14 @@ def test_dicomweb_and_dimse_pulls_build_identical_manifests(pacs, env, tmp_path)
         manifests[protocol] = pd.read_parquet(tmp_path / protocol / "cohort" / "manifest.parquet")
         # The RLE instance kept its compression on the way (no transcoding by either transport).
         store = tmp_path / protocol / "store"
-        index = dict(json.loads(line).values() for line in (store / "index.jsonl").read_text().splitlines())
-        sha = index[pacs["rle_sop"]]
+        sha = _indexed(store)[pacs["rle_sop"]]
         assert pydicom.dcmread(store / "instances" / sha[:2] / f"{sha}.dcm").file_meta.TransferSyntaxUID == RLELossless
         quarantine = pd.read_csv(tmp_path / protocol / "cohort" / "quarantine.csv")
         assert len(quarantine) == 1 and quarantine["stage"].iloc[0] == "decode"  # the truncated pixels
     web, dimse = manifests["dicomweb"], manifests["dimse"]
     assert len(web) == n - 1 and web["content_sha256"].nunique() == n - 1
     pd.testing.assert_frame_equal(web, dimse)
-    assert cards["dicomweb"]["manifest_sha256"] == cards["dimse"]["manifest_sha256"]
+    assert cards["dicomweb"].manifest_sha256 == cards["dimse"].manifest_sha256
 
 
 def test_dimse_responses_wait_for_the_request_that_asked_for_them(pacs, tmp_path):
@@ -146,11 +164,11 @@ def test_dimse_responses_wait_for_the_request_that_asked_for_them(pacs, tmp_path
     answer to the searches that follow."""
     from pynetdicom.dimse_primitives import C_FIND
 
-    from medvision.cohort.spec import PacsSpec
+    from medvision.cohort.spec import DimsePacs
     from medvision.sources.pacs.dimse import DimseSource
 
     server = pacs["server"]
-    spec = PacsSpec(
+    spec = DimsePacs(
         protocol="dimse",
         host="127.0.0.1",
         port=server.dicom_port,
@@ -183,7 +201,6 @@ def test_dimse_responses_wait_for_the_request_that_asked_for_them(pacs, tmp_path
 def test_a_killed_pull_resumes_without_downloading_again(pacs, env, tmp_path):
     n = _expected_dx_cr(pacs)
     spec = _spec(pacs, tmp_path, "dicomweb", concurrency=1)
-    index = tmp_path / "store" / "index.jsonl"
     proc = subprocess.Popen(
         [sys.executable, "-m", "medvision.cli", "cohort", "pull", str(spec), "--no-progress"],
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
@@ -192,21 +209,21 @@ def test_a_killed_pull_resumes_without_downloading_again(pacs, env, tmp_path):
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
-        if index.exists() and len(index.read_text().splitlines()) >= 5:
+        if len(_indexed(tmp_path / "store")) >= 5:
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.002)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the pull finished before it could be killed"
-    present = {json.loads(x)["sop"] for x in index.read_text().splitlines() if x.endswith("}")}
+    present = set(_indexed(tmp_path / "store"))
     assert 5 <= len(present) < n
 
     summary = pull_cohort(spec, progress=False)
     assert summary.skipped == len(present) and summary.retrieved == n - len(present)
-    lines = [json.loads(x) for x in index.read_text().splitlines() if x.endswith("}")]
-    assert len({x["sop"] for x in lines}) == n
+    assert len(_indexed(tmp_path / "store")) == n
+    assert not list((tmp_path / "store" / "index.d").glob("*"))  # merged into index.jsonl when the pull ended
     assert len(list((tmp_path / "store" / "instances").rglob("*.dcm"))) == n
-    assert not list((tmp_path / "store" / "tmp").iterdir())
+    assert _temporaries(tmp_path / "store") == []
     # A third pull finds everything present and retrieves nothing.
     again = pull_cohort(spec, progress=False)
     assert (again.retrieved, again.skipped) == (0, n)
@@ -219,7 +236,7 @@ def test_stopped_server_wrong_password_and_empty_query_fail_clearly(pacs, env, t
     with pytest.raises(PacsUnreachableError, match="cannot reach the PACS at http://127.0.0.1:"):
         pull_cohort(dead, progress=False)
     store = tmp_path / "dead" / "store"
-    assert not list((store / "instances").rglob("*")) and not list((store / "tmp").iterdir())
+    assert not list((store / "instances").rglob("*")) and _temporaries(store) == []
 
     dead_dimse = _spec(pacs, tmp_path / "dead2", "dimse", port=free_port())
     with pytest.raises(PacsUnreachableError, match="cannot reach the PACS"):
@@ -282,8 +299,8 @@ def test_planted_patient_id_and_password_never_leave_the_pull(pacs, env, tmp_pat
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     exp = client.create_experiment("pacs", artifact_location=str(tmp_path / "mlruns" / "artifacts"))
     run = client.create_run(exp).info.run_id
-    client.log_param(run, "cohort.name", card["name"])
-    client.log_param(run, "cohort.manifest_sha256", card["manifest_sha256"])
+    client.log_param(run, "cohort.name", card.name)
+    client.log_param(run, "cohort.manifest_sha256", card.manifest_sha256)
     client.log_artifact(run, str(tmp_path / "cohort" / "cohort.json"), "cohort")
     client.log_artifact(run, str(tmp_path / "store" / "pull.json"), "cohort")
     client.set_terminated(run)
@@ -302,3 +319,123 @@ def test_planted_patient_id_and_password_never_leave_the_pull(pacs, env, tmp_pat
         assert secret not in blob
     # The progress bar was drawn (to stderr, which the secret check above read): "pulling", then done/total.
     assert "pulling" in err and f"{summary.retrieved}/{summary.retrieved}" in err, err[-500:]
+
+
+def test_a_pull_and_the_cohort_built_from_it_are_owner_only_whatever_the_umask(pacs, env, tmp_path):
+    """Issue 21 probe #3: with the default umask (022) `medvision cohort pull` left identifiable DICOM,
+    `index.jsonl` (SOP UIDs) and `pull.json` 0644 in 0755 folders, readable by every local account."""
+    spec = _spec(pacs, tmp_path, "dimse")
+    cli = f"{sys.executable} -m medvision.cli cohort"
+    script = f"umask 022 && {cli} pull {spec} --no-progress && {cli} build {spec} --out {tmp_path / 'cohort'}"
+    done = subprocess.run(
+        ["sh", "-c", script],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for root in (tmp_path / "store", tmp_path / "cohort"):
+        entries = [root, *root.rglob("*")]
+        files = [p for p in entries if p.is_file()]
+        assert {oct(p.stat().st_mode & 0o777) for p in entries if p.is_dir()} == {"0o700"}, root
+        assert {oct(p.stat().st_mode & 0o777) for p in files} == {"0o600"}, root
+        names = {p.name for p in files}
+        assert names >= ({"index.jsonl", "pull.json"} if root.name == "store" else {"manifest.parquet", "cohort.json"})
+    assert len(list((tmp_path / "store" / "instances").rglob("*.dcm"))) > 0
+
+
+def test_url_encoded_identifiers_in_library_debug_lines_are_scrubbed(pacs, env, tmp_path, caplog):
+    """HTTP libraries quote request URLs, where a patient ID is percent-encoded (``PID%200042%2F7``): a scrubber
+    replacing literal values let them through. An operator debugging a pull sets urllib3 to DEBUG: each request
+    line is shown, with every request value removed in any spelling."""
+    from urllib.parse import quote, quote_plus
+
+    planted = json.loads((pacs["root"] / "source" / "phi_planted.json").read_text())
+    real = sorted(planted["patient_ids"])[:1]
+    odd = ["PID 0042/7", "DOE^JANE", "Ünïcode Näme"]
+    request = tmp_path / "request.csv"
+    pd.DataFrame({"mrn": [*real, *odd]}).to_csv(request, index=False)
+    spec = _spec(
+        pacs,
+        tmp_path,
+        "dicomweb",
+        subset=True,
+        query={"body_part": "CHEST"},
+        request_list={"csv": str(request), "column": "mrn", "key": "PatientID"},
+    )
+    for name in ("urllib3", "dicomweb_client"):
+        logging.getLogger(name).setLevel(logging.DEBUG)
+    try:
+        with caplog.at_level(logging.DEBUG):
+            summary = pull_cohort(spec, progress=False)
+    finally:
+        for name in ("urllib3", "dicomweb_client"):
+            logging.getLogger(name).setLevel(logging.NOTSET)
+    assert summary.unmatched_requests == len(odd)
+    assert "GET /dicom-web/studies?" in caplog.text  # the library did log its request lines ...
+    assert "Ü" not in caplog.text  # a name's accented first letter too (runs of letters are Unicode runs)
+    for value in [*real, *odd, PASSWORD]:  # ... with no request value in any spelling
+        for spelling in {value, quote(value), quote_plus(value), quote(value, safe=""), quote(quote(value))}:
+            assert spelling not in caplog.text, spelling
+
+
+class _FlakyProxy(http.server.BaseHTTPRequestHandler):
+    """In front of Orthanc's DICOMweb: answers the first ``fail_first`` requests with 503, forwards the rest."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        server = self.server
+        server.seen.append(self.path)  # type: ignore[attr-defined]
+        if len(server.seen) <= server.fail_first:  # type: ignore[attr-defined]
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        headers = {k: v for k, v in self.headers.items() if k in ("Authorization", "Accept")}
+        answer = requests.get(server.upstream + self.path, headers=headers, timeout=10)  # type: ignore[attr-defined]
+        self.send_response(answer.status_code)
+        self.send_header("Content-Type", answer.headers.get("Content-Type", "application/json"))
+        self.send_header("Content-Length", str(len(answer.content)))
+        self.end_headers()
+        self.wfile.write(answer.content)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_transient_failures_are_retried_by_one_loop_exactly_retries_times(pacs, env, tmp_path, monkeypatch):
+    """One retry helper: an overloaded server (503) is asked again with back-off, ``retries`` times and no more
+    (neither urllib3 nor dicomweb-client retries on top), and wrong credentials are never asked again."""
+    from medvision.cohort.spec import DicomWebPacs
+    from medvision.sources.pacs.credentials import resolve_credentials
+    from medvision.sources.pacs.dicomweb import DicomWebSource
+    from medvision.sources.pacs.errors import PacsError
+
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FlakyProxy)
+    proxy.upstream = pacs["server"].url  # type: ignore[attr-defined]
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{proxy.server_address[1]}/dicom-web"
+
+    def studies(fail_first: int, retries: int = 2) -> list[str]:
+        proxy.seen, proxy.fail_first = [], fail_first  # type: ignore[attr-defined]
+        spec = DicomWebPacs(
+            protocol="dicomweb", url=url, auth="basic", store=tmp_path, query={"modality": ["DX"]}, retries=retries
+        )
+        source = DicomWebSource(spec, resolve_credentials("basic", None))
+        try:
+            return source.studies({"ModalitiesInStudy": "DX"})
+        finally:
+            source.close()
+
+    try:
+        assert studies(fail_first=2) and len(proxy.seen) == 3  # two 503s, then the answer
+        with pytest.raises(PacsError, match="HTTP 503 after retries"):
+            studies(fail_first=100)
+        assert len(proxy.seen) == 3  # 1 + retries attempts, not (1 + retries) squared
+        monkeypatch.setenv("MEDVISION_PACS_PASSWORD", "not-the-password")
+        with pytest.raises(PacsAuthError):
+            studies(fail_first=0)
+        assert len(proxy.seen) == 1
+    finally:
+        proxy.shutdown()
+        proxy.server_close()

@@ -20,6 +20,7 @@ from services import need
 from typer.testing import CliRunner
 
 from medvision.cli import app
+from medvision.evaluation.document import Evaluation
 from medvision.pipeline import load_pipeline, run_pipeline
 from medvision.report import SECTION_HEADINGS
 
@@ -106,15 +107,15 @@ def test_demo_pipeline_end_to_end_with_every_report_section_and_no_phi(workdir, 
     assert {r.data.params["augment.resolved_preset"] for r in transfer_runs} == {"photo"}
 
     # metrics.json carries the method's numbers with CIs
-    metrics = json.loads(next((workdir / "demo-output" / "evaluate").rglob("metrics.json")).read_text())
-    model = metrics["models"][0]
-    assert {"test", "site_ood"} <= set(model["sets"])
-    assert {"msp", "hod", "mahalanobis", "knn", "energy"} <= {d["detector"] for d in model["ood"]["detectors"]}
-    assert model["sets"]["test"]["auroc"]["low"] <= model["sets"]["test"]["auroc"]["value"]
+    metrics_file = next((workdir / "demo-output" / "evaluate").rglob("metrics.json"))
+    model = Evaluation.open(metrics_file.parent).metrics.models[0]
+    assert {"test", "site_ood"} <= set(model.sets)
+    assert {"msp", "hod", "mahalanobis", "knn", "energy"} <= {d.detector for d in model.ood.detectors}
+    assert model.sets["test"].auroc.low <= model.sets["test"].auroc.value
     # what was tested, per set (issue 12): calibration on every scored set, what the AUROC is, by name in the page
-    assert set(model["calibration_by_set"]) == set(model["sets"]) and model["calibration"]["chosen"]
-    assert model["sets"]["test"]["auroc_kind"].startswith("macro one-vs-rest over")
-    assert {g["group"] for g in model["ood"]["by_group"]} == {"dermatofibroma", "psoriasis"}  # the demo's held-out
+    assert set(model.calibration_by_set) == set(model.sets) and model.calibration.chosen
+    assert model.sets["test"].auroc_kind.startswith("macro one-vs-rest over")
+    assert {g.group for g in model.ood.by_group} == {"dermatofibroma", "psoriasis"}  # the demo's held-out
     assert "What was tested: held-out site(s)" in dom and "macro one-vs-rest over" in dom
     assert "ECE on every evaluation set" in dom and "On 'site_ood'. Points on the diagonal" in dom
 
@@ -140,13 +141,13 @@ def test_demo_pipeline_end_to_end_with_every_report_section_and_no_phi(workdir, 
     )
     assert evaluated.exit_code == 0, evaluated.output
     assert "test/auroc" in evaluated.output
-    screened = json.loads((workdir / "eval" / "metrics.json").read_text())
-    for m in screened["models"]:
-        assert "site_ood" not in m["sets"] and set(m["ood"]["outliers"]) == {"condition_ood", "site_ood"}
-        assert "site_ood" in {g["group"] for g in m["ood"]["by_group"]} and "label_shift" not in m
-    ensemble = screened["ensemble"]  # two runs: ensembled
-    assert 1 <= len(ensemble["members"]) <= 5 and "test" in ensemble["sets"]
-    assert {d["detector"] for d in ensemble["ood"]} == {"ensemble_msp", "ensemble_hod"}
+    screened = Evaluation.open(workdir / "eval").metrics
+    for m in screened.models:
+        assert "site_ood" not in m.sets and set(m.ood.outliers) == {"condition_ood", "site_ood"}
+        assert "site_ood" in {g.group for g in m.ood.by_group} and m.label_shift is None
+    ensemble = screened.ensemble  # two runs: ensembled
+    assert 1 <= len(ensemble.members) <= 5 and "test" in ensemble.sets
+    assert {d.detector for d in ensemble.ood} == {"ensemble_msp", "ensemble_hod"}
     rendered = cli.invoke(app, ["report", "eval", "--out", "r/report.html"])
     assert rendered.exit_code == 0 and (workdir / "r" / "report.html").stat().st_size > 10_000
     missing = cli.invoke(app, ["evaluate", "no-such-run", "--out", "eval2"])
@@ -154,8 +155,8 @@ def test_demo_pipeline_end_to_end_with_every_report_section_and_no_phi(workdir, 
 
     # `mlflow models serve` serves the logged model: class probabilities plus the HOD OOD score
     served = _serve_and_predict(result.tracking_uri, run_id, workdir)
-    assert set(served[0]) == set(model["classes"]) | {"ood_score"}
-    assert abs(sum(served[0][c] for c in model["classes"]) - 1) < 1e-5
+    assert set(served[0]) == set(model.classes) | {"ood_score"}
+    assert abs(sum(served[0][c] for c in model.classes) - 1) < 1e-5
 
     # planted PHI appears nowhere: manifest, report, metrics, predictions, MLflow store, artifacts, logs
     planted = json.loads((workdir / "demo-output" / "cohort" / "source" / "phi_planted.json").read_text())
@@ -163,7 +164,7 @@ def test_demo_pipeline_end_to_end_with_every_report_section_and_no_phi(workdir, 
     out, err = capfd.readouterr()
     texts = [
         report.read_text(),
-        json.dumps(metrics),
+        metrics_file.read_text(),
         caplog.text,
         out,
         err,
@@ -264,8 +265,20 @@ TWO_STAGES = {
 }
 
 
+def _after_sigterm(proc: subprocess.Popen, timeout: float = 120) -> tuple[bytes, bytes]:
+    """The process's output once it has stopped after SIGTERM; if it hangs instead, the test fails with every
+    thread's stack (``PYTHONFAULTHANDLER`` dumps them on SIGABRT), so a hang says where it is."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        out, err = proc.communicate(timeout=60)
+        text = (out or b"").decode(errors="replace") + (err or b"").decode(errors="replace")
+        pytest.fail(f"still running {timeout:.0f} s after SIGTERM; its stacks and last output:\n{text[-6000:]}")
+
+
 def _run_cli(workdir: Path, pipeline: Path) -> subprocess.Popen:
-    env = {**os.environ, "MEDVISION_PSEUDONYM_KEY": KEY}
+    env = {**os.environ, "MEDVISION_PSEUDONYM_KEY": KEY, "PYTHONFAULTHANDLER": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.Popen(
         [sys.executable, "-m", "medvision.cli", "run", str(pipeline)],
@@ -332,7 +345,7 @@ def test_sigterm_mid_stage_exits_143_naming_the_stage_and_how_to_resume(workdir)
     proc = _run_cli(workdir, pipeline)
     _wait_for_first_checkpoint(proc, workdir)
     proc.send_signal(signal.SIGTERM)  # what SLURM and Kubernetes send at a time limit
-    out, _ = proc.communicate(timeout=120)
+    out, _ = _after_sigterm(proc)
     text = out.decode()
     assert proc.returncode == 143, text[-3000:]
     assert "interrupted by SIGTERM during stage 'train' (finetune)" in text
@@ -341,3 +354,36 @@ def test_sigterm_mid_stage_exits_143_naming_the_stage_and_how_to_resume(workdir)
     exp = client.get_experiment_by_name("two-stage")
     statuses = {r.info.run_name: r.info.status for r in client.search_runs([exp.experiment_id])}
     assert statuses["two-stage"] == "KILLED" and statuses["train"] != "FINISHED"
+
+
+@pytest.mark.slow
+def test_demo_stopped_by_sigterm_exits_143_with_one_line_like_run(workdir):
+    """Issue 21, probe 7: `medvision demo` printed a 40-line traceback ending in PipelineInterrupted."""
+    env = {**os.environ, "MEDVISION_PSEUDONYM_KEY": KEY, "PYTHONFAULTHANDLER": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    small = [
+        "params.patients=40",
+        "params.size=32",
+        "params.pretrain_epochs=500",
+        "stages.micle.config.data.batch_size=8",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "medvision.cli", "demo", "--out", "demo", *(a for s in small for a in ("--set", s))],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    deadline = time.time() + 300
+    while not list((workdir / "demo" / "micle").rglob("last.ckpt")):  # mid-way through the pretraining stage
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = _after_sigterm(proc)
+    text = err.decode()
+    errors = [line for line in text.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 143, text[-3000:]
+    assert "Traceback" not in text and len(errors) == 1
+    assert errors[0].startswith("error: interrupted by SIGTERM during stage 'micle' (pretrain)")

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from medvision.cli import app
 from medvision.config import ConfigError
 from medvision.pipeline import load_pipeline
-from medvision.pipeline.spec import sweep_members
+from medvision.pipeline.stages.training import sweep_members
 
 REPO = Path(__file__).resolve().parent.parent
 PIPELINES = sorted((REPO / "pipelines").glob("*.yaml"))
@@ -255,3 +255,26 @@ def test_a_misspelt_backbone_fails_at_check_naming_the_closest_and_the_cli_list(
         ConfigError, match=r"backbone\.name: unknown backbone 'effnet-lite9'\. Did you mean: effnet-lite1"
     ):
         load_pipeline(REPO / "pipelines" / "demo.yaml", ["stages.transfer.config.backbone.name=effnet-lite9"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"splits": {"train": 0.8, "val": 0.3, "test": 0.3}}, r"splits: Value error, train \+ val \+ test must be 1"),
+        ({"preprocess": {"size": -5}}, r"preprocess\.size: Input should be greater than or equal to 8 \(got -5\)"),
+    ],
+    ids=["splits-sum-1.4", "negative-size"],
+)
+def test_check_validates_the_values_of_a_synthetic_cohorts_overrides(tmp_path, overrides, expected):
+    """Issue 21, probe 8: these were "valid" at --check and failed only when the cohort stage ran."""
+    data = _base()
+    data["stages"]["cohort"]["overrides"] = overrides
+    with pytest.raises(ConfigError, match=rf"(?s)stages\.cohort\.overrides.*{expected}"):
+        load_pipeline(_write(tmp_path, data))
+    result = CliRunner().invoke(app, ["run", str(tmp_path / "p.yaml"), "--check"])
+    assert result.exit_code == 2 and "valid (" not in result.output and "Traceback" not in result.output
+    data["stages"]["cohort"]["overrides"] = {
+        "splits": {"train": 0.6, "val": 0.2, "test": 0.2},
+        "preprocess": {"size": 48},
+    }
+    assert load_pipeline(_write(tmp_path, data))  # good values pass: the stand-in spec's own keys are never blamed

@@ -119,7 +119,7 @@ def test_pretrain_raises_knn_accuracy_and_logs_a_backbone_finetune_can_load(derm
     assert run.data.tags["medvision.stage"] == "pretrain"
     assert 0.0 < run.data.metrics["train/micle_multi_instance_share"] < 1.0  # true pairs and fall-backs
     assert "val/knn_acc" in run.data.metrics and "train/loss" in run.data.metrics
-    assert run.data.params["augment.resolved_pipeline"] == "rgb"
+    assert run.data.params["augment.resolved_preset"] == "photo"  # the fine-tuning vocabulary
 
 
 def test_pool_of_a_real_cohort_excludes_heldout_sites_and_conditions(derm_cohort):
@@ -140,9 +140,9 @@ def test_pool_of_a_real_cohort_excludes_heldout_sites_and_conditions(derm_cohort
         PretrainDataModule(derm_cohort, pool="unlabelled")  # the synthetic cohort labels every image
 
 
-def test_grayscale_cohort_gets_the_radiology_pipeline_and_simclr_pairs(tmp_path):
+def test_grayscale_cohort_gets_the_radiograph_preset_and_simclr_pairs(tmp_path):
     dm = PretrainDataModule(_build(tmp_path, "cxr", patients=40, seed=2), pool="train", mode="simclr", batch_size=4)
-    assert dm.pipeline == "grayscale" and dm.in_chans == 1
+    assert dm.augment_preset == "radiograph" and dm.in_chans == 1
     batch = next(iter(dm.train_dataloader()))
     assert batch["view1"].shape == batch["view2"].shape == (4, 1, 32, 32)
     assert not torch.equal(batch["view1"], batch["view2"])

@@ -24,13 +24,25 @@ def test_context_names_missing_columns_and_bad_choices() -> None:
 
 
 def test_cohort_section_from_card() -> None:
-    card = {
-        "name": "c",
-        "classes": ["a", "b"],
-        "manifest_sha256": "f" * 64,
-        "quarantined": 2,
-        "quarantine_reasons": {"unreadable": 2},
-        "counts": {
+    from medvision.cohort.card import CohortCard
+
+    card = CohortCard(
+        name="c",
+        manifest_version=1,
+        manifest_sha256="f" * 64,
+        images=9,
+        patients=4,
+        quarantined=2,
+        quarantine_reasons={"unreadable": 2},
+        classes=["a", "b"],
+        num_inlier_classes=2,
+        class_counts={"a": 6, "b": 3},
+        outlier_conditions=[],
+        heldout_conditions=[],
+        heldout_sites=[],
+        label_fractions=[1.0],
+        subgroups=["sex"],
+        counts={
             "train": {
                 "images": 7,
                 "patients": 3,
@@ -39,7 +51,11 @@ def test_cohort_section_from_card() -> None:
             },
             "test": {"images": 2, "patients": 1, "by_label": {"a": 2}, "by_subgroup": {"sex": {"F": {"a": 2}}}},
         },
-    }
+        labels={},
+        rules=[],
+        pseudonym_key="test",
+        spec={"preprocess": {"size": 32, "channels": 1}},
+    )
     c = CohortSection.from_card(card)
     assert c.splits.set_index("split")["images"].to_dict() == {"train": 7, "test": 2}
     assert c.counts.groupby("split")["images"].sum().to_dict() == {"train": 7, "test": 2}

@@ -132,15 +132,29 @@ def test_no_reassuring_transfer_sentence_when_in_distribution_is_at_chance() -> 
 
 
 def test_a_report_of_another_evaluation_is_kept_not_overwritten(tmp_path: Path, monkeypatch) -> None:
-    import json
-
+    from medvision.evaluation.document import MetricsDocument
     from medvision.report import build
 
     monkeypatch.setattr(build, "context_from_evaluation", lambda d, **kw: full_context())
     first, second = tmp_path / "eval-a", tmp_path / "eval-b"
     for folder, boot in ((first, 100), (second, 1000)):
-        folder.mkdir()
-        (folder / "metrics.json").write_text(json.dumps({"settings": {"bootstrap": boot}}))
+        MetricsDocument(
+            code_version={"package": "0", "commit": None, "dirty": False, "label": "0", "key": "0"},
+            cohort={"name": "c", "manifest_sha256": "0" * 64, "classes": ["a", "b"], "dir": str(tmp_path / "c")},
+            settings={
+                "sets": ["test"],
+                "subgroups": [],
+                "bootstrap": boot,
+                "min_patients": 20,
+                "referral_rate": 0.1,
+                "seed": 0,
+                "outlier_sets": [],
+                "costs": {},
+                "risk": {},
+            },
+            primary_model=None,
+            models=[],
+        ).write(folder / "metrics.json")
     out = tmp_path / "report" / "report.html"
     build.report_from_evaluation(first, out, title="a")
     build.report_from_evaluation(first, out, title="a")  # the same evaluation again: replaced in place

@@ -4,7 +4,6 @@ middle slice alone and the average of all slices."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from medvision.cohort.cohort import open_cohort
 from medvision.config import parse_config
 from medvision.evaluation.bootstrap import Bootstrap
 from medvision.evaluation.cases import predict_cases
+from medvision.evaluation.document import Evaluation
 from medvision.pipeline import load_pipeline, run_pipeline
 from medvision.sources.synth import synthesize
 from medvision.tracking import load_run_classifier
@@ -51,20 +51,19 @@ def test_series_mil_recipe_at_smoke_size_gives_a_case_level_report(workdir):
     spec = load_pipeline(REPO / "pipelines" / "series-mil.yaml", smoke)
     result = run_pipeline(spec, echo=lambda _: None)
     cohort = open_cohort(result.outputs["cohort"].cohort_dir)
-    assert cohort.unit == "series" and cohort.card["cases"]["quarantined_cases"] >= 1
-    folder = result.outputs["evaluate"].path
-    doc = json.loads((folder / "metrics.json").read_text())
-    assert doc["cohort"]["unit"] == "series"
-    test = pd.read_parquet(folder / "predictions" / "attention-main" / "test.parquet")
+    assert cohort.unit == "series" and cohort.card.cases is not None and cohort.card.cases.quarantined_cases >= 1
+    ev = Evaluation.open(result.outputs["evaluate"].path)
+    assert ev.metrics.cohort.unit == "series"
+    model = next(m for m in ev.metrics.models if m.stage == "attention")
+    test = ev.predictions(model.name, "test")
     cases = cohort.manifest[cohort.manifest["split"] == "test"]
     assert len(test) == cases["case_id"].nunique() and test["case_id"].is_unique  # one row per series
     assert (test["n_instances"] == test["case_id"].map(cases.groupby("case_id").size())).all()  # every slice read
-    model = next(m for m in doc["models"] if m["stage"] == "attention")
-    assert model["sets"]["test"]["n_images"] == len(test)
-    gallery = doc["saliency"]
-    assert gallery and all(r["instance_rank"] in (1, 2) and 0 <= r["instance_weight"] <= 1 for r in gallery)
-    shown = set(cohort.manifest.loc[cohort.manifest["case_id"].isin({r["case_id"] for r in gallery}), "image_id"])
-    assert {r["instance_id"] for r in gallery} <= shown  # the top instances belong to their case
+    assert model.sets["test"].n_images == len(test)
+    gallery = ev.metrics.saliency
+    assert gallery and all(r.instance_rank in (1, 2) and 0 <= (r.instance_weight or -1) <= 1 for r in gallery)
+    shown = set(cohort.manifest.loc[cohort.manifest["case_id"].isin({r.case_id for r in gallery}), "image_id"])
+    assert {r.instance_id for r in gallery} <= shown  # the top instances belong to their case
     html = result.outputs["report"].path.read_text()
     assert "top instance 1" in html and "pooling weight" in html
 

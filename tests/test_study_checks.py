@@ -71,8 +71,8 @@ def test_a_misspelt_held_out_value_fails_naming_it_and_the_closest_match(photos,
 
 def test_correct_held_out_values_build_and_a_held_out_set_that_ends_up_empty_fails(photos, tmp_path):
     card = build_cohort(_spec(photos, heldout_sites=["rosario"], heldout_conditions=["df"]), tmp_path / "ok")
-    assert card["counts"]["site_ood"]["images"] > 0 and card["counts"]["condition_ood"]["images"] > 0
-    assert any("go to condition_ood, not site_ood" in r for r in card["rules"])
+    assert card.counts["site_ood"].images > 0 and card.counts["condition_ood"].images > 0
+    assert any("go to condition_ood, not site_ood" in r for r in card.rules)
     # every patient of site "rosario" is odd; make them all df: the site's set ends up empty
     img, csv, table = photos
     table.loc[table["site"] == "rosario", "dx"] = "df"
@@ -95,7 +95,7 @@ def test_a_csv_keyed_by_file_name_fails_with_example_keys_and_the_join_that_matc
     )  # fmt: skip
     assert result.exit_code == 2 and "--join filename" in result.output
     card = build_cohort(_spec(photos, join="filename"), tmp_path / "joined")
-    assert card["class_counts"] == table["dx"].value_counts().sort_index().to_dict()
+    assert card.class_counts == table["dx"].value_counts().sort_index().to_dict()
 
 
 def test_cli_flags_express_held_out_sites_conditions_and_abstention_classes(photos, tmp_path):
@@ -133,7 +133,7 @@ def test_a_subgroup_that_shadows_a_builtin_or_copies_identifiers_is_refused(phot
     with pytest.raises(SpecError, match=expected or "identifiers"):
         _spec(photos, subgroups=subgroup)
     card = build_cohort(_spec(photos, subgroups={"csv_view": "view"}), tmp_path / "ok")
-    assert "csv_view" in card["subgroups"]
+    assert "csv_view" in card.subgroups
     m = open_cohort(tmp_path / "ok").manifest
     assert set(m["csv_view"]) == {"dermoscopic", "clinical"} and set(m["view"]) == {"unknown"}
 
@@ -141,7 +141,7 @@ def test_a_subgroup_that_shadows_a_builtin_or_copies_identifiers_is_refused(phot
 def test_every_builtin_manifest_column_is_reserved(synth_cxr_cohort):
     m = open_cohort(synth_cxr_cohort).manifest
     own = [c for c in m.columns if not c.startswith("label__")]
-    csv_groups = open_cohort(synth_cxr_cohort).card["spec"]["labels"]["subgroup_columns"]
+    csv_groups = open_cohort(synth_cxr_cohort).card.spec["labels"]["subgroup_columns"]
     assert set(own) - set(csv_groups) <= BUILTIN_COLUMNS
 
 
@@ -155,11 +155,11 @@ def test_row_filters_and_a_label_map_are_applied_and_recorded(photos, tmp_path):
     card = build_cohort(type(_spec(photos)).model_validate(spec), tmp_path / "out")
     m = open_cohort(tmp_path / "out").manifest
     assert len(m) == 36 and "todo" not in set(m["label"].dropna())
-    assert set(card["class_counts"]) == {"df", "mel", "nev"}
-    assert card["class_counts"]["mel"] == int((table["dx"].isin(["mel", "mel, nev"])).sum())
+    assert set(card.class_counts) == {"df", "mel", "nev"}
+    assert card.class_counts["mel"] == int((table["dx"].isin(["mel", "mel, nev"])).sum())
     q = pd.read_csv(tmp_path / "out" / "quarantine.csv")
     assert (q["reason"].str.contains("excluded by labels.exclude")).sum() == 4
-    rules = " ".join(card["rules"])
+    rules = " ".join(card.rules)
     assert "4 row(s) dropped" in rules and "'mel, nev' -> 'mel' (4)" in rules and "(unlabelled)" in rules
 
 
@@ -196,3 +196,40 @@ def test_evaluation_refuses_unknown_subgroups_and_classes_before_predicting(synt
         EvaluationSettings(outlier_sets=["test"])
     with pytest.raises(ValueError, match="unknown set"):
         EvaluationSettings(sets=["site-ood"])
+
+
+def test_duplicate_csv_keys_fail_after_the_row_filters_in_the_build_and_in_check(photos, tmp_path):
+    """Issue 21: `--check` passed a cohort whose labels CSV has duplicate keys (the build then failed), and the
+    duplicate-key check ran before the row filters, so a filter that removes the duplicates could not help."""
+    img, csv, table = photos
+    extra = table.iloc[[2, 5]].assign(dx="todo")  # second rows for two images, marked for removal
+    pd.concat([table, extra], ignore_index=True).to_csv(csv, index=False)
+
+    def pipeline(exclude: dict) -> Path:
+        folder = {"images": str(img), "labels": str(csv), "label_column": "dx", "patient_column": "lesion",
+                  "site_column": "site", "size": 8, "spec": {"labels": {"exclude": exclude}}}  # fmt: skip
+        path = tmp_path / "study.yaml"
+        data = {
+            "name": "dups",
+            "output_dir": str(tmp_path / "runs"),
+            "stages": {"cohort": {"kind": "cohort", "folder": folder}},
+        }
+        path.write_text(json.dumps(data))
+        return path
+
+    checked = CliRunner().invoke(app, ["run", str(pipeline({})), "--check"])
+    assert checked.exit_code == 2, checked.output
+    said = " ".join(checked.output.split())
+    assert "2 duplicate value(s) in key column 'image'" in said and "(first at CSV line 42)" in said
+    assert "labels.exclude" in said  # and what to do
+    with pytest.raises(SpecError, match=r"2 duplicate value\(s\) in key column 'image'"):
+        build_cohort(_spec(photos), tmp_path / "refused")
+
+    checked = CliRunner().invoke(app, ["run", str(pipeline({"dx": ["todo"]})), "--check"])
+    assert checked.exit_code == 0, checked.output
+    spec = _spec(photos).model_dump(mode="json")
+    spec["labels"] |= {"exclude": {"dx": ["todo"]}}
+    card = build_cohort(type(_spec(photos)).model_validate(spec), tmp_path / "out")  # the filter removes them
+    m = open_cohort(tmp_path / "out").manifest
+    assert len(m) == 40 and "todo" not in set(m["label"].dropna()) and card.images == 40
+    assert m.set_index("relpath").loc["isic_0002.png", "label"] == table.loc[2, "dx"]

@@ -90,7 +90,7 @@ def test_build_finds_the_planted_structure(kind, cxr, derm, tmp_path):
     src, spec = {"cxr": cxr, "derm": derm}[kind]
     card = build_cohort(spec, tmp_path / "out")
     n_files = sum(1 for p in (src / "images").rglob("*") if p.is_file())
-    assert card["quarantined"] == 0
+    assert card.quarantined == 0
     cohort = open_cohort(tmp_path / "out")
     m = cohort.manifest
     assert m["relpath"].nunique() + len(pd.read_csv(tmp_path / "out" / "quarantine.csv")) == n_files

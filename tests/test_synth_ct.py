@@ -42,10 +42,14 @@ def test_one_ct_series_per_patient_with_geometry_and_hounsfield_rescale(ct):
     assert placed and all(len(h.ImageOrientationPatient) == 6 and float(h.SliceThickness) > 0 for h in placed)
     tilted = [h for h in placed if abs(float(h.ImageOrientationPatient[4]) - 1) > 1e-3]
     assert tilted, "one site scans with a gantry tilt (an oblique stack)"
-    # Stored values map to plausible Hounsfield units: air outside the body, soft tissue and bone inside.
-    ds = pydicom.dcmread(files[len(files) // 2])
-    hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
-    assert hu.min() < -900 and hu.max() > 300
+    # Stored values map to plausible Hounsfield units: air outside the body, soft tissue and bone inside. Over one
+    # series: at 32 px a single slice's nearest-neighbour resize can step over the thin cortical ring of the spine.
+    series = files[len(files) // 2].parent
+    hu = [
+        ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        for ds in map(pydicom.dcmread, sorted(series.glob("*.dcm")))
+    ]
+    assert min(h.min() for h in hu) < -900 and max(h.max() for h in hu) > 300
 
 
 def test_the_finding_lies_on_3_to_10_percent_of_a_positive_series(ct):

@@ -100,7 +100,8 @@ def test_pyfunc_model_predicts_class_probabilities_and_hod_ood_score(hod_run, gl
 
     # the served weights are the best checkpoint's, and agree with the classifier loaded for evaluation
     clf, card = load_run_classifier(result.run_id, tracking_uri=uri)
-    assert card["classes"] == inliers and card["input_shape"] == [1, 32, 32]
+    assert card.classes == inliers and card.input_shape == (1, 32, 32)
+    assert card.preprocessing == open_cohort(synth_cxr_cohort).card.recipe  # the cohort's recipe travels with it
     best = torch.load(result.best_checkpoint, map_location="cpu", weights_only=False)["state_dict"]
     for key, value in clf.head.state_dict().items():
         assert torch.equal(value, best["classifier.head." + key]), key

@@ -1,7 +1,9 @@
 """The ``medvision`` command: a thin face over the Python API.
 
-Exit codes: 0 success, 1 the work failed, 2 the input (config, spec, paths) is wrong - said
-before any work starts. Heavy imports happen inside commands so ``--help`` stays instant.
+Exit codes: 0 success; 2 the input (config, spec, paths) is wrong - said before any work starts;
+1 the work failed for a reason the message gives, or a bug in medvision (the message says so and where its
+traceback is); 143 stopped by SIGTERM (a re-run resumes). Each comes from the error's class
+(:mod:`medvision.errors`). Heavy imports happen inside commands so ``--help`` stays instant.
 """
 
 from __future__ import annotations

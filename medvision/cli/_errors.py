@@ -1,27 +1,38 @@
-"""One place that turns the library's errors into messages and exit codes."""
+"""One place that turns the library's errors into messages and exit codes.
+
+What an error means is decided where it is raised (:mod:`medvision.errors`): a :class:`MedvisionError` ends the
+command with its one-line message and its ``exit_code`` (2: the user's input; 1: the work failed for a reason the
+message gives; 143: stopped by SIGTERM). Anything else is a bug in medvision: exit code 1, one line that says so,
+and the traceback written to a private file whose path that line gives (a ``ValueError`` from deep inside pandas
+is not "your input is wrong").
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import sys
+import tempfile
+import traceback
 import warnings
 from collections.abc import Callable
-from typing import TypeVar
+from pathlib import Path
+from typing import NoReturn, TypeVar
 
+import click
 import typer
+
+from medvision._atomic import atomic_write_text
+from medvision.errors import MedvisionError
 
 T = TypeVar("T")
 
+__all__ = ["run_guarded"]
+
 
 def run_guarded(fn: Callable[[], T]) -> T:
-    """Run a command body; user errors exit 2 with their message, failures exit 1."""
-    from pydantic import ValidationError
-
-    from medvision._atomic import DiskFullError
-    from medvision.cohort.build import CohortBuildError
-    from medvision.cohort.spec import SpecError
-    from medvision.sources.pacs.errors import PacsError
+    """Run a command body: extensions loaded first, every error ended as one line with its exit code."""
+    from medvision.plugins import load_all
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per download floods logs
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -32,16 +43,63 @@ def run_guarded(fn: Callable[[], T]) -> T:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     _quiet_third_party_advice()
     try:
+        load_all()  # a broken plugin fails here, by name, before any work
         return fn()
-    except (SpecError, ValidationError, FileNotFoundError, FileExistsError, ValueError) as e:
-        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
-    except PacsError as e:
-        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from None
-    except (CohortBuildError, DiskFullError) as e:
-        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from None
+    except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        raise  # the command's own exit, or typer's usage errors
+    except MedvisionError as e:
+        _fail(str(e), e.exit_code)
+    except (FileNotFoundError, FileExistsError) as e:  # a path the user named: the message says which
+        _fail(str(e), 2)
+    except Exception as e:  # noqa: BLE001 - whatever is left is medvision's bug, and is reported as one
+        code = _legacy_exit_code(e)
+        if code is not None:
+            _fail(str(e), code)
+        _bug(e)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code) from None
+
+
+def _bug(error: Exception) -> NoReturn:
+    """Exit 1 with one line saying this is a bug, and where its traceback is (a private 0700 folder)."""
+    folder = Path(tempfile.mkdtemp(prefix="medvision-bug-"))
+    path = folder / "traceback.txt"
+    atomic_write_text(path, "".join(traceback.format_exception(error)))
+    first = (str(error).splitlines() or [""])[0]
+    _fail(
+        f"a bug in medvision ({type(error).__name__}: {first}). The traceback is in {path}; please attach it to an "
+        "issue",
+        1,
+    )
+
+
+def _legacy_exit_code(error: Exception) -> int | None:
+    """Exit codes of user-facing errors whose modules do not yet subclass :class:`MedvisionError`.
+
+    Each is one line to change in a module another branch owns (the lead merges them); until then they keep the
+    exit code they always had. An entry here is a debt, not a pattern: a new error subclasses MedvisionError.
+    """
+    from medvision.cohort.cohort import CohortOpenError
+    from medvision.cohort.identifiers import CohortBuildError
+    from medvision.engine.trainer import ResumeMismatch
+    from medvision.report.context import ReportError
+    from medvision.sources.medmnist import MedMNISTError
+    from medvision.sources.pacs.errors import PacsError
+    from medvision.tracking.store import TrackingAuthError
+
+    legacy: dict[type[Exception], int] = {
+        CohortOpenError: 2,  # medvision/cohort/cohort.py
+        CohortBuildError: 1,  # medvision/cohort/identifiers.py
+        ResumeMismatch: 2,  # medvision/engine/trainer.py
+        ReportError: 2,  # medvision/report/context.py
+        MedMNISTError: 2,  # medvision/sources/medmnist.py
+        PacsError: 1,  # medvision/sources/pacs/errors.py
+        TrackingAuthError: 2,  # medvision/tracking/store.py
+    }
+    return next((code for cls, code in legacy.items() if isinstance(error, cls)), None)
 
 
 #: Advice meant for the authors of the libraries we call, not for a medvision user (each has no action for them).

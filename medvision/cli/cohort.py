@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from medvision.cli._errors import run_guarded
 from medvision.cohort.spec import FolderOptions
+from medvision.errors import InputError
+
+if TYPE_CHECKING:
+    from medvision.cohort.spec import CohortSpec
 
 _FOLDER = FolderOptions.model_fields  # the folder defaults, declared once in the cohort layer
 
@@ -16,6 +21,7 @@ app = typer.Typer(help="Build and inspect cohorts (DICOM or photo folders + a la
 
 @app.command("build")
 def build(
+    ctx: typer.Context,
     spec: Path | None = typer.Argument(None, help="A cohort spec (cohorts/NAME.yaml)."),
     images: Path | None = typer.Option(None, help="Images folder (instead of a spec)."),
     labels: Path | None = typer.Option(None, help="Labels CSV (with --images)."),
@@ -63,56 +69,71 @@ def build(
 ) -> None:
     """Index, label, pseudonymise, split and cache a cohort. Writes manifest.parquet, quarantine.csv,
     cohort.json and cache/ into OUT."""
+    run_guarded(lambda: _build(ctx.params))
 
-    def body() -> None:
-        from medvision.cohort.build import build_cohort
-        from medvision.cohort.card import print_card
-        from medvision.cohort.spec import load_spec, spec_from_folder
 
-        if spec is not None and images is None:
-            s = load_spec(spec)
-            if pull:
-                from medvision.sources.pacs import pull_cohort
+#: ``cohort build`` flags that are FolderOptions keys under the same name.
+_FOLDER_FLAGS = (
+    "labels",
+    "key_column",
+    "join",
+    "label_column",
+    "patient_column",
+    "sex_column",
+    "age_column",
+    "site_column",
+    "size",
+    "channels",
+    "record_paths",
+    "name",
+)
 
-                pull_cohort(s)
-        elif images is not None and spec is None:
-            if pull:
-                raise ValueError("--pull needs a cohort spec with a pacs: section")
-            given = {
-                "labels": labels,
-                "key_column": key_column,
-                "join": join,
-                "label_column": label_column,
-                "patient_column": patient_column,
-                "sex_column": sex_column,
-                "age_column": age_column,
-                "site_column": site_column,
-                "size": size,
-                "channels": channels,
-                "record_paths": record_paths,
-                "name": name,
-                "kinds": [k.strip() for k in kinds.split(",") if k.strip()] if kinds else None,
-                "subgroups": dict(_pair(x) for x in subgroup) or None,
-                "heldout_sites": heldout_site or None,
-                "heldout_conditions": heldout_condition or None,
-                "outlier_conditions": outlier_condition or None,
-            }
-            s = spec_from_folder(images, None, **{k: v for k, v in given.items() if v is not None})
-        else:
-            raise ValueError("give either a cohort spec file or --images DIR (not both)")
-        target = out or Path("cohorts") / "build" / s.name
-        if spec is not None and kinds:
-            s = s.model_copy(update={"kinds": [k.strip() for k in kinds.split(",") if k.strip()]})
-        card = build_cohort(s, target, new_key=new_key)
-        print_card(card)
-        typer.echo(f"cohort written to {target}")
 
-    run_guarded(body)
+def _build(flags: dict[str, Any]) -> None:
+    """``cohort build`` with its flags by name: a spec file or a folder, then the build and its card."""
+    from medvision.cohort.build import build_cohort
+    from medvision.cohort.card import print_card
+    from medvision.cohort.spec import load_spec
+
+    spec, images = flags["spec"], flags["images"]
+    kinds = [k.strip() for k in flags["kinds"].split(",") if k.strip()] if flags["kinds"] else None
+    if (spec is None) == (images is None):
+        raise InputError("give either a cohort spec file or --images DIR (not both)")
+    if spec is not None:
+        s = load_spec(spec)
+        if flags["pull"]:
+            from medvision.sources.pacs import pull_cohort
+
+            pull_cohort(s)
+        if kinds:
+            s = s.model_copy(update={"kinds": kinds})
+    else:
+        if flags["pull"]:
+            raise InputError("--pull needs a cohort spec with a pacs: section")
+        s = _folder_spec(images, flags, kinds)
+    target = flags["out"] or Path("cohorts") / "build" / s.name
+    card = build_cohort(s, target, new_key=flags["new_key"])
+    print_card(card)
+    typer.echo(f"cohort written to {target}")
+
+
+def _folder_spec(images: Path, flags: dict[str, Any], kinds: list[str] | None) -> CohortSpec:
+    """The spec of ``--images DIR``: the folder defaults, with the flags that were given."""
+    from medvision.cohort.spec import spec_from_folder
+
+    given = {k: flags[k] for k in _FOLDER_FLAGS} | {
+        "kinds": kinds,
+        "subgroups": dict(_pair(x) for x in flags["subgroup"]) or None,
+        "heldout_sites": flags["heldout_site"] or None,
+        "heldout_conditions": flags["heldout_condition"] or None,
+        "outlier_conditions": flags["outlier_condition"] or None,
+    }
+    return spec_from_folder(images, None, **{k: v for k, v in given.items() if v is not None})
 
 
 def _pair(text: str) -> tuple[str, str]:
     if "=" not in text:
-        raise ValueError(f"--subgroup expects NAME=COLUMN, got {text!r}")
+        raise InputError(f"--subgroup expects NAME=COLUMN, got {text!r}")
     k, v = text.split("=", 1)
     return k.strip(), v.strip()
 
@@ -172,7 +193,7 @@ def synth(
         from medvision.sources.synth import CLASSES, synthesize
 
         if kind not in CLASSES:
-            raise ValueError(f"--kind must be one of {', '.join(sorted(CLASSES))}, got {kind!r}")
+            raise InputError(f"--kind must be one of {', '.join(sorted(CLASSES))}, got {kind!r}")
         spec_path = synthesize(out, kind=kind, patients=patients, seed=seed, size=size, slices=slices)  # type: ignore[arg-type]
         typer.echo(f"synthetic {kind} cohort written to {out}; build it with: medvision cohort build {spec_path}")
 

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from medvision.cli._errors import run_guarded
+from medvision.errors import InputError
 from medvision.evaluation.settings import EvaluationSettings
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 _DEFAULTS = EvaluationSettings()  # the evaluate defaults, declared once in the evaluation layer
 
 
 def evaluate_command(
-    runs: list[str] = typer.Argument(..., help="MLflow run id(s) of fine-tuning runs; several are also ensembled."),
+    runs: list[str] = typer.Argument(
+        ..., help="Fine-tuning runs (run id, runs:/RUN_ID or models:/NAME/VERSION); several are also ensembled."
+    ),
     sets: str = typer.Option(",".join(_DEFAULTS.sets), help="Comma-separated cohort sets to evaluate."),
     out: Path = typer.Option(Path("evaluation"), help="Folder for predictions/, metrics.json and saliency/."),
     cohort: Path | None = typer.Option(None, help="Cohort folder; default: the one the first run trained on."),
@@ -28,75 +35,105 @@ def evaluate_command(
         ",".join(_DEFAULTS.outlier_sets), help="Comma-separated sets screened as out-of-distribution."
     ),
 ) -> None:
-    """Predict with RUNS on the cohort's evaluation sets; write and log predictions and metrics.json."""
+    """Predict with RUNS on the cohort's evaluation sets; write and log predictions and metrics.json.
+
+    Each model is named by its run's name and id (``finetune-lf1.0-0123abcd``), so two runs of one recipe never
+    share a name (their predictions would overwrite each other)."""
 
     def body() -> None:
-        from mlflow import MlflowClient
-
-        from medvision.engine.config import TrackingConfig, resolve_tracking_uri
-        from medvision.evaluation.stage import EvaluationRequest, evaluate_models
-        from medvision.tracking.uri import redact_uri
-
-        uri = resolve_tracking_uri(TrackingConfig())
-        client = MlflowClient(uri)
-        models = []
-        for run_id in runs:
-            try:
-                run = client.get_run(run_id)
-            except Exception as e:  # noqa: BLE001 - MLflow raises several types for a missing run
-                raise ValueError(
-                    f"run {run_id!r} not found in {redact_uri(uri)} ({type(e).__name__}); pass the run id of a "
-                    "fine-tuning run (see `mlflow ui`), or set MLFLOW_TRACKING_URI"
-                ) from None
-            p = run.data.params
-            name = (run.info.run_name or "model").split("/")
-            models.append(
-                {
-                    "run_id": run_id,
-                    "stage": name[0],
-                    "member": name[-1] if len(name) > 1 else run_id[:8],
-                    "backbone": p.get("backbone.name"),
-                    "weights": p.get("backbone.weights"),
-                    "head": p.get("head.name"),
-                    "label_fraction": float(p.get("data.label_fraction", 1.0)),
-                    "seed": int(p.get("seed", 0)),
-                }
-            )
-        cohort_dir = cohort or Path(client.get_run(runs[0]).data.params.get("data.cohort_dir", ""))
-        if not (cohort_dir / "cohort.json").exists():
-            raise ValueError(f"cohort folder {cohort_dir} not found; pass --cohort DIR (a built cohort)")
-        import json
-
-        built = json.loads((cohort_dir / "cohort.json").read_text())["manifest_sha256"]
-        for run_id in runs:
-            trained = client.get_run(run_id).data.tags.get("cohort.manifest_sha256")
-            if trained and trained != built:
-                raise ValueError(
-                    f"run {run_id} was trained on cohort manifest {trained[:12]} but {cohort_dir} holds "
-                    f"manifest {built[:12]} (rebuilt or another cohort): its test set may overlap the "
-                    "training patients. Evaluate on the cohort the run was trained on"
-                )
-        request = EvaluationRequest(
-            cohort_dir=cohort_dir,
-            models=models,
-            sets=[s for s in sets.split(",") if s],
-            subgroups=[s for s in subgroups.split(",") if s],
-            bootstrap=bootstrap,
-            min_patients=min_patients,
-            ensemble=len(models) > 1,
-            saliency=saliency,
-            tracking_uri=uri,
-            positive_class=positive_class,
-            outlier_sets=[s for s in outlier_sets.split(",") if s],
-        )
-        headline = evaluate_models(request, out)
-        for run_id in runs:
-            client.log_artifacts(run_id, str(out), "evaluation")
-        for key, value in sorted(headline.items()):
-            typer.echo(f"{key:50s} {value:.3f}")
-        typer.echo(f"wrote {out / 'metrics.json'}; render it with: medvision report {out}")
+        settings = {
+            "sets": [s for s in sets.split(",") if s],
+            "subgroups": [s for s in subgroups.split(",") if s],
+            "bootstrap": bootstrap,
+            "min_patients": min_patients,
+            "saliency": saliency,
+            "positive_class": positive_class,
+            "outlier_sets": [s for s in outlier_sets.split(",") if s],
+        }
+        _evaluate(runs, out, cohort, settings)
 
     run_guarded(body)
+
+
+def _evaluate(runs: list[str], out: Path, cohort: Path | None, settings: dict[str, Any]) -> None:
+    """Evaluate the runs (ensembled when several) on their cohort; log and print the headline metrics."""
+    from mlflow import MlflowClient
+
+    from medvision.engine.config import TrackingConfig, resolve_tracking_uri
+    from medvision.evaluation.stage import EvaluationRequest, evaluate_models
+
+    uri = resolve_tracking_uri(TrackingConfig())
+    client = MlflowClient(uri)
+    models = [_model_of(client, uri, ref) for ref in runs]
+    run_ids = [m["run_id"] for m in models]
+    cohort_dir = _trained_cohort(client, run_ids, cohort)
+    request = EvaluationRequest(
+        cohort_dir=cohort_dir, models=models, ensemble=len(models) > 1, tracking_uri=uri, **settings
+    )
+    headline = evaluate_models(request, out)
+    for run_id in run_ids:
+        client.log_artifacts(run_id, str(out), "evaluation")
+    for key, value in sorted(headline.items()):
+        typer.echo(f"{key:50s} {value:.3f}")
+    typer.echo(f"wrote {out / 'metrics.json'}; render it with: medvision report {out}")
+
+
+def _model_of(client: Any, uri: str, text: str) -> dict[str, Any]:
+    """The evaluation's facts of one model reference: its run, a distinct stable name, and its training facts."""
+    from medvision.tracking.model_ref import ModelRef
+    from medvision.tracking.uri import redact_uri
+
+    ref = ModelRef.parse(text)
+    if ref.kind == "path":
+        raise InputError(
+            f"{text}: evaluate needs the MLflow run of a model (its cohort, params and learning curves); give a run "
+            "id, runs:/RUN_ID or models:/NAME/VERSION"
+        )
+    try:
+        if ref.kind == "registered":
+            version = client.get_model_version_by_alias(ref.name, ref.alias) if ref.alias else None
+            version = version or client.get_model_version(ref.name, ref.version)
+            ref = ModelRef(kind="run", run_id=version.run_id)
+        run = client.get_run(ref.run_id)
+    except Exception as e:  # noqa: BLE001 - MLflow raises several types for a missing run or model
+        raise InputError(
+            f"run {text!r} not found in {redact_uri(uri)} ({type(e).__name__}); pass the run id of a "
+            "fine-tuning run (see `mlflow ui`), or set MLFLOW_TRACKING_URI"
+        ) from None
+    p, run_id = run.data.params, run.info.run_id
+    name = (run.info.run_name or "model").split("/")
+    return {
+        "run_id": run_id,
+        # run names repeat across pipelines (two starts of one recipe): the id makes the name distinct
+        "name": f"{'-'.join(name)}-{run_id[:8]}",
+        "stage": name[0],
+        "member": name[-1] if len(name) > 1 else run_id[:8],
+        "backbone": p.get("backbone.name"),
+        "weights": p.get("backbone.weights"),
+        "head": p.get("head.name"),
+        "label_fraction": float(p.get("data.label_fraction", 1.0)),
+        "seed": int(p.get("seed", 0)),
+    }
+
+
+def _trained_cohort(client: MlflowClient, run_ids: list[str], cohort: Path | None) -> Path:
+    """The cohort to evaluate on (``--cohort``, else the first run's), refused when a run trained on another
+    manifest: its test set may overlap the training patients."""
+    from medvision.cohort.card import CARD_FILE, CohortCard
+
+    cohort_dir = cohort or Path(client.get_run(run_ids[0]).data.params.get("data.cohort_dir", ""))
+    if not (cohort_dir / CARD_FILE).exists():
+        raise InputError(f"cohort folder {cohort_dir} not found; pass --cohort DIR (a built cohort)")
+    built = CohortCard.read(cohort_dir / CARD_FILE).manifest_sha256
+    for run_id in run_ids:
+        trained = client.get_run(run_id).data.tags.get("cohort.manifest_sha256")
+        if trained and trained != built:
+            raise InputError(
+                f"run {run_id} was trained on cohort manifest {trained[:12]} but {cohort_dir} holds "
+                f"manifest {built[:12]} (rebuilt or another cohort): its test set may overlap the "
+                "training patients. Evaluate on the cohort the run was trained on"
+            )
+    return cohort_dir
 
 
 def report_command(
@@ -110,7 +147,7 @@ def report_command(
         from medvision.report.build import report_from_evaluation
 
         if not (evaluation / "metrics.json").exists():
-            raise ValueError(f"{evaluation} holds no metrics.json; run `medvision evaluate RUN --out {evaluation}`")
+            raise InputError(f"{evaluation} holds no metrics.json; run `medvision evaluate RUN --out {evaluation}`")
         path = report_from_evaluation(evaluation, out, title=title)
         typer.echo(f"report: {path.resolve()}")
 

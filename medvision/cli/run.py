@@ -14,11 +14,13 @@ def run_command(
     set_: list[str] = typer.Option(None, "--set", help="Override a key, e.g. stages.finetune.config.optim.epochs=2"),
     check: bool = typer.Option(False, "--check", help="Validate the pipeline and stop (nothing runs)."),
 ) -> None:
-    """Validate PIPELINE (every stage, every sweep member) and run it; finished identical stages are reused."""
+    """Validate PIPELINE (every stage, every sweep member) and run it; finished identical stages are reused.
+
+    SIGTERM (a scheduler's time limit) stops it with exit code 143 and one line; a re-run resumes.
+    """
 
     def body() -> None:
         from medvision.pipeline import load_pipeline, print_summary, run_pipeline
-        from medvision.pipeline.run import PipelineInterrupted
         from medvision.pipeline.study import check_study
 
         spec = load_pipeline(pipeline, set_ or [])
@@ -27,11 +29,6 @@ def run_command(
             for note in check_study(spec, str(pipeline)):
                 typer.echo(f"  {note}")
             return
-        try:
-            result = run_pipeline(spec, echo=typer.echo)
-        except PipelineInterrupted as e:
-            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(e.exit_code) from None
-        print_summary(result)
+        print_summary(run_pipeline(spec, echo=typer.echo))
 
     run_guarded(body)

@@ -11,22 +11,23 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 
-from medvision._atomic import write_all
+from medvision._atomic import private_dir, write_all
 from medvision.cohort.cache import PreprocessCache
-from medvision.cohort.card import build_card
-from medvision.cohort.cases import assign_cases
+from medvision.cohort.card import CARD_FILE, BuildStats, CaseSizes, CaseStats, CohortCard, build_card
+from medvision.cohort.cases import assign_cases, case_keys
 from medvision.cohort.cohort import CASE_COLUMNS, LEADING_COLUMNS
 from medvision.cohort.decode import fill_cache
 from medvision.cohort.fingerprints import write_fingerprints
-from medvision.cohort.identifiers import CohortBuildError, check_paths, identifier_set
+from medvision.cohort.identifiers import CohortBuildError, check_copied_values, check_paths, identifier_set
 from medvision.cohort.index import IndexedFile, IndexLimits, Rejected, index_files, list_entries
 from medvision.cohort.labels import join_labels
-from medvision.cohort.logscrub import PATH_WITHHELD, Scrubber, scrubbed_output
+from medvision.cohort.logscrub import Scrubber, scrubbed_output
 from medvision.cohort.named_values import check_heldout_sets_not_empty, check_named_values, facts_from_rows
 from medvision.cohort.normalise import UNKNOWN, age_band, category, given, sex, site
 from medvision.cohort.progress import counting
@@ -40,7 +41,7 @@ __all__ = ["CohortBuildError", "build_cohort"]
 log = logging.getLogger("medvision.cohort")
 
 
-def build_cohort(spec: CohortSpec | str | Path, out: str | Path, *, new_key: bool = False) -> dict:
+def build_cohort(spec: CohortSpec | str | Path, out: str | Path, *, new_key: bool = False) -> CohortCard:
     """Build (or rebuild) a cohort into ``out`` and return its card (the content of cohort.json).
 
     Rebuilding is cheap: files whose content and preprocessing are unchanged are not decoded again. A rebuild over
@@ -49,7 +50,7 @@ def build_cohort(spec: CohortSpec | str | Path, out: str | Path, *, new_key: boo
 
     Raises:
         SpecError: the spec or the labels CSV cannot be used.
-        CohortBuildError: identifiers in paths or the name, no images at all, another key, a full disk.
+        CohortBuildError: identifiers in paths, values or the name, no images at all, another key, a full disk.
     """
     if not isinstance(spec, CohortSpec):
         spec = load_spec(spec)
@@ -57,7 +58,6 @@ def build_cohort(spec: CohortSpec | str | Path, out: str | Path, *, new_key: boo
     root = Path(spec.images)
     if not root.is_dir():
         raise SpecError(f"images folder {root} does not exist (key 'images' of cohort {spec.name})")
-    limits = IndexLimits(spec.max_megapixels, _kinds(spec))
     key, key_source = resolve_key(spec.pseudonym_key_file, out)
     fingerprint = key_fingerprint(key)
     _check_same_key(out, fingerprint, new_key)
@@ -66,82 +66,46 @@ def build_cohort(spec: CohortSpec | str | Path, out: str | Path, *, new_key: boo
     t0 = time.perf_counter()
 
     with scrubbed_output(scrubber):
-        files, left_out = list_entries(root)
-        entries = sorted([*files, *(r.relpath for r in left_out)])
-        log.info("indexing %d files under the images folder", len(files))
-        indexed: list[IndexedFile] = []
-        rejected: list[Rejected] = list(left_out)
-        with counting("indexing", len(files)) as advance:
-            for item in index_files(root, files, spec.workers, limits):
-                advance(1)
-                if isinstance(item, IndexedFile):
-                    indexed.append(item)
-                else:
-                    rejected.append(item)
-        indexed, duplicates = _unique_instances(indexed, {f: i for i, f in enumerate(entries)})
-        rejected += duplicates
-        if not indexed:
-            raise CohortBuildError(_no_images(root, entries, rejected))
+        entries, indexed, rejected = _index(root, spec, scrubber)
         warnings_ = _kind_warnings(indexed, spec)
         t_index = time.perf_counter() - t0
-
-        rows = _instances(indexed, spec.frames)
-        labels, label_stats = join_labels(rows, spec.labels)
-        rows = pd.concat([rows, labels], axis=1)
-        rows, rejected = _drop_excluded(rows, rejected)
-        rows, rejected, cases = _cases(rows, spec, rejected)
-        _check_study_values(rows, spec, pseudo)
-        scrubber.add_identifiers(identifier_set(rows))
-        check_paths(rows, spec, str(root))
-
-        out.mkdir(parents=True, exist_ok=True)
-        cache = PreprocessCache(out / "cache", spec.preprocess)
-        cache.remove_temporaries()
+        labelled, label_stats, rejected = _labelled_rows(indexed, rejected, spec, pseudo, scrubber)
         t1 = time.perf_counter()
-        case_of = dict(zip(rows["relpath"], rows["case_key"])) if spec.unit != "image" else {}
-        with counting("decoding", int(rows["relpath"].nunique())) as advance:
-            rows, decode_rejects, decoded = fill_cache(rows, root, cache, spec, scrubber, advance)
-        rejected += decode_rejects
-        rows, rejected = _whole_cases(rows, rejected, decode_rejects, case_of, spec, entries, cases)
+        rows, rejected, decoded, copies, cases = _decode(labelled, rejected, root, out, spec, scrubber, entries)
         t_decode = time.perf_counter() - t1
 
-    manifest = _public_manifest(rows, spec, pseudo)
-    manifest = assign_splits(manifest, spec.splits).drop(columns="given_split")
-    check_heldout_sets_not_empty(spec, manifest["split"].value_counts().to_dict())
-    classes = _classes(manifest, spec)
-    manifest["label_idx"] = manifest["label"].map({c: i for i, c in enumerate(classes)}).fillna(-1).astype("int64")
-    manifest = _order_columns(manifest)
-
+    if "images_without_label" in label_stats:  # each instance once, however many copies of it were found
+        label_stats["images_without_label"] = int(labelled.loc[~labelled["relpath"].isin(copies), "label"].isna().sum())
+    manifest, classes = _manifest(rows, spec, pseudo)
     quarantine = _quarantine_frame(rejected, entries, spec, scrubber)
     _check_every_file_accounted(entries, rows, quarantine, spec)
 
-    card = build_card(manifest, quarantine, spec, classes, label_stats, key_source)
-    if spec.unit != "image":
-        card["cases"] = _case_card(manifest, quarantine, spec, cases)
-    card["pseudonym_key_fingerprint"] = fingerprint
-    card["warnings"] = warnings_
-    if not spec.record_paths:  # the folders' own names may be what identifies a patient
-        card["spec"]["images"] = PATH_WITHHELD
-        if card["spec"].get("labels"):
-            card["spec"]["labels"]["csv"] = Path(card["spec"]["labels"]["csv"]).name
-    card["build"] = {
-        "files": len(entries),
-        "index_seconds": round(t_index, 3),
-        "decode_seconds": round(t_decode, 3),
-        "decoded_now": decoded,
-        "from_cache": int(len(rows) - decoded),
-    }
-    card_text = json.dumps(card, indent=2, sort_keys=True, default=str)
-
-    def write_card(p: Path) -> None:
-        p.write_text(card_text)
-
+    build = BuildStats(
+        files=len(entries),
+        index_seconds=round(t_index, 3),
+        decode_seconds=round(t_decode, 3),
+        decoded_now=decoded,
+        from_cache=int(len(rows) - decoded),
+    )
+    card = build_card(
+        manifest,
+        quarantine,
+        spec,
+        classes,
+        label_stats,
+        key_source,
+        key_fingerprint=fingerprint,
+        warnings=warnings_,
+        build=build,
+        cases=None if cases is None else _case_stats(manifest, spec, cases),
+    )
     write_all(
         [
             (out / "manifest.parquet", int(manifest.memory_usage(deep=True).sum()), _parquet(manifest)),
             (out / "quarantine.csv", 200 * (len(quarantine) + 1), lambda p: quarantine.to_csv(p, index=False)),
-            (out / "cohort.json", len(card_text), write_card),
-        ]
+            card.staged(out / CARD_FILE),
+        ],
+        private=True,
     )
     write_fingerprints(out, rows, key)  # lets the report's PHI guard recognise identifiers it never sees
     log.info(
@@ -149,9 +113,88 @@ def build_cohort(spec: CohortSpec | str | Path, out: str | Path, *, new_key: boo
         spec.name,
         len(manifest),
         len(quarantine),
-        card["manifest_sha256"][:12],
+        card.manifest_sha256[:12],
     )
     return card
+
+
+# --- phases --------------------------------------------------------------------------------------
+
+
+def _index(root: Path, spec: CohortSpec, scrubber: Scrubber) -> tuple[list[str], list[IndexedFile], list[Rejected]]:
+    """Every entry under the images folder (sorted), the image files' headers, and what was left out (and why)."""
+    files, left_out = list_entries(root)
+    entries = sorted([*files, *(r.relpath for r in left_out)])
+    log.info("indexing %d files under the images folder", len(files))
+    indexed: list[IndexedFile] = []
+    rejected: list[Rejected] = list(left_out)
+    with counting("indexing", len(files)) as advance:
+        for item in index_files(root, files, spec.workers, IndexLimits(spec.max_megapixels, _kinds(spec)), scrubber):
+            advance(1)
+            if isinstance(item, IndexedFile):
+                indexed.append(item)
+            else:
+                rejected.append(item)
+    if not indexed:
+        raise CohortBuildError(_no_images(root, entries, rejected))
+    return entries, indexed, rejected
+
+
+def _labelled_rows(
+    indexed: list[IndexedFile], rejected: list[Rejected], spec: CohortSpec, pseudo: Pseudonymizer, scrubber: Scrubber
+) -> tuple[pd.DataFrame, dict, list[Rejected]]:
+    """One row per image instance with its labels; before any pixel is decoded, the checks that can stop a build
+    (values the spec names, identifiers in paths and copied values) and the scrubber learns every identifier."""
+    rows = _instances(indexed, spec.frames)
+    labels, label_stats = join_labels(rows, spec.labels)
+    rows = pd.concat([rows, labels], axis=1)
+    rows, rejected = _drop_excluded(rows, rejected)
+    _check_study_values(rows, spec, pseudo)
+    scrubber.add_identifiers(identifier_set(rows))
+    check_paths(rows, spec, str(spec.images))
+    check_copied_values(rows, spec)
+    return rows, label_stats, rejected
+
+
+def _decode(
+    rows: pd.DataFrame,
+    rejected: list[Rejected],
+    root: Path,
+    out: Path,
+    spec: CohortSpec,
+    scrubber: Scrubber,
+    entries: list[str],
+) -> tuple[pd.DataFrame, list[Rejected], int, set[str], dict | None]:
+    """Decode every instance into the cache (every copy of a duplicated one too), then keep one copy per SOP
+    Instance UID: the first *readable* one, and group what is kept into cases (:func:`_cases`). Returns the rows
+    kept, every rejection, how many were decoded now, the files left out as copies of a kept instance, and what
+    the card says about cases (``None`` for ``unit: image``)."""
+    labelled = rows
+    private_dir(out)  # the cohort identifies no one by name, but it holds patients' images: owner-only
+    cache = PreprocessCache(out / "cache", spec.preprocess)
+    cache.remove_temporaries()
+    uid_of = dict(zip(rows["relpath"], rows["sop_uid"].map(given)))
+    with counting("decoding", len(uid_of)) as advance:
+        rows, decode_rejects, decoded_keys = fill_cache(rows, root, cache, spec, scrubber, advance)
+    failed = {r.relpath: r for r in decode_rejects}
+    rows, duplicates, unreadable = _unique_instances(rows, failed, uid_of, {f: i for i, f in enumerate(entries)})
+    for relpath, kept in unreadable.items():  # an unreadable copy of an instance that has a readable one
+        reason = f"{failed[relpath].reason}; a readable copy of the same instance, file #{kept}, is kept"
+        failed[relpath] = Rejected(relpath, "decode", reason)
+    copies = {d.relpath for d in duplicates} | set(unreadable)
+    rows, whole_cases, cases = _cases(rows, labelled, copies, spec, entries)
+    decoded = int(rows["cache_key"].isin(decoded_keys).sum())
+    return rows, [*rejected, *failed.values(), *duplicates, *whole_cases], decoded, copies, cases
+
+
+def _manifest(rows: pd.DataFrame, spec: CohortSpec, pseudo: Pseudonymizer) -> tuple[pd.DataFrame, list[str]]:
+    """The public manifest (pseudonyms, splits, label indices) and the classes in the head's order."""
+    manifest = _public_manifest(rows, spec, pseudo)
+    manifest = assign_splits(manifest, spec.splits).drop(columns="given_split")
+    check_heldout_sets_not_empty(spec, manifest["split"].value_counts().to_dict())
+    classes = _classes(manifest, spec)
+    manifest["label_idx"] = manifest["label"].map({c: i for i, c in enumerate(classes)}).fillna(-1).astype("int64")
+    return _order_columns(manifest), classes
 
 
 # --- steps ---------------------------------------------------------------------------------------
@@ -178,51 +221,42 @@ def _raw_patient(rows: pd.DataFrame) -> pd.Series:
     )
 
 
-def _cases(rows: pd.DataFrame, spec: CohortSpec, rejected: list[Rejected]) -> tuple[pd.DataFrame, list[Rejected], dict]:
-    """Group instances into cases of ``spec.unit`` and order them; a case that cannot be ordered (or whose
-    instances disagree on the label) is quarantined whole, each of its files with the case's reason."""
+def _cases(
+    rows: pd.DataFrame, labelled: pd.DataFrame, copies: set[str], spec: CohortSpec, entries: list[str]
+) -> tuple[pd.DataFrame, list[Rejected], dict | None]:
+    """Group the decoded instances into cases of ``spec.unit`` and order them. A case is kept whole or not at all:
+    one with an instance that could not be decoded (and has no readable copy), that cannot be ordered, or whose
+    instances disagree on the label is quarantined whole, each of its remaining files with the case's reason.
+
+    Runs after decoding and de-duplication, so a second copy of a slice is not mistaken for a doubled slice, and
+    an unreadable copy of a slice whose other copy is kept does not cost its case.
+    """
     if spec.unit == "image":
-        return rows, rejected, {}
-    assigned = assign_cases(rows, spec.unit, _raw_patient(rows))
-    lost = assigned.rejected_rows.drop_duplicates("relpath")
-    rejected = rejected + [
-        Rejected(r, "case", f"{spec.unit} quarantined whole: {why}")
-        for r, why in zip(lost["relpath"], lost["case_reason"])
-    ]
-    facts = {"notes": assigned.notes, "quarantined_cases": len(assigned.rejected)}
-    return assigned.rows, rejected, facts
-
-
-def _whole_cases(
-    rows: pd.DataFrame,
-    rejected: list[Rejected],
-    decode_rejects: list[Rejected],
-    case_of: dict[str, str],
-    spec: CohortSpec,
-    entries: list[str],
-    cases: dict,
-) -> tuple[pd.DataFrame, list[Rejected]]:
-    """A case one of whose files could not be decoded is dropped whole: a bag is never silently shortened
-    (``cases["quarantined_cases"]`` counts it)."""
-    if spec.unit == "image" or not decode_rejects:
-        return rows, rejected
+        return rows, [], None
     number = {f: i for i, f in enumerate(entries)}
-    culprit: dict[str, str] = {}
-    for r in sorted((r.relpath for r in decode_rejects), key=lambda f: number.get(f, -1)):
-        culprit.setdefault(case_of[r], r)
-    drop = rows["case_key"].isin(culprit)
-    gone = rows[drop].drop_duplicates("relpath")
-    rejected = rejected + [
+    key_of = dict(zip(labelled["relpath"], case_keys(labelled, spec.unit, _raw_patient(labelled))))
+    culprit: dict[str, str] = {}  # case key -> its first file that could not be decoded
+    for lost in sorted(set(labelled["relpath"]) - set(rows["relpath"]) - copies, key=number.__getitem__):
+        culprit.setdefault(key_of[lost], lost)
+    broken = rows["relpath"].map(key_of).isin(culprit)
+    gone = rows[broken].drop_duplicates("relpath")
+    rejected = [
         Rejected(
             r,
             "case",
-            f"{spec.unit} quarantined whole: file #{number[culprit[k]]} of it could not be decoded (see its row); "
-            "a case is kept whole or not at all",
+            f"{spec.unit} quarantined whole: file #{number[culprit[key_of[r]]]} of it could not be decoded (see its "
+            "row); a case is kept whole or not at all",
         )
-        for r, k in zip(gone["relpath"], gone["case_key"])
+        for r in gone["relpath"]
     ]
-    cases["quarantined_cases"] = cases.get("quarantined_cases", 0) + len(culprit)
-    return rows[~drop], rejected
+    assigned = assign_cases(rows[~broken], spec.unit, _raw_patient(rows[~broken]))
+    lost_rows = assigned.rejected_rows.drop_duplicates("relpath")
+    rejected += [
+        Rejected(r, "case", f"{spec.unit} quarantined whole: {why}")
+        for r, why in zip(lost_rows["relpath"], lost_rows["case_reason"])
+    ]
+    facts = {"notes": assigned.notes, "quarantined_cases": len(assigned.rejected) + len(culprit)}
+    return assigned.rows, rejected, facts
 
 
 def _check_study_values(rows: pd.DataFrame, spec: CohortSpec, pseudo: Pseudonymizer) -> None:
@@ -316,26 +350,26 @@ def _order_columns(m: pd.DataFrame) -> pd.DataFrame:
     return m[[*first, *[c for c in m.columns if c not in first]]]
 
 
-def _case_card(m: pd.DataFrame, q: pd.DataFrame, spec: CohortSpec, facts: dict) -> dict:
+def _case_stats(m: pd.DataFrame, spec: CohortSpec, facts: dict) -> CaseStats:
     """What the card says about cases: how many (per split, beside the instances), how they were ordered, what
     was resampled, and how many were quarantined whole (their files are in quarantine.csv with the reason)."""
     per_case = m.drop_duplicates("case_id")
     sizes = m.groupby("case_id").size()
-    return {
-        "unit": spec.unit,
-        "cases": int(len(per_case)),
-        "instances": int(len(m)),
-        "instances_per_case": {
-            "min": int(sizes.min()) if len(sizes) else 0,
-            "median": float(sizes.median()) if len(sizes) else 0.0,
-            "max": int(sizes.max()) if len(sizes) else 0,
-        },
-        "by_split": {str(k): int(v) for k, v in per_case["split"].value_counts().sort_index().items()},
-        "by_label": {str(k): int(v) for k, v in per_case["label"].fillna("(unlabelled)").value_counts().items()},
-        "ordering": {str(k): int(v) for k, v in per_case["case_ordering"].value_counts().sort_index().items()},
-        "notes": facts.get("notes", {}),
-        "quarantined_cases": int(facts.get("quarantined_cases", 0)),
-    }
+    return CaseStats(
+        unit=spec.unit,
+        cases=int(len(per_case)),
+        instances=int(len(m)),
+        instances_per_case=CaseSizes(
+            min=int(sizes.min()) if len(sizes) else 0,
+            median=float(sizes.median()) if len(sizes) else 0.0,
+            max=int(sizes.max()) if len(sizes) else 0,
+        ),
+        by_split={str(k): int(v) for k, v in per_case["split"].value_counts().sort_index().items()},
+        by_label={str(k): int(v) for k, v in per_case["label"].fillna("(unlabelled)").value_counts().items()},
+        ordering={str(k): int(v) for k, v in per_case["case_ordering"].value_counts().sort_index().items()},
+        notes=facts.get("notes", {}),
+        quarantined_cases=int(facts.get("quarantined_cases", 0)),
+    )
 
 
 def _quarantine_frame(
@@ -397,21 +431,36 @@ def _check_same_key(out: Path, fingerprint: str, new_key: bool) -> None:
     log.warning("rebuilding %s with a new pseudonym key: every pseudonym and split changes (--new-key)", out.name)
 
 
-def _unique_instances(indexed: list[IndexedFile], number: dict[str, int]) -> tuple[list[IndexedFile], list[Rejected]]:
+def _unique_instances(
+    rows: pd.DataFrame, failed: Iterable[str], uid_of: dict[str, str | None], number: dict[str, int]
+) -> tuple[pd.DataFrame, list[Rejected], dict[str, int]]:
     """One file per SOP Instance UID: a second path to the same instance would repeat its image_id (and could put
-    one image in two splits). The first path in the sorted listing is kept."""
-    first: dict[str, str] = {}
-    kept, dropped = [], []
-    for f in indexed:
-        uid = given(f.sop_uid)
-        if uid and uid in first:
-            reason = f"duplicate SOP Instance UID: the same DICOM instance as file #{number[first[uid]]} (kept)"
-            dropped.append(Rejected(f.relpath, "index", reason))
-            continue
-        if uid:
-            first[uid] = f.relpath
-        kept.append(f)
-    return kept, dropped
+    one image in two splits). The first *readable* copy in the sorted listing is kept: when the first copy is
+    corrupt (pydicom's ``badVR.dcm`` beside six readable copies), keeping it by path alone lost the instance.
+
+    Args:
+        rows: the instances that decoded.
+        failed: the files that did not.
+        uid_of: every decoded or failed file's SOP Instance UID (``None`` for photos).
+        number: each entry's number in the sorted listing.
+
+    Returns:
+        The rows kept; the other readable copies, as duplicates naming the kept file; and each unreadable copy of
+        a kept instance -> the kept file's number (it stays quarantined with its own decoding reason).
+    """
+    keep: dict[str, str] = {}
+    for relpath in sorted(set(rows["relpath"]), key=number.__getitem__):
+        uid = uid_of[relpath]
+        if uid and uid not in keep:
+            keep[uid] = relpath
+    duplicates = [
+        Rejected(r, "index", f"duplicate SOP Instance UID: the same DICOM instance as file #{number[keep[u]]} (kept)")
+        for r in sorted(set(rows["relpath"]), key=number.__getitem__)
+        if (u := uid_of[r]) and keep[u] != r
+    ]
+    unreadable = {r: number[keep[u]] for r in failed if (u := uid_of[r]) and u in keep}
+    dropped = {d.relpath for d in duplicates}
+    return rows[~rows["relpath"].isin(dropped)], duplicates, unreadable
 
 
 def _no_images(root: Path, entries: list[str], rejected: list[Rejected]) -> str:
@@ -423,8 +472,9 @@ def _no_images(root: Path, entries: list[str], rejected: list[Rejected]) -> str:
 
 def _kind_warnings(indexed: list[IndexedFile], spec: CohortSpec) -> list[str]:
     """Photos inside a DICOM tree are often viewer screenshots (burned-in names); without a patient column each
-    would become a patient of its own."""
-    kinds = pd.Series([f.kind for f in indexed]).value_counts()
+    would become a patient of its own. Counted per instance (copies of one DICOM instance once)."""
+    instances = {given(f.sop_uid) or f.relpath: f for f in indexed}
+    kinds = pd.Series([f.kind for f in instances.values()]).value_counts()
     patient_column = spec.labels.patient_column if spec.labels else None
     if spec.kinds is not None or patient_column or "dicom" not in kinds or "photo" not in kinds:
         return []

@@ -39,6 +39,7 @@ __all__ = [
     "SliceGeometry",
     "UnorderableSeries",
     "assign_cases",
+    "case_keys",
     "order_series",
 ]
 
@@ -250,6 +251,30 @@ class CaseAssignment:
     notes: dict[str, int] = field(default_factory=dict)
 
 
+def case_keys(rows: pd.DataFrame, unit: str, patient: pd.Series) -> list[str]:
+    """The raw (identifying) case key of each row: which bag of ``unit`` an instance belongs to. The build also
+    asks it for files that failed to decode, so that their whole case can be quarantined.
+
+    Args:
+        rows: one row per instance with ``relpath``, ``frame``, ``study_uid`` and ``series_uid``.
+        unit: what a case is.
+        patient: the raw patient identity of each row (same index as ``rows``): a case never spans patients.
+    """
+    if unit not in UNITS:
+        raise ValueError(f"unit must be one of {', '.join(UNITS)}, got {unit!r}")
+    files = rows["relpath"].astype(str)
+    series = [_uid(s) or f"file:{f}" for s, f in zip(rows["series_uid"], files)]
+    study = [_uid(s) or f"file:{f}" for s, f in zip(rows["study_uid"], files)]
+    who = [str(p) for p in patient.loc[rows.index]]
+    if unit == "image":
+        return [f"{f}#{int(fr)}" for f, fr in zip(files, rows["frame"])]
+    if unit == "series":
+        return [f"{p}|{st}|{se}" for p, st, se in zip(who, study, series)]
+    if unit == "study":
+        return [f"{p}|{st}" for p, st in zip(who, study)]
+    return who
+
+
 def assign_cases(rows: pd.DataFrame, unit: str, patient: pd.Series) -> CaseAssignment:
     """Group instances into cases of ``unit`` and order each case.
 
@@ -264,23 +289,11 @@ def assign_cases(rows: pd.DataFrame, unit: str, patient: pd.Series) -> CaseAssig
         A :class:`CaseAssignment`. A case whose instances carry different labels is rejected too: its label
         would be a guess.
     """
-    if unit not in UNITS:
-        raise ValueError(f"unit must be one of {', '.join(UNITS)}, got {unit!r}")
     rows = rows.copy()
+    rows["case_key"] = case_keys(rows, unit, patient)
     files = rows["relpath"].astype(str)
-    series = [_uid(s) or f"file:{f}" for s, f in zip(rows["series_uid"], files)]
-    study = [_uid(s) or f"file:{f}" for s, f in zip(rows["study_uid"], files)]
-    who = [str(p) for p in patient.loc[rows.index]]
-    if unit == "image":
-        keys = [f"{f}#{int(fr)}" for f, fr in zip(files, rows["frame"])]
-    elif unit == "series":
-        keys = [f"{p}|{st}|{se}" for p, st, se in zip(who, study, series)]
-    elif unit == "study":
-        keys = [f"{p}|{st}" for p, st in zip(who, study)]
-    else:
-        keys = [p for p in who]
-    rows["case_key"] = keys
-    rows["_series"], rows["_study"] = series, study
+    rows["_series"] = [_uid(s) or f"file:{f}" for s, f in zip(rows["series_uid"], files)]
+    rows["_study"] = [_uid(s) or f"file:{f}" for s, f in zip(rows["study_uid"], files)]
     kept: list[pd.DataFrame] = []
     rejected: dict[str, str] = {}
     notes: dict[str, int] = {}

@@ -11,6 +11,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from medvision.errors import InputError
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -23,8 +25,8 @@ _SEPARATORS = (",", ";", "\t", "|")
 _ENCODING = "utf-8-sig"  # UTF-8, with or without Excel's byte-order mark
 
 
-class LabelsFileError(ValueError):
-    """A labels CSV that cannot be read; the message names the file and the fix."""
+class LabelsFileError(InputError):
+    """A labels CSV that cannot be read; the message names the file and the fix (exit code 2)."""
 
 
 def _first_line(path: Path) -> str:

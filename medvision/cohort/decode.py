@@ -7,9 +7,7 @@ returns pixels or a quarantine reason; the parent process alone writes the cache
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 from collections.abc import Callable
-from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,7 @@ import pandas as pd
 
 from medvision.cohort.cache import PreprocessCache, entry_key
 from medvision.cohort.index import Rejected, worker_count
-from medvision.cohort.logscrub import Scrubber, scrubbed_output
+from medvision.cohort.logscrub import Scrubber, scrub_worker
 from medvision.cohort.preprocess import preprocess
 from medvision.cohort.spec import CohortSpec
 from medvision.cohort.workers import WORKER_DIED, map_isolated
@@ -37,19 +35,10 @@ _DIED = (
 def _decode_init(existing: set[str], scrubber: Scrubber | None = None) -> None:
     global _EXISTING
     _EXISTING = existing
-    if scrubber is not None and multiprocessing.parent_process() is not None and _start_method() != "fork":
-        # A spawned worker starts without the parent's log scrubbing; a forked one inherits it.
-        _WORKER_SCRUB.enter_context(scrubbed_output(scrubber))
+    scrub_worker(scrubber)  # a spawned worker starts without the parent's log scrubbing
 
 
 _EXISTING: set[str] = set()
-
-
-def _start_method() -> str:
-    return multiprocessing.get_start_method(allow_none=True) or "fork"
-
-
-_WORKER_SCRUB = ExitStack()
 
 
 #: One frame's outcome: ``(frame, file SHA-256, cache key, payload)``; the payload is the preprocessed pixels, a
@@ -90,7 +79,7 @@ def fill_cache(
     advance: Callable[[int], None] | None = None,
 ):
     """Decode every instance of ``rows`` into ``cache``; returns the rows kept (with content and cache keys), the
-    files quarantined while decoding, and how many entries were decoded now (not found in the cache)."""
+    files quarantined while decoding, and the cache keys decoded now (not found in the cache)."""
     by_file: dict[str, list[int]] = {}
     for relpath, frame in zip(rows["relpath"], rows["frame"]):
         by_file.setdefault(relpath, []).append(int(frame))
@@ -98,7 +87,7 @@ def fill_cache(
     sha_of: dict[tuple[str, int], tuple[str, str]] = {}
     failures: dict[str, str] = {}
     pending: list[tuple[str, np.ndarray]] = []
-    decoded = 0
+    decoded: set[str] = set()
     for relpath, results in _run_decode(jobs, root, cache, spec, scrubber):
         if advance is not None:
             advance(1)
@@ -109,7 +98,7 @@ def fill_cache(
             sha_of[(relpath, fr)] = (sha, key)
             if payload is not None:
                 pending.append((key, payload))
-                decoded += 1
+                decoded.add(key)
             if len(pending) >= SHARD_SIZE:
                 cache.append(pending, save_index=False)
                 pending = []

@@ -68,7 +68,7 @@ def write_fingerprints(out: Path, rows: pd.DataFrame, key: bytes) -> Path:
         "check": _digest(key, _CHECK),
         "fingerprints": sorted({_digest(key, t) for t in _tokens_of_rows(rows)}),
     }
-    return atomic_write_text(Path(out) / FINGERPRINTS_FILE, json.dumps(doc, indent=0))
+    return atomic_write_text(Path(out) / FINGERPRINTS_FILE, json.dumps(doc, indent=0), private=True)
 
 
 class IdentifierFingerprints:

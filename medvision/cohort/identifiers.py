@@ -6,6 +6,12 @@ An identifier matches only as a whole token: the characters either side must not
 ``364`` is found in ``364/ct/1.dcm`` and ``scan_364.dcm`` but not in ``3d4364c0.jpeg``, and the surname ``Doe`` is
 found in ``DOE^JANE`` but not in "does". Matching substrings instead refuses harmless hashed file names and mangles
 ordinary words in messages.
+
+How short an identifier may be depends on what a match does. A log line or quarantine reason that loses a word is
+still readable, so scrubbing removes name parts from two characters up (``LI^WU``, ``NG``) and a whole name in its
+usual spellings (``DOE^J``, ``J DOE``), initials included. A path check that matches refuses the build, so paths
+are checked for identifiers of three characters and more, as before (a folder ``ct`` must not stop a study because a
+patient is called Ct).
 """
 
 from __future__ import annotations
@@ -21,15 +27,19 @@ from medvision.cohort.spec import CohortSpec
 __all__ = [
     "CohortBuildError",
     "TokenSet",
+    "check_copied_values",
     "check_paths",
     "identifier_set",
+    "name_tokens",
     "redact_path",
     "scrub",
     "token_pattern",
 ]
 
-#: Shorter values (initials, "1", "42") would match ordinary text; identifiers that short are not checked.
+#: Shorter values (initials, "1", "42") would match ordinary text: identifiers that short refuse no path.
 MIN_TOKEN = 3
+#: Name parts this long are scrubbed from text on their own (shorter ones, initials, only inside a whole name).
+MIN_NAME_PART = 2
 #: Redacted paths quoted in an error: enough to find the folder, never a full listing.
 _EXAMPLES = 5
 
@@ -47,17 +57,18 @@ class TokenSet:
     log line; a set lookup per run does not.
     """
 
-    _RUN = re.compile(r"[0-9A-Za-z]+")
+    _RUN = re.compile(r"[^\W_]+")  # letters and digits, accented ones too (MÜLLER is one run, not M + LLER)
 
-    def __init__(self, tokens: Iterable[str] = ()) -> None:
+    def __init__(self, tokens: Iterable[str] = (), min_length: int = MIN_TOKEN) -> None:
         self._tokens: set[str] = set()
         self._parts = 1
+        self.min_length = min_length
         self.update(tokens)
 
     def update(self, tokens: Iterable[str]) -> None:
         for t in tokens:
             t = _EDGES.sub("", str(t)).lower() if t else ""
-            if len(t) >= MIN_TOKEN and t not in self._tokens:
+            if len(t) >= self.min_length and t not in self._tokens:
                 self._tokens.add(t)
                 self._parts = max(self._parts, len(self._RUN.findall(t)))
 
@@ -70,12 +81,11 @@ class TokenSet:
     def spans(self, text: str) -> list[tuple[int, int]]:
         """Non-overlapping ``(start, end)`` of every identifier in ``text``, longest match first at each start."""
         runs = [(m.start(), m.end()) for m in self._RUN.finditer(text)]
-        low = text.lower()
         out: list[tuple[int, int]] = []
         i = 0
         while i < len(runs):
             for j in range(min(len(runs), i + self._parts) - 1, i - 1, -1):
-                if low[runs[i][0] : runs[j][1]] in self._tokens:
+                if text[runs[i][0] : runs[j][1]].lower() in self._tokens:  # (lower() may change a length)
                     out.append((runs[i][0], runs[j][1]))
                     i = j
                     break
@@ -91,20 +101,35 @@ class TokenSet:
         return text
 
 
-_EDGES = re.compile(r"^[^0-9A-Za-z]+|[^0-9A-Za-z]+$")
+_EDGES = re.compile(r"^[\W_]+|[\W_]+$")
 
 
-def token_pattern(tokens: Iterable[str]) -> TokenSet | None:
+def token_pattern(tokens: Iterable[str], min_length: int = MIN_TOKEN) -> TokenSet | None:
     """A :class:`TokenSet` of ``tokens`` (``None`` when none is long enough to check)."""
-    found = TokenSet(tokens)
+    found = TokenSet(tokens, min_length)
     return found or None
 
 
 def _identifier_tokens(row: pd.Series) -> list[str]:
-    toks = [row.get("patient_id"), row.get("csv_patient"), row.get("accession_number")]
-    name = row.get("patient_name") or ""
-    toks += [part for part in re.split(r"[\^ ,]+", str(name))]
-    return [str(t).lower() for t in toks if t is not None and t == t and len(str(t)) >= MIN_TOKEN]
+    """IDs (three characters and more), each name part (two and more) and the whole name as people write it."""
+    ids = [row.get("patient_id"), row.get("csv_patient"), row.get("accession_number")]
+    toks = [str(t).lower() for t in ids if t is not None and t == t and len(str(t)) >= MIN_TOKEN]
+    name = row.get("patient_name")
+    if name is not None and name == name:
+        toks += name_tokens(str(name))
+    return toks
+
+
+def name_tokens(name: str) -> list[str]:
+    """A DICOM person name (``FAMILY^GIVEN^MIDDLE``) as tokens: each part of two characters and more, and the whole
+    name as DICOM, "given family", "family given" and "family, given" write it, so ``DOE^J`` and ``J. Doe`` are
+    matched although ``J`` alone is not."""
+    parts = [p for p in re.split(r"[\^ ,.]+", name.strip().lower()) if p]
+    toks = [p for p in parts if len(p) >= MIN_NAME_PART]
+    if len(parts) > 1:
+        given = " ".join(parts[1:])
+        toks += [name.strip().lower(), f"{given} {parts[0]}", f"{parts[0]} {given}", f"{parts[0]}, {given}"]
+    return toks
 
 
 def redact_path(path: str, pattern: TokenSet) -> str:
@@ -184,10 +209,79 @@ def identifier_set(rows: pd.DataFrame, uids: bool = True) -> set[str]:
     return toks
 
 
+def _copied_columns(rows: pd.DataFrame, spec: CohortSpec) -> dict[str, str]:
+    """The columns the build copies verbatim from the labels CSV into the manifest and card -> the spec key."""
+    lab = spec.labels
+    if lab is None:
+        return {}
+    copied = {
+        f"sub__{name}": f"labels.subgroup_columns.{name} (CSV column {col!r})"
+        for name, col in lab.subgroup_columns.items()
+    }
+    if lab.site_column:
+        copied["csv_site"] = f"labels.site_column (CSV column {lab.site_column!r})"
+    if len(lab.label_columns) == 1:
+        copied["label"] = f"labels.label_columns (CSV column {lab.label_columns[0]!r})"
+    return {c: key for c, key in copied.items() if c in rows}
+
+
+def check_copied_values(rows: pd.DataFrame, spec: CohortSpec) -> None:
+    """Refuse CSV values that the build copies verbatim (subgroups, the site column, labels) when they are patient
+    identifiers of this cohort.
+
+    Why: a column's *name* can say it holds identifiers (``patient_id``), which the spec refuses; a neutral name
+    (``code``) cannot, yet a subgroup copies every value into ``manifest.parquet``, ``cohort.json`` and the printed
+    card. The build knows the identifiers (it pseudonymises them), so the values are matched against them: patient
+    IDs (the headers' and the CSV's patient column), accession numbers, birth dates and UIDs as whole tokens, and
+    names as two adjacent parts of one patient's name ("Jane Doe", ``DOE^JANE``). A single name part is not
+    matched: a subgroup value "White" must not stop a study because a patient is called White.
+
+    Raises:
+        CohortBuildError: naming the spec key and CSV column and how many values match, never the values.
+    """
+    copied = _copied_columns(rows, spec)
+    if not copied or rows.empty:
+        return
+    ids = [
+        rows.get(c)
+        for c in ("patient_id", "csv_patient", "accession_number", "birth_date", "sop_uid", "study_uid", "series_uid")
+    ]
+    known = TokenSet(str(v) for col in ids if col is not None for v in col.dropna())
+    pairs = {
+        _name_pair(a, b)
+        for name in rows.get("patient_name", pd.Series(dtype=object)).dropna()
+        for a, b in _adjacent(str(name))
+    }
+    for column, key in copied.items():
+        values = {str(v) for v in rows[column].dropna()}
+        hits = sum(known.search(v) or any(_name_pair(a, b) in pairs for a, b in _adjacent(v)) for v in values)
+        if hits:
+            raise CohortBuildError(
+                f"{key} holds patient identifiers: {hits} of its {len(values)} distinct value(s) equal or contain a "
+                "patient ID, accession number, birth date, UID or patient name of this cohort (values not shown). "
+                "The build copies this column verbatim into manifest.parquet, cohort.json and the card, and "
+                "identifiers never leave the cohort layer. If the column identifies patients, give it as "
+                "labels.patient_column (--patient-column; it is pseudonymised) and drop it here; otherwise "
+                "correct its values"
+            )
+
+
+def _adjacent(text: str) -> list[tuple[str, str]]:
+    words = TokenSet._RUN.findall(text.lower())
+    return list(zip(words, words[1:]))
+
+
+def _name_pair(a: str, b: str) -> tuple[str, str]:
+    return (a, b) if a <= b else (b, a)
+
+
 def scrub(text: str, identifiers: set[str] | TokenSet | None) -> str:
     """Library messages can quote header values; no identifier we know of survives into a reason or a log line.
 
-    Whole tokens only: "DOE" goes, "does" and "misplaced" stay.
+    Whole tokens only: "DOE" goes, "does" and "misplaced" stay. Tokens from two characters up are scrubbed.
     """
-    pattern = identifiers if isinstance(identifiers, TokenSet) or identifiers is None else token_pattern(identifiers)
+    if isinstance(identifiers, TokenSet) or identifiers is None:
+        pattern = identifiers
+    else:
+        pattern = token_pattern(identifiers, MIN_NAME_PART)
     return text if pattern is None else pattern.sub("[redacted]", text)

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from medvision.cohort.logscrub import Scrubber, scrub_worker
 from medvision.cohort.workers import WORKER_DIED, map_isolated
 from medvision.io import PHOTO_SUFFIXES, ImageHeader, ImageReadError, read_header
 
@@ -154,9 +155,17 @@ def _too_large(h: ImageHeader, cap: float | None) -> str | None:
 
 
 def index_files(
-    root: Path, relpaths: Iterable[str], workers: int = 0, limits: IndexLimits = IndexLimits()
+    root: Path,
+    relpaths: Iterable[str],
+    workers: int = 0,
+    limits: IndexLimits = IndexLimits(),
+    scrubber: Scrubber | None = None,
 ) -> Iterator[IndexedFile | Rejected]:
-    """Index files in order; with several workers, in a process pool where a dying worker costs one file."""
+    """Index files in order; with several workers, in a process pool where a dying worker costs one file.
+
+    ``scrubber`` is installed in every worker (:func:`~medvision.cohort.logscrub.scrub_worker`): a spawned or
+    forkserver worker does not inherit the caller's scrubbing, and library log lines quote paths.
+    """
     relpaths = list(relpaths)
     n = worker_count(workers)
     if n == 1 or len(relpaths) < 64:
@@ -165,7 +174,7 @@ def index_files(
         return
     results: list[IndexedFile | Rejected | None] = [None] * len(relpaths)
     jobs = [(str(root), r, limits) for r in relpaths]
-    for i, result in map_isolated(_index_one, jobs, n):
+    for i, result in map_isolated(_index_one, jobs, n, initializer=scrub_worker, initargs=(scrubber,)):
         results[i] = (
             Rejected(relpaths[i], "index", "the reading process died on this file (out of memory or a crash)")
             if result is WORKER_DIED

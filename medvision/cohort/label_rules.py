@@ -16,7 +16,15 @@ import pandas as pd
 from medvision.cohort.spec import LabelsSpec, SpecError
 from medvision.config import did_you_mean
 
-__all__ = ["JOIN_KEYS", "apply_label_map", "check_columns", "check_join", "filter_rows", "join_keys"]
+__all__ = [
+    "JOIN_KEYS",
+    "apply_label_map",
+    "check_columns",
+    "check_join",
+    "check_unique_keys",
+    "filter_rows",
+    "join_keys",
+]
 
 #: How each ``labels.join`` choice derives an image's key from its indexed row.
 JOIN_KEYS = ("sop_instance_uid", "relpath", "filename", "stem", "series_instance_uid", "study_instance_uid")
@@ -60,6 +68,26 @@ def filter_rows(table: pd.DataFrame, spec: LabelsSpec) -> tuple[pd.DataFrame, pd
     dropped = reason.notna()
     stats = {"csv_rows_excluded": int(dropped.sum())} if spec.include or spec.exclude else {}
     return table[~dropped], reason[dropped], stats
+
+
+def check_unique_keys(kept: pd.DataFrame, spec: LabelsSpec) -> None:
+    """One CSV row per image among the rows the filters keep: two would give an image two labels.
+
+    Checked after ``include``/``exclude``, so a filter that drops the extra rows (a second row marked ``todo``)
+    resolves the duplicates, as it would by hand.
+
+    Raises:
+        SpecError: naming the CSV, the key column, how many duplicates and the CSV line of the first.
+    """
+    dup = kept[spec.key_column].duplicated(keep="first") & kept[spec.key_column].notna()
+    if dup.any():
+        first = int(dup.idxmax()) + 2  # the table keeps the CSV's row numbers: + header line, + 1-based
+        filters = " kept by labels.include/exclude" if spec.include or spec.exclude else ""
+        raise SpecError(
+            f"labels CSV {spec.csv}: {int(dup.sum())} duplicate value(s) in key column '{spec.key_column}' among "
+            f"the rows{filters} (first at CSV line {first}): an image would get two labels. Keep one row per image, "
+            "or drop the others with labels.exclude / labels.include"
+        )
 
 
 def apply_label_map(label: pd.Series, spec: LabelsSpec) -> tuple[pd.Series, dict[str, int]]:

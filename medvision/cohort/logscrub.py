@@ -5,6 +5,11 @@ pydicom, Pillow, Lightning and MLflow log and warn on their own, and quote what 
 a patient into the log even when the cohort withholds paths. Filters on named loggers miss child loggers and
 handlers added later, so the scrubber sits where every record is made (the log record factory) and where every
 warning is shown (``warnings.showwarning``): whatever logger or handler a library uses, the text is already clean.
+HTTP libraries quote request URLs, in which a patient ID or a name is percent-encoded (``DOE%5EJANE``): text with
+percent escapes is decoded before it is scrubbed, so an encoded identifier is found like a plain one.
+
+Worker processes: a forked worker inherits the parent's scrubbing; a spawned or forkserver one starts without
+it, so process pools pass :func:`scrub_worker` as (or call it from) their initializer.
 
 Usage (the cohort build installs it around indexing and decoding; a run can install it around a whole stage)::
 
@@ -17,22 +22,26 @@ Usage (the cohort build installs it around indexing and decoding; a run can inst
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import re
 import threading
 import warnings
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from urllib.parse import unquote
 
-from medvision.cohort.identifiers import TokenSet
+from medvision.cohort.identifiers import MIN_NAME_PART, TokenSet
 
-__all__ = ["PATH_WITHHELD", "Scrubber", "scrubbed_output"]
+__all__ = ["PATH_WITHHELD", "Scrubber", "scrub_worker", "scrubbed_output"]
 
 #: What a withheld path reads as in a message.
 PATH_WITHHELD = "<path withheld>"
 
 #: A path under a root runs until whitespace, a quote or a closing bracket.
 _PATH_TAIL = r"""[^\s'"()\[\]{}<>,;]*"""
+#: A percent escape (``%5E``), as URLs carry characters outside their alphabet.
+_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
 
 
 class Scrubber:
@@ -51,7 +60,7 @@ class Scrubber:
         self, identifiers: Iterable[str] = (), roots: Iterable[str | Path] = (), withhold_paths: bool = False
     ) -> None:
         self.withhold_paths = withhold_paths
-        self._identifiers = TokenSet()
+        self._identifiers = TokenSet(min_length=MIN_NAME_PART)
         self._roots = sorted({str(Path(r)) for r in roots} | {str(Path(r).resolve()) for r in roots}, key=len)[::-1]
         self._roots_re = (
             re.compile(
@@ -63,10 +72,16 @@ class Scrubber:
         self.add_identifiers(identifiers)
 
     def add_identifiers(self, identifiers: Iterable[str]) -> None:
-        """Scrub these too from now on (indexing learns identifiers as it reads headers)."""
-        self._identifiers.update(identifiers)
+        """Scrub these too from now on (indexing learns identifiers as it reads headers).
+
+        A value with spaces is also known with ``+`` between its words, as a URL's query string writes it.
+        """
+        values = [str(v) for v in identifiers]
+        self._identifiers.update([*values, *(v.replace(" ", "+") for v in values if " " in v)])
 
     def __call__(self, text: str) -> str:
+        if (self._roots_re is not None or self._identifiers) and _ESCAPE.search(text):
+            text = _unescaped(text)
         if self._roots_re is not None:
             text = self._roots_re.sub(self._path, text)
         if self._identifiers:
@@ -77,6 +92,16 @@ class Scrubber:
         if self.withhold_paths:
             return PATH_WITHHELD
         return "<images>" + (match.group(2) or "")
+
+
+def _unescaped(text: str) -> str:
+    """Percent escapes decoded, repeatedly (a URL quoted twice), so identifiers show in their plain spelling."""
+    for _ in range(3):
+        plain = unquote(text, errors="replace")
+        if plain == text:
+            break
+        text = plain
+    return text
 
 
 _LOCK = threading.Lock()
@@ -98,6 +123,8 @@ def scrubbed_output(scrubber: Scrubber) -> Iterator[Scrubber]:
         record = previous_factory(*args, **kwargs)
         return _scrub_record(record, scrubber)
 
+    factory.scrubs = True  # type: ignore[attr-defined]  # how scrub_worker tells a forked worker
+
     def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings' own signature
         previous_show(scrubber(str(message)), category, filename, lineno, file, line)
 
@@ -112,6 +139,18 @@ def scrubbed_output(scrubber: Scrubber) -> Iterator[Scrubber]:
                 logging.setLogRecordFactory(previous_factory)
             if warnings.showwarning is show:
                 warnings.showwarning = previous_show
+
+
+_WORKER_SCRUB = ExitStack()
+
+
+def scrub_worker(scrubber: Scrubber | None) -> None:
+    """Install ``scrubber`` for the rest of a pool worker's life, unless the worker already scrubs (a forked worker
+    inherits its parent's record factory). Use as, or call from, a ``ProcessPoolExecutor`` initializer."""
+    if scrubber is None or multiprocessing.parent_process() is None:
+        return  # not a worker: the caller's own scrubbed_output block applies
+    if not getattr(logging.getLogRecordFactory(), "scrubs", False):
+        _WORKER_SCRUB.enter_context(scrubbed_output(scrubber))
 
 
 def _scrub_record(record: logging.LogRecord, scrubber: Scrubber) -> logging.LogRecord:

@@ -22,6 +22,8 @@ from medvision.cohort.spec import CohortSpec, SpecError
 if TYPE_CHECKING:
     import pandas as pd
 
+    from medvision.cohort.card import CohortCard
+
 __all__ = [
     "CohortFacts",
     "check_heldout_sets_not_empty",
@@ -180,22 +182,17 @@ def facts_from_labels(spec: CohortSpec) -> CohortFacts | None:
     )
 
 
-def facts_from_card(card: dict) -> CohortFacts:
+def facts_from_card(card: CohortCard) -> CohortFacts:
     """Facts of a built cohort, from its card."""
-    by_label: set[str] = set()
-    sites: set[str] = set()
-    for entry in card["counts"].values():
-        by_label.update(k for k in entry["by_label"] if k != "(unlabelled)")
-        sites.update(entry["by_subgroup"].get("site", {}))
     return CohortFacts(
-        labels=frozenset(by_label),
-        sites=frozenset(sites),
-        attributes=tuple(card["subgroups"]),
-        heldout_conditions=tuple(card.get("heldout_conditions") or ()),
-        heldout_sites=tuple(card.get("heldout_sites") or ()),
-        outlier_conditions=tuple(card.get("outlier_conditions") or ()),
-        splits=frozenset(s for s, e in card["counts"].items() if e["images"]),
-        source=f"cohort {card['name']}",
+        labels=card.label_values,
+        sites=card.sites,
+        attributes=tuple(card.subgroups),
+        heldout_conditions=tuple(card.heldout_conditions),
+        heldout_sites=tuple(card.heldout_sites),
+        outlier_conditions=tuple(card.outlier_conditions),
+        splits=card.nonempty_splits,
+        source=f"cohort {card.name}",
     )
 
 

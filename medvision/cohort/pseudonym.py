@@ -16,6 +16,8 @@ import secrets
 import stat
 from pathlib import Path
 
+from medvision._atomic import atomic_write_text
+
 __all__ = ["KEY_ENV", "Pseudonymizer", "default_key_file", "key_fingerprint", "resolve_key"]
 
 log = logging.getLogger("medvision.cohort")
@@ -53,15 +55,16 @@ def resolve_key(key_file: Path | None, out_dir: Path) -> tuple[bytes, str]:
             "holding the cohort could re-identify patients"
         )
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_hex(32) + "\n")
-        log.warning(
-            "created a new pseudonym key at %s: keep it (and a backup) safe; rebuilding a cohort without it "
-            "changes every pseudonym and split",
-            path,
-        )
+        try:  # whole, 0600 from the start, and never over a key another build created a moment ago
+            atomic_write_text(path, secrets.token_hex(32) + "\n", private=True, replace=False)
+        except FileExistsError:
+            pass  # that build's key is the key
+        else:
+            log.warning(
+                "created a new pseudonym key at %s: keep it (and a backup) safe; rebuilding a cohort without it "
+                "changes every pseudonym and split",
+                path,
+            )
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
         log.warning(

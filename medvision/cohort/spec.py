@@ -9,17 +9,21 @@ be moved or shared as a whole.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from medvision.cohort.csvfile import csv_header
 from medvision.config import ConfigError, StrictModel, explain_validation_error, read_yaml
+from medvision.errors import InputError
 
 __all__ = [
     "BUILTIN_COLUMNS",
     "CohortSpec",
+    "DicomWebPacs",
+    "DimsePacs",
     "FolderOptions",
     "LabelsSpec",
     "PacsQuery",
@@ -223,60 +227,113 @@ class PacsRequestList(_Strict):
     key: Literal["AccessionNumber", "StudyInstanceUID", "PatientID"]
 
 
-class PacsSpec(_Strict):
-    """Where a cohort's instances come from when they live in a PACS (``medvision cohort pull``).
+class _PacsCommon(_Strict):
+    """What every PACS pull needs, whatever the protocol.
 
     Credentials are never part of a spec: they come from $MEDVISION_PACS_USER + $MEDVISION_PACS_PASSWORD,
     $MEDVISION_PACS_TOKEN, or ``credentials_file`` (a file only the user can read).
     """
 
-    protocol: Literal["dicomweb", "dimse"]
-    #: DICOMweb base URL (QIDO-RS and WADO-RS), e.g. ``https://pacs.example.org/dicom-web``.
-    url: str | None = None
-    #: DIMSE: the PACS host and port, its AE title, and ours (the PACS must know our AE title).
-    host: str | None = None
-    port: int | None = Field(default=None, ge=1, le=65535)
-    called_aet: str = Field(default="ANY-SCP", max_length=16)
-    calling_aet: str = Field(default="MEDVISION", max_length=16)
     #: The local content-addressed store the instances are pulled into (outside the cohort output);
     #: the cohort's ``images`` defaults to its ``instances`` folder.
     store: Path
     query: PacsQuery = Field(default_factory=PacsQuery)
     request_list: PacsRequestList | None = None
-    auth: Literal["none", "basic", "bearer"] = "none"
-    credentials_file: Path | None = None
-    #: TLS certificate verification (DICOMweb over https); a CA bundle file for a hospital's own CA.
-    verify_tls: bool = True
-    ca_bundle: Path | None = None
     #: Instances retrieved at once (HTTP requests or DIMSE associations).
     concurrency: int = Field(default=4, ge=1, le=32)
-    #: Attempts after the first on timeouts, refused connections and 5xx answers (exponential back-off).
+    #: Attempts after the first on timeouts, refused or lost connections and 408/429/5xx answers (exponential
+    #: back-off from 0.25 s).
     retries: int = Field(default=3, ge=0, le=10)
     timeout: float = Field(default=30.0, gt=0, description="seconds per request")
 
     @model_validator(mode="after")
-    def _check(self) -> PacsSpec:
-        if self.protocol == "dicomweb":
-            if not self.url or not self.url.startswith(("http://", "https://")):
-                raise ValueError("pacs.url must be the DICOMweb base URL (http:// or https://) for protocol dicomweb")
-            if "@" in self.url.split("//", 1)[1].split("/", 1)[0]:
-                raise ValueError(
-                    "pacs.url must not hold credentials; set $MEDVISION_PACS_USER and "
-                    "$MEDVISION_PACS_PASSWORD (or pacs.credentials_file) instead"
-                )
-        else:
-            if not self.host or self.port is None:
-                raise ValueError("pacs.host and pacs.port are required for protocol dimse")
-            if self.auth != "none":
-                raise ValueError(
-                    "DIMSE has no passwords: the PACS admits our AE title (pacs.calling_aet); set pacs.auth to none"
-                )
+    def _not_everything(self) -> _PacsCommon:
         if self.query.is_empty() and self.request_list is None:
             raise ValueError(
                 "pacs needs a query (modality, study_date, ...) or a request_list; an empty "
                 "request would pull the whole archive"
             )
         return self
+
+    def resolved(self, fix: Callable[[Path | None], Path | None]) -> Self:
+        """Paths made absolute by ``fix`` (see :meth:`CohortSpec.resolved`)."""
+        req = self.request_list
+        return self.model_copy(
+            update={
+                "store": fix(self.store),
+                "request_list": None if req is None else req.model_copy(update={"csv": fix(req.csv)}),
+            }
+        )
+
+
+class DicomWebPacs(_PacsCommon):
+    """A pull by DICOMweb (QIDO-RS searches, WADO-RS retrieval)."""
+
+    protocol: Literal["dicomweb"]
+    #: DICOMweb base URL (QIDO-RS and WADO-RS), e.g. ``https://pacs.example.org/dicom-web``.
+    url: str
+    auth: Literal["none", "basic", "bearer"] = "none"
+    credentials_file: Path | None = None
+    #: TLS certificate verification (DICOMweb over https); a CA bundle file for a hospital's own CA.
+    verify_tls: bool = True
+    ca_bundle: Path | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _base_url(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("pacs.url must be the DICOMweb base URL (http:// or https://) for protocol dicomweb")
+        if "@" in url.split("//", 1)[1].split("/", 1)[0]:
+            raise ValueError(
+                "pacs.url must not hold credentials; set $MEDVISION_PACS_USER and "
+                "$MEDVISION_PACS_PASSWORD (or pacs.credentials_file) instead"
+            )
+        return url
+
+    def resolved(self, fix: Callable[[Path | None], Path | None]) -> Self:
+        base = super().resolved(fix)
+        return base.model_copy(
+            update={"credentials_file": fix(self.credentials_file), "ca_bundle": fix(self.ca_bundle)}
+        )
+
+
+class DimsePacs(_PacsCommon):
+    """A pull by DIMSE (C-FIND, then C-GET on our own association: nothing needs to reach us)."""
+
+    protocol: Literal["dimse"]
+    #: The PACS host and port, its AE title, and ours (the PACS must know our AE title).
+    host: str
+    port: int = Field(ge=1, le=65535)
+    called_aet: str = Field(default="ANY-SCP", max_length=16)
+    calling_aet: str = Field(default="MEDVISION", max_length=16)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_passwords(cls, raw: object) -> object:
+        if isinstance(raw, dict) and ({"auth", "credentials_file"} & set(raw)) and raw.get("auth") != "none":
+            raise ValueError(
+                "DIMSE has no passwords: the PACS admits our AE title (pacs.calling_aet); remove pacs.auth and "
+                "pacs.credentials_file"
+            )
+        if isinstance(raw, dict) and raw.get("auth") == "none":
+            raw = {k: v for k, v in raw.items() if k != "auth"}
+        return raw
+
+
+#: Where a cohort's instances come from when they live in a PACS (``medvision cohort pull``): one model per
+#: protocol, chosen by ``protocol``, so each transport receives exactly the fields it needs, validated once.
+def _protocol(raw: object) -> object:
+    return raw.get("protocol") if isinstance(raw, dict) else getattr(raw, "protocol", None)
+
+
+PacsSpec = Annotated[
+    Annotated[DicomWebPacs, Tag("dicomweb")] | Annotated[DimsePacs, Tag("dimse")],
+    Discriminator(
+        _protocol,
+        custom_error_type="pacs_protocol",
+        custom_error_message="pacs.protocol must be dicomweb (with url) or dimse (with host and port)",
+    ),
+]
 
 
 class CohortSpec(_Strict):
@@ -334,16 +391,7 @@ class CohortSpec(_Strict):
         if self.labels is not None:
             upd["labels"] = self.labels.model_copy(update={"csv": fix(self.labels.csv)})
         if self.pacs is not None:
-            p = self.pacs
-            req = None if p.request_list is None else p.request_list.model_copy(update={"csv": fix(p.request_list.csv)})
-            upd["pacs"] = p.model_copy(
-                update={
-                    "store": fix(p.store),
-                    "credentials_file": fix(p.credentials_file),
-                    "ca_bundle": fix(p.ca_bundle),
-                    "request_list": req,
-                }
-            )
+            upd["pacs"] = self.pacs.resolved(fix)
         return self.model_copy(update=upd)
 
 
@@ -425,8 +473,8 @@ def spec_from_folder(images: Path, options: FolderOptions | None = None, **kwarg
         raise SpecError(explain_validation_error(e, CohortSpec, "options of cohort build")) from e
 
 
-class SpecError(ValueError):
-    """A cohort spec that cannot be used; the message names the file and the key."""
+class SpecError(InputError):
+    """A cohort spec that cannot be used; the message names the file and the key (exit code 2)."""
 
 
 def load_spec(path: str | Path) -> CohortSpec:

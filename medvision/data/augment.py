@@ -13,24 +13,31 @@ Augmentations run on the cache's ``uint8`` pixels before the float conversion (f
 per pixel), and every call takes an explicit seed that the training sampler derives from ``(run seed, epoch,
 position)``: a view depends neither on the DataLoader worker that computes it nor on whether the run was resumed.
 Evaluation never augments. The same seeded call serves the two-view SimCLR pipelines (``medvision.ssl.augment``).
+
+``photo`` / ``radiograph`` is the one vocabulary of augmentation (fine-tuning presets and pretraining's two-view
+pipelines both say what the images are); the pretraining spellings ``rgb`` / ``grayscale`` still load, with a
+warning naming the new word (:func:`canonical_preset`).
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import albumentations as A
 import cv2
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from medvision.config import StrictModel
+from medvision.errors import InputError
 
 __all__ = [
     "RADIOLOGY_MODALITIES",
     "FinetuneAugmentConfig",
     "SeededAugment",
     "build_preset",
+    "canonical_preset",
     "resolve_preset",
     "run_seeded",
 ]
@@ -39,6 +46,32 @@ __all__ = [
 RADIOLOGY_MODALITIES = frozenset({"CR", "DX", "DR", "MG", "CT", "MR", "PT", "NM", "US", "XA", "RF", "IO", "PX"})
 
 Preset = Literal["photo", "radiograph", "none"]
+
+#: Old spellings → the one vocabulary (pretraining said ``rgb`` / ``grayscale`` for the same two kinds of image).
+RENAMED_PRESETS = {"rgb": "photo", "grayscale": "radiograph"}
+
+
+def canonical_preset(value: object, key: str = "augment.preset") -> object:
+    """``value`` in the one vocabulary: an old spelling is mapped, with a warning naming ``key`` and the new word.
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore")
+        ...     canonical_preset("grayscale")
+        'radiograph'
+    """
+    if isinstance(value, str) and value in RENAMED_PRESETS:
+        new = RENAMED_PRESETS[value]
+        # FutureWarning, not DeprecationWarning: meant for the person who wrote the YAML, shown by default
+        warnings.warn(
+            f"{key}: {value!r} is now spelt {new!r} (one vocabulary for fine-tuning and pretraining augmentation); "
+            f"write {key}: {new}, the old spelling will be removed",
+            FutureWarning,
+            stacklevel=1,
+        )
+        return new
+    return value
 
 
 class FinetuneAugmentConfig(StrictModel):
@@ -52,9 +85,15 @@ class FinetuneAugmentConfig(StrictModel):
     #: Smallest crop area as a share of the image; ``None`` takes the preset's (photo 0.35, radiograph 0.8).
     crop_scale_min: float | None = Field(None, gt=0.0, le=1.0)
 
+    @field_validator("preset", mode="before")
+    @classmethod
+    def _one_vocabulary(cls, v: object) -> object:
+        return canonical_preset(v)
+
 
 def resolve_preset(choice: str, in_chans: int, modality: str | None = None) -> Preset:
     """The preset ``auto`` stands for: ``radiograph`` for 1-channel images or radiology modalities."""
+    choice = str(canonical_preset(choice))
     if choice in ("photo", "radiograph", "none"):
         return choice  # type: ignore[return-value]
     if in_chans == 1 or (modality or "").upper() in RADIOLOGY_MODALITIES:
@@ -72,7 +111,7 @@ def build_preset(preset: Preset, size: int, cfg: FinetuneAugmentConfig, in_chans
         return None
     if preset == "photo":
         if in_chans != 3:
-            raise ValueError(
+            raise InputError(
                 f"augment.preset 'photo' needs 3-channel images but the cohort has {in_chans}; "
                 "use augment.preset: radiograph (or auto)"
             )

@@ -20,7 +20,9 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from medvision.cohort.card import CohortCard
 from medvision.cohort.cohort import Cohort, open_cohort
+from medvision.cohort.recipe import PreprocessRecipe
 from medvision.data.augment import FinetuneAugmentConfig, SeededAugment, resolve_preset
 
 __all__ = ["CohortDataModule", "CohortDataset", "CohortFacts", "EpochSampler", "default_workers"]
@@ -119,18 +121,40 @@ class EpochSampler(Sampler):
 
 
 class CohortFacts:
-    """The cohort facts every training stage's data module answers (input channels for the stem, the manifest hash
-    its run records), declared once for fine-tuning and self-supervised pretraining alike."""
+    """The cohort facts every training stage's data module answers, read from the one place they are declared: the
+    cohort card (:class:`~medvision.cohort.card.CohortCard`). Fine-tuning and self-supervised pretraining alike."""
 
     cohort: Cohort
 
     @property
+    def card(self) -> CohortCard:
+        return self.cohort.card
+
+    @property
+    def classes(self) -> list[str]:
+        """Inlier classes then training-outlier conditions: index i is ``label_idx == i``."""
+        return list(self.card.classes)
+
+    @property
+    def num_inlier_classes(self) -> int:
+        return self.card.num_inlier_classes
+
+    @property
+    def num_outlier_classes(self) -> int:
+        return self.card.num_outlier_classes
+
+    @property
     def in_chans(self) -> int:
-        return self.cohort.in_chans
+        return self.card.in_chans
 
     @property
     def manifest_sha256(self) -> str:
-        return self.cohort.manifest_sha256
+        return self.card.manifest_sha256
+
+    @property
+    def preprocessing(self) -> PreprocessRecipe:
+        """How each training image was prepared from its file (the classifier card records it)."""
+        return self.card.recipe
 
 
 class CohortDataModule(CohortFacts, L.LightningDataModule):
@@ -169,19 +193,6 @@ class CohortDataModule(CohortFacts, L.LightningDataModule):
         self.augment_preset = resolve_preset(cfg.preset, self.in_chans, modality)
         size = int(self.cohort.cache.params.size)
         self.augment = SeededAugment(self.augment_preset, size, self.in_chans, cfg)
-
-    # Facts the training stage needs, straight from the cohort card.
-    @property
-    def classes(self) -> list[str]:
-        return self.cohort.classes
-
-    @property
-    def num_inlier_classes(self) -> int:
-        return self.cohort.num_inlier_classes
-
-    @property
-    def num_outlier_classes(self) -> int:
-        return self.cohort.num_outlier_classes
 
     def dataset(self, split: str, transform: Transform | None = None, augment: Augment | None = None) -> CohortDataset:
         rows = self._train_rows if split == "train" else self.cohort.rows(split, labelled=split != "unlabelled")

@@ -2,13 +2,19 @@
 
 A frozen backbone maps an image to the same embedding every epoch, so a linear probe that runs the backbone each
 epoch spends nearly all its time recomputing numbers it already had. :class:`FeatureCache` embeds each image once
-per *(weights, cached image, preprocessing)* and stores the result on disk beside the cohort's preprocessing cache
-(``<cohort>/cache/features/<weights digest>/``), keyed by content:
+per *(weights, cached image, preprocessing)* and keeps the result in a shard store
+(:class:`medvision._shards.ShardStore`, the one under the image cache too: locked, atomic, owner-only), keyed by
+content:
 
 * the folder is named by a digest of the backbone's tensors (and its input normalisation), so new weights, a
   fine-tuned backbone or another architecture simply miss;
 * an entry is keyed by the cohort cache's entry key, itself a hash of the image file's content, the frame and the
   preprocessing recipe, so a changed image or a changed recipe misses too. Nothing stale can be read.
+
+Where: outside every cohort folder, which stays read-only once built (:mod:`medvision.cohort.cohort`), in
+:func:`default_feature_root` (``$MEDVISION_FEATURE_CACHE``, else ``$XDG_CACHE_HOME/medvision/features``, else
+``~/.cache/medvision/features``). Since entries are keyed by content, cohorts sharing images share their features,
+and two runs embedding one cohort at once (a sweep's members, an evaluation beside a probe) write one store safely.
 
 :class:`FeatureDataModule` then serves the cohort's training and validation rows as feature batches in exactly the
 order (``(seed, epoch)`` permutations) the image loaders would, so the head sees the same steps either way.
@@ -17,21 +23,33 @@ order (``(seed, epoch)`` permutations) the image loaders would, so the head sees
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import lightning as L
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from medvision._shards import ShardStore
 from medvision.cohort.cache import PreprocessCache
 from medvision.data.dataset import CohortDataModule, CohortDataset, EpochSampler
 
-__all__ = ["FeatureCache", "FeatureDataModule", "weights_digest"]
+__all__ = ["FEATURE_CACHE_ENV", "FeatureCache", "FeatureDataModule", "default_feature_root", "weights_digest"]
 
-_SHARD = "shard-{:05d}.npy"
+#: Environment variable naming the feature cache's folder.
+FEATURE_CACHE_ENV = "MEDVISION_FEATURE_CACHE"
+
+
+def default_feature_root() -> Path:
+    """Where features are kept unless a root is given: ``$MEDVISION_FEATURE_CACHE``, else the user's cache folder
+    (``$XDG_CACHE_HOME/medvision/features``, ``~/.cache/medvision/features`` by default). Read at each call, so a
+    folder configured after start-up is honoured."""
+    if os.environ.get(FEATURE_CACHE_ENV):
+        return Path(os.environ[FEATURE_CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "medvision" / "features"
 
 
 def weights_digest(backbone: nn.Module) -> str:
@@ -53,8 +71,7 @@ class FeatureCache:
     """Embeddings of cached cohort images under one backbone, on disk.
 
     Args:
-        root: the folder holding one sub-folder per weights digest (``<cohort>/cache/features`` by default,
-            see :meth:`for_cohort`).
+        root: the folder holding one store per weights digest; ``None``: :func:`default_feature_root`.
         backbone: the frozen encoder; run in eval mode without gradients.
         batch_size: images per forward pass when embedding.
 
@@ -62,36 +79,44 @@ class FeatureCache:
         computed: how many images the last :meth:`features` call had to embed (0 = all reused).
     """
 
-    def __init__(self, root: str | Path, backbone: nn.Module, batch_size: int = 64) -> None:
+    def __init__(self, root: str | Path | None, backbone: nn.Module, batch_size: int = 64) -> None:
         self.backbone, self.batch_size = backbone, batch_size
         self.digest = weights_digest(backbone)
-        self.dir = Path(root) / self.digest[:32]
-        self._index_path = self.dir / "index.parquet"
-        self._index = pd.read_parquet(self._index_path) if self._index_path.exists() else None
-        self._where: dict[str, tuple[int, int]] = {}
-        if self._index is not None:
-            self._where = dict(zip(self._index["key"], zip(self._index["shard"], self._index["row"])))
+        self.dir = (default_feature_root() if root is None else Path(root)) / self.digest[:32]
+        self._store = ShardStore(self.dir)
         self.computed = 0
 
     @classmethod
-    def for_cohort(cls, cache: PreprocessCache, backbone: nn.Module, batch_size: int = 64) -> FeatureCache:
-        """The feature cache beside a cohort's preprocessing cache."""
-        return cls(cache.dir.parent / "features", backbone, batch_size)
+    def for_cohort(
+        cls, cache: PreprocessCache, backbone: nn.Module, batch_size: int = 64, root: str | Path | None = None
+    ) -> FeatureCache:
+        """The feature cache for a cohort's cached images: in ``root`` (default :func:`default_feature_root`), never
+        inside the cohort. ``cache`` is the cohort's image cache, whose entry keys key the features."""
+        del cache  # the entries are keyed by content, so one store serves every cohort
+        return cls(root, backbone, batch_size)
 
     def features(self, cache: PreprocessCache, keys: list[str]) -> np.ndarray:
-        """``(len(keys), D)`` float32 embeddings of the cached images ``keys``, computing only the missing ones."""
-        missing = [k for k in dict.fromkeys(keys) if k not in self._where]
+        """``(len(keys), D)`` float32 embeddings of the cached images ``keys``, computing only the missing ones.
+
+        Entries another process saved since this cache was opened are reused; two processes computing the same
+        entries at once both get them, and the store keeps one copy.
+        """
+        self._store.refresh()
+        missing = [k for k in dict.fromkeys(keys) if k not in self._store]
         self.computed = len(missing)
         if missing:
-            self._append(missing, self._embed(cache, missing))
-        shards: dict[int, np.ndarray] = {}
-        out = []
-        for key in keys:
-            shard, row = self._where[key]
-            if shard not in shards:
-                shards[shard] = np.load(self.dir / _SHARD.format(shard), mmap_mode="r")
-            out.append(shards[shard][row])
-        return np.stack(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
+            feats = self._embed(cache, missing)
+            try:
+                self._store.append(zip(missing, feats))
+            except PermissionError as e:
+                raise PermissionError(
+                    e.errno,
+                    f"the feature cache {self.dir} is not writable ({e.strerror}); set ${FEATURE_CACHE_ENV} to a "
+                    "folder you can write, or turn the cache off (data.feature_cache: false)",
+                ) from e
+        if not keys:
+            return np.zeros((0, 0), np.float32)
+        return self._store.get_many(keys).astype(np.float32)
 
     @torch.no_grad()
     def _embed(self, cache: PreprocessCache, keys: list[str]) -> np.ndarray:
@@ -106,19 +131,6 @@ class FeatureCache:
         finally:
             self.backbone.train(was_training)
         return np.concatenate(parts)
-
-    def _append(self, keys: list[str], feats: np.ndarray) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        shard = 1 + max((s for s, _ in self._where.values()), default=-1)
-        tmp = self.dir / f"shard-{shard:05d}.tmp.npy"
-        np.save(tmp, feats)
-        tmp.rename(self.dir / _SHARD.format(shard))
-        new = pd.DataFrame({"key": keys, "shard": np.int32(shard), "row": np.arange(len(keys), dtype=np.int32)})
-        self._index = new if self._index is None else pd.concat([self._index, new], ignore_index=True)
-        tmp_index = self._index_path.with_suffix(".tmp.parquet")
-        self._index.to_parquet(tmp_index, index=False)
-        tmp_index.replace(self._index_path)  # the index only ever names shards that are fully written
-        self._where.update({k: (shard, i) for i, k in enumerate(keys)})
 
 
 class _FeatureDataset(Dataset):

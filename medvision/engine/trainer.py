@@ -16,7 +16,6 @@ many GPUs:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -32,9 +31,10 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 from torch.distributed.fsdp.wrap import size_based_auto_wrap_policy
 
-from medvision._version import code_version
-from medvision.config import flatten
+from medvision._atomic import atomic_write_text
+from medvision._documents import DocumentError
 from medvision.engine.config import StageConfig, TrainerConfig
+from medvision.engine.identity import RUN_IDENTITY_FILE, RunIdentity
 from medvision.engine.seeding import EpochSeeding
 
 __all__ = [
@@ -45,16 +45,15 @@ __all__ = [
     "last_checkpoint_path",
     "resolve_num_nodes",
     "resume_checkpoint",
+    "run_identity",
     "runs_on_cpu",
     "fit_stage",
 ]
 
 LAST_CHECKPOINT = "last.ckpt"
-#: In the output folder, beside ``checkpoints/``: what run they belong to (config, cohort, code), so
+#: In the output folder, beside ``checkpoints/``: what run they belong to (:class:`RunIdentity`), so
 #: ``resume: auto`` never continues another run's checkpoint.
-RUN_IDENTITY = "run-identity.json"
-#: Settings that may change between an interrupted run and its resumption without making it another run.
-_NOT_IDENTITY = ("output_dir", "resume", "tracking", "trainer.progress_bar")
+RUN_IDENTITY = RUN_IDENTITY_FILE
 _PRECISION: dict[str, Literal["32-true", "bf16-mixed", "16-mixed"]] = {
     "32": "32-true",
     "bf16-mixed": "bf16-mixed",
@@ -194,14 +193,13 @@ class ResumeMismatch(ValueError):
     differences and the two ways out."""
 
 
-def run_identity(config: StageConfig, **facts: str) -> dict[str, object]:
-    """What makes two runs the same run: the config (minus where it writes and how it shows progress), the
-    given facts (the cohort's manifest hash) and the code version; the pipeline's stage key, per folder."""
-    flat = {k: v for k, v in flatten(config).items() if not any(k == n or k.startswith(n + ".") for n in _NOT_IDENTITY)}
-    return {**{f"config.{k}": v for k, v in flat.items()}, **facts, "code_version": code_version()}
+def run_identity(config: StageConfig, manifest_sha256: str | None = None) -> RunIdentity:
+    """What makes two runs the same run (:class:`~medvision.engine.identity.RunIdentity`, the one definition the
+    pipeline's stage keys use too)."""
+    return RunIdentity.of(config, manifest_sha256=manifest_sha256)
 
 
-def _check_same_run(config: StageConfig, identity: dict[str, object]) -> None:
+def _check_same_run(config: StageConfig, identity: RunIdentity) -> None:
     """Refuse to resume ``last.ckpt`` of another run (another config, cohort or code version)."""
     path = Path(config.output_dir) / RUN_IDENTITY
     folder = Path(config.output_dir)
@@ -214,13 +212,16 @@ def _check_same_run(config: StageConfig, identity: dict[str, object]) -> None:
             f"{folder} holds a checkpoint ({LAST_CHECKPOINT}) that records no run identity (an older version made "
             f"it), so resuming it might continue another run. {way_out}"
         )
-    saved = json.loads(path.read_text())
-    current = json.loads(json.dumps(identity, default=str))
-    diff = [k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+    try:
+        saved = RunIdentity.read(path)
+    except DocumentError as e:
+        raise ResumeMismatch(
+            f"{folder} holds a checkpoint ({LAST_CHECKPOINT}) whose run identity this medvision cannot read ({e}), "
+            f"so resuming it might continue another run. {way_out}"
+        ) from None
+    diff = saved.differences(identity)
     if diff:
-        shown = "; ".join(
-            f"{k.removeprefix('config.')}: {saved.get(k)!r} there, {current.get(k)!r} now" for k in diff[:8]
-        )
+        shown = "; ".join(f"{k.removeprefix('config.')}: {a!r} there, {b!r} now" for k, a, b in diff[:8])
         more = f" (and {len(diff) - 8} more)" if len(diff) > 8 else ""
         raise ResumeMismatch(
             f"{folder} holds the checkpoint of a different run ({shown}{more}); resuming it would continue that "
@@ -244,7 +245,7 @@ def fit_stage(
     callbacks: Sequence[Callback],
     ckpt: Path | None,
     config_yaml: str,
-    identity: dict[str, object] | None = None,
+    identity: RunIdentity | None = None,
 ) -> FitOutcome:
     """Build the trainer, record the resolved config (rank 0), fit (resuming from ``ckpt``), collect checkpoints.
 
@@ -264,8 +265,8 @@ def fit_stage(
     if trainer.is_global_zero:
         out = Path(config.output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(config_yaml)
-        (out / RUN_IDENTITY).write_text(json.dumps(identity, indent=1, sort_keys=True, default=str))
+        atomic_write_text(out / "config.yaml", config_yaml)
+        identity.write(out / RUN_IDENTITY)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
     cb = trainer.checkpoint_callback  # typed as the Checkpoint base; build_trainer put a ModelCheckpoint first
     best = Path(cb.best_model_path) if isinstance(cb, ModelCheckpoint) and cb.best_model_path else None

@@ -247,6 +247,29 @@ def ood_metrics(score: object, is_ood: object, tpr_level: float = 0.95) -> pd.Se
     )
 
 
+def _case_costs(
+    s: np.ndarray, ood: np.ndarray, ok: np.ndarray, risk_level: object | None, costs: DeferralCosts
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each case's cost if retained and if deferred: an outlier retained costs its condition's risk level."""
+    missed_cost = np.zeros(len(s))
+    if ood.any():
+        if risk_level is None:
+            raise ValueError("`risk_level` is required when outliers are present (one of the cost-table levels).")
+        risk = as_1d(risk_level, "risk_level").astype(object)
+        same_length(score=s, risk_level=risk)
+        unknown = set(risk[ood].tolist()) - set(costs.outlier_missed)
+        if unknown:
+            raise ValueError(
+                f"risk levels {sorted(map(str, unknown))} are not in the cost table "
+                f"{sorted(costs.outlier_missed)}; add them to `outlier_missed`."
+            )
+        missed_cost[ood] = [costs.outlier_missed[r] for r in risk[ood]]
+    inl = ~ood
+    retain_cost = np.where(inl, np.where(ok, costs.inlier_correct, costs.inlier_misclassified), missed_cost)
+    defer_cost = np.where(inl, costs.inlier_deferred, costs.outlier_deferred)
+    return retain_cost, defer_cost
+
+
 def deferral_curve(
     score: object,
     is_ood: object,
@@ -276,22 +299,8 @@ def deferral_curve(
     ood = binary_labels(is_ood, "is_ood")
     ok = binary_labels(correct, "correct")
     n = same_length(score=s, is_ood=ood, correct=ok)
-    missed_cost = np.zeros(n)
-    if ood.any():
-        if risk_level is None:
-            raise ValueError("`risk_level` is required when outliers are present (one of the cost-table levels).")
-        risk = as_1d(risk_level, "risk_level").astype(object)
-        same_length(score=s, risk_level=risk)
-        unknown = set(risk[ood].tolist()) - set(costs.outlier_missed)
-        if unknown:
-            raise ValueError(
-                f"risk levels {sorted(map(str, unknown))} are not in the cost table "
-                f"{sorted(costs.outlier_missed)}; add them to `outlier_missed`."
-            )
-        missed_cost[ood] = [costs.outlier_missed[r] for r in risk[ood]]
     inl = ~ood
-    retain_cost = np.where(inl, np.where(ok, costs.inlier_correct, costs.inlier_misclassified), missed_cost)
-    defer_cost = np.where(inl, costs.inlier_deferred, costs.outlier_deferred)
+    retain_cost, defer_cost = _case_costs(s, ood, ok, risk_level, costs)
 
     order = np.argsort(-s, kind="stable")
     thresholds = np.unique(s)[::-1]

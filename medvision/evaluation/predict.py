@@ -52,6 +52,8 @@ class Predictions:
     probs: np.ndarray
     embeddings: np.ndarray
     ood_score: np.ndarray | None
+    #: What the head calls its built-in OOD score (``Head.ood_score_name``, e.g. ``hod``), when it has one.
+    ood_score_name: str | None = None
 
     def subset(self, mask: np.ndarray) -> Predictions:
         return Predictions(
@@ -60,17 +62,20 @@ class Predictions:
             self.probs[mask],
             self.embeddings[mask],
             None if self.ood_score is None else self.ood_score[mask],
+            self.ood_score_name,
         )
 
     @staticmethod
     def concat(parts: list[Predictions]) -> Predictions:
         ood = None if any(p.ood_score is None for p in parts) else np.concatenate([p.ood_score for p in parts])
+        names = {p.ood_score_name for p in parts}
         return Predictions(
             pd.concat([p.frame for p in parts], ignore_index=True),
             np.concatenate([p.logits for p in parts]),
             np.concatenate([p.probs for p in parts]),
             np.concatenate([p.embeddings for p in parts]),
             ood,
+            names.pop() if ood is not None and len(names) == 1 else None,
         )
 
 
@@ -124,5 +129,10 @@ def predict_rows(classifier, cohort: Cohort, rows: pd.DataFrame, batch_size: int
         frame["ood_score"] = ood
     empty = np.zeros((n, 0), np.float32)
     return Predictions(
-        frame, np.concatenate(logits) if logits else empty, p, np.concatenate(feats) if feats else empty, ood
+        frame,
+        np.concatenate(logits) if logits else empty,
+        p,
+        np.concatenate(feats) if feats else empty,
+        ood,
+        getattr(classifier.head, "ood_score_name", None) if ood is not None else None,
     )

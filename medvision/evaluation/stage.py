@@ -5,14 +5,18 @@ validation rows (operating point, temperature, label-shift prior) and each reque
 every table from those predictions (:mod:`medvision.evaluation.tables`). Outputs, in one folder:
 
 * ``predictions/<model>/<set>.parquet`` — one row per image, pseudonymous ids only;
-* ``metrics.json`` — everything the report shows, machine-readable (schema: ``docs/metrics.md``);
+* ``ood_scores/<model>.parquet`` — every detector's score per screened image;
+* ``metrics.json`` — everything the report shows, machine-readable: the one writer of
+  :class:`~medvision.evaluation.document.MetricsDocument` (schema: ``docs/metrics.md``);
 * ``saliency/`` — image and attribution arrays of a few correct, wrong and most-OOD cases.
+
+Each model gets a distinct, stable name (its folder under ``predictions/``): the pipeline's ``stage-member``,
+or the one the caller gives (``medvision evaluate`` uses the run name and id); two models of one name, or one
+run given twice, are refused, because one's predictions would overwrite the other's.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +27,32 @@ import pandas as pd
 import torch
 from mlflow import MlflowClient
 
-from medvision._atomic import atomic_path, atomic_write_text
+from medvision._atomic import atomic_path
 from medvision._version import code_provenance
 from medvision.cohort.cohort import open_cohort
 from medvision.cohort.named_values import facts_from_card
 from medvision.data.dataset import CohortDataset
 from medvision.evaluation.calibration import TemperatureScaler
 from medvision.evaluation.cases import predict_cases
+from medvision.evaluation.document import (
+    METRICS_FILE,
+    Calibration,
+    CalibrationTables,
+    EnsembleMetrics,
+    EnsembleOOD,
+    HistoryPoint,
+    LabelShift,
+    MetricsDocument,
+    ModelMetrics,
+    OODScreening,
+    OperatingPointRecord,
+    RankRow,
+    SaliencyRecord,
+    SetMetrics,
+    Subgroups,
+    ood_scores_path,
+    predictions_path,
+)
 from medvision.evaluation.ensemble import greedy_ensemble, knn_rank_backbones
 from medvision.evaluation.metrics import OperatingPoint, choose_operating_point
 from medvision.evaluation.ood import msp_score, ood_metrics
@@ -47,13 +70,15 @@ from medvision.evaluation.tables import (
 )
 from medvision.tracking import load_run_classifier
 
-__all__ = ["METRICS_SCHEMA", "EvaluationRequest", "evaluate_models"]
+__all__ = ["METRICS_SCHEMA", "EvaluationRequest", "evaluate_models", "model_names"]
 
-METRICS_SCHEMA = 1
+#: The schema version of the ``metrics.json`` this medvision writes.
+METRICS_SCHEMA = MetricsDocument.current_version()
 
 
 class EvaluationRequest(EvaluationSettings):
-    """What to evaluate and how; ``models`` are dicts with at least ``run_id`` (plus stage/member facts)."""
+    """What to evaluate and how; ``models`` are dicts with at least ``run_id`` (plus ``name`` and stage/member facts:
+    ``stage``, ``member``, ``backbone``, ``weights``, ``head``, ``label_fraction``, ``seed``)."""
 
     cohort_dir: Path
     models: list[dict[str, Any]]
@@ -62,43 +87,42 @@ class EvaluationRequest(EvaluationSettings):
 
 
 def evaluate_models(request: EvaluationRequest, folder: Path) -> dict[str, float]:
-    """Evaluate every model of ``request`` into ``folder``; return headline metrics (for the stage's run)."""
+    """Evaluate every model of ``request`` into ``folder``; return headline metrics (for the stage's run).
+
+    Raises:
+        ValueError: two models would share a name, or one run is given twice (see :func:`model_names`).
+    """
     folder = Path(folder)
+    names = model_names(request.models)  # before any work: a collision would overwrite predictions
     folder.mkdir(parents=True, exist_ok=True)
     cohort = open_cohort(request.cohort_dir)
     request.check_against(facts_from_card(cohort.card))  # a misspelt subgroup or class fails before predicting
-    results, headline, primary, member_preds = [], {}, None, {}
-    for model in request.models:
-        name = f"{model.get('stage', 'model')}-{model.get('member')}" if len(request.models) > 1 else "model"
+    results: list[ModelMetrics] = []
+    member_preds: dict[str, dict[str, Predictions]] = {}
+    primary = None
+    for model, name in zip(request.models, names):
         classifier, _ = load_run_classifier(model["run_id"], request.tracking_uri)
         entry, preds = _evaluate_one(classifier, cohort, request, model, name, folder)
-        entry["history"] = _history(model["run_id"], request.tracking_uri)
+        entry.history = _history(model["run_id"], request.tracking_uri)
         results.append(entry)
         member_preds[name] = preds
-        is_primary = primary is None or model.get("label_fraction", 1.0) > primary[0].get("label_fraction", 1.0)
-        if is_primary:
+        if primary is None or entry.label_fraction > primary[3].label_fraction:
             primary = (model, classifier, preds, entry)
-        for set_name, metrics in entry["sets"].items():
-            if "auroc" in metrics and metrics["auroc"]["value"] is not None:
-                headline[re.sub(r"[^A-Za-z0-9_./ -]", "_", f"{name}/{set_name}/auroc")] = metrics["auroc"]["value"]
     ensemble = _ensemble(member_preds, results, request) if request.ensemble and len(member_preds) > 1 else None
     ranking = _rank_backbones(member_preds, results) if len(member_preds) > 1 else []
-    saliency = []
-    if request.saliency and primary is not None:
-        saliency = _saliency(primary, cohort, request, folder)
-    doc = {
-        "schema": METRICS_SCHEMA,
+    saliency = _saliency(primary, cohort, request, folder) if request.saliency and primary is not None else []
+    MetricsDocument(
         # the code that computed these numbers: the report shows this, not the version that renders it later
-        "code_version": code_provenance(),
-        "cohort": {
-            "name": cohort.card["name"],
-            "manifest_sha256": cohort.manifest_sha256,
-            "classes": list(cohort.card["classes"])[: int(cohort.card["num_inlier_classes"])],
+        code_version=code_provenance(),
+        cohort={
+            "name": cohort.card.name,
+            "manifest_sha256": cohort.card.manifest_sha256,
+            "classes": cohort.card.inlier_classes,
             "dir": str(Path(request.cohort_dir).resolve()),
             # what one row of every table is: an image, or a series / study / patient case
             "unit": cohort.unit,
         },
-        "settings": {
+        settings={
             "sets": request.sets,
             "subgroups": request.subgroups,
             "bootstrap": request.bootstrap,
@@ -106,17 +130,58 @@ def evaluate_models(request: EvaluationRequest, folder: Path) -> dict[str, float
             "referral_rate": request.referral_rate,
             "seed": request.seed,
             "outlier_sets": request.outlier_sets,
-            "costs": DeferralCosts(**(request.costs or {})).model_dump(),
+            "costs": DeferralCosts(**(request.costs or {})),
             "risk": request.risk,
-            "positive_class": results[0]["positive_class"] if results else None,
+            "positive_class": results[0].positive_class if results else None,
         },
-        "primary_model": primary[3]["name"] if primary else None,
-        "models": results,
-        "saliency": saliency,
-        "ensemble": ensemble,
-        "backbone_ranking": ranking,
-    }
-    atomic_write_text(folder / "metrics.json", json.dumps(_clean(doc), indent=1))  # whole or absent
+        primary_model=primary[3].name if primary else None,
+        models=results,
+        saliency=saliency,
+        ensemble=ensemble,
+        backbone_ranking=ranking,
+    ).write(folder / METRICS_FILE)  # whole or absent
+    return _headline(results)
+
+
+def model_names(models: list[dict[str, Any]]) -> list[str]:
+    """Each model's name in an evaluation (the folder of its predictions): the ``name`` given, else
+    ``stage-member`` (``model`` when it is the only one).
+
+    Raises:
+        ValueError: a run given twice, or two models that would share a name (one's predictions would overwrite
+            the other's, and a comparison of the two would compare a model with itself).
+    """
+    runs = [str(m["run_id"]) for m in models]
+    twice = sorted({r for r in runs if runs.count(r) > 1})
+    if twice:
+        raise ValueError(
+            f"run(s) {', '.join(twice)} given more than once: an evaluation of a model against itself compares "
+            "nothing; give each run once"
+        )
+    default = [f"{m.get('stage', 'model')}-{m.get('member')}" if len(models) > 1 else "model" for m in models]
+    names = [_safe_name(str(m.get("name") or d)) for m, d in zip(models, default)]
+    for name in sorted(set(names)):
+        same = [r for r, n in zip(runs, names) if n == name]
+        if len(same) > 1:
+            raise ValueError(
+                f"models of runs {', '.join(same)} would all be named {name!r} in this evaluation, and each one's "
+                "predictions would overwrite the other's; give each model a distinct name"
+            )
+    return names
+
+
+def _safe_name(name: str) -> str:
+    """A model name usable as one folder name (run names may hold ``/``)."""
+    return re.sub(r"[/\\]", "-", name).lstrip(".") or "model"
+
+
+def _headline(results: list[ModelMetrics]) -> dict[str, float]:
+    headline = {}
+    for entry in results:
+        for set_name, metrics in entry.sets.items():
+            if metrics.auroc.value is not None:
+                key = re.sub(r"[^A-Za-z0-9_./ -]", "_", f"{entry.name}/{set_name}/auroc")
+                headline[key] = metrics.auroc.value
     return headline
 
 
@@ -132,47 +197,49 @@ class _Fitted:
 
 def _evaluate_one(
     classifier, cohort, request: EvaluationRequest, model: dict[str, Any], name: str, folder: Path
-) -> tuple[dict[str, Any], dict[str, Predictions]]:
+) -> tuple[ModelMetrics, dict[str, Predictions]]:
     """One model on every requested set, in the order the method spec §10 requires: predict, fit everything that
     needs fitting (operating point, temperature, OOD detectors) on train/validation only, then score the sets."""
     classes = _checked_classes(classifier, cohort, request, model)
-    preds = _predict(classifier, cohort, request, model, folder / "predictions" / name)
+    preds = _predict(classifier, cohort, request, model, folder, name)
     k = len(classes)
     inlier = {
         s: p.subset(((p.frame["label_idx"] >= 0) & (p.frame["label_idx"] < k)).to_numpy()) for s, p in preds.items()
     }
     fitted = _fit_on_validation(classes, request, preds, inlier["val"])
-    entry: dict[str, Any] = {
-        "name": name,
-        "run_id": model["run_id"],
-        "stage": model.get("stage"),
-        "member": model.get("member"),
-        "backbone": model.get("backbone"),
-        "weights": model.get("weights"),
-        "head": model.get("head"),
-        "label_fraction": model.get("label_fraction") or 1.0,
-        "seed": model.get("seed"),
-        "classes": classes,
-        "positive_class": classes[fitted.positive],
-        "operating_point": None
-        if fitted.operating_point is None
-        else {"rule": "Youden's J on validation", "threshold": fitted.operating_point.threshold},
-        "temperature": float(fitted.scaler.temperature_),
-        "sets": {},
-        "calibration": {},
-        "ood": {},
-        "subgroups": {},
-    }
-    entry.update(_score_sets(classes, request, preds, inlier, fitted))
+    entry = ModelMetrics(
+        name=name,
+        run_id=model["run_id"],
+        stage=model.get("stage"),
+        member=model.get("member"),
+        backbone=model.get("backbone"),
+        weights=model.get("weights"),
+        head=model.get("head"),
+        label_fraction=model.get("label_fraction") or 1.0,
+        seed=model.get("seed"),
+        classes=classes,
+        positive_class=classes[fitted.positive],
+        operating_point=_operating_point(fitted.operating_point),
+        temperature=float(fitted.scaler.temperature_),
+        sets={},
+    )
+    scored = _Scoring(classes, request, preds, inlier, fitted, folder, name)
+    entry.sets, entry.calibration_by_set = scored.sets()
+    entry.calibration, entry.subgroups, entry.ood = scored.in_distribution()
+    entry.label_shift = scored.label_shift()
     return entry, preds
+
+
+def _operating_point(op: OperatingPoint | None) -> OperatingPointRecord | None:
+    return None if op is None else OperatingPointRecord(rule="Youden's J on validation", threshold=op.threshold)
 
 
 def _checked_classes(classifier, cohort, request: EvaluationRequest, model: dict[str, Any]) -> list[str]:
     classes = list(classifier.classes)
-    expected = list(cohort.card["classes"])[: int(cohort.card["num_inlier_classes"])]
+    expected = cohort.card.inlier_classes
     if classes != expected:
         raise ValueError(
-            f"model {model['run_id']} predicts classes {classes} but cohort {cohort.card['name']} has "
+            f"model {model['run_id']} predicts classes {classes} but cohort {cohort.card.name} has "
             f"{expected}; evaluate a model on the cohort it was trained on"
         )
     if request.positive_class is not None and request.positive_class not in classes:
@@ -181,11 +248,11 @@ def _checked_classes(classifier, cohort, request: EvaluationRequest, model: dict
 
 
 def _predict(
-    classifier, cohort, request: EvaluationRequest, model: dict[str, Any], out_dir: Path
+    classifier, cohort, request: EvaluationRequest, model: dict[str, Any], folder: Path, name: str
 ) -> dict[str, Predictions]:
     """Predictions on the model's own training rows (for detectors), validation and every requested set; all but
     train are written as parquet."""
-    heldout = set(cohort.card.get("heldout_conditions") or [])
+    heldout = set(cohort.card.heldout_conditions)
     lf = model.get("label_fraction") or 1.0
     train_rows = cohort.rows("train", label_fraction=lf if lf < 1 else None)
     # a case cohort is scored per case (series, study, patient): one row per case, every metric from those rows
@@ -201,10 +268,9 @@ def _predict(
             rows = rows[rows["label"].isin(heldout)].reset_index(drop=True)
         if len(rows):
             preds[s] = predict(classifier, cohort, rows)
-    out_dir.mkdir(parents=True, exist_ok=True)
     for s, p in preds.items():
         if s != "train":
-            with atomic_path(out_dir / f"{s}.parquet") as tmp:
+            with atomic_path(folder / predictions_path(name, s)) as tmp:
                 p.frame.to_parquet(tmp, index=False)
     return preds
 
@@ -222,71 +288,109 @@ def _fit_on_validation(
     return _Fitted(positive, op, scaler, fit_detectors(preds["train"], k))
 
 
-def _score_sets(
-    classes: list[str],
-    request: EvaluationRequest,
-    preds: dict[str, Predictions],
-    inlier: dict[str, Predictions],
-    fitted: _Fitted,
-) -> dict[str, Any]:
-    """Discrimination per set; calibration, subgroups and OOD screening on the in-distribution set; label shift
+class _Scoring:
+    """The tables of one model, from its predictions and what was fitted on validation (method spec §10):
+    discrimination per set; calibration, subgroups and OOD screening on the in-distribution set; label shift
     towards the held-out site."""
-    k, positive = len(classes), fitted.positive
-    out: dict[str, Any] = {"sets": {}, "calibration_by_set": {}}
-    for s in request.sets:
-        if s not in inlier or s in request.outlier_sets or not len(inlier[s].frame):
-            continue
-        out["sets"][s] = discrimination(inlier[s], positive, fitted.operating_point, request.bootstrap, request.seed)
-        # abstention-class images are not scored: say how many were left out
-        out["sets"][s]["abstention_images_excluded"] = int((preds[s].frame["label_idx"] >= k).sum())
-        metrics, reliability = calibration_tables(inlier[s], fitted.scaler)
-        out["calibration_by_set"][s] = {"metrics": metrics, "reliability": reliability}
-    chosen = _chosen_calibration(inlier["val"], fitted.scaler) if len(inlier["val"].frame) else None
-    id_set = "test" if "test" in inlier else next(iter(out["sets"]), None)
-    if id_set:
-        metrics, reliability = calibration_tables(inlier[id_set], fitted.scaler)
-        out["calibration"] = {"set": id_set, "metrics": metrics, "reliability": reliability, "chosen": chosen}
-        rows, diffs, overall = subgroup_table(
-            inlier[id_set], request.subgroups, positive, request.min_patients, request.bootstrap, request.seed
+
+    def __init__(
+        self,
+        classes: list[str],
+        request: EvaluationRequest,
+        preds: dict[str, Predictions],
+        inlier: dict[str, Predictions],
+        fitted: _Fitted,
+        folder: Path,
+        name: str,
+    ) -> None:
+        self.classes, self.request, self.preds, self.inlier, self.fitted = classes, request, preds, inlier, fitted
+        self.folder, self.name = folder, name
+        #: Sets scored for discrimination: requested, present, not screened as outliers, with inlier images.
+        self.scored = [
+            s for s in request.sets if s in inlier and s not in request.outlier_sets and len(inlier[s].frame)
+        ]
+        self.id_set: str | None = "test" if "test" in inlier else next(iter(self.scored), None)
+
+    def sets(self) -> tuple[dict[str, SetMetrics], dict[str, CalibrationTables]]:
+        """Discrimination and calibration on every scored set."""
+        r, k, fit, sets, calibration = self.request, len(self.classes), self.fitted, {}, {}
+        for s in self.scored:
+            metrics = discrimination(self.inlier[s], fit.positive, fit.operating_point, r.bootstrap, r.seed)
+            # abstention-class images are not scored: say how many were left out
+            metrics["abstention_images_excluded"] = int((self.preds[s].frame["label_idx"] >= k).sum())
+            sets[s] = SetMetrics.model_validate(metrics)
+            rows, reliability = calibration_tables(self.inlier[s], self.fitted.scaler)
+            calibration[s] = CalibrationTables.model_validate({"metrics": rows, "reliability": reliability})
+        return sets, calibration
+
+    def in_distribution(self) -> tuple[Calibration | None, Subgroups | None, OODScreening | None]:
+        """Calibration (and the method chosen on validation), subgroups and OOD screening on the in-distribution
+        set (``test``, else the first scored set)."""
+        id_set = self.id_set
+        if id_set is None:
+            return None, None, None
+        val, scaler = self.inlier["val"], self.fitted.scaler
+        chosen = _chosen_calibration(val, scaler) if len(val.frame) else None
+        rows, reliability = calibration_tables(self.inlier[id_set], scaler)
+        calibration = Calibration.model_validate(
+            {"set": id_set, "metrics": rows, "reliability": reliability, "chosen": chosen}
         )
-        out["subgroups"] = {
-            "set": id_set,
-            "metric": f"AUROC ({classes[positive]} vs rest)" if k > 2 else "AUROC",
-            "overall": overall,
-            "table": rows,
-            "differences": diffs,
-        }
-        outlier_sets = [s for s in request.sets if s in request.outlier_sets and s in preds and len(preds[s].frame)]
-        if outlier_sets:
-            outliers = Predictions.concat([preds[s] for s in outlier_sets])
-            # condition_ood: one group per held-out condition; any other outlier set is one group
-            groups = [
-                str(lab) if s == "condition_ood" else s
-                for s in outlier_sets
-                for lab in preds[s].frame["label"].fillna("(unlabelled)")
-            ]
-            det, scores, deferral = ood_tables(
-                inlier[id_set],
-                outliers,
-                fitted.detectors,
-                request.bootstrap,
-                request.seed,
-                costs=DeferralCosts(**(request.costs or {})),
-                risk=request.risk,
-            )
-            out["ood"] = {
+        return calibration, self._subgroups(id_set), self._ood(id_set)
+
+    def _subgroups(self, id_set: str) -> Subgroups:
+        r, k, positive = self.request, len(self.classes), self.fitted.positive
+        rows, diffs, overall = subgroup_table(
+            self.inlier[id_set], r.subgroups, positive, r.min_patients, r.bootstrap, r.seed
+        )
+        return Subgroups.model_validate(
+            {
+                "set": id_set,
+                "metric": f"AUROC ({self.classes[positive]} vs rest)" if k > 2 else "AUROC",
+                "overall": overall,
+                "table": rows,
+                "differences": diffs,
+            }
+        )
+
+    def _ood(self, id_set: str) -> OODScreening | None:
+        """Every detector on the in-distribution inliers against every image of the outlier sets; the per-image
+        scores go to parquet, the tables to the document."""
+        r, preds, k = self.request, self.preds, len(self.classes)
+        outlier_sets = [s for s in r.sets if s in r.outlier_sets and s in preds and len(preds[s].frame)]
+        if not outlier_sets:
+            return None
+        outliers = Predictions.concat([preds[s] for s in outlier_sets])
+        # condition_ood: one group per held-out condition; any other outlier set is one group
+        groups = [
+            str(lab) if s == "condition_ood" else s
+            for s in outlier_sets
+            for lab in preds[s].frame["label"].fillna("(unlabelled)")
+        ]
+        inliers, detectors = self.inlier[id_set], self.fitted.detectors
+        costs = DeferralCosts(**(r.costs or {}))
+        det, scores, deferral = ood_tables(inliers, outliers, detectors, r.bootstrap, r.seed, costs=costs, risk=r.risk)
+        scores_file = ood_scores_path(self.name)
+        with atomic_path(self.folder / scores_file) as tmp:
+            pd.DataFrame(scores, columns=["detector", "score", "is_outlier"]).to_parquet(tmp, index=False)
+        return OODScreening.model_validate(
+            {
                 "inliers": id_set,
                 "outliers": outlier_sets,
                 "detectors": det,
-                "scores": scores,
+                "scores_file": scores_file,
                 "deferral": deferral,
-                "by_group": ood_by_group(inlier[id_set], outliers, groups, fitted.detectors),
+                "by_group": ood_by_group(inliers, outliers, groups, detectors),
                 "inliers_exclude_abstention_images": int((preds[id_set].frame["label_idx"] >= k).sum()),
-                "primary": "hod" if any(d["detector"] == "hod" for d in det) else "msp",
+                "primary": inliers.ood_score_name or "msp",  # the head's own score (Head.ood_score_name)
             }
-    if "site_ood" in inlier and "site_ood" not in request.outlier_sets and len(inlier["site_ood"].frame):
-        out["label_shift"] = label_shift_table(inlier["val"], inlier["site_ood"], fitted.scaler)
-    return out
+        )
+
+    def label_shift(self) -> LabelShift | None:
+        site = self.inlier.get("site_ood")
+        if site is None or "site_ood" in self.request.outlier_sets or not len(site.frame):
+            return None
+        table = label_shift_table(self.inlier["val"], site, self.fitted.scaler)
+        return LabelShift.model_validate(table) if table else None
 
 
 def _chosen_calibration(val: Predictions, scaler: TemperatureScaler) -> str:
@@ -296,80 +400,92 @@ def _chosen_calibration(val: Predictions, scaler: TemperatureScaler) -> str:
 
 
 def _ensemble(
-    member_preds: dict[str, dict[str, Predictions]], results: list[dict[str, Any]], request: EvaluationRequest
-) -> dict[str, Any]:
-    """Greedy selection (with replacement) on validation NLL, then the ensemble scored like a model (spec §4).
-
-    The ensemble's probabilities are the selection-weighted average of its members'; its OOD scores are MSP
-    of that average and, when every member has one, the average of the members' OOD scores (for HOD heads
-    this is exactly ``p_out`` of the averaged full distribution, ``p_out`` being linear in it).
-    """
-
-    k = len(results[0]["classes"])
-    positive = results[0]["classes"].index(results[0]["positive_class"])
-
-    def inliers(p: Predictions) -> Predictions:
-        return p.subset(((p.frame["label_idx"] >= 0) & (p.frame["label_idx"] < k)).to_numpy())
-
-    def combine(parts: dict[str, Predictions]) -> Predictions:
-        base = next(iter(parts.values()))
-        probs = selection.predict_proba({n: p.probs for n, p in parts.items()})
-        scores = {n: p.ood_score for n, p in parts.items() if p.ood_score is not None}
-        has_ood = len(scores) == len(parts)
-        ood = selection.predict_proba({n: s[:, None] for n, s in scores.items()})[:, 0] if has_ood else None
-        return Predictions(base.frame, base.logits, probs, base.embeddings, ood)
-
-    val = {name: inliers(preds["val"]) for name, preds in member_preds.items()}
-    first = next(iter(val.values()))
-    y_val = first.frame["label_idx"].to_numpy()
-    selection = greedy_ensemble({n: v.probs for n, v in val.items()}, y_val)
-    ens_val = combine(val)
+    member_preds: dict[str, dict[str, Predictions]], results: list[ModelMetrics], request: EvaluationRequest
+) -> EnsembleMetrics:
+    """Greedy selection (with replacement) on validation NLL, then the ensemble scored like a model (spec §4)."""
+    k = len(results[0].classes)
+    positive = results[0].classes.index(results[0].positive_class)
+    val = {name: _inliers(preds["val"], k) for name, preds in member_preds.items()}
+    y_val = next(iter(val.values())).frame["label_idx"].to_numpy()
+    ensemble = _Ensemble(greedy_ensemble({n: v.probs for n, v in val.items()}, y_val))
+    ens_val = ensemble.combine(val)
     op = None
     if (y_val == positive).any() and (y_val != positive).any():
         op = choose_operating_point(y_val == positive, ens_val.probs[:, positive], rule="youden")
-    sets: dict[str, Any] = {}
+    sets: dict[str, SetMetrics] = {}
     for s in request.sets:
         if s in request.outlier_sets or any(s not in preds for preds in member_preds.values()):
             continue
-        combined = combine({n: inliers(preds[s]) for n, preds in member_preds.items()})
+        combined = ensemble.combine({n: _inliers(preds[s], k) for n, preds in member_preds.items()})
         if len(combined.frame):
-            sets[s] = discrimination(combined, positive, op, request.bootstrap, request.seed)
-    ood: list[dict[str, Any]] = []
+            sets[s] = SetMetrics.model_validate(discrimination(combined, positive, op, request.bootstrap, request.seed))
     outlier_sets = [s for s in request.sets if s in request.outlier_sets]
+    ood: list[EnsembleOOD] = []
     if "test" in sets and outlier_sets and all(s in p for p in member_preds.values() for s in outlier_sets):
-        test = combine({n: inliers(p["test"]) for n, p in member_preds.items()})
-        out = Predictions.concat([combine({n: p[s] for n, p in member_preds.items()}) for s in outlier_sets])
-        both = Predictions.concat([test, out])
-        is_ood = np.r_[np.zeros(len(test.frame), bool), np.ones(len(out.frame), bool)]
-        scores = {"ensemble_msp": msp_score(both.probs)}
-        if both.ood_score is not None:
-            scores["ensemble_hod"] = both.ood_score
-        for name, score in scores.items():
-            m = ood_metrics(score, is_ood)
-            ood.append(
-                {
-                    "detector": name,
-                    "auroc": float(m["ood_auroc"]),
-                    "aupr_in": float(m["aupr_in"]),
-                    "aupr_out": float(m["aupr_out"]),
-                    "fpr_at_95_tpr": float(m["fpr_at_95_tpr"]),
-                }
+        ood = _ensemble_ood(ensemble, member_preds, outlier_sets, k)
+    return EnsembleMetrics(
+        members=ensemble.selection.members,
+        val_nll=ensemble.selection.history,
+        sets=sets,
+        ood=ood,
+        operating_point=_operating_point(op),
+    )
+
+
+def _inliers(p: Predictions, k: int) -> Predictions:
+    return p.subset(((p.frame["label_idx"] >= 0) & (p.frame["label_idx"] < k)).to_numpy())
+
+
+class _Ensemble:
+    """The members' predictions combined by a greedy selection.
+
+    The ensemble's probabilities are the selection-weighted average of its members'; its OOD scores are MSP of that
+    average and, when every member has one, the average of the members' OOD scores (for HOD heads this is exactly
+    ``p_out`` of the averaged full distribution, ``p_out`` being linear in it).
+    """
+
+    def __init__(self, selection: Any) -> None:
+        self.selection = selection
+
+    def combine(self, parts: dict[str, Predictions]) -> Predictions:
+        base = next(iter(parts.values()))
+        probs = self.selection.predict_proba({n: p.probs for n, p in parts.items()})
+        scores = {n: p.ood_score for n, p in parts.items() if p.ood_score is not None}
+        has_ood = len(scores) == len(parts)
+        ood = self.selection.predict_proba({n: s[:, None] for n, s in scores.items()})[:, 0] if has_ood else None
+        return Predictions(base.frame, base.logits, probs, base.embeddings, ood)
+
+
+def _ensemble_ood(
+    ensemble: _Ensemble, member_preds: dict[str, dict[str, Predictions]], outlier_sets: list[str], k: int
+) -> list[EnsembleOOD]:
+    """The ensemble's MSP (and averaged HOD score) on test inliers against the outlier sets."""
+    test = ensemble.combine({n: _inliers(p["test"], k) for n, p in member_preds.items()})
+    out = Predictions.concat([ensemble.combine({n: p[s] for n, p in member_preds.items()}) for s in outlier_sets])
+    both = Predictions.concat([test, out])
+    is_ood = np.r_[np.zeros(len(test.frame), bool), np.ones(len(out.frame), bool)]
+    scores = {"ensemble_msp": msp_score(both.probs)}
+    if both.ood_score is not None:
+        scores["ensemble_hod"] = both.ood_score
+    rows = []
+    for name, score in scores.items():
+        m = ood_metrics(score, is_ood)
+        rows.append(
+            EnsembleOOD(
+                detector=name,
+                auroc=float(m["ood_auroc"]),
+                aupr_in=float(m["aupr_in"]),
+                aupr_out=float(m["aupr_out"]),
+                fpr_at_95_tpr=float(m["fpr_at_95_tpr"]),
             )
-    return {
-        "members": selection.members,
-        "val_nll": selection.history,
-        "sets": sets,
-        "ood": ood,
-        "operating_point": None if op is None else {"rule": "Youden's J on validation", "threshold": op.threshold},
-    }
+        )
+    return rows
 
 
-def _rank_backbones(
-    member_preds: dict[str, dict[str, Predictions]], results: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
+def _rank_backbones(member_preds: dict[str, dict[str, Predictions]], results: list[ModelMetrics]) -> list[RankRow]:
     """Leave-one-out 1-NN accuracy (cosine) of each model's embeddings on validation (method spec §5)."""
 
-    k = len(results[0]["classes"])
+    k = len(results[0].classes)
     feats, labels = {}, None
     for name, preds in member_preds.items():
         val = preds["val"]
@@ -378,10 +494,10 @@ def _rank_backbones(
     if labels is None or len(labels) < 2:
         return []
     ranking = knn_rank_backbones(feats, labels)
-    return ranking.rename_axis("model").reset_index().to_dict("records")
+    return [RankRow.model_validate(r) for r in ranking.rename_axis("model").reset_index().to_dict("records")]
 
 
-def _history(run_id: str, tracking_uri: str | None) -> list[dict[str, Any]]:
+def _history(run_id: str, tracking_uri: str | None) -> list[HistoryPoint]:
     """Per-epoch metrics of the training run (learning curves for the report)."""
 
     client = MlflowClient(tracking_uri)
@@ -390,21 +506,20 @@ def _history(run_id: str, tracking_uri: str | None) -> list[dict[str, Any]]:
     for key in run.data.metrics:
         if key.startswith(("train/loss", "val/")):
             rows += [
-                {"metric": key, "epoch": int(m.step), "value": float(m.value)}
+                HistoryPoint(metric=key, epoch=int(m.step), value=float(m.value))
                 for m in client.get_metric_history(run_id, key)
             ]
     return rows
 
 
-def _saliency(primary, cohort, request: EvaluationRequest, folder: Path) -> list[dict[str, Any]]:
+def _saliency(primary, cohort, request: EvaluationRequest, folder: Path) -> list[SaliencyRecord]:
     """Integrated Gradients and Grad-CAM for the most confident correct and wrong test cases and the most OOD."""
 
     _, classifier, preds, entry = primary
-    k = len(entry["classes"])
+    k = len(entry.classes)
     parts = []
     if "test" in preds:
-        test = preds["test"]
-        parts.append(test.subset(((test.frame["label_idx"] >= 0) & (test.frame["label_idx"] < k)).to_numpy()))
+        parts.append(_inliers(preds["test"], k))
     parts += [preds[s] for s in request.sets if s in request.outlier_sets and s in preds]
     parts = [p for p in parts if len(p.frame)]
     if not parts:
@@ -430,24 +545,23 @@ def _saliency(primary, cohort, request: EvaluationRequest, folder: Path) -> list
     targets = [int(y_pred[i]) for i, _, _, _ in shown]
     ig = saliency_maps(classifier, images, targets, method="integrated_gradients")
     cam = saliency_maps(classifier, images, targets, method="gradcam")
-    out = folder / "saliency"
-    out.mkdir(exist_ok=True)
     records = []
     for j, (i, category, image_id, instance) in enumerate(shown):
-        fname = f"case-{j:02d}.npz"
-        np.savez_compressed(out / fname, image=images[j].numpy(), integrated_gradients=ig[j], gradcam=cam[j])
+        file = f"saliency/case-{j:02d}.npz"
+        with atomic_path(folder / file) as tmp:
+            np.savez_compressed(tmp, image=images[j].numpy(), integrated_gradients=ig[j], gradcam=cam[j])
         label = both.frame["label"][i]
         records.append(
-            {
-                "case_id": both.frame["case_id"][i] if "case_id" in both.frame else image_id,
-                "category": category,
-                "file": f"saliency/{fname}",
-                "true_label": None if pd.isna(label) else str(label),
-                "predicted_label": entry["classes"][int(y_pred[i])],
-                "confidence": float(conf[i]),
-                "ood_score": None if both.ood_score is None else float(both.ood_score[i]),
+            SaliencyRecord(
+                case_id=both.frame["case_id"][i] if "case_id" in both.frame else image_id,
+                category=category,
+                file=file,
+                true_label=None if pd.isna(label) else str(label),
+                predicted_label=entry.classes[int(y_pred[i])],
+                confidence=float(conf[i]),
+                ood_score=None if both.ood_score is None else float(both.ood_score[i]),
                 **instance,
-            }
+            )
         )
     return records
 
@@ -474,16 +588,3 @@ def _shown_instances(frame: pd.DataFrame, cases: list[tuple[int, str]]) -> list[
             }
             shown.append((i, category, str(image_id), facts))
     return shown
-
-
-def _clean(value: Any) -> Any:
-    """JSON-safe: NaN and infinities become null; numpy scalars become Python numbers."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

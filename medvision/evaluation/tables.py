@@ -128,8 +128,8 @@ def fit_detectors(train: Predictions, k: int) -> dict[str, Any]:
 def _scores(pred: Predictions, detectors: dict[str, Any], k: int) -> dict[str, np.ndarray]:
     logits = pred.logits[:, :k]
     scores = {"msp": msp_score(pred.probs), "max_logit": max_logit_score(logits), "energy": energy_score(logits)}
-    if pred.ood_score is not None:
-        scores["hod"] = pred.ood_score
+    if pred.ood_score is not None:  # the head's own score, under the name the head declares (Head.ood_score_name)
+        scores[pred.ood_score_name or "head"] = pred.ood_score
     for name, det in detectors.items():
         scores[name] = det.score(pred.embeddings)
     return scores

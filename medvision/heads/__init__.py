@@ -7,16 +7,17 @@ metrics and OOD code rely on.
 """
 
 from . import het, hetxl, hod, linear, mil  # noqa: F401  (importing registers the heads)
-from .base import Head, HeadConfigError, HeadOptions, HeadOutput
+from .base import CohortShape, Head, HeadConfigError, HeadOptions, HeadOutput
 from .het import HETHead, HETOptions
 from .hetxl import HETXLHead, HETXLOptions
 from .hod import HODHead, HODOptions
 from .linear import LinearHead, LinearOptions, MultiLabelHead, MultiLabelOptions
 from .mil import BagPooling, MILHead, MILOptions
-from .registry import create_head, get_head_class, list_heads, register_head
+from .registry import create_head, get_head_class, list_heads, load_head_plugins, ood_score_names, register_head
 
 __all__ = [
     "BagPooling",
+    "CohortShape",
     "HETHead",
     "HETOptions",
     "HETXLHead",
@@ -36,5 +37,7 @@ __all__ = [
     "create_head",
     "get_head_class",
     "list_heads",
+    "load_head_plugins",
+    "ood_score_names",
     "register_head",
 ]

@@ -5,23 +5,40 @@ task predictions. The training engine, metrics and OOD code only ever see this c
 new head (a different loss, a different way of producing probabilities) plugs in without
 touching them. Settings are a pydantic model per head with ``extra="forbid"``: a typo in a
 pipeline YAML fails when the head is built, naming the option, rather than being ignored.
+
+A head also declares what the code around it must not guess from its name: the options the cohort decides
+(:meth:`Head.options_for_cohort`, e.g. HOD's number of abstention classes), the name its built-in OOD score
+is reported under (:attr:`Head.ood_score_name`) and whether it reads bags of instances (:attr:`Head.takes_bags`).
 """
 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import Tensor, nn
 
-__all__ = ["Head", "HeadConfigError", "HeadOptions", "HeadOutput"]
+from medvision.errors import InputError
+
+__all__ = ["CohortShape", "Head", "HeadConfigError", "HeadOptions", "HeadOutput"]
 
 
-class HeadConfigError(ValueError):
+class HeadConfigError(InputError):
     """A head was asked for with a bad name, size or option; the message says which and what to do."""
+
+
+class CohortShape(Protocol):
+    """What a head may read from the cohort it is sized for (a data module answers it)."""
+
+    @property
+    def num_inlier_classes(self) -> int: ...
+
+    @property
+    def num_outlier_classes(self) -> int: ...
 
 
 class HeadOptions(BaseModel):
@@ -67,6 +84,22 @@ class Head(nn.Module):
 
     name: ClassVar[str] = ""
     Options: ClassVar[type[HeadOptions]] = HeadOptions
+    #: Options the cohort decides (:meth:`options_for_cohort` fills them in), so a config may leave them out.
+    cohort_options: ClassVar[frozenset[str]] = frozenset()
+    #: The detector name ``HeadOutput.ood_score`` is reported under in OOD tables; ``None``: no built-in score.
+    ood_score_name: ClassVar[str | None] = None
+    #: Whether the head reads bags of instance embeddings ``(B, N, D)`` with a mask (a series-, study- or
+    #: patient-level case): a cohort whose unit is not ``image`` needs such a head.
+    takes_bags: ClassVar[bool] = False
+
+    @classmethod
+    def options_for_cohort(cls, options: Mapping[str, Any], cohort: CohortShape) -> dict[str, Any]:
+        """``options`` with what the cohort decides filled in; the default head takes nothing from it.
+
+        Raises:
+            HeadConfigError: the options contradict the cohort (the message says which to change).
+        """
+        return dict(options)
 
     def __init__(self, in_features: int, num_classes: int, **options: Any) -> None:
         super().__init__()

@@ -9,13 +9,14 @@ classes at all. See the method spec §4.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from .base import Head, HeadOptions, HeadOutput
+from .base import CohortShape, Head, HeadConfigError, HeadOptions, HeadOutput
 from .registry import register_head
 
 __all__ = ["HODHead", "HODOptions"]
@@ -57,6 +58,29 @@ class HODHead(Head):
 
     Options = HODOptions
     options: HODOptions
+    cohort_options = frozenset({"num_outlier_classes"})
+    ood_score_name = "hod"
+
+    @classmethod
+    def options_for_cohort(cls, options: Mapping[str, Any], cohort: CohortShape) -> dict[str, Any]:
+        """M is the cohort's number of training outlier conditions (``splits.outlier_conditions``).
+
+        Raises:
+            HeadConfigError: the cohort has no training outlier condition, or ``num_outlier_classes`` differs.
+        """
+        m = int(cohort.num_outlier_classes)
+        if m < 1:
+            raise HeadConfigError(
+                "head 'hod' needs training outlier conditions, but the cohort has none; declare them in the "
+                "cohort spec (splits.outlier_conditions) or use another head"
+            )
+        given = options.get("num_outlier_classes", m)
+        if given != m:
+            raise HeadConfigError(
+                f"head.options.num_outlier_classes is {given} but the cohort has {m} training outlier "
+                "conditions; leave the option out to take the cohort's"
+            )
+        return {**options, "num_outlier_classes": m}
 
     def __init__(self, in_features: int, num_classes: int, **options: Any) -> None:
         super().__init__(in_features, num_classes, **options)

@@ -27,7 +27,7 @@ contract (and the registry's conformance tests).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -112,7 +112,7 @@ class MILHead(Head):
     Options = MILOptions
     options: MILOptions
     #: The head reads bags: the classifier, the data modules and evaluation hand it ``(B, N, D)`` and a mask.
-    takes_bags = True
+    takes_bags: ClassVar[bool] = True
 
     def __init__(self, in_features: int, num_classes: int, **options: Any) -> None:
         super().__init__(in_features, num_classes, **options)

@@ -3,19 +3,28 @@
 A pipeline YAML names its head and options; this module turns the name into a class. Each head
 module registers itself with :func:`register_head`, so the registry (and the conformance tests
 that run over it) always lists every head the package ships.
+
+Heads of other distributions arrive through the ``medvision.heads`` entry point group
+(:mod:`medvision.plugins`): an entry point names a :class:`Head` subclass, registered under the entry
+point's name unless its module already decorated it, or a module that registers heads when imported.
+The first lookup in a process adopts them.
 """
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any, TypeVar
+
+from medvision.plugins import HEADS, PluginError, load_group
 
 from .base import Head, HeadConfigError
 
-__all__ = ["create_head", "get_head_class", "list_heads", "register_head"]
+__all__ = ["create_head", "get_head_class", "list_heads", "load_head_plugins", "ood_score_names", "register_head"]
 
 _HEADS: dict[str, type[Head]] = {}
+_adopted = False
 H = TypeVar("H", bound=type[Head])
 
 
@@ -41,9 +50,38 @@ def register_head(name: str) -> Callable[[H], H]:
     return decorate
 
 
+def load_head_plugins() -> None:
+    """Adopt the heads of the ``medvision.heads`` entry points (once per process).
+
+    Raises:
+        medvision.plugins.PluginError: a plugin that fails to import, or an object that is not a Head subclass.
+    """
+    global _adopted
+    if _adopted:
+        return
+    _adopted = True  # before loading: a plugin module that registers itself may look a name up while importing
+    try:
+        for name, obj in load_group(HEADS):
+            if isinstance(obj, ModuleType) or obj in _HEADS.values():
+                continue  # its module registered it (the decorator) on import
+            if not (isinstance(obj, type) and issubclass(obj, Head)):
+                raise PluginError(f"the {HEADS} entry point {name!r} gives {obj!r}; it must name a Head subclass")
+            register_head(name)(obj)
+    except BaseException:
+        _adopted = False
+        raise
+
+
 def list_heads() -> list[str]:
     """Names of every registered head, sorted."""
+    load_head_plugins()
     return sorted(_HEADS)
+
+
+def ood_score_names() -> list[str]:
+    """The names the heads' built-in OOD scores are reported under (``hod``), sorted."""
+    load_head_plugins()
+    return sorted({cls.ood_score_name for cls in _HEADS.values() if cls.ood_score_name})
 
 
 def get_head_class(name: str) -> type[Head]:
@@ -52,6 +90,7 @@ def get_head_class(name: str) -> type[Head]:
     Raises:
         HeadConfigError: for an unknown name, suggesting the closest registered names.
     """
+    load_head_plugins()
     try:
         return _HEADS[name]
     except KeyError:

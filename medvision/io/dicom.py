@@ -223,6 +223,28 @@ def read_dicom(path: str | Path, frame: Frame = "middle") -> LoadedImage:
             # -> ((1, 2048, 2048), 'MONOCHROME1')
     """
     path = Path(path)
+    ds, decoder, photometric = _image_dataset(path)
+    count = _frame_count(ds)
+    indices = _frame_indices(path, frame, count)
+    with _reading(
+        path,
+        f"could not decode the {decoder.UID.name} pixel data",
+        "the pixel data are corrupt or do not match the header (rows, columns, bits); re-export the file",
+    ):
+        frames = _frames(ds, decoder, indices)
+        pixels = gray_pixels(ds, frames, photometric) if photometric in GRAY else colour_pixels(ds, frames, photometric)
+    meta: dict[str, object] = {
+        "modality": _text(ds, "Modality"), "photometric": photometric, "transfer_syntax": str(decoder.UID),
+        "frames": count, "frame": "mean" if indices is None else indices[0], "rows": _int(ds, "Rows"),
+        "columns": _int(ds, "Columns"), "bits_stored": _int(ds, "BitsStored"),
+        "manufacturer": _text(ds, "Manufacturer"), "view": _text(ds, "ViewPosition"),
+    }  # fmt: skip
+    return LoadedImage(pixels=pixels, meta=meta)
+
+
+def _image_dataset(path: Path) -> tuple[Dataset, Decoder, str]:
+    """The whole dataset, its pixel decoder and photometric interpretation, once the file is known to hold an
+    image medvision can turn into pixels (pixel data present, a decoder installed, a supported photometric)."""
     with _opened(path) as fh:
         ds = _parse(path, fh)
     if not _PIXEL_TAGS & set(ds.keys()):
@@ -241,22 +263,7 @@ def read_dicom(path: str | Path, frame: Frame = "middle") -> LoadedImage:
             f"photometric interpretation {photometric or '(missing)'!r} is not supported",
             f"supported: {', '.join(GRAY + COLOUR)}; convert the file to one of them",
         )
-    count = _frame_count(ds)
-    indices = _frame_indices(path, frame, count)
-    with _reading(
-        path,
-        f"could not decode the {decoder.UID.name} pixel data",
-        "the pixel data are corrupt or do not match the header (rows, columns, bits); re-export the file",
-    ):
-        frames = _frames(ds, decoder, indices)
-        pixels = gray_pixels(ds, frames, photometric) if photometric in GRAY else colour_pixels(ds, frames, photometric)
-    meta: dict[str, object] = {
-        "modality": _text(ds, "Modality"), "photometric": photometric, "transfer_syntax": str(decoder.UID),
-        "frames": count, "frame": "mean" if indices is None else indices[0], "rows": _int(ds, "Rows"),
-        "columns": _int(ds, "Columns"), "bits_stored": _int(ds, "BitsStored"),
-        "manufacturer": _text(ds, "Manufacturer"), "view": _text(ds, "ViewPosition"),
-    }  # fmt: skip
-    return LoadedImage(pixels=pixels, meta=meta)
+    return ds, decoder, photometric
 
 
 class DicomReader:

@@ -19,6 +19,8 @@ from typing import Literal, Protocol
 
 import numpy as np
 
+from medvision.errors import MedvisionError
+
 __all__ = ["PHOTO_SUFFIXES", "Frame", "ImageHeader", "ImageReadError", "LoadedImage", "Reader", "is_dicom"]
 
 #: Which frame of a multi-frame object to return: an index, the middle frame, or the mean of all frames.
@@ -27,8 +29,13 @@ Frame = int | Literal["middle", "mean"]
 PHOTO_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 
 
-class ImageReadError(Exception):
-    """A file could not be turned into pixels; ``reason`` is meant for the user, ``hint`` says what to do."""
+class ImageReadError(MedvisionError):
+    """A file could not be turned into pixels; ``reason`` is meant for the user, ``hint`` says what to do.
+
+    Exit code 2 when it ends a command: the file is the user's input (a cohort build quarantines it instead).
+    """
+
+    exit_code = 2
 
     def __init__(self, path: str | Path, reason: str, hint: str = "") -> None:
         self.path = str(path)

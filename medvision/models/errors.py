@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from medvision.errors import InputError
+
 __all__ = ["HubUnavailableError", "UnknownBackboneError", "WeightsError"]
 
 
-class UnknownBackboneError(ValueError):
+class UnknownBackboneError(InputError):
     """A backbone name that is neither registered in medvision nor a timm model."""
 
 
-class WeightsError(ValueError):
+class WeightsError(InputError):
     """Weights that cannot be found, read, or matched to the backbone they were asked for."""
 
 

@@ -5,6 +5,10 @@ plus the timm pretrained tag that ``weights="hub"`` loads, so architecture and c
 convention). Families declare their members as a small table in :mod:`medvision.models.zoo`; registering a name
 twice is an error rather than a silent override. Any timm model name (optionally with its ``.tag``) passes
 through unchanged, so the registry never stands between a user and timm.
+
+Other distributions add names through the ``medvision.backbones`` entry point group (:mod:`medvision.plugins`): an
+entry point names a :class:`BackboneSpec`, a list of them, or a module that calls :func:`register_backbones` when
+imported; the first lookup in a process adopts them.
 """
 
 from __future__ import annotations
@@ -13,13 +17,14 @@ import difflib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
+from types import MappingProxyType, ModuleType
 from typing import TYPE_CHECKING, Any
 
 import timm
 from torch import nn
 
 from medvision.models.errors import UnknownBackboneError
+from medvision.plugins import BACKBONES, PluginError, load_group
 
 if TYPE_CHECKING:
     from medvision.models.moe import MoEConfig
@@ -30,11 +35,13 @@ __all__ = [
     "UnknownBackboneError",
     "get_backbone_spec",
     "list_backbones",
+    "load_backbone_plugins",
     "register_backbones",
 ]
 
 _NAME = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 _REGISTRY: dict[str, BackboneSpec] = {}
+_adopted = False
 
 
 @dataclass(frozen=True)
@@ -92,8 +99,35 @@ def register_backbones(*specs: BackboneSpec) -> None:
         _REGISTRY[spec.name] = spec
 
 
+def load_backbone_plugins() -> None:
+    """Adopt the backbones of the ``medvision.backbones`` entry points (once per process).
+
+    Raises:
+        medvision.plugins.PluginError: a plugin that fails to import, or an object that is not a BackboneSpec.
+    """
+    global _adopted
+    if _adopted:
+        return
+    _adopted = True  # before loading: a plugin module that registers itself may look a name up while importing
+    try:
+        for name, obj in load_group(BACKBONES):
+            if isinstance(obj, ModuleType):
+                continue  # importing it registered its table
+            given = list(obj) if isinstance(obj, list | tuple) else [obj]
+            specs = [s for s in given if isinstance(s, BackboneSpec)]
+            if len(specs) != len(given):
+                raise PluginError(
+                    f"the {BACKBONES} entry point {name!r} gives {obj!r}; it must name a BackboneSpec or a list of them"
+                )
+            register_backbones(*(s for s in specs if _REGISTRY.get(s.name) is not s))
+    except BaseException:
+        _adopted = False
+        raise
+
+
 def list_backbones(*, tiny: bool | None = None) -> list[str]:
     """Registered backbone names, sorted; ``tiny=True`` keeps only the CI-sized ones, ``False`` drops them."""
+    load_backbone_plugins()
     return sorted(n for n, s in _REGISTRY.items() if tiny is None or s.tiny == tiny)
 
 
@@ -103,6 +137,7 @@ def get_backbone_spec(name: str) -> BackboneSpec:
     Raises:
         UnknownBackboneError: neither a registered name nor a timm model; lists the closest names.
     """
+    load_backbone_plugins()
     if name in _REGISTRY:
         return _REGISTRY[name]
     arch, _, tag = name.partition(".")

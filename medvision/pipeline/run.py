@@ -24,10 +24,12 @@ import pandas as pd
 
 from medvision._version import code_version
 from medvision.engine.config import TrackingConfig, resolve_tracking_uri
+from medvision.errors import MedvisionError
 from medvision.pipeline import executors
+from medvision.pipeline.kinds import StageContext, StageOutput, stage_kind
 from medvision.pipeline.spec import PipelineSpec
-from medvision.pipeline.stages import StageOutput
 from medvision.pipeline.tracker import Tracker
+from medvision.plugins import load_all
 from medvision.tracking.uri import redact_uri
 
 __all__ = ["PipelineInterrupted", "PipelineResult", "run_pipeline"]
@@ -35,7 +37,7 @@ __all__ = ["PipelineInterrupted", "PipelineResult", "run_pipeline"]
 log = logging.getLogger("medvision.pipeline")
 
 
-class PipelineInterrupted(Exception):
+class PipelineInterrupted(MedvisionError):
     """A pipeline stopped by SIGTERM (what SLURM and Kubernetes send at a time limit) in the middle of a stage.
 
     Lightning turns SIGTERM into a ``SystemExit`` without a code, so a killed job would exit 0 and look
@@ -45,7 +47,7 @@ class PipelineInterrupted(Exception):
     def __init__(self, stage_id: str, kind: str, signum: int) -> None:
         self.stage_id, self.kind, self.signum = stage_id, kind, signum
         self.exit_code = 128 + signum
-        resumes = "continues from its last checkpoint" if kind in ("finetune", "pretrain") else "runs again"
+        resumes = "continues from its last checkpoint" if stage_kind(kind).resumes else "runs again"
         super().__init__(
             f"interrupted by {signal.Signals(signum).name} during stage {stage_id!r} ({kind}); the stages finished "
             f"before it are kept. Re-run the same command to resume: finished stages are reused and {stage_id!r} "
@@ -62,18 +64,28 @@ class _Terminated(BaseException):
 
 
 @contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """SIGTERM raises :class:`_Terminated` in the main thread (Lightning's own handler calls ours too)."""
+def _sigterm_raises() -> Iterator[list[int]]:
+    """SIGTERM stops the running stage; yields the signals received so far.
+
+    Outside Lightning the handler raises :class:`_Terminated` where the main thread is. Inside ``Trainer.fit``
+    Lightning's own handler runs first and calls ours: there the handler only records the signal, and Lightning
+    raises its ``SIGTERMException`` at its next check (a batch of validation, the end of an epoch), a point where
+    no lock is held. An exception raised at an arbitrary bytecode of training (a checkpoint half saved, a logging
+    queue mid-put) could leave a lock taken and hang the teardown that marks the runs killed.
+    """
+    received: list[int] = []
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield received
         return
 
     def handler(signum: int, _frame: object) -> None:
-        raise _Terminated(signum)
+        received.append(signum)
+        if signal.getsignal(signal.SIGTERM) is handler:  # not chained from another handler (Lightning's)
+            raise _Terminated(signum)
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
-        yield
+        yield received
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -92,9 +104,14 @@ class PipelineResult:
         return pd.DataFrame(self.rows, columns=["stage", "kind", "member", "status", "run_id", "seconds", "result"])
 
     @property
+    def files(self) -> list[tuple[str, Path]]:
+        """``(kind, path)`` of every file a person opens (the report: kinds whose ``opens_file`` is set), in order."""
+        return [(o.kind, o.path) for o in self.outputs.values() if o.path is not None and stage_kind(o.kind).opens_file]
+
+    @property
     def report_path(self) -> Path | None:
-        reports = [o.path for o in self.outputs.values() if o.kind == "report" and o.path]
-        return reports[-1] if reports else None
+        """The last of :attr:`files` (the report), if any stage made one."""
+        return self.files[-1][1] if self.files else None
 
 
 def run_pipeline(spec: PipelineSpec, *, echo: Callable[[str], None] = print) -> PipelineResult:
@@ -106,6 +123,7 @@ def run_pipeline(spec: PipelineSpec, *, echo: Callable[[str], None] = print) -> 
     """
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    load_all()
 
     uri = resolve_tracking_uri(TrackingConfig(tracking_uri=spec.tracking.tracking_uri))
     tracker = Tracker(uri, spec.tracking.experiment, spec.name)
@@ -118,10 +136,13 @@ def run_pipeline(spec: PipelineSpec, *, echo: Callable[[str], None] = print) -> 
     )
     ok, killed = False, False
     try:
-        with _sigterm_raises():
+        with _sigterm_raises() as received:
             for stage_id, stage in spec.stages.items():
+                if received:  # it came as the last stage finished (after Lightning's last check): stop before this
+                    killed = True
+                    raise PipelineInterrupted(stage_id, stage.kind, received[0])
                 started = time.perf_counter()
-                ctx = executors.StageContext(
+                ctx = StageContext(
                     stage_id=stage_id,
                     stage=stage,
                     spec=spec,
@@ -133,9 +154,11 @@ def run_pipeline(spec: PipelineSpec, *, echo: Callable[[str], None] = print) -> 
                 )
                 try:
                     output, rows = executors.execute(ctx)
-                except _Terminated as t:
+                except (_Terminated, SystemExit):  # SystemExit: Lightning's SIGTERMException
+                    if not received:
+                        raise
                     killed = True
-                    raise PipelineInterrupted(stage_id, stage.kind, t.signum) from None
+                    raise PipelineInterrupted(stage_id, stage.kind, received[0]) from None
                 result.outputs[stage_id] = output
                 for row in rows:
                     row.setdefault("seconds", round(time.perf_counter() - started, 1))

@@ -1,11 +1,11 @@
 """A pipeline is data: named stages whose inputs name earlier stages, checked whole before anything runs.
 
 Stages are a mapping keyed by stage id (YAML keeps their order), so ``--set stages.hod.config.optim.lr=0.01``
-reaches any stage with the same override syntax as a single-stage config. Each training stage carries the
-stage's own config (``FinetuneConfig`` / ``PretrainConfig``) minus what the pipeline wires in (the cohort
-folder, the backbone weights from an earlier stage, output folders, tracking); that partial config is
-validated at load time against the real model, once per sweep member, so a typo anywhere fails before the
-first stage starts, with the stage and key in the message.
+reaches any stage with the same override syntax as a single-stage config. What a stage may be is the stage-kind
+registry's to say (:mod:`medvision.pipeline.kinds`): each kind brings its config model (a stage is validated by
+the one its ``kind:`` names), its inputs (the references checked here) and its load-time checks (a training
+stage validates every sweep member's config against the real model, so a typo anywhere fails before the first
+stage starts, with the stage and key in the message).
 
 ``params`` are the pipeline's parameters (data paths, sizes): ``${params.NAME}`` inside any string is
 replaced by its value, and ``--set params.NAME=...`` changes it, so a recipe never hard-codes a path.
@@ -13,18 +13,16 @@ replaced by its value, and ``--set params.NAME=...`` changes it, so a recipe nev
 
 from __future__ import annotations
 
-import itertools
-import json
+import functools
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Union
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
-from medvision.cohort.spec import FolderOptions
+import medvision.pipeline.stages  # noqa: F401  (importing registers the built-in kinds)
 from medvision.config import (
-    PLAIN_NAME,
     ConfigError,
     StrictModel,
     apply_overrides,
@@ -32,133 +30,14 @@ from medvision.config import (
     explain_validation_error,
     read_yaml,
 )
-from medvision.evaluation.settings import EvaluationSettings
-from medvision.pipeline.stages import stage_config_model, wire_config
+from medvision.pipeline.kinds import StageKind, StageSpec, is_plain_name, plain_name_error, stage_kind, stage_kinds
 from medvision.pipeline.study import check_study
+from medvision.plugins import load_all
 from medvision.tracking.uri import check_no_credentials
 
-__all__ = [
-    "CohortStage",
-    "EvaluateStage",
-    "FinetuneStage",
-    "PipelineSpec",
-    "PretrainStage",
-    "ReportStage",
-    "Stage",
-    "TrackingSpec",
-    "backbone_name",
-    "load_pipeline",
-    "sweep_members",
-]
+__all__ = ["PipelineSpec", "TrackingSpec", "load_pipeline"]
 
 _PARAM = re.compile(r"\$\{params\.([A-Za-z_][A-Za-z0-9_]*)\}")
-_PLAIN_HINT = "letters, digits, '_', '.', '-', starting with a letter or digit"
-
-
-def _is_plain(name: Any) -> bool:
-    return isinstance(name, str) and re.fullmatch(PLAIN_NAME, name) is not None
-
-
-class SynthSource(StrictModel):
-    """A synthetic cohort written by :func:`medvision.sources.synth.synthesize` (the demo's data)."""
-
-    kind: Literal["derm", "cxr", "ct-series"] = "derm"
-    patients: int = Field(120, ge=10)
-    seed: int = 0
-    size: int = Field(64, ge=16)
-    #: ``ct-series``: the typical number of slices per series (the others ignore it).
-    slices: int = Field(40, ge=8, le=1000)
-
-
-class MedMNISTSource(StrictModel):
-    """A MedMNIST ``.npz`` imported with :func:`medvision.sources.medmnist.import_medmnist`."""
-
-    npz: Path
-
-
-class FolderSource(FolderOptions):
-    """An image folder plus an optional labels CSV, with the defaults of ``medvision cohort build --images``."""
-
-    images: Path
-    #: Extra cohort-spec keys merged over the folder defaults (e.g. ``splits.heldout_conditions``).
-    spec: dict[str, Any] = Field(default_factory=dict)
-
-
-class CohortStage(StrictModel):
-    """Build a cohort: from a cohort spec file, a synthetic generator, a MedMNIST file or a folder + CSV."""
-
-    kind: Literal["cohort"]
-    spec: Path | None = None
-    synth: SynthSource | None = None
-    medmnist: MedMNISTSource | None = None
-    folder: FolderSource | None = None
-    #: Cohort-spec keys merged over the source's spec (e.g. ``preprocess.size``, ``splits.label_fractions``).
-    overrides: dict[str, Any] = Field(default_factory=dict)
-
-    def model_post_init(self, _: Any) -> None:
-        names = {
-            "folder.name": self.folder.name if self.folder is not None else None,
-            "folder.spec.name": self.folder.spec.get("name") if self.folder is not None else None,
-            "overrides.name": self.overrides.get("name"),
-        }
-        for key, name in names.items():
-            if name is not None and not _is_plain(name):
-                raise ValueError(f"{key} {name!r} is not a plain name ({_PLAIN_HINT}); it names the cohort's folder")
-        given = [k for k in ("spec", "synth", "medmnist", "folder") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError(
-                f"a cohort stage takes exactly one source of spec, synth, medmnist, folder "
-                f"(got {', '.join(given) or 'none'})"
-            )
-
-
-class PretrainStage(StrictModel):
-    """Self-supervised pretraining (SimCLR / MICLe) on a cohort's unlabelled pool."""
-
-    kind: Literal["pretrain"]
-    cohort: str
-    #: An earlier pretrain/finetune stage whose backbone to start from; ``None`` uses ``config.backbone``.
-    backbone_from: str | None = None
-    config: dict[str, Any] = Field(default_factory=dict)
-
-
-class FinetuneStage(StrictModel):
-    """Supervised fine-tuning, optionally swept over label fractions, backbones or seeds."""
-
-    kind: Literal["finetune"]
-    cohort: str
-    backbone_from: str | None = None
-    config: dict[str, Any] = Field(default_factory=dict)
-    #: Dotted FinetuneConfig keys → values, e.g. ``{data.label_fraction: [0.1, 1.0], seed: [0, 1]}``.
-    sweep: dict[str, list[Any]] = Field(default_factory=dict)
-
-    @field_validator("sweep")
-    @classmethod
-    def _non_empty(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        for key, values in v.items():
-            if not values:
-                raise ValueError(f"sweep key {key!r} has no values")
-        return v
-
-
-class EvaluateStage(EvaluationSettings):
-    """Predictions and metrics of earlier finetune stages' models on the cohort's evaluation sets."""
-
-    kind: Literal["evaluate"]
-    models: list[str] = Field(min_length=1)
-
-
-class ReportStage(StrictModel):
-    """The clinical HTML report from an evaluate stage (and everything upstream of it)."""
-
-    kind: Literal["report"]
-    evaluation: str
-    title: str | None = None
-
-
-Stage = Annotated[
-    CohortStage | PretrainStage | FinetuneStage | EvaluateStage | ReportStage, Field(discriminator="kind")
-]
 
 
 class TrackingSpec(StrictModel):
@@ -176,7 +55,11 @@ class TrackingSpec(StrictModel):
 
 
 class PipelineSpec(StrictModel):
-    """A whole study: stages in order, each reading earlier stages' outputs."""
+    """A whole study: stages in order, each reading earlier stages' outputs.
+
+    Each stage is validated by its kind's config model; :func:`load_pipeline` does that through
+    :func:`pipeline_model`, the subclass whose ``stages`` are the union of the registered kinds' models.
+    """
 
     name: str
     description: str = ""
@@ -185,22 +68,38 @@ class PipelineSpec(StrictModel):
     #: Every stage writes under ``<output_dir>/<stage id>/``.
     output_dir: Path = Path("runs")
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
-    stages: dict[str, Stage] = Field(min_length=1)
+    stages: dict[str, StageSpec] = Field(min_length=1)
 
     @field_validator("stages", mode="before")
     @classmethod
     def _plain_stage_ids(cls, v: Any) -> Any:
         # Stage ids become folders under output_dir: "../../x" would write outside it.
         for stage_id in v if isinstance(v, Mapping) else ():
-            if not _is_plain(stage_id):
-                raise ValueError(f"stage id {stage_id!r} is not a plain name ({_PLAIN_HINT}); it names a folder")
+            if not is_plain_name(stage_id):
+                raise ValueError(plain_name_error("stage id", stage_id, "it names a folder"))
         if isinstance(v, Mapping) and not v:
             raise ValueError("a pipeline needs at least one stage")
         return v
 
     def upstream(self, stage_id: str) -> list[str]:
         """The stage ids ``stage_id`` reads from (direct references only)."""
-        return list(_references(self.stages[stage_id]).values())
+        stage = self.stages[stage_id]
+        return list(stage_kind(stage.kind).references(stage).values())
+
+
+def pipeline_model() -> type[PipelineSpec]:
+    """:class:`PipelineSpec` whose stages are validated by the registered kinds' models (a discriminated union on
+    ``kind``): a plugin's kind is as much a part of a pipeline as a built-in one."""
+    return _pipeline_model(stage_kinds())
+
+
+@functools.lru_cache(maxsize=8)
+def _pipeline_model(kinds: tuple[StageKind[Any], ...]) -> type[PipelineSpec]:
+    models = tuple(k.config for k in kinds)
+    one: Any = Annotated[Union[models], Field(discriminator="kind")] if len(models) > 1 else models[0]  # noqa: UP007
+    return create_model(
+        "PipelineSpec", __base__=PipelineSpec, __module__=__name__, stages=(dict[str, one], Field(min_length=1))
+    )
 
 
 # -- loading --------------------------------------------------------------------------------------
@@ -220,15 +119,18 @@ def load_pipeline(path: str | Path, overrides: Sequence[str] | None = None) -> P
     raw = read_yaml(text, str(path))  # before any copy: an alias bomb is refused here, not expanded
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{path}: the top level must be a mapping with name, stages, ...")
+    load_all()  # extensions first: a plugin's stage kind, head or backbone may be what this file names
     _check_override_targets(raw, overrides or [], str(path))
-    data = apply_overrides(raw, overrides or [], PipelineSpec, source=str(path))
+    model = pipeline_model()
+    data = apply_overrides(raw, overrides or [], model, source=str(path))
     data = _substitute(data, data.get("params") or {}, str(path))
     try:
-        spec = PipelineSpec.model_validate(data)
+        spec = model.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(explain_validation_error(err, PipelineSpec, str(path))) from None
+        raise ConfigError(explain_validation_error(err, model, str(path))) from None
     _check_references(spec, str(path))
-    _check_stage_configs(spec, str(path))
+    for stage_id, stage in spec.stages.items():
+        stage_kind(stage.kind).validate(stage_id, stage, spec, str(path))
     check_study(spec, str(path))
     return spec
 
@@ -257,15 +159,6 @@ def _check_override_targets(raw: Mapping[str, Any], overrides: Sequence[str], so
         )
 
 
-def sweep_members(stage: FinetuneStage) -> Iterator[tuple[str, dict[str, Any]]]:
-    """``(member name, {dotted key: value})`` for each combination of the stage's sweep (one when none)."""
-    keys = list(stage.sweep)
-    for combo in itertools.product(*(stage.sweep[k] for k in keys)):
-        chosen = dict(zip(keys, combo))
-        name = "-".join(f"{k.split('.')[-1]}={v}" for k, v in chosen.items()) or "main"
-        yield re.sub(r"[^A-Za-z0-9_.=-]", "_", name), chosen
-
-
 def _substitute(value: Any, params: Mapping[str, Any], source: str) -> Any:
     if isinstance(value, Mapping):
         return {k: _substitute(v, params, source) for k, v in value.items()}
@@ -285,31 +178,14 @@ def _substitute(value: Any, params: Mapping[str, Any], source: str) -> Any:
     return value
 
 
-_ALLOWED_UPSTREAM = {
-    "cohort": ("cohort",),
-    "backbone_from": ("pretrain", "finetune"),
-    "models": ("finetune",),
-    "evaluation": ("evaluate",),
-}
-
-
-def _references(stage: Any) -> dict[str, str]:
-    refs: dict[str, str] = {}
-    for field in _ALLOWED_UPSTREAM:
-        value = getattr(stage, field, None)
-        if isinstance(value, str):
-            refs[field] = value
-        elif isinstance(value, list):
-            refs.update({f"{field}[{i}]": v for i, v in enumerate(value)})
-    return refs
-
-
 def _check_references(spec: PipelineSpec, source: str) -> None:
+    """Every stage id a stage's inputs name is an earlier stage of a kind its kind accepts there."""
     seen: dict[str, str] = {}
     problems = []
     for stage_id, stage in spec.stages.items():
-        for field, target in _references(stage).items():
-            allowed = _ALLOWED_UPSTREAM[field.split("[")[0]]
+        kind = stage_kind(stage.kind)
+        for field, target in kind.references(stage).items():
+            allowed = kind.inputs[field.split("[")[0]]
             where = f"stages.{stage_id}.{field}"
             if target not in seen:
                 later = " (it comes later; stages run in the order written)" if target in spec.stages else ""
@@ -323,52 +199,3 @@ def _check_references(spec: PipelineSpec, source: str) -> None:
         seen[stage_id] = stage.kind
     if problems:
         raise ConfigError(f"{source}: stage references do not resolve:\n" + "\n".join(problems))
-
-
-def backbone_name(spec: PipelineSpec, stage_id: str) -> str | None:
-    """The backbone a training stage starts from: its own ``backbone.name``, else its ``backbone_from``'s."""
-    stage = spec.stages[stage_id]
-    if not isinstance(stage, PretrainStage | FinetuneStage):
-        raise ConfigError(
-            f"stages.{stage_id} is a {stage.kind} stage; only pretrain and finetune stages have a backbone"
-        )
-    own = (stage.config.get("backbone") or {}).get("name") if isinstance(stage.config.get("backbone"), dict) else None
-    if own or stage.backbone_from is None or stage.backbone_from not in spec.stages:
-        return own
-    return backbone_name(spec, stage.backbone_from)
-
-
-def _check_backbone_name(name: object, where: str) -> None:
-    """A misspelt backbone fails here, not after the cohort stage has run (the registry knows every name)."""
-    if not isinstance(name, str):
-        return
-    from medvision.models import UnknownBackboneError, get_backbone_spec  # timm: loaded only when checking
-
-    try:
-        get_backbone_spec(name)
-    except UnknownBackboneError as e:
-        raise ConfigError(f"{where}: backbone.name: {e}") from None
-
-
-def _check_stage_configs(spec: PipelineSpec, source: str) -> None:
-    """Validate every training stage's partial config (per sweep member) against the real config model."""
-
-    for stage_id, stage in spec.stages.items():
-        if not isinstance(stage, FinetuneStage | PretrainStage):
-            continue
-        model = stage_config_model(stage.kind)
-        members = sweep_members(stage) if isinstance(stage, FinetuneStage) else iter([("main", {})])
-        for member, chosen in members:
-            where = f"{source}: stages.{stage_id}.config" + (f" (sweep member {member})" if chosen else "")
-            overrides = [f"{k}={json.dumps(v)}" for k, v in chosen.items()]
-            try:
-                data = apply_overrides(stage.config, overrides, model, source=f"stages.{stage_id}.sweep")
-                inherited = backbone_name(spec, stage_id)
-                if inherited and "name" not in (data.get("backbone") or {}):
-                    data.setdefault("backbone", {})["name"] = inherited
-                model.model_validate(
-                    wire_config(stage.kind, data, cohort_dir=Path("COHORT"), output_dir=Path("OUT"), weights=None)
-                )
-            except ValidationError as err:
-                raise ConfigError(explain_validation_error(err, model, where)) from None
-            _check_backbone_name((data.get("backbone") or {}).get("name"), where)

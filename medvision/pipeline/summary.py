@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from medvision.pipeline.kinds import stage_kind
 from medvision.pipeline.run import PipelineResult
 from medvision.tracking.uri import redact_uri
 
@@ -32,7 +33,7 @@ def print_summary(result: PipelineResult, console: Console | None = None) -> Non
     table.add_column("result", overflow="fold", ratio=1, min_width=28)
     for row in result.rows:
         outcome = str(row["result"])
-        if row["kind"] == "report":
+        if stage_kind(row["kind"]).opens_file:
             outcome = Path(outcome).name  # the full path is printed below the table
         table.add_row(
             escape(row["stage"]),
@@ -43,8 +44,8 @@ def print_summary(result: PipelineResult, console: Console | None = None) -> Non
             escape(outcome),
         )
     console.print(table)
-    if result.report_path is not None:
-        console.print(f"report: {escape(str(result.report_path))}", soft_wrap=True)  # soft: paths copy whole
+    for kind, path in result.files:
+        console.print(f"{kind}: {escape(str(path))}", soft_wrap=True)  # soft: paths copy whole
     console.print(f"MLflow parent run: {result.parent_run_id}")
     if result.tracking_uri.startswith("sqlite:"):
         # the mlflow next to this Python, by absolute path: the hint must work from the user's own folder

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from medvision.cohort.card import CohortCard
 from medvision.report.study import StudySection
 
 __all__ = [
@@ -151,26 +152,26 @@ class CohortSection(_Model):
         return _optional_frame(v, "cohort.subgroups", ("attribute", "value", "split", "images"))
 
     @classmethod
-    def from_card(cls, card: dict) -> CohortSection:
+    def from_card(cls, card: CohortCard) -> CohortSection:
         """Build the section from a built cohort's card (``cohort.json``), so callers never reshape it."""
         splits, counts, subgroups = [], [], []
-        for split, entry in card["counts"].items():
-            splits.append({"split": split, "patients": entry["patients"], "images": entry["images"]})
-            counts += [{"split": split, "label": lab, "images": n} for lab, n in entry["by_label"].items()]
-            for attr, values in entry.get("by_subgroup", {}).items():
+        for split, entry in card.counts.items():
+            splits.append({"split": split, "patients": entry.patients, "images": entry.images})
+            counts += [{"split": split, "label": lab, "images": n} for lab, n in entry.by_label.items()]
+            for attr, values in entry.by_subgroup.items():
                 subgroups += [
                     {"attribute": attr, "value": val, "split": split, "images": sum(by_label.values())}
                     for val, by_label in values.items()
                 ]
         return cls(
-            name=card["name"],
-            classes=list(card["classes"]),
+            name=card.name,
+            classes=list(card.classes),
             splits=pd.DataFrame(splits),
             counts=pd.DataFrame(counts),
             subgroups=pd.DataFrame(subgroups) if subgroups else None,
-            quarantined=int(card.get("quarantined", 0)),
-            quarantine_reasons=dict(card.get("quarantine_reasons", {})),
-            manifest_sha256=card["manifest_sha256"],
+            quarantined=card.quarantined,
+            quarantine_reasons=dict(card.quarantine_reasons),
+            manifest_sha256=card.manifest_sha256,
         )
 
 

@@ -10,12 +10,12 @@ it. No stylesheet, script, font or image is fetched from anywhere: CSS is inline
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import jinja2
 
+from medvision._atomic import atomic_path
 from medvision._resources import templates_dir
 from medvision.report.context import ReportContext, ReportError
 from medvision.report.guard import check_forbidden
@@ -114,14 +114,8 @@ def render_report(context: ReportContext, out_path: Path, *, forbidden: Iterable
         sections=sections,
         options=context.summary,
     )
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=".report-", suffix=".html")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(html)
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a report is meant to be shared
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    data = html.encode("utf-8")
+    with atomic_path(out_path, need_bytes=len(data)) as tmp:
+        tmp.write_bytes(data)
+        os.chmod(tmp, 0o644)  # a report is meant to be shared, whatever the umask
     return out_path

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from medvision.report import figures
-from medvision.report.context import SALIENCY_CATEGORIES, ReportContext
+from medvision.report.context import SALIENCY_CATEGORIES, OODSection, ReportContext
 from medvision.report.study import StudySection
 from medvision.report.summary import Summary, label_shift_hurts, metric_label, summarize
 
@@ -311,33 +311,12 @@ def _ood(ctx: ReportContext) -> list[dict]:
         return []
     primary = o.primary_detector
     sets = f" Outliers here: {_outliers_named(ctx)}." if o.outlier_sets else ""
-    ci = "auroc_low" in o.detectors.columns and "auroc_high" in o.detectors.columns
-    rows = [
-        [
-            str(r["detector"]) + (" (deployed)" if str(r["detector"]) == primary else ""),
-            _est(r["auroc"], r["auroc_low"], r["auroc_high"]) if ci else _f(r["auroc"]),
-            _f(r["aupr_in"]),
-            _f(r["aupr_out"]),
-            _f(r["fpr_at_95_tpr"]),
-        ]
-        for _, r in o.detectors.iterrows()
-    ]
     blocks = [
         _para(
             "Each detector gives every image a score; higher means more unusual. Outliers are the positive "
             "class unless a column says otherwise." + sets
         ),
-        _table(
-            "Outlier detection per detector",
-            [
-                "detector",
-                "AUROC (outlier = positive)",
-                "AUPR-IN (inlier = positive)",
-                "AUPR-OUT (outlier = positive)",
-                "FPR at 95% TPR (outlier = positive; lower is better)",
-            ],
-            rows,
-        ),
+        _ood_table(o, primary),
     ]
     if o.scores is not None and not o.scores.empty:
         present = list(dict.fromkeys(o.scores["detector"].astype(str)))
@@ -350,23 +329,54 @@ def _ood(ctx: ReportContext) -> list[dict]:
             )
         )
     if o.deferral is not None and not o.deferral.empty:
-        rate = ctx.summary.referral_rate
+        blocks += _deferral(o.deferral, primary, ctx.summary.referral_rate)
+    return blocks
+
+
+def _ood_table(o: OODSection, primary: str | None) -> dict:
+    """One row per detector, the deployed one marked; AUROC with its interval when the frame has one."""
+    ci = "auroc_low" in o.detectors.columns and "auroc_high" in o.detectors.columns
+    rows = [
+        [
+            str(r["detector"]) + (" (deployed)" if str(r["detector"]) == primary else ""),
+            _est(r["auroc"], r["auroc_low"], r["auroc_high"]) if ci else _f(r["auroc"]),
+            _f(r["aupr_in"]),
+            _f(r["aupr_out"]),
+            _f(r["fpr_at_95_tpr"]),
+        ]
+        for _, r in o.detectors.iterrows()
+    ]
+    return _table(
+        "Outlier detection per detector",
+        [
+            "detector",
+            "AUROC (outlier = positive)",
+            "AUPR-IN (inlier = positive)",
+            "AUPR-OUT (outlier = positive)",
+            "FPR at 95% TPR (outlier = positive; lower is better)",
+        ],
+        rows,
+    )
+
+
+def _deferral(deferral: pd.DataFrame, primary: str | None, rate: float) -> list[dict]:
+    """The deferral curves, and the deployed detector's mean cost at the quoted referral rate."""
+    blocks = [
+        _figure(
+            figures.deferral_curve(deferral, rate),
+            "Deferral curves: outliers caught and mean cost against the share of cases referred",
+            f"Dotted line: {rate:.0%} of cases referred.",
+        )
+    ]
+    d = deferral[deferral["detector"].astype(str) == primary].sort_values("referral_rate")
+    if len(d) and d["referral_rate"].min() <= rate <= d["referral_rate"].max():
+        cost = float(np.interp(rate, d["referral_rate"].to_numpy(float), d["mean_cost"].to_numpy(float)))
         blocks.append(
-            _figure(
-                figures.deferral_curve(o.deferral, rate),
-                "Deferral curves: outliers caught and mean cost against the share of cases referred",
-                f"Dotted line: {rate:.0%} of cases referred.",
+            _para(
+                f"With {primary}, referring {rate:.0%} of cases gives a mean cost of {cost:.3f} per "
+                "case under the configured cost table."
             )
         )
-        d = o.deferral[o.deferral["detector"].astype(str) == primary].sort_values("referral_rate")
-        if len(d) and d["referral_rate"].min() <= rate <= d["referral_rate"].max():
-            cost = float(np.interp(rate, d["referral_rate"].to_numpy(float), d["mean_cost"].to_numpy(float)))
-            blocks.append(
-                _para(
-                    f"With {primary}, referring {rate:.0%} of cases gives a mean cost of {cost:.3f} per "
-                    "case under the configured cost table."
-                )
-            )
     return blocks
 
 

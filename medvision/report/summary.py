@@ -118,6 +118,7 @@ def _study_design(ctx: ReportContext, out: Summary) -> None:
 
 
 def _discrimination(ctx: ReportContext, out: Summary) -> None:
+    """The headline metric on in-distribution test patients, then how it carried over to the held-out site."""
     opt, perf = ctx.summary, ctx.performance
     m = metric_label(opt.metric)
     id_row = None if perf is None else _row(perf.table, eval_set=opt.id_set, metric=opt.metric)
@@ -128,12 +129,28 @@ def _discrimination(ctx: ReportContext, out: Summary) -> None:
         )
         return
     v = float(id_row["value"])
-    ci = _ci(id_row["low"], id_row["high"])
+    near_chance = opt.metric == "auroc" and v < opt.chance_auroc
+    text = _headline_text(ctx, id_row)
+    if near_chance:
+        text += f" This is near chance (below {opt.chance_auroc:.2f}): the model has learnt little that generalises."
+    out.findings.append(Finding("discrimination", text, concern=near_chance))
+    lo, hi = _num(id_row["low"]), _num(id_row["high"])
+    if lo is not None and hi is not None and hi - lo > opt.wide_ci:
+        out.caveats.append(
+            f"The test-set interval for {m} is wide ({hi - lo:.2f}); more test patients would narrow it."
+        )
+    if opt.site_ood_set is not None and perf is not None:
+        _site_transfer(ctx, out, v, near_chance)
+
+
+def _headline_text(ctx: ReportContext, id_row: pd.Series) -> str:
+    """The in-distribution sentence: the value, its interval, and what the number means for this kind of AUROC."""
+    opt = ctx.summary
+    m, v = metric_label(opt.metric), float(id_row["value"])
     facts = _per_set(ctx, opt.id_set)
     kind = str(facts["auroc_kind"]) if facts is not None else "binary"
-    macro = opt.metric == "auroc" and kind.startswith("macro")
-    text = f"On in-distribution test patients ('{opt.id_set}'), {m} is {v:.2f}{ci}"
-    if macro:
+    text = f"On in-distribution test patients ('{opt.id_set}'), {m} is {v:.2f}{_ci(id_row['low'], id_row['high'])}"
+    if opt.metric == "auroc" and kind.startswith("macro"):
         text += (
             f", {kind} (the mean of each class's AUROC against all other classes). For an average class, a randomly "
             f"chosen case of that class is ranked above a randomly chosen case of another class {v:.0%} of the time."
@@ -154,17 +171,15 @@ def _discrimination(ctx: ReportContext, out: Summary) -> None:
         )
     else:
         text += "."
-    near_chance = opt.metric == "auroc" and v < opt.chance_auroc
-    if near_chance:
-        text += f" This is near chance (below {opt.chance_auroc:.2f}): the model has learnt little that generalises."
-    out.findings.append(Finding("discrimination", text, concern=near_chance))
-    lo, hi = _num(id_row["low"]), _num(id_row["high"])
-    if lo is not None and hi is not None and hi - lo > opt.wide_ci:
-        out.caveats.append(
-            f"The test-set interval for {m} is wide ({hi - lo:.2f}); more test patients would narrow it."
-        )
+    return text
+
+
+def _site_transfer(ctx: ReportContext, out: Summary, v: float, near_chance: bool) -> None:
+    """The metric at the held-out site against the in-distribution value ``v``: carried over, or a material drop."""
+    opt, perf = ctx.summary, ctx.performance
     if opt.site_ood_set is None or perf is None:
         return
+    m = metric_label(opt.metric)
     ood_row = _row(perf.table, eval_set=opt.site_ood_set, metric=opt.metric)
     sites = ctx.study.heldout_sites if ctx.study and ctx.study.heldout_sites else []
     where = f"the held-out site(s) {_names(sites)} ('{opt.site_ood_set}')" if sites else f"'{opt.site_ood_set}'"

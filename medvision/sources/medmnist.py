@@ -12,11 +12,14 @@ every image is its own patient (the dataset's documentation says the same).
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import numpy as np
 import yaml
 from PIL import Image
+
+from medvision._atomic import atomic_path, atomic_write_text
 
 __all__ = ["MedMNISTError", "import_medmnist"]
 
@@ -37,12 +40,27 @@ def import_medmnist(npz: Path, out: Path, name: str | None = None) -> Path:
     """Write ``npz`` as PNGs + ``labels.csv`` + ``cohort.yaml`` under ``out``; return the spec's path.
 
     Multi-label sets (labels with more than one column) get one 0/1 column per label, which the cohort
-    builder reads as a multi-label target.
+    builder reads as a multi-label target. Every file is written whole (:mod:`medvision._atomic`), so an
+    interrupted import leaves no truncated PNG for the build to quarantine; importing again completes it.
     """
     npz, out = Path(npz), Path(out)
+    name = name or npz.stem
+    data = _read_arrays(npz)
+    n_labels = _check_shapes(npz, data)
+    label_columns = _label_columns(name, n_labels, data)
+    rows = _write_images(out / "images", data, label_columns)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / "labels.csv", buffer.getvalue())
+    return _write_spec(out / "cohort.yaml", npz, name, data, label_columns)
+
+
+def _read_arrays(npz: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{split: (images, labels)}``, every array a MedMNIST file must have."""
     if not npz.is_file():
         raise MedMNISTError(f"{npz}: no such file; pass the path of a MedMNIST .npz (e.g. pneumoniamnist.npz)")
-    name = name or npz.stem
     try:
         arrays = np.load(npz, allow_pickle=False)
     except (OSError, ValueError) as err:
@@ -54,29 +72,32 @@ def import_medmnist(npz: Path, out: Path, name: str | None = None) -> Path:
                 f"{npz}: missing array(s) {', '.join(missing)}; a MedMNIST file has "
                 f"train/val/test _images and _labels (found: {', '.join(arrays.files)})"
             )
-        data = {s: (arrays[f"{s}_images"], arrays[f"{s}_labels"]) for s in _SPLITS}
-    n_labels = _check_shapes(npz, data)
-    label_columns = _label_columns(name, n_labels, data)
+        return {s: (arrays[f"{s}_images"], arrays[f"{s}_labels"]) for s in _SPLITS}
 
-    images = out / "images"
-    images.mkdir(parents=True, exist_ok=True)
+
+def _write_images(
+    images: Path, data: dict[str, tuple[np.ndarray, np.ndarray]], label_columns: list[str]
+) -> list[dict[str, object]]:
+    """One lossless PNG per image; returns the labels CSV's rows (image, patient, split, label(s))."""
     rows: list[dict[str, object]] = []
     for split, (imgs, labels) in data.items():
         for i, (img, lab) in enumerate(zip(imgs, labels.reshape(len(labels), -1))):
             image_id = f"{split}-{i:05d}"
-            Image.fromarray(np.asarray(img, dtype=np.uint8)).save(images / f"{image_id}.png")
+            with atomic_path(images / f"{image_id}.png", need_bytes=img.nbytes + 1024) as tmp:
+                Image.fromarray(np.asarray(img, dtype=np.uint8)).save(tmp, format="PNG")
             row: dict[str, object] = {"image": image_id, "patient": image_id, "split": split}
-            if n_labels == 1:
+            if len(lab) == 1:
                 row["label"] = label_columns[int(lab[0])]
             else:
                 row.update({c: int(v) for c, v in zip(label_columns, lab)})
             rows.append(row)
-    with (out / "labels.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+    return rows
 
-    channels = 3 if data["train"][0].ndim == 4 else 1
+
+def _write_spec(
+    path: Path, npz: Path, name: str, data: dict[str, tuple[np.ndarray, np.ndarray]], label_columns: list[str]
+) -> Path:
+    multi_label = data["train"][1].reshape(len(data["train"][1]), -1).shape[1] > 1
     spec = {
         "name": name,
         "images": "images",
@@ -84,19 +105,18 @@ def import_medmnist(npz: Path, out: Path, name: str | None = None) -> Path:
             "csv": "labels.csv",
             "join": "stem",
             "key_column": "image",
-            "label_columns": ["label"] if n_labels == 1 else label_columns,
+            "label_columns": label_columns if multi_label else ["label"],
             "patient_column": "patient",
             "split_column": "split",
         },
-        "preprocess": {"size": int(data["train"][0].shape[1]), "channels": channels},
+        "preprocess": {"size": int(data["train"][0].shape[1]), "channels": 3 if data["train"][0].ndim == 4 else 1},
         "record_paths": False,  # the patient column is the image name, so paths would carry it
     }
-    spec_path = out / "cohort.yaml"
-    spec_path.write_text(
+    return atomic_write_text(
+        path,
         f"# MedMNIST import of {npz.name}: official splits kept (labels.csv column 'split');\n"
-        "# every image is its own patient (MedMNIST has no patient ids).\n" + yaml.safe_dump(spec, sort_keys=False)
+        "# every image is its own patient (MedMNIST has no patient ids).\n" + yaml.safe_dump(spec, sort_keys=False),
     )
-    return spec_path
 
 
 def _check_shapes(npz: Path, data: dict[str, tuple[np.ndarray, np.ndarray]]) -> int:

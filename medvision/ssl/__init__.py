@@ -4,7 +4,7 @@
 * :func:`nt_xent_loss`, :class:`ProjectionHead` — the contrastive objective, negatives from all devices;
 * :class:`PairSampler`, :class:`PairDataset`, :func:`plan_pairs` — SimCLR / MICLe positive pairs;
 * :func:`select_pool`, :class:`PretrainDataModule` — which images may be pretrained on;
-* :class:`TwoViewAugment`, :class:`AugmentConfig` — RGB and grayscale albumentations pipelines;
+* :class:`TwoViewAugment`, :class:`AugmentConfig` — the photo and radiograph two-view albumentations pipelines;
 * :class:`LARS` — the SimCLR optimiser (the 1-NN monitor is :func:`medvision.knn.knn_accuracy`);
 * :class:`PretrainModule` — the LightningModule.
 """
@@ -20,7 +20,7 @@ _EXPORTS = {
     "AugmentConfig": "augment",
     "TwoViewAugment": "augment",
     "build_pipeline": "augment",
-    "resolve_pipeline": "augment",
+    "resolve_preset": "augment",
     "PretrainConfig": "config",
     "PretrainDataConfig": "config",
     "PretrainOptimConfig": "config",
@@ -41,7 +41,13 @@ _EXPORTS = {
 }
 
 
+#: Names that went away, and what replaced them (said when one is asked for).
+_RENAMED = {"resolve_pipeline": "resolve_preset (one augmentation vocabulary: photo | radiograph | auto)"}
+
+
 def __getattr__(name: str) -> Any:
+    if name in _RENAMED:
+        raise AttributeError(f"medvision.ssl.{name} was renamed: use medvision.ssl.{_RENAMED[name]}")
     if name not in _EXPORTS:
         raise AttributeError(f"module 'medvision.ssl' has no attribute {name!r}")
     value = getattr(importlib.import_module(f"medvision.ssl.{_EXPORTS[name]}"), name)
@@ -73,6 +79,6 @@ __all__ = [
     "nt_xent_loss",
     "plan_pairs",
     "pretrain",
-    "resolve_pipeline",
+    "resolve_preset",
     "select_pool",
 ]

@@ -19,7 +19,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from medvision.cohort.cohort import open_cohort
 from medvision.data.dataset import CohortFacts
-from medvision.ssl.augment import AugmentConfig, TwoViewAugment, resolve_pipeline
+from medvision.errors import InputError
+from medvision.ssl.augment import AugmentConfig, TwoViewAugment, resolve_preset
 from medvision.ssl.micle import Mode, PairDataset, PairSampler
 
 __all__ = ["HELDOUT_SPLITS", "POOLS", "PretrainDataModule", "select_pool"]
@@ -42,12 +43,12 @@ def select_pool(manifest: pd.DataFrame, pool: str, include_heldout: bool = False
         The selected rows, in manifest order, index reset.
 
     Raises:
-        ValueError: unknown pool, or a manifest without a ``split`` column.
+        InputError: unknown pool, or a manifest without a ``split`` column.
     """
     if pool not in POOLS:
-        raise ValueError(f"data.pool must be one of {', '.join(POOLS)}; got {pool!r}")
+        raise InputError(f"data.pool must be one of {', '.join(POOLS)}; got {pool!r}")
     if "split" not in manifest.columns:
-        raise ValueError("the cohort manifest has no 'split' column; rebuild it with `medvision cohort build`")
+        raise InputError("the cohort manifest has no 'split' column; rebuild it with `medvision cohort build`")
     split = manifest["split"].astype(str)
     unlabelled = manifest["label"].isna() if "label" in manifest.columns else pd.Series(False, index=manifest.index)
     keep = pd.Series(False, index=manifest.index)
@@ -96,7 +97,7 @@ class PretrainDataModule(CohortFacts, L.LightningDataModule):
         pool, include_heldout: see :func:`select_pool`.
         mode: ``simclr`` or ``micle`` pairs (:mod:`medvision.ssl.micle`).
         batch_size: pairs per device per step.
-        augment: augmentation settings; the pipeline ``auto`` resolves from the cohort's channels/modality.
+        augment: augmentation settings; the preset ``auto`` resolves from the cohort's channels/modality.
         seed: run seed (pairs, order and augmentations).
         num_workers: DataLoader workers.
         knn_max_images: cap on each kNN image set (a seeded subsample).
@@ -122,7 +123,7 @@ class PretrainDataModule(CohortFacts, L.LightningDataModule):
         self.cohort = open_cohort(cohort_dir)
         self.pool_rows = select_pool(self.cohort.manifest, pool, include_heldout)
         if self.pool_rows.empty:
-            raise ValueError(
+            raise InputError(
                 f"cohort {cohort_dir}: the pretraining pool {pool!r} is empty (include_heldout={include_heldout}); "
                 f"choose another data.pool (one of {', '.join(POOLS)})"
             )
@@ -130,15 +131,17 @@ class PretrainDataModule(CohortFacts, L.LightningDataModule):
         items = len(self.pool_rows) if mode == "simclr" else self.pool_rows["patient_id"].nunique()
         if items < batch_size:  # fail before training starts (the sampler re-checks with the world size)
             unit = "images" if mode == "simclr" else "patients"
-            raise ValueError(
+            raise InputError(
                 f"cohort {cohort_dir}: the pretraining pool {pool!r} has {items} {unit}, fewer than one "
                 f"global batch of {batch_size}; lower data.batch_size or widen data.pool"
             )
         modality = None
         if "modality" in self.pool_rows.columns and self.pool_rows["modality"].notna().any():
             modality = str(self.pool_rows["modality"].mode().iloc[0])
-        self.pipeline = resolve_pipeline((augment or AugmentConfig()).pipeline, self.in_chans, modality)
-        self.augment = TwoViewAugment(self.pipeline, int(self.cohort.cache.params.size), augment or AugmentConfig())
+        self.augment_preset = resolve_preset((augment or AugmentConfig()).preset, self.in_chans, modality)
+        self.augment = TwoViewAugment(
+            self.augment_preset, int(self.cohort.cache.params.size), augment or AugmentConfig()
+        )
         labelled = (
             self.cohort.manifest[self.cohort.manifest["label_idx"] >= 0]
             if "label_idx" in self.cohort.manifest.columns

@@ -27,6 +27,7 @@ from lightning.pytorch.callbacks import Callback
 from medvision.config import flatten, to_yaml
 from medvision.engine.config import resolve_tracking_uri
 from medvision.engine.trainer import fit_stage, resume_checkpoint, run_identity
+from medvision.errors import InputError
 from medvision.models import create_backbone
 from medvision.ssl.config import PretrainConfig
 from medvision.ssl.data import PretrainDataModule
@@ -88,24 +89,9 @@ def pretrain(config: PretrainConfig, *, callbacks: Sequence[Callback] = ()) -> P
     """
     L.seed_everything(config.seed, workers=True, verbose=False)
     ckpt = resume_checkpoint(config)
-    d = config.data
-    datamodule = PretrainDataModule(
-        d.cohort_dir,
-        pool=d.pool,
-        include_heldout=d.include_heldout,
-        mode=config.ssl.mode,
-        batch_size=d.batch_size,
-        augment=config.augment,
-        seed=config.seed,
-        num_workers=d.num_workers,
-        knn_max_images=d.knn_max_images,
-    )
-    if config.monitor.metric == "val/knn_acc" and not datamodule.knn_sets:
-        raise ValueError(
-            f"cohort {d.cohort_dir} has no labelled train or val images, so the kNN monitor (monitor.metric: "
-            "val/knn_acc) cannot run; set monitor.metric=train/loss and monitor.mode=min"
-        )
+    datamodule = _datamodule(config)
     tracking_uri = resolve_tracking_uri(config.tracking)
+    d = config.data
     resolved = config.model_copy(
         update={
             "data": d.model_copy(update={"cohort_dir": Path(d.cohort_dir).resolve()}),
@@ -115,26 +101,12 @@ def pretrain(config: PretrainConfig, *, callbacks: Sequence[Callback] = ()) -> P
     )
     with using_tracking_uri(tracking_uri):  # weights "mlflow:runs:/..." come from the store this run records to
         module = build_pretrain_module(resolved, datamodule.in_chans)
-
     sha = datamodule.manifest_sha256
-    record = module.backbone.weights_record
-    params = {
-        **flatten(resolved),
-        "data.manifest_sha256": sha,
-        "data.pool_images": len(datamodule.pool_rows),
-        "data.pool_patients": int(datamodule.pool_rows["patient_id"].nunique()),
-        "data.multi_instance_patient_share": round(datamodule.multi_instance_patient_share(), 4),
-        "augment.resolved_pipeline": datamodule.pipeline,
-        "backbone.source": record.source,
-        "backbone.sha256": record.sha256,
-        "backbone.licence": record.licence,
-    }
-
     tracker = MLflowTracking(
         tracking_uri,
         resolved.tracking.experiment,
         run_name=resolved.tracking.run_name,
-        params=params,
+        params=_params(resolved, datamodule, module),
         tags={"medvision.stage": "pretrain", "medvision.ssl_mode": resolved.ssl.mode, "cohort.manifest_sha256": sha},
         texts={"config.yaml": to_yaml(resolved), "cohort/manifest_sha256.txt": sha + "\n"},
     )
@@ -150,3 +122,41 @@ def pretrain(config: PretrainConfig, *, callbacks: Sequence[Callback] = ()) -> P
         metrics=metrics,
         output_dir=Path(resolved.output_dir),
     )
+
+
+def _datamodule(config: PretrainConfig) -> PretrainDataModule:
+    """The pool's data module; refused before anything trains when the default kNN monitor has nothing to score."""
+    d = config.data
+    datamodule = PretrainDataModule(
+        d.cohort_dir,
+        pool=d.pool,
+        include_heldout=d.include_heldout,
+        mode=config.ssl.mode,
+        batch_size=d.batch_size,
+        augment=config.augment,
+        seed=config.seed,
+        num_workers=d.num_workers,
+        knn_max_images=d.knn_max_images,
+    )
+    if config.monitor.metric == "val/knn_acc" and not datamodule.knn_sets:
+        raise InputError(
+            f"cohort {d.cohort_dir} has no labelled train or val images, so the kNN monitor (monitor.metric: "
+            "val/knn_acc) cannot run; set monitor.metric=train/loss and monitor.mode=min"
+        )
+    return datamodule
+
+
+def _params(resolved: PretrainConfig, datamodule: PretrainDataModule, module: PretrainModule) -> dict[str, object]:
+    """The run's MLflow parameters: the resolved config, the pool and where the starting weights came from."""
+    record = module.backbone.weights_record
+    return {
+        **flatten(resolved),
+        "data.manifest_sha256": datamodule.manifest_sha256,
+        "data.pool_images": len(datamodule.pool_rows),
+        "data.pool_patients": int(datamodule.pool_rows["patient_id"].nunique()),
+        "data.multi_instance_patient_share": round(datamodule.multi_instance_patient_share(), 4),
+        "augment.resolved_preset": datamodule.augment_preset,
+        "backbone.source": record.source,
+        "backbone.sha256": record.sha256,
+        "backbone.licence": record.licence,
+    }

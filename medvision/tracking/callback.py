@@ -37,6 +37,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
 from medvision.classifier import Classifier
+from medvision.cohort.recipe import PreprocessRecipe
 from medvision.models import save_backbone
 from medvision.tracking.pyfunc import log_classifier
 from medvision.tracking.store import get_or_create_experiment, open_client
@@ -60,6 +61,8 @@ class MLflowTracking(Callback):
         log_model: at the end, log the best checkpoint's network (modules that expose a
             ``classifier``: pyfunc model + backbone; modules that expose only a ``backbone``:
             the backbone).
+        preprocessing: the recipe of the cohort trained on, recorded in the logged classifier's card (export and
+            serving prepare images with it); ``None`` for data that does not come from a cohort.
 
     Attributes:
         run_id: the MLflow run id (on every rank once training has started).
@@ -75,6 +78,7 @@ class MLflowTracking(Callback):
         tags: Mapping[str, str] | None = None,
         texts: Mapping[str, str] | None = None,
         log_model: bool = True,
+        preprocessing: PreprocessRecipe | None = None,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.experiment = experiment
@@ -83,6 +87,7 @@ class MLflowTracking(Callback):
         self.tags = dict(tags or {})
         self.texts = dict(texts or {})
         self.log_model = log_model
+        self.preprocessing = preprocessing
         self.run_id: str | None = None
         self.last_metrics: dict[str, float] = {}
         self._input_shape: tuple[int, ...] | None = None
@@ -145,7 +150,8 @@ class MLflowTracking(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self._input_shape is None and isinstance(batch, Mapping) and "image" in batch:
-            self._input_shape = tuple(int(s) for s in batch["image"].shape[1:])
+            first = 2 if "mask" in batch else 1  # a batch of bags, (B, N, C, H, W): one instance's shape
+            self._input_shape = tuple(int(s) for s in batch["image"].shape[first:])
         elif self._input_shape is None and isinstance(batch, Mapping) and "input_shape" in batch:
             self._input_shape = tuple(int(s) for s in batch["input_shape"][0])  # frozen-feature batches
 
@@ -204,7 +210,7 @@ class MLflowTracking(Callback):
             net.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
         client, run_id = self._active()
         if isinstance(net, Classifier):
-            log_classifier(client, run_id, net, self._input_shape)
+            log_classifier(client, run_id, net, self._input_shape, preprocessing=self.preprocessing)
         else:
             with tempfile.TemporaryDirectory(prefix="medvision-backbone-") as tmp:
                 save_backbone(net, Path(tmp) / "backbone")

@@ -24,9 +24,11 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema, TensorSpec
 
 import medvision
-from medvision.classifier import load_classifier, save_classifier
+from medvision.classifier import CARD_FILE, Classifier, ClassifierCard, load_classifier, save_classifier
+from medvision.cohort.recipe import PreprocessRecipe
 from medvision.models import save_backbone
 from medvision.tracking import served_model
+from medvision.tracking.model_ref import ModelRef
 from medvision.tracking.served_model import ClassifierModel
 
 __all__ = ["ClassifierModel", "load_run_classifier", "log_classifier", "pip_requirements"]
@@ -86,6 +88,7 @@ def log_classifier(
     input_shape: tuple[int, ...] | None = None,
     model_path: str = "model",
     backbone_path: str = "backbone",
+    preprocessing: PreprocessRecipe | None = None,
 ) -> None:
     """Log ``classifier`` to run ``run_id``: a pyfunc model at ``model_path`` and the backbone alone
     (``save_backbone`` layout) at ``backbone_path``, so ``mlflow:runs:/RUN_ID/backbone`` starts a
@@ -94,7 +97,9 @@ def log_classifier(
     Args:
         client: a client bound to the run's tracking URI.
         classifier: a :class:`~medvision.classifier.Classifier` (weights are copied).
-        input_shape: ``(C, H, W)`` of the training images, for the model signature.
+        input_shape: ``(C, H, W)`` of the training images, for the model signature (default: the recipe's).
+        preprocessing: the recipe of the cohort the classifier was trained on (recorded in its card, so export and
+            serving prepare images exactly as training did).
 
     Raises:
         ValueError: a class is called ``ood_score`` (it would collide with the score column).
@@ -103,11 +108,12 @@ def log_classifier(
     if "ood_score" in classifier.classes:
         raise ValueError("a class named 'ood_score' collides with the OOD score column; rename the class")
     has_ood = _has_ood_score(classifier.head)
+    input_shape = ClassifierCard.of(classifier, input_shape, preprocessing).input_shape  # the recipe's, if given
     with tempfile.TemporaryDirectory(prefix="medvision-model-") as tmp:
         tmp_path = Path(tmp)
         save_backbone(classifier.backbone, tmp_path / "backbone")
         client.log_artifacts(run_id, str(tmp_path / "backbone"), backbone_path)
-        save_classifier(classifier, tmp_path / "classifier", input_shape=input_shape)
+        save_classifier(classifier, tmp_path / "classifier", input_shape=input_shape, preprocessing=preprocessing)
         mlflow.pyfunc.save_model(
             path=str(tmp_path / "model"),
             python_model=served_model.__file__,  # model from code: nothing of ours is pickled
@@ -122,34 +128,73 @@ def log_classifier(
         client.log_artifacts(run_id, str(tmp_path / "model"), model_path)
 
 
-def load_run_classifier(run_id: str, tracking_uri: str | None = None, model_path: str = "model"):
-    """The :class:`~medvision.classifier.Classifier` a fine-tuning run logged (CPU, eval mode),
-    for evaluation code that wants tensors, features and the head rather than the pyfunc DataFrame.
+def load_run_classifier(
+    ref: str | ModelRef, tracking_uri: str | None = None, model_path: str = "model"
+) -> tuple[Classifier, ClassifierCard]:
+    """The :class:`~medvision.classifier.Classifier` a fine-tuning run logged (CPU, eval mode), for evaluation and
+    export code that wants tensors, features and the head rather than the pyfunc DataFrame.
 
     Args:
-        run_id: the MLflow run (``FinetuneResult.run_id``).
+        ref: a model reference (:class:`~medvision.tracking.model_ref.ModelRef`): a run id, ``runs:/RUN_ID``,
+            ``models:/NAME/VERSION``, ``models:/NAME@ALIAS`` or a local folder (a saved classifier or a pyfunc
+            model folder).
         tracking_uri: the store; ``None`` uses MLflow's current one ($MLFLOW_TRACKING_URI).
-        model_path: the run's artifact path of the pyfunc model.
+        model_path: the run's artifact path of the pyfunc model, when ``ref`` does not say.
 
     Returns:
-        ``(classifier, card)``; ``card`` holds ``classes``, ``input_shape`` and the head settings.
+        ``(classifier, card)``.
 
     Raises:
-        FileNotFoundError: the run has no classifier at ``model_path`` (not a fine-tuning run, or
-            it ended before logging its model).
+        ModelRefError: ``ref`` is no model reference.
+        FileNotFoundError: there is no classifier where ``ref`` points (not a fine-tuning run, or it ended before
+            logging its model).
     """
-
+    ref = ModelRef.parse(ref, artifact_path=model_path)
+    if ref.kind == "path" and ref.path is not None:
+        return load_classifier(_classifier_folder(ref.path))
     with tempfile.TemporaryDirectory(prefix="medvision-run-") as tmp:
         try:
-            local = mlflow.artifacts.download_artifacts(
-                run_id=run_id,
-                artifact_path=f"{model_path}/artifacts/classifier",
-                dst_path=tmp,
-                tracking_uri=tracking_uri,
-            )
+            source = _registered_source(ref, tracking_uri) if ref.kind == "registered" else ref
+            if isinstance(source, ModelRef):
+                local = mlflow.artifacts.download_artifacts(
+                    run_id=source.run_id,
+                    artifact_path=f"{source.artifact_path}/artifacts/classifier",
+                    dst_path=tmp,
+                    tracking_uri=tracking_uri,
+                )
+            else:
+                downloaded = mlflow.artifacts.download_artifacts(
+                    artifact_uri=source, dst_path=tmp, tracking_uri=tracking_uri
+                )
+                local = str(_classifier_folder(Path(downloaded)))
         except (MlflowException, OSError) as e:
             raise FileNotFoundError(
-                f"MLflow run {run_id} has no classifier at {model_path}/artifacts/classifier ({e}); give the run "
-                "id of a finished fine-tuning run"
+                f"{ref} holds no classifier ({e}); give a finished fine-tuning run (runs:/RUN_ID) or a registered "
+                "version of one"
             ) from None
         return load_classifier(local)
+
+
+def _registered_source(ref: ModelRef, tracking_uri: str | None) -> ModelRef | str:
+    """Where a registered model version's files are: the run that logged it, or the version's own source URI."""
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    if ref.alias:
+        version = client.get_model_version_by_alias(str(ref.name), ref.alias)
+    else:
+        version = client.get_model_version(str(ref.name), str(ref.version))
+    source = str(version.source or "")
+    if source.startswith("runs:/"):
+        return ModelRef.parse(source)
+    if not source:
+        raise FileNotFoundError(f"{ref} records no source for its files")
+    return source
+
+
+def _classifier_folder(folder: Path) -> Path:
+    """A saved classifier's folder: ``folder`` itself, or the classifier inside a pyfunc model folder."""
+    for candidate in (folder, folder / "artifacts" / "classifier"):
+        if (candidate / CARD_FILE).exists():
+            return candidate
+    raise FileNotFoundError(
+        f"{folder} holds no saved classifier ({CARD_FILE}, or artifacts/classifier/{CARD_FILE} of a pyfunc model)"
+    )

@@ -59,7 +59,7 @@ class ClassifierModel(PythonModel):
         self._classifier, card = load_classifier(context.artifacts["classifier"])
         self._device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self._classifier.to(self._device)
-        self._classes = list(card["classes"])
+        self._classes = list(card.classes)
 
     # The annotation tells MLflow the input is an array it should pass through as is (our signature validates
     # it); without one MLflow warns on every load.

@@ -27,9 +27,6 @@ from medvision.heads import get_head_class
 
 __all__ = ["DataConfig", "FinetuneConfig", "HeadConfig"]
 
-#: Head options the engine fills in from the cohort, so a YAML need not repeat them.
-COHORT_FILLED_HEAD_OPTIONS = frozenset({"num_outlier_classes"})
-
 
 class DataConfig(StrictModel):
     """Which built cohort, and how it is batched."""
@@ -68,8 +65,8 @@ class HeadConfig(StrictModel):
 
     #: One of ``medvision.heads.list_heads()``: linear, multilabel, hod, het, hetxl.
     name: str = "linear"
-    #: The head's own options (e.g. ``label_smoothing`` for linear, ``coarse_weight`` for hod).
-    #: ``num_outlier_classes`` (hod) is taken from the cohort when left out.
+    #: The head's own options (e.g. ``label_smoothing`` for linear, ``coarse_weight`` for hod). Options the
+    #: head takes from the cohort (``Head.cohort_options``: hod's ``num_outlier_classes``) may be left out.
     options: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -81,7 +78,7 @@ class HeadConfig(StrictModel):
             problems = []
             for e in err.errors():
                 key = ".".join(str(p) for p in e["loc"])
-                if e["type"] == "missing" and key in COHORT_FILLED_HEAD_OPTIONS:
+                if e["type"] == "missing" and key in cls.cohort_options:
                     continue
                 if e["type"] == "extra_forbidden":
                     problems.append(f"unknown option {key!r}")

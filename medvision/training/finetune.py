@@ -29,6 +29,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from medvision.classifier import Classifier
+from medvision.cohort.recipe import PreprocessRecipe
 from medvision.config import flatten, to_yaml
 from medvision.data.bags import BagDataModule
 from medvision.data.dataset import CohortDataModule
@@ -37,6 +38,7 @@ from medvision.engine.config import resolve_tracking_uri
 from medvision.engine.features import FeatureDataModule
 from medvision.engine.hyperrule import hyperrule_epochs
 from medvision.engine.trainer import fit_stage, resume_checkpoint, run_identity
+from medvision.errors import InputError
 from medvision.heads import create_head, get_head_class
 from medvision.models import create_backbone
 from medvision.tracking import MLflowTracking
@@ -44,7 +46,7 @@ from medvision.tracking.store import using_tracking_uri
 from medvision.training.config import FinetuneConfig
 from medvision.training.module import FinetuneModule
 
-__all__ = ["FinetuneResult", "build_classifier", "cohort_datamodule", "finetune"]
+__all__ = ["FinetuneResult", "build_classifier", "finetune"]
 
 #: What the engine reads from a data module besides its loaders (the cohort contract).
 DATAMODULE_FACTS = ("classes", "num_inlier_classes", "num_outlier_classes", "in_chans", "manifest_sha256")
@@ -93,27 +95,16 @@ class FinetuneResult:
 
 
 def build_classifier(config: FinetuneConfig, datamodule: CohortFactsLike) -> Classifier:
-    """The network for ``config`` sized from the cohort: ``in_chans``, K classes (HOD: + M outlier logits).
+    """The network for ``config`` sized from the cohort: ``in_chans``, K classes, and whatever the head takes from
+    the cohort (:meth:`~medvision.heads.Head.options_for_cohort`: HOD's M outlier logits).
 
     Raises:
-        ValueError: the head does not fit the cohort (HOD without training outlier conditions, or
+        HeadConfigError: the head does not fit the cohort (HOD without training outlier conditions, or
             ``num_outlier_classes`` different from the cohort's).
     """
 
-    k, m = int(datamodule.num_inlier_classes), int(datamodule.num_outlier_classes)
-    options = dict(config.head.options)
-    if config.head.name == "hod":
-        if m < 1:
-            raise ValueError(
-                "head 'hod' needs training outlier conditions, but the cohort has none; declare them in the "
-                "cohort spec (splits.outlier_conditions) or use another head"
-            )
-        given = options.setdefault("num_outlier_classes", m)
-        if given != m:
-            raise ValueError(
-                f"head.options.num_outlier_classes is {given} but the cohort has {m} training outlier "
-                "conditions; leave the option out to take the cohort's"
-            )
+    k = int(datamodule.num_inlier_classes)
+    options = get_head_class(config.head.name).options_for_cohort(config.head.options, datamodule)
     in_chans = config.backbone.in_chans or int(datamodule.in_chans)
     backbone = create_backbone(config.backbone.name, config.backbone.weights, in_chans, **config.backbone.options)
     head = create_head(config.head.name, backbone.num_features, k, **options)
@@ -152,7 +143,7 @@ def finetune(
     L.seed_everything(config.seed, workers=True, verbose=False)
     ckpt = resume_checkpoint(config)  # fail on a bad resume path before anything is built
     if datamodule is None:
-        datamodule = cohort_datamodule(config)
+        datamodule = _cohort_datamodule(config)
     if not isinstance(datamodule, CohortFactsLike):
         missing = [a for a in DATAMODULE_FACTS if not hasattr(datamodule, a)]
         raise TypeError(f"{type(datamodule).__name__} lacks the cohort facts {missing}; see finetune()'s docstring")
@@ -173,18 +164,9 @@ def finetune(
         data = features(datamodule, classifier.backbone)
 
     sha = str(datamodule.manifest_sha256)
-    record = classifier.backbone.weights_record
-    params = {
-        **flatten(resolved),
-        "data.manifest_sha256": sha,
-        "data.classes": list(datamodule.classes),
-        "backbone.source": record.source,
-        "backbone.sha256": record.sha256,
-        "backbone.licence": record.licence,
-        "augment.resolved_preset": getattr(data, "augment_preset", "none"),
-        "data.feature_path": isinstance(data, FeatureDataModule | BagFeatureDataModule),
-    }
-    tracker = _tracker(resolved, tracking_uri, params, sha)
+    tracker = _tracker(
+        resolved, tracking_uri, _params(resolved, datamodule, data, classifier), sha, _recipe(datamodule)
+    )
     identity = run_identity(resolved, manifest_sha256=sha)
     with _frozen_backbone_is_meant(classifier):
         fitted = fit_stage(resolved, module, data, [tracker, *callbacks], ckpt, to_yaml(resolved), identity)
@@ -198,12 +180,12 @@ def finetune(
     )
 
 
-def cohort_datamodule(config: FinetuneConfig) -> CohortDataModule:
+def _cohort_datamodule(config: FinetuneConfig) -> CohortDataModule:
     """The data module of ``config.data``: images, or bags of a case cohort's instances (``unit`` other than
     ``image``), which need a head that reads bags.
 
     Raises:
-        ValueError: a case cohort with a head that reads single embeddings, naming the head to use.
+        InputError: a case cohort with a head that reads single embeddings, naming the head to use.
     """
     d = config.data
     kwargs = {
@@ -217,13 +199,30 @@ def cohort_datamodule(config: FinetuneConfig) -> CohortDataModule:
     images = CohortDataModule(d.cohort_dir, **kwargs)  # type: ignore[arg-type]
     if images.cohort.unit == "image":
         return images
-    if not getattr(get_head_class(config.head.name), "takes_bags", False):
-        raise ValueError(
+    if not get_head_class(config.head.name).takes_bags:
+        raise InputError(
             f"cohort {d.cohort_dir} is a {images.cohort.unit}-level cohort (unit: {images.cohort.unit}): its labels "
             f"belong to whole cases, but head {config.head.name!r} reads one image at a time. Use head: {{name: mil}} "
             "(pooling: gated_attention, attention, mean, max or middle), or rebuild the cohort with unit: image"
         )
     return BagDataModule(d.cohort_dir, max_instances=d.max_instances, **kwargs)
+
+
+def _params(
+    resolved: FinetuneConfig, datamodule: CohortFactsLike, data: L.LightningDataModule, classifier: Classifier
+) -> dict[str, object]:
+    """The run's MLflow parameters: the resolved config, the cohort, the starting weights, what the data path did."""
+    record = classifier.backbone.weights_record
+    return {
+        **flatten(resolved),
+        "data.manifest_sha256": str(datamodule.manifest_sha256),
+        "data.classes": list(datamodule.classes),
+        "backbone.source": record.source,
+        "backbone.sha256": record.sha256,
+        "backbone.licence": record.licence,
+        "augment.resolved_preset": getattr(data, "augment_preset", "none"),
+        "data.feature_path": isinstance(data, FeatureDataModule | BagFeatureDataModule),
+    }
 
 
 def _with_hyperrule(config: FinetuneConfig, datamodule: L.LightningDataModule) -> FinetuneConfig:
@@ -258,7 +257,15 @@ def _resolved(config: FinetuneConfig, tracking_uri: str) -> FinetuneConfig:
     )
 
 
-def _tracker(config: FinetuneConfig, tracking_uri: str, params: dict, manifest_sha256: str):
+def _recipe(datamodule: L.LightningDataModule) -> PreprocessRecipe | None:
+    """How the data module's images were made from their files (a cohort's data module knows; others do not)."""
+    recipe = getattr(datamodule, "preprocessing", None)
+    return recipe if isinstance(recipe, PreprocessRecipe) else None
+
+
+def _tracker(
+    config: FinetuneConfig, tracking_uri: str, params: dict, manifest_sha256: str, recipe: PreprocessRecipe | None
+) -> MLflowTracking:
     return MLflowTracking(
         tracking_uri,
         config.tracking.experiment,
@@ -266,6 +273,7 @@ def _tracker(config: FinetuneConfig, tracking_uri: str, params: dict, manifest_s
         params=params,
         tags={"medvision.stage": "finetune", "cohort.manifest_sha256": manifest_sha256},
         texts={"config.yaml": to_yaml(config), "cohort/manifest_sha256.txt": manifest_sha256 + "\n"},
+        preprocessing=recipe,
     )
 
 

@@ -1,9 +1,10 @@
 """DICOMweb transport: QIDO-RS searches and WADO-RS instance retrieval with ``dicomweb-client``.
 
-Retries: refused connections and read timeouts are retried by urllib3 (on the session), 408/429/5xx
-answers by dicomweb-client, both with exponential back-off. Instances are asked for in the transfer
-syntax the PACS stores (``transfer-syntax=*``), so nothing is transcoded on the way and a DICOMweb pull
-stores the same bytes as a DIMSE pull.
+Retries: refused connections, timeouts and 408/429/5xx answers are tried again by the pull's one retry
+helper (:mod:`medvision.sources.pacs.retry`); urllib3's and dicomweb-client's own retries are off, so each
+request is attempted ``pacs.retries + 1`` times at most. Instances are asked for in the transfer syntax the
+PACS stores (``transfer-syntax=*``), so nothing is transcoded on the way and a DICOMweb pull stores the same
+bytes as a DIMSE pull.
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ from urllib.parse import urlsplit
 import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
-from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
 
-from medvision.cohort.spec import PacsSpec
+from medvision.cohort.spec import DicomWebPacs
 from medvision.sources.pacs.credentials import Credentials
 from medvision.sources.pacs.errors import InstanceFailedError, PacsAuthError, PacsError, PacsUnreachableError
+from medvision.sources.pacs.retry import Retriable, with_retries
 from medvision.sources.pacs.source import InstanceRef
 
 __all__ = ["DicomWebSource"]
@@ -45,25 +45,12 @@ def _value(item: dict, tag: str) -> str:
 
 
 class DicomWebSource:
-    def __init__(self, spec: PacsSpec, credentials: Credentials) -> None:
-        if not spec.url:  # the spec validator enforces this for protocol dicomweb
-            raise PacsError("pacs.url (the DICOMweb base URL) is required for protocol dicomweb")
+    def __init__(self, spec: DicomWebPacs, credentials: Credentials) -> None:
         parts = urlsplit(spec.url)
         #: How messages name the server: scheme, host, port and path; never a query string.
         self.where = f"{parts.scheme}://{parts.netloc}{parts.path}"
         self.retries = spec.retries
-        session = requests.Session()
-        retry = Retry(
-            total=spec.retries,
-            connect=spec.retries,
-            read=spec.retries,
-            status=0,
-            backoff_factor=0.25,
-            allowed_methods=frozenset({"GET"}),
-            raise_on_status=False,
-        )
-        session.mount("http://", HTTPAdapter(max_retries=retry))
-        session.mount("https://", HTTPAdapter(max_retries=retry))
+        session = requests.Session()  # requests' default adapter: no retries of its own
         session.verify = str(spec.ca_bundle) if spec.ca_bundle else spec.verify_tls
         if credentials.kind == "basic":
             session.auth = (credentials.user or "", credentials.secret or "")
@@ -71,15 +58,14 @@ class DicomWebSource:
             session.headers["Authorization"] = f"Bearer {credentials.secret}"
         self._session = session
         self.client = DICOMwebClient(spec.url, session=session, timeout=spec.timeout)
-        self.client.set_http_retry_params(
-            retry=spec.retries > 0,
-            max_attempts=spec.retries + 1,
-            wait_exponential_multiplier=250,
-            retriable_error_codes=_RETRIABLE,
-        )
+        self.client.set_http_retry_params(retry=False)  # retried by with_retries, once
 
     def _call(self, fn: Callable[[], T], what: str) -> T:
-        """Run a request; turn the library's exceptions (whose text quotes the URL) into ours."""
+        """Run a request, retrying what may pass; turn the library's exceptions (whose text quotes the URL) into
+        ours."""
+        return with_retries(lambda: self._once(fn, what), self.retries, what)
+
+    def _once(self, fn: Callable[[], T], what: str) -> T:
         try:
             return fn()
         except requests.exceptions.SSLError:
@@ -88,10 +74,12 @@ class DicomWebSource:
                 "certificate as pacs.ca_bundle (keep pacs.verify_tls on)"
             ) from None
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout):
-            raise PacsUnreachableError(
-                f"cannot reach the PACS at {self.where} ({what}: no connection or no answer "
-                f"after {self.retries} retries); check pacs.url and that the server runs "
-                "and is reachable from this machine"
+            raise Retriable(
+                PacsUnreachableError(
+                    f"cannot reach the PACS at {self.where} ({what}: no connection or no answer "
+                    f"after {self.retries} retries); check pacs.url and that the server runs "
+                    "and is reachable from this machine"
+                )
             ) from None
         except requests.exceptions.HTTPError as e:
             status = e.response.status_code if e.response is not None else 0
@@ -101,6 +89,8 @@ class DicomWebSource:
                     "$MEDVISION_PACS_USER/$MEDVISION_PACS_PASSWORD, $MEDVISION_PACS_TOKEN or "
                     "pacs.credentials_file, and that the account may search and retrieve"
                 ) from None
+            if status in _RETRIABLE:
+                raise Retriable(_HTTPStatus(status)) from None
             raise _HTTPStatus(status) from None
 
     def studies(self, filters: dict[str, str]) -> list[str]:

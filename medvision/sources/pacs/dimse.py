@@ -3,6 +3,10 @@
 C-GET brings instances back on our own association, so nothing needs to reach us from the PACS (no
 listening port, unlike C-MOVE). Each SOP class is proposed once per transfer syntax, so the PACS can
 send every instance in the syntax it stores (an RLE instance stays RLE) instead of transcoding it.
+
+Retries: opening the association, a search (lost association, or fewer answers than the level above announced)
+and a C-GET are each one attempt, tried again by the pull's one retry helper (:mod:`medvision.sources.pacs.retry`),
+so no request is ever retried by two nested loops.
 """
 
 from __future__ import annotations
@@ -10,7 +14,6 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterable
 
 from pydicom.dataset import Dataset
@@ -32,8 +35,9 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND_MODEL  # type: ignore[attr-defined]
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as GET_MODEL  # type: ignore[attr-defined]
 
-from medvision.cohort.spec import PacsSpec
+from medvision.cohort.spec import DimsePacs
 from medvision.sources.pacs.errors import InstanceFailedError, PacsAuthError, PacsError, PacsUnreachableError
+from medvision.sources.pacs.retry import Retriable, with_retries
 from medvision.sources.pacs.source import InstanceRef
 
 __all__ = ["DimseSource"]
@@ -57,9 +61,7 @@ _MAX_CONTEXTS = 128
 class DimseSource:
     """One association, opened on first use; ``storage_classes`` are the SOP classes C-GET may return."""
 
-    def __init__(self, spec: PacsSpec, storage_classes: Iterable[str] = ()) -> None:
-        if not spec.host or spec.port is None:  # the spec validator enforces this for protocol dimse
-            raise PacsError("pacs.host and pacs.port are required for protocol dimse")
+    def __init__(self, spec: DimsePacs, storage_classes: Iterable[str] = ()) -> None:
         self.spec = spec
         self._host, self._port = spec.host, spec.port
         self.where = f"{spec.host}:{spec.port} (AE title {spec.called_aet})"
@@ -94,37 +96,37 @@ class DimseSource:
         return ae, roles
 
     def _open(self) -> Association:
+        """The association, opened on first use: one attempt (the request that needs it is what is retried)."""
         if self._assoc is not None and self._assoc.is_established:
             return self._assoc
         ae, roles = self._ae()
-        for attempt in range(self.spec.retries + 1):
-            assoc = ae.associate(
-                self._host,
-                self._port,
-                ae_title=self.spec.called_aet,
-                ext_neg=roles,
-                evt_handlers=[(evt.EVT_C_STORE, self._on_store)],
+        assoc = ae.associate(
+            self._host,
+            self._port,
+            ae_title=self.spec.called_aet,
+            ext_neg=roles,
+            evt_handlers=[(evt.EVT_C_STORE, self._on_store)],
+        )
+        if assoc.is_established:
+            # A DIMSE message goes out as several small PDUs; with Nagle on, each waits for the peer's
+            # delayed ACK (about 40 ms), which would cap a pull at a few instances per second.
+            raw = assoc.dul.socket.socket if assoc.dul.socket is not None else None
+            if raw is not None:  # always set once the association is established
+                raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _leave_responses_to_requests(assoc, lambda: self._message_id)
+            self._assoc = assoc
+            return assoc
+        if assoc.is_rejected:
+            raise PacsAuthError(
+                f"the PACS at {self.where} rejected the association: it must list our AE "
+                f"title {self.spec.calling_aet!r} (pacs.calling_aet) and this host as a "
+                "known modality, and pacs.called_aet must be its AE title"
             )
-            if assoc.is_established:
-                # A DIMSE message goes out as several small PDUs; with Nagle on, each waits for the peer's
-                # delayed ACK (about 40 ms), which would cap a pull at a few instances per second.
-                raw = assoc.dul.socket.socket if assoc.dul.socket is not None else None
-                if raw is not None:  # always set once the association is established
-                    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                _leave_responses_to_requests(assoc, lambda: self._message_id)
-                self._assoc = assoc
-                return assoc
-            if assoc.is_rejected:
-                raise PacsAuthError(
-                    f"the PACS at {self.where} rejected the association: it must list our AE "
-                    f"title {self.spec.calling_aet!r} (pacs.calling_aet) and this host as a "
-                    "known modality, and pacs.called_aet must be its AE title"
-                )
-            if attempt < self.spec.retries:
-                time.sleep(0.25 * 2**attempt)
-        raise PacsUnreachableError(
-            f"cannot reach the PACS at {self.where} after {self.spec.retries} retries; "
-            "check pacs.host, pacs.port and that the server runs"
+        raise Retriable(
+            PacsUnreachableError(
+                f"cannot reach the PACS at {self.where} after {self.spec.retries} retries; "
+                "check pacs.host, pacs.port and that the server runs"
+            )
         )
 
     def _on_store(self, event) -> int:
@@ -156,37 +158,34 @@ class DimseSource:
     # --- searches ------------------------------------------------------------------------------------
 
     def _find(self, identifier: Dataset, what: str) -> list[Dataset]:
-        for attempt in range(self.spec.retries + 1):
-            assoc = self._open()
-            found, lost = [], False
-            for status, ident in assoc.send_c_find(identifier, FIND_MODEL, msg_id=self._next_message_id()):
-                if not status:  # no answer: the association timed out or was aborted
-                    lost = True
-                    break
-                code = int(status.Status)
-                if code in (0xFF00, 0xFF01):
-                    if ident is None:  # a match we cannot read must not silently shrink the cohort
-                        self._abandon()
-                        raise PacsError(f"the PACS at {self.where} sent an unreadable {what} response")
-                    found.append(ident)
-                elif code != 0x0000:
-                    self._abandon()
-                    raise PacsError(
-                        f"the PACS at {self.where} refused the {what} (C-FIND status 0x{code:04X}); "
-                        "check that it allows queries from our AE title"
+        """One C-FIND; a lost association is worth another attempt."""
+        assoc = self._open()
+        found = []
+        for status, ident in assoc.send_c_find(identifier, FIND_MODEL, msg_id=self._next_message_id()):
+            if not status:  # no answer: the association timed out or was aborted
+                self.close()
+                raise Retriable(
+                    PacsUnreachableError(
+                        f"the PACS at {self.where} stopped answering the {what} after {self.spec.retries} retries"
                     )
-            if not lost:
-                return found
-            self.close()
-            if attempt < self.spec.retries:
-                time.sleep(0.25 * 2**attempt)
-        raise PacsUnreachableError(
-            f"the PACS at {self.where} stopped answering the {what} after {self.spec.retries} retries"
-        )
+                )
+            code = int(status.Status)
+            if code in (0xFF00, 0xFF01):
+                if ident is None:  # a match we cannot read must not silently shrink the cohort
+                    self._abandon()
+                    raise PacsError(f"the PACS at {self.where} sent an unreadable {what} response")
+                found.append(ident)
+            elif code != 0x0000:
+                self._abandon()
+                raise PacsError(
+                    f"the PACS at {self.where} refused the {what} (C-FIND status 0x{code:04X}); "
+                    "check that it allows queries from our AE title"
+                )
+        return found
 
     def studies(self, filters: dict[str, str]) -> list[str]:
         q = _identifier("STUDY", {"StudyInstanceUID": "", "NumberOfStudyRelatedSeries": "", **filters})
-        found = self._find(q, "study search")
+        found = self._search(q, "study search", None)
         self._expected.update({str(d.StudyInstanceUID): _count(d, "NumberOfStudyRelatedSeries") for d in found})
         return [str(d.StudyInstanceUID) for d in found]
 
@@ -201,7 +200,7 @@ class DimseSource:
                 **filters,
             },
         )
-        found = self._complete(q, "series search", None if filters else self._expected.get(study))
+        found = self._search(q, "series search", None if filters else self._expected.get(study))
         self._expected.update({str(d.SeriesInstanceUID): _count(d, "NumberOfSeriesRelatedInstances") for d in found})
         return [(str(d.SeriesInstanceUID), str(d.get("Modality", ""))) for d in found]
 
@@ -209,25 +208,32 @@ class DimseSource:
         q = _identifier(
             "IMAGE", {"StudyInstanceUID": study, "SeriesInstanceUID": series, "SOPInstanceUID": "", "SOPClassUID": ""}
         )
-        found = self._complete(q, "instance search", self._expected.get(series))
+        found = self._search(q, "instance search", self._expected.get(series))
         return [InstanceRef(study, series, str(d.SOPInstanceUID), str(d.get("SOPClassUID", ""))) for d in found]
 
-    def _complete(self, identifier: Dataset, what: str, expected: int | None) -> list[Dataset]:
-        """A search whose answer count must reach what the level above announced.
+    def _search(self, identifier: Dataset, what: str, expected: int | None) -> list[Dataset]:
+        """A search, each match once, whose answer count must reach what the level above announced.
 
         Short answers were seen under load before ``_leave_responses_to_requests`` (a dropped response). Asking
-        again costs one search, and a pull that silently drops an instance would be worse than one that fails.
+        again costs one search, and a pull that silently drops an instance would be worse than one that fails;
+        a short answer and a lost association are retried by the same one loop.
         """
-        key = {"SERIES": "SeriesInstanceUID", "IMAGE": "SOPInstanceUID"}[str(identifier.QueryRetrieveLevel)]
-        for _ in range(self.spec.retries + 1):
+        level = str(identifier.QueryRetrieveLevel)
+        key = {"STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID", "IMAGE": "SOPInstanceUID"}[level]
+
+        def once() -> list[Dataset]:
             found = list({str(d.get(key, "")): d for d in self._find(identifier, what)}.values())
-            if expected is None or len(found) >= expected:
-                return found
-            log.debug("a %s came back with %d of %d announced matches; asking again", what, len(found), expected)
-        raise PacsError(
-            f"the PACS at {self.where} answered the {what} with {len(found)} of the {expected} "
-            f"matches it announced, {self.spec.retries + 1} times; try again later"
-        )
+            if expected is not None and len(found) < expected:
+                log.debug("a %s came back with %d of %d announced matches; asking again", what, len(found), expected)
+                raise Retriable(
+                    PacsError(
+                        f"the PACS at {self.where} answered the {what} with {len(found)} of the {expected} "
+                        f"matches it announced, {self.spec.retries + 1} times; try again later"
+                    )
+                )
+            return found
+
+        return with_retries(once, self.spec.retries, what)
 
     # --- retrieval -----------------------------------------------------------------------------------
 
@@ -235,30 +241,29 @@ class DimseSource:
         q = _identifier(
             "IMAGE", {"StudyInstanceUID": ref.study, "SeriesInstanceUID": ref.series, "SOPInstanceUID": ref.sop}
         )
-        for attempt in range(self.spec.retries + 1):
-            assoc = self._open()
-            self._received = []
-            code, lost = None, False
-            for status, _ in assoc.send_c_get(q, GET_MODEL, msg_id=self._next_message_id()):
-                if not status:
-                    lost = True
-                    break
-                code = int(status.Status)
-            if not lost:
-                break
-            self.close()
-            if attempt < self.spec.retries:
-                time.sleep(0.25 * 2**attempt)
-        else:
-            raise PacsUnreachableError(
-                f"the PACS at {self.where} stopped answering C-GET after {self.spec.retries} retries"
-            )
+        code = with_retries(lambda: self._get(q), self.spec.retries, "retrieve")
         for ds, ts, error in self._received:
             if ds is not None and str(ds.get("SOPInstanceUID", "")) == ref.sop:
                 return ds, ts
             if error:
                 raise InstanceFailedError(error)
         raise InstanceFailedError(f"C-GET returned no instance (status 0x{(code or 0):04X})")
+
+    def _get(self, identifier: Dataset) -> int | None:
+        """One C-GET; the instances arrive through :meth:`_on_store`. Returns the final status."""
+        assoc = self._open()
+        self._received = []
+        code = None
+        for status, _ in assoc.send_c_get(identifier, GET_MODEL, msg_id=self._next_message_id()):
+            if not status:
+                self.close()
+                raise Retriable(
+                    PacsUnreachableError(
+                        f"the PACS at {self.where} stopped answering C-GET after {self.spec.retries} retries"
+                    )
+                )
+            code = int(status.Status)
+        return code
 
 
 def _leave_responses_to_requests(assoc: Association, current: Callable[[], int]) -> None:

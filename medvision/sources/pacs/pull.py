@@ -3,8 +3,10 @@
 What to pull is the spec's ``pacs.query`` (modality, study date range, descriptions, body part) ANDed
 with each row of ``pacs.request_list`` (accession numbers, study UIDs or patient IDs approved by an
 ethics board). Those values may identify patients, so they go to the server and nowhere else: not into
-our log lines, not into error messages, and records that the HTTP/DIMSE libraries log while a pull runs
-are cut to warnings and scrubbed of every query value and credential.
+our log lines, not into error messages. While a pull runs, every log record and warning of every library passes
+through the cohort layer's one scrubber (:mod:`medvision.cohort.logscrub`: whole tokens, URL-encoded ones too),
+which removes each query value, request value and credential; the HTTP/DIMSE libraries' own chatter below
+warnings is not shown. The store, its records and ``pull.json`` are owner-only files.
 """
 
 from __future__ import annotations
@@ -19,11 +21,14 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import assert_never
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from medvision.cohort.spec import CohortSpec, PacsSpec, SpecError, load_spec
+from medvision._atomic import atomic_write_text
+from medvision.cohort.logscrub import Scrubber, scrubbed_output
+from medvision.cohort.spec import CohortSpec, DicomWebPacs, DimsePacs, PacsSpec, SpecError, load_spec
 from medvision.sources.pacs.credentials import Credentials, resolve_credentials
 from medvision.sources.pacs.errors import InstanceFailedError, PacsNoMatchError
 from medvision.sources.pacs.source import InstanceRef, Source
@@ -33,7 +38,7 @@ __all__ = ["PullSummary", "pull", "pull_cohort"]
 
 log = logging.getLogger("medvision.sources.pacs")
 
-#: Loggers of the libraries that talk to the PACS; their debug lines quote request URLs (query values).
+#: Loggers of the libraries that talk to the PACS: below warnings, their lines are chatter (one per request).
 _LIBRARY_LOGGERS = ("urllib3", "requests", "dicomweb_client", "pynetdicom")
 
 
@@ -75,33 +80,24 @@ def pull(pacs: PacsSpec, *, progress: bool = True) -> PullSummary:
             instance already stored stays stored and indexed; running the pull again resumes.
     """
     t0 = time.perf_counter()
-    creds = resolve_credentials(pacs.auth, pacs.credentials_file)
+    creds = _credentials(pacs)
     requests_ = _request_values(pacs)
-    with _scrubbed_library_logs(creds.secrets() + _query_values(pacs) + requests_):
-        store = InstanceStore(pacs.store)
-        lister = _open_source(pacs, creds, ())
-        try:
-            refs, unmatched = _list(lister, pacs, requests_)
-        finally:
-            lister.close()
-        if not refs:
-            keys = sorted(k for k, v in pacs.query.model_dump().items() if v)
-            keys += [f"request_list ({pacs.request_list.key})"] if pacs.request_list else []
-            raise PacsNoMatchError(
-                f"the request matches no instance on the PACS (keys used: {', '.join(keys)}); "
-                "check the query in the cohort spec's pacs section"
+    scrubber = Scrubber(identifiers=[*creds.secrets(), *_query_values(pacs), *requests_])
+    store = InstanceStore(pacs.store)
+    try:
+        with scrubbed_output(scrubber), _quiet_libraries():
+            refs, todo, unmatched = _what_to_pull(pacs, creds, requests_, store)
+            classes = sorted({r.sop_class for r in refs})
+            retrieved, quarantined = _retrieve(
+                todo,
+                store,
+                lambda: _open_source(pacs, creds, classes),
+                pacs.concurrency,
+                len(refs) - len(todo),
+                progress,
             )
-        todo = [r for r in refs if not store.has(r.sop)]
-        log.info(
-            "PACS request: %d instances matched, %d already in the store, %d to retrieve",
-            len(refs),
-            len(refs) - len(todo),
-            len(todo),
-        )
-        classes = sorted({r.sop_class for r in refs})
-        retrieved, quarantined = _retrieve(
-            todo, store, lambda: _open_source(pacs, creds, classes), pacs.concurrency, len(refs) - len(todo), progress
-        )
+    finally:
+        store.close()
     summary = PullSummary(
         matched=len(refs),
         retrieved=retrieved,
@@ -111,7 +107,7 @@ def pull(pacs: PacsSpec, *, progress: bool = True) -> PullSummary:
         seconds=round(time.perf_counter() - t0, 3),
         store=str(store.root),
     )
-    (store.root / "pull.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
+    atomic_write_text(store.root / "pull.json", json.dumps(asdict(summary), indent=2) + "\n", private=True)
     log.info(
         "pulled %d instances (%d skipped as present, %d quarantined) in %.1f s",
         summary.retrieved,
@@ -122,15 +118,49 @@ def pull(pacs: PacsSpec, *, progress: bool = True) -> PullSummary:
     return summary
 
 
+def _what_to_pull(
+    pacs: PacsSpec, creds: Credentials, requests_: list[str], store: InstanceStore
+) -> tuple[list[InstanceRef], list[InstanceRef], int]:
+    """Every instance the request matches, those the store lacks, and the request rows that matched nothing."""
+    lister = _open_source(pacs, creds, ())
+    try:
+        refs, unmatched = _list(lister, pacs, requests_)
+    finally:
+        lister.close()
+    if not refs:
+        keys = sorted(k for k, v in pacs.query.model_dump().items() if v)
+        keys += [f"request_list ({pacs.request_list.key})"] if pacs.request_list else []
+        raise PacsNoMatchError(
+            f"the request matches no instance on the PACS (keys used: {', '.join(keys)}); "
+            "check the query in the cohort spec's pacs section"
+        )
+    todo = [r for r in refs if not store.has(r.sop)]
+    log.info(
+        "PACS request: %d instances matched, %d already in the store, %d to retrieve",
+        len(refs),
+        len(refs) - len(todo),
+        len(todo),
+    )
+    return refs, todo, unmatched
+
+
+def _credentials(pacs: PacsSpec) -> Credentials:
+    if isinstance(pacs, DicomWebPacs):
+        return resolve_credentials(pacs.auth, pacs.credentials_file)
+    return Credentials("none")  # DIMSE admits our AE title; it has no passwords
+
+
 def _open_source(pacs: PacsSpec, creds: Credentials, classes) -> Source:
     # Imported here: only the chosen protocol's client library (dicomweb-client or pynetdicom) is loaded.
-    if pacs.protocol == "dicomweb":
+    if isinstance(pacs, DicomWebPacs):
         from medvision.sources.pacs.dicomweb import DicomWebSource
 
         return DicomWebSource(pacs, creds)
-    from medvision.sources.pacs.dimse import DimseSource
+    if isinstance(pacs, DimsePacs):
+        from medvision.sources.pacs.dimse import DimseSource
 
-    return DimseSource(pacs, classes)
+        return DimseSource(pacs, classes)
+    assert_never(pacs)
 
 
 # --- what to pull ----------------------------------------------------------------------------------
@@ -261,36 +291,18 @@ def _retrieve(
     return counts["ok"], counts["bad"]
 
 
-class _Scrub(logging.Filter):
-    """Lets library records through only from WARNING up, with every sensitive string replaced."""
-
-    def __init__(self, secrets: list[str]) -> None:
-        super().__init__()
-        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING:
-            return False
-        msg = record.getMessage()
-        for s in self.secrets:
-            msg = msg.replace(s, "<redacted>")
-        record.msg, record.args, record.exc_info, record.exc_text = msg, (), None, None
-        return True
-
-
 @contextmanager
-def _scrubbed_library_logs(secrets: list[str]) -> Iterator[None]:
-    import dicomweb_client.web  # noqa: F401 - create the libraries' loggers before filtering them
-    import pynetdicom  # noqa: F401
-    import urllib3  # noqa: F401
+def _quiet_libraries() -> Iterator[None]:
+    """The HTTP/DIMSE libraries log each request and association below warning level: not shown during a pull,
+    unless their logger's level was set on purpose (an operator debugging a pull sets ``urllib3`` to DEBUG).
 
-    names = [n for n in logging.root.manager.loggerDict if n.split(".")[0] in _LIBRARY_LOGGERS]
-    loggers = [logging.getLogger(n) for n in {*names, *_LIBRARY_LOGGERS}]
-    scrub = _Scrub(secrets)
-    for lg in loggers:
-        lg.addFilter(scrub)
+    Only chatter is at stake here: every record is scrubbed where it is made, whatever its logger or level.
+    """
+    quieted = [lg for lg in map(logging.getLogger, _LIBRARY_LOGGERS) if lg.level == logging.NOTSET]
+    for lg in quieted:
+        lg.setLevel(logging.WARNING)
     try:
         yield
     finally:
-        for lg in loggers:
-            lg.removeFilter(scrub)
+        for lg in quieted:
+            lg.setLevel(logging.NOTSET)

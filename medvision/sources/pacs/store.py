@@ -3,16 +3,22 @@
 Layout under the store root::
 
     instances/ab/<sha256>.dcm   one canonical DICOM file per instance, named by the hash of its bytes
-    index.jsonl                 {"sop": SOPInstanceUID, "sha256": ...}, appended after each file lands
+    index.jsonl                 {"sop": SOPInstanceUID, "sha256": ...} per stored instance
     quarantine.jsonl            instances that could not be retrieved or read, with the reason
-    tmp/                        partial downloads (emptied when a pull starts)
+    index.d/, quarantine.d/     records of a pull still running (or killed), merged into the files above when
+                                a pull ends and when the next one starts
 
-A file reaches ``instances/`` only by an atomic rename of a complete temporary file, and its index
-line is written after, so a pull killed at any moment leaves no half-written instance; the next pull
-skips every indexed instance whose file still has its hash and fetches the rest. Instances are stored
-in a canonical encoding (fresh file meta, pydicom's element order, the transfer syntax the PACS holds),
-so the same instance pulled by DICOMweb or DIMSE has the same bytes, the same hash and the same name.
-The store holds identifiable DICOM: it belongs on the hospital side, like the PACS itself.
+Every file is written through :mod:`medvision._atomic`: an instance reaches ``instances/`` only whole (written to a
+temporary name beside it, then renamed), and its index record is written after it, in a segment file that is
+itself written whole (a few instances at a time: rewriting one growing index after each instance would cost a
+pull time quadratic in its size). A pull killed at any moment therefore leaves no half-written file; the next pull
+skips every indexed instance whose file still has its hash and fetches the rest (at most the last segment's few
+instances again). Instances are stored in a canonical encoding (fresh file meta, pydicom's element order, the
+transfer syntax the PACS holds), so the same instance pulled by DICOMweb or DIMSE has the same bytes, the same
+hash and the same name.
+
+The store holds identifiable DICOM: it belongs on the hospital side, like the PACS itself, and is owner-only
+(folders 0700, files 0600) whatever the umask.
 """
 
 from __future__ import annotations
@@ -20,14 +26,18 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
+import shutil
 import threading
+import time
 import uuid
 from pathlib import Path
 
+from filelock import FileLock
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
+
+from medvision._atomic import FILE_MODE, atomic_path, atomic_write_text, private_dir
 
 __all__ = ["InstanceStore", "canonical_bytes"]
 
@@ -49,30 +59,26 @@ def canonical_bytes(ds: Dataset, transfer_syntax: str) -> bytes:
 
 
 class InstanceStore:
-    """A store root; safe to use from several threads of one pull."""
+    """A store root; safe to use from several threads of one pull. :meth:`close` merges the pull's records."""
 
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root).expanduser().resolve()
-        self.instances = self.root / "instances"
-        self.tmp = self.root / "tmp"
-        self._lock = threading.Lock()
-        self.instances.mkdir(parents=True, exist_ok=True)
-        self.tmp.mkdir(exist_ok=True)
-        for part in self.tmp.glob("*.part"):  # left by a killed pull: never renamed, so never indexed
-            part.unlink()
-        self._index = self._read_index()
+        self.root = private_dir(Path(root).expanduser().resolve())
+        self.instances = private_dir(self.root / "instances")
+        self._remove_temporaries()
+        self._records = _RecordLog(self.root, "index", flush_every=64, flush_seconds=0.25)
+        self._quarantined = _RecordLog(self.root, "quarantine", flush_every=1, flush_seconds=0.0)
+        self._index: dict[str, str] = {}
+        for rec in self._records.read():
+            if isinstance(rec.get("sop"), str) and isinstance(rec.get("sha256"), str):
+                self._index[rec["sop"]] = rec["sha256"]
 
-    def _read_index(self) -> dict[str, str]:
-        index: dict[str, str] = {}
-        path = self.root / "index.jsonl"
-        if path.exists():
-            for line in path.read_text().splitlines():
-                try:
-                    rec = json.loads(line)
-                    index[rec["sop"]] = rec["sha256"]
-                except (ValueError, KeyError, TypeError):
-                    continue  # a line cut short by a kill: that instance is simply fetched again
-        return index
+    def _remove_temporaries(self) -> None:
+        """Left by a killed pull: never renamed into place, so never indexed."""
+        for stale in [*self.instances.glob("*/.*.tmp.dcm"), *self.root.glob("*.d/.*.tmp.jsonl")]:
+            stale.unlink(missing_ok=True)
+        legacy = self.root / "tmp"  # partial downloads of stores written before _atomic did this
+        if legacy.is_dir() and all(p.suffix == ".part" for p in legacy.iterdir()):
+            shutil.rmtree(legacy)
 
     def path_for(self, sha256: str) -> Path:
         return self.instances / sha256[:2] / f"{sha256}.dcm"
@@ -89,26 +95,81 @@ class InstanceStore:
             return False
 
     def put(self, sop_uid: str, data: bytes) -> str:
-        """Store ``data`` under its hash (temp file, then rename), index it, return the hash."""
+        """Store ``data`` under its hash (whole, owner-only), index it, return the hash."""
         sha = hashlib.sha256(data).hexdigest()
-        target = self.path_for(sha)
-        part = self.tmp / f"{uuid.uuid4().hex}.part"
-        try:
-            with open(part, "wb") as fh:
-                fh.write(data)
-            target.parent.mkdir(exist_ok=True)
-            os.replace(part, target)
-        finally:
-            part.unlink(missing_ok=True)
-        with self._lock, open(self.root / "index.jsonl", "a") as fh:
-            fh.write(json.dumps({"sop": sop_uid, "sha256": sha}) + "\n")
-            self._index[sop_uid] = sha
+        with atomic_path(self.path_for(sha), need_bytes=len(data), private=True) as tmp:
+            tmp.write_bytes(data)
+        self._records.add({"sop": sop_uid, "sha256": sha})
+        self._index[sop_uid] = sha
         return sha
 
     def quarantine(self, sop_uid: str, reason: str) -> None:
         """Record an instance that failed, with the reason (our own words, never a server's reply)."""
-        with self._lock, open(self.root / "quarantine.jsonl", "a") as fh:
-            fh.write(json.dumps({"sop": sop_uid, "reason": reason}) + "\n")
+        self._quarantined.add({"sop": sop_uid, "reason": reason})
+
+    def close(self) -> None:
+        """Write the records still pending and merge every segment into ``index.jsonl`` / ``quarantine.jsonl``."""
+        self._records.compact()
+        self._quarantined.compact()
 
     def __len__(self) -> int:
         return len(self._index)
+
+
+class _RecordLog:
+    """JSON records kept as ``NAME.jsonl`` plus segments ``NAME.d/*.jsonl`` added since, each file written whole.
+
+    Records are buffered and written as a new segment every ``flush_every`` records or ``flush_seconds``;
+    :meth:`compact` merges the segments into ``NAME.jsonl`` (under the store's lock, so two pulls never merge one
+    segment twice).
+    """
+
+    def __init__(self, root: Path, name: str, flush_every: int, flush_seconds: float) -> None:
+        self.file, self.segments = root / f"{name}.jsonl", root / f"{name}.d"
+        self._lock_path = root / ".lock"
+        self._flush_every, self._flush_seconds = flush_every, flush_seconds
+        self._pending: list[dict] = []
+        self._last_flush = time.monotonic()
+        self._lock = threading.Lock()
+
+    def read(self) -> list[dict]:
+        records = []
+        for path in [self.file, *sorted(self.segments.glob("*.jsonl"))]:
+            try:
+                lines = path.read_text().splitlines()
+            except FileNotFoundError:  # merged away by a pull ending meanwhile
+                continue
+            for line in lines:
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    continue  # a line cut short in a store written before _atomic: that instance is fetched again
+        return records
+
+    def add(self, record: dict) -> None:
+        with self._lock:
+            self._pending.append(record)
+            due = time.monotonic() - self._last_flush >= self._flush_seconds
+            if len(self._pending) >= self._flush_every or due:
+                self._flush()
+
+    def compact(self) -> None:
+        with self._lock:
+            self._flush()
+        with FileLock(str(self._lock_path), mode=FILE_MODE):
+            merged = sorted(self.segments.glob("*.jsonl"))
+            if not merged:
+                return
+            records = self.read()
+            text = "".join(json.dumps(r) + "\n" for r in records)
+            atomic_write_text(self.file, text, private=True)
+            for path in merged:
+                path.unlink(missing_ok=True)
+
+    def _flush(self) -> None:
+        self._last_flush = time.monotonic()
+        if not self._pending:
+            return
+        name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.jsonl"
+        atomic_write_text(self.segments / name, "".join(json.dumps(r) + "\n" for r in self._pending), private=True)
+        self._pending = []

@@ -37,9 +37,9 @@ from PIL import Image
 from medvision.sources.synth.ct import DEFECTS, plan_defects, write_series
 from medvision.sources.synth.dicom import seeded_uids, write_cxr, write_derm
 from medvision.sources.synth.pixels import draw_view
-from medvision.sources.synth.plan import CLASSES, HELDOUT_SITE, N_RARE, SITES, Kind, plan_patients
+from medvision.sources.synth.plan import CLASSES, HELDOUT_SITE, N_RARE, SITES, UNITS, Kind, plan_patients
 
-__all__ = ["CLASSES", "DEFECTS", "Kind", "synthesize"]
+__all__ = ["CLASSES", "DEFECTS", "UNITS", "Kind", "synthesize"]
 
 _MULTIFRAME_SHARE = 0.03  # cxr images stored as a 3-frame object
 
@@ -174,7 +174,7 @@ def _synthesize_ct(out: Path, patients: int, seed: int, size: int, slices: int) 
     spec = {
         "name": "synth-ct-series",
         "images": "images",
-        "unit": "series",
+        "unit": UNITS["ct-series"],
         "labels": {
             "csv": "labels.csv",
             "join": "series_instance_uid",

@@ -12,7 +12,7 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["CLASSES", "HELDOUT_SITE", "N_RARE", "SITES", "Kind", "Patient", "Site", "plan_patients"]
+__all__ = ["CLASSES", "HELDOUT_SITE", "UNITS", "N_RARE", "SITES", "Kind", "Patient", "Site", "plan_patients"]
 
 Kind = Literal["derm", "cxr", "ct-series"]
 
@@ -23,6 +23,8 @@ CLASSES: dict[str, tuple[str, ...]] = {
     "derm": ("nevus", "melanoma", "bcc", "sek", "vascular", "dermatofibroma", "psoriasis"),
     "ct-series": ("normal", "nodule"),
 }
+#: What one case of each kind's cohort is (its spec's ``unit``): a CT series is labelled as a whole.
+UNITS: dict[str, str] = {"cxr": "image", "derm": "image", "ct-series": "series"}
 N_RARE = 3
 #: Kinds without rare conditions (a binary series-level task).
 _NO_RARE = frozenset({"ct-series"})
