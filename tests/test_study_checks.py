@@ -233,3 +233,35 @@ def test_duplicate_csv_keys_fail_after_the_row_filters_in_the_build_and_in_check
     m = open_cohort(tmp_path / "out").manifest
     assert len(m) == 40 and "todo" not in set(m["label"].dropna()) and card.images == 40
     assert m.set_index("relpath").loc["isic_0002.png", "label"] == table.loc[2, "dx"]
+
+
+def test_the_transfer_recipe_audits_subgroups_and_a_heldout_site_from_its_parameters(photos, tmp_path):
+    """Issue 21: transfer-effnet.yaml had no parameters for the sex, age and site columns or a held-out site, so the
+    recommended recipe could not run the subgroup and site audit without editing its stages."""
+    img, csv, _ = photos
+    recipe = Path(__file__).resolve().parents[1] / "pipelines" / "transfer-effnet.yaml"
+    common = [
+        f"params.images={img}",
+        f"params.labels={csv}",
+        "params.key_column=image",
+        "params.join=stem",
+        "params.label_column=dx",
+        "params.patient_column=lesion",
+        "params.outlier_conditions=[akiec]",
+        "params.heldout_conditions=[df]",
+        "params.sex_column=sex",
+        "params.site_column=site",
+        "params.subgroups=[sex, site]",
+    ]
+
+    def check(*extra: str):
+        args = [a for s in [*common, *extra] for a in ("--set", s)]
+        return CliRunner().invoke(app, ["run", str(recipe), "--check", *args])
+
+    ok = check("params.heldout_sites=[rosario]")
+    assert ok.exit_code == 0, ok.output
+    assert "cohort: cohort spec and named values checked against" in ok.output
+    typo = check("params.heldout_sites=[rosaro]")
+    assert typo.exit_code == 2 and "rosaro" in typo.output and "rosario" in typo.output, typo.output
+    unknown = check("params.heldout_sites=[rosario]", "params.subgroups=[sex, hospital]")
+    assert unknown.exit_code == 2 and "hospital" in unknown.output, unknown.output
