@@ -174,6 +174,28 @@ def test_check_refuses_a_single_image_head_on_a_series_cohort(tmp_path):
         load_pipeline(path)
 
 
+def test_check_reads_the_unit_from_a_cohort_stages_overrides(tmp_path):
+    """A patient-level cohort made from an image-level source by ``overrides: {unit: patient}``: the check knows."""
+    recipe = {
+        "name": "p",
+        "stages": {
+            "cohort": {"kind": "cohort", "synth": {"kind": "cxr", "patients": 20}, "overrides": {"unit": "patient"}},
+            "probe": {
+                "kind": "finetune",
+                "cohort": "cohort",
+                "config": {"backbone": {"name": "resnet-tiny", "weights": "none"}, "head": {"name": "hod"}},
+            },
+        },
+    }
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    with pytest.raises(ConfigError, match=r"stages.probe: cohort 'cohort' is patient-level .* head 'hod'"):
+        load_pipeline(path)
+    recipe["stages"]["probe"]["config"]["head"] = {"name": "mil", "options": {"pooling": "mean"}}
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    load_pipeline(path)
+
+
 class _BagShapes(Callback):
     """Records how many instances each training and validation bag batch holds."""
 

@@ -167,7 +167,9 @@ class CohortKind(StageKind[CohortStage]):
         stages that read it."""
         study.cohort_of[stage_id] = stage_id
         where = f"{study.source}: stages.{stage_id}"
-        _record_unit(stage_id, stage, study)
+        unit = _known_unit(stage)
+        if unit is not None:
+            study.units[stage_id] = unit
         try:
             data = declared_spec(stage_id, stage, study.source)
         except OSError as e:  # data not (yet) on this machine: the build will say so
@@ -187,24 +189,17 @@ class CohortKind(StageKind[CohortStage]):
                 explain_validation_error(err, CohortSpec, f"{where} (cohort spec with overrides)")
             ) from None
         study.fractions[stage_id] = list(cohort.splits.label_fractions)
+        study.units[stage_id] = cohort.unit  # the spec's unit, overrides merged
         study.facts[stage_id], notes = _check_values(stage_id, cohort, where)
         return notes
 
 
-def _record_unit(stage_id: str, stage: CohortStage, study: Study) -> None:
-    """What a case of this stage's cohort will be: the overrides' ``unit``, the spec's, or the synthetic kind's
-    (``ct-series`` writes a series-level spec); left out when only the build can say."""
-    unit: Any = stage.overrides.get("unit")
-    if unit is None and stage.synth is not None:
-        unit = UNITS[stage.synth.kind]
-    if unit is None:
-        try:
-            data = declared_spec(stage_id, stage, study.source)
-        except (OSError, ConfigError):
-            return  # reported by the rest of the check
-        unit = None if data is None else data.get("unit", "image")
-    if unit is not None:
-        study.units[stage_id] = str(unit)
+def _known_unit(stage: CohortStage) -> str | None:
+    """What a case of this stage's cohort will be when known without reading its spec: the overrides' ``unit``,
+    or the synthetic kind's (``ct-series`` writes a series-level spec)."""
+    if "unit" in stage.overrides:
+        return str(stage.overrides["unit"])
+    return UNITS[stage.synth.kind] if stage.synth is not None else None
 
 
 def declared_spec(stage_id: str, stage: CohortStage, source: str) -> dict[str, Any] | None:
