@@ -20,11 +20,12 @@ from typing import Any, ClassVar, Self
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from medvision._atomic import atomic_write_text
+from medvision.errors import InputError
 
 __all__ = ["Document", "DocumentError"]
 
 
-class DocumentError(ValueError):
+class DocumentError(InputError):
     """A document file that is missing, unreadable, of another schema version, or not of its schema; the message
     names the file, the field and the fix."""
 

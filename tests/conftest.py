@@ -39,3 +39,35 @@ def synth_cxr_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
         spec = synthesize(root / "source", "cxr", patients=300, seed=0, size=32)
         build_cohort(spec, root / "cohort")
     return root / "cohort"
+
+
+@pytest.fixture(scope="session")
+def evaluated_hod_run(synth_cxr_cohort, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, Path]:
+    """A one-epoch HOD fine-tune of a tiny ResNet on ``synth_cxr_cohort`` in its own SQLite store, evaluated on its
+    test set by ``medvision evaluate`` (5 bootstrap resamples, no saliency): ``(run_id, tracking_uri, eval_dir)``.
+    Shared by the predict and checklist tests; treat it as read-only."""
+    from typer.testing import CliRunner
+
+    from medvision.cli import app
+    from medvision.config import parse_config
+    from medvision.training import FinetuneConfig, finetune
+
+    tmp = tmp_path_factory.mktemp("evaluated-hod")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    raw = {
+        "data": {"cohort_dir": str(synth_cxr_cohort), "batch_size": 64},
+        "backbone": {"name": "resnet-tiny", "weights": "none"},
+        "head": {"name": "hod"},
+        "optim": {"name": "adamw", "lr": 0.01, "epochs": 1, "warmup_epochs": 0},
+        "trainer": {"accelerator": "cpu", "progress_bar": False},
+        "output_dir": str(tmp / "run"),
+        "tracking": {"tracking_uri": uri, "experiment": "evaluated", "run_name": "finetune/lf1.0"},
+    }
+    run_id = finetune(parse_config(raw, FinetuneConfig)).run_id
+    out = tmp / "evaluation"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        args = ["evaluate", run_id, "--out", str(out), "--bootstrap", "5", "--saliency", "0", "--sets", "test"]
+        result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return run_id, uri, out

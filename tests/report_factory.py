@@ -24,6 +24,7 @@ from medvision.report import (
     SubgroupSection,
     TrainingSection,
     TrainingStage,
+    TrustSection,
 )
 
 
@@ -83,6 +84,40 @@ def _saliency(rng: np.random.Generator) -> SaliencySection:
             )
         )
     return SaliencySection(cases=cases)
+
+
+def _trust() -> TrustSection:
+    """Coverage and referral on test (the promise holds) and at a held-out site (it does not carry over)."""
+    coverage = pd.DataFrame(
+        [
+            {"method": "marginal", "set": s, "attribute": a, "group": g, "n_patients": n, "flag": "",
+             "coverage": c, "coverage_low": c - 0.03, "coverage_high": min(c + 0.03, 1.0), "mean_set_size": 1.4,
+             "singleton_rate": 0.6, "guarantee": v}
+            for s, a, g, n, c, v in (
+                ("test", "all", "all", 120, 0.91, "holds"),
+                ("test", "sex", "F", 60, 0.92, "not_promised"),
+                ("site_ood", "all", "all", 80, 0.74, "does_not_carry_over"),
+            )
+        ]
+    )  # fmt: skip
+    abstention = pd.DataFrame(
+        [
+            {"set": s, "attribute": "all", "group": "all", "n_patients": n, "flag": "", "referral_rate": r,
+             "referral_rate_low": r - 0.05, "referral_rate_high": r + 0.05, "risk": k, "risk_low": max(k - 0.02, 0),
+             "risk_high": k + 0.03, "guarantee": v}
+            for s, n, r, k, v in (
+                ("test", 120, 0.3, 0.04, "holds"), ("site_ood", 80, 0.45, 0.17, "does_not_carry_over")
+            )
+        ]
+    )  # fmt: skip
+    return TrustSection(
+        reference="test",
+        sentences=["At a 90% target, the sets covered 91% (88–94%) of test patients."],
+        target=0.9,
+        alpha=0.05,
+        coverage=coverage,
+        abstention=abstention,
+    )
 
 
 def full_context(
@@ -229,6 +264,7 @@ def full_context(
         calibration=calibration,
         ood=ood,
         subgroups=_subgroups(rng, worst_gap, gap_high),
+        trust=_trust(),
         data_efficiency=DataEfficiencySection(curve=curve),
         saliency=_saliency(rng),
         reproducibility=Reproducibility(

@@ -21,9 +21,23 @@ FACTS = CohortFacts(
 
 def test_defaults_are_declared_once_and_match_the_issue_interface():
     s = EvaluationSettings()
-    assert s.conformal.model_dump() == {"target": 0.9, "mondrian": [], "score": "aps", "randomized": True}
-    assert s.abstain.model_dump() == {"alpha": 0.05, "delta": 0.1, "on": "error", "ood": None, "ood_rate": 0.05}
+    assert s.conformal.model_dump() == {
+        "enabled": True,
+        "target": 0.9,
+        "mondrian": [],
+        "score": "aps",
+        "randomized": True,
+    }
+    assert s.abstain.model_dump() == {
+        "enabled": True,
+        "alpha": 0.05,
+        "delta": 0.1,
+        "on": "error",
+        "ood": None,
+        "ood_rate": 0.05,
+    }
     assert s.calibration.site is None
+    assert (s.min_positives, s.min_negatives) == (5, 5)  # a one-positive subgroup gets no interval by default
     raw = {"conformal": {"target": 0.9, "mondrian": ["sex", "site"]}, "abstain": {"alpha": 0.05, "on": "miss"}}
     parsed = parse_config({**raw, "calibration": {"site": "Oslo"}}, EvaluationSettings)
     parsed.check_against(FACTS)
@@ -41,6 +55,9 @@ def test_defaults_are_declared_once_and_match_the_issue_interface():
         ({"abstain": {"on": "misses"}}, [], r"abstain\.on: Input should be 'error' or 'miss'"),
         ({"conformal": {"target": 1.5}}, [], r"conformal\.target: Input should be less than 1"),
         ({"conformal": {"mondrian": ["sex", "sex"]}}, [], r"lists a taxonomy twice"),
+        ({"min_positives": 0}, [], r"min_positives: Input should be greater than or equal to 1"),
+        ({}, ["min_negatives=-2"], r"min_negatives: Input should be greater than or equal to 1"),
+        ({"min_positive": 3}, [], r"min_positive: unknown key\. Did you mean 'min_positives'\?"),
     ],
 )
 def test_a_typo_fails_at_load_time_naming_the_key_and_the_closest_spelling(raw, overrides, message):
@@ -59,3 +76,12 @@ def test_names_the_cohort_does_not_have_fail_against_its_facts():
     assert "'class'" not in text and "'site'" not in text  # class and an existing column are accepted
     with pytest.raises(ValueError, match="'Lyon' is a held-out site: it has no validation patients"):
         EvaluationSettings(calibration={"site": "Lyon"}).check_against(FACTS)
+
+
+def test_the_bare_yaml_key_on_means_on_not_true():
+    from medvision.config import read_yaml
+
+    raw = read_yaml("abstain: {alpha: 0.1, on: miss, ood: hod}\n", "evaluate.yaml")  # YAML 1.1: `on` is True
+    assert True in raw["abstain"]
+    parsed = parse_config(raw, EvaluationSettings, source="evaluate.yaml")
+    assert parsed.abstain.on == "miss" and parsed.abstain.alpha == 0.1

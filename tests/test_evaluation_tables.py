@@ -65,6 +65,8 @@ def test_ood_tables_treat_outliers_as_positive():
 
 def test_an_intersection_alone_is_audited():
     p = _preds(400, 2, 6)
-    rows, diffs, overall = subgroup_table(p, ["sex*site"], positive=1, min_patients=5, n_resamples=20, seed=0)
+    rows, diffs, overall = subgroup_table(
+        p, ["sex*site"], positive=1, min_patients=5, n_resamples=20, seed=0, min_positives=5, min_negatives=5
+    )
     assert overall["value"] is not None
     assert {r["attribute"] for r in rows} >= {"sex & site"}

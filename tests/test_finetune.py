@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -318,3 +319,48 @@ def test_a_second_different_finetune_in_the_same_folder_refuses_to_resume_the_fi
         finetune(first)
     fresh = finetune(parse_config({**other, "resume": "never"}, FinetuneConfig))
     assert fresh.metrics and fresh.run_id is not None
+
+
+# -- what a run writing to a log shows ----------------------------------------------------------------
+
+
+def test_a_finetune_writing_to_a_log_prints_one_line_per_epoch(synth_cxr_cohort, tmp_path):
+    """Issue 21: a training run whose output went to a log (not a terminal) printed nothing for 39 minutes. Run the
+    CLI as a user would with `> run.log 2>&1`: stdout and stderr a pipe, progress_bar left at auto."""
+    raw = _config(synth_cxr_cohort, tmp_path, "logged", data={"batch_size": 64}, optim={"epochs": 2}, resume="never")
+    raw["trainer"] = {"accelerator": "cpu"}  # progress_bar: auto, decided by the (piped) stderr
+    cfg = tmp_path / "logged.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    done = subprocess.run(
+        [sys.executable, "-m", "medvision", "finetune", str(cfg)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,  # one log
+        stdin=subprocess.DEVNULL,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    assert done.returncode == 0, done.stdout[-3000:]
+    line = re.compile(r"epoch (\d+)/2: train/loss (\d+\.\d{4}), val/auroc (\d+\.\d{4}|nan), (\d+\.\d) s$")
+    found = [m for m in map(line.search, done.stdout.splitlines()) if m]
+    assert [int(m.group(1)) for m in found] == [1, 2], done.stdout[-3000:]
+    assert all(float(m.group(2)) > 0 and float(m.group(4)) > 0 for m in found)
+    # the last line's monitored value is the run's last val/auroc, as the command's own summary prints it
+    last = re.search(r"val/auroc\s+(\d+\.\d{4})", done.stdout.split(found[-1].group(0))[-1])
+    assert last is not None and last.group(1) == found[-1].group(3)
+    assert "━" not in done.stdout  # no progress bar redrawn into the log
+
+
+def test_a_terminal_keeps_the_progress_bar_and_gets_no_epoch_lines(tmp_path):
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    from medvision.engine.epoch_lines import EpochLines
+
+    def kinds(progress_bar) -> set[type]:
+        raw = _config(Path("unused"), tmp_path, "bar", trainer={"progress_bar": progress_bar})
+        return {type(c) for c in build_trainer(parse_config(raw, FinetuneConfig)).callbacks}
+
+    assert RichProgressBar in kinds(True) and EpochLines not in kinds(True)  # what a terminal gets under auto
+    assert EpochLines in kinds(False) and RichProgressBar not in kinds(False)
+    assert EpochLines in kinds("auto")  # pytest's stderr is not a terminal

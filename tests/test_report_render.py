@@ -69,7 +69,7 @@ def test_missing_sections_render_not_run_notes(tmp_path: Path) -> None:
     html = render_report(ctx, tmp_path / "partial.html").read_text(encoding="utf-8")
     sec = _parse(html)
     assert [sec.h2[sid].strip() for sid in sec.order] == list(SECTION_HEADINGS)
-    for sid in ("cohort", "training", "calibration", "ood", "subgroups", "data-efficiency", "saliency"):
+    for sid in ("cohort", "training", "calibration", "ood", "subgroups", "trust", "data-efficiency", "saliency"):
         assert NOT_RUN_NOTES[sid] in sec.text[sid], sid
         assert sec.imgs[sid] == 0, f"{sid}: an absent section must not draw a figure"
     assert sec.imgs["performance"] >= 1 and "Not run" not in sec.text["performance"]

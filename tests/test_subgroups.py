@@ -117,3 +117,50 @@ def test_shared_bootstrap_and_bad_inputs():
             intersections=[("site", "sex")],
             n_resamples=10,
         )
+
+
+def _one_positive_group(min_positives: int = 5, min_negatives: int = 5) -> SubgroupFrame:
+    """60 patients: women hold a single positive patient, scored below every negative; men 15 well-ranked ones."""
+    rng = np.random.default_rng(1)
+    pid = np.repeat(np.arange(60), 2)
+    sex = np.where(pid < 30, "F", "M")
+    label = np.zeros(60, int)
+    label[0] = 1  # the one positive woman
+    label[30:45] = 1
+    y = label[pid]
+    score = y * 2.0 + rng.normal(scale=0.5, size=len(pid))
+    score[pid == 0] = -10.0  # ranked below every negative: her group's AUROC is 0
+    return SubgroupFrame(
+        metrics={"auroc": "auroc"},
+        y_true=y,
+        y_pred=score,
+        sensitive_features=pd.DataFrame({"sex": sex}),
+        groups=pid,
+        min_patients=20,
+        min_positives=min_positives,
+        min_negatives=min_negatives,
+        n_resamples=300,
+    )
+
+
+def test_a_group_with_a_single_positive_gets_no_interval_and_no_gap():
+    """Issue 21: a subgroup holding one positive case got an interval (the resamples that drew her all say 0) and
+    a gap whose interval excluded zero, so the report called it 'unlikely to be chance'."""
+    frame = _one_positive_group()
+    row = frame.table().loc[("sex", "F", "auroc")]
+    assert row["flag"] == "few_positives" and row["n_positive"] == 1 and row["n_negative"] == 29
+    assert np.isnan(row[["value", "low", "high", "gap", "gap_low", "gap_high"]].to_numpy(float)).all()
+    usable = frame.table().loc[("sex", "M", "auroc")]
+    assert not usable["flag"] and usable["n_positive"] == 15 and usable["low"] <= usable["value"] <= usable["high"]
+    assert frame.difference().loc[("sex", "auroc"), "n_groups"] == 1  # nothing to compare the men with
+    # the same cohort with the minimum at 1 (the old behaviour) shows what was claimed: a tight interval at 0
+    # and a gap interval below zero
+    old = _one_positive_group(min_positives=1).table().loc[("sex", "F", "auroc")]
+    assert not old["flag"] and old["high"] == 0.0 and old["gap_high"] < 0
+
+
+def test_few_negatives_are_flagged_too_and_the_minimum_is_inclusive():
+    frame = _one_positive_group(min_positives=1, min_negatives=16)
+    assert frame.by_group.loc[("sex", "M"), "flag"] == "few_negatives"  # 15 negative men < 16
+    assert frame.by_group.loc[("sex", "F"), "flag"] == ""  # 29 negative women, 1 positive >= 1
+    assert _one_positive_group(min_positives=1, min_negatives=15).by_group.loc[("sex", "M"), "flag"] == ""

@@ -15,6 +15,7 @@ from medvision.cli.cohort import app as cohort_app
 from medvision.cli.evaluate import evaluate_command, report_command
 from medvision.cli.export import export_command
 from medvision.cli.finetune import finetune_command
+from medvision.cli.predict import predict_command
 from medvision.cli.pretrain import pretrain_command
 from medvision.cli.run import run_command
 from medvision.cli.weights import app as weights_app
@@ -36,6 +37,7 @@ app.command("run")(run_command)
 app.command("evaluate")(evaluate_command)
 app.command("report")(report_command)
 app.command("export")(export_command)
+app.command("predict")(predict_command)
 
 
 @app.command("demo")

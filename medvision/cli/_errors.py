@@ -52,9 +52,6 @@ def run_guarded(fn: Callable[[], T]) -> T:
     except (FileNotFoundError, FileExistsError) as e:  # a path the user named: the message says which
         _fail(str(e), 2)
     except Exception as e:  # noqa: BLE001 - whatever is left is medvision's bug, and is reported as one
-        code = _legacy_exit_code(e)
-        if code is not None:
-            _fail(str(e), code)
         _bug(e)
 
 
@@ -74,32 +71,6 @@ def _bug(error: Exception) -> NoReturn:
         "issue",
         1,
     )
-
-
-def _legacy_exit_code(error: Exception) -> int | None:
-    """Exit codes of user-facing errors whose modules do not yet subclass :class:`MedvisionError`.
-
-    Each is one line to change in a module another branch owns (the lead merges them); until then they keep the
-    exit code they always had. An entry here is a debt, not a pattern: a new error subclasses MedvisionError.
-    """
-    from medvision.cohort.cohort import CohortOpenError
-    from medvision.cohort.identifiers import CohortBuildError
-    from medvision.engine.trainer import ResumeMismatch
-    from medvision.report.context import ReportError
-    from medvision.sources.medmnist import MedMNISTError
-    from medvision.sources.pacs.errors import PacsError
-    from medvision.tracking.store import TrackingAuthError
-
-    legacy: dict[type[Exception], int] = {
-        CohortOpenError: 2,  # medvision/cohort/cohort.py
-        CohortBuildError: 1,  # medvision/cohort/identifiers.py
-        ResumeMismatch: 2,  # medvision/engine/trainer.py
-        ReportError: 2,  # medvision/report/context.py
-        MedMNISTError: 2,  # medvision/sources/medmnist.py
-        PacsError: 1,  # medvision/sources/pacs/errors.py
-        TrackingAuthError: 2,  # medvision/tracking/store.py
-    }
-    return next((code for cls, code in legacy.items() if isinstance(error, cls)), None)
 
 
 #: Advice meant for the authors of the libraries we call, not for a medvision user (each has no action for them).

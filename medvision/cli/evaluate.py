@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from medvision.cli._errors import run_guarded
+from medvision.config import parse_config
 from medvision.errors import InputError
 from medvision.evaluation.settings import EvaluationSettings
 
@@ -29,11 +30,32 @@ def evaluate_command(
     min_patients: int = typer.Option(
         _DEFAULTS.min_patients, help="Groups with fewer patients are flagged and get no metric."
     ),
+    min_positives: int = typer.Option(
+        _DEFAULTS.min_positives, help="Groups where fewer patients have a positive case are flagged: no metric or CI."
+    ),
+    min_negatives: int = typer.Option(
+        _DEFAULTS.min_negatives, help="Groups where fewer patients have a negative case are flagged: no metric or CI."
+    ),
     positive_class: str | None = typer.Option(None, help="Class for sensitivity/specificity and subgroup AUROC."),
     saliency: int = typer.Option(_DEFAULTS.saliency, help="Saliency cases per category (0: none)."),
     outlier_sets: str = typer.Option(
         ",".join(_DEFAULTS.outlier_sets), help="Comma-separated sets screened as out-of-distribution."
     ),
+    coverage: float = typer.Option(
+        _DEFAULTS.conformal.target, help="Coverage the conformal prediction sets promise (calibrated on validation)."
+    ),
+    mondrian: str = typer.Option(
+        ",".join(_DEFAULTS.conformal.mondrian),
+        help="Mondrian taxonomies: class, subgroup columns, a*b (e.g. class,site).",
+    ),
+    alpha: float = typer.Option(_DEFAULTS.abstain.alpha, help="Promised bound on the risk of the answered cases."),
+    abstain_on: str = typer.Option(
+        _DEFAULTS.abstain.on, help="Risk the referral rule controls: error (among answered) or miss (positive class)."
+    ),
+    abstain_ood: str | None = typer.Option(
+        _DEFAULTS.abstain.ood, help="Also refer what this OOD score flags (hod, msp, energy, mahalanobis, knn, ...)."
+    ),
+    trust: bool = typer.Option(True, help="Fit the conformal sets and the referral rule (--no-trust: skip both)."),
 ) -> None:
     """Predict with RUNS on the cohort's evaluation sets; write and log predictions and metrics.json.
 
@@ -46,10 +68,16 @@ def evaluate_command(
             "subgroups": [s for s in subgroups.split(",") if s],
             "bootstrap": bootstrap,
             "min_patients": min_patients,
+            "min_positives": min_positives,
+            "min_negatives": min_negatives,
             "saliency": saliency,
             "positive_class": positive_class,
             "outlier_sets": [s for s in outlier_sets.split(",") if s],
+            "conformal": {"enabled": trust, "target": coverage, "mondrian": [m for m in mondrian.split(",") if m]},
+            "abstain": {"enabled": trust, "alpha": alpha, "on": abstain_on, "ood": abstain_ood},
         }
+        # a bad value fails here, naming the option's key, before any run is loaded
+        parse_config(settings, EvaluationSettings, source="medvision evaluate options")
         _evaluate(runs, out, cohort, settings)
 
     run_guarded(body)
@@ -140,8 +168,18 @@ def report_command(
     evaluation: Path = typer.Argument(..., help="An evaluation folder (from `medvision evaluate` or a pipeline)."),
     out: Path = typer.Option(Path("reports/generated/report.html"), help="The HTML file to write."),
     title: str = typer.Option("medvision evaluation report", help="Report title."),
+    checklist: list[str] = typer.Option(
+        None, help="Also write a publication checklist beside the report: tripod-ai, claim or model-card (repeatable)."
+    ),
+    tracking_uri: str | None = typer.Option(
+        None, help="MLflow store (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)."
+    ),
 ) -> None:
-    """Render the self-contained HTML report of an evaluation (opens offline in any browser)."""
+    """Render the self-contained HTML report of an evaluation (opens offline in any browser).
+
+    With --checklist, every item the run's records answer (cohort card, classifier card, training parameters,
+    metrics.json) is filled in with its source, the rest listed as TODO; the report and the checklists are logged
+    to the evaluated runs in MLflow when they are runs of that store."""
 
     def body() -> None:
         from medvision.report.build import report_from_evaluation
@@ -150,5 +188,47 @@ def report_command(
             raise InputError(f"{evaluation} holds no metrics.json; run `medvision evaluate RUN --out {evaluation}`")
         path = report_from_evaluation(evaluation, out, title=title)
         typer.echo(f"report: {path.resolve()}")
+        if checklist:
+            _checklists(evaluation, path, checklist, tracking_uri)
 
     run_guarded(body)
+
+
+def _checklists(evaluation: Path, report: Path, names: list[str], tracking_uri: str | None) -> None:
+    """Write each checklist beside the report; log them and the report to the evaluation's runs when they exist."""
+    from medvision.engine.config import TrackingConfig, resolve_tracking_uri
+    from medvision.report.build import evaluation_key
+    from medvision.report.checklist import fill_checklist, load_checklist_spec, records_of, write_checklist
+    from medvision.tracking.uri import redact_uri
+
+    for name in names:
+        load_checklist_spec(name)  # an unknown name fails before anything is read
+    uri = resolve_tracking_uri(TrackingConfig(tracking_uri=tracking_uri))
+    records = records_of(evaluation, uri)
+    written = []
+    for name in names:
+        filled = fill_checklist(name, records, evaluation_key(evaluation))
+        written += write_checklist(filled, report.parent, Path(records.doc.cohort.dir))
+        typer.echo(
+            f"{filled.title}: {len(filled.items) - len(filled.todo)} of {len(filled.items)} items answered, "
+            f"{len(filled.todo)} TODO: {written[-2].resolve()} (and .html)"
+        )
+    logged = _log_beside_report(uri, [m.run_id for m in records.doc.models], [report, *written])
+    if logged:
+        typer.echo(f"logged to run(s) {', '.join(r[:8] for r in logged)} (artifacts report/) in {redact_uri(uri)}")
+
+
+def _log_beside_report(uri: str, run_ids: list[str], files: list[Path]) -> list[str]:
+    """Log ``files`` under ``report/`` of each run of ``uri`` among ``run_ids``; runs of another store are skipped."""
+    from mlflow import MlflowClient
+
+    client, logged = MlflowClient(uri), []
+    for run_id in dict.fromkeys(run_ids):
+        try:
+            client.get_run(run_id)
+        except Exception:  # noqa: BLE001 - not a run of this store (an evaluation copied from elsewhere)
+            continue
+        for f in files:
+            client.log_artifact(run_id, str(f), "report")
+        logged.append(run_id)
+    return logged

@@ -14,6 +14,7 @@ import pandas as pd
 from medvision._documents import DocumentError
 from medvision.cohort.cache import PreprocessCache
 from medvision.cohort.card import CARD_FILE, CohortCard, manifest_sha256
+from medvision.errors import InputError
 
 #: The manifest's identity and task columns, first in every manifest; every other column is an image fact or a
 #: subgroup attribute.
@@ -111,5 +112,5 @@ def open_cohort(root: str | Path) -> Cohort:
 _REBUILD = "rebuild it with `medvision cohort build` (unchanged images come from the cache, so it is quick)"
 
 
-class CohortOpenError(ValueError):
+class CohortOpenError(InputError):
     """A cohort folder whose files are unreadable or do not belong together; never trained or evaluated on."""

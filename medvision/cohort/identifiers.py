@@ -23,6 +23,7 @@ from pathlib import PurePosixPath
 import pandas as pd
 
 from medvision.cohort.spec import CohortSpec
+from medvision.errors import MedvisionError
 
 __all__ = [
     "CohortBuildError",
@@ -44,7 +45,7 @@ MIN_NAME_PART = 2
 _EXAMPLES = 5
 
 
-class CohortBuildError(RuntimeError):
+class CohortBuildError(MedvisionError, RuntimeError):
     """The cohort cannot be built as specified; the message says what to change."""
 
 

@@ -98,8 +98,9 @@ class TrainerConfig(StrictModel):
     precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
     #: Deterministic kernels; ``None`` means on for CPU (bit-exact resume), off on GPU (speed).
     deterministic: bool | None = None
-    #: ``auto``: Lightning's rich progress bar (and model summary) when stderr is a terminal, nothing in logs
-    #: and CI, where a redrawn bar becomes thousands of lines; ``true`` / ``false`` force it.
+    #: ``auto``: Lightning's rich progress bar (and model summary) when stderr is a terminal; in logs and CI,
+    #: where a redrawn bar becomes thousands of lines, one plain line per epoch instead; ``true`` / ``false``
+    #: force the bar on / off (off: the epoch lines).
     progress_bar: bool | Literal["auto"] = "auto"
     #: Keep conv weights and activations in channels-last (NHWC) memory format, which GPUs with tensor cores
     #: prefer for CNNs; on 2 CPU cores it made an EfficientNet-Lite0 step at 224 px 1.27x faster

@@ -10,6 +10,7 @@ many GPUs:
   Lightning reads ranks from their environment (``num_nodes: auto`` reads the node count too);
 * checkpoints: ``<output_dir>/checkpoints/last.ckpt`` after every epoch, plus the best epoch by
   the monitored metric (``best-epoch=NNN.ckpt``); :func:`resume_checkpoint` picks what to resume;
+* output: a progress bar on a terminal, else one line per epoch (:class:`~medvision.engine.epoch_lines.EpochLines`);
 * determinism: per-epoch reseeding (:class:`~medvision.engine.seeding.EpochSeeding`) and, on
   CPU by default, deterministic kernels, so a resumed run equals an uninterrupted one.
 """
@@ -34,8 +35,10 @@ from torch.distributed.fsdp.wrap import size_based_auto_wrap_policy
 from medvision._atomic import atomic_write_text
 from medvision._documents import DocumentError
 from medvision.engine.config import StageConfig, TrainerConfig
+from medvision.engine.epoch_lines import EpochLines
 from medvision.engine.identity import RUN_IDENTITY_FILE, RunIdentity
 from medvision.engine.seeding import EpochSeeding
+from medvision.errors import InputError
 
 __all__ = [
     "FitOutcome",
@@ -167,8 +170,8 @@ def build_trainer(config: StageConfig, callbacks: Sequence[Callback] = ()) -> L.
         built.append(EarlyStopping(monitor=mon.metric, mode=mon.mode, patience=mon.patience, check_finite=False))
     deterministic = runs_on_cpu(tc) if tc.deterministic is None else tc.deterministic
     show = sys.stderr.isatty() if tc.progress_bar == "auto" else bool(tc.progress_bar)
-    if show:
-        built.append(RichProgressBar())
+    # a terminal gets the bar; a log file or pipe one plain line per epoch (without either a run looks hung)
+    built.append(RichProgressBar() if show else EpochLines(mon.metric))
     return L.Trainer(
         accelerator=tc.accelerator,
         devices=tc.devices,
@@ -188,7 +191,7 @@ def build_trainer(config: StageConfig, callbacks: Sequence[Callback] = ()) -> L.
     )
 
 
-class ResumeMismatch(ValueError):
+class ResumeMismatch(InputError):
     """``resume: auto`` found a checkpoint of a different run in the output folder; the message names the
     differences and the two ways out."""
 

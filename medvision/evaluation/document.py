@@ -10,13 +10,13 @@ stays small whatever the size of the test set.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from medvision._documents import Document
-from medvision.evaluation.settings import DeferralCosts
+from medvision.evaluation.settings import AbstainSettings, CalibrationSettings, ConformalSettings, DeferralCosts
 
 __all__ = [
     "METRICS_FILE",
@@ -29,6 +29,7 @@ __all__ = [
     "OODScreening",
     "SetMetrics",
     "Subgroups",
+    "Trust",
 ]
 
 METRICS_FILE = "metrics.json"
@@ -138,6 +139,11 @@ class SubgroupRow(_Part):
     group: str
     n_patients: int
     n_images: int
+    #: Patients holding an image of the positive class / of another class (``None`` in older documents).
+    n_positive: int | None = None
+    n_negative: int | None = None
+    #: Why the group has no value, interval or gap (``;``-joined ``few_patients``, ``single_class``,
+    #: ``few_positives``, ``few_negatives``); empty or ``None`` for a usable group.
     flag: str | None = None
     value: float | None = None
     low: float | None = None
@@ -182,6 +188,177 @@ class LabelShift(_Part):
     comparison: list[ShiftRow]
 
 
+# -- when to trust this model (conformal sets, risk-controlled referral, calibration per group) --------------------
+
+
+class ConformalThreshold(_Part):
+    """One calibrated category of one taxonomy (``ConformalClassifier.thresholds_``)."""
+
+    method: str
+    category: str
+    #: True class index (label-conditional taxonomies), else -1.
+    label: int
+    n_patients: int
+    n_images: int
+    #: q̂; ``None``: +inf (too few patients for the target: the set holds every class).
+    threshold: float | None
+
+
+class CoverageRow(_Part):
+    """:func:`~medvision.evaluation.conformal.conformal_table`: one set x taxonomy x group."""
+
+    method: str
+    set: str
+    attribute: str
+    group: str
+    n_patients: int
+    n_images: int
+    flag: str = ""
+    target: float
+    coverage: float | None = None
+    coverage_low: float | None = None
+    coverage_high: float | None = None
+    shortfall: float | None = None
+    mean_set_size: float | None = None
+    singleton_rate: float | None = None
+    empty_rate: float | None = None
+    #: ``holds``, ``below_target``, ``not_promised``, ``does_not_carry_over``; empty for a flagged row.
+    guarantee: str = ""
+
+
+class ConformalRecord(_Part):
+    """Conformal prediction sets fitted on the inlier validation images (every patient weighing one)."""
+
+    target: float
+    score: str
+    randomized: bool
+    mondrian: list[str]
+    #: Validation patients the sets were calibrated on.
+    n_patients: int
+    thresholds: list[ConformalThreshold]
+    coverage: list[CoverageRow]
+
+
+class AbstentionRow(_Part):
+    """:func:`~medvision.evaluation.risk_control.abstention_table`: one set x group."""
+
+    set: str
+    attribute: str
+    group: str
+    n_patients: int
+    n_images: int
+    flag: str = ""
+    referral_rate: float | None = None
+    referral_rate_low: float | None = None
+    referral_rate_high: float | None = None
+    accepted_error: float | None = None
+    accepted_error_low: float | None = None
+    accepted_error_high: float | None = None
+    miss_rate: float | None = None
+    miss_rate_low: float | None = None
+    miss_rate_high: float | None = None
+    #: The controlled risk (``accepted_error`` or ``miss_rate``) and how far it is over alpha.
+    risk: float | None = None
+    risk_low: float | None = None
+    risk_high: float | None = None
+    excess: float | None = None
+    #: ``holds``, ``above_alpha``, ``not_promised``, ``does_not_carry_over``; empty for a flagged row.
+    guarantee: str = ""
+
+
+class AbstainRecord(_Part):
+    """The referral rule certified by Learn then Test on validation, and what it did on every set."""
+
+    alpha: float
+    delta: float
+    on: Literal["error", "miss"]
+    positive_class: str
+    ood: str | None = None
+    ood_rate: float
+    #: Confidence below which a case is referred; ``None``: no threshold was certified, every case is referred.
+    threshold: float | None
+    #: OOD score above which a case is referred; ``None``: no OOD score (or none fixed: nothing referred on it).
+    ood_threshold: float | None = None
+    feasible: bool
+    n_patients: int
+    sets: list[AbstentionRow]
+
+
+class GroupECE(_Part):
+    attribute: str
+    group: str
+    n_patients: int
+    n_images: int
+    flag: str = ""
+    ece: float | None = None
+    ece_low: float | None = None
+    ece_high: float | None = None
+
+
+class GroupReliabilityBin(_Part):
+    attribute: str
+    group: str
+    bin_lower: float
+    bin_upper: float
+    count: int
+    confidence: float
+    accuracy: float | None = None
+    accuracy_low: float | None = None
+    accuracy_high: float | None = None
+
+
+class GroupCalibration(_Part):
+    """ECE (uncalibrated probabilities) and reliability bins per subgroup and site of one set."""
+
+    ece: list[GroupECE]
+    reliability: list[GroupReliabilityBin]
+
+
+class SiteECE(_Part):
+    group: str
+    n_images: int
+    ece_before: float | None
+    ece_after: float | None
+
+
+class SiteRecalibration(_Part):
+    """A temperature fitted on one site's validation patients, and ECE per site before and after it."""
+
+    site: str
+    temperature: float
+    ece_by_set: dict[str, list[SiteECE]]
+
+
+class TrustSentences(_Part):
+    """What the report quotes (``evaluation/trust_text.py``), written when the numbers are made."""
+
+    coverage: str | None = None
+    abstention: str | None = None
+
+
+class Trust(_Part):
+    """When to trust this model: each part is ``None`` when it was not computed, with the reason in ``skipped``."""
+
+    #: The exchangeable set the sentences are about (``test``, else the first scored set).
+    reference: str | None = None
+    conformal: ConformalRecord | None = None
+    abstain: AbstainRecord | None = None
+    calibration_by_group: dict[str, GroupCalibration] = Field(default_factory=dict)
+    site_recalibration: SiteRecalibration | None = None
+    sentences: TrustSentences = Field(default_factory=TrustSentences)
+    #: Part (``conformal``, ``abstain``, ``calibration_by_group``) -> why it was not computed.
+    skipped: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def held_out_sets(self) -> list[str]:
+        """Sets where a promise was evaluated but does not carry over (not exchangeable with validation)."""
+        rows: list[CoverageRow | AbstentionRow] = [
+            *(self.conformal.coverage if self.conformal else []),
+            *(self.abstain.sets if self.abstain else []),
+        ]
+        return list(dict.fromkeys(r.set for r in rows if r.guarantee == "does_not_carry_over"))
+
+
 class HistoryPoint(_Part):
     metric: str
     epoch: int
@@ -215,6 +392,8 @@ class ModelMetrics(_Part):
     ood: OODScreening | None = None
     subgroups: Subgroups | None = None
     label_shift: LabelShift | None = None
+    #: When to trust this model (``None``: evaluated before schema version 3).
+    trust: Trust | None = None
     history: list[HistoryPoint] = Field(default_factory=list)
 
 
@@ -285,12 +464,19 @@ class Settings(_Part):
     subgroups: list[str]
     bootstrap: int
     min_patients: int
+    #: ``None`` in documents written before these minimums existed.
+    min_positives: int | None = None
+    min_negatives: int | None = None
     referral_rate: float
     seed: int
     outlier_sets: list[str]
     costs: DeferralCosts
     risk: dict[str, str]
     positive_class: str | None = None
+    #: The trust settings used (``None``: evaluated before schema version 3).
+    conformal: ConformalSettings | None = None
+    abstain: AbstainSettings | None = None
+    calibration: CalibrationSettings | None = None
 
 
 class MetricsDocument(Document):
@@ -299,7 +485,7 @@ class MetricsDocument(Document):
     document: ClassVar[str] = "metrics document (metrics.json)"
     remedy: ClassVar[str] = "evaluate again with this medvision (`medvision evaluate RUN... --out DIR`)"
 
-    schema_version: Literal[2] = 2
+    schema_version: Literal[3] = 3
     code_version: CodeVersion
     cohort: CohortRef
     settings: Settings
@@ -309,6 +495,13 @@ class MetricsDocument(Document):
     saliency: list[SaliencyRecord] = Field(default_factory=list)
     ensemble: EnsembleMetrics | None = None
     backbone_ranking: list[RankRow] = Field(default_factory=list)
+
+    @classmethod
+    def upgrade(cls, raw: dict[str, Any]) -> dict[str, Any]:
+        """Version 2 lacks only the trust fields (version 3 added them): read it with ``trust`` absent."""
+        if raw.get("schema_version") == 2:
+            raw["schema_version"] = 3
+        return raw
 
     @model_validator(mode="after")
     def _one_model_per_name(self) -> MetricsDocument:

@@ -48,6 +48,9 @@ class DeferralCosts(BaseModel):
 class ConformalSettings(StrictModel):
     """Conformal prediction sets calibrated on the validation patients (``evaluation/conformal.py``)."""
 
+    #: Fit and report the sets (single-label models with labelled validation patients; otherwise the evaluation
+    #: records why they were skipped).
+    enabled: bool = True
     #: Coverage the sets promise for a new patient exchangeable with the validation ones.
     target: float = Field(0.9, gt=0, lt=1)
     #: Mondrian taxonomies, each calibrated and reported beside the marginal sets: ``class`` (per true class), a
@@ -72,6 +75,8 @@ class ConformalSettings(StrictModel):
 class AbstainSettings(StrictModel):
     """Referral with a guaranteed risk on the answered cases (``evaluation/risk_control.py``, Learn then Test)."""
 
+    #: Fit and report the referral rule (same conditions as the conformal sets).
+    enabled: bool = True
     #: Promised bound on the risk of answered cases.
     alpha: float = Field(0.05, gt=0, lt=1)
     #: Chance the promise fails over the draw of validation patients: P(risk <= alpha) >= 1 - delta.
@@ -84,6 +89,14 @@ class AbstainSettings(StrictModel):
     ood: str | None = None
     #: Share of in-distribution cases the OOD score may refer (its threshold, fixed on validation).
     ood_rate: float = Field(0.05, gt=0, lt=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, raw: Any) -> Any:
+        # YAML 1.1 (PyYAML) reads the bare key `on` as the boolean True: `abstain: {on: miss}` must still mean `on`
+        if isinstance(raw, dict) and True in raw and "on" not in raw:
+            raw = {("on" if k is True else k): v for k, v in raw.items()}
+        return raw
 
     @field_validator("ood")
     @classmethod
@@ -115,6 +128,11 @@ class EvaluationSettings(StrictModel):
     bootstrap: int = Field(1000, ge=0)
     #: Subgroups with fewer patients are flagged and get no metric.
     min_patients: int = Field(20, ge=1)
+    #: Subgroups where fewer patients hold a case of the positive class are flagged and get no metric, interval
+    #: or gap: with one positive case an AUROC is that case's rank, and its interval claims nothing.
+    min_positives: int = Field(5, ge=1)
+    #: The same for patients holding a case of any other class.
+    min_negatives: int = Field(5, ge=1)
     #: Also evaluate a greedy ensemble of the evaluated models (selection on validation NLL, method spec §4).
     ensemble: bool = False
     #: Referral rate at which the report says how many outliers are caught.

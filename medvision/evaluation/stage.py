@@ -32,6 +32,7 @@ from medvision._version import code_provenance
 from medvision.cohort.cohort import open_cohort
 from medvision.cohort.named_values import facts_from_card
 from medvision.data.dataset import CohortDataset
+from medvision.errors import InputError
 from medvision.evaluation.calibration import TemperatureScaler
 from medvision.evaluation.cases import predict_cases
 from medvision.evaluation.document import (
@@ -50,6 +51,7 @@ from medvision.evaluation.document import (
     SaliencyRecord,
     SetMetrics,
     Subgroups,
+    Trust,
     ood_scores_path,
     predictions_path,
 )
@@ -68,6 +70,7 @@ from medvision.evaluation.tables import (
     ood_tables,
     subgroup_table,
 )
+from medvision.evaluation.trust import TrustInputs, trust_record
 from medvision.tracking import load_run_classifier
 
 __all__ = ["METRICS_SCHEMA", "EvaluationRequest", "evaluate_models", "model_names"]
@@ -127,12 +130,17 @@ def evaluate_models(request: EvaluationRequest, folder: Path) -> dict[str, float
             "subgroups": request.subgroups,
             "bootstrap": request.bootstrap,
             "min_patients": request.min_patients,
+            "min_positives": request.min_positives,
+            "min_negatives": request.min_negatives,
             "referral_rate": request.referral_rate,
             "seed": request.seed,
             "outlier_sets": request.outlier_sets,
             "costs": DeferralCosts(**(request.costs or {})),
             "risk": request.risk,
             "positive_class": results[0].positive_class if results else None,
+            "conformal": request.conformal,
+            "abstain": request.abstain,
+            "calibration": request.calibration,
         },
         primary_model=primary[3].name if primary else None,
         models=results,
@@ -148,13 +156,13 @@ def model_names(models: list[dict[str, Any]]) -> list[str]:
     ``stage-member`` (``model`` when it is the only one).
 
     Raises:
-        ValueError: a run given twice, or two models that would share a name (one's predictions would overwrite
+        InputError: a run given twice, or two models that would share a name (one's predictions would overwrite
             the other's, and a comparison of the two would compare a model with itself).
     """
     runs = [str(m["run_id"]) for m in models]
     twice = sorted({r for r in runs if runs.count(r) > 1})
     if twice:
-        raise ValueError(
+        raise InputError(
             f"run(s) {', '.join(twice)} given more than once: an evaluation of a model against itself compares "
             "nothing; give each run once"
         )
@@ -163,7 +171,7 @@ def model_names(models: list[dict[str, Any]]) -> list[str]:
     for name in sorted(set(names)):
         same = [r for r, n in zip(runs, names) if n == name]
         if len(same) > 1:
-            raise ValueError(
+            raise InputError(
                 f"models of runs {', '.join(same)} would all be named {name!r} in this evaluation, and each one's "
                 "predictions would overwrite the other's; give each model a distinct name"
             )
@@ -227,6 +235,7 @@ def _evaluate_one(
     entry.sets, entry.calibration_by_set = scored.sets()
     entry.calibration, entry.subgroups, entry.ood = scored.in_distribution()
     entry.label_shift = scored.label_shift()
+    entry.trust = scored.trust(bool(getattr(classifier.head, "multilabel", False)))
     return entry, preds
 
 
@@ -340,7 +349,14 @@ class _Scoring:
     def _subgroups(self, id_set: str) -> Subgroups:
         r, k, positive = self.request, len(self.classes), self.fitted.positive
         rows, diffs, overall = subgroup_table(
-            self.inlier[id_set], r.subgroups, positive, r.min_patients, r.bootstrap, r.seed
+            self.inlier[id_set],
+            r.subgroups,
+            positive,
+            r.min_patients,
+            r.bootstrap,
+            r.seed,
+            min_positives=r.min_positives,
+            min_negatives=r.min_negatives,
         )
         return Subgroups.model_validate(
             {
@@ -384,6 +400,25 @@ class _Scoring:
                 "primary": inliers.ood_score_name or "msp",  # the head's own score (Head.ood_score_name)
             }
         )
+
+    def trust(self, multilabel: bool) -> Trust:
+        """Conformal sets and the referral rule fitted on validation, evaluated on every requested set (inliers of
+        a scored set, every image of an outlier set); calibration per subgroup and site (``evaluation/trust.py``)."""
+        r, sets = self.request, {}
+        for s in (s for s in r.sets if s in self.preds):
+            judged = self.preds[s] if s in r.outlier_sets else self.inlier[s]
+            if len(judged.frame):
+                sets[s] = judged
+        inputs = TrustInputs(
+            classes=self.classes,
+            positive=self.fitted.positive,
+            val=self.inlier["val"],
+            sets=sets,
+            outlier_sets=list(r.outlier_sets),
+            detectors=self.fitted.detectors,
+            multilabel=multilabel,
+        )
+        return trust_record(inputs, r)
 
     def label_shift(self) -> LabelShift | None:
         site = self.inlier.get("site_ood")

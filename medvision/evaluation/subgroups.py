@@ -6,9 +6,13 @@ interval; ``difference()`` gives the largest between-group difference per attrib
 ``Bootstrap`` (one resample matrix) serves every group and metric, so gaps and differences are paired
 (see the method spec §1 and §10).
 
-Groups with fewer than ``min_patients`` patients, or with a single class in ``y_true``, are kept in the table but
-flagged, their metrics are NaN, and they are left out of gap summaries (see the method spec §10): a number from such
-a group is noise, and a "worst group" chosen among noisy groups says nothing about the model.
+Groups with fewer than ``min_patients`` patients, with a single class in ``y_true``, or (binary ``y_true``) with fewer
+than ``min_positives`` patients holding a positive image or ``min_negatives`` holding a negative one, are kept in the
+table but flagged, their metrics and intervals are NaN, and they are left out of gap summaries (see the method spec
+§10): a number from such a group is noise, and a "worst group" chosen among noisy groups says nothing about the
+model. The positive and negative minimums matter because a group of many patients with a single positive case has
+an AUROC that is the rank of that one case, and a percentile interval over resamples that happen to draw it looks
+tight while it says nothing; a gap whose interval "excludes zero" there is not evidence of anything.
 
 Missing attribute values are reported as the group ``"unknown"`` rather than dropped, so the counts always add up.
 
@@ -26,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -34,7 +39,7 @@ import pandas as pd
 from medvision.evaluation._checks import as_1d, same_length
 from medvision.evaluation.bootstrap import BatchedMetric, Bootstrap, BootstrapResult, resolve_metric
 
-__all__ = ["SubgroupFrame", "UNKNOWN"]
+__all__ = ["SubgroupFrame", "UNKNOWN", "flag_words"]
 
 UNKNOWN = "unknown"
 _SEP = " & "
@@ -52,13 +57,17 @@ class SubgroupFrame:
         groups: patient id per image (the bootstrap resamples patients).
         intersections: tuples of attribute names to cross, e.g. ``[("sex", "age_band")]``.
         min_patients: groups with fewer patients are flagged (*default* 20).
+        min_positives, min_negatives: with a binary ``y_true`` (0/1 or bool), groups where fewer patients hold a
+            positive (negative) image are flagged ``few_positives`` (``few_negatives``) (*default* 5 each); with
+            other labels only ``single_class`` applies.
         n_resamples, seed, confidence: bootstrap settings, used when ``bootstrap`` is not given.
         bootstrap: an existing ``Bootstrap`` over ``groups`` to share resamples with other models/frames.
 
     Attributes:
         overall: DataFrame indexed by metric: ``value``, ``low``, ``high``.
-        by_group: DataFrame indexed by (attribute, group): counts, ``flag``, one column per metric (point values),
-            the fairlearn ``MetricFrame.by_group`` shape.
+        by_group: DataFrame indexed by (attribute, group): counts (``n_patients``, ``n_images``, ``n_positive`` and
+            ``n_negative``: patients holding a positive / negative image, ``None`` unless ``y_true`` is binary),
+            ``flag``, one column per metric (point values), the fairlearn ``MetricFrame.by_group`` shape.
     """
 
     def __init__(
@@ -71,6 +80,8 @@ class SubgroupFrame:
         groups: object,
         intersections: Sequence[Sequence[str]] = (),
         min_patients: int = 20,
+        min_positives: int = 5,
+        min_negatives: int = 5,
         n_resamples: int = 1000,
         seed: int = 0,
         confidence: float = 0.95,
@@ -85,6 +96,7 @@ class SubgroupFrame:
         sf = _features_frame(sensitive_features, intersections)
         same_length(y_true=self.y_true, y_pred=self.y_pred, groups=g, sensitive_features=sf)
         self.min_patients = int(min_patients)
+        self.min_positives, self.min_negatives = int(min_positives), int(min_negatives)
         self.sensitive_features = sf
         if bootstrap is None:
             bootstrap = Bootstrap(g, n_resamples=n_resamples, seed=seed, confidence=confidence)
@@ -103,7 +115,7 @@ class SubgroupFrame:
 
     @property
     def by_group(self) -> pd.DataFrame:
-        cols = ["n_patients", "n_images", "flag", *self.metrics]
+        cols = ["n_patients", "n_images", "n_positive", "n_negative", "flag", *self.metrics]
         rows = {
             key: {**info["counts"], **{m: r.point for m, r in info["results"].items()}}
             for key, info in self._rows.items()
@@ -169,23 +181,77 @@ class SubgroupFrame:
     def _compute_groups(self) -> dict[tuple[str, str], dict]:
         boot, rows = self.bootstrap, {}
         img_patient = boot.image_patient
+        binary = set(np.unique(self.y_true).tolist()) <= {0, 1}
         for attr in self.sensitive_features.columns:
             col = self.sensitive_features[attr].to_numpy()
             for value in sorted(set(col.tolist())):
                 mask = col == value
-                n_pat = len(np.unique(img_patient[mask]))
-                flags = []
-                if n_pat < self.min_patients:
-                    flags.append("few_patients")
-                if len(np.unique(self.y_true[mask])) < 2:
-                    flags.append("single_class")
-                counts = {"n_patients": n_pat, "n_images": int(mask.sum()), "flag": ";".join(flags)}
-                if flags:
+                counts = self._counts(mask, img_patient, binary)
+                if counts["flag"]:
                     results = {m: _nan_result(self._overall[m]) for m in self.metrics}
                 else:
                     results = {m: boot.ci(fn, self.y_true, self.y_pred, mask=mask) for m, fn in self.metrics.items()}
                 rows[(attr, value)] = {"counts": counts, "results": results}
         return rows
+
+    def _counts(self, mask: np.ndarray, img_patient: np.ndarray, binary: bool) -> dict[str, object]:
+        """Patients, images, patients with a positive / negative image, and the flags these counts raise."""
+        n_pat = len(np.unique(img_patient[mask]))
+        n_pos = n_neg = None
+        flags = []
+        if n_pat < self.min_patients:
+            flags.append("few_patients")
+        if len(np.unique(self.y_true[mask])) < 2:
+            flags.append("single_class")
+        if binary:
+            positive = self.y_true.astype(bool)
+            n_pos = len(np.unique(img_patient[mask & positive]))
+            n_neg = len(np.unique(img_patient[mask & ~positive]))
+            if not flags:  # a group flagged already says enough ("3 patients"), without "1 positive" beside it
+                short = {"few_positives": n_pos < self.min_positives, "few_negatives": n_neg < self.min_negatives}
+                flags += [f for f, is_short in short.items() if is_short]
+        return {
+            "n_patients": n_pat,
+            "n_images": int(mask.sum()),
+            "n_positive": n_pos,
+            "n_negative": n_neg,
+            "flag": ";".join(flags),
+        }
+
+
+def flag_words(flag: object, n_patients: object = None, n_positive: object = None, n_negative: object = None) -> str:
+    """A group's ``flag`` (``;``-joined ``few_patients``, ``single_class``, ``few_positives``, ``few_negatives``) in
+    plain words, with the counts that raised it when known; ``""`` for a usable group.
+
+    Example:
+        >>> flag_words("few_positives", 40, 1, 39)
+        'only 1 patient with a positive case: no estimate or interval'
+    """
+    codes = [c.strip() for c in str(flag or "").split(";") if c.strip()]
+    if not codes:
+        return ""
+    pos, neg = _count(n_positive), _count(n_negative)
+    single = "no positive case" if pos == 0 else "no negative case" if neg == 0 else "one outcome only"
+    words = {
+        "few_patients": _only(n_patients, "", "too few patients"),
+        "single_class": single,
+        "few_positives": _only(n_positive, " with a positive case", "too few positive cases"),
+        "few_negatives": _only(n_negative, " with a negative case", "too few negative cases"),
+    }
+    return "; ".join(words.get(c, c.replace("_", " ")) for c in codes) + ": no estimate or interval"
+
+
+def _only(n: object, what: str, unknown: str) -> str:
+    k = _count(n)
+    return unknown if k is None else f"only {k} patient{'' if k == 1 else 's'}{what}"
+
+
+def _count(n: object) -> int | None:
+    try:
+        v = float(n)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(v) else int(v)
 
 
 def _nan_result(like: BootstrapResult) -> BootstrapResult:

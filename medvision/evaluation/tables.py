@@ -41,6 +41,7 @@ from medvision.evaluation.subgroups import SubgroupFrame
 
 __all__ = [
     "calibration_tables",
+    "detector_scores",
     "ood_by_group",
     "discrimination",
     "fit_detectors",
@@ -125,7 +126,9 @@ def fit_detectors(train: Predictions, k: int) -> dict[str, Any]:
     return {"mahalanobis": maha, "knn": knn}
 
 
-def _scores(pred: Predictions, detectors: dict[str, Any], k: int) -> dict[str, np.ndarray]:
+def detector_scores(pred: Predictions, detectors: dict[str, Any], k: int) -> dict[str, np.ndarray]:
+    """Every OOD score of every image (higher = more out of distribution): output-space scores, the head's own
+    score under its declared name, and the fitted feature-space detectors."""
     logits = pred.logits[:, :k]
     scores = {"msp": msp_score(pred.probs), "max_logit": max_logit_score(logits), "energy": energy_score(logits)}
     if pred.ood_score is not None:  # the head's own score, under the name the head declares (Head.ood_score_name)
@@ -157,7 +160,7 @@ def ood_tables(
     )
     bs = Bootstrap(both.frame["patient_id"].to_numpy(), n_resamples=max(n_resamples, 1), seed=seed)
     detectors_rows, score_rows, deferral_rows = [], [], []
-    for name, score in _scores(both, detectors, k).items():
+    for name, score in detector_scores(both, detectors, k).items():
         m = ood_metrics(score, is_ood)
         ci = bs.ci("auroc", is_ood, score)
         detectors_rows.append(
@@ -189,7 +192,7 @@ def ood_by_group(
     n_in = len(inliers.frame)
     group_of = np.asarray(groups, dtype=object)
     rows = []
-    for name, score in _scores(both, detectors, k).items():
+    for name, score in detector_scores(both, detectors, k).items():
         for g in sorted(set(group_of)):
             mine = np.flatnonzero(group_of == g) + n_in
             keep = np.r_[np.arange(n_in), mine]
@@ -208,9 +211,21 @@ def _thin(curve: pd.DataFrame, points: int = 60) -> pd.DataFrame:
 
 
 def subgroup_table(
-    pred: Predictions, attributes: Sequence[str], positive: int, min_patients: int, n_resamples: int, seed: int
+    pred: Predictions,
+    attributes: Sequence[str],
+    positive: int,
+    min_patients: int,
+    n_resamples: int,
+    seed: int,
+    *,
+    min_positives: int,
+    min_negatives: int,
 ) -> tuple[list[dict], list[dict], dict[str, Any]]:
-    """Per-group AUROC with CIs, gaps to overall and worst-vs-best difference (fairlearn's shape)."""
+    """Per-group AUROC with CIs, gaps to overall and worst-vs-best difference (fairlearn's shape).
+
+    A group below ``min_patients`` patients, or with fewer than ``min_positives`` patients holding a ``positive``
+    image (``min_negatives`` holding another), is flagged and gets no value, interval or gap (see
+    :class:`~medvision.evaluation.subgroups.SubgroupFrame`)."""
     present = [a for a in attributes if "*" not in a and a in pred.frame.columns]
     intersections = [
         tuple(a.split("*")) for a in attributes if "*" in a and all(p in pred.frame.columns for p in a.split("*"))
@@ -231,6 +246,8 @@ def subgroup_table(
         groups=pred.frame["patient_id"].to_numpy(),
         intersections=intersections,
         min_patients=min_patients,
+        min_positives=min_positives,
+        min_negatives=min_negatives,
         n_resamples=max(n_resamples, 1),
         seed=seed,
     )

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import safetensors.torch
 
+from medvision._atomic import atomic_path, atomic_write_text
 from medvision.models._checkpoint import sha256_file
 from medvision.models.errors import WeightsError
 from medvision.models.record import WeightsRecord
@@ -81,7 +82,8 @@ def write_weights(backbone: Backbone, weights_path: Path, record_path: Path) -> 
             f"({e}); build it with plain values (numbers, strings, lists) to make it saveable"
         ) from e
     state = {k: v.detach().to("cpu").clone().contiguous() for k, v in backbone.model.state_dict().items()}
-    safetensors.torch.save_file(state, str(weights_path), metadata={"format": "pt"})
+    with atomic_path(weights_path) as tmp:  # a later load trusts what it finds: whole or absent
+        safetensors.torch.save_file(state, str(tmp), metadata={"format": "pt"})
     record = replace(backbone.weights_record, sha256=sha256_file(weights_path))
     payload = {
         "format": FORMAT,
@@ -89,7 +91,7 @@ def write_weights(backbone: Backbone, weights_path: Path, record_path: Path) -> 
         "weights_record": record.to_dict(),
         "build": build,
     }
-    record_path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(record_path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
     return record
 
 

@@ -25,6 +25,7 @@ from medvision.report.guard import ForbiddenValueError, check_forbidden
 from medvision.report.render import NOT_RUN_NOTES, SECTION_HEADINGS, SECTIONS, render_report
 from medvision.report.study import StudySection
 from medvision.report.summary import Finding, Summary, summarize
+from medvision.report.trust import TrustSection
 
 __all__ = [
     "NOT_RUN_NOTES",
@@ -48,6 +49,7 @@ __all__ = [
     "SummaryOptions",
     "TrainingSection",
     "TrainingStage",
+    "TrustSection",
     "check_forbidden",
     "render_report",
     "runtime_versions",

@@ -44,6 +44,7 @@ from medvision.report.context import (
 from medvision.report.guard import check_fingerprints
 from medvision.report.render import render_report
 from medvision.report.study import StudySection
+from medvision.report.trust import TrustSection
 
 __all__ = ["context_from_evaluation", "evaluation_key", "report_from_evaluation"]
 
@@ -123,6 +124,7 @@ def context_from_evaluation(
         calibration=_calibration(primary),
         ood=_ood(primary, ev),
         subgroups=_subgroups(primary),
+        trust=_trust(primary),
         data_efficiency=_data_efficiency(models),
         saliency=_saliency(ev),
         study=_study(primary, doc, card),
@@ -242,6 +244,39 @@ def _subgroups(model: ModelMetrics) -> SubgroupSection | None:
         overall_high=sub.overall.high,
         table=table,
     )
+
+
+def _trust(model: ModelMetrics) -> TrustSection | None:
+    """The "When to trust this model" section from the model's trust record (``None``: evaluated without one)."""
+    t = model.trust
+    if t is None:
+        return None
+    conformal, abstain = t.conformal, t.abstain
+    calibration = [{"set": s, **r.model_dump()} for s, cal in t.calibration_by_group.items() for r in cal.ece]
+    site = t.site_recalibration
+    return TrustSection(
+        reference=t.reference,
+        sentences=[s for s in (t.sentences.coverage, t.sentences.abstention) if s],
+        target=conformal.target if conformal else None,
+        alpha=abstain.alpha if abstain else None,
+        on=abstain.on if abstain else "error",
+        positive_class=abstain.positive_class if abstain else None,
+        coverage=_frame(conformal.coverage) if conformal else None,
+        abstention=_frame(abstain.sets) if abstain else None,
+        calibration=_frame(calibration) if calibration else None,
+        site=site.site if site else None,
+        site_temperature=site.temperature if site else None,
+        site_recalibration=_frame([{"set": s, **r.model_dump()} for s, rows in site.ece_by_set.items() for r in rows])
+        if site
+        else None,
+        skipped=dict(t.skipped),
+    )
+
+
+def _frame(rows: list) -> pd.DataFrame:
+    """Records (typed rows or dicts) as a frame with ``None`` as NaN, for the section's formatting."""
+    frame = pd.DataFrame([r if isinstance(r, dict) else r.model_dump() for r in rows])
+    return frame.fillna(np.nan) if len(frame) else frame
 
 
 def _start_kind(weights: str) -> str:

@@ -33,7 +33,9 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from medvision.cohort.card import CohortCard
+from medvision.errors import InputError
 from medvision.report.study import StudySection
+from medvision.report.trust import TrustSection
 
 __all__ = [
     "CalibrationSection",
@@ -58,7 +60,7 @@ _PNG = b"\x89PNG\r\n\x1a\n"
 _JPEG = b"\xff\xd8\xff"
 
 
-class ReportError(ValueError):
+class ReportError(InputError):
     """A report that cannot be rendered. The message names the section/field and says what to change."""
 
 
@@ -337,8 +339,9 @@ class SubgroupSection(_Model):
     Frames:
         table: ``attribute``, ``group``, ``patients``, ``images``, ``value``, ``low``, ``high``, ``gap``,
             ``gap_low``, ``gap_high``, ``flag`` — ``gap`` = group - overall (negative: worse than overall),
-            its CI from shared bootstrap resamples; ``flag`` is empty for a usable group, else the reason it is
-            excluded from gap summaries (e.g. ``"fewer than 20 patients"``, ``"no positives"``).
+            its CI from shared bootstrap resamples; ``flag`` is empty for a usable group, else the reason it has no
+            estimate and is excluded from gap summaries (``few_patients``, ``single_class``, ``few_positives``,
+            ``few_negatives``; said in words with the optional ``n_positive`` / ``n_negative`` counts).
     """
 
     metric: str = "auroc"
@@ -495,6 +498,8 @@ class ReportContext(_Model):
     calibration: CalibrationSection | None = None
     ood: OODSection | None = None
     subgroups: SubgroupSection | None = None
+    #: When to trust this model: conformal sets, risk-controlled referral, ECE per subgroup and site.
+    trust: TrustSection | None = None
     data_efficiency: DataEfficiencySection | None = None
     saliency: SaliencySection | None = None
     #: What was held out and what each number means, per evaluation set (issue 12's "say what was tested").

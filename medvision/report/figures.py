@@ -37,6 +37,7 @@ __all__ = [
     "ood_histograms",
     "overlay_uri",
     "performance_forest",
+    "promise_forest",
     "subgroup_forest",
 ]
 
@@ -189,6 +190,37 @@ def deferral_curve(deferral: pd.DataFrame, referral_rate: float) -> str:
         a1.set(ylabel="share of outliers caught", ylim=(0, 1.02), title="Outliers caught")
         a2.set(ylabel="mean cost per case", title="Mean cost")
         a1.legend(fontsize=8)
+        fig.tight_layout()
+        return _uri(fig)
+
+
+def promise_forest(panels: list[tuple[pd.DataFrame, float, str]]) -> str:
+    """One panel per promise: the measured value per row (``label``, ``value``, ``low``, ``high``, ``held_out``)
+    with its 95% CI against the promised level (dashed). Held-out rows (where the promise does not carry over) are
+    hollow squares in another colour, so they are never read as meeting it."""
+    rows = max(len(t) for t, _, _ in panels)
+    with plt.rc_context(_RC):
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.34 * rows + 1.4), squeeze=False)
+        for ax, (table, promise, name) in zip(axes[0], panels):
+            ax.axvline(promise, color="grey", ls="--", lw=1, label=f"promised {promise:.0%}")
+            err = _err(table)
+            held = table["held_out"].to_numpy(bool)
+            for i in range(len(table)):
+                c = PALETTE[5] if held[i] else PALETTE[0]
+                ax.errorbar(
+                    table["value"].iloc[i],
+                    i,
+                    xerr=err[:, i : i + 1],
+                    fmt="s" if held[i] else "o",
+                    color=c,
+                    mfc="white" if held[i] else c,
+                    capsize=3,
+                    label="held-out: not promised" if held[i] and not held[:i].any() else None,
+                )
+            ax.set(yticks=range(len(table)), yticklabels=list(table["label"]), xlabel=name, xlim=(-0.02, 1.02))
+            ax.set_title(name)
+            ax.invert_yaxis()
+            ax.legend(fontsize=8, loc="best")
         fig.tight_layout()
         return _uri(fig)
 

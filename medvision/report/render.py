@@ -32,6 +32,7 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("calibration", "Calibration"),
     ("ood", "OOD screening"),
     ("subgroups", "Subgroups"),
+    ("trust", "When to trust this model"),
     ("data-efficiency", "Data efficiency"),
     ("saliency", "Saliency"),
     ("reproducibility", "Reproducibility"),
@@ -51,6 +52,9 @@ NOT_RUN_NOTES: dict[str, str] = {
     "conditions (splits.heldout_conditions in the cohort spec) so there are unseen outliers to test on.",
     "subgroups": "Not run in this pipeline. To get it, record subgroup attributes in the cohort (sex, age band, "
     "site, or labels.subgroup_columns) and evaluate with subgroup analysis on.",
+    "trust": "Not run in this pipeline. To get it, evaluate a single-label model on a cohort with validation "
+    "patients (the conformal sets and the referral rule are calibrated on them; evaluate settings conformal and "
+    "abstain).",
     "data-efficiency": "Not run in this pipeline. To get it, declare nested label fractions in the cohort spec "
     "(splits.label_fractions, e.g. [0.01, 0.1]) and fine-tune once per fraction and start.",
     "saliency": "Not run in this pipeline. To get it, run the attribution step (Integrated Gradients and "

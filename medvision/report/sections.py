@@ -7,63 +7,32 @@ renderer shows its note instead. Every number is formatted here, so the template
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from medvision.report import figures
+from medvision.report._blocks import DASH as _DASH
+from medvision.report._blocks import estimate as _est
+from medvision.report._blocks import figure as _figure
+from medvision.report._blocks import num as _f
+from medvision.report._blocks import para as _para
+from medvision.report._blocks import table as _table
+from medvision.report._blocks import text as _text
 from medvision.report.context import SALIENCY_CATEGORIES, OODSection, ReportContext
 from medvision.report.study import StudySection
-from medvision.report.summary import Summary, label_shift_hurts, metric_label, summarize
+from medvision.report.summary import (
+    Summary,
+    inverted_detector,
+    label_shift_hurts,
+    metric_label,
+    subgroup_flag,
+    summarize,
+)
+from medvision.report.trust import trust_blocks
 
 __all__ = ["section_blocks"]
-
-_DASH = "—"
-
-
-# -- formatting -----------------------------------------------------------------------------------
-
-
-def _f(x: Any, digits: int = 3) -> str:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return _DASH if x is None else str(x)
-    return _DASH if math.isnan(v) else f"{v:.{digits}f}"
-
-
-def _est(v: Any, lo: Any, hi: Any, digits: int = 3) -> str:
-    s = _f(v, digits)
-    if s == _DASH or _f(lo) == _DASH or _f(hi) == _DASH:
-        return s
-    sep = "–" if float(lo) >= 0 else " to "  # an en dash between negative numbers reads as a minus sign
-    return f"{s} ({_f(lo, digits)}{sep}{_f(hi, digits)})"
-
-
-def _text(x: Any) -> str:
-    return _DASH if x is None or (isinstance(x, float) and math.isnan(x)) else str(x)
-
-
-def _table(caption: str, headers: list[str], rows: Iterable[list[str]], numeric_from: int = 1) -> dict:
-    return {
-        "kind": "table",
-        "caption": caption,
-        "headers": headers,
-        "rows": [list(r) for r in rows],
-        "numeric_from": numeric_from,
-    }
-
-
-def _para(text: str) -> dict:
-    return {"kind": "p", "text": text}
-
-
-def _figure(uri: str, alt: str, caption: str) -> dict:
-    return {"kind": "figure", "uri": uri, "alt": alt, "caption": caption}
-
 
 # -- sections -------------------------------------------------------------------------------------
 
@@ -318,6 +287,9 @@ def _ood(ctx: ReportContext) -> list[dict]:
         ),
         _ood_table(o, primary),
     ]
+    inverted = inverted_detector(o)
+    if inverted:
+        blocks.append(_para(inverted))
     if o.scores is not None and not o.scores.empty:
         present = list(dict.fromkeys(o.scores["detector"].astype(str)))
         shown = ([primary] if primary in present else []) + [d for d in present if d != primary]
@@ -338,7 +310,7 @@ def _ood_table(o: OODSection, primary: str | None) -> dict:
     ci = "auroc_low" in o.detectors.columns and "auroc_high" in o.detectors.columns
     rows = [
         [
-            str(r["detector"]) + (" (deployed)" if str(r["detector"]) == primary else ""),
+            str(r["detector"]) + (_deployed(r["auroc"]) if str(r["detector"]) == primary else ""),
             _est(r["auroc"], r["auroc_low"], r["auroc_high"]) if ci else _f(r["auroc"]),
             _f(r["aupr_in"]),
             _f(r["aupr_out"]),
@@ -357,6 +329,11 @@ def _ood_table(o: OODSection, primary: str | None) -> dict:
         ],
         rows,
     )
+
+
+def _deployed(auroc: Any) -> str:
+    a = pd.to_numeric(auroc, errors="coerce")
+    return " (deployed; inverted: AUROC below 0.5)" if pd.notna(a) and a < 0.5 else " (deployed)"
 
 
 def _deferral(deferral: pd.DataFrame, primary: str | None, rate: float) -> list[dict]:
@@ -393,7 +370,7 @@ def _subgroups(ctx: ReportContext) -> list[dict]:
             _f(r["n_images"], 0),
             _est(r["value"], r["low"], r["high"]),
             _est(r["gap"], r["gap_low"], r["gap_high"]),
-            "" if pd.isna(r["flag"]) else str(r["flag"]),
+            subgroup_flag(r),
         ]
         for _, r in s.table.iterrows()
     ]
@@ -401,20 +378,29 @@ def _subgroups(ctx: ReportContext) -> list[dict]:
     return [
         _para(
             f"{m} on '{s.eval_set}' per subgroup; overall {overall}. Gap = subgroup minus overall (negative: "
-            "worse), with a CI from the same patient resamples. Flagged groups are shown but left out of gap "
-            "summaries."
+            "worse), with a CI from the same patient resamples. Groups with too few patients, or too few positive or "
+            "negative cases, are shown with the reason but get no estimate, no interval and no gap, and are left "
+            "out of gap summaries."
         ),
         _table(
             f"{m} per subgroup (95% CI) and gap to overall",
-            ["attribute", "group", "patients", "images", f"{m} (95% CI)", "gap to overall (95% CI)", "flag"],
+            [
+                "attribute",
+                "group",
+                "patients",
+                "images",
+                f"{m} (95% CI)",
+                "gap to overall (95% CI)",
+                "why not estimated",
+            ],
             rows,
             numeric_from=2,
         ),
         _figure(
             figures.subgroup_forest(s.table, s.overall, m),
             f"Forest plot of {m} per subgroup with 95% confidence intervals",
-            "Dashed line: overall value. Flagged groups (too few patients, or one outcome only) have no estimate, "
-            "so their rows carry no marker.",
+            "Dashed line: overall value. Flagged groups (too few patients, positive or negative cases) have no "
+            "estimate, so their rows carry no marker.",
         ),
     ]
 
@@ -519,6 +505,7 @@ _BUILDERS = {
     "calibration": _calibration,
     "ood": _ood,
     "subgroups": _subgroups,
+    "trust": lambda ctx: trust_blocks(ctx.trust),
     "data-efficiency": _data_efficiency,
     "saliency": _saliency,
     "reproducibility": _reproducibility,

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from medvision.report.context import ReportContext
+from medvision.evaluation.subgroups import flag_words
+from medvision.report.context import OODSection, ReportContext
 
-__all__ = ["Finding", "Summary", "label_shift_hurts", "summarize"]
+__all__ = ["Finding", "Summary", "inverted_detector", "label_shift_hurts", "subgroup_flag", "summarize"]
 
 _METRIC_NAMES = {
     "auroc": "AUROC",
@@ -350,7 +351,8 @@ def _ood(ctx: ReportContext, out: Summary) -> None:
             + "."
         )
     weak = [] if mine.empty else [g for g, a in zip(mine["group"], mine["auroc"]) if _num(a) is not None and a < 0.7]
-    out.findings.append(Finding("ood", text, concern=auroc < 0.8 or bool(weak)))
+    inverted = inverted_detector(ood)
+    out.findings.append(Finding("ood", f"{text} {inverted}".strip(), concern=auroc < 0.8 or bool(weak)))
     costs = ctx.study.frame("costs") if ctx.study else pd.DataFrame()
     if not costs.empty:
         out.caveats.append(
@@ -358,6 +360,32 @@ def _ood(ctx: ReportContext, out: Summary) -> None:
             + "; ".join(f"{o} {c:g}" for o, c in zip(costs["outcome"], costs["cost"]))
             + "."
         )
+
+
+def inverted_detector(ood: OODSection) -> str:
+    """Said plainly when the deployed detector's AUROC is below 0.5 (``""`` otherwise): its score runs the wrong way
+    round, so referring the highest scores refers usual cases first; names the best other detector on the same
+    outliers, the one a reader would deploy instead."""
+    det = ood.primary_detector
+    row = None if det is None else _row(ood.detectors, detector=det)
+    auroc = None if row is None else _num(row["auroc"])
+    if auroc is None or auroc >= 0.5:
+        return ""
+    text = (
+        f"The deployed detector's score ({det}) is inverted: its AUROC of {auroc:.2f} is below 0.5, so it ranks "
+        "inliers as more unusual than the outliers, and referring its highest scores refers usual cases first."
+    )
+    others = ood.detectors[ood.detectors["detector"].astype(str) != det]
+    aurocs = pd.to_numeric(others["auroc"], errors="coerce")
+    if aurocs.notna().any():
+        best = others.loc[aurocs.idxmax()]
+        text += (
+            f" The best other detector on the same outliers is {best['detector']}, AUROC "
+            f"{float(best['auroc']):.2f}{_ci(best.get('auroc_low'), best.get('auroc_high'))}."
+        )
+        if float(best["auroc"]) <= 0.5:
+            text += " No detector here tells these outliers from usual images."
+    return text
 
 
 def _calibration(ctx: ReportContext, out: Summary) -> None:
@@ -413,6 +441,11 @@ def _calibration(ctx: ReportContext, out: Summary) -> None:
     out.findings.append(Finding("calibration", text, concern=ece > opt.ece_good or bool(poor)))
 
 
+def subgroup_flag(row: pd.Series) -> str:
+    """Why a subgroup row has no estimate, in words (``""`` for a usable row); counts are optional columns."""
+    return flag_words(row["flag"], row["n_patients"], row.get("n_positive"), row.get("n_negative"))
+
+
 def _subgroups(ctx: ReportContext, out: Summary) -> None:
     sg = ctx.subgroups
     if sg is None or sg.table.empty:
@@ -422,10 +455,10 @@ def _subgroups(ctx: ReportContext, out: Summary) -> None:
     flags = t["flag"].fillna("").astype(str).str.strip()
     flagged, usable = t[flags != ""], t[flags == ""]
     if len(flagged):
-        names = ", ".join(f"{a} = {g}" for a, g in zip(flagged["attribute"], flagged["group"]))
+        why = "; ".join(f"{r['attribute']} = {r['group']} ({subgroup_flag(r)})" for _, r in flagged.iterrows())
         out.caveats.append(
-            f"{len(flagged)} subgroup(s) ({names}) have too few patients or no positives; they are "
-            "shown but left out of the gap summary."
+            f"{len(flagged)} subgroup(s) are too small to judge, so no interval or gap is given and nothing is "
+            f"claimed about them: {why}."
         )
     gaps = pd.to_numeric(usable["gap"], errors="coerce")
     m = metric_label(sg.metric)

@@ -20,6 +20,7 @@ import yaml
 from PIL import Image
 
 from medvision._atomic import atomic_path, atomic_write_text
+from medvision.errors import InputError
 
 __all__ = ["MedMNISTError", "import_medmnist"]
 
@@ -32,7 +33,7 @@ _CLASS_NAMES: dict[str, tuple[str, ...]] = {
 }
 
 
-class MedMNISTError(ValueError):
+class MedMNISTError(InputError):
     """A MedMNIST file that cannot be imported; the message names the file, the key and what to do."""
 
 

@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from medvision.errors import InputError
+
 __all__ = ["ModelRef", "ModelRefError"]
 
 #: MLflow run ids: 32 hex digits (uuid4().hex).
@@ -23,7 +25,7 @@ _FORMS = (
 )
 
 
-class ModelRefError(ValueError):
+class ModelRefError(InputError):
     """Text that is no model reference; the message names the forms that are."""
 
 

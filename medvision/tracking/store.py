@@ -24,12 +24,13 @@ from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from medvision.errors import InputError
 from medvision.tracking.uri import check_no_credentials
 
 __all__ = ["TrackingAuthError", "artifact_root_for", "get_or_create_experiment", "open_client", "using_tracking_uri"]
 
 
-class TrackingAuthError(ValueError):
+class TrackingAuthError(InputError):
     """The tracking server refused our credentials; the message says which variables to set."""
 
 

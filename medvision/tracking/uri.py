@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
+from medvision.errors import InputError
+
 __all__ = ["TrackingURIError", "check_no_credentials", "redact_uri", "uri_secrets"]
 
 #: Query parameters that carry a secret in database and HTTP URIs (libpq's ``password``, tokens, keys).
@@ -35,7 +37,7 @@ SECRET_PARAMETERS = frozenset(
 _HIDDEN = "***"
 
 
-class TrackingURIError(ValueError):
+class TrackingURIError(InputError):
     """A tracking URI that holds a secret; the message says where it came from and where the secret goes."""
 
 

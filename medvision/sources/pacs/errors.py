@@ -6,10 +6,12 @@ credential, or a library's own exception text (which may quote a request URL hol
 
 from __future__ import annotations
 
+from medvision.errors import MedvisionError
+
 __all__ = ["InstanceFailedError", "PacsAuthError", "PacsError", "PacsNoMatchError", "PacsUnreachableError"]
 
 
-class PacsError(RuntimeError):
+class PacsError(MedvisionError, RuntimeError):
     """A pull cannot go on; the message says why and what to check."""
 
 

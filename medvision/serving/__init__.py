@@ -1,0 +1,5 @@
+"""Using a trained model on new cases: ``medvision predict`` (label-free cohorts, the card's recipe, MLflow)."""
+
+from medvision.serving.predict import PredictionResult, label_free_spec, model_recipe, predict
+
+__all__ = ["PredictionResult", "label_free_spec", "model_recipe", "predict"]

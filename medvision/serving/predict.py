@@ -1,0 +1,237 @@
+"""Predictions on new, unlabelled cases: a folder of images (or a built cohort) through a trained classifier.
+
+Why through a cohort build: a silent trial or a new site's archive is read, quarantined, pseudonymised and cached
+exactly as the training cohort was (:func:`medvision.cohort.build.build_cohort` with no labels), and the
+preprocessing is the model's own recipe (:class:`~medvision.cohort.recipe.PreprocessRecipe` in its
+:class:`~medvision.classifier.ClassifierCard`), never retyped: train and serve cannot prepare an image differently.
+The probabilities come from :func:`medvision.evaluation.predict.predict_rows`, the loop ``medvision evaluate`` uses,
+so a case scored here gets the numbers evaluation would give it.
+
+Outputs in ``out``: ``predictions.parquet`` and ``predictions.csv`` (one row per image, pseudonymous ids only:
+``image_id``, ``patient_id``, ``study_id``, ``series_id``, ``frame``, the subgroup attributes, ``p:<class>`` and the
+head's ``ood_score`` when it has one), ``quarantine.csv`` (every file not predicted, with its reason) and, for
+``images``, the label-free cohort itself (``cohort/``: owner-only, it holds the file paths). The operating point,
+conformal sets and referral decisions fixed by an evaluation are not applied here (yet).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from medvision._atomic import write_all
+from medvision.classifier import CARD_FILE, ClassifierCard
+from medvision.cohort.build import build_cohort
+from medvision.cohort.cohort import Cohort, open_cohort
+from medvision.cohort.progress import counting
+from medvision.cohort.recipe import PreprocessRecipe
+from medvision.cohort.spec import CohortSpec, FolderOptions, spec_from_folder
+from medvision.errors import InputError
+from medvision.evaluation.predict import Predictions, predict_rows
+from medvision.tracking import load_run_classifier
+from medvision.tracking.model_ref import ModelRef
+from medvision.tracking.store import get_or_create_experiment, open_client
+
+__all__ = ["PredictionResult", "label_free_spec", "model_recipe", "predict"]
+
+#: The pseudonymous keys of a predictions table, first in every row; nothing else identifies a case.
+ID_COLUMNS = ("image_id", "patient_id", "study_id", "series_id", "frame")
+#: Images predicted at once between two steps of the progress bar (each is a call of ``predict_rows``).
+_CHUNK = 256
+EXPERIMENT = "predict"
+
+
+@dataclass(frozen=True)
+class PredictionResult:
+    """What :func:`predict` wrote: the folder, the table, the quarantined files (``relpath``/``file_number``,
+    ``stage``, ``reason``) and the MLflow run."""
+
+    out: Path
+    predictions: pd.DataFrame
+    quarantine: pd.DataFrame
+    run_id: str
+    ood_score_name: str | None
+
+    @property
+    def files(self) -> list[Path]:
+        return [self.out / "predictions.parquet", self.out / "predictions.csv", self.out / "quarantine.csv"]
+
+
+def model_recipe(card: ClassifierCard, model: str) -> PreprocessRecipe:
+    """The recipe in ``card`` (the classifier of ``model``).
+
+    Raises:
+        InputError: the card has no ``preprocessing`` field (trained on data that was not a medvision cohort, or
+            saved by an older medvision): guessing it could prepare images unlike the training images.
+    """
+    if card.preprocessing is None:
+        raise InputError(
+            f"model {model}: its {CARD_FILE} has no 'preprocessing' field (the recipe: size, channels, fit, storage, "
+            "frames, kinds), so its images cannot be prepared as in training; fine-tune it again on a medvision "
+            "cohort (the recipe is recorded then), nothing was read"
+        )
+    return card.preprocessing
+
+
+def label_free_spec(images: Path, recipe: PreprocessRecipe, name: str | None = None) -> CohortSpec:
+    """The spec of a cohort of ``images`` with no labels, prepared by ``recipe``: ``cohort build --images`` with the
+    model's size, channels, fit, storage, frame policy, reader kinds and size cap in place of the defaults."""
+    base = spec_from_folder(images, FolderOptions(size=recipe.size, channels=recipe.channels, kinds=recipe.kinds))
+    raw = base.model_dump()
+    raw["preprocess"] = recipe.spec.model_dump()
+    raw["frames"] = recipe.frames
+    if recipe.max_megapixels is not None:
+        raw["max_megapixels"] = recipe.max_megapixels
+    if name:
+        raw["name"] = name
+    return CohortSpec.model_validate(raw)
+
+
+def predict(
+    model: str,
+    out: str | Path,
+    *,
+    images: str | Path | None = None,
+    cohort: str | Path | None = None,
+    tracking_uri: str,
+    batch_size: int = 64,
+) -> PredictionResult:
+    """Predict every image of ``images`` (a folder) or ``cohort`` (a built cohort) with ``model``.
+
+    Args:
+        model: a :class:`~medvision.tracking.model_ref.ModelRef` (run id, ``runs:/ID``, ``models:/NAME/VERSION``,
+            ``models:/NAME@ALIAS`` or a saved classifier's folder).
+        out: the output folder (see the module docstring).
+        images / cohort: exactly one: a folder of DICOM or photos, or a cohort built by ``medvision cohort build``.
+        tracking_uri: the MLflow store the model is read from and the prediction run is logged to.
+
+    Raises:
+        InputError: not exactly one of ``images``/``cohort``; a model without a recipe (before any image is read); a
+            cohort prepared differently from the model's training images.
+    """
+    if (images is None) == (cohort is None):
+        raise InputError("give exactly one of --images DIR (a folder of images) and --cohort DIR (a built cohort)")
+    out = Path(out).expanduser().resolve()
+    ref = ModelRef.parse(model)
+    classifier, card = load_run_classifier(ref, tracking_uri=tracking_uri)
+    recipe = model_recipe(card, str(ref))  # before any image is read
+    if images is not None:
+        built, quarantine = _label_free_cohort(Path(images).expanduser().resolve(), recipe, out)
+    else:
+        built, quarantine = _existing_cohort(Path(cohort).expanduser().resolve(), recipe)  # type: ignore[arg-type]
+    rows, refused = _rows_of_kinds(built.manifest, recipe)
+    quarantine = pd.concat([quarantine, refused], ignore_index=True)
+    preds = _predict_in_chunks(classifier, built, rows, batch_size)
+    table = _public_table(preds, rows, labelled=cohort is not None)
+    write_all(
+        [
+            (out / "predictions.parquet", int(table.memory_usage(deep=True).sum()), table.to_parquet),
+            (out / "predictions.csv", 40 * table.size + 200, lambda p: table.to_csv(p, index=False)),
+            (out / "quarantine.csv", 200 * (len(quarantine) + 1), lambda p: quarantine.to_csv(p, index=False)),
+        ]
+    )
+    result = PredictionResult(out, table, quarantine, "", preds.ood_score_name)
+    run_id = _log_run(tracking_uri, ref, card, built, result)
+    return PredictionResult(out, table, quarantine, run_id, preds.ood_score_name)
+
+
+def _label_free_cohort(images: Path, recipe: PreprocessRecipe, out: Path) -> tuple[Cohort, pd.DataFrame]:
+    """The build of ``images`` with no labels into ``out/cohort`` (a re-run decodes only new files)."""
+    if not images.is_dir():
+        raise InputError(f"--images {images} is not a folder; give the folder of DICOM files or photos to predict")
+    build_cohort(label_free_spec(images, recipe), out / "cohort")
+    built = open_cohort(out / "cohort")
+    return built, pd.read_csv(out / "cohort" / "quarantine.csv")
+
+
+def _existing_cohort(folder: Path, recipe: PreprocessRecipe) -> tuple[Cohort, pd.DataFrame]:
+    """A built cohort whose images were prepared as the model's were (its cache holds them that way)."""
+    try:
+        built = open_cohort(folder)
+    except FileNotFoundError:
+        raise InputError(f"--cohort {folder} is not a built cohort (no cohort.json); build it first") from None
+    theirs = built.card.recipe
+    fields = ("size", "channels", "fit", "storage", "frames")
+    differ = [
+        f"{f}: cohort {getattr(theirs, f)!r}, model {getattr(recipe, f)!r}"
+        for f in fields
+        if getattr(theirs, f) != getattr(recipe, f)
+    ]
+    if differ:
+        raise InputError(
+            f"--cohort {folder} was prepared differently from the model's training images ({'; '.join(differ)}); "
+            "predict with --images on its images folder instead (prepared with the model's recipe)"
+        )
+    path = folder / "quarantine.csv"
+    return built, pd.read_csv(path) if path.exists() else pd.DataFrame(
+        columns=["file_number", "relpath", "stage", "reason"]
+    )
+
+
+def _rows_of_kinds(manifest: pd.DataFrame, recipe: PreprocessRecipe) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rows of the kinds the model was trained on, and the others as quarantine rows with the reason."""
+    if recipe.kinds is None:
+        return manifest.reset_index(drop=True), pd.DataFrame(columns=["relpath", "stage", "reason"])
+    ok = manifest["kind"].isin(recipe.kinds)
+    other = manifest[~ok]
+    refused = pd.DataFrame(
+        {
+            "relpath": other["relpath"],
+            "stage": "predict",
+            "reason": [
+                f"a {k} image, but the model was trained on {', '.join(recipe.kinds)} only" for k in other["kind"]
+            ],
+        }
+    )
+    return manifest[ok].reset_index(drop=True), refused.reset_index(drop=True)
+
+
+def _predict_in_chunks(classifier, built: Cohort, rows: pd.DataFrame, batch_size: int) -> Predictions:
+    """:func:`predict_rows` over ``rows`` in chunks, so a terminal shows a bar moving (a log shows nothing)."""
+    parts: list[Predictions] = []
+    advance: Callable[[int], None]
+    with counting("predicting", len(rows)) as advance:
+        for start in range(0, max(len(rows), 1), _CHUNK):
+            chunk = rows.iloc[start : start + _CHUNK].reset_index(drop=True)
+            parts.append(predict_rows(classifier, built, chunk, batch_size=batch_size))
+            advance(len(chunk))
+    return Predictions.concat(parts)
+
+
+def _public_table(preds: Predictions, rows: pd.DataFrame, labelled: bool) -> pd.DataFrame:
+    """The predictions keyed by pseudonymous ids (never the file path): ids first, then subgroups and outputs."""
+    frame = preds.frame.copy()
+    for c in ("study_id", "series_id", "frame"):
+        frame[c] = rows[c].to_numpy()
+    if not labelled:  # a label-free cohort: every row is "unlabelled", with no label
+        frame = frame.drop(columns=[c for c in ("split", "label", "label_idx") if c in frame.columns])
+    return frame[[*ID_COLUMNS, *[c for c in frame.columns if c not in ID_COLUMNS]]]
+
+
+def _log_run(uri: str, ref: ModelRef, card: ClassifierCard, built: Cohort, result: PredictionResult) -> str:
+    """One MLflow run per prediction: the model, the recipe, counts and the three tables (no path, no identifier)."""
+    client = open_client(uri)
+    run = client.create_run(get_or_create_experiment(client, EXPERIMENT), run_name="predict")
+    run_id = run.info.run_id
+    recipe = card.preprocessing
+    params = {
+        "model": ref.uri if ref.kind != "path" else "folder:" + Path(str(ref.path)).name,
+        "classes": ",".join(card.classes),
+        "head": card.head.name,
+        "ood_score": result.ood_score_name or "none",
+        "cohort.manifest_sha256": built.manifest_sha256,
+        **({f"recipe.{k}": str(v) for k, v in recipe.model_dump().items()} if recipe else {}),
+    }
+    for key, value in params.items():
+        client.log_param(run_id, key, value)
+    if ref.kind == "run" and ref.run_id:
+        client.set_tag(run_id, "medvision.model_run_id", ref.run_id)
+    client.log_metric(run_id, "images", float(len(result.predictions)))
+    client.log_metric(run_id, "quarantined", float(len(result.quarantine)))
+    for path in result.files:
+        client.log_artifact(run_id, str(path), "predictions")
+    client.set_terminated(run_id)
+    return run_id
