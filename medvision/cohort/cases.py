@@ -112,7 +112,7 @@ def order_series(slices: Sequence[SliceGeometry]) -> Ordering:
             position and no usable InstanceNumber.
 
     Example:
-        >>> s = [SliceGeometry((0, 0, z), (1, 0, 0, 0, 1, 0)) for z in (5.0, 0.0, 2.5)]
+        >>> s = [SliceGeometry((0, 0, z), (1, 0, 0, 0, 1, 0), file=f"i{z}.dcm") for z in (5.0, 0.0, 2.5)]
         >>> o = order_series(s)
         >>> o.order, o.positions, o.spacing, o.method
         ([1, 2, 0], [0.0, 2.5, 5.0], 2.5, 'position')
