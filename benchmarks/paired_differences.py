@@ -62,9 +62,10 @@ def _paired(
     """
     frames = [(ev.predictions(a.name, "test"), ev.predictions(b.name, "test")) for a, b in pairs]
     first = frames[0][0]
+    row = "case_id" if ev.metrics.cohort.unit != "image" else "image_id"  # case cohorts: one row per case
     for (a, b), (fa, fb) in zip(pairs, frames, strict=True):
-        if not (fa["image_id"].equals(first["image_id"]) and fb["image_id"].equals(first["image_id"])):
-            raise SystemExit(f"{a.name} and {b.name} were not scored on the same test images in the same order")
+        if not (fa[row].equals(first[row]) and fb[row].equals(first[row])):
+            raise SystemExit(f"{a.name} and {b.name} were not scored on the same test cases in the same order")
         _refuse_self_comparison(a, b, _probs(fa, a.classes), _probs(fb, b.classes))
     k = len(pairs[0][0].classes)
     keep = ((first["label_idx"] >= 0) & (first["label_idx"] < k)).to_numpy()

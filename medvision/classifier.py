@@ -212,16 +212,31 @@ class Classifier(nn.Module):
             feats = self.backbone(x)
         return feats if self.adapter is None else self.adapter(feats)
 
+    def embed_bags(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """``(B, N, D)`` embeddings of bags of images ``(B, N, C, H, W)``; only the real instances (``mask``) run
+        through the backbone, padded slots stay zero (a bag head never reads them)."""
+        if mask is None:
+            mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        real = self.embed(x[mask])
+        out = real.new_zeros((*x.shape[:2], real.shape[-1]))
+        out[mask] = real
+        return out
+
     def logits(self, x: Tensor) -> Tensor:
         """The head's logits with a graph back to ``x`` whatever the mode (what captum differentiates)."""
         return self.head(self.embed(x, keep_graph=True)).logits
 
-    def forward(self, x: Tensor) -> HeadOutput:
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> HeadOutput:
+        """Images ``(B, C, H, W)``, or bags of images ``(B, N, C, H, W)`` with a ``(B, N)`` mask for a bag head."""
+        if x.ndim == 5:
+            return self.head(self.embed_bags(x, mask), mask)
         return self.head(self.embed(x))
 
-    def from_features(self, feats: Tensor) -> HeadOutput:
-        """The head's output for precomputed backbone features (the frozen-feature fast path)."""
-        return self.head(feats if self.adapter is None else self.adapter(feats))
+    def from_features(self, feats: Tensor, mask: Tensor | None = None) -> HeadOutput:
+        """The head's output for precomputed backbone features (the frozen-feature fast path): ``(B, D)``, or bags
+        ``(B, N, D)`` with their mask for a bag head."""
+        emb = feats if self.adapter is None else self.adapter(feats)
+        return self.head(emb) if mask is None else self.head(emb, mask)
 
     def aux_loss(self) -> Tensor | float:
         """The backbone's auxiliary loss of the last forward (MoE balance losses; 0 otherwise)."""

@@ -285,3 +285,20 @@ def test_paired_differences_refuses_to_compare_a_model_with_itself(tmp_path, cas
     assert expected in proc.stderr
     assert "by construction" in proc.stderr or "nothing to compare" in proc.stderr or "overwrote" in proc.stderr
     assert "difference (95% CI)" not in proc.stdout  # no table was printed
+
+
+@pytest.mark.slow
+def test_mil_cost_embeds_one_series_both_ways_and_states_the_memory_per_cap():
+    out = _run(
+        "mil_cost.py",
+        *("--backbone", "resnet-tiny", "--weights", "none", "--size", "16", "--slices", "24"),
+        *("--batch", "8", "--rounds", "1", "--caps", "4,8"),
+    )
+    assert out["benchmark"] == "mil_cost" and out["slices"] == 24 and out["target"] == 0.9
+    assert out["bare_slices_per_s"]["median"] > 0 and out["cache_slices_per_s"]["median"] > 0 and out["ratio"] > 0
+    full = [m for m in out["memory"] if m["mode"] == "full"]
+    assert [m["instances"] for m in full] == [4, 8, 24]
+    saved = [m["saved_mb"] for m in full]
+    assert saved[0] < saved[1] < saved[2], "a training bag's activations grow with the cap, not the series"
+    (frozen,) = [m for m in out["memory"] if m["mode"] == "frozen"]
+    assert frozen["saved_mb"] < saved[0]

@@ -418,7 +418,8 @@ def test_header_identifiers_and_public_fields(tmp_path):
     ds = dicom_image(
         np.zeros((3, 2, 4), dtype=np.uint16), bits_stored=10, Modality="DX", PatientSex="F",
         PatientAge="045Y", Manufacturer="Acme", InstitutionName="General", ViewPosition="AP",
-        BodyPartExamined="CHEST",
+        BodyPartExamined="CHEST", ImagePositionPatient=["1.5", "-2", "30"], ImageOrientationPatient=[1, 0, 0, 0, 1, 0],
+        InstanceNumber=7, SliceThickness="2.5",
     )  # fmt: skip
     path = write(ds, tmp_path / "h.dcm", ExplicitVRBigEndian)
     header = read_dicom_header(path)
@@ -431,12 +432,22 @@ def test_header_identifiers_and_public_fields(tmp_path):
         "modality": "DX", "sex": "F", "age": 45.0, "manufacturer": "Acme", "institution": "General",
         "view": "AP", "body_part": "CHEST", "photometric": "MONOCHROME2",
         "transfer_syntax": ExplicitVRBigEndian, "rows": 2, "columns": 4, "frames": 3, "samples_per_pixel": 1,
-        "bits_stored": 10, "has_pixel_data": True,
+        "bits_stored": 10, "has_pixel_data": True, "position": (1.5, -2.0, 30.0),
+        "orientation": (1.0, 0.0, 0.0, 0.0, 1.0, 0.0), "instance_number": 7, "slice_thickness": 2.5,
+        "slice_spacing": None,
     }  # fmt: skip
     identifiers = {*IDENTIFIERS.values(), *uids}
     assert not set(map(str, header.public().values())) & identifiers
     with pytest.raises(AttributeError):
         header.modality = "CT"  # frozen
+
+
+def test_malformed_slice_geometry_reads_as_absent(tmp_path):
+    ds = dicom_image(
+        np.zeros((2, 2), dtype=np.uint8), ImagePositionPatient=["1", "2"], ImageOrientationPatient=["1"] * 5,
+    )  # fmt: skip
+    header = read_dicom_header(write(ds, tmp_path / "g.dcm"))
+    assert (header.position, header.orientation, header.slice_spacing) == (None, None, None)
 
 
 @pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, RLELossless])

@@ -177,19 +177,24 @@ def show(out: Path = typer.Argument(..., help="A built cohort folder.")) -> None
 @app.command("synth")
 def synth(
     out: Path = typer.Argument(..., help="Folder to write the synthetic source (images, labels.csv, cohort.yaml)."),
-    kind: str = typer.Option("derm", help="derm (VL photographic + photos) or cxr (DX/CR grayscale)."),
+    kind: str = typer.Option(
+        "derm",
+        help="derm (VL photographic + photos), cxr (DX/CR grayscale) or ct-series (one CT series per patient, "
+        "labelled per series: a nodule on 3-10% of its slices).",
+    ),
     patients: int = typer.Option(200, help="Number of patients."),
     seed: int = typer.Option(0, help="Seed: the same seed writes the same files."),
     size: int = typer.Option(64, help="Image side in pixels."),
+    slices: int = typer.Option(40, help="ct-series: typical slices per series (each draws +-15%)."),
 ) -> None:
     """Write a synthetic DICOM cohort with planted structure (sites, subgroups, rare conditions, fake PHI)."""
 
     def body() -> None:
-        from medvision.sources.synth import synthesize
+        from medvision.sources.synth import CLASSES, synthesize
 
-        if kind not in ("derm", "cxr"):
-            raise InputError(f"--kind must be derm or cxr, got {kind!r}")
-        spec_path = synthesize(out, kind="derm" if kind == "derm" else "cxr", patients=patients, seed=seed, size=size)
+        if kind not in CLASSES:
+            raise InputError(f"--kind must be one of {', '.join(sorted(CLASSES))}, got {kind!r}")
+        spec_path = synthesize(out, kind=kind, patients=patients, seed=seed, size=size, slices=slices)  # type: ignore[arg-type]
         typer.echo(f"synthetic {kind} cohort written to {out}; build it with: medvision cohort build {spec_path}")
 
     run_guarded(body)

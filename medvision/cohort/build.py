@@ -19,8 +19,9 @@ import pandas as pd
 
 from medvision._atomic import private_dir, write_all
 from medvision.cohort.cache import PreprocessCache
-from medvision.cohort.card import CARD_FILE, BuildStats, CohortCard, build_card
-from medvision.cohort.cohort import LEADING_COLUMNS
+from medvision.cohort.card import CARD_FILE, BuildStats, CaseSizes, CaseStats, CohortCard, build_card
+from medvision.cohort.cases import assign_cases, case_keys
+from medvision.cohort.cohort import CASE_COLUMNS, LEADING_COLUMNS
 from medvision.cohort.decode import fill_cache
 from medvision.cohort.fingerprints import write_fingerprints
 from medvision.cohort.identifiers import CohortBuildError, check_copied_values, check_paths, identifier_set
@@ -70,7 +71,7 @@ def build_cohort(spec: CohortSpec | str | Path, out: str | Path, *, new_key: boo
         t_index = time.perf_counter() - t0
         labelled, label_stats, rejected = _labelled_rows(indexed, rejected, spec, pseudo, scrubber)
         t1 = time.perf_counter()
-        rows, rejected, decoded, copies = _decode(labelled, rejected, root, out, spec, scrubber, entries)
+        rows, rejected, decoded, copies, cases = _decode(labelled, rejected, root, out, spec, scrubber, entries)
         t_decode = time.perf_counter() - t1
 
     if "images_without_label" in label_stats:  # each instance once, however many copies of it were found
@@ -96,6 +97,7 @@ def build_cohort(spec: CohortSpec | str | Path, out: str | Path, *, new_key: boo
         key_fingerprint=fingerprint,
         warnings=warnings_,
         build=build,
+        cases=None if cases is None else _case_stats(manifest, spec, cases),
     )
     write_all(
         [
@@ -162,10 +164,12 @@ def _decode(
     spec: CohortSpec,
     scrubber: Scrubber,
     entries: list[str],
-) -> tuple[pd.DataFrame, list[Rejected], int, set[str]]:
+) -> tuple[pd.DataFrame, list[Rejected], int, set[str], dict | None]:
     """Decode every instance into the cache (every copy of a duplicated one too), then keep one copy per SOP
-    Instance UID: the first *readable* one. Returns the rows kept, every rejection, how many were decoded now, and
-    the files left out as copies of a kept instance."""
+    Instance UID: the first *readable* one, and group what is kept into cases (:func:`_cases`). Returns the rows
+    kept, every rejection, how many were decoded now, the files left out as copies of a kept instance, and what
+    the card says about cases (``None`` for ``unit: image``)."""
+    labelled = rows
     private_dir(out)  # the cohort identifies no one by name, but it holds patients' images: owner-only
     cache = PreprocessCache(out / "cache", spec.preprocess)
     cache.remove_temporaries()
@@ -177,9 +181,10 @@ def _decode(
     for relpath, kept in unreadable.items():  # an unreadable copy of an instance that has a readable one
         reason = f"{failed[relpath].reason}; a readable copy of the same instance, file #{kept}, is kept"
         failed[relpath] = Rejected(relpath, "decode", reason)
-    decoded = int(rows["cache_key"].isin(decoded_keys).sum())
     copies = {d.relpath for d in duplicates} | set(unreadable)
-    return rows, [*rejected, *failed.values(), *duplicates], decoded, copies
+    rows, whole_cases, cases = _cases(rows, labelled, copies, spec, entries)
+    decoded = int(rows["cache_key"].isin(decoded_keys).sum())
+    return rows, [*rejected, *failed.values(), *duplicates, *whole_cases], decoded, copies, cases
 
 
 def _manifest(rows: pd.DataFrame, spec: CohortSpec, pseudo: Pseudonymizer) -> tuple[pd.DataFrame, list[str]]:
@@ -203,6 +208,55 @@ def _drop_excluded(rows: pd.DataFrame, rejected: list[Rejected]) -> tuple[pd.Dat
         for r, why in rows.loc[excluded, ["relpath", "csv_excluded"]].drop_duplicates("relpath").itertuples(index=False)
     ]
     return rows[~excluded].drop(columns="csv_excluded"), rejected
+
+
+def _raw_patient(rows: pd.DataFrame) -> pd.Series:
+    """Each row's patient identity before pseudonyms: the CSV's patient column, else PatientID, else the file."""
+    return pd.Series(
+        [
+            given(c) or given(p) or "file:" + r
+            for c, p, r in zip(rows["csv_patient"], rows["patient_id"], rows["relpath"])
+        ],
+        index=rows.index,
+    )
+
+
+def _cases(
+    rows: pd.DataFrame, labelled: pd.DataFrame, copies: set[str], spec: CohortSpec, entries: list[str]
+) -> tuple[pd.DataFrame, list[Rejected], dict | None]:
+    """Group the decoded instances into cases of ``spec.unit`` and order them. A case is kept whole or not at all:
+    one with an instance that could not be decoded (and has no readable copy), that cannot be ordered, or whose
+    instances disagree on the label is quarantined whole, each of its remaining files with the case's reason.
+
+    Runs after decoding and de-duplication, so a second copy of a slice is not mistaken for a doubled slice, and
+    an unreadable copy of a slice whose other copy is kept does not cost its case.
+    """
+    if spec.unit == "image":
+        return rows, [], None
+    number = {f: i for i, f in enumerate(entries)}
+    key_of = dict(zip(labelled["relpath"], case_keys(labelled, spec.unit, _raw_patient(labelled))))
+    culprit: dict[str, str] = {}  # case key -> its first file that could not be decoded
+    for lost in sorted(set(labelled["relpath"]) - set(rows["relpath"]) - copies, key=number.__getitem__):
+        culprit.setdefault(key_of[lost], lost)
+    broken = rows["relpath"].map(key_of).isin(culprit)
+    gone = rows[broken].drop_duplicates("relpath")
+    rejected = [
+        Rejected(
+            r,
+            "case",
+            f"{spec.unit} quarantined whole: file #{number[culprit[key_of[r]]]} of it could not be decoded (see its "
+            "row); a case is kept whole or not at all",
+        )
+        for r in gone["relpath"]
+    ]
+    assigned = assign_cases(rows[~broken], spec.unit, _raw_patient(rows[~broken]))
+    lost_rows = assigned.rejected_rows.drop_duplicates("relpath")
+    rejected += [
+        Rejected(r, "case", f"{spec.unit} quarantined whole: {why}")
+        for r, why in zip(lost_rows["relpath"], lost_rows["case_reason"])
+    ]
+    facts = {"notes": assigned.notes, "quarantined_cases": len(assigned.rejected) + len(culprit)}
+    return assigned.rows, rejected, facts
 
 
 def _check_study_values(rows: pd.DataFrame, spec: CohortSpec, pseudo: Pseudonymizer) -> None:
@@ -235,13 +289,9 @@ def _instances(indexed: list[IndexedFile], policy: str) -> pd.DataFrame:
 def _public_manifest(rows: pd.DataFrame, spec: CohortSpec, pseudo: Pseudonymizer) -> pd.DataFrame:
     """Identifiers become pseudonyms; everything else identifying is dropped here."""
 
-    def patient_of(r: pd.Series) -> str:
-        raw = given(r["csv_patient"]) or given(r["patient_id"])
-        return pseudo("patient", str(raw)) if raw else pseudo("patient", "file:" + r["relpath"])
-
     m = pd.DataFrame(index=rows.index)
     m["image_id"] = [pseudo("image", f"{given(r.sop_uid) or r.relpath}#{r.frame}") for r in rows.itertuples()]
-    m["patient_id"] = rows.apply(patient_of, axis=1)
+    m["patient_id"] = [pseudo("patient", p) for p in _raw_patient(rows)]
     m["study_id"] = [pseudo("study", given(s) or "file:" + p) for s, p in zip(rows["study_uid"], rows["relpath"])]
     m["series_id"] = [pseudo("series", given(s) or "file:" + p) for s, p in zip(rows["series_uid"], rows["relpath"])]
     m["relpath"] = rows["relpath"] if spec.record_paths else None
@@ -267,7 +317,24 @@ def _public_manifest(rows: pd.DataFrame, spec: CohortSpec, pseudo: Pseudonymizer
     m["channels"] = rows["channels"].astype("int64")
     m["content_sha256"] = rows["content_sha256"]
     m["cache_key"] = rows["cache_key"]
+    if spec.unit != "image":
+        m = _case_columns(m, rows, spec, pseudo)
     return m.reset_index(drop=True)
+
+
+def _case_columns(m: pd.DataFrame, rows: pd.DataFrame, spec: CohortSpec, pseudo: Pseudonymizer) -> pd.DataFrame:
+    """The case of each instance and its place in the case; subgroups become the case's (its first instance's),
+    so a case is one row of every table whatever its instances' headers say (a patient's age band over years)."""
+    m["case_id"] = [pseudo("case", f"{spec.unit}:{k}") for k in rows["case_key"]]
+    m["instance_index"] = rows["instance_index"].astype("int64")
+    m["slice_position"] = rows["slice_position"].astype("float64")
+    m["slice_spacing"] = rows["slice_spacing"].astype("float64")
+    m["case_ordering"] = rows["case_ordering"].astype(str)
+    subgroups = ["sex", "age_band", "site", *(spec.labels.subgroup_columns if spec.labels else {})]
+    first = m.sort_values(["case_id", "instance_index"]).groupby("case_id")[subgroups].first()
+    for column in subgroups:
+        m[column] = m["case_id"].map(first[column])
+    return m
 
 
 def _classes(manifest: pd.DataFrame, spec: CohortSpec) -> list[str]:
@@ -279,7 +346,30 @@ def _classes(manifest: pd.DataFrame, spec: CohortSpec) -> list[str]:
 
 
 def _order_columns(m: pd.DataFrame) -> pd.DataFrame:
-    return m[[*LEADING_COLUMNS, *[c for c in m.columns if c not in LEADING_COLUMNS]]]
+    first = [*LEADING_COLUMNS, *(c for c in CASE_COLUMNS if c in m.columns)]
+    return m[[*first, *[c for c in m.columns if c not in first]]]
+
+
+def _case_stats(m: pd.DataFrame, spec: CohortSpec, facts: dict) -> CaseStats:
+    """What the card says about cases: how many (per split, beside the instances), how they were ordered, what
+    was resampled, and how many were quarantined whole (their files are in quarantine.csv with the reason)."""
+    per_case = m.drop_duplicates("case_id")
+    sizes = m.groupby("case_id").size()
+    return CaseStats(
+        unit=spec.unit,
+        cases=int(len(per_case)),
+        instances=int(len(m)),
+        instances_per_case=CaseSizes(
+            min=int(sizes.min()) if len(sizes) else 0,
+            median=float(sizes.median()) if len(sizes) else 0.0,
+            max=int(sizes.max()) if len(sizes) else 0,
+        ),
+        by_split={str(k): int(v) for k, v in per_case["split"].value_counts().sort_index().items()},
+        by_label={str(k): int(v) for k, v in per_case["label"].fillna("(unlabelled)").value_counts().items()},
+        ordering={str(k): int(v) for k, v in per_case["case_ordering"].value_counts().sort_index().items()},
+        notes=facts.get("notes", {}),
+        quarantined_cases=int(facts.get("quarantined_cases", 0)),
+    )
 
 
 def _quarantine_frame(

@@ -26,6 +26,8 @@ __all__ = [
     "CARD_FILE",
     "MANIFEST_VERSION",
     "BuildStats",
+    "CaseSizes",
+    "CaseStats",
     "CohortCard",
     "LabelStats",
     "SplitCounts",
@@ -77,6 +79,32 @@ class BuildStats(_Part):
     from_cache: int
 
 
+class CaseSizes(_Part):
+    """Instances per case: smallest, median, largest."""
+
+    min: int
+    median: float
+    max: int
+
+
+class CaseStats(_Part):
+    """What a cohort of series, studies or patients holds as cases (absent for ``unit: image``): how many (per
+    split and label, beside the instances), how they were ordered, what was resampled, and how many were
+    quarantined whole (their files are in quarantine.csv with the reason)."""
+
+    unit: str
+    cases: int
+    instances: int
+    instances_per_case: CaseSizes
+    by_split: dict[str, int]
+    by_label: dict[str, int]
+    #: ``{ordering method: cases}`` (``position``, ``instance_number``, ...).
+    ordering: dict[str, int]
+    #: ``{note: cases}``: fallbacks and resampling a reader should know about.
+    notes: dict[str, int] = Field(default_factory=dict)
+    quarantined_cases: int = 0
+
+
 class CohortCard(Document):
     """``cohort.json``: written by the build (:func:`build_card`, staged with the manifest), read by
     :func:`medvision.cohort.cohort.open_cohort` and everything above it through :class:`~medvision.cohort.Cohort`.
@@ -111,6 +139,8 @@ class CohortCard(Document):
     pseudonym_key: str
     pseudonym_key_fingerprint: str | None = None
     build: BuildStats | None = None
+    #: Cases of a series-, study- or patient-level cohort; ``None`` when every image is its own case.
+    cases: CaseStats | None = None
     #: The spec the cohort was built from (JSON; paths withheld when ``record_paths`` is false).
     spec: dict[str, Any]
 
@@ -159,6 +189,11 @@ class CohortCard(Document):
         return frozenset(v for c in self.counts.values() for v in c.by_subgroup.get("site", {}))
 
     @property
+    def unit(self) -> str:
+        """What one case is: ``image`` (every image its own case), ``series``, ``study`` or ``patient``."""
+        return "image" if self.cases is None else self.cases.unit
+
+    @property
     def nonempty_splits(self) -> frozenset[str]:
         return frozenset(s for s, c in self.counts.items() if c.images)
 
@@ -186,6 +221,8 @@ def _print_header(card: CohortCard, console: Console) -> None:
         f"{card.quarantined} quarantined  (manifest v{card.manifest_version} "
         f"sha256 {card.manifest_sha256[:12]})"
     )
+    if card.cases is not None:
+        _print_cases(card.cases, console)
     outl, counts = card.outlier_conditions, card.class_counts
     named = [f"{c} ({counts[c]})" if c in counts else c for c in card.classes]
     console.print(
@@ -194,6 +231,20 @@ def _print_header(card: CohortCard, console: Console) -> None:
     if card.heldout_conditions or card.heldout_sites:
         held = f"conditions {card.heldout_conditions or '-'}; sites {card.heldout_sites or '-'}"
         console.print(escape(f"held out: {held}"))
+
+
+def _print_cases(cases: CaseStats, console: Console) -> None:
+    size = cases.instances_per_case
+    console.print(
+        f"cases: {cases.cases} {cases.unit} case(s) of {cases.instances} instances "
+        f"({size.min}-{size.max} per case, median {size.median:g}); per split "
+        + ", ".join(f"{k} {v}" for k, v in cases.by_split.items())
+        + f"; ordered by {', '.join(f'{k} ({v})' for k, v in cases.ordering.items())}; "
+        f"{cases.quarantined_cases} quarantined whole",
+        markup=False,
+    )
+    for note, n in cases.notes.items():
+        console.print(f"  {note} ({n} case(s))", markup=False)
 
 
 def _print_label_table(card: CohortCard, splits: list[str], console: Console) -> None:
@@ -258,6 +309,7 @@ def build_card(
     key_fingerprint: str | None = None,
     warnings: list[str] | None = None,
     build: BuildStats | None = None,
+    cases: CaseStats | None = None,
 ) -> CohortCard:
     """The card of a built manifest ``m`` and quarantine list ``q`` (the build's only writer of the card).
 
@@ -291,6 +343,7 @@ def build_card(
         pseudonym_key_fingerprint=key_fingerprint,
         warnings=list(warnings or []),
         build=build,
+        cases=cases,
         spec=_recorded_spec(spec),
     )
 

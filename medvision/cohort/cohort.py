@@ -31,7 +31,12 @@ LEADING_COLUMNS = (
     "label_idx",
 )
 
-__all__ = ["LEADING_COLUMNS", "Cohort", "CohortOpenError", "open_cohort"]
+#: The columns a cohort built with a ``unit`` other than ``image`` adds (one row per instance still): the
+#: pseudonymous case, the instance's place in the case's order, its position along the slice normal (mm), the
+#: case's slice spacing (mm) and how the case was ordered (:mod:`medvision.cohort.cases`).
+CASE_COLUMNS = ("case_id", "instance_index", "slice_position", "slice_spacing", "case_ordering")
+
+__all__ = ["CASE_COLUMNS", "LEADING_COLUMNS", "Cohort", "CohortOpenError", "open_cohort"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,8 @@ class Cohort:
     in_chans = property(lambda self: self.card.in_chans)
     manifest_sha256 = property(lambda self: self.card.manifest_sha256)
     subgroups = property(lambda self: list(self.card.subgroups))
+
+    unit = property(lambda self: self.card.unit, doc="What a case is: image, series, study or patient.")
 
     @property
     def label_columns(self) -> list[str]:

@@ -27,13 +27,17 @@ __all__ = [
 ]
 
 #: How each ``labels.join`` choice derives an image's key from its indexed row.
-JOIN_KEYS = ("sop_instance_uid", "relpath", "filename", "stem")
+JOIN_KEYS = ("sop_instance_uid", "relpath", "filename", "stem", "series_instance_uid", "study_instance_uid")
 
 
 def join_keys(rows: pd.DataFrame, join: str) -> pd.Series:
     """Each image's key under one ``join`` choice."""
     if join == "sop_instance_uid":
         return rows["sop_uid"]
+    if join == "series_instance_uid":
+        return rows["series_uid"]
+    if join == "study_instance_uid":
+        return rows["study_uid"]
     if join == "relpath":
         return rows["relpath"]
     if join == "filename":
@@ -109,7 +113,7 @@ def check_join(rows: pd.DataFrame, keys: pd.Index, spec: LabelsSpec) -> None:
     if join_keys(rows, spec.join).isin(wanted).any():
         return
     # ties go to the simplest key (a folder-less relpath equals the file name)
-    order = ("filename", "stem", "relpath", "sop_instance_uid")
+    order = ("filename", "stem", "relpath", "sop_instance_uid", "series_instance_uid", "study_instance_uid")
     matches = {j: int(join_keys(rows, j).isin(wanted).sum()) for j in order if j != spec.join}
     better = sorted((j for j in matches if matches[j]), key=lambda j: -matches[j])
     example = join_keys(rows, spec.join).dropna()

@@ -93,7 +93,7 @@ def key_fingerprint(key: bytes) -> str:
 class Pseudonymizer:
     """Maps identifiers to stable, unlinkable tokens: ``P-3f9a...`` for patients, ``I-...`` for images."""
 
-    PREFIX = {"patient": "P", "study": "S", "series": "R", "image": "I", "site": "H"}
+    PREFIX = {"patient": "P", "study": "S", "series": "R", "image": "I", "site": "H", "case": "C"}
 
     def __init__(self, key: bytes, length: int = 16) -> None:
         self._key = key

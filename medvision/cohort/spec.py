@@ -52,6 +52,7 @@ BUILTIN_COLUMNS = frozenset(
         "image_id", "patient_id", "study_id", "series_id", "relpath", "frame", "split", "label_fraction", "label",
         "label_idx", "kind", "sex", "age_band", "site", "modality", "view", "photometric", "transfer_syntax",
         "height", "width", "channels", "content_sha256", "cache_key", "given_split", "ood_score",
+        "case_id", "instance_index", "slice_position", "slice_spacing", "case_ordering",
     }
 )  # fmt: skip
 #: CSV column names that hold identifiers by their name: never copied into the manifest as a subgroup.
@@ -75,8 +76,12 @@ class LabelsSpec(_Strict):
 
     csv: Path
     #: What identifies an image in the CSV: the DICOM SOPInstanceUID, the path relative to the
-    #: images folder, the file name, or the file name without suffix (PAD-UFES-style ``img_id``).
-    join: Literal["sop_instance_uid", "relpath", "filename", "stem"] = "relpath"
+    #: images folder, the file name, or the file name without suffix (PAD-UFES-style ``img_id``); or, for labels
+    #: that belong to a whole series or study (a radiology report), its Series / Study Instance UID: the row's
+    #: values then go to every instance of it.
+    join: Literal["sop_instance_uid", "relpath", "filename", "stem", "series_instance_uid", "study_instance_uid"] = (
+        "relpath"
+    )
     key_column: str = Field(description="CSV column holding the join key")
     #: One column: multi-class labels (any values). Several columns: multi-label, each 0/1.
     label_columns: list[str] = Field(min_length=1)
@@ -340,6 +345,11 @@ class CohortSpec(_Strict):
     labels: LabelsSpec | None = None
     #: Multi-frame objects: the middle frame, the mean of all frames, or one instance per frame.
     frames: Literal["middle", "mean", "all"] = "middle"
+    #: What a case (the thing a label, a prediction and a metric belong to) is: one ``image`` (each instance), or
+    #: every instance of a DICOM ``series``, a ``study`` or a ``patient``, as one bag in a stable order (slices
+    #: along their normal, see :mod:`medvision.cohort.cases`). A case that cannot be ordered, or whose instances
+    #: disagree on the label, is quarantined whole; the manifest keeps one row per instance with its ``case_id``.
+    unit: Literal["image", "series", "study", "patient"] = "image"
     subgroups: SubgroupSpec = Field(default_factory=SubgroupSpec)
     splits: SplitSpec = Field(default_factory=SplitSpec)
     preprocess: PreprocessSpec = Field(default_factory=PreprocessSpec)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import lightning as L
 import numpy as np
@@ -39,6 +39,12 @@ def default_workers(cores: int | None = None) -> int:
     if cores is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(0, min(8, cores - 2))
+
+
+class ItemRows(Protocol):
+    """A dataset's manifest rows, one per item it yields (what class balancing counts)."""
+
+    rows: pd.DataFrame
 
 
 class CohortDataset(Dataset):
@@ -198,8 +204,9 @@ class CohortDataModule(CohortFacts, L.LightningDataModule):
         sampler = EpochSampler(len(ds), self.seed, self.balance_weights(ds), seeded=augment is not None)
         return self._loader(ds, sampler, drop_last=len(ds) > self.batch_size)
 
-    def balance_weights(self, ds: CohortDataset) -> np.ndarray | None:
-        """Per-row draw weights inverse to class frequency when ``balanced``, else ``None``."""
+    def balance_weights(self, ds: ItemRows) -> np.ndarray | None:
+        """Per-item draw weights inverse to class frequency when ``balanced``, else ``None`` (an item is an image, or
+        a case of a bag dataset)."""
         if not self.balanced or self.cohort.label_columns:
             return None
         counts = ds.rows["label_idx"].value_counts()

@@ -428,6 +428,13 @@ class SaliencyRecord(_Part):
     predicted_label: str
     confidence: float
     ood_score: float | None
+    #: Case cohorts (series, study, patient): the image shown is one of the case's top instances by the bag head's
+    #: pooling weight: its image id, rank (from 1), weight, place in the case's order (0-based) and the case's length.
+    instance_id: str | None = None
+    instance_rank: int | None = None
+    instance_weight: float | None = None
+    instance_position: int | None = None
+    n_instances: int | None = None
 
 
 class CodeVersion(_Part):
@@ -447,6 +454,9 @@ class CohortRef(_Part):
     classes: list[str]
     #: The built cohort's folder (its card is read by the report).
     dir: str
+    #: What one row of every table is: ``image``, or a ``series`` / ``study`` / ``patient`` case (then every
+    #: count called ``n_images`` counts cases, and the predictions have one row per case).
+    unit: str = "image"
 
 
 class Settings(_Part):

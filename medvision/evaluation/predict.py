@@ -17,16 +17,18 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from medvision.cohort.cohort import LEADING_COLUMNS, Cohort
+from medvision.cohort.cohort import CASE_COLUMNS, LEADING_COLUMNS, Cohort
 from medvision.data.dataset import CohortDataset
 from medvision.engine.features import FeatureCache
 
 __all__ = ["Predictions", "SUBGROUP_EXCLUDE", "predict_rows"]
 
-#: Manifest columns that are not subgroup attributes (ids, paths, image facts).
+#: Manifest columns that are not subgroup attributes (ids, paths, image facts, a case cohort's case columns).
 SUBGROUP_EXCLUDE = frozenset(
     {
         *LEADING_COLUMNS,
+        *CASE_COLUMNS,
+        "n_instances",
         "kind",
         "modality",
         "view",

@@ -34,6 +34,7 @@ from medvision.cohort.named_values import facts_from_card
 from medvision.data.dataset import CohortDataset
 from medvision.errors import InputError
 from medvision.evaluation.calibration import TemperatureScaler
+from medvision.evaluation.cases import predict_cases
 from medvision.evaluation.document import (
     METRICS_FILE,
     Calibration,
@@ -121,6 +122,8 @@ def evaluate_models(request: EvaluationRequest, folder: Path) -> dict[str, float
             "manifest_sha256": cohort.card.manifest_sha256,
             "classes": cohort.card.inlier_classes,
             "dir": str(Path(request.cohort_dir).resolve()),
+            # what one row of every table is: an image, or a series / study / patient case
+            "unit": cohort.unit,
         },
         settings={
             "sets": request.sets,
@@ -261,9 +264,11 @@ def _predict(
     heldout = set(cohort.card.heldout_conditions)
     lf = model.get("label_fraction") or 1.0
     train_rows = cohort.rows("train", label_fraction=lf if lf < 1 else None)
+    # a case cohort is scored per case (series, study, patient): one row per case, every metric from those rows
+    predict = predict_rows if cohort.unit == "image" else predict_cases
     preds = {
-        "train": predict_rows(classifier, cohort, train_rows),
-        "val": predict_rows(classifier, cohort, cohort.rows("val")),
+        "train": predict(classifier, cohort, train_rows),
+        "val": predict(classifier, cohort, cohort.rows("val")),
     }
     for s in request.sets:
         rows = cohort.rows(s, labelled=False)
@@ -271,7 +276,7 @@ def _predict(
             # a held-out patient's other images (inlier or training-outlier labels) are not unseen conditions
             rows = rows[rows["label"].isin(heldout)].reset_index(drop=True)
         if len(rows):
-            preds[s] = predict_rows(classifier, cohort, rows)
+            preds[s] = predict(classifier, cohort, rows)
     for s, p in preds.items():
         if s != "train":
             with atomic_path(folder / predictions_path(name, s)) as tmp:
@@ -568,27 +573,53 @@ def _saliency(primary, cohort, request: EvaluationRequest, folder: Path) -> list
     ]
     taken = {i for i, _ in cases}
     cases += [(int(i), "most-ood") for i in np.argsort(-ood, kind="stable") if int(i) not in taken][: request.saliency]
-    rows = cohort.manifest.set_index("image_id").loc[[both.frame["image_id"][i] for i, _ in cases]].reset_index()
+    shown = _shown_instances(both.frame, cases)
+    rows = cohort.manifest.set_index("image_id").loc[[image_id for _, _, image_id, _ in shown]].reset_index()
     ds = CohortDataset(cohort, rows)
     images = torch.stack([ds[j]["image"] for j in range(len(ds))])
-    targets = [int(y_pred[i]) for i, _ in cases]
+    targets = [int(y_pred[i]) for i, _, _, _ in shown]
     ig = saliency_maps(classifier, images, targets, method="integrated_gradients")
     cam = saliency_maps(classifier, images, targets, method="gradcam")
     records = []
-    for j, (i, category) in enumerate(cases):
+    for j, (i, category, image_id, instance) in enumerate(shown):
         file = f"saliency/case-{j:02d}.npz"
         with atomic_path(folder / file) as tmp:
             np.savez_compressed(tmp, image=images[j].numpy(), integrated_gradients=ig[j], gradcam=cam[j])
         label = both.frame["label"][i]
         records.append(
             SaliencyRecord(
-                case_id=both.frame["image_id"][i],
+                case_id=both.frame["case_id"][i] if "case_id" in both.frame else image_id,
                 category=category,
                 file=file,
                 true_label=None if pd.isna(label) else str(label),
                 predicted_label=entry.classes[int(y_pred[i])],
                 confidence=float(conf[i]),
                 ood_score=None if both.ood_score is None else float(both.ood_score[i]),
+                **instance,
             )
         )
     return records
+
+
+#: Instances shown per case of a case cohort: its top ones by the bag head's pooling weight.
+_INSTANCES_PER_CASE = 2
+
+
+def _shown_instances(frame: pd.DataFrame, cases: list[tuple[int, str]]) -> list[tuple[int, str, str, dict]]:
+    """``(row, category, image id, instance facts)`` of every image the gallery shows: the row's image, or for a case
+    cohort the case's top instances (their rank, pooling weight and place in the case's order)."""
+    if "case_id" not in frame:
+        return [(i, category, str(frame["image_id"][i]), {}) for i, category in cases]
+    shown = []
+    for i, category in cases:
+        top = zip(frame["top_instances"][i], frame["top_weights"][i], frame["top_positions"][i])
+        for rank, (image_id, weight, position) in enumerate(list(top)[:_INSTANCES_PER_CASE]):
+            facts = {
+                "instance_id": str(image_id),
+                "instance_rank": rank + 1,
+                "instance_weight": float(weight),
+                "instance_position": int(position),
+                "n_instances": int(frame["n_instances"][i]),
+            }
+            shown.append((i, category, str(image_id), facts))
+    return shown

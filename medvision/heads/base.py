@@ -7,8 +7,8 @@ touching them. Settings are a pydantic model per head with ``extra="forbid"``: a
 pipeline YAML fails when the head is built, naming the option, rather than being ignored.
 
 A head also declares what the code around it must not guess from its name: the options the cohort decides
-(:meth:`Head.options_for_cohort`, e.g. HOD's number of abstention classes) and the name its built-in OOD score
-is reported under (:attr:`Head.ood_score_name`).
+(:meth:`Head.options_for_cohort`, e.g. HOD's number of abstention classes), the name its built-in OOD score
+is reported under (:attr:`Head.ood_score_name`) and whether it reads bags of instances (:attr:`Head.takes_bags`).
 """
 
 from __future__ import annotations
@@ -88,6 +88,9 @@ class Head(nn.Module):
     cohort_options: ClassVar[frozenset[str]] = frozenset()
     #: The detector name ``HeadOutput.ood_score`` is reported under in OOD tables; ``None``: no built-in score.
     ood_score_name: ClassVar[str | None] = None
+    #: Whether the head reads bags of instance embeddings ``(B, N, D)`` with a mask (a series-, study- or
+    #: patient-level case): a cohort whose unit is not ``image`` needs such a head.
+    takes_bags: ClassVar[bool] = False
 
     @classmethod
     def options_for_cohort(cls, options: Mapping[str, Any], cohort: CohortShape) -> dict[str, Any]:

@@ -106,6 +106,11 @@ class DicomHeader:
     samples_per_pixel: int | None
     bits_stored: int | None
     has_pixel_data: bool
+    position: tuple[float, float, float] | None = None
+    orientation: tuple[float, float, float, float, float, float] | None = None
+    instance_number: int | None = None
+    slice_thickness: float | None = None
+    slice_spacing: float | None = None
 
     def public(self) -> dict[str, object]:
         """The non-identifying fields, safe to log, cache or write into a report."""
@@ -122,10 +127,16 @@ _TEXT_FIELDS = {
 }  # fmt: skip
 _INT_FIELDS = {
     "rows": "Rows", "columns": "Columns", "samples_per_pixel": "SamplesPerPixel", "bits_stored": "BitsStored",
+    "instance_number": "InstanceNumber",
+}  # fmt: skip
+#: DicomHeader field -> (keyword, number of values) of the slice geometry, read as floats.
+_FLOAT_FIELDS = {
+    "position": ("ImagePositionPatient", 3), "orientation": ("ImageOrientationPatient", 6),
+    "slice_thickness": ("SliceThickness", 1), "slice_spacing": ("SpacingBetweenSlices", 1),
 }  # fmt: skip
 _HEADER_TAGS = [
     "SpecificCharacterSet", "PatientAge", "StudyDate", "NumberOfFrames", "SOPClassUID",
-    *_TEXT_FIELDS.values(), *_INT_FIELDS.values(),
+    *_TEXT_FIELDS.values(), *_INT_FIELDS.values(), *(k for k, _ in _FLOAT_FIELDS.values()),
 ]  # fmt: skip
 
 
@@ -160,6 +171,7 @@ def read_dicom_header(path: str | Path) -> DicomHeader:
     # Any-valued: mypy checks a ``**dict`` against every field; the two tables name str and int fields respectively.
     tagged: dict[str, Any] = {name: _text(ds, keyword) for name, keyword in _TEXT_FIELDS.items()}
     tagged.update({name: _int(ds, keyword) for name, keyword in _INT_FIELDS.items()})
+    tagged.update({name: _floats(ds, keyword, n) for name, (keyword, n) in _FLOAT_FIELDS.items()})
     return DicomHeader(
         **tagged,
         age=_age_years(ds),
@@ -274,6 +286,8 @@ class DicomReader:
             accession_number=h.accession_number, study_uid=h.study_uid, series_uid=h.series_uid,
             sop_uid=h.sop_uid, modality=h.modality, sex=h.sex, age=h.age, manufacturer=h.manufacturer,
             institution=h.institution, view=h.view, photometric=h.photometric, transfer_syntax=h.transfer_syntax,
+            position=h.position, orientation=h.orientation, instance_number=h.instance_number,
+            slice_thickness=h.slice_thickness, slice_spacing=h.slice_spacing,
         )  # fmt: skip
 
     def read(self, path: Path, frame: Frame = "middle") -> LoadedImage:
@@ -439,6 +453,21 @@ def _int(ds: Dataset, keyword: str) -> int | None:
         return None if value in (None, "") else int(value)
     except (TypeError, ValueError):
         return None
+
+
+def _floats(ds: Dataset, keyword: str, n: int) -> Any:
+    """``n`` finite numbers (a tuple, or one float when ``n == 1``); ``None`` when absent, short or not numeric."""
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    items = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+    try:
+        numbers = tuple(float(v) for v in items)
+    except (TypeError, ValueError):
+        return None
+    if len(numbers) != n or not all(np.isfinite(numbers)):
+        return None
+    return numbers[0] if n == 1 else numbers
 
 
 _AGE = re.compile(r"(\d{1,3})\s*([DWMY])")

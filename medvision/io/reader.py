@@ -89,6 +89,15 @@ class ImageHeader:
     view: str | None = None
     photometric: str | None = None
     transfer_syntax: str | None = None
+    #: Where the slice lies (cross-sectional DICOM; ``None`` elsewhere or when the header lacks or garbles them):
+    #: ImagePositionPatient (mm, the first pixel's centre), ImageOrientationPatient (row and column direction
+    #: cosines), InstanceNumber, SliceThickness and SpacingBetweenSlices (mm). Series-level cases order their
+    #: slices from these (:mod:`medvision.cohort.cases`); none of them identifies a patient.
+    position: tuple[float, float, float] | None = None
+    orientation: tuple[float, float, float, float, float, float] | None = None
+    instance_number: int | None = None
+    slice_thickness: float | None = None
+    slice_spacing: float | None = None
 
 
 class Reader(Protocol):

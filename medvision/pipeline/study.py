@@ -3,7 +3,8 @@
 ``load_pipeline`` validates each stage's own keys; this module walks the stages in order and asks each kind
 (:meth:`~medvision.pipeline.kinds.StageKind.check`) to check its stage against what the earlier ones found: a
 cohort stage assembles and validates the spec it will build and reads its labels CSV when it can; a fine-tune
-checks its label fractions against its cohort's; an evaluate stage checks the classes, conditions and subgroup
+checks its label fractions against its cohort's, and its head against the cohort's unit (a series-level
+cohort needs a head that reads bags); an evaluate stage checks the classes, conditions and subgroup
 attributes it names against the cohort's. What one kind learns for the next travels in :class:`Study`.
 """
 
@@ -31,6 +32,8 @@ class Study:
         cohort_of: stage id → the cohort stage it works on (a cohort stage names itself).
         facts: cohort stage → its classes, conditions and attributes, when its labels CSV is readable now.
         fractions: cohort stage → the label fractions it declares, when known now.
+        units: cohort stage → what one case of it is (``image``, ``series``, ``study``, ``patient``), when known
+            now; a fine-tune on a case cohort needs a head that reads bags.
     """
 
     spec: PipelineSpec
@@ -38,6 +41,7 @@ class Study:
     cohort_of: dict[str, str] = field(default_factory=dict)
     facts: dict[str, CohortFacts | None] = field(default_factory=dict)
     fractions: dict[str, list[float]] = field(default_factory=dict)
+    units: dict[str, str] = field(default_factory=dict)
 
 
 def check_study(spec: PipelineSpec, source: str) -> list[str]:

@@ -377,6 +377,10 @@ def _saliency(ev: Evaluation) -> SaliencySection | None:
                 image=(image * 255).round().astype(np.uint8),
                 integrated_gradients=arrays["integrated_gradients"],
                 gradcam=arrays["gradcam"],
+                instance_rank=rec.instance_rank,
+                instance_weight=rec.instance_weight,
+                instance_position=rec.instance_position,
+                n_instances=rec.n_instances,
             )
         )
     return SaliencySection(cases=cases) if cases else None

@@ -429,6 +429,12 @@ class SaliencyCase(_Model):
     image: Any
     integrated_gradients: Any = None
     gradcam: Any = None
+    #: Case cohorts (series, study, patient): the shown instance is one of the case's top instances by the bag
+    #: head's pooling weight: its rank, weight, place in the case's order (0-based) and the case's length.
+    instance_rank: int | None = None
+    instance_weight: float | None = None
+    instance_position: int | None = None
+    n_instances: int | None = None
 
     @field_validator("category")
     @classmethod

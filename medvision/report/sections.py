@@ -448,6 +448,12 @@ def _saliency(ctx: ReportContext) -> list[dict]:
                         }
                     )
             facts = [f"true: {_text(c.true_label)}", f"predicted: {c.predicted_label}"]
+            if c.instance_rank is not None:  # a case cohort: one of the case's top instances
+                facts.insert(
+                    0,
+                    f"top instance {c.instance_rank}: #{(c.instance_position or 0) + 1} of {c.n_instances} in the "
+                    f"case's order, pooling weight {c.instance_weight or 0:.2f}",
+                )
             if c.confidence is not None:
                 facts.append(f"confidence {c.confidence:.2f}")
             if c.ood_score is not None:
@@ -455,10 +461,17 @@ def _saliency(ctx: ReportContext) -> list[dict]:
             cases.append({"id": c.case_id, "panels": panels, "facts": "; ".join(facts)})
         if cases:
             groups.append({"title": _CATEGORY_TITLES[cat], "cases": cases})
+    bags = any(c.instance_rank is not None for c in s.cases)
     return [
         _para(
             "Brighter overlay = the pixels that moved the prediction most. Attributions show where the model "
             "looked, not why; use them to spot shortcuts (markers, rulers, text), not to justify a diagnosis."
+            + (
+                " Each case is a bag of instances (slices, views): shown are the instances its pooling weighed most "
+                "(attention weights for an attention head), each attributed as if it were the case alone."
+                if bags
+                else ""
+            )
         ),
         {"kind": "gallery", "groups": groups},
     ]

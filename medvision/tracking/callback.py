@@ -150,7 +150,8 @@ class MLflowTracking(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self._input_shape is None and isinstance(batch, Mapping) and "image" in batch:
-            self._input_shape = tuple(int(s) for s in batch["image"].shape[1:])
+            first = 2 if "mask" in batch else 1  # a batch of bags, (B, N, C, H, W): one instance's shape
+            self._input_shape = tuple(int(s) for s in batch["image"].shape[first:])
         elif self._input_shape is None and isinstance(batch, Mapping) and "input_shape" in batch:
             self._input_shape = tuple(int(s) for s in batch["input_shape"][0])  # frozen-feature batches
 

@@ -59,6 +59,11 @@ class DataConfig(StrictModel):
             raise ValueError("must be 0 or more (or 'auto')")
         return v
 
+    #: Case cohorts (``unit: series | study | patient``): at most this many instances of a bag per training step,
+    #: drawn without replacement from the step's seed (reproducible, resumable) and kept in the case's order;
+    #: it bounds a fine-tuning step's memory. Evaluation reads every instance. ``null``: never capped.
+    max_instances: int | None = Field(32, ge=1)
+
     #: With a frozen backbone (``mode: linear`` / ``locked``) and no augmentation, embed each image once and
     #: train the head on features cached beside the cohort cache (see :mod:`medvision.engine.features`).
     feature_cache: bool = True

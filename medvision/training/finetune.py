@@ -33,7 +33,9 @@ from medvision._atomic import atomic_write_text
 from medvision.classifier import Classifier
 from medvision.cohort.recipe import PreprocessRecipe
 from medvision.config import flatten, to_yaml
+from medvision.data.bags import BagDataModule
 from medvision.data.dataset import CohortDataModule
+from medvision.engine.bags import BagFeatureDataModule
 from medvision.engine.budget import TimeBudget
 from medvision.engine.config import resolve_tracking_uri
 from medvision.engine.features import FeatureDataModule
@@ -178,7 +180,9 @@ def finetune(
     module = FinetuneModule(classifier, optim, freeze_batchnorm=frozen_stats)
     data: L.LightningDataModule = datamodule
     if isinstance(datamodule, CohortDataModule) and _takes_feature_path(resolved, datamodule):
-        data = FeatureDataModule(datamodule, classifier.backbone)  # answers the same cohort facts
+        # both answer the same cohort facts; bags of cached instance features for case cohorts
+        features = BagFeatureDataModule if isinstance(datamodule, BagDataModule) else FeatureDataModule
+        data = features(datamodule, classifier.backbone)
 
     sha = str(datamodule.manifest_sha256)
     params = {**_params(resolved, datamodule, data, classifier), **_recipe_params(optim, probe_facts)}
@@ -202,17 +206,31 @@ def finetune(
 
 
 def _cohort_datamodule(config: FinetuneConfig) -> CohortDataModule:
-    """The default data: the cohort of ``config.data``, batched, sampled and augmented as configured."""
+    """The data module of ``config.data``: images, or bags of a case cohort's instances (``unit`` other than
+    ``image``), which need a head that reads bags.
+
+    Raises:
+        InputError: a case cohort with a head that reads single embeddings, naming the head to use.
+    """
     d = config.data
-    return CohortDataModule(
-        d.cohort_dir,
-        batch_size=d.batch_size,
-        label_fraction=d.label_fraction,
-        num_workers=d.num_workers,
-        balanced=d.balanced,
-        seed=config.seed,
-        augment=config.augment,
-    )
+    kwargs = {
+        "batch_size": d.batch_size,
+        "label_fraction": d.label_fraction,
+        "num_workers": d.num_workers,
+        "balanced": d.balanced,
+        "seed": config.seed,
+        "augment": config.augment,
+    }
+    images = CohortDataModule(d.cohort_dir, **kwargs)  # type: ignore[arg-type]
+    if images.cohort.unit == "image":
+        return images
+    if not get_head_class(config.head.name).takes_bags:
+        raise InputError(
+            f"cohort {d.cohort_dir} is a {images.cohort.unit}-level cohort (unit: {images.cohort.unit}): its labels "
+            f"belong to whole cases, but head {config.head.name!r} reads one image at a time. Use head: {{name: mil}} "
+            "(pooling: gated_attention, attention, mean, max or middle), or rebuild the cohort with unit: image"
+        )
+    return BagDataModule(d.cohort_dir, max_instances=d.max_instances, **kwargs)
 
 
 def _params(
@@ -228,7 +246,7 @@ def _params(
         "backbone.sha256": record.sha256,
         "backbone.licence": record.licence,
         "augment.resolved_preset": getattr(data, "augment_preset", "none"),
-        "data.feature_path": isinstance(data, FeatureDataModule),
+        "data.feature_path": isinstance(data, FeatureDataModule | BagFeatureDataModule),
     }
 
 

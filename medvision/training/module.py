@@ -66,10 +66,12 @@ class FinetuneModule(L.LightningModule):
         return self.classifier(x)
 
     def _outputs(self, batch: dict):
-        """Images through the whole network, or (frozen-feature batches) cached features through the head."""
+        """Images through the whole network, or (frozen-feature batches) cached features through the head; bag
+        batches (case cohorts) carry the ``mask`` of their real instances."""
+        mask = batch.get("mask")
         if "features" in batch:
-            return self.classifier.from_features(batch["features"])
-        return self.classifier(batch["image"])
+            return self.classifier.from_features(batch["features"], mask)
+        return self.classifier(batch["image"], mask)
 
     def _trainable_rows(self, y: Tensor) -> Tensor:
         """Rows whose label the head has a logit for (multi-label rows always count)."""

@@ -38,7 +38,7 @@ from medvision.pipeline.kinds import (
 )
 from medvision.pipeline.study import Study
 from medvision.sources.medmnist import import_medmnist
-from medvision.sources.synth import synthesize
+from medvision.sources.synth import UNITS, synthesize
 
 __all__ = ["CohortKind", "CohortStage", "FolderSource", "MedMNISTSource", "SynthSource", "merge_spec"]
 
@@ -46,10 +46,12 @@ __all__ = ["CohortKind", "CohortStage", "FolderSource", "MedMNISTSource", "Synth
 class SynthSource(StrictModel):
     """A synthetic cohort written by :func:`medvision.sources.synth.synthesize` (the demo's data)."""
 
-    kind: Literal["derm", "cxr"] = "derm"
+    kind: Literal["derm", "cxr", "ct-series"] = "derm"
     patients: int = Field(120, ge=10)
     seed: int = 0
     size: int = Field(64, ge=16)
+    #: ``ct-series`` only: the typical number of slices per series (``None``: the generator's default, 40).
+    slices: int | None = Field(None, ge=8, le=1000)
 
 
 class MedMNISTSource(StrictModel):
@@ -165,6 +167,9 @@ class CohortKind(StageKind[CohortStage]):
         stages that read it."""
         study.cohort_of[stage_id] = stage_id
         where = f"{study.source}: stages.{stage_id}"
+        unit = _known_unit(stage)
+        if unit is not None:
+            study.units[stage_id] = unit
         try:
             data = declared_spec(stage_id, stage, study.source)
         except OSError as e:  # data not (yet) on this machine: the build will say so
@@ -184,8 +189,17 @@ class CohortKind(StageKind[CohortStage]):
                 explain_validation_error(err, CohortSpec, f"{where} (cohort spec with overrides)")
             ) from None
         study.fractions[stage_id] = list(cohort.splits.label_fractions)
+        study.units[stage_id] = cohort.unit  # the spec's unit, overrides merged
         study.facts[stage_id], notes = _check_values(stage_id, cohort, where)
         return notes
+
+
+def _known_unit(stage: CohortStage) -> str | None:
+    """What a case of this stage's cohort will be when known without reading its spec: the overrides' ``unit``,
+    or the synthetic kind's (``ct-series`` writes a series-level spec)."""
+    if "unit" in stage.overrides:
+        return str(stage.overrides["unit"])
+    return UNITS[stage.synth.kind] if stage.synth is not None else None
 
 
 def declared_spec(stage_id: str, stage: CohortStage, source: str) -> dict[str, Any] | None:
@@ -276,7 +290,7 @@ def _source_spec(ctx: StageContext[CohortStage]) -> dict[str, Any]:
     if stage.spec is not None:
         data = load_spec(stage.spec).model_dump(mode="json")
     elif stage.synth is not None:
-        params = stage.synth.model_dump()
+        params = stage.synth.model_dump(exclude_none=True)  # derm/cxr stamps as before slices existed
         _write_once(source / "synth.json", params, lambda: synthesize(source, **params))
         data = load_spec(source / "cohort.yaml").model_dump(mode="json")
     elif stage.medmnist is not None:

@@ -31,6 +31,7 @@ from pydantic import Field, PrivateAttr, ValidationError, field_validator
 
 from medvision.config import ConfigError, apply_overrides, explain_validation_error
 from medvision.engine.identity import RunIdentity
+from medvision.heads import get_head_class
 from medvision.models import UnknownBackboneError, get_backbone_spec
 from medvision.pipeline.executors import stage_lock
 from medvision.pipeline.kinds import Identity, Rows, StageContext, StageKind, StageOutput, StageSpec
@@ -301,18 +302,25 @@ class FinetuneKind(TrainingKind[FinetuneStage]):
 
     def check(self, stage_id: str, stage: FinetuneStage, study: Study) -> list[str]:
         """A fine-tune may only ask for a label fraction its cohort declared: the nested subsets are drawn at build
-        time, and a sweep that asks for another one would train its first members and then fail."""
+        time, and a sweep that asks for another one would train its first members and then fail. A case cohort's
+        labels belong to whole cases (a series, a study, a patient): every member's head must read bags."""
         study.cohort_of[stage_id] = stage.cohort
         declared = study.fractions.get(stage.cohort)
-        if declared is None:
-            return []
+        unit = study.units.get(stage.cohort, "image")
         for member in self.members(study.spec.stages, stage_id, study.source):
             f = getattr(member.config.data, "label_fraction", 1.0)
-            if f < 1.0 and not any(abs(f - d) < 1e-9 for d in declared):
+            if declared is not None and f < 1.0 and not any(abs(f - d) < 1e-9 for d in declared):
                 raise ConfigError(
                     f"{study.source}: stages.{stage_id}: data.label_fraction {f} is not a label fraction of cohort "
                     f"{stage.cohort!r} ({', '.join(map(str, declared))}); add it to that cohort's "
                     "splits.label_fractions (the nested subsets are drawn when it is built) or use one of those"
+                )
+            head = member.config.head.name
+            if unit != "image" and not get_head_class(head).takes_bags:
+                raise ConfigError(
+                    f"{study.source}: stages.{stage_id}: cohort {stage.cohort!r} is {unit}-level (unit: {unit}), but "
+                    f"head {head!r} reads one image at a time; use head: {{name: mil, options: {{pooling: "
+                    "gated_attention}} (or attention, mean, max, middle)"
                 )
         return []
 

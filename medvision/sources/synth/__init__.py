@@ -1,4 +1,5 @@
-"""Synthetic DICOM cohorts: chest X-rays (``cxr``) and dermatology photographs (``derm``).
+"""Synthetic DICOM cohorts: chest X-rays (``cxr``), dermatology photographs (``derm``) and chest CT series
+(``ct-series``, see :mod:`medvision.sources.synth.ct`).
 
 Every later stage (indexing, pseudonyms, splits, SSL, OOD screening, subgroup audits) needs data with
 the awkward properties of a real archive, and tests may not touch real patients or the network. So a
@@ -33,29 +34,33 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from medvision.sources.synth.ct import DEFECTS, plan_defects, write_series
 from medvision.sources.synth.dicom import seeded_uids, write_cxr, write_derm
 from medvision.sources.synth.pixels import draw_view
-from medvision.sources.synth.plan import CLASSES, HELDOUT_SITE, N_RARE, SITES, Kind, plan_patients
+from medvision.sources.synth.plan import CLASSES, HELDOUT_SITE, N_RARE, SITES, UNITS, Kind, plan_patients
 
-__all__ = ["CLASSES", "Kind", "synthesize"]
+__all__ = ["CLASSES", "DEFECTS", "UNITS", "Kind", "synthesize"]
 
 _MULTIFRAME_SHARE = 0.03  # cxr images stored as a 3-frame object
 
 
-def synthesize(out: Path, kind: Kind, patients: int, seed: int, size: int = 64) -> Path:
+def synthesize(out: Path, kind: Kind, patients: int, seed: int, size: int = 64, slices: int = 40) -> Path:
     """Write a synthetic cohort source folder and return the path of its ``cohort.yaml``.
 
     Layout: ``images/<site>/s<patient>/i<image>.dcm`` (and ``images/<site>/photos/i<image>.jpg|png`` for
     derm), ``labels.csv``, ``cohort.yaml`` (relative paths; loads with
     :func:`medvision.cohort.spec.load_spec`) and ``phi_planted.json``. Names are opaque counters, never PHI.
+    ``ct-series`` also writes ``slices_truth.csv`` (each file's true slice index, finding and series defect).
 
     Args:
         out: a folder that does not exist yet or is empty.
-        kind: ``"cxr"`` (DX/CR grayscale, CSV joined on SOPInstanceUID) or ``"derm"`` (VL Photographic
-            RGB plus photos, CSV joined on the file stem, with patient/site/sex/age/skin-type columns).
-        patients: number of patients; about 1.6 images each (35 % have 2-4 images).
+        kind: ``"cxr"`` (DX/CR grayscale, CSV joined on SOPInstanceUID), ``"derm"`` (VL Photographic
+            RGB plus photos, CSV joined on the file stem, with patient/site/sex/age/skin-type columns) or
+            ``"ct-series"`` (one CT series per patient, labelled per series: ``unit: series``).
+        patients: number of patients; about 1.6 images each (35 % have 2-4 images); one series each for CT.
         seed: everything written is a function of it.
         size: image width and height in pixels.
+        slices: ``ct-series`` only: the typical number of slices per series (each series draws +-15 %).
 
     Returns:
         The path of the written ``cohort.yaml``.
@@ -74,9 +79,13 @@ def synthesize(out: Path, kind: Kind, patients: int, seed: int, size: int = 64) 
         raise ValueError(f"patients must be at least 1, got {patients}")
     if not 16 <= size <= 1024:
         raise ValueError(f"size must lie in 16..1024 pixels, got {size}")
+    if not 8 <= slices <= 1000:
+        raise ValueError(f"slices must lie in 8..1000, got {slices}")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty; remove it or choose a new folder for the synthetic cohort")
+    if kind == "ct-series":
+        return _synthesize_ct(out, patients, seed, size, slices)
     sites = SITES[kind]
     plan = plan_patients(kind, patients, seed)
     rows: list[dict[str, object]] = []
@@ -134,6 +143,61 @@ def synthesize(out: Path, kind: Kind, patients: int, seed: int, size: int = 64) 
     spec = out / "cohort.yaml"
     spec.write_text(_spec_text(kind, patients, seed, size, labels_present, sites_present))
     return spec
+
+
+def _synthesize_ct(out: Path, patients: int, seed: int, size: int, slices: int) -> Path:
+    """One CT series per patient, labelled per series (``labels.csv`` keyed by Series Instance UID)."""
+    sites = SITES["ct-series"]
+    plan = plan_patients("ct-series", patients, seed)
+    defects = plan_defects(plan, seed)
+    phi: dict[str, set[str]] = {
+        k: set() for k in ("patient_names", "patient_ids", "birth_dates", "accession_numbers", "referring_physicians")
+    }
+    rows: list[dict[str, object]] = []
+    (out / "images").mkdir(parents=True)
+    with (out / "slices_truth.csv").open("w", newline="") as fh:
+        truth = csv.DictWriter(fh, ["relpath", "slice_index", "finding", "defect"], lineterminator="\n")
+        truth.writeheader()
+        for p in plan:
+            site = sites[p.site]
+            folder = out / "images" / site.folder / f"s{p.index:04d}"
+            folder.mkdir(parents=True)
+            series_uid, _ = write_series(
+                folder, p, site, defects.get(p.index), slices, size, seed, phi, truth, out / "images"
+            )
+            rows.append({"series_instance_uid": series_uid, "label": p.label, "_site": site.institution})
+    _write_csv(out / "labels.csv", [{k: v for k, v in r.items() if k != "_site"} for r in rows])
+    (out / "phi_planted.json").write_text(
+        json.dumps({k: sorted(v) for k, v in phi.items()}, indent=1, sort_keys=True) + "\n"
+    )
+    heldout = sites[HELDOUT_SITE].institution
+    spec = {
+        "name": "synth-ct-series",
+        "images": "images",
+        "unit": UNITS["ct-series"],
+        "labels": {
+            "csv": "labels.csv",
+            "join": "series_instance_uid",
+            "key_column": "series_instance_uid",
+            "label_columns": ["label"],
+        },
+        "subgroups": {"site_from": "institution", "age_bands": [18, 40, 60, 80]},
+        "splits": {
+            "seed": seed,
+            "heldout_sites": [heldout] if any(r["_site"] == heldout for r in rows) else [],
+            "label_fractions": [0.25, 1.0],
+        },
+        "preprocess": {"size": size, "channels": 1},
+    }
+    header = (
+        f"# Synthetic chest CT series: medvision.sources.synth.synthesize(kind='ct-series', patients={patients}, "
+        f"seed={seed}, size={size}, slices={slices}).\n# One series per patient, labelled per series; a few series "
+        f"are deliberately defective ({', '.join(DEFECTS)}; see slices_truth.csv).\n# No real patient: every "
+        "name, ID and date is fake and listed in phi_planted.json (keep that file out of any build output).\n"
+    )
+    path = out / "cohort.yaml"
+    path.write_text(header + yaml.safe_dump(spec, sort_keys=False))
+    return path
 
 
 def _write_csv(path: Path, rows: list[dict[str, object]]) -> None:

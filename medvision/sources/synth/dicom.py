@@ -15,13 +15,14 @@ from pydicom.uid import PYDICOM_ROOT_UID, UID, RLELossless
 
 from medvision.sources.synth.plan import Patient, Site
 
-__all__ = ["seeded_uids", "write_cxr", "write_derm"]
+__all__ = ["seeded_uids", "write_ct_slice", "write_cxr", "write_derm"]
 
 _SOP = {
     "CR": "1.2.840.10008.5.1.4.1.1.1",
     "DX": "1.2.840.10008.5.1.4.1.1.1.1",
     "MF": "1.2.840.10008.5.1.4.1.1.7.3",
     "XC": "1.2.840.10008.5.1.4.1.1.77.1.4",
+    "CT": "1.2.840.10008.5.1.4.1.1.2",
 }
 
 
@@ -130,3 +131,50 @@ def write_derm(
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
     ds.ContentQualification = "PRODUCT"
     _save(ds, path, rgb, "RGB", 8, rng.random() < site.rle)
+
+
+def write_ct_slice(
+    path: Path,
+    hu: np.ndarray,
+    p: Patient,
+    site: Site,
+    uids: tuple[str, str, str],
+    k: int,
+    instance_number: int,
+    geometry: tuple[np.ndarray, np.ndarray] | None,
+    spacing: tuple[float, float],
+    window: tuple[float, float],
+    rng: np.random.Generator,
+    phi: dict[str, set[str]],
+) -> None:
+    """One CT Image Storage slice: Hounsfield units stored through the site's Rescale Slope/Intercept (signed
+    16-bit when the intercept is 0, else unsigned 12-bit), with the slice geometry when ``geometry`` (position,
+    orientation) is given; without it the slice carries InstanceNumber alone, as a badly exported series does."""
+    study, series, _ = uids
+    sop = f"{series}.{k + 1}"
+    ds = _dataset(p, site, _SOP["CT"], "CT", 0, (study, series, sop), phi)
+    ds.InstanceNumber = instance_number
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.BodyPartExamined = "CHEST"
+    ds.PatientPosition = "FFS" if site.feet_first else "HFS"
+    ds.FrameOfReferenceUID = f"{series}.0"
+    ds.KVP, ds.ConvolutionKernel = ("120", "STANDARD") if site.gain >= 1 else ("100", "B30f")
+    pixel, between = spacing
+    ds.PixelSpacing = [f"{pixel:.4f}", f"{pixel:.4f}"]
+    ds.SliceThickness, ds.SpacingBetweenSlices = f"{between:g}", f"{between:g}"
+    if site.tilt:
+        ds.GantryDetectorTilt = f"{site.tilt:g}"
+    if geometry is not None:
+        position, orientation = geometry
+        ds.ImagePositionPatient = [f"{v:.3f}" for v in position]
+        ds.ImageOrientationPatient = [f"{v:.6f}" for v in orientation]
+        ds.SliceLocation = f"{position[2]:.3f}"
+    slope, intercept = site.rescale
+    stored = np.round((hu - intercept) / slope)
+    if intercept == 0:  # signed storage: HU as they are
+        arr, bits = np.clip(stored, -32768, 32767).astype(np.int16), 16
+    else:
+        arr, bits = np.clip(stored, 0, 4095).astype(np.uint16), 12
+    ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = f"{slope:g}", f"{intercept:g}", "HU"
+    ds.WindowCenter, ds.WindowWidth = f"{window[0]:g}", f"{window[1]:g}"
+    _save(ds, path, arr, "MONOCHROME2", bits, rng.random() < site.rle)

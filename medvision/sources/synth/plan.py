@@ -12,17 +12,22 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["CLASSES", "HELDOUT_SITE", "N_RARE", "SITES", "Kind", "Patient", "Site", "plan_patients"]
+__all__ = ["CLASSES", "HELDOUT_SITE", "UNITS", "N_RARE", "SITES", "Kind", "Patient", "Site", "plan_patients"]
 
-Kind = Literal["derm", "cxr"]
+Kind = Literal["derm", "cxr", "ct-series"]
 
 #: Class names per kind: the common classes first, then the three rare conditions. In the written spec the
 #: first rare one is a training outlier condition and the other two are held out (never trained on).
 CLASSES: dict[str, tuple[str, ...]] = {
     "cxr": ("normal", "pneumonia", "effusion", "nodule", "pneumothorax", "cardiomegaly"),
     "derm": ("nevus", "melanoma", "bcc", "sek", "vascular", "dermatofibroma", "psoriasis"),
+    "ct-series": ("normal", "nodule"),
 }
+#: What one case of each kind's cohort is (its spec's ``unit``): a CT series is labelled as a whole.
+UNITS: dict[str, str] = {"cxr": "image", "derm": "image", "ct-series": "series"}
 N_RARE = 3
+#: Kinds without rare conditions (a binary series-level task).
+_NO_RARE = frozenset({"ct-series"})
 _MULTI_SHARE = 0.35  # patients with 2-4 images
 
 
@@ -47,6 +52,9 @@ class Site:
     photo: float = 0.0  # share of images written as plain photos (derm)
     photo_format: str = "jpg"
     skin: tuple[float, ...] = (0.15, 0.35, 0.25, 0.13, 0.08, 0.04)  # Fitzpatrick 1-6 (derm)
+    slice_mm: float = 0.0  # distance between slices (ct-series)
+    tilt: float = 0.0  # gantry tilt in degrees: an oblique stack, ordered along its normal (ct-series)
+    feet_first: bool = False  # InstanceNumber counts down the table (ct-series)
 
 
 SITES: dict[str, tuple[Site, ...]] = {
@@ -67,6 +75,15 @@ SITES: dict[str, tuple[Site, ...]] = {
         Site("site-c", "Harbor Valley Clinic", "Cygnus Imaging", "CX-D", 0.20,
              (0.30, 0.22, 0.22, 0.17, 0.03, 0.03, 0.03), 1.15, 0.95, 0.03, rle=0.2, tint=(0.92, 0.98, 1.06),
              photo=0.5, photo_format="png", skin=(0.12, 0.28, 0.28, 0.16, 0.10, 0.06)),
+    ),
+    # CT: gain scales attenuation (HU) as a different kVp would, noise is in HU, rescale maps stored values to HU.
+    "ct-series": (
+        Site("site-a", "Northfield General Hospital", "Acme Tomography", "AT-64", 0.45, (0.6, 0.4),
+             1.0, 1.0, 12.0, "CT", (1.0, -1024.0), slice_mm=2.5),
+        Site("site-b", "Lakeside Community Hospital", "Borealis Medical", "BM-CT128", 0.35, (0.55, 0.45),
+             1.0, 1.04, 18.0, "CT", (1.0, 0.0), slice_mm=3.0, tilt=12.0, feet_first=True),
+        Site("site-c", "Harbor Valley Clinic", "Cygnus Imaging", "CY-16", 0.20, (0.6, 0.4),
+             1.0, 0.96, 25.0, "CT", (0.5, -1024.0), slice_mm=5.0),
     ),
 }  # fmt: skip
 HELDOUT_SITE = 2  # index into SITES[kind]
@@ -211,7 +228,8 @@ def plan_patients(kind: str, patients: int, seed: int) -> list[Patient]:
     """Site, class and demographics of every patient; class counts per site follow the site's priors."""
     rng = np.random.default_rng([seed, 0])
     classes, sites = CLASSES[kind], SITES[kind]
-    rare = tuple(range(len(classes) - N_RARE, len(classes)))
+    n_rare = 0 if kind in _NO_RARE else N_RARE
+    rare = tuple(range(len(classes) - n_rare, len(classes)))
     pairs = []
     for s, n_site in enumerate(_allocate(patients, tuple(site.share for site in sites))):
         for c, n in enumerate(_allocate(int(n_site), sites[s].priors, rare)):
@@ -222,9 +240,11 @@ def plan_patients(kind: str, patients: int, seed: int) -> list[Patient]:
     plan = []
     for i, (s, label) in enumerate(pairs):
         n_images = int(rng.choice([2, 3, 4], p=[0.5, 0.3, 0.2])) if rng.random() < _MULTI_SHARE else 1
+        if kind == "ct-series":
+            n_images = 1  # one series per patient
         true_sex = "F" if rng.random() < 0.5 else "M"
         sex = "" if rng.random() < (0.1 if kind == "derm" else 0.06) else true_sex
-        if kind == "cxr":
+        if kind != "derm":
             age = int(rng.integers(2, 18)) if rng.random() < 0.05 else int(rng.integers(18, 96))
             skin, skin_known = 0, False
         else:
