@@ -4,10 +4,13 @@ the mean of its members'."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from typer.testing import CliRunner
 
 from medvision.cli import app
@@ -16,8 +19,11 @@ from medvision.config import ConfigError, parse_config
 from medvision.data.dataset import CohortDataset
 from medvision.evaluation.document import MetricsDocument, predictions_path
 from medvision.evaluation.predict import predict_rows
+from medvision.evaluation.seed_ensemble import seed_groups
 from medvision.evaluation.settings import EvaluationSettings, TTASettings
 from medvision.evaluation.tta import cohort_views, tta_views
+from medvision.pipeline import load_pipeline
+from medvision.report.build import report_from_evaluation
 from medvision.tracking import load_run_classifier
 from medvision.training import FinetuneConfig, finetune
 
@@ -97,7 +103,10 @@ def test_radiograph_views_are_never_mirrored_and_photo_views_are(synth_cxr_cohor
         assert TTASettings.model_validate("grayscale").preset == "radiograph"
 
 
-def test_a_typo_in_tta_fails_at_load_naming_the_key():
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_a_typo_in_tta_fails_at_load_naming_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"tta\.flips"):
         parse_config({"tta": {"preset": "auto", "flips": True}}, EvaluationSettings, source="eval.yaml")
     with pytest.raises(ConfigError, match=r"tta\.preset"):
@@ -105,6 +114,32 @@ def test_a_typo_in_tta_fails_at_load_naming_the_key():
     assert parse_config({"tta": "photo"}, EvaluationSettings).tta == TTASettings(preset="photo")
     result = CliRunner().invoke(app, ["evaluate", "run-x", "--tta", "mirror"])
     assert result.exit_code != 0 and "tta" in result.output
+
+    data = yaml.safe_load((REPO / "pipelines" / "demo.yaml").read_text())
+    data["stages"]["evaluate"]["tta"] = {"preset": "auto", "flips": True}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(ConfigError, match=r"stages\.evaluate.*tta\.flips"):
+        load_pipeline(path)
+    data["stages"]["evaluate"].update(tta="auto", seed_ensemble=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    stage = load_pipeline(path).stages["evaluate"]
+    assert stage.tta == TTASettings(preset="auto") and stage.seed_ensemble
+
+
+def test_seed_members_of_one_recipe_form_an_ensemble_and_nothing_else_does():
+    facts = {"backbone": "resnet-tiny", "weights": "none", "head": "hod", "label_fraction": 1.0}
+    models = [  # what the pipeline's evaluate stage passes: a sweep over seed x lr in stage ft, one run in stage lp
+        {"stage": "ft", "run_id": f"r{i}", "member": f"lr={lr},seed={seed}", "optim.lr": lr, "seed": seed, **facts}
+        for i, (lr, seed) in enumerate([(0.1, 0), (0.1, 1), (0.01, 0), (0.01, 1), (0.01, 2)])
+    ] + [{"stage": "lp", "run_id": "r9", "member": "main", "seed": 0, **facts}]
+    names = [f"{m['stage']}-{m['member']}" for m in models]
+    groups = seed_groups(models, names)
+    assert [g.name for g in groups] == ["ft-seed-ensemble", "ft-seed-ensemble-2"]
+    assert groups[0].members == names[:2] and groups[1].members == names[2:5]
+    assert groups[1].model["optim.lr"] == 0.01 and groups[1].model["seed"] is None
+    twice = [{**m, "seed": 0} for m in models[:2]]  # one seed twice: not an ensemble of seeds
+    assert seed_groups(twice, names[:2]) == []
 
 
 def test_a_seed_ensemble_is_evaluated_as_its_own_model_from_its_members_mean(two_seeds, tmp_path, monkeypatch):
@@ -134,3 +169,5 @@ def test_a_seed_ensemble_is_evaluated_as_its_own_model_from_its_members_mean(two
         np.testing.assert_allclose(mean[cols].to_numpy(), want, atol=1e-6)
         np.testing.assert_allclose(mean["ood_score"], np.mean([p["ood_score"] for p in parts], axis=0), atol=1e-6)
         assert np.abs(mean[cols].to_numpy() - parts[0][cols].to_numpy()).max() > 1e-4  # the members differ
+    html = report_from_evaluation(out, tmp_path / "report.html", title="seeds").read_text(encoding="utf-8")
+    assert "finetune-seed-ensemble" in html
