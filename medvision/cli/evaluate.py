@@ -56,6 +56,14 @@ def evaluate_command(
         _DEFAULTS.abstain.ood, help="Also refer what this OOD score flags (hod, msp, energy, mahalanobis, knn, ...)."
     ),
     trust: bool = typer.Option(True, help="Fit the conformal sets and the referral rule (--no-trust: skip both)."),
+    tta: str = typer.Option(
+        _DEFAULTS.tta.preset,
+        help="Test-time augmentation: none, auto, photo (flips) or radiograph (crops, never mirrored); "
+        "probabilities averaged over the views.",
+    ),
+    seed_ensemble: bool = typer.Option(
+        _DEFAULTS.seed_ensemble, help="Also evaluate runs of one recipe that differ only in seed as one ensemble."
+    ),
 ) -> None:
     """Predict with RUNS on the cohort's evaluation sets; write and log predictions and metrics.json.
 
@@ -75,6 +83,8 @@ def evaluate_command(
             "outlier_sets": [s for s in outlier_sets.split(",") if s],
             "conformal": {"enabled": trust, "target": coverage, "mondrian": [m for m in mondrian.split(",") if m]},
             "abstain": {"enabled": trust, "alpha": alpha, "on": abstain_on, "ood": abstain_ood},
+            "tta": {"preset": tta},
+            "seed_ensemble": seed_ensemble,
         }
         # a bad value fails here, naming the option's key, before any run is loaded
         parse_config(settings, EvaluationSettings, source="medvision evaluate options")

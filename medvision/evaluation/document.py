@@ -16,7 +16,13 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from medvision._documents import Document
-from medvision.evaluation.settings import AbstainSettings, CalibrationSettings, ConformalSettings, DeferralCosts
+from medvision.evaluation.settings import (
+    AbstainSettings,
+    CalibrationSettings,
+    ConformalSettings,
+    DeferralCosts,
+    TTASettings,
+)
 
 __all__ = [
     "METRICS_FILE",
@@ -394,6 +400,9 @@ class ModelMetrics(_Part):
     label_shift: LabelShift | None = None
     #: When to trust this model (``None``: evaluated before schema version 3).
     trust: Trust | None = None
+    #: The models this one averages (a seed ensemble, ``evaluation/seed_ensemble.py``); empty for a single run,
+    #: whose ``run_id`` it is (an ensemble's ``run_id`` is its first member's).
+    ensemble_of: list[str] = Field(default_factory=list)
     history: list[HistoryPoint] = Field(default_factory=list)
 
 
@@ -459,6 +468,15 @@ class CohortRef(_Part):
     unit: str = "image"
 
 
+class TTARecord(_Part):
+    """Test-time augmentation of every model's predictions (``evaluation/tta.py``): what was asked for, the preset
+    it resolved to on this cohort and the views averaged (``["identity"]``: none)."""
+
+    settings: TTASettings
+    preset: str
+    views: list[str]
+
+
 class Settings(_Part):
     sets: list[str]
     subgroups: list[str]
@@ -477,6 +495,10 @@ class Settings(_Part):
     conformal: ConformalSettings | None = None
     abstain: AbstainSettings | None = None
     calibration: CalibrationSettings | None = None
+    #: Test-time augmentation (``None``: evaluated before it existed, i.e. none).
+    tta: TTARecord | None = None
+    #: Whether each stage's seed members were also evaluated as one model (a seed ensemble).
+    seed_ensemble: bool = False
 
 
 class MetricsDocument(Document):

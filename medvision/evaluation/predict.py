@@ -8,7 +8,7 @@ metric: predictions are written once and every number in ``metrics.json`` is der
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from medvision.cohort.cohort import CASE_COLUMNS, LEADING_COLUMNS, Cohort
 from medvision.data.dataset import CohortDataset
 from medvision.engine.features import FeatureCache
+from medvision.evaluation.tta import View
 
 __all__ = ["Predictions", "SUBGROUP_EXCLUDE", "predict_rows"]
 
@@ -80,22 +81,52 @@ class Predictions:
 
 
 @torch.inference_mode()
-def predict_rows(classifier, cohort: Cohort, rows: pd.DataFrame, batch_size: int = 64) -> Predictions:
+def predict_rows(
+    classifier, cohort: Cohort, rows: pd.DataFrame, batch_size: int = 64, views: Sequence[View] = ()
+) -> Predictions:
     """The classifier's outputs on ``rows`` (manifest rows of one or more splits), in row order.
 
     A frozen backbone (linear probe, locked tuning) reads its features from the cohort's feature cache
     (:mod:`medvision.engine.features`): each image is embedded once for every set, detector and model that shares
     those weights, and not again when the same evaluation is re-run.
+
+    With test-time augmentation (``views``, :mod:`medvision.evaluation.tta`; more than one) every output is the
+    mean over the views: probabilities (the prediction), logits (energy and max-logit read them), embeddings (the
+    feature-space detectors) and the head's OOD score, so everything downstream reads one consistent model. Views
+    transform pixels, so a frozen backbone then embeds the images instead of reading the cache.
     """
     classifier.eval()
-    # Frozen-feature batches ({"features"}) or the dataset's image batches ({"image", ...}).
-    batches: Iterable[Mapping[str, Any]]
-    if getattr(classifier, "freeze_backbone", False) and len(rows):
-        store = FeatureCache.for_cohort(cohort.cache, classifier.backbone, batch_size)
-        cached = torch.from_numpy(store.features(cohort.cache, rows["cache_key"].tolist()))
-        batches = [{"features": cached[i : i + batch_size]} for i in range(0, len(rows), batch_size)]
+    if len(views) > 1 and len(rows):
+        outputs = [_outputs(classifier, _image_batches(cohort, rows, batch_size, v)) for v in views]
+        logits = np.mean([o[0] for o in outputs], axis=0)
+        p = np.mean([o[1] for o in outputs], axis=0)
+        feats = np.mean([o[2] for o in outputs], axis=0)
+        view_scores = [o[3] for o in outputs if o[3] is not None]
+        scores = np.mean(view_scores, axis=0) if len(view_scores) == len(outputs) else None
     else:
-        batches = DataLoader(CohortDataset(cohort, rows), batch_size=batch_size, shuffle=False, num_workers=0)
+        # Frozen-feature batches ({"features"}) or the dataset's image batches ({"image", ...}).
+        batches: Iterable[Mapping[str, Any]]
+        if getattr(classifier, "freeze_backbone", False) and len(rows):
+            store = FeatureCache.for_cohort(cohort.cache, classifier.backbone, batch_size)
+            cached = torch.from_numpy(store.features(cohort.cache, rows["cache_key"].tolist()))
+            batches = [{"features": cached[i : i + batch_size]} for i in range(0, len(rows), batch_size)]
+        else:
+            batches = _image_batches(cohort, rows, batch_size, None)
+        logits, p, feats, scores = _outputs(classifier, batches, len(classifier.classes))
+    return _assemble(classifier, rows, logits, p, feats, scores)
+
+
+def _image_batches(cohort: Cohort, rows: pd.DataFrame, batch_size: int, view: View | None) -> DataLoader:
+    """The rows' images in order, through ``view`` (a dataset index ``(i, seed)`` is what applies an augment)."""
+    ds = CohortDataset(cohort, rows, augment=view)
+    order = [(i, 0) for i in range(len(rows))] if view is not None else None
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, sampler=order, num_workers=0)
+
+
+def _outputs(
+    classifier, batches: Iterable[Mapping[str, Any]], k: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Logits, inlier probabilities, embeddings and the head's OOD score (``None``: it has none), stacked."""
     logits, probs, feats, scores = [], [], [], []
     for batch in batches:
         if "features" in batch:
@@ -109,8 +140,21 @@ def predict_rows(classifier, cohort: Cohort, rows: pd.DataFrame, batch_size: int
         probs.append(out.probs.float().numpy())
         if out.ood_score is not None:
             scores.append(out.ood_score.float().numpy())
-    k, n = len(classifier.classes), len(rows)  # inlier classes (a HOD head's outlier logits are extra)
+    k = len(classifier.classes) if k is None else k  # inlier classes (a HOD head's outlier logits are extra)
     p = np.concatenate(probs) if probs else np.zeros((0, k), np.float32)
+    empty = np.zeros((len(p), 0), np.float32)
+    return (
+        np.concatenate(logits) if logits else empty,
+        p,
+        np.concatenate(feats) if feats else empty,
+        np.concatenate(scores) if scores else None,
+    )
+
+
+def _assemble(
+    classifier, rows: pd.DataFrame, logits: np.ndarray, p: np.ndarray, feats: np.ndarray, scores: np.ndarray | None
+) -> Predictions:
+    """The predictions table (pseudonymous ids, subgroup columns, ``p:<class>``, ``ood_score``) and its arrays."""
     frame = (
         rows[
             [
@@ -124,15 +168,9 @@ def predict_rows(classifier, cohort: Cohort, rows: pd.DataFrame, batch_size: int
     )
     for j, name in enumerate(classifier.classes):
         frame[f"p:{name}"] = p[:, j].astype(np.float64)
-    ood = np.concatenate(scores).astype(np.float64) if scores else None
+    ood = None if scores is None else scores.astype(np.float64)
     if ood is not None:
         frame["ood_score"] = ood
-    empty = np.zeros((n, 0), np.float32)
     return Predictions(
-        frame,
-        np.concatenate(logits) if logits else empty,
-        p,
-        np.concatenate(feats) if feats else empty,
-        ood,
-        getattr(classifier.head, "ood_score_name", None) if ood is not None else None,
+        frame, logits, p, feats, ood, getattr(classifier.head, "ood_score_name", None) if ood is not None else None
     )

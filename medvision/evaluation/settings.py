@@ -20,6 +20,7 @@ __all__ = [
     "DeferralCosts",
     "EvaluationSettings",
     "OOD_SCORES",
+    "TTASettings",
 ]
 
 #: OOD scores an abstention rule may combine with its confidence threshold: the detectors every evaluation
@@ -114,6 +115,36 @@ class CalibrationSettings(StrictModel):
     site: str | None = None
 
 
+class TTASettings(StrictModel):
+    """Test-time augmentation: the modality preset's deterministic flips and crops, probabilities averaged over the
+    views (``evaluation/tta.py``). The one augmentation vocabulary of ``data/augment.py``: a ``radiograph`` is never
+    mirrored unless asked (anatomy has a side); a ``photo`` is (a lesion has no left or right).
+
+    ``tta: auto`` is short for ``tta: {preset: auto}``."""
+
+    #: ``none`` (off), ``auto`` (``radiograph`` for one-channel or radiology-modality cohorts, else ``photo``),
+    #: ``photo`` or ``radiograph``.
+    preset: Literal["none", "auto", "photo", "radiograph"] = "none"
+    #: Mirrored views; ``None`` takes the preset's: photo horizontal, vertical and both; radiograph none.
+    flip: bool | None = None
+    #: Cropped views (each resized back to the image size): ``center``, ``five`` (centre and four corners) or
+    #: ``none``; ``None`` takes the preset's: photo none, radiograph five.
+    crops: Literal["none", "center", "five"] | None = None
+    #: Side of a cropped view as a share of the image side (radiograph training crops keep >= 80% of the area).
+    crop_scale: float = Field(0.9, gt=0.0, lt=1.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, raw: Any) -> Any:
+        if isinstance(raw, str):  # `tta: auto`, `--tta photo`
+            raw = {"preset": raw}
+        if isinstance(raw, dict) and "preset" in raw:
+            from medvision.data.augment import canonical_preset  # the old spellings (rgb, grayscale) still load
+
+            raw = {**raw, "preset": canonical_preset(raw["preset"], "tta.preset")}
+        return raw
+
+
 class EvaluationSettings(StrictModel):
     """Which sets, which subgroups, how many resamples, what a deferral costs."""
 
@@ -135,6 +166,13 @@ class EvaluationSettings(StrictModel):
     min_negatives: int = Field(5, ge=1)
     #: Also evaluate a greedy ensemble of the evaluated models (selection on validation NLL, method spec §4).
     ensemble: bool = False
+    #: Also evaluate, as its own model, each finetune stage's members that differ only in ``seed``: their
+    #: probabilities averaged (``evaluation/seed_ensemble.py``), scored like any model (calibration, operating point,
+    #: OOD, trust).
+    seed_ensemble: bool = False
+    #: Test-time augmentation of every model's predictions: ``{preset: auto | photo | radiograph | none, flip,
+    #: crops, crop_scale}`` or just the preset (``tta: auto``).
+    tta: TTASettings = Field(default_factory=TTASettings)
     #: Referral rate at which the report says how many outliers are caught.
     referral_rate: float = Field(0.1, gt=0, lt=1)
     saliency: int = Field(3, ge=0, description="cases per gallery row (correct, wrong, most OOD); 0 turns it off")

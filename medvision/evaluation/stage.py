@@ -17,6 +17,7 @@ run given twice, are refused, because one's predictions would overwrite the othe
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,7 @@ from medvision.evaluation.document import (
     SetMetrics,
     Subgroups,
     Trust,
+    TTARecord,
     ood_scores_path,
     predictions_path,
 )
@@ -60,6 +62,7 @@ from medvision.evaluation.metrics import OperatingPoint, choose_operating_point
 from medvision.evaluation.ood import msp_score, ood_metrics
 from medvision.evaluation.predict import Predictions, predict_rows
 from medvision.evaluation.saliency import pick_cases, saliency_maps
+from medvision.evaluation.seed_ensemble import combine_members, seed_groups
 from medvision.evaluation.settings import DeferralCosts, EvaluationSettings
 from medvision.evaluation.tables import (
     calibration_tables,
@@ -71,6 +74,7 @@ from medvision.evaluation.tables import (
     subgroup_table,
 )
 from medvision.evaluation.trust import TrustInputs, trust_record
+from medvision.evaluation.tta import TTAViews, cohort_views
 from medvision.tracking import load_run_classifier
 
 __all__ = ["METRICS_SCHEMA", "EvaluationRequest", "evaluate_models", "model_names"]
@@ -100,17 +104,28 @@ def evaluate_models(request: EvaluationRequest, folder: Path) -> dict[str, float
     folder.mkdir(parents=True, exist_ok=True)
     cohort = open_cohort(request.cohort_dir)
     request.check_against(facts_from_card(cohort.card))  # a misspelt subgroup or class fails before predicting
+    groups = seed_groups(request.models, names) if request.seed_ensemble else []
+    views = cohort_views(request.tta, cohort)
     results: list[ModelMetrics] = []
     member_preds: dict[str, dict[str, Predictions]] = {}
+    multilabel_of: dict[str, bool] = {}
     primary = None
     for model, name in zip(request.models, names):
         classifier, _ = load_run_classifier(model["run_id"], request.tracking_uri)
-        entry, preds = _evaluate_one(classifier, cohort, request, model, name, folder)
+        entry, preds = _evaluate_one(classifier, cohort, request, model, name, folder, views)
         entry.history = _history(model["run_id"], request.tracking_uri)
         results.append(entry)
         member_preds[name] = preds
+        multilabel_of[name] = bool(getattr(classifier.head, "multilabel", False))
         if primary is None or entry.label_fraction > primary[3].label_fraction:
             primary = (model, classifier, preds, entry)
+    for group in groups:  # each seed ensemble scored as its own model, from its members' predictions
+        preds = combine_members(member_preds, group.members)
+        _write_predictions(preds, folder, group.name)
+        multilabel = multilabel_of[group.members[0]]
+        entry = _scored(results[0].classes, request, group.model, group.name, folder, preds, multilabel)
+        entry.ensemble_of = group.members
+        results.append(entry)
     ensemble = _ensemble(member_preds, results, request) if request.ensemble and len(member_preds) > 1 else None
     ranking = _rank_backbones(member_preds, results) if len(member_preds) > 1 else []
     saliency = _saliency(primary, cohort, request, folder) if request.saliency and primary is not None else []
@@ -141,6 +156,8 @@ def evaluate_models(request: EvaluationRequest, folder: Path) -> dict[str, float
             "conformal": request.conformal,
             "abstain": request.abstain,
             "calibration": request.calibration,
+            "tta": TTARecord(settings=request.tta, preset=views.preset, views=views.names),
+            "seed_ensemble": request.seed_ensemble,
         },
         primary_model=primary[3].name if primary else None,
         models=results,
@@ -204,12 +221,27 @@ class _Fitted:
 
 
 def _evaluate_one(
-    classifier, cohort, request: EvaluationRequest, model: dict[str, Any], name: str, folder: Path
+    classifier, cohort, request: EvaluationRequest, model: dict[str, Any], name: str, folder: Path, views: TTAViews
 ) -> tuple[ModelMetrics, dict[str, Predictions]]:
     """One model on every requested set, in the order the method spec §10 requires: predict, fit everything that
     needs fitting (operating point, temperature, OOD detectors) on train/validation only, then score the sets."""
     classes = _checked_classes(classifier, cohort, request, model)
-    preds = _predict(classifier, cohort, request, model, folder, name)
+    preds = _predict(classifier, cohort, request, model, views)
+    _write_predictions(preds, folder, name)
+    multilabel = bool(getattr(classifier.head, "multilabel", False))
+    return _scored(classes, request, model, name, folder, preds, multilabel), preds
+
+
+def _scored(
+    classes: list[str],
+    request: EvaluationRequest,
+    model: dict[str, Any],
+    name: str,
+    folder: Path,
+    preds: dict[str, Predictions],
+    multilabel: bool,
+) -> ModelMetrics:
+    """A model's record from its predictions (a run's, or a seed ensemble's averaged ones)."""
     k = len(classes)
     inlier = {
         s: p.subset(((p.frame["label_idx"] >= 0) & (p.frame["label_idx"] < k)).to_numpy()) for s, p in preds.items()
@@ -235,8 +267,8 @@ def _evaluate_one(
     entry.sets, entry.calibration_by_set = scored.sets()
     entry.calibration, entry.subgroups, entry.ood = scored.in_distribution()
     entry.label_shift = scored.label_shift()
-    entry.trust = scored.trust(bool(getattr(classifier.head, "multilabel", False)))
-    return entry, preds
+    entry.trust = scored.trust(multilabel)
+    return entry
 
 
 def _operating_point(op: OperatingPoint | None) -> OperatingPointRecord | None:
@@ -247,25 +279,30 @@ def _checked_classes(classifier, cohort, request: EvaluationRequest, model: dict
     classes = list(classifier.classes)
     expected = cohort.card.inlier_classes
     if classes != expected:
-        raise ValueError(
+        raise InputError(
             f"model {model['run_id']} predicts classes {classes} but cohort {cohort.card.name} has "
             f"{expected}; evaluate a model on the cohort it was trained on"
         )
     if request.positive_class is not None and request.positive_class not in classes:
-        raise ValueError(f"positive_class {request.positive_class!r} is not a class of this model: {classes}")
+        raise InputError(f"positive_class {request.positive_class!r} is not a class of this model: {classes}")
     return classes
 
 
 def _predict(
-    classifier, cohort, request: EvaluationRequest, model: dict[str, Any], folder: Path, name: str
+    classifier, cohort, request: EvaluationRequest, model: dict[str, Any], views: TTAViews
 ) -> dict[str, Predictions]:
-    """Predictions on the model's own training rows (for detectors), validation and every requested set; all but
-    train are written as parquet."""
+    """Predictions on the model's own training rows (for detectors), validation and every requested set, each
+    averaged over the test-time views (training rows too: the detectors must read the features they will score)."""
     heldout = set(cohort.card.heldout_conditions)
     lf = model.get("label_fraction") or 1.0
     train_rows = cohort.rows("train", label_fraction=lf if lf < 1 else None)
     # a case cohort is scored per case (series, study, patient): one row per case, every metric from those rows
-    predict = predict_rows if cohort.unit == "image" else predict_cases
+    if cohort.unit != "image" and len(views.views) > 1:
+        raise InputError(
+            f"tta: test-time augmentation reads single images; this cohort is scored per {cohort.unit}. "
+            "Set tta: none (or leave it out) for a series-, study- or patient-level model"
+        )
+    predict = functools.partial(predict_rows, views=views.views) if cohort.unit == "image" else predict_cases
     preds = {
         "train": predict(classifier, cohort, train_rows),
         "val": predict(classifier, cohort, cohort.rows("val")),
@@ -277,11 +314,15 @@ def _predict(
             rows = rows[rows["label"].isin(heldout)].reset_index(drop=True)
         if len(rows):
             preds[s] = predict(classifier, cohort, rows)
+    return preds
+
+
+def _write_predictions(preds: dict[str, Predictions], folder: Path, name: str) -> None:
+    """Every set's predictions table but the training rows' as parquet (``predictions/<name>/<set>.parquet``)."""
     for s, p in preds.items():
         if s != "train":
             with atomic_path(folder / predictions_path(name, s)) as tmp:
                 p.frame.to_parquet(tmp, index=False)
-    return preds
 
 
 def _fit_on_validation(
