@@ -132,3 +132,22 @@ def test_a_model_without_a_recipe_is_refused_before_any_image_is_read(tmp_path):
     both = ["--images", str(images), "--cohort", str(images), "--out", str(tmp_path / "out")]
     code, output = _predict([str(tmp_path / "clf"), *both], uri)
     assert code == 2 and "exactly one of --images" in output
+
+
+def test_a_bag_model_is_refused_naming_the_command_that_reads_cases(tmp_path):
+    """A MIL head reads a bag of images per case; predict writes one row per image, so it refuses before reading."""
+    from medvision.cohort.recipe import PreprocessRecipe
+    from medvision.heads import create_head
+    from medvision.models import create_backbone
+    from medvision.training import Classifier
+
+    backbone = create_backbone("resnet-tiny", "none", in_chans=1)
+    clf = Classifier(backbone, create_head("mil", backbone.num_features, 2, pooling="mean"), ["a", "b"])
+    recipe = PreprocessRecipe(size=32, channels=1, fit="pad", storage="uint8")
+    save_classifier(clf, tmp_path / "clf", input_shape=(1, 32, 32), preprocessing=recipe)
+    images = tmp_path / "images"
+    images.mkdir()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code, output = _predict([str(tmp_path / "clf"), "--images", str(images), "--out", str(tmp_path / "out")], uri)
+    assert code == 2 and "reads a bag of images per case" in output and "medvision evaluate" in output, output
+    assert not (tmp_path / "out").exists()

@@ -110,7 +110,7 @@ def predict(
 
     Raises:
         InputError: not exactly one of ``images``/``cohort``; a model without a recipe (before any image is read); a
-            cohort prepared differently from the model's training images.
+            case-level (bag) model; a cohort prepared differently from the model's training images.
     """
     if (images is None) == (cohort is None):
         raise InputError("give exactly one of --images DIR (a folder of images) and --cohort DIR (a built cohort)")
@@ -118,6 +118,11 @@ def predict(
     ref = ModelRef.parse(model)
     classifier, card = load_run_classifier(ref, tracking_uri=tracking_uri)
     recipe = model_recipe(card, str(ref))  # before any image is read
+    if getattr(classifier.head, "takes_bags", False):
+        raise InputError(
+            f"{ref}: this model reads a bag of images per case (series, study or patient); predict writes one row "
+            "per image. Evaluate it on a case-level cohort with `medvision evaluate` instead"
+        )
     if images is not None:
         built, quarantine = _label_free_cohort(Path(images).expanduser().resolve(), recipe, out)
     else:
