@@ -37,7 +37,17 @@ from PIL import Image
 from medvision.sources.synth.ct import DEFECTS, plan_defects, write_series
 from medvision.sources.synth.dicom import seeded_uids, write_cxr, write_derm
 from medvision.sources.synth.pixels import draw_view
-from medvision.sources.synth.plan import CLASSES, HELDOUT_SITE, N_RARE, SITES, UNITS, Kind, plan_patients
+from medvision.sources.synth.plan import (
+    CLASSES,
+    HELDOUT_SITE,
+    N_RARE,
+    SITES,
+    UNITS,
+    Kind,
+    Patient,
+    Site,
+    plan_patients,
+)
 
 __all__ = ["CLASSES", "DEFECTS", "UNITS", "Kind", "synthesize"]
 
@@ -73,6 +83,36 @@ def synthesize(out: Path, kind: Kind, patients: int, seed: int, size: int = 64, 
 
             spec = synthesize(Path("/tmp/synth-cxr"), "cxr", patients=200, seed=0)
     """
+    out = Path(out)
+    _check_request(out, kind, patients, size, slices)
+    if kind == "ct-series":
+        return _synthesize_ct(out, patients, seed, size, slices)
+    sites = SITES[kind]
+    rows: list[dict[str, object]] = []
+    phi = _phi_sets()
+    counter = 0
+    for p in plan_patients(kind, patients, seed):
+        site = sites[p.site]
+        rng = np.random.default_rng([seed, 1, p.index])  # views, noise and file formats of this patient
+        case_seed = int(rng.integers(2**62))  # the underlying chest/lesion, shared by all views
+        for k in range(p.n_images):
+            counter += 1
+            stem = f"i{counter:06d}"
+            if kind == "derm":
+                rows.append(_write_derm_view(out, stem, p, site, k, seed, case_seed, rng, size, phi))
+            else:
+                rows.append(_write_cxr_view(out, stem, p, site, k, seed, case_seed, rng, size, phi))
+    labels_present = {str(r.get("label", r.get("diagnosis"))) for r in rows}
+    sites_present = {str(r.get("_site", r.get("site"))) for r in rows}
+    _write_csv(out / "labels.csv", [{k: v for k, v in r.items() if k != "_site"} for r in rows])
+    _write_phi(out, phi)
+    spec = out / "cohort.yaml"
+    spec.write_text(_spec_text(kind, patients, seed, size, labels_present, sites_present))
+    return spec
+
+
+def _check_request(out: Path, kind: Kind, patients: int, size: int, slices: int) -> None:
+    """Refuse a request before anything is written, so a bad argument never leaves a half-written cohort."""
     if kind not in CLASSES:
         raise ValueError(f"kind must be one of {sorted(CLASSES)}, got {kind!r}")
     if patients < 1:
@@ -81,68 +121,82 @@ def synthesize(out: Path, kind: Kind, patients: int, seed: int, size: int = 64, 
         raise ValueError(f"size must lie in 16..1024 pixels, got {size}")
     if not 8 <= slices <= 1000:
         raise ValueError(f"slices must lie in 8..1000, got {slices}")
-    out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty; remove it or choose a new folder for the synthetic cohort")
-    if kind == "ct-series":
-        return _synthesize_ct(out, patients, seed, size, slices)
-    sites = SITES[kind]
-    plan = plan_patients(kind, patients, seed)
-    rows: list[dict[str, object]] = []
-    phi: dict[str, set[str]] = {
+
+
+def _phi_sets() -> dict[str, set[str]]:
+    """The planted-PHI ledger the DICOM writers fill in; ``phi_planted.json`` is written from it."""
+    return {
         k: set() for k in ("patient_names", "patient_ids", "birth_dates", "accession_numbers", "referring_physicians")
     }
-    counter = 0
-    for p in plan:
-        site = sites[p.site]
-        rng = np.random.default_rng([seed, 1, p.index])  # views, noise and file formats of this patient
-        case_seed = int(rng.integers(2**62))  # the underlying chest/lesion, shared by all views
-        for k in range(p.n_images):
-            counter += 1
-            stem = f"i{counter:06d}"
-            if kind == "derm":
-                pixels = draw_view(kind, p, site, case_seed, rng, size)
-                photo = rng.random() < site.photo
-                rel = (
-                    f"{site.folder}/photos/{stem}.{site.photo_format}"
-                    if photo
-                    else f"{site.folder}/s{p.index:04d}/{stem}.dcm"
-                )
-                path = out / "images" / rel
-                path.parent.mkdir(parents=True, exist_ok=True)
-                if photo:
-                    Image.fromarray(pixels).save(path, quality=90)
-                else:
-                    write_derm(path, pixels, p, site, k, seeded_uids(kind, seed, p.index, k), rng, phi)
-                rows.append(
-                    {
-                        "image": stem,
-                        "patient_id": p.mrn,
-                        "diagnosis": p.label,
-                        "site": site.institution,
-                        "sex": p.sex,
-                        "age": p.age,
-                        "fitzpatrick": p.skin if p.skin_known else "",
-                    }
-                )
-                phi["patient_ids"].add(p.mrn)
-            else:
-                frames = 3 if rng.random() < _MULTIFRAME_SHARE else 1
-                pixels = np.stack([draw_view(kind, p, site, case_seed, rng, size) for _ in range(frames)])
-                path = out / "images" / site.folder / f"s{p.index:04d}" / f"{stem}.dcm"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                uids = seeded_uids(kind, seed, p.index, k)
-                write_cxr(path, pixels, p, site, k, uids, rng, phi)
-                rows.append({"sop_instance_uid": uids[2], "label": p.label, "_site": site.institution})
-    labels_present = {str(r.get("label", r.get("diagnosis"))) for r in rows}
-    sites_present = {str(r.get("_site", r.get("site"))) for r in rows}
-    _write_csv(out / "labels.csv", [{k: v for k, v in r.items() if k != "_site"} for r in rows])
+
+
+def _write_phi(out: Path, phi: dict[str, set[str]]) -> None:
+    """``phi_planted.json``: every fake identifier written, sorted, so tests can prove no later output carries one."""
     (out / "phi_planted.json").write_text(
         json.dumps({k: sorted(v) for k, v in phi.items()}, indent=1, sort_keys=True) + "\n"
     )
-    spec = out / "cohort.yaml"
-    spec.write_text(_spec_text(kind, patients, seed, size, labels_present, sites_present))
-    return spec
+
+
+def _write_derm_view(
+    out: Path,
+    stem: str,
+    p: Patient,
+    site: Site,
+    k: int,
+    seed: int,
+    case_seed: int,
+    rng: np.random.Generator,
+    size: int,
+    phi: dict[str, set[str]],
+) -> dict[str, object]:
+    """Write view ``k`` of a derm patient, as a DICOM VL Photographic object or (at the site's rate) a plain
+    JPEG/PNG photo, and return its labels-CSV row. Photos carry no header, so the CSV holds the patient's
+    facts and is joined on the file stem. Draws from ``rng`` in a fixed order: the same seed, the same bytes."""
+    pixels = draw_view("derm", p, site, case_seed, rng, size)
+    photo = rng.random() < site.photo
+    rel = f"{site.folder}/photos/{stem}.{site.photo_format}" if photo else f"{site.folder}/s{p.index:04d}/{stem}.dcm"
+    path = out / "images" / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if photo:
+        Image.fromarray(pixels).save(path, quality=90)
+    else:
+        write_derm(path, pixels, p, site, k, seeded_uids("derm", seed, p.index, k), rng, phi)
+    phi["patient_ids"].add(p.mrn)
+    return {
+        "image": stem,
+        "patient_id": p.mrn,
+        "diagnosis": p.label,
+        "site": site.institution,
+        "sex": p.sex,
+        "age": p.age,
+        "fitzpatrick": p.skin if p.skin_known else "",
+    }
+
+
+def _write_cxr_view(
+    out: Path,
+    stem: str,
+    p: Patient,
+    site: Site,
+    k: int,
+    seed: int,
+    case_seed: int,
+    rng: np.random.Generator,
+    size: int,
+    phi: dict[str, set[str]],
+) -> dict[str, object]:
+    """Write view ``k`` of a chest X-ray patient (a few as 3-frame objects) and return its labels-CSV row, joined
+    on the SOP Instance UID; ``_site`` is dropped from the CSV and only decides which held-out sites the spec
+    may name."""
+    frames = 3 if rng.random() < _MULTIFRAME_SHARE else 1
+    pixels = np.stack([draw_view("cxr", p, site, case_seed, rng, size) for _ in range(frames)])
+    path = out / "images" / site.folder / f"s{p.index:04d}" / f"{stem}.dcm"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    uids = seeded_uids("cxr", seed, p.index, k)
+    write_cxr(path, pixels, p, site, k, uids, rng, phi)
+    return {"sop_instance_uid": uids[2], "label": p.label, "_site": site.institution}
 
 
 def _synthesize_ct(out: Path, patients: int, seed: int, size: int, slices: int) -> Path:
@@ -150,9 +204,7 @@ def _synthesize_ct(out: Path, patients: int, seed: int, size: int, slices: int) 
     sites = SITES["ct-series"]
     plan = plan_patients("ct-series", patients, seed)
     defects = plan_defects(plan, seed)
-    phi: dict[str, set[str]] = {
-        k: set() for k in ("patient_names", "patient_ids", "birth_dates", "accession_numbers", "referring_physicians")
-    }
+    phi = _phi_sets()
     rows: list[dict[str, object]] = []
     (out / "images").mkdir(parents=True)
     with (out / "slices_truth.csv").open("w", newline="") as fh:
@@ -167,9 +219,7 @@ def _synthesize_ct(out: Path, patients: int, seed: int, size: int, slices: int) 
             )
             rows.append({"series_instance_uid": series_uid, "label": p.label, "_site": site.institution})
     _write_csv(out / "labels.csv", [{k: v for k, v in r.items() if k != "_site"} for r in rows])
-    (out / "phi_planted.json").write_text(
-        json.dumps({k: sorted(v) for k, v in phi.items()}, indent=1, sort_keys=True) + "\n"
-    )
+    _write_phi(out, phi)
     heldout = sites[HELDOUT_SITE].institution
     spec = {
         "name": "synth-ct-series",

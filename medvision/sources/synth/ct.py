@@ -85,14 +85,8 @@ def write_series(
     uids = seeded_uids("ct-series", seed, p.index, 0)
     # File names never follow the slice order: a shuffled counter.
     names = rng.permutation(n)
-    spacing, tilt = site.slice_mm, np.deg2rad(site.tilt)
-    row_dir = np.array([1.0, 0.0, 0.0])
-    col_dir = np.array([0.0, np.cos(tilt), -np.sin(tilt)])
-    normal = np.cross(row_dir, col_dir)
-    origin = np.array([-_FOV_MM / 2, -_FOV_MM / 2, -spacing * n / 2]) + rng.normal(0, 20, 3)
-    skip = int(rng.integers(n // 4, 3 * n // 4)) if defect == "missing-slice" else -1
-    doubled = int(rng.integers(n // 4, 3 * n // 4)) if defect == "duplicate-position" else -1
-    odd_size = set(rng.choice(n, size=max(1, n // 8), replace=False).tolist()) if defect == "mixed-size" else set()
+    stack = _Stack.draw(site, n, rng)
+    skip, doubled, odd_size = _defective_slices(defect, n, rng)
     written = 0
     for k in range(n):
         if k == skip:
@@ -102,9 +96,7 @@ def write_series(
         copies = 2 if k == doubled else 1
         for copy in range(copies):
             number = (n - k if site.feet_first else k + 1) if defect != "unorderable" else 1
-            geometry = None
-            if defect not in ("unorderable", "instance-number-only"):
-                geometry = (origin + k * spacing * normal, np.r_[row_dir, col_dir])
+            geometry = stack.at(k) if defect not in ("unorderable", "instance-number-only") else None
             stem = f"i{int(names[written]) if copy == 0 else n:05d}"
             path = folder / f"{stem}.dcm"
             write_ct_slice(
@@ -116,7 +108,7 @@ def write_series(
                 k + copy * 10_000,
                 number,
                 geometry,
-                (_FOV_MM / side, spacing),
+                (_FOV_MM / side, stack.spacing),
                 _WINDOW,
                 rng,
                 phi,
@@ -131,6 +123,41 @@ def write_series(
             )
             written += copy == 0
     return uids[1], series
+
+
+@dataclass(frozen=True)
+class _Stack:
+    """Where a series' slices lie in patient space: an axial stack, tilted about the x axis by the site's gantry
+    tilt (so the slices are ordered along the normal, not along z), its origin jittered per patient."""
+
+    row_dir: np.ndarray
+    col_dir: np.ndarray
+    normal: np.ndarray
+    origin: np.ndarray
+    spacing: float
+
+    @staticmethod
+    def draw(site: Site, n: int, rng: np.random.Generator) -> _Stack:
+        spacing, tilt = site.slice_mm, np.deg2rad(site.tilt)
+        row_dir = np.array([1.0, 0.0, 0.0])
+        col_dir = np.array([0.0, np.cos(tilt), -np.sin(tilt)])
+        normal = np.cross(row_dir, col_dir)
+        origin = np.array([-_FOV_MM / 2, -_FOV_MM / 2, -spacing * n / 2]) + rng.normal(0, 20, 3)
+        return _Stack(row_dir, col_dir, normal, origin, spacing)
+
+    def at(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """ImagePositionPatient and ImageOrientationPatient of slice ``k``."""
+        return self.origin + k * self.spacing * self.normal, np.r_[self.row_dir, self.col_dir]
+
+
+def _defective_slices(defect: str | None, n: int, rng: np.random.Generator) -> tuple[int, int, set[int]]:
+    """The slices a defect touches: the one left out (``missing-slice``), the one written twice
+    (``duplicate-position``) and those stored on a smaller matrix (``mixed-size``); -1 / empty when the series does
+    not have that defect. The draws happen only for the defect, so a clean series' random stream is unchanged."""
+    skip = int(rng.integers(n // 4, 3 * n // 4)) if defect == "missing-slice" else -1
+    doubled = int(rng.integers(n // 4, 3 * n // 4)) if defect == "duplicate-position" else -1
+    odd_size = set(rng.choice(n, size=max(1, n // 8), replace=False).tolist()) if defect == "mixed-size" else set()
+    return skip, doubled, odd_size
 
 
 @dataclass(frozen=True)

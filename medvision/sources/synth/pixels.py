@@ -111,6 +111,27 @@ def _chest(label: str, c: np.random.Generator, u: np.ndarray, v: np.ndarray, amp
     return img
 
 
+def _outline(
+    c: np.random.Generator,
+    u: np.ndarray,
+    v: np.ndarray,
+    theta: np.ndarray,
+    radius: float,
+    irregular: float,
+    aspect: float,
+    edge: float,
+) -> np.ndarray:
+    """A lesion's soft mask: an ellipse at a random rotation whose border wobbles with four low harmonics
+    (``irregular`` scales them: a melanoma's ragged edge, a nevus's round one). Draws from ``c`` in a fixed order
+    (rotation, then amplitude and phase per harmonic), which the same-seed-same-bytes promise depends on."""
+    rot = c.uniform(0, np.pi)
+    uu, vv = u * np.cos(rot) + v * np.sin(rot), (v * np.cos(rot) - u * np.sin(rot)) * aspect
+    border = (
+        1 + irregular * sum(c.uniform(0.3, 1) * np.cos(k * theta + c.uniform(0, 2 * np.pi)) for k in range(2, 6)) / 2
+    )
+    return _soft(1 - np.hypot(uu, vv) / (radius * border), edge)
+
+
 def _lesion(
     label: str, c: np.random.Generator, u: np.ndarray, v: np.ndarray, skin: np.ndarray, alpha: float
 ) -> np.ndarray:
@@ -119,13 +140,7 @@ def _lesion(
     theta = np.arctan2(v, u)
 
     def shape(radius: float, irregular: float, aspect: float = 1.0, edge: float = 0.04) -> np.ndarray:
-        rot = c.uniform(0, np.pi)
-        uu, vv = u * np.cos(rot) + v * np.sin(rot), (v * np.cos(rot) - u * np.sin(rot)) * aspect
-        border = (
-            1
-            + irregular * sum(c.uniform(0.3, 1) * np.cos(k * theta + c.uniform(0, 2 * np.pi)) for k in range(2, 6)) / 2
-        )
-        return _soft(1 - np.hypot(uu, vv) / (radius * border), edge)
+        return _outline(c, u, v, theta, radius, irregular, aspect, edge)
 
     col = np.empty(u.shape + (3,))
     if label == "nevus":
