@@ -343,10 +343,8 @@ def coverage_table(
     y = as_1d(y_true, "y_true")
     g = as_1d(groups, "groups")
     same_length(prediction_sets=sets, y_true=y, groups=g)
-    n, k = sets.shape
-    inlier = np.isin(y, np.arange(k))
-    covered = np.zeros(n, bool)
-    covered[inlier] = sets[np.flatnonzero(inlier), y[inlier].astype(int)]
+    n = len(sets)
+    covered = _covered(sets, y)
     size = sets.sum(axis=1).astype(float)
     boot = bootstrap or Bootstrap(g, n_resamples=max(n_resamples, 1), seed=seed)
     if boot.n_images != n:
@@ -357,11 +355,8 @@ def coverage_table(
         row: dict[str, object] = {"attribute": grp.attribute, "group": grp.group, **grp.counts, "target": target}
         if not grp.flag:
             cov = _coverage(grp.mask, g, covered, size, boot, target)
-            row.update(cov)
-            # a Mondrian category's promise carries to any union of its categories (sex from sex*site), so a row
-            # is promised when its attributes are among the taxonomy's
-            is_promised = grp.attribute == ALL or set(grp.attribute.split("*")) <= {*promised}
-            row["guarantee"] = _verdict(exchangeable, is_promised, cov["coverage"], cov["coverage_high"], target)
+            promise = _is_promised(grp.attribute, promised)
+            row.update(cov, guarantee=_verdict(exchangeable, promise, cov["coverage"], cov["coverage_high"], target))
         rows.append(row)
     out = pd.DataFrame(rows).reindex(columns=_COVERAGE_COLUMNS)
     out["guarantee"] = out["guarantee"].astype(object).where(out["guarantee"].notna(), "")
@@ -372,6 +367,23 @@ _COVERAGE_COLUMNS = [
     "attribute", "group", "n_patients", "n_images", "flag", "target", "coverage", "coverage_low", "coverage_high",
     "shortfall", "mean_set_size", "singleton_rate", "empty_rate", "guarantee",
 ]  # fmt: skip
+
+
+def _covered(sets: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per image: whether its set holds its true class. A label outside ``0..K-1`` (a held-out condition the
+    model has no class for) is never covered: no set can contain a class the model does not have."""
+    n, k = sets.shape
+    inlier = np.isin(y, np.arange(k))
+    covered = np.zeros(n, bool)
+    covered[inlier] = sets[np.flatnonzero(inlier), y[inlier].astype(int)]
+    return covered
+
+
+def _is_promised(attribute: str, promised: Sequence[str]) -> bool:
+    """Whether a row carries the calibration promise. A Mondrian category's promise carries to any union of its
+    categories (sex from sex*site), so a row is promised when its attributes are among the taxonomy's; the
+    ``all`` row always is (every taxonomy promises the average)."""
+    return attribute == ALL or set(attribute.split("*")) <= {*promised}
 
 
 def _coverage(

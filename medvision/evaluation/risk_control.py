@@ -70,6 +70,7 @@ from medvision.evaluation._groups import (
     ALL,
     LABEL,
     PATIENT,
+    Group,
     attribute_columns,
     carriers,
     iter_groups,
@@ -259,36 +260,56 @@ def abstention_table(
     features = attribute_columns(frame, attributes) if attributes else None
     rows = []
     for grp in iter_groups(g, features, min_patients):
-        row: dict[str, object] = {
-            "set": set_name,
-            "attribute": grp.attribute,
-            "group": grp.group,
-            **grp.counts,
-            "on": rule.on,
-            "alpha": rule.alpha,
-            "threshold": rule.threshold_,
-            "ood_threshold": rule.ood_threshold_,
-        }
-        if not grp.flag:
-            rates = _group_rates(grp.mask, g, refer, answered_wrong, positive, boot)
-            row.update(rates)
-            key = "accepted_error" if rule.on == "error" else "miss_rate"
-            risk = rates[key]
-            if np.isnan(risk):
-                row["flag"] = "nothing_answered" if rule.on == "error" else "no_positives"
-            else:
-                verdict = _verdict(exch, grp.attribute == ALL, rates[f"{key}_low"], rule.alpha)
-                row.update(
-                    risk=risk,
-                    risk_low=rates[f"{key}_low"],
-                    risk_high=rates[f"{key}_high"],
-                    excess=risk - rule.alpha,
-                    guarantee=verdict,
-                )
-        rows.append(row)
+        rates = None if grp.flag else _group_rates(grp.mask, g, refer, answered_wrong, positive, boot)
+        rows.append(_abstention_row(rule, set_name, grp, rates, exch))
     out = pd.DataFrame(rows).reindex(columns=_COLUMNS)
     out["guarantee"] = out["guarantee"].astype(object).where(out["guarantee"].notna(), "")
     return out
+
+
+def _abstention_row(
+    rule: RiskControlledAbstention,
+    set_name: str,
+    grp: Group,
+    rates: dict[str, float] | None,
+    exchangeable: bool,
+) -> dict[str, object]:
+    """One group's row: the rule it describes, the group's size, and for an unflagged group (``rates`` given) its
+    rates and the controlled risk with its verdict. Every row repeats the rule so a table read alone says what
+    was promised."""
+    row: dict[str, object] = {
+        "set": set_name,
+        "attribute": grp.attribute,
+        "group": grp.group,
+        **grp.counts,
+        "on": rule.on,
+        "alpha": rule.alpha,
+        "threshold": rule.threshold_,
+        "ood_threshold": rule.ood_threshold_,
+    }
+    if rates is not None:
+        row.update(rates)
+        row.update(_controlled_risk(rule, rates, exchangeable, grp.attribute == ALL))
+    return row
+
+
+def _controlled_risk(
+    rule: RiskControlledAbstention, rates: dict[str, float], exchangeable: bool, whole_set: bool
+) -> dict[str, object]:
+    """The row's columns for the one risk the rule controls (accepted error or miss rate), read from the group's
+    rates, and the verdict on the promise. The rule fixes which rate that is, so the table names it ``risk``
+    whatever it is; an undefined risk (nothing answered, no positives) flags the row instead of guessing."""
+    key = "accepted_error" if rule.on == "error" else "miss_rate"
+    risk = rates[key]
+    if np.isnan(risk):
+        return {"flag": "nothing_answered" if rule.on == "error" else "no_positives"}
+    return {
+        "risk": risk,
+        "risk_low": rates[f"{key}_low"],
+        "risk_high": rates[f"{key}_high"],
+        "excess": risk - rule.alpha,
+        "guarantee": _verdict(exchangeable, whole_set, rates[f"{key}_low"], rule.alpha),
+    }
 
 
 _COLUMNS = [
