@@ -4,6 +4,8 @@ detector named on validation only when validation holds outliers."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -214,3 +216,21 @@ def test_evaluate_scores_pretrained_guards_beside_the_fine_tuned_detectors(evalu
     text = " ".join(_parse(out.read_text(encoding="utf-8")).text["ood"].split())
     assert "knn_pretrained" in text and "Frozen-feature guards: mahalanobis_pretrained and knn_pretrained" in text
     assert "no detector can be chosen on validation" in text and "(best on validation)" not in text
+
+
+def test_a_version_3_metrics_document_is_read_without_guards_or_choice(tmp_path):
+    doc = {
+        "schema_version": 3,
+        "code_version": {"package": "0", "commit": None, "dirty": False, "label": "0", "key": "0"},
+        "cohort": {"name": "c", "manifest_sha256": "0" * 64, "classes": ["a", "b"], "dir": str(tmp_path)},
+        "settings": {"sets": ["test"], "subgroups": [], "bootstrap": 0, "min_patients": 20, "referral_rate": 0.1,
+                     "seed": 0, "outlier_sets": [], "costs": {}, "risk": {}},
+        "primary_model": None,
+        "models": [],
+        "ensemble": {"members": ["m"], "val_nll": [0.5], "sets": {},
+                     "ood": [{"detector": "ensemble_msp", "auroc": 0.7, "aupr_in": 0.6, "aupr_out": 0.5,
+                              "fpr_at_95_tpr": 0.4}]},
+    }  # fmt: skip
+    (tmp_path / "metrics.json").write_text(json.dumps(doc))
+    read = Evaluation.open(tmp_path).metrics
+    assert read.schema_version == 4 and read.ensemble.ood[0].auroc_low is None

@@ -36,6 +36,7 @@ from medvision.engine.features import FeatureCache, weights_digest
 from medvision.evaluation.bootstrap import Bootstrap
 from medvision.evaluation.document import DetectorChoice, DetectorRow, PretrainedGuards
 from medvision.evaluation.predict import Predictions
+from medvision.evaluation.settings import EvaluationSettings
 from medvision.evaluation.tables import detector_row, detector_scores, fit_detectors
 from medvision.models import Backbone, WeightsError, create_backbone
 
@@ -46,6 +47,7 @@ __all__ = [
     "PretrainedFeatures",
     "StartingWeights",
     "choose_detector",
+    "guards_needed",
     "guards_on",
     "pretrained_backbone",
     "pretrained_guards",
@@ -157,6 +159,14 @@ def pretrained_backbone(start: StartingWeights | None, backbone: Any) -> tuple[B
             "scored as knn and mahalanobis"
         )
     return pretrained, None
+
+
+def guards_needed(settings: EvaluationSettings) -> bool:
+    """Whether an evaluation uses the guards: it screens an outlier set, or its referral rule reads a guard. Otherwise
+    embedding every set through a second backbone would buy nothing."""
+    screens = bool(set(settings.outlier_sets) & set(settings.sets))
+    ood = settings.abstain.ood
+    return screens or (ood is not None and ood.endswith(PRETRAINED_SUFFIX))
 
 
 def pretrained_guards(

@@ -56,7 +56,7 @@ from medvision.evaluation.document import (
     predictions_path,
 )
 from medvision.evaluation.ensemble import greedy_ensemble, knn_rank_backbones
-from medvision.evaluation.guards import Guards, StartingWeights, choose_detector, pretrained_guards
+from medvision.evaluation.guards import Guards, StartingWeights, choose_detector, guards_needed, pretrained_guards
 from medvision.evaluation.metrics import OperatingPoint, choose_operating_point
 from medvision.evaluation.ood import msp_score
 from medvision.evaluation.predict import Predictions, predict_rows
@@ -215,9 +215,10 @@ def _evaluate_one(
         s: p.subset(((p.frame["label_idx"] >= 0) & (p.frame["label_idx"] < k)).to_numpy()) for s, p in preds.items()
     }
     fitted = _fit_on_validation(classes, request, preds, inlier["val"])
-    start = StartingWeights.of_run(model["run_id"], request.tracking_uri)
-    fitted.guards = pretrained_guards(classifier, start, cohort, preds, k)
-    fitted.detectors.update(fitted.guards.detectors)
+    if guards_needed(request):  # kNN / Mahalanobis on the pretrained embeddings (evaluation/guards.py)
+        start = StartingWeights.of_run(model["run_id"], request.tracking_uri)
+        fitted.guards = pretrained_guards(classifier, start, cohort, preds, k)
+        fitted.detectors.update(fitted.guards.detectors)
     entry = ModelMetrics(
         name=name,
         run_id=model["run_id"],
