@@ -51,10 +51,10 @@ def test_an_older_or_damaged_metrics_document_is_refused_naming_the_file_and_the
     (tmp_path / "metrics.json").write_text(json.dumps({"schema": 1, "models": []}))
     with pytest.raises(DocumentError, match=r"metrics.json: a metrics document .* without schema_version.*evaluate"):
         Evaluation.open(tmp_path)
-    (tmp_path / "metrics.json").write_text(json.dumps({"schema_version": 4}))
-    with pytest.raises(DocumentError, match=r"schema_version is 4, this medvision reads version 3"):
+    (tmp_path / "metrics.json").write_text(json.dumps({"schema_version": 5}))
+    with pytest.raises(DocumentError, match=r"schema_version is 5, this medvision reads version 4"):
         Evaluation.open(tmp_path)
-    (tmp_path / "metrics.json").write_text('{"schema_version": 3, "models": [')
+    (tmp_path / "metrics.json").write_text('{"schema_version": 4, "models": [')
     with pytest.raises(DocumentError, match="not a readable metrics document"):
         Evaluation.open(tmp_path)
 

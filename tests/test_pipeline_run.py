@@ -163,6 +163,10 @@ def test_demo_pipeline_end_to_end_with_every_report_section_and_no_phi(workdir, 
     ensemble = screened.ensemble  # two runs: ensembled
     assert 1 <= len(ensemble.members) <= 5 and "test" in ensemble.sets
     assert {d.detector for d in ensemble.ood} == {"ensemble_msp", "ensemble_hod"}
+    assert all(d.auroc_low <= d.auroc <= d.auroc_high for d in ensemble.ood)  # every detector with its interval
+    for m in screened.models:  # the guards are recorded (computed, or skipped with the reason) and a choice made
+        assert m.ood.pretrained is not None and (m.ood.pretrained.detectors or m.ood.pretrained.skipped)
+        assert m.ood.choice is not None and m.ood.choice.declared == "hod"
     rendered = cli.invoke(app, ["report", "eval", "--out", "r/report.html"])
     assert rendered.exit_code == 0 and (workdir / "r" / "report.html").stat().st_size > 10_000
     missing = cli.invoke(app, ["evaluate", "no-such-run", "--out", "eval2"])

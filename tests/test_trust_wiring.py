@@ -74,7 +74,7 @@ def test_a_version_2_metrics_document_is_read_with_no_trust_record(tmp_path: Pat
     }  # fmt: skip
     (tmp_path / "metrics.json").write_text(json.dumps(doc))
     read = Evaluation.open(tmp_path).metrics
-    assert read.schema_version == 3 and read.settings.conformal is None
+    assert read.schema_version == 4 and read.settings.conformal is None
 
 
 @pytest.fixture(scope="module")

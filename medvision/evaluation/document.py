@@ -28,11 +28,13 @@ __all__ = [
     "METRICS_FILE",
     "Calibration",
     "CalibrationTables",
+    "DetectorChoice",
     "Estimate",
     "Evaluation",
     "MetricsDocument",
     "ModelMetrics",
     "OODScreening",
+    "PretrainedGuards",
     "SetMetrics",
     "Subgroups",
     "Trust",
@@ -126,11 +128,44 @@ class OODGroupRow(_Part):
     auroc: float | None
 
 
+class PretrainedGuards(_Part):
+    """The frozen-feature OOD guards: kNN and Mahalanobis on the *pretrained* backbone's embeddings (the weights the
+    run started from), fitted on the training inliers, beside the fine-tuned model's own detectors."""
+
+    #: Where the pretrained weights came from (the backbone's weights record), ``None`` when it records none.
+    source: str | None
+    #: SHA-256 of the pretrained backbone's tensors (the feature cache's key), ``None`` when not built.
+    weights_digest: str | None = None
+    #: The detector names added to ``OODScreening.detectors`` (empty when skipped).
+    detectors: list[str] = Field(default_factory=list)
+    #: Why no guard was computed (random initial weights, weights not loadable here, a frozen backbone).
+    skipped: str | None = None
+
+
+class DetectorChoice(_Part):
+    """Which detector the report leads with, and why: the best OOD AUROC on *validation* (never test), only when
+    the validation split holds outliers; otherwise the head's declared score."""
+
+    #: The detector the report names (the best on validation, or the head's declared score).
+    chosen: str
+    #: The head's declared score (``OODScreening.primary``).
+    declared: str
+    on_validation: bool
+    validation_inliers: int
+    validation_outliers: int
+    #: The outlier conditions (labels) of the validation outliers.
+    validation_conditions: list[str] = Field(default_factory=list)
+    #: Every detector on validation inliers against validation outliers (empty without validation outliers).
+    validation: list[DetectorRow] = Field(default_factory=list)
+    reason: str
+
+
 class OODScreening(_Part):
     """Outlier screening of one model: inliers of ``inliers`` against every image of ``outliers``."""
 
     inliers: str
     outliers: list[str]
+    #: The head's declared OOD score (``msp`` for heads without one).
     primary: str
     detectors: list[DetectorRow]
     #: Per-image scores (``detector``, ``score``, ``is_outlier``), relative to the evaluation folder.
@@ -138,6 +173,10 @@ class OODScreening(_Part):
     deferral: list[DeferralPoint]
     by_group: list[OODGroupRow]
     inliers_exclude_abstention_images: int
+    #: The pretrained-feature guards (``None``: evaluated before schema version 4).
+    pretrained: PretrainedGuards | None = None
+    #: The detector chosen on validation, or why none could be (``None``: evaluated before schema version 4).
+    choice: DetectorChoice | None = None
 
 
 class SubgroupRow(_Part):
@@ -409,6 +448,8 @@ class ModelMetrics(_Part):
 class EnsembleOOD(_Part):
     detector: str
     auroc: float | None
+    auroc_low: float | None = None
+    auroc_high: float | None = None
     aupr_in: float | None
     aupr_out: float | None
     fpr_at_95_tpr: float | None
@@ -507,7 +548,7 @@ class MetricsDocument(Document):
     document: ClassVar[str] = "metrics document (metrics.json)"
     remedy: ClassVar[str] = "evaluate again with this medvision (`medvision evaluate RUN... --out DIR`)"
 
-    schema_version: Literal[3] = 3
+    schema_version: Literal[4] = 4
     code_version: CodeVersion
     cohort: CohortRef
     settings: Settings
@@ -520,9 +561,11 @@ class MetricsDocument(Document):
 
     @classmethod
     def upgrade(cls, raw: dict[str, Any]) -> dict[str, Any]:
-        """Version 2 lacks only the trust fields (version 3 added them): read it with ``trust`` absent."""
-        if raw.get("schema_version") == 2:
-            raw["schema_version"] = 3
+        """Versions 2 and 3 lack only optional fields: the trust record (added in 3), the pretrained-feature guards,
+        the detector chosen on validation and the ensemble's AUROC interval (added in 4). Read them with those
+        absent."""
+        if raw.get("schema_version") in (2, 3):
+            raw["schema_version"] = 4
         return raw
 
     @model_validator(mode="after")

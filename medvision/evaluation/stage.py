@@ -34,6 +34,7 @@ from medvision.cohort.cohort import open_cohort
 from medvision.cohort.named_values import facts_from_card
 from medvision.data.dataset import CohortDataset
 from medvision.errors import InputError
+from medvision.evaluation.bootstrap import Bootstrap
 from medvision.evaluation.calibration import TemperatureScaler
 from medvision.evaluation.cases import predict_cases
 from medvision.evaluation.document import (
@@ -58,14 +59,16 @@ from medvision.evaluation.document import (
     predictions_path,
 )
 from medvision.evaluation.ensemble import greedy_ensemble, knn_rank_backbones
+from medvision.evaluation.guards import Guards, StartingWeights, choose_detector, guards_needed, pretrained_guards
 from medvision.evaluation.metrics import OperatingPoint, choose_operating_point
-from medvision.evaluation.ood import msp_score, ood_metrics
+from medvision.evaluation.ood import msp_score
 from medvision.evaluation.predict import Predictions, predict_rows
 from medvision.evaluation.saliency import pick_cases, saliency_maps
 from medvision.evaluation.seed_ensemble import combine_members, seed_groups
 from medvision.evaluation.settings import DeferralCosts, EvaluationSettings
 from medvision.evaluation.tables import (
     calibration_tables,
+    detector_row,
     discrimination,
     fit_detectors,
     label_shift_table,
@@ -218,6 +221,8 @@ class _Fitted:
     operating_point: OperatingPoint | None
     scaler: TemperatureScaler
     detectors: Any
+    #: The pretrained-feature guards (``evaluation/guards.py``); their detectors are in ``detectors`` too.
+    guards: Guards | None = None
 
 
 def _evaluate_one(
@@ -247,6 +252,10 @@ def _scored(
         s: p.subset(((p.frame["label_idx"] >= 0) & (p.frame["label_idx"] < k)).to_numpy()) for s, p in preds.items()
     }
     fitted = _fit_on_validation(classes, request, preds, inlier["val"])
+    if guards_needed(request):  # kNN / Mahalanobis on the pretrained embeddings (evaluation/guards.py)
+        start = StartingWeights.of_run(model["run_id"], request.tracking_uri)
+        fitted.guards = pretrained_guards(classifier, start, cohort, preds, k)
+        fitted.detectors.update(fitted.guards.detectors)
     entry = ModelMetrics(
         name=name,
         run_id=model["run_id"],
@@ -439,6 +448,10 @@ class _Scoring:
                 "by_group": ood_by_group(inliers, outliers, groups, detectors),
                 "inliers_exclude_abstention_images": int((preds[id_set].frame["label_idx"] >= k).sum()),
                 "primary": inliers.ood_score_name or "msp",  # the head's own score (Head.ood_score_name)
+                "pretrained": self.fitted.guards.record if self.fitted.guards else None,
+                "choice": choose_detector(
+                    preds["val"], detectors, k, inliers.ood_score_name or "msp", r.bootstrap, r.seed
+                ),
             }
         )
 
@@ -498,7 +511,7 @@ def _ensemble(
     outlier_sets = [s for s in request.sets if s in request.outlier_sets]
     ood: list[EnsembleOOD] = []
     if "test" in sets and outlier_sets and all(s in p for p in member_preds.values() for s in outlier_sets):
-        ood = _ensemble_ood(ensemble, member_preds, outlier_sets, k)
+        ood = _ensemble_ood(ensemble, member_preds, outlier_sets, k, request)
     return EnsembleMetrics(
         members=ensemble.selection.members,
         val_nll=ensemble.selection.history,
@@ -533,9 +546,14 @@ class _Ensemble:
 
 
 def _ensemble_ood(
-    ensemble: _Ensemble, member_preds: dict[str, dict[str, Predictions]], outlier_sets: list[str], k: int
+    ensemble: _Ensemble,
+    member_preds: dict[str, dict[str, Predictions]],
+    outlier_sets: list[str],
+    k: int,
+    request: EvaluationRequest,
 ) -> list[EnsembleOOD]:
-    """The ensemble's MSP (and averaged HOD score) on test inliers against the outlier sets."""
+    """The ensemble's MSP (and averaged HOD score) on test inliers against the outlier sets, AUROC with its
+    patient-level interval."""
     test = ensemble.combine({n: _inliers(p["test"], k) for n, p in member_preds.items()})
     out = Predictions.concat([ensemble.combine({n: p[s] for n, p in member_preds.items()}) for s in outlier_sets])
     both = Predictions.concat([test, out])
@@ -543,19 +561,8 @@ def _ensemble_ood(
     scores = {"ensemble_msp": msp_score(both.probs)}
     if both.ood_score is not None:
         scores["ensemble_hod"] = both.ood_score
-    rows = []
-    for name, score in scores.items():
-        m = ood_metrics(score, is_ood)
-        rows.append(
-            EnsembleOOD(
-                detector=name,
-                auroc=float(m["ood_auroc"]),
-                aupr_in=float(m["aupr_in"]),
-                aupr_out=float(m["aupr_out"]),
-                fpr_at_95_tpr=float(m["fpr_at_95_tpr"]),
-            )
-        )
-    return rows
+    bs = Bootstrap(both.frame["patient_id"].to_numpy(), n_resamples=max(request.bootstrap, 1), seed=request.seed)
+    return [EnsembleOOD.model_validate(detector_row(name, score, is_ood, bs)) for name, score in scores.items()]
 
 
 def _rank_backbones(member_preds: dict[str, dict[str, Predictions]], results: list[ModelMetrics]) -> list[RankRow]:

@@ -10,7 +10,7 @@ chosen on validation, never on test; OOD metrics treat the outlier as the positi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
@@ -40,7 +40,9 @@ from medvision.evaluation.predict import Predictions
 from medvision.evaluation.subgroups import SubgroupFrame
 
 __all__ = [
+    "PredictionsDetector",
     "calibration_tables",
+    "detector_row",
     "detector_scores",
     "ood_by_group",
     "discrimination",
@@ -116,6 +118,14 @@ def calibration_tables(pred: Predictions, scaler: TemperatureScaler) -> tuple[li
     return metrics, reliability
 
 
+@runtime_checkable
+class PredictionsDetector(Protocol):
+    """A detector that scores predictions by something other than the model's own embeddings (e.g. the frozen
+    pretrained backbone's features of the same images, :mod:`medvision.evaluation.guards`)."""
+
+    def score_predictions(self, pred: Predictions) -> np.ndarray: ...
+
+
 def fit_detectors(train: Predictions, k: int) -> dict[str, Any]:
     """Feature-space detectors fitted on the training embeddings of the ``k`` inlier classes only (HOD's
     training-outlier classes would otherwise teach them that outliers look in-distribution)."""
@@ -128,14 +138,31 @@ def fit_detectors(train: Predictions, k: int) -> dict[str, Any]:
 
 def detector_scores(pred: Predictions, detectors: dict[str, Any], k: int) -> dict[str, np.ndarray]:
     """Every OOD score of every image (higher = more out of distribution): output-space scores, the head's own
-    score under its declared name, and the fitted feature-space detectors."""
+    score under its declared name, and the fitted feature-space detectors (on the model's embeddings, or on whatever
+    a :class:`PredictionsDetector` reads)."""
     logits = pred.logits[:, :k]
     scores = {"msp": msp_score(pred.probs), "max_logit": max_logit_score(logits), "energy": energy_score(logits)}
     if pred.ood_score is not None:  # the head's own score, under the name the head declares (Head.ood_score_name)
         scores[pred.ood_score_name or "head"] = pred.ood_score
     for name, det in detectors.items():
-        scores[name] = det.score(pred.embeddings)
+        reads_predictions = isinstance(det, PredictionsDetector)
+        scores[name] = det.score_predictions(pred) if reads_predictions else det.score(pred.embeddings)
     return scores
+
+
+def detector_row(name: str, score: np.ndarray, is_ood: np.ndarray, bs: Bootstrap) -> dict[str, Any]:
+    """One detector's metrics (outliers positive), AUROC with its patient-level bootstrap interval."""
+    m = ood_metrics(score, is_ood)
+    ci = bs.ci("auroc", is_ood, score)
+    return {
+        "detector": name,
+        "auroc": float(m["ood_auroc"]),
+        "auroc_low": _f(ci.low),
+        "auroc_high": _f(ci.high),
+        "aupr_in": float(m["aupr_in"]),
+        "aupr_out": float(m["aupr_out"]),
+        "fpr_at_95_tpr": float(m["fpr_at_95_tpr"]),
+    }
 
 
 def ood_tables(
@@ -161,19 +188,7 @@ def ood_tables(
     bs = Bootstrap(both.frame["patient_id"].to_numpy(), n_resamples=max(n_resamples, 1), seed=seed)
     detectors_rows, score_rows, deferral_rows = [], [], []
     for name, score in detector_scores(both, detectors, k).items():
-        m = ood_metrics(score, is_ood)
-        ci = bs.ci("auroc", is_ood, score)
-        detectors_rows.append(
-            {
-                "detector": name,
-                "auroc": float(m["ood_auroc"]),
-                "auroc_low": _f(ci.low),
-                "auroc_high": _f(ci.high),
-                "aupr_in": float(m["aupr_in"]),
-                "aupr_out": float(m["aupr_out"]),
-                "fpr_at_95_tpr": float(m["fpr_at_95_tpr"]),
-            }
-        )
+        detectors_rows.append(detector_row(name, score, is_ood, bs))
         score_rows += [{"detector": name, "score": float(s), "is_outlier": bool(o)} for s, o in zip(score, is_ood)]
         curve = deferral_curve(score, is_ood, correct, risk_level=risk_level, cost_table=costs)
         deferral_rows += [{"detector": name, **r} for r in _thin(curve).to_dict("records")]

@@ -41,6 +41,7 @@ from medvision.report.context import (
     TrainingSection,
     TrainingStage,
 )
+from medvision.report.detectors import detector_choice_fields
 from medvision.report.guard import check_fingerprints
 from medvision.report.render import render_report
 from medvision.report.study import StudySection
@@ -223,6 +224,7 @@ def _ood(model: ModelMetrics, ev: Evaluation) -> OODSection | None:
         scores=ev.ood_scores(model),
         deferral=pd.DataFrame(_records(ood.deferral), columns=list(DeferralPoint.model_fields)).fillna(np.nan),
         outlier_sets=list(ood.outliers),
+        **detector_choice_fields(ood),
     )
 
 

@@ -296,6 +296,19 @@ class OODSection(_Model):
     scores: pd.DataFrame | None = None
     deferral: pd.DataFrame | None = None
     outlier_sets: list[str] = Field(default_factory=list)  # what "outlier" meant here, e.g. unseen conditions
+    #: The detector chosen on validation (``None``: none could be, or the evaluation predates the choice).
+    chosen: str | None = None
+    #: Why that detector, or why none could be chosen on validation (a sentence).
+    choice: str | None = None
+    #: Every detector on validation inliers against validation outliers (``detector``, ``auroc`` + interval).
+    validation: pd.DataFrame | None = None
+    #: What the frozen-feature guards are, or why they were not computed (a sentence).
+    guards: str | None = None
+
+    @field_validator("validation")
+    @classmethod
+    def _validation(cls, v: Any) -> pd.DataFrame | None:
+        return _optional_frame(v, "ood.validation", ("detector", "auroc", "auroc_low", "auroc_high"))
 
     @field_validator("detectors")
     @classmethod

@@ -21,6 +21,7 @@ from medvision.report._blocks import para as _para
 from medvision.report._blocks import table as _table
 from medvision.report._blocks import text as _text
 from medvision.report.context import SALIENCY_CATEGORIES, OODSection, ReportContext
+from medvision.report.detectors import detector_choice_blocks
 from medvision.report.study import StudySection
 from medvision.report.summary import (
     Summary,
@@ -286,6 +287,7 @@ def _ood(ctx: ReportContext) -> list[dict]:
             "class unless a column says otherwise." + sets
         ),
         _ood_table(o, primary),
+        *detector_choice_blocks(o),
     ]
     inverted = inverted_detector(o)
     if inverted:
