@@ -102,7 +102,7 @@ def compare(ev: Evaluation, first: str, second: str, seed: int) -> list[dict]:
     ``"mean"``), its interval from the same patient resamples for every seed.
 
     ``first`` and ``second`` are model names, or stage names (every member of the stage, one per label fraction and
-    seed).
+    seed). Two model names are one pair, whatever their label fractions and seeds: the caller chose them.
 
     Raises:
         SystemExit: a side names no model or two models of one label fraction and seed; the two are one run, or their
@@ -110,6 +110,10 @@ def compare(ev: Evaluation, first: str, second: str, seed: int) -> list[dict]:
             finding).
     """
     side_a, side_b = _side(ev, first), _side(ev, second)
+    names = {m.name for m in ev.metrics.models}
+    if first in names and second in names:  # two models named: compare them, whatever their seeds
+        (a,), (b,) = side_a.values(), side_b.values()
+        return _paired(ev, [(a, b)], seed)[0]
     rows = []
     for fraction in sorted({f for f, _ in side_a}):
         seeds = sorted((s for f, s in side_a if f == fraction and (f, s) in side_b), key=lambda s: (s is None, s))

@@ -104,8 +104,13 @@ def test_evaluating_two_runs_of_one_name_keeps_both_models_predictions(two_start
     # ... and refuses to compare a model with itself instead of printing +0.000
     with pytest.raises(SystemExit, match="same run"):
         pd_.compare(ev, names[0], names[0], seed=0)
-    with pytest.raises(SystemExit, match="two models at label fraction 1"):
-        pd_.compare(ev, "finetune", names[0], seed=0)  # the stage name is ambiguous here: both runs are "finetune"
+    # a stage name pairs its members by seed: "finetune" at seed 0 is names[0] itself
+    with pytest.raises(SystemExit, match="same run"):
+        pd_.compare(ev, "finetune", names[0], seed=0)
+    one_seed = [m.model_copy(update={"seed": 0}) for m in ev.metrics.models]
+    alike = Evaluation(ev.folder, ev.metrics.model_copy(update={"models": one_seed}))
+    with pytest.raises(SystemExit, match="two models at label fraction 1 and seed 0"):
+        pd_.compare(alike, "finetune", names[0], seed=0)  # both runs are "finetune" at one fraction and seed
     dup = ev.metrics.model_copy(update={"models": [ev.metrics.models[0], ev.metrics.models[1]]})
     twin = Evaluation(ev.folder, dup)
     twin.predictions = lambda model, split: a  # one model's predictions saved under both names (the old bug)

@@ -329,6 +329,7 @@ def test_a_finetune_writing_to_a_log_prints_one_line_per_epoch(synth_cxr_cohort,
     CLI as a user would with `> run.log 2>&1`: stdout and stderr a pipe, progress_bar left at auto."""
     raw = _config(synth_cxr_cohort, tmp_path, "logged", data={"batch_size": 64}, optim={"epochs": 2}, resume="never")
     raw["trainer"] = {"accelerator": "cpu"}  # progress_bar: auto, decided by the (piped) stderr
+    raw["recipe"] = "finetune"  # one run (auto trains several candidates, each line then led by its recipe)
     cfg = tmp_path / "logged.yaml"
     cfg.write_text(yaml.safe_dump(raw))
     done = subprocess.run(
@@ -342,7 +343,7 @@ def test_a_finetune_writing_to_a_log_prints_one_line_per_epoch(synth_cxr_cohort,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
     )
     assert done.returncode == 0, done.stdout[-3000:]
-    line = re.compile(r"epoch (\d+)/2: train/loss (\d+\.\d{4}), val/auroc (\d+\.\d{4}|nan), (\d+\.\d) s$")
+    line = re.compile(r"finetune epoch (\d+)/2: train/loss (\d+\.\d{4}), val/auroc (\d+\.\d{4}|nan), (\d+\.\d) s$")
     found = [m for m in map(line.search, done.stdout.splitlines()) if m]
     assert [int(m.group(1)) for m in found] == [1, 2], done.stdout[-3000:]
     assert all(float(m.group(2)) > 0 and float(m.group(4)) > 0 for m in found)

@@ -35,10 +35,13 @@ class EpochLines(Callback):
     Args:
         monitor: the metric the checkpoints are kept by (``monitor.metric``: ``val/auroc``, ``val/loss``, ...); shown
             beside the training loss. A metric the epoch did not log is left out of the line, not invented.
+        label: what is training, put before ``epoch`` (the recipe: ``recipe: auto`` trains several candidates one
+            after another, and without it their ``epoch 1/N`` lines read as one run restarting).
     """
 
-    def __init__(self, monitor: str) -> None:
+    def __init__(self, monitor: str, label: str | None = None) -> None:
         self.monitor = monitor
+        self.label = label
         self._started: float | None = None
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -53,7 +56,15 @@ class EpochLines(Callback):
         ]
         seconds = time.monotonic() - self._started if self._started is not None else math.nan
         total = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs >= 0 else "?"
-        log.info("epoch %d/%s: %s, %.1f s", trainer.current_epoch + 1, total, ", ".join(shown) or "no metrics", seconds)
+        prefix = f"{self.label} " if self.label else ""
+        log.info(
+            "%sepoch %d/%s: %s, %.1f s",
+            prefix,
+            trainer.current_epoch + 1,
+            total,
+            ", ".join(shown) or "no metrics",
+            seconds,
+        )
 
 
 def _value(v: object) -> str:

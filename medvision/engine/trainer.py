@@ -171,7 +171,10 @@ def build_trainer(config: StageConfig, callbacks: Sequence[Callback] = ()) -> L.
     deterministic = runs_on_cpu(tc) if tc.deterministic is None else tc.deterministic
     show = sys.stderr.isatty() if tc.progress_bar == "auto" else bool(tc.progress_bar)
     # a terminal gets the bar; a log file or pipe one plain line per epoch (without either a run looks hung)
-    built.append(RichProgressBar() if show else EpochLines(mon.metric))
+    recipe = getattr(config, "recipe", None)  # fine-tuning's; a self-supervised stage has none
+    built.append(
+        RichProgressBar() if show else EpochLines(mon.metric, label=recipe if isinstance(recipe, str) else None)
+    )
     return L.Trainer(
         accelerator=tc.accelerator,
         devices=tc.devices,

@@ -112,6 +112,7 @@ def evaluate_models(request: EvaluationRequest, folder: Path) -> dict[str, float
     results: list[ModelMetrics] = []
     member_preds: dict[str, dict[str, Predictions]] = {}
     multilabel_of: dict[str, bool] = {}
+    classifier_of: dict[str, Any] = {}
     primary = None
     for model, name in zip(request.models, names):
         classifier, _ = load_run_classifier(model["run_id"], request.tracking_uri)
@@ -120,19 +121,39 @@ def evaluate_models(request: EvaluationRequest, folder: Path) -> dict[str, float
         results.append(entry)
         member_preds[name] = preds
         multilabel_of[name] = bool(getattr(classifier.head, "multilabel", False))
+        if groups:
+            classifier_of[name] = classifier
         if primary is None or entry.label_fraction > primary[3].label_fraction:
             primary = (model, classifier, preds, entry)
     for group in groups:  # each seed ensemble scored as its own model, from its members' predictions
         preds = combine_members(member_preds, group.members)
         _write_predictions(preds, folder, group.name)
         multilabel = multilabel_of[group.members[0]]
-        entry = _scored(results[0].classes, request, group.model, group.name, folder, preds, multilabel)
+        guard_inputs = (classifier_of[group.members[0]], cohort)
+        entry = _scored(results[0].classes, request, group.model, group.name, folder, preds, multilabel, guard_inputs)
         entry.ensemble_of = group.members
         results.append(entry)
     ensemble = _ensemble(member_preds, results, request) if request.ensemble and len(member_preds) > 1 else None
     ranking = _rank_backbones(member_preds, results) if len(member_preds) > 1 else []
     saliency = _saliency(primary, cohort, request, folder) if request.saliency and primary is not None else []
-    MetricsDocument(
+    doc = _document(request, cohort, views, results, primary[3].name if primary else None, saliency, ensemble, ranking)
+    doc.write(folder / METRICS_FILE)  # whole or absent
+    return _headline(results)
+
+
+def _document(
+    request: EvaluationRequest,
+    cohort: Any,
+    views: TTAViews,
+    results: list[ModelMetrics],
+    primary: str | None,
+    saliency: list[SaliencyRecord],
+    ensemble: EnsembleMetrics | None,
+    ranking: list[RankRow],
+) -> MetricsDocument:
+    """The evaluation's record: what was evaluated (cohort, settings as given) beside what was found, so the
+    report and the checklists read every number from one typed document."""
+    return MetricsDocument(
         # the code that computed these numbers: the report shows this, not the version that renders it later
         code_version=code_provenance(),
         cohort={
@@ -162,13 +183,12 @@ def evaluate_models(request: EvaluationRequest, folder: Path) -> dict[str, float
             "tta": TTARecord(settings=request.tta, preset=views.preset, views=views.names),
             "seed_ensemble": request.seed_ensemble,
         },
-        primary_model=primary[3].name if primary else None,
+        primary_model=primary,
         models=results,
         saliency=saliency,
         ensemble=ensemble,
         backbone_ranking=ranking,
-    ).write(folder / METRICS_FILE)  # whole or absent
-    return _headline(results)
+    )
 
 
 def model_names(models: list[dict[str, Any]]) -> list[str]:
@@ -234,7 +254,7 @@ def _evaluate_one(
     preds = _predict(classifier, cohort, request, model, views)
     _write_predictions(preds, folder, name)
     multilabel = bool(getattr(classifier.head, "multilabel", False))
-    return _scored(classes, request, model, name, folder, preds, multilabel), preds
+    return _scored(classes, request, model, name, folder, preds, multilabel, (classifier, cohort)), preds
 
 
 def _scored(
@@ -245,8 +265,13 @@ def _scored(
     folder: Path,
     preds: dict[str, Predictions],
     multilabel: bool,
+    guard_inputs: tuple[Any, Any],
 ) -> ModelMetrics:
-    """A model's record from its predictions (a run's, or a seed ensemble's averaged ones)."""
+    """A model's record from its predictions (a run's, or a seed ensemble's averaged ones).
+
+    ``guard_inputs`` (a classifier, the cohort) is what the pretrained-feature guards embed with: only the
+    classifier's backbone architecture and the run's starting weights matter, so a seed ensemble passes its first
+    member's (its members started from the same weights)."""
     k = len(classes)
     inlier = {
         s: p.subset(((p.frame["label_idx"] >= 0) & (p.frame["label_idx"] < k)).to_numpy()) for s, p in preds.items()
@@ -254,7 +279,7 @@ def _scored(
     fitted = _fit_on_validation(classes, request, preds, inlier["val"])
     if guards_needed(request):  # kNN / Mahalanobis on the pretrained embeddings (evaluation/guards.py)
         start = StartingWeights.of_run(model["run_id"], request.tracking_uri)
-        fitted.guards = pretrained_guards(classifier, start, cohort, preds, k)
+        fitted.guards = pretrained_guards(guard_inputs[0], start, guard_inputs[1], preds, k)
         fitted.detectors.update(fitted.guards.detectors)
     entry = ModelMetrics(
         name=name,
