@@ -227,3 +227,15 @@ def test_paired_differences_refuses_to_compare_a_model_with_itself(tmp_path, cas
     assert expected in proc.stderr
     assert "by construction" in proc.stderr or "nothing to compare" in proc.stderr or "overwrote" in proc.stderr
     assert "difference (95% CI)" not in proc.stdout  # no table was printed
+
+
+@pytest.mark.slow
+def test_predict_benchmark_times_medvision_predict_beside_a_bare_decode_and_forward_loop():
+    out = _run(
+        "predict.py", "--backbone", "resnet-tiny", "--patients", "6", "--size", "32", "--source-size", "48",
+        "--rounds", "1", "--workers", "1",
+    )  # fmt: skip
+    assert out["benchmark"] == "predict" and out["files"] >= 6 and (out["size"], out["workers"]) == (32, 1)
+    ours, bare = out["medvision_images_per_s"]["median"], out["bare_images_per_s"]["median"]
+    assert ours > 0 and bare > 0
+    assert out["ratio"] == pytest.approx(ours / bare, rel=1e-2) and out["meets_target"] == (out["ratio"] >= 0.9)

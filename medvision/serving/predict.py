@@ -88,7 +88,9 @@ def model_recipe(card: ClassifierCard, model: str) -> PreprocessRecipe:
     return card.preprocessing
 
 
-def label_free_spec(images: Path, recipe: PreprocessRecipe, name: str | None = None) -> CohortSpec:
+def label_free_spec(
+    images: Path, recipe: PreprocessRecipe, name: str | None = None, workers: int = 0
+) -> CohortSpec:
     """The spec of a cohort of ``images`` with no labels, prepared by ``recipe``: ``cohort build --images`` with the
     model's size, channels, fit, storage, frame policy, reader kinds and size cap in place of the defaults."""
     base = spec_from_folder(images, FolderOptions(size=recipe.size, channels=recipe.channels, kinds=recipe.kinds))
@@ -99,6 +101,7 @@ def label_free_spec(images: Path, recipe: PreprocessRecipe, name: str | None = N
         raw["max_megapixels"] = recipe.max_megapixels
     if name:
         raw["name"] = name
+    raw["workers"] = workers
     return CohortSpec.model_validate(raw)
 
 
@@ -114,6 +117,7 @@ def predict(
     for_source_pacs: bool = False,
     send: str | None = None,
     send_auth: str = "none",
+    workers: int = 0,
 ) -> PredictionResult:
     """Predict every image of ``images`` (a folder) or ``cohort`` (a built cohort) with ``model``.
 
@@ -123,6 +127,7 @@ def predict(
         out: the output folder (see the module docstring).
         images / cohort: exactly one: a folder of DICOM or photos, or a cohort built by ``medvision cohort build``.
         tracking_uri: the MLflow store the model is read from and the prediction run is logged to.
+        workers: processes that index and decode ``images`` (0: one per core), as a build's ``workers``.
         dicom_results: also write one Structured Report per study into ``out/dicom`` (DICOM images only).
         for_source_pacs: the reports carry the source's patient, study and instance identifiers (to be stored back
             in the PACS the images came from); implies ``dicom_results``. Otherwise they are pseudonymous.
@@ -141,7 +146,7 @@ def predict(
     classifier, card = load_run_classifier(ref, tracking_uri=tracking_uri)
     recipe = model_recipe(card, str(ref))  # before any image is read
     if images is not None:
-        built, quarantine = _label_free_cohort(Path(images).expanduser().resolve(), recipe, out)
+        built, quarantine = _label_free_cohort(Path(images).expanduser().resolve(), recipe, out, workers)
     else:
         built, quarantine = _existing_cohort(Path(cohort).expanduser().resolve(), recipe)  # type: ignore[arg-type]
     rows, refused = _rows_of_kinds(built.manifest, recipe)
@@ -181,11 +186,13 @@ def model_identity(ref: ModelRef, card: ClassifierCard, ood_score_name: str | No
     return ModelIdentity(f"{name} ({card.head.name} on {backbone})", version, list(card.classes), ood_score_name)
 
 
-def _label_free_cohort(images: Path, recipe: PreprocessRecipe, out: Path) -> tuple[Cohort, pd.DataFrame]:
+def _label_free_cohort(
+    images: Path, recipe: PreprocessRecipe, out: Path, workers: int = 0
+) -> tuple[Cohort, pd.DataFrame]:
     """The build of ``images`` with no labels into ``out/cohort`` (a re-run decodes only new files)."""
     if not images.is_dir():
         raise InputError(f"--images {images} is not a folder; give the folder of DICOM files or photos to predict")
-    build_cohort(label_free_spec(images, recipe), out / "cohort")
+    build_cohort(label_free_spec(images, recipe, workers=workers), out / "cohort")
     built = open_cohort(out / "cohort")
     return built, pd.read_csv(out / "cohort" / "quarantine.csv")
 
