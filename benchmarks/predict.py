@@ -39,11 +39,18 @@ from medvision.sources.synth import synthesize
 
 
 def _decode(args: tuple[list[str], int]) -> np.ndarray:
-    """The bare decode of a chunk of files: pixels, min-max to [0, 1], resized; ``(n, 1, size, size)`` float32."""
+    """The bare decode of a chunk of files: pixels (the middle frame of a multi-frame object, the mean of a colour
+    image's channels: the recipe's ``frames: middle``, 1 channel), min-max to [0, 1], resized;
+    ``(n, 1, size, size)`` float32."""
     paths, size = args
     out = np.empty((len(paths), 1, size, size), np.float32)
     for i, path in enumerate(paths):
-        a = pydicom.dcmread(path).pixel_array.astype(np.float32)
+        ds = pydicom.dcmread(path)
+        a = ds.pixel_array.astype(np.float32)
+        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+            a = a[len(a) // 2]
+        if int(ds.get("SamplesPerPixel", 1)) > 1:
+            a = a.mean(axis=-1)
         a = (a - a.min()) / max(float(a.max() - a.min()), 1e-6)
         out[i, 0] = cv2.resize(a, (size, size), interpolation=cv2.INTER_AREA)
     return out

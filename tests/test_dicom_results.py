@@ -152,6 +152,25 @@ def test_reports_for_the_source_pacs_carry_the_source_identifiers_and_are_owner_
         assert sr.SeriesInstanceUID != source.SeriesInstanceUID  # the report is a new series of the source study
 
 
+def test_reports_carry_the_referral_decision_and_the_ood_flag_when_an_evaluation_fixed_them(small_cohort, tmp_path):
+    """With ``predict --evaluation`` the table has ``refer`` and ``ood_flag``: each image's group says both, coded,
+    and the object still passes dciodvfy."""
+    table = _table(small_cohort)
+    table["ood_flag"] = table["ood_score"] > 0.5
+    table["refer"] = table["ood_flag"] | (np.arange(len(table)) % 2 == 0)
+    sources, _ = source_instances(small_cohort, small_cohort.manifest, original=False)
+    model = ModelIdentity("cxr-triage (hod on resnet-tiny)", "7", small_cohort.classes, "hod")
+    paths = write_reports(study_reports(table, sources, model), tmp_path)
+    by_image = table.set_index("image_id")
+    for path in paths:
+        assert dciodvfy_errors(path) == [], path
+        for image, (_, codes) in report_values(pydicom.dcmread(path)).items():
+            row = by_image.loc[image]
+            assert codes["Referral decision"] == ("Refer to a human reader" if row["refer"] else "Accept")
+            assert codes["Out-of-distribution"] == ("Yes" if row["ood_flag"] else "No")
+    assert {True, False} <= set(table["refer"]) and {True, False} <= set(table["ood_flag"])  # both answers written
+
+
 @pytest.mark.slow
 def test_predict_dicom_results_end_to_end(evaluated_hod_run, synth_cxr_cohort, tmp_path):
     """`medvision predict --dicom-results`: the reports hold the probabilities of predictions.parquet, and neither

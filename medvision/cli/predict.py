@@ -20,6 +20,11 @@ def predict_command(
     cohort: Path | None = typer.Option(None, help="A cohort built by `medvision cohort build` (every image)."),
     out: Path = typer.Option(..., help="Folder for predictions.parquet/.csv, quarantine.csv (and cohort/)."),
     batch_size: int = typer.Option(64, min=1, help="Images per forward pass."),
+    evaluation: Path | None = typer.Option(
+        None,
+        help="The model's `medvision evaluate` folder: apply its operating point, conformal sets and referral rule "
+        "(columns positive, conformal_set, ood_flag, refer).",
+    ),
     dicom_results: bool = typer.Option(
         False, help="Also write one DICOM Structured Report per study (TID 1500) into OUT/dicom, pseudonymous."
     ),
@@ -67,6 +72,7 @@ def predict_command(
                 for_source_pacs=for_source_pacs,
                 send=send,
                 send_auth=send_auth,
+                evaluation=evaluation,
             )
         except ModelRefError as e:
             raise InputError(str(e)) from None

@@ -117,4 +117,6 @@ def _identity(header: Dataset, row, original: bool) -> Dataset:
     ds.SOPInstanceUID = pseudonymous_uid("instance", row.content_sha256)
     for keyword in _EMPTY_WHEN_PSEUDONYMOUS:
         setattr(ds, keyword, None)
+    ds.PatientIdentityRemoved = "YES"  # the result's Patient module says so (and how), as a de-identified copy would
+    ds.DeidentificationMethod = "medvision keyed pseudonyms (HMAC); UIDs derived from them"
     return ds

@@ -110,14 +110,10 @@ def _report(
         is_complete=True,
     )
     sr.CodingSchemeIdentificationSequence = [_scheme_item()]
-    if "PatientIdentityRemoved" not in sr and _pseudonymous(evidence[0]):
+    if evidence[0].get("PatientIdentityRemoved") == "YES":  # pseudonymous sources: say so, and how
         sr.PatientIdentityRemoved = "YES"
-        sr.DeidentificationMethod = "medvision keyed pseudonyms (HMAC); UIDs derived from them"
+        sr.DeidentificationMethod = evidence[0].DeidentificationMethod
     return sr
-
-
-def _pseudonymous(source: Dataset) -> bool:
-    return str(source.PatientID).startswith("P-") and str(source.StudyInstanceUID).startswith("2.25.")
 
 
 def _scheme_item() -> Dataset:

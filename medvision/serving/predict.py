@@ -13,8 +13,8 @@ head's ``ood_score`` when it has one), ``quarantine.csv`` (every file not predic
 ``images``, the label-free cohort itself (``cohort/``: owner-only, it holds the file paths). With
 ``dicom_results``, ``dicom/<study pseudonym>.dcm``: one Comprehensive SR per study
 (:mod:`medvision.serving.dicom_results`), pseudonymous unless ``for_source_pacs`` (then with the source's patient,
-study and instance identifiers, owner-only, and never logged). The operating point, conformal sets and referral
-decisions fixed by an evaluation are not applied here (yet).
+study and instance identifiers, owner-only, and never logged). With ``evaluation``, the operating point,
+conformal set and referral decision that evaluation fixed are columns of the table (and of the reports).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from medvision.cohort.source_instances import source_instances
 from medvision.cohort.spec import CohortSpec, FolderOptions, spec_from_folder
 from medvision.errors import InputError
 from medvision.evaluation.predict import Predictions, predict_rows
+from medvision.serving.decisions import apply_evaluation, evaluated_model
 from medvision.serving.dicom_results import ModelIdentity, study_reports, write_reports
 from medvision.serving.send import send_reports
 from medvision.tracking import load_run_classifier
@@ -88,9 +89,7 @@ def model_recipe(card: ClassifierCard, model: str) -> PreprocessRecipe:
     return card.preprocessing
 
 
-def label_free_spec(
-    images: Path, recipe: PreprocessRecipe, name: str | None = None, workers: int = 0
-) -> CohortSpec:
+def label_free_spec(images: Path, recipe: PreprocessRecipe, name: str | None = None, workers: int = 0) -> CohortSpec:
     """The spec of a cohort of ``images`` with no labels, prepared by ``recipe``: ``cohort build --images`` with the
     model's size, channels, fit, storage, frame policy, reader kinds and size cap in place of the defaults."""
     base = spec_from_folder(images, FolderOptions(size=recipe.size, channels=recipe.channels, kinds=recipe.kinds))
@@ -118,6 +117,7 @@ def predict(
     send: str | None = None,
     send_auth: str = "none",
     workers: int = 0,
+    evaluation: str | Path | None = None,
 ) -> PredictionResult:
     """Predict every image of ``images`` (a folder) or ``cohort`` (a built cohort) with ``model``.
 
@@ -128,6 +128,9 @@ def predict(
         images / cohort: exactly one: a folder of DICOM or photos, or a cohort built by ``medvision cohort build``.
         tracking_uri: the MLflow store the model is read from and the prediction run is logged to.
         workers: processes that index and decode ``images`` (0: one per core), as a build's ``workers``.
+        evaluation: the folder ``medvision evaluate`` wrote for this model: its operating point, conformal sets and
+            referral rule are applied to every case (:mod:`medvision.serving.decisions`; checked before any image
+            is read).
         dicom_results: also write one Structured Report per study into ``out/dicom`` (DICOM images only).
         for_source_pacs: the reports carry the source's patient, study and instance identifiers (to be stored back
             in the PACS the images came from); implies ``dicom_results``. Otherwise they are pseudonymous.
@@ -137,7 +140,9 @@ def predict(
 
     Raises:
         InputError: not exactly one of ``images``/``cohort``; a model without a recipe (before any image is read); a
-            cohort prepared differently from the model's training images.
+            cohort prepared differently from the model's training images; an ``evaluation`` folder without
+            ``metrics.json``, of a model with other classes or with a referral rule on an OOD score this model's
+            head does not compute (all three before any image is read).
     """
     if (images is None) == (cohort is None):
         raise InputError("give exactly one of --images DIR (a folder of images) and --cohort DIR (a built cohort)")
@@ -145,6 +150,10 @@ def predict(
     ref = ModelRef.parse(model)
     classifier, card = load_run_classifier(ref, tracking_uri=tracking_uri)
     recipe = model_recipe(card, str(ref))  # before any image is read
+    head_ood = getattr(classifier.head, "ood_score_name", None)
+    evaluated = (
+        None if evaluation is None else evaluated_model(str(evaluation), list(card.classes), ref.run_id, head_ood)
+    )
     if images is not None:
         built, quarantine = _label_free_cohort(Path(images).expanduser().resolve(), recipe, out, workers)
     else:
@@ -153,6 +162,8 @@ def predict(
     quarantine = pd.concat([quarantine, refused], ignore_index=True)
     preds = _predict_in_chunks(classifier, built, rows, batch_size)
     table = _public_table(preds, rows, labelled=cohort is not None)
+    if evaluated is not None:
+        table = apply_evaluation(table, evaluated[0], evaluated[1], preds.ood_score_name)
     write_all(
         [
             (out / "predictions.parquet", int(table.memory_usage(deep=True).sum()), table.to_parquet),
