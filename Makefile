@@ -18,8 +18,9 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get install -y -q chromium >/dev/null || \
 	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q chromium >/dev/null; }; }
 
-# The PACS and team-server tests start Debian's Orthanc (+ DICOMweb plugin) and PostgreSQL themselves.
-SERVERS := orthanc orthanc-dicomweb postgresql
+# The PACS and team-server tests start Debian's Orthanc (+ DICOMweb plugin) and PostgreSQL themselves; the DICOM
+# results tests validate every written object with dicom3tools' dciodvfy.
+SERVERS := orthanc orthanc-dicomweb postgresql dicom3tools
 servers:
 	@missing="$$(for p in $(SERVERS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done)"; \
 	[ -z "$$missing" ] || { $(SUDO) apt-get install -y -q $$missing >/dev/null || \

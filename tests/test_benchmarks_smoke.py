@@ -302,3 +302,15 @@ def test_mil_cost_embeds_one_series_both_ways_and_states_the_memory_per_cap():
     assert saved[0] < saved[1] < saved[2], "a training bag's activations grow with the cap, not the series"
     (frozen,) = [m for m in out["memory"] if m["mode"] == "frozen"]
     assert frozen["saved_mb"] < saved[0]
+
+
+@pytest.mark.slow
+def test_predict_benchmark_times_medvision_predict_beside_a_bare_decode_and_forward_loop():
+    out = _run(
+        "predict.py", "--backbone", "resnet-tiny", "--patients", "6", "--size", "32", "--source-size", "48",
+        "--rounds", "1", "--workers", "1",
+    )  # fmt: skip
+    assert out["benchmark"] == "predict" and out["files"] >= 6 and (out["size"], out["workers"]) == (32, 1)
+    ours, bare = out["medvision_images_per_s"]["median"], out["bare_images_per_s"]["median"]
+    assert ours > 0 and bare > 0
+    assert out["ratio"] == pytest.approx(ours / bare, rel=1e-2) and out["meets_target"] == (out["ratio"] >= 0.9)

@@ -290,3 +290,20 @@ def test_a_row_carries_the_promise_only_when_its_group_is_a_union_of_calibrated_
     assert verdict[("sex", "sex*site")] == {"not_promised"}  # per sex is not per (sex, site)
     assert verdict[("sex*site", "sex")] == {"holds"}  # a sex is a union of (sex, site) cells
     assert verdict[("class", "class")] == {"holds"} and verdict[("marginal", "class")] == {"not_promised"}
+
+
+def test_a_predictor_rebuilt_from_its_recorded_thresholds_gives_the_same_sets():
+    """``predict --evaluation`` has only the thresholds metrics.json recorded, not the validation images."""
+    rng = np.random.default_rng(11)
+    p_val, val = _cohort(rng, 70)
+    p_test, test = _cohort(rng, 40)
+    y, g, u = val["label_idx"].to_numpy(), val["patient_id"].to_numpy(), rng.random(len(test))
+    for kw, cats in [({}, None), ({"class_conditional": True}, None), ({}, val["site"])]:
+        fitted = ConformalClassifier(0.9, score="raps", **kw).fit(p_val, y, g, cats)
+        rebuilt = ConformalClassifier.from_thresholds(
+            fitted.thresholds_, K, target=0.9, score="raps", randomized=True, seed=0
+        )
+        test_cats = None if cats is None else test["site"]
+        np.testing.assert_array_equal(
+            rebuilt.predict_set(p_test, test_cats, u=u), fitted.predict_set(p_test, test_cats, u=u)
+        )

@@ -5,6 +5,7 @@ it reads an image."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -151,3 +152,55 @@ def test_a_bag_model_is_refused_naming_the_command_that_reads_cases(tmp_path):
     code, output = _predict([str(tmp_path / "clf"), "--images", str(images), "--out", str(tmp_path / "out")], uri)
     assert code == 2 and "reads a bag of images per case" in output and "medvision evaluate" in output, output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_predict_with_the_evaluation_applies_its_operating_point_conformal_sets_and_referral(
+    evaluated_hod_run, synth_cxr_cohort, tmp_path
+):
+    from tests.test_dicom_results import report_values
+
+    run_id, uri, eval_dir = evaluated_hod_run
+    base = [run_id, "--cohort", str(synth_cxr_cohort), "--out", str(tmp_path / "out")]
+    code, output = _predict([*base, "--evaluation", str(tmp_path / "nowhere")], uri)
+    assert code == 2 and f"--evaluation {tmp_path / 'nowhere'}: metrics.json does not exist" in output
+    assert "medvision evaluate" in output and not (tmp_path / "out").exists()  # the fix named, before any image
+    other = tmp_path / "feature-ood"  # a referral rule on a feature-space detector: predict cannot apply its OOD part
+    other.mkdir()
+    doc = json.loads((eval_dir / "metrics.json").read_text())
+    for m in doc["models"]:
+        if m.get("trust") and m["trust"].get("abstain"):
+            m["trust"]["abstain"].update(ood="mahalanobis", ood_threshold=1.0)
+    (other / "metrics.json").write_text(json.dumps(doc))
+    code, output = _predict([*base, "--evaluation", str(other)], uri)
+    assert code == 2 and "trust.abstain.ood is 'mahalanobis'" in output and not (tmp_path / "out").exists()
+
+    code, output = _predict([*base, "--evaluation", str(eval_dir), "--dicom-results"], uri)
+    assert code == 0, output
+    got = pd.read_parquet(tmp_path / "out" / "predictions.parquet")
+    model = Evaluation.open(eval_dir).metrics.primary
+    probs = got[[f"p:{c}" for c in model.classes]].to_numpy()
+    # The operating point and the referral rule are the recorded thresholds, applied as recorded.
+    positive = got[f"p:{model.positive_class}"] >= model.operating_point.threshold
+    assert got["positive"].tolist() == positive.tolist()
+    rule = model.trust.abstain
+    refer = probs.max(axis=1) < (np.inf if rule.threshold is None else rule.threshold)
+    if rule.ood_threshold is not None:
+        assert got["ood_flag"].tolist() == (got["ood_score"] > rule.ood_threshold).tolist()
+        refer |= got["ood_score"].to_numpy() > rule.ood_threshold
+    assert got["refer"].tolist() == refer.tolist()
+    # The conformal sets keep their promise on the labelled test images (target 0.9, a few dozen patients).
+    cohort = open_cohort(synth_cxr_cohort)
+    test = cohort.rows("test")
+    test = test[test["label"].isin(model.classes)].merge(got[["image_id", "conformal_set"]], on="image_id")
+    covered = [label in s.split("|") for label, s in zip(test["label"], test["conformal_set"], strict=True)]
+    assert np.mean(covered) >= model.trust.conformal.target - 0.15
+    assert got["conformal_set"].str.split("|").map(len).mean() < len(model.classes)  # not every class every time
+    # The DICOM reports carry the referral decision and the OOD flag of each image.
+    path = sorted((tmp_path / "out" / "dicom").glob("*.dcm"))[0]
+    values = report_values(pydicom.dcmread(path))
+    for image_id, (_, codes) in values.items():
+        row = got.set_index("image_id").loc[image_id]
+        assert codes["Referral decision"] == ("Refer to a human reader" if row["refer"] else "Accept")
+        if "ood_flag" in got.columns:
+            assert codes["Out-of-distribution"] == ("Yes" if row["ood_flag"] else "No")

@@ -190,3 +190,16 @@ def test_too_few_validation_patients_to_certify_anything_refers_every_case():
         RiskControlledAbstention(on="misses").fit(p, y, g)
     with pytest.raises(ValueError, match="pass `ood_score` to refer"):
         RiskControlledAbstention().fit(p, y, g, ood_score=np.zeros(len(y))).refer(p)
+
+
+def test_a_rule_rebuilt_from_its_recorded_thresholds_refers_the_same_cases():
+    """``predict --evaluation`` has only λ̂ and τ̂ from metrics.json; nothing certified (``None``) refers every case."""
+    rng = np.random.default_rng(12)
+    p, y, g = _arrays(rng, 600)
+    ood = rng.normal(size=len(y))
+    fitted = RiskControlledAbstention(alpha=0.1, delta=0.1, ood_rate=0.05, seed=1).fit(p, y, g, ood_score=ood)
+    rebuilt = RiskControlledAbstention.from_thresholds(fitted.threshold_, fitted.ood_threshold_)
+    p_new, _, _ = _arrays(rng, 200)
+    ood_new = rng.normal(size=len(p_new))
+    np.testing.assert_array_equal(rebuilt.refer(p_new, ood_new), fitted.refer(p_new, ood_new))
+    assert RiskControlledAbstention.from_thresholds(None, None).refer(p_new).all()

@@ -20,6 +20,29 @@ def predict_command(
     cohort: Path | None = typer.Option(None, help="A cohort built by `medvision cohort build` (every image)."),
     out: Path = typer.Option(..., help="Folder for predictions.parquet/.csv, quarantine.csv (and cohort/)."),
     batch_size: int = typer.Option(64, min=1, help="Images per forward pass."),
+    evaluation: Path | None = typer.Option(
+        None,
+        help="The model's `medvision evaluate` folder: apply its operating point, conformal sets and referral rule "
+        "(columns positive, conformal_set, ood_flag, refer).",
+    ),
+    dicom_results: bool = typer.Option(
+        False, help="Also write one DICOM Structured Report per study (TID 1500) into OUT/dicom, pseudonymous."
+    ),
+    for_source_pacs: bool = typer.Option(
+        False,
+        help="The DICOM reports carry the source's patient, study and instance identifiers, to be stored back in "
+        "the PACS the images came from (implies --dicom-results; the files are owner-only).",
+    ),
+    send: str | None = typer.Option(
+        None,
+        help="Store the DICOM reports by STOW-RS to this DICOMweb base URL, the source PACS (implies "
+        "--for-source-pacs).",
+    ),
+    send_auth: str = typer.Option(
+        "none",
+        help="How --send authenticates: none, basic ($MEDVISION_PACS_USER/$MEDVISION_PACS_PASSWORD) or bearer "
+        "($MEDVISION_PACS_TOKEN).",
+    ),
     tracking_uri: str | None = typer.Option(
         None, help="MLflow store (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)."
     ),
@@ -38,7 +61,19 @@ def predict_command(
 
         uri = resolve_tracking_uri(TrackingConfig(tracking_uri=tracking_uri))
         try:
-            result = predict(model, out, images=images, cohort=cohort, tracking_uri=uri, batch_size=batch_size)
+            result = predict(
+                model,
+                out,
+                images=images,
+                cohort=cohort,
+                tracking_uri=uri,
+                batch_size=batch_size,
+                dicom_results=dicom_results,
+                for_source_pacs=for_source_pacs,
+                send=send,
+                send_auth=send_auth,
+                evaluation=evaluation,
+            )
         except ModelRefError as e:
             raise InputError(str(e)) from None
         q = result.quarantine
@@ -47,6 +82,13 @@ def predict_command(
             typer.echo(f"{len(q)} file(s) quarantined, not predicted (all in {result.out / 'quarantine.csv'}):")
             for r in q.head(_SHOWN).itertuples(index=False):
                 typer.echo(f"  {r.relpath}: {r.reason}")
+        if result.dicom:
+            typer.echo(
+                f"{len(result.dicom)} DICOM report(s) ({result.dicom_identifiers} identifiers) "
+                f"in {result.out / 'dicom'}"
+            )
+        if send is not None:
+            typer.echo(f"{result.sent} report(s) stored to the PACS")
         typer.echo(f"MLflow run {result.run_id} (experiment predict) in {redact_uri(uri)}")
 
     run_guarded(body)

@@ -232,6 +232,24 @@ class ConformalClassifier:
         self.mondrian_ = cats is not None
         return self
 
+    @classmethod
+    def from_thresholds(
+        cls, thresholds: pd.DataFrame, n_classes: int, *, target: float, score: str, randomized: bool, seed: int
+    ) -> ConformalClassifier:
+        """A predictor calibrated earlier, rebuilt from its :attr:`thresholds_` (as an evaluation records them), so
+        new cases get the sets validation fixed without the validation images (``predict --evaluation``)."""
+        cc = cls(
+            target=target,
+            score=score,
+            class_conditional=bool((thresholds["label"] >= 0).any()),
+            randomized=randomized,
+            seed=seed,
+        )
+        cc.thresholds_ = thresholds[["category", "label", "n_patients", "n_images", "threshold"]].reset_index(drop=True)
+        cc.n_classes_ = n_classes
+        cc.mondrian_ = bool((thresholds["category"] != ALL).any())
+        return cc
+
     def predict_set(self, y_prob: object, categories: object | None = None, u: object | None = None) -> np.ndarray:
         """Prediction sets as a boolean (n, K) matrix: entry (i, y) is True when label y is in image i's set.
 

@@ -155,6 +155,15 @@ class RiskControlledAbstention:
         self._certify(conf, p.argmax(axis=1)[ltt], y[ltt].astype(int), g[ltt])
         return self
 
+    @classmethod
+    def from_thresholds(cls, threshold: float | None, ood_threshold: float | None) -> RiskControlledAbstention:
+        """A rule certified earlier, rebuilt from λ̂ (``None``: nothing certified, everything referred) and τ̂, as an
+        evaluation records them, to refer new cases (``predict --evaluation``)."""
+        rule = cls()
+        rule.threshold_ = np.inf if threshold is None else float(threshold)
+        rule.ood_threshold_ = ood_threshold
+        return rule
+
     def refer(self, y_prob: object, ood_score: object | None = None) -> np.ndarray:
         """Boolean per image: True = referred to a clinician, False = the model's answer is used."""
         if not hasattr(self, "threshold_"):

@@ -10,14 +10,17 @@ so a case scored here gets the numbers evaluation would give it.
 Outputs in ``out``: ``predictions.parquet`` and ``predictions.csv`` (one row per image, pseudonymous ids only:
 ``image_id``, ``patient_id``, ``study_id``, ``series_id``, ``frame``, the subgroup attributes, ``p:<class>`` and the
 head's ``ood_score`` when it has one), ``quarantine.csv`` (every file not predicted, with its reason) and, for
-``images``, the label-free cohort itself (``cohort/``: owner-only, it holds the file paths). The operating point,
-conformal sets and referral decisions fixed by an evaluation are not applied here (yet).
+``images``, the label-free cohort itself (``cohort/``: owner-only, it holds the file paths). With
+``dicom_results``, ``dicom/<study pseudonym>.dcm``: one Comprehensive SR per study
+(:mod:`medvision.serving.dicom_results`), pseudonymous unless ``for_source_pacs`` (then with the source's patient,
+study and instance identifiers, owner-only, and never logged). With ``evaluation``, the operating point,
+conformal set and referral decision that evaluation fixed are columns of the table (and of the reports).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -28,9 +31,13 @@ from medvision.cohort.build import build_cohort
 from medvision.cohort.cohort import Cohort, open_cohort
 from medvision.cohort.progress import counting
 from medvision.cohort.recipe import PreprocessRecipe
+from medvision.cohort.source_instances import source_instances
 from medvision.cohort.spec import CohortSpec, FolderOptions, spec_from_folder
 from medvision.errors import InputError
 from medvision.evaluation.predict import Predictions, predict_rows
+from medvision.serving.decisions import apply_evaluation, evaluated_model
+from medvision.serving.dicom_results import ModelIdentity, study_reports, write_reports
+from medvision.serving.send import send_reports
 from medvision.tracking import load_run_classifier
 from medvision.tracking.model_ref import ModelRef
 from medvision.tracking.store import get_or_create_experiment, open_client
@@ -54,9 +61,15 @@ class PredictionResult:
     quarantine: pd.DataFrame
     run_id: str
     ood_score_name: str | None
+    #: The DICOM results (``dicom/*.dcm``), empty unless asked for; ``dicom_identifiers``: how they name the cases.
+    dicom: tuple[Path, ...] = ()
+    dicom_identifiers: str = "none"
+    #: Reports the PACS stored (``send``).
+    sent: int = 0
 
     @property
     def files(self) -> list[Path]:
+        """The tables (logged to MLflow; the DICOM results never are: they may hold the source's identifiers)."""
         return [self.out / "predictions.parquet", self.out / "predictions.csv", self.out / "quarantine.csv"]
 
 
@@ -76,7 +89,7 @@ def model_recipe(card: ClassifierCard, model: str) -> PreprocessRecipe:
     return card.preprocessing
 
 
-def label_free_spec(images: Path, recipe: PreprocessRecipe, name: str | None = None) -> CohortSpec:
+def label_free_spec(images: Path, recipe: PreprocessRecipe, name: str | None = None, workers: int = 0) -> CohortSpec:
     """The spec of a cohort of ``images`` with no labels, prepared by ``recipe``: ``cohort build --images`` with the
     model's size, channels, fit, storage, frame policy, reader kinds and size cap in place of the defaults."""
     base = spec_from_folder(images, FolderOptions(size=recipe.size, channels=recipe.channels, kinds=recipe.kinds))
@@ -87,6 +100,7 @@ def label_free_spec(images: Path, recipe: PreprocessRecipe, name: str | None = N
         raw["max_megapixels"] = recipe.max_megapixels
     if name:
         raw["name"] = name
+    raw["workers"] = workers
     return CohortSpec.model_validate(raw)
 
 
@@ -98,6 +112,12 @@ def predict(
     cohort: str | Path | None = None,
     tracking_uri: str,
     batch_size: int = 64,
+    dicom_results: bool = False,
+    for_source_pacs: bool = False,
+    send: str | None = None,
+    send_auth: str = "none",
+    workers: int = 0,
+    evaluation: str | Path | None = None,
 ) -> PredictionResult:
     """Predict every image of ``images`` (a folder) or ``cohort`` (a built cohort) with ``model``.
 
@@ -107,10 +127,22 @@ def predict(
         out: the output folder (see the module docstring).
         images / cohort: exactly one: a folder of DICOM or photos, or a cohort built by ``medvision cohort build``.
         tracking_uri: the MLflow store the model is read from and the prediction run is logged to.
+        workers: processes that index and decode ``images`` (0: one per core), as a build's ``workers``.
+        evaluation: the folder ``medvision evaluate`` wrote for this model: its operating point, conformal sets and
+            referral rule are applied to every case (:mod:`medvision.serving.decisions`; checked before any image
+            is read).
+        dicom_results: also write one Structured Report per study into ``out/dicom`` (DICOM images only).
+        for_source_pacs: the reports carry the source's patient, study and instance identifiers (to be stored back
+            in the PACS the images came from); implies ``dicom_results``. Otherwise they are pseudonymous.
+        send / send_auth: a DICOMweb base URL the reports are stored to by STOW-RS (:func:`send_reports`), and how
+            to authenticate (``none``, ``basic``, ``bearer``: credentials from the environment as for a pull);
+            implies ``for_source_pacs`` (a report sent back must attach to its source study).
 
     Raises:
         InputError: not exactly one of ``images``/``cohort``; a model without a recipe (before any image is read); a
-            case-level (bag) model; a cohort prepared differently from the model's training images.
+            case-level (bag) model; a cohort prepared differently from the model's training images; an ``evaluation``
+            folder without ``metrics.json``, of a model with other classes or with a referral rule on an OOD score this
+            model's head does not compute (all three before any image is read).
     """
     if (images is None) == (cohort is None):
         raise InputError("give exactly one of --images DIR (a folder of images) and --cohort DIR (a built cohort)")
@@ -123,14 +155,20 @@ def predict(
             f"{ref}: this model reads a bag of images per case (series, study or patient); predict writes one row "
             "per image. Evaluate it on a case-level cohort with `medvision evaluate` instead"
         )
+    head_ood = getattr(classifier.head, "ood_score_name", None)
+    evaluated = (
+        None if evaluation is None else evaluated_model(str(evaluation), list(card.classes), ref.run_id, head_ood)
+    )
     if images is not None:
-        built, quarantine = _label_free_cohort(Path(images).expanduser().resolve(), recipe, out)
+        built, quarantine = _label_free_cohort(Path(images).expanduser().resolve(), recipe, out, workers)
     else:
         built, quarantine = _existing_cohort(Path(cohort).expanduser().resolve(), recipe)  # type: ignore[arg-type]
     rows, refused = _rows_of_kinds(built.manifest, recipe)
     quarantine = pd.concat([quarantine, refused], ignore_index=True)
     preds = _predict_in_chunks(classifier, built, rows, batch_size)
     table = _public_table(preds, rows, labelled=cohort is not None)
+    if evaluated is not None:
+        table = apply_evaluation(table, evaluated[0], evaluated[1], preds.ood_score_name)
     write_all(
         [
             (out / "predictions.parquet", int(table.memory_usage(deep=True).sum()), table.to_parquet),
@@ -138,16 +176,39 @@ def predict(
             (out / "quarantine.csv", 200 * (len(quarantine) + 1), lambda p: quarantine.to_csv(p, index=False)),
         ]
     )
-    result = PredictionResult(out, table, quarantine, "", preds.ood_score_name)
+    for_source_pacs = for_source_pacs or send is not None
+    dicom: list[Path] = []
+    if dicom_results or for_source_pacs:
+        sources, _ = source_instances(built, rows, original=for_source_pacs)
+        identity = model_identity(ref, card, preds.ood_score_name)
+        dicom = write_reports(study_reports(table, sources, identity), out / "dicom", private=for_source_pacs)
+    sent = send_reports(dicom, send, auth=send_auth) if send is not None else 0
+    mode = "original" if for_source_pacs else "pseudonymous" if dicom_results else "none"
+    result = PredictionResult(out, table, quarantine, "", preds.ood_score_name, tuple(dicom), mode, sent)
     run_id = _log_run(tracking_uri, ref, card, built, result)
-    return PredictionResult(out, table, quarantine, run_id, preds.ood_score_name)
+    return replace(result, run_id=run_id)
 
 
-def _label_free_cohort(images: Path, recipe: PreprocessRecipe, out: Path) -> tuple[Cohort, pd.DataFrame]:
+def model_identity(ref: ModelRef, card: ClassifierCard, ood_score_name: str | None) -> ModelIdentity:
+    """The model's name and version as a DICOM report states them: a registered model's own, else the run (or the
+    folder's name) with the head and backbone."""
+    if ref.kind == "registered" and ref.name:
+        name, version = ref.name, ref.version or f"@{ref.alias}"
+    elif ref.kind == "run" and ref.run_id:
+        name, version = f"run {ref.run_id}", ref.run_id
+    else:
+        name, version = Path(str(ref.path)).name, "local"
+    backbone = card.backbone.name if card.backbone else "unknown backbone"
+    return ModelIdentity(f"{name} ({card.head.name} on {backbone})", version, list(card.classes), ood_score_name)
+
+
+def _label_free_cohort(
+    images: Path, recipe: PreprocessRecipe, out: Path, workers: int = 0
+) -> tuple[Cohort, pd.DataFrame]:
     """The build of ``images`` with no labels into ``out/cohort`` (a re-run decodes only new files)."""
     if not images.is_dir():
         raise InputError(f"--images {images} is not a folder; give the folder of DICOM files or photos to predict")
-    build_cohort(label_free_spec(images, recipe), out / "cohort")
+    build_cohort(label_free_spec(images, recipe, workers=workers), out / "cohort")
     built = open_cohort(out / "cohort")
     return built, pd.read_csv(out / "cohort" / "quarantine.csv")
 
@@ -236,6 +297,9 @@ def _log_run(uri: str, ref: ModelRef, card: ClassifierCard, built: Cohort, resul
         client.set_tag(run_id, "medvision.model_run_id", ref.run_id)
     client.log_metric(run_id, "images", float(len(result.predictions)))
     client.log_metric(run_id, "quarantined", float(len(result.quarantine)))
+    client.log_param(run_id, "dicom_results", result.dicom_identifiers)
+    client.log_metric(run_id, "dicom_reports", float(len(result.dicom)))
+    client.log_metric(run_id, "dicom_sent", float(result.sent))
     for path in result.files:
         client.log_artifact(run_id, str(path), "predictions")
     client.set_terminated(run_id)

@@ -1,0 +1,122 @@
+"""Who and what a predicted image is, as a DICOM result needs it: the one place a result's identifiers are chosen.
+
+A DICOM result (a Structured Report about a study) must name its patient and study and reference the instances it
+is about. Those attributes are identifiers, and only the cohort layer sees identifiers, so it is here, not in the
+writer, that they are read from the source files (``cohort.card.spec["images"] / relpath``) and it is decided what
+leaves: by default **pseudonymous** attributes made from the manifest's keyed pseudonyms (new UIDs derived from the
+study/series pseudonyms and the file's content hash, ``PatientID`` the patient pseudonym, no name, dates or
+accession number), so the original Study/Series/SOP Instance UIDs and the patient never appear; the **original**
+attributes only when ``original=True`` (the results go back to the PACS the images came from, where they must attach
+to the source study). Either way each image becomes a small :class:`pydicom.Dataset` of exactly the attributes
+below, never the full header, and nothing here is logged.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pydicom
+from pydicom.dataset import Dataset
+
+from medvision.cohort.cohort import Cohort
+from medvision.errors import InputError
+
+__all__ = ["IDENTITY_ATTRIBUTES", "pseudonymous_uid", "source_instances"]
+
+#: What a result copies from its source in ``original`` mode: the Patient and General Study modules' identifying
+#: attributes and the instance's own UIDs. ``SOPClassUID``, ``Modality`` and ``NumberOfFrames`` (not identifying)
+#: are copied in both modes.
+IDENTITY_ATTRIBUTES = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+)
+_PUBLIC_ATTRIBUTES = ("SOPClassUID", "Modality", "NumberOfFrames")
+#: Study-level attributes that are empty (DICOM type 2) in a pseudonymous result.
+_EMPTY_WHEN_PSEUDONYMOUS = (
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+)
+
+
+#: The UUID namespace of medvision's derived UIDs (fixed: the same pseudonym gives the same UID in every release).
+_NAMESPACE = uuid.UUID("6f0d2c4e-8a51-4f6b-9a43-3c1d5e7b9f20")
+
+
+def pseudonymous_uid(kind: str, pseudonym: str) -> str:
+    """A ``2.25.`` UID derived from a keyed pseudonym: the same study gets the same UID on every run, and the UID
+    reveals no more than the pseudonym does (nothing without the cohort's key)."""
+    return f"2.25.{uuid.uuid5(_NAMESPACE, f'{kind}:{pseudonym}').int}"  # a name-based UUID (ISO/IEC 9834-8)
+
+
+def source_instances(cohort: Cohort, rows: pd.DataFrame, *, original: bool) -> tuple[dict[str, Dataset], pd.DataFrame]:
+    """The identity of each DICOM image of ``rows`` (manifest rows of ``cohort``), keyed by ``image_id``.
+
+    Returns:
+        The datasets, and the rows that have none (``image_id``, ``reason``): photos and other non-DICOM images,
+        which no DICOM result can reference.
+
+    Raises:
+        InputError: a DICOM image's source file is gone (the cohort's images folder moved): its header is needed.
+    """
+    images = cohort.card.spec.get("images")
+    out: dict[str, Dataset] = {}
+    skipped: list[tuple[str, str]] = []
+    headers: dict[str, Dataset] = {}
+    for row in rows.itertuples(index=False):
+        if row.kind != "dicom":
+            skipped.append((row.image_id, f"a {row.kind} image: no DICOM instance to reference"))
+            continue
+        if row.relpath not in headers:
+            headers[row.relpath] = _header(Path(str(images)) if images else None, row.relpath, cohort.root)
+        out[row.image_id] = _identity(headers[row.relpath], row, original)
+    return out, pd.DataFrame(skipped, columns=["image_id", "reason"])
+
+
+def _header(images: Path | None, relpath: str, root: Path) -> Dataset:
+    """The header of one source file (no pixels): only what :data:`IDENTITY_ATTRIBUTES` and the public ones need."""
+    if images is None or not (images / relpath).is_file():
+        raise InputError(
+            f"cohort {root}: the source file of an image is not in its images folder ({images}); DICOM results "
+            "reference the source instances, so put the images back where the cohort was built from (or rebuild it)"
+        )
+    return pydicom.dcmread(
+        images / relpath, stop_before_pixels=True, specific_tags=[*IDENTITY_ATTRIBUTES, *_PUBLIC_ATTRIBUTES]
+    )
+
+
+def _identity(header: Dataset, row, original: bool) -> Dataset:
+    ds = Dataset()
+    for keyword in _PUBLIC_ATTRIBUTES:
+        if keyword in header:
+            setattr(ds, keyword, header[keyword].value)
+    if original:
+        for keyword in IDENTITY_ATTRIBUTES:
+            setattr(ds, keyword, header[keyword].value if keyword in header else None)
+        return ds
+    ds.PatientID = row.patient_id
+    ds.PatientName = f"{row.patient_id}^"  # a family name (one component), as PN wants
+    ds.StudyInstanceUID = pseudonymous_uid("study", row.study_id)
+    ds.SeriesInstanceUID = pseudonymous_uid("series", row.series_id)
+    ds.SOPInstanceUID = pseudonymous_uid("instance", row.content_sha256)
+    for keyword in _EMPTY_WHEN_PSEUDONYMOUS:
+        setattr(ds, keyword, None)
+    ds.PatientIdentityRemoved = "YES"  # the result's Patient module says so (and how), as a de-identified copy would
+    ds.DeidentificationMethod = "medvision keyed pseudonyms (HMAC); UIDs derived from them"
+    return ds

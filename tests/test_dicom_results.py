@@ -1,0 +1,200 @@
+"""DICOM-native prediction results: one Comprehensive SR (TID 1500) per study that dicom3tools' ``dciodvfy`` passes
+with no error, that pydicom reads back with the table's finding and probabilities and the model's name, that
+references its source instances, and that is pseudonymous unless the results go back to the source PACS."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+from typer.testing import CliRunner
+
+from medvision.cli import app
+from medvision.cohort.cohort import Cohort, open_cohort
+from medvision.cohort.source_instances import pseudonymous_uid, source_instances
+from medvision.serving.dicom_results import ModelIdentity, study_reports, write_reports
+from tests.conftest import _TEST_PSEUDONYM_KEY
+
+_IDENTIFYING = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "StudyInstanceUID", "SOPInstanceUID")
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """The error lines dciodvfy (Debian's dicom3tools, installed by `make install`) reports for ``path``."""
+    tool = shutil.which("dciodvfy")
+    assert tool, "dciodvfy is missing: `make install` installs Debian's dicom3tools"
+    done = subprocess.run([tool, str(path)], capture_output=True, text=True, check=False)
+    return [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")]
+
+
+def content_items(ds: pydicom.Dataset) -> list[pydicom.Dataset]:
+    """Every content item of an SR tree, depth first."""
+    out = []
+    for item in getattr(ds, "ContentSequence", []):
+        out.append(item)
+        out.extend(content_items(item))
+    return out
+
+
+def report_values(ds: pydicom.Dataset) -> dict[str, tuple[dict[str, float], dict[str, str]]]:
+    """Per image (the tracking identifier of its measurement group): the numeric measurements and the coded
+    evaluations, by concept name meaning."""
+    out = {}
+    for group in content_items(ds):
+        if group.ValueType != "CONTAINER" or group.ConceptNameCodeSequence[0].CodeMeaning != "Measurement Group":
+            continue
+        numbers, codes, image = {}, {}, ""
+        for item in content_items(group):
+            name = item.ConceptNameCodeSequence[0].CodeMeaning
+            if item.ValueType == "NUM":
+                numbers[name] = float(item.MeasuredValueSequence[0].NumericValue)
+            elif item.ValueType == "CODE":
+                codes[name] = item.ConceptCodeSequence[0].CodeMeaning
+            elif name == "Tracking Identifier":
+                image = item.TextValue.removeprefix("image ")
+        out[image] = (numbers, codes)
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_cohort(tmp_path_factory: pytest.TempPathFactory) -> Cohort:
+    """Four synthetic patients (their headers hold names, MRNs, birth dates), built with the test key."""
+    from medvision.cohort.build import build_cohort
+    from medvision.sources.synth import synthesize
+
+    root = tmp_path_factory.mktemp("sr-cohort")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDVISION_PSEUDONYM_KEY", _TEST_PSEUDONYM_KEY)
+        build_cohort(synthesize(root / "source", "cxr", patients=4, seed=3, size=32), root / "cohort")
+    return open_cohort(root / "cohort")
+
+
+def _table(cohort: Cohort) -> pd.DataFrame:
+    table = cohort.manifest[["image_id", "patient_id", "study_id", "series_id", "frame"]].copy()
+    probs = np.random.default_rng(0).dirichlet(np.ones(len(cohort.classes)), len(table))
+    for i, name in enumerate(cohort.classes):
+        table[f"p:{name}"] = probs[:, i]
+    table["ood_score"] = np.linspace(-1.0, 2.0, len(table))
+    return table
+
+
+def _write(cohort: Cohort, out: Path, original: bool) -> tuple[pd.DataFrame, list[Path]]:
+    table = _table(cohort)
+    sources, skipped = source_instances(cohort, cohort.manifest, original=original)
+    assert skipped.empty and set(sources) == set(table["image_id"])
+    model = ModelIdentity("cxr-triage (hod on resnet-tiny)", "7", cohort.classes, "hod")
+    return table, write_reports(study_reports(table, sources, model), out, private=original)
+
+
+def _source(cohort: Cohort, image_id: str) -> pydicom.Dataset:
+    row = cohort.manifest.set_index("image_id").loc[image_id]
+    return pydicom.dcmread(Path(cohort.card.spec["images"]) / row["relpath"], stop_before_pixels=True)
+
+
+def test_pseudonymous_reports_are_valid_hold_the_predictions_and_no_identifier(small_cohort, tmp_path):
+    table, paths = _write(small_cohort, tmp_path, original=False)
+    assert sorted(p.stem for p in paths) == sorted(table["study_id"].unique())  # one report per study
+    by_image = table.set_index("image_id")
+    for path in paths:
+        assert dciodvfy_errors(path) == [], path
+        sr = pydicom.dcmread(path)
+        assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR
+        refs = [r for s in sr.CurrentRequestedProcedureEvidenceSequence for r in s.ReferencedSeriesSequence]
+        assert refs, "the report references its source instances"
+        image_id = table.loc[table["study_id"] == path.stem, "image_id"].iloc[0]
+        row, source = by_image.loc[image_id], _source(small_cohort, image_id)
+        # New identifiers derived from the pseudonyms; none of the source's.
+        assert sr.PatientID == row["patient_id"] and sr.PatientIdentityRemoved == "YES"
+        assert sr.StudyInstanceUID == pseudonymous_uid("study", path.stem)
+        referenced = refs[0].ReferencedSOPSequence[0]
+        assert referenced.ReferencedSOPClassUID == source.SOPClassUID  # the class is kept, the instance is not
+        sha = small_cohort.manifest.set_index("image_id").loc[image_id, "content_sha256"]
+        assert referenced.ReferencedSOPInstanceUID == pseudonymous_uid("instance", sha)
+        data = path.read_bytes()
+        for keyword in _IDENTIFYING:
+            value = str(source.get(keyword, "") or "")
+            assert not value or value.encode() not in data, f"{keyword} of the source in {path.name}"
+        # The predictions of every image of the study, read back: probabilities, finding (the most probable
+        # class), OOD score, and the model.
+        values = report_values(sr)
+        assert set(values) == set(table.loc[table["study_id"] == path.stem, "image_id"])
+        for image, (numbers, codes) in values.items():
+            probs = {c: by_image.loc[image, f"p:{c}"] for c in small_cohort.classes}
+            for name, p in probs.items():
+                assert numbers[f"Probability of {name}"] == pytest.approx(p, rel=1e-6)
+            assert codes["Finding"] == max(probs, key=probs.get)
+            ood = by_image.loc[image, "ood_score"]
+            assert numbers["Out-of-distribution score"] == pytest.approx(ood, rel=1e-6, abs=1e-9)
+        texts = {i.TextValue for i in content_items(sr) if i.ValueType == "TEXT"}
+        assert {"cxr-triage (hod on resnet-tiny)", "7"} <= texts  # TID 4019 algorithm name and version
+
+
+def test_reports_for_the_source_pacs_carry_the_source_identifiers_and_are_owner_only(small_cohort, tmp_path):
+    table, paths = _write(small_cohort, tmp_path, original=True)
+    for path in paths:
+        assert dciodvfy_errors(path) == [], path
+        assert stat.S_IMODE(os.stat(path).st_mode) & 0o077 == 0
+        sr = pydicom.dcmread(path)
+        image_id = table.loc[table["study_id"] == path.stem, "image_id"].iloc[0]
+        source = _source(small_cohort, image_id)
+        assert "PatientIdentityRemoved" not in sr
+        for keyword in ("PatientName", "PatientID", "PatientBirthDate", "StudyInstanceUID", "AccessionNumber"):
+            assert sr[keyword].value == source[keyword].value, keyword
+        refs = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+        assert refs.SeriesInstanceUID == source.SeriesInstanceUID
+        assert refs.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+        assert sr.SeriesInstanceUID != source.SeriesInstanceUID  # the report is a new series of the source study
+
+
+def test_reports_carry_the_referral_decision_and_the_ood_flag_when_an_evaluation_fixed_them(small_cohort, tmp_path):
+    """With ``predict --evaluation`` the table has ``refer`` and ``ood_flag``: each image's group says both, coded,
+    and the object still passes dciodvfy."""
+    table = _table(small_cohort)
+    table["ood_flag"] = table["ood_score"] > 0.5
+    table["refer"] = table["ood_flag"] | (np.arange(len(table)) % 2 == 0)
+    sources, _ = source_instances(small_cohort, small_cohort.manifest, original=False)
+    model = ModelIdentity("cxr-triage (hod on resnet-tiny)", "7", small_cohort.classes, "hod")
+    paths = write_reports(study_reports(table, sources, model), tmp_path)
+    by_image = table.set_index("image_id")
+    for path in paths:
+        assert dciodvfy_errors(path) == [], path
+        for image, (_, codes) in report_values(pydicom.dcmread(path)).items():
+            row = by_image.loc[image]
+            assert codes["Referral decision"] == ("Refer to a human reader" if row["refer"] else "Accept")
+            assert codes["Out-of-distribution"] == ("Yes" if row["ood_flag"] else "No")
+    assert {True, False} <= set(table["refer"]) and {True, False} <= set(table["ood_flag"])  # both answers written
+
+
+@pytest.mark.slow
+def test_predict_dicom_results_end_to_end(evaluated_hod_run, synth_cxr_cohort, tmp_path):
+    """`medvision predict --dicom-results`: the reports hold the probabilities of predictions.parquet, and neither
+    the tables nor the MLflow store hold a source UID."""
+    run_id, uri, _ = evaluated_hod_run
+    out = tmp_path / "out"
+    args = ["predict", run_id, "--cohort", str(synth_cxr_cohort), "--out", str(out), "--dicom-results"]
+    result = CliRunner().invoke(app, [*args, "--tracking-uri", uri])
+    assert result.exit_code == 0, result.output
+    table = pd.read_parquet(out / "predictions.parquet")
+    paths = sorted((out / "dicom").glob("*.dcm"))
+    assert len(paths) == table["study_id"].nunique() and "pseudonymous identifiers" in result.output
+    cohort = open_cohort(synth_cxr_cohort)
+    for path in paths[:3]:  # dciodvfy on a few; the fast tests check the writer on every study
+        assert dciodvfy_errors(path) == [], path
+    sr = pydicom.dcmread(paths[0])
+    row = table[table["study_id"] == paths[0].stem].iloc[0]
+    numbers, _ = report_values(sr)[row["image_id"]]
+    classes = [c.removeprefix("p:") for c in table.columns if c.startswith("p:")]
+    assert classes and set(numbers) == {*(f"Probability of {c}" for c in classes), "Out-of-distribution score"}
+    for name in classes:
+        assert numbers[f"Probability of {name}"] == pytest.approx(row[f"p:{name}"], rel=1e-6)
+    source_uid = _source(cohort, row["image_id"]).StudyInstanceUID
+    store = Path(uri.removeprefix("sqlite:///")).parent
+    for p in [*out.glob("*.csv"), *out.glob("*.parquet"), *store.rglob("*")]:
+        if p.is_file():
+            assert source_uid.encode() not in p.read_bytes(), p
