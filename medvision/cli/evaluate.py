@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -18,52 +18,73 @@ if TYPE_CHECKING:
 _DEFAULTS = EvaluationSettings()  # the evaluate defaults, declared once in the evaluation layer
 
 
-def evaluate_command(
-    runs: list[str] = typer.Argument(
-        ..., help="Fine-tuning runs (run id, runs:/RUN_ID or models:/NAME/VERSION); several are also ensembled."
-    ),
-    sets: str = typer.Option(",".join(_DEFAULTS.sets), help="Comma-separated cohort sets to evaluate."),
-    out: Path = typer.Option(Path("evaluation"), help="Folder for predictions/, metrics.json and saliency/."),
-    cohort: Path | None = typer.Option(None, help="Cohort folder; default: the one the first run trained on."),
-    subgroups: str = typer.Option(",".join(_DEFAULTS.subgroups), help="Subgroup columns; a*b adds an intersection."),
-    bootstrap: int = typer.Option(_DEFAULTS.bootstrap, help="Patient-level bootstrap resamples for the CIs."),
-    min_patients: int = typer.Option(
-        _DEFAULTS.min_patients, help="Groups with fewer patients are flagged and get no metric."
-    ),
-    min_positives: int = typer.Option(
-        _DEFAULTS.min_positives, help="Groups where fewer patients have a positive case are flagged: no metric or CI."
-    ),
-    min_negatives: int = typer.Option(
-        _DEFAULTS.min_negatives, help="Groups where fewer patients have a negative case are flagged: no metric or CI."
-    ),
-    positive_class: str | None = typer.Option(None, help="Class for sensitivity/specificity and subgroup AUROC."),
-    saliency: int = typer.Option(_DEFAULTS.saliency, help="Saliency cases per category (0: none)."),
-    outlier_sets: str = typer.Option(
-        ",".join(_DEFAULTS.outlier_sets), help="Comma-separated sets screened as out-of-distribution."
-    ),
-    coverage: float = typer.Option(
-        _DEFAULTS.conformal.target, help="Coverage the conformal prediction sets promise (calibrated on validation)."
-    ),
-    mondrian: str = typer.Option(
-        ",".join(_DEFAULTS.conformal.mondrian),
-        help="Mondrian taxonomies: class, subgroup columns, a*b (e.g. class,site).",
-    ),
-    alpha: float = typer.Option(_DEFAULTS.abstain.alpha, help="Promised bound on the risk of the answered cases."),
-    abstain_on: str = typer.Option(
-        _DEFAULTS.abstain.on, help="Risk the referral rule controls: error (among answered) or miss (positive class)."
-    ),
-    abstain_ood: str | None = typer.Option(
-        _DEFAULTS.abstain.ood, help="Also refer what this OOD score flags (hod, msp, energy, mahalanobis, knn, ...)."
-    ),
-    trust: bool = typer.Option(True, help="Fit the conformal sets and the referral rule (--no-trust: skip both)."),
-    tta: str = typer.Option(
-        _DEFAULTS.tta.preset,
+# The options of ``medvision evaluate``, declared once here so the command's signature reads as its list of inputs
+# (with their defaults, the evaluation layer's).
+_Runs = Annotated[
+    list[str],
+    typer.Argument(help="Fine-tuning runs (run id, runs:/RUN_ID or models:/NAME/VERSION); several are also ensembled."),
+]
+_Sets = Annotated[str, typer.Option(help="Comma-separated cohort sets to evaluate.")]
+_Out = Annotated[Path, typer.Option(help="Folder for predictions/, metrics.json and saliency/.")]
+_Cohort = Annotated[Path | None, typer.Option(help="Cohort folder; default: the one the first run trained on.")]
+_Subgroups = Annotated[str, typer.Option(help="Subgroup columns; a*b adds an intersection.")]
+_Bootstrap = Annotated[int, typer.Option(help="Patient-level bootstrap resamples for the CIs.")]
+_MinPatients = Annotated[int, typer.Option(help="Groups with fewer patients are flagged and get no metric.")]
+_MinPositives = Annotated[
+    int, typer.Option(help="Groups where fewer patients have a positive case are flagged: no metric or CI.")
+]
+_MinNegatives = Annotated[
+    int, typer.Option(help="Groups where fewer patients have a negative case are flagged: no metric or CI.")
+]
+_PositiveClass = Annotated[str | None, typer.Option(help="Class for sensitivity/specificity and subgroup AUROC.")]
+_Saliency = Annotated[int, typer.Option(help="Saliency cases per category (0: none).")]
+_OutlierSets = Annotated[str, typer.Option(help="Comma-separated sets screened as out-of-distribution.")]
+_Coverage = Annotated[
+    float, typer.Option(help="Coverage the conformal prediction sets promise (calibrated on validation).")
+]
+_Mondrian = Annotated[str, typer.Option(help="Mondrian taxonomies: class, subgroup columns, a*b (e.g. class,site).")]
+_Alpha = Annotated[float, typer.Option(help="Promised bound on the risk of the answered cases.")]
+_AbstainOn = Annotated[
+    str, typer.Option(help="Risk the referral rule controls: error (among answered) or miss (positive class).")
+]
+_AbstainOod = Annotated[
+    str | None,
+    typer.Option(help="Also refer what this OOD score flags (hod, msp, energy, mahalanobis, knn, ...)."),
+]
+_Trust = Annotated[bool, typer.Option(help="Fit the conformal sets and the referral rule (--no-trust: skip both).")]
+_Tta = Annotated[
+    str,
+    typer.Option(
         help="Test-time augmentation: none, auto, photo (flips) or radiograph (crops, never mirrored); "
         "probabilities averaged over the views.",
     ),
-    seed_ensemble: bool = typer.Option(
-        _DEFAULTS.seed_ensemble, help="Also evaluate runs of one recipe that differ only in seed as one ensemble."
-    ),
+]
+_SeedEnsemble = Annotated[
+    bool, typer.Option(help="Also evaluate runs of one recipe that differ only in seed as one ensemble.")
+]
+
+
+def evaluate_command(
+    runs: _Runs,
+    sets: _Sets = ",".join(_DEFAULTS.sets),
+    out: _Out = Path("evaluation"),
+    cohort: _Cohort = None,
+    subgroups: _Subgroups = ",".join(_DEFAULTS.subgroups),
+    bootstrap: _Bootstrap = _DEFAULTS.bootstrap,
+    min_patients: _MinPatients = _DEFAULTS.min_patients,
+    min_positives: _MinPositives = _DEFAULTS.min_positives,
+    min_negatives: _MinNegatives = _DEFAULTS.min_negatives,
+    positive_class: _PositiveClass = None,
+    saliency: _Saliency = _DEFAULTS.saliency,
+    outlier_sets: _OutlierSets = ",".join(_DEFAULTS.outlier_sets),
+    coverage: _Coverage = _DEFAULTS.conformal.target,
+    mondrian: _Mondrian = ",".join(_DEFAULTS.conformal.mondrian),
+    alpha: _Alpha = _DEFAULTS.abstain.alpha,
+    abstain_on: _AbstainOn = _DEFAULTS.abstain.on,
+    abstain_ood: _AbstainOod = _DEFAULTS.abstain.ood,
+    trust: _Trust = True,
+    tta: _Tta = _DEFAULTS.tta.preset,
+    seed_ensemble: _SeedEnsemble = _DEFAULTS.seed_ensemble,
 ) -> None:
     """Predict with RUNS on the cohort's evaluation sets; write and log predictions and metrics.json.
 

@@ -3,49 +3,79 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from medvision.cli._errors import run_guarded
 
+if TYPE_CHECKING:
+    from medvision.serving import PredictionResult
+
 #: Quarantined files listed on the terminal (all of them are in quarantine.csv).
 _SHOWN = 10
 
-
-def predict_command(
-    model: str = typer.Argument(
-        ..., help="A fine-tuning run (run id, runs:/RUN_ID), models:/NAME/VERSION, models:/NAME@ALIAS, or a folder."
+# The options of ``medvision predict``, declared once here so the command's signature reads as its list of inputs.
+_Model = Annotated[
+    str,
+    typer.Argument(
+        help="A fine-tuning run (run id, runs:/RUN_ID), models:/NAME/VERSION, models:/NAME@ALIAS, or a folder."
     ),
-    images: Path | None = typer.Option(None, help="A folder of DICOM files or photos (no labels needed)."),
-    cohort: Path | None = typer.Option(None, help="A cohort built by `medvision cohort build` (every image)."),
-    out: Path = typer.Option(..., help="Folder for predictions.parquet/.csv, quarantine.csv (and cohort/)."),
-    batch_size: int = typer.Option(64, min=1, help="Images per forward pass."),
-    evaluation: Path | None = typer.Option(
-        None,
+]
+_Images = Annotated[Path | None, typer.Option(help="A folder of DICOM files or photos (no labels needed).")]
+_Cohort = Annotated[Path | None, typer.Option(help="A cohort built by `medvision cohort build` (every image).")]
+_Out = Annotated[Path, typer.Option(help="Folder for predictions.parquet/.csv, quarantine.csv (and cohort/).")]
+_BatchSize = Annotated[int, typer.Option(min=1, help="Images per forward pass.")]
+_Evaluation = Annotated[
+    Path | None,
+    typer.Option(
         help="The model's `medvision evaluate` folder: apply its operating point, conformal sets and referral rule "
         "(columns positive, conformal_set, ood_flag, refer).",
     ),
-    dicom_results: bool = typer.Option(
-        False, help="Also write one DICOM Structured Report per study (TID 1500) into OUT/dicom, pseudonymous."
-    ),
-    for_source_pacs: bool = typer.Option(
-        False,
+]
+_DicomResults = Annotated[
+    bool,
+    typer.Option(help="Also write one DICOM Structured Report per study (TID 1500) into OUT/dicom, pseudonymous."),
+]
+_ForSourcePacs = Annotated[
+    bool,
+    typer.Option(
         help="The DICOM reports carry the source's patient, study and instance identifiers, to be stored back in "
         "the PACS the images came from (implies --dicom-results; the files are owner-only).",
     ),
-    send: str | None = typer.Option(
-        None,
+]
+_Send = Annotated[
+    str | None,
+    typer.Option(
         help="Store the DICOM reports by STOW-RS to this DICOMweb base URL, the source PACS (implies "
         "--for-source-pacs).",
     ),
-    send_auth: str = typer.Option(
-        "none",
+]
+_SendAuth = Annotated[
+    str,
+    typer.Option(
         help="How --send authenticates: none, basic ($MEDVISION_PACS_USER/$MEDVISION_PACS_PASSWORD) or bearer "
         "($MEDVISION_PACS_TOKEN).",
     ),
-    tracking_uri: str | None = typer.Option(
-        None, help="MLflow store (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)."
-    ),
+]
+_TrackingUri = Annotated[
+    str | None, typer.Option(help="MLflow store (default: $MLFLOW_TRACKING_URI, else ./mlflow.db).")
+]
+
+
+def predict_command(
+    model: _Model,
+    *,
+    images: _Images = None,
+    cohort: _Cohort = None,
+    out: _Out,
+    batch_size: _BatchSize = 64,
+    evaluation: _Evaluation = None,
+    dicom_results: _DicomResults = False,
+    for_source_pacs: _ForSourcePacs = False,
+    send: _Send = None,
+    send_auth: _SendAuth = "none",
+    tracking_uri: _TrackingUri = None,
 ) -> None:
     """Class probabilities (p:<class>) and the head's OOD score for every image, keyed by pseudonymous ids.
 
@@ -57,7 +87,6 @@ def predict_command(
         from medvision.errors import InputError
         from medvision.serving import predict
         from medvision.tracking.model_ref import ModelRefError
-        from medvision.tracking.uri import redact_uri
 
         uri = resolve_tracking_uri(TrackingConfig(tracking_uri=tracking_uri))
         try:
@@ -76,19 +105,26 @@ def predict_command(
             )
         except ModelRefError as e:
             raise InputError(str(e)) from None
-        q = result.quarantine
-        typer.echo(f"{len(result.predictions)} image(s) predicted: {result.out / 'predictions.parquet'} (and .csv)")
-        if len(q):
-            typer.echo(f"{len(q)} file(s) quarantined, not predicted (all in {result.out / 'quarantine.csv'}):")
-            for r in q.head(_SHOWN).itertuples(index=False):
-                typer.echo(f"  {r.relpath}: {r.reason}")
-        if result.dicom:
-            typer.echo(
-                f"{len(result.dicom)} DICOM report(s) ({result.dicom_identifiers} identifiers) "
-                f"in {result.out / 'dicom'}"
-            )
-        if send is not None:
-            typer.echo(f"{result.sent} report(s) stored to the PACS")
-        typer.echo(f"MLflow run {result.run_id} (experiment predict) in {redact_uri(uri)}")
+        _echo_result(result, sent=send is not None, uri=uri)
 
     run_guarded(body)
+
+
+def _echo_result(result: PredictionResult, *, sent: bool, uri: str) -> None:
+    """What a prediction wrote, on the terminal: the tables, the first quarantined files, the DICOM reports (and how
+    many the PACS stored when ``sent``) and the MLflow run."""
+    from medvision.tracking.uri import redact_uri
+
+    q = result.quarantine
+    typer.echo(f"{len(result.predictions)} image(s) predicted: {result.out / 'predictions.parquet'} (and .csv)")
+    if len(q):
+        typer.echo(f"{len(q)} file(s) quarantined, not predicted (all in {result.out / 'quarantine.csv'}):")
+        for r in q.head(_SHOWN).itertuples(index=False):
+            typer.echo(f"  {r.relpath}: {r.reason}")
+    if result.dicom:
+        typer.echo(
+            f"{len(result.dicom)} DICOM report(s) ({result.dicom_identifiers} identifiers) in {result.out / 'dicom'}"
+        )
+    if sent:
+        typer.echo(f"{result.sent} report(s) stored to the PACS")
+    typer.echo(f"MLflow run {result.run_id} (experiment predict) in {redact_uri(uri)}")

@@ -142,7 +142,32 @@ def build_trainer(config: StageConfig, callbacks: Sequence[Callback] = ()) -> L.
         :class:`ModelCheckpoint` that knows the best checkpoint after fitting, and
         :func:`last_checkpoint_path` names the per-epoch one.
     """
-    tc, mon = config.trainer, config.monitor
+    tc = config.trainer
+    deterministic = runs_on_cpu(tc) if tc.deterministic is None else tc.deterministic
+    show = sys.stderr.isatty() if tc.progress_bar == "auto" else bool(tc.progress_bar)
+    return L.Trainer(
+        accelerator=tc.accelerator,
+        devices=tc.devices,
+        num_nodes=resolve_num_nodes(tc),
+        strategy=_strategy(tc),
+        precision=_PRECISION[tc.precision],
+        max_epochs=config.optim.epochs,
+        accumulate_grad_batches=config.optim.accumulate_grad_batches,
+        gradient_clip_val=config.optim.grad_clip,
+        gradient_clip_algorithm="norm",
+        deterministic=deterministic,
+        callbacks=[*_builtin_callbacks(config, show), *callbacks],
+        logger=False,  # tracking is a callback (medvision.tracking): one MLflow run, epoch steps
+        enable_progress_bar=show,
+        enable_model_summary=show,
+        default_root_dir=str(config.output_dir),
+    )
+
+
+def _builtin_callbacks(config: StageConfig, show: bool) -> list[Callback]:
+    """The callbacks every stage's Trainer has, in order: epoch seeding, the best and the last checkpoint, early
+    stopping (when ``monitor.patience`` is set) and the progress display (the bar when ``show``)."""
+    mon = config.monitor
     directory = checkpoint_dir(config)
     # Two checkpointers, because Lightning's ``save_last=True`` only rewrites last.ckpt in epochs that
     # also wrote a new best: ``best`` keeps the best epoch by the monitored metric (first, so it is
@@ -168,30 +193,12 @@ def build_trainer(config: StageConfig, callbacks: Sequence[Callback] = ()) -> L.
         # check_finite=False: an undefined AUROC (one class in a tiny validation set) is not a
         # reason to stop; it simply does not count as an improvement.
         built.append(EarlyStopping(monitor=mon.metric, mode=mon.mode, patience=mon.patience, check_finite=False))
-    deterministic = runs_on_cpu(tc) if tc.deterministic is None else tc.deterministic
-    show = sys.stderr.isatty() if tc.progress_bar == "auto" else bool(tc.progress_bar)
     # a terminal gets the bar; a log file or pipe one plain line per epoch (without either a run looks hung)
     recipe = getattr(config, "recipe", None)  # fine-tuning's; a self-supervised stage has none
     built.append(
         RichProgressBar() if show else EpochLines(mon.metric, label=recipe if isinstance(recipe, str) else None)
     )
-    return L.Trainer(
-        accelerator=tc.accelerator,
-        devices=tc.devices,
-        num_nodes=resolve_num_nodes(tc),
-        strategy=_strategy(tc),
-        precision=_PRECISION[tc.precision],
-        max_epochs=config.optim.epochs,
-        accumulate_grad_batches=config.optim.accumulate_grad_batches,
-        gradient_clip_val=config.optim.grad_clip,
-        gradient_clip_algorithm="norm",
-        deterministic=deterministic,
-        callbacks=[*built, *callbacks],
-        logger=False,  # tracking is a callback (medvision.tracking): one MLflow run, epoch steps
-        enable_progress_bar=show,
-        enable_model_summary=show,
-        default_root_dir=str(config.output_dir),
-    )
+    return built
 
 
 class ResumeMismatch(InputError):

@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from medvision._atomic import write_all
-from medvision.classifier import CARD_FILE, ClassifierCard
+from medvision.classifier import CARD_FILE, Classifier, ClassifierCard
 from medvision.cohort.build import build_cohort
 from medvision.cohort.cohort import Cohort, open_cohort
 from medvision.cohort.progress import counting
@@ -34,6 +34,7 @@ from medvision.cohort.recipe import PreprocessRecipe
 from medvision.cohort.source_instances import source_instances
 from medvision.cohort.spec import CohortSpec, FolderOptions, spec_from_folder
 from medvision.errors import InputError
+from medvision.evaluation.document import ModelMetrics
 from medvision.evaluation.predict import Predictions, predict_rows
 from medvision.serving.decisions import apply_evaluation, evaluated_model
 from medvision.serving.dicom_results import ModelIdentity, study_reports, write_reports
@@ -147,9 +148,42 @@ def predict(
     if (images is None) == (cohort is None):
         raise InputError("give exactly one of --images DIR (a folder of images) and --cohort DIR (a built cohort)")
     out = Path(out).expanduser().resolve()
+    checked = _checked_model(model, tracking_uri, evaluation)  # before any image is read
+    built, rows, quarantine = _cases(images, cohort, checked.recipe, out, workers)
+    preds = _predict_in_chunks(checked.classifier, built, rows, batch_size)
+    table = _public_table(preds, rows, labelled=cohort is not None)
+    if checked.evaluated is not None:
+        table = apply_evaluation(table, checked.evaluated[0], checked.evaluated[1], preds.ood_score_name)
+    _write_tables(out, table, quarantine)
+    for_source_pacs = for_source_pacs or send is not None
+    dicom: list[Path] = []
+    if dicom_results or for_source_pacs:
+        dicom = _dicom_reports(out / "dicom", table, built, rows, checked, preds.ood_score_name, for_source_pacs)
+    sent = send_reports(dicom, send, auth=send_auth) if send is not None else 0
+    mode = "original" if for_source_pacs else "pseudonymous" if dicom_results else "none"
+    result = PredictionResult(out, table, quarantine, "", preds.ood_score_name, tuple(dicom), mode, sent)
+    run_id = _log_run(tracking_uri, checked.ref, checked.card, built, result)
+    return replace(result, run_id=run_id)
+
+
+@dataclass(frozen=True)
+class _CheckedModel:
+    """The model to predict with and what was checked before any image is read: its recipe and, with
+    ``evaluation``, the evaluated model (and seed) whose decisions are applied."""
+
+    ref: ModelRef
+    classifier: Classifier
+    card: ClassifierCard
+    recipe: PreprocessRecipe
+    evaluated: tuple[ModelMetrics, int] | None
+
+
+def _checked_model(model: str, tracking_uri: str, evaluation: str | Path | None) -> _CheckedModel:
+    """Load ``model`` and refuse, before any image is read, what predict cannot serve: a model without a recipe, a
+    case-level (bag) model, an ``evaluation`` of another model (:func:`evaluated_model`)."""
     ref = ModelRef.parse(model)
     classifier, card = load_run_classifier(ref, tracking_uri=tracking_uri)
-    recipe = model_recipe(card, str(ref))  # before any image is read
+    recipe = model_recipe(card, str(ref))
     if getattr(classifier.head, "takes_bags", False):
         raise InputError(
             f"{ref}: this model reads a bag of images per case (series, study or patient); predict writes one row "
@@ -159,16 +193,40 @@ def predict(
     evaluated = (
         None if evaluation is None else evaluated_model(str(evaluation), list(card.classes), ref.run_id, head_ood)
     )
+    return _CheckedModel(ref, classifier, card, recipe, evaluated)
+
+
+def _cases(
+    images: str | Path | None, cohort: str | Path | None, recipe: PreprocessRecipe, out: Path, workers: int
+) -> tuple[Cohort, pd.DataFrame, pd.DataFrame]:
+    """The cohort to predict (``images`` built label-free into ``out/cohort``, else ``cohort`` opened), its rows of
+    the model's kinds, and the quarantine: the build's and the rows of other kinds."""
     if images is not None:
         built, quarantine = _label_free_cohort(Path(images).expanduser().resolve(), recipe, out, workers)
     else:
         built, quarantine = _existing_cohort(Path(cohort).expanduser().resolve(), recipe)  # type: ignore[arg-type]
     rows, refused = _rows_of_kinds(built.manifest, recipe)
-    quarantine = pd.concat([quarantine, refused], ignore_index=True)
-    preds = _predict_in_chunks(classifier, built, rows, batch_size)
-    table = _public_table(preds, rows, labelled=cohort is not None)
-    if evaluated is not None:
-        table = apply_evaluation(table, evaluated[0], evaluated[1], preds.ood_score_name)
+    return built, rows, pd.concat([quarantine, refused], ignore_index=True)
+
+
+def _dicom_reports(
+    folder: Path,
+    table: pd.DataFrame,
+    built: Cohort,
+    rows: pd.DataFrame,
+    checked: _CheckedModel,
+    ood_score_name: str | None,
+    original: bool,
+) -> list[Path]:
+    """One Structured Report per study of ``table`` into ``folder``: with the source's identifiers (owner-only) when
+    ``original``, else pseudonymous."""
+    sources, _ = source_instances(built, rows, original=original)
+    identity = model_identity(checked.ref, checked.card, ood_score_name)
+    return write_reports(study_reports(table, sources, identity), folder, private=original)
+
+
+def _write_tables(out: Path, table: pd.DataFrame, quarantine: pd.DataFrame) -> None:
+    """``predictions.parquet``, ``predictions.csv`` and ``quarantine.csv`` in ``out``, all or none."""
     write_all(
         [
             (out / "predictions.parquet", int(table.memory_usage(deep=True).sum()), table.to_parquet),
@@ -176,17 +234,6 @@ def predict(
             (out / "quarantine.csv", 200 * (len(quarantine) + 1), lambda p: quarantine.to_csv(p, index=False)),
         ]
     )
-    for_source_pacs = for_source_pacs or send is not None
-    dicom: list[Path] = []
-    if dicom_results or for_source_pacs:
-        sources, _ = source_instances(built, rows, original=for_source_pacs)
-        identity = model_identity(ref, card, preds.ood_score_name)
-        dicom = write_reports(study_reports(table, sources, identity), out / "dicom", private=for_source_pacs)
-    sent = send_reports(dicom, send, auth=send_auth) if send is not None else 0
-    mode = "original" if for_source_pacs else "pseudonymous" if dicom_results else "none"
-    result = PredictionResult(out, table, quarantine, "", preds.ood_score_name, tuple(dicom), mode, sent)
-    run_id = _log_run(tracking_uri, ref, card, built, result)
-    return replace(result, run_id=run_id)
 
 
 def model_identity(ref: ModelRef, card: ClassifierCard, ood_score_name: str | None) -> ModelIdentity:
