@@ -90,3 +90,26 @@ def test_a_point_estimate_past_the_promise_is_not_called_within_it():
     assert "of test patients, with 1.2 classes per set on average, below the target but within sampling error" in (
         coverage_sentence(pd.DataFrame([cov]))
     )
+
+
+def test_the_trust_section_draws_one_reliability_diagram_per_subgroup_only_when_a_bin_has_an_accuracy():
+    from medvision.evaluation.calibration import calibration_by_group
+    from medvision.report.trust import TrustSection, trust_blocks
+
+    rng = np.random.default_rng(0)
+    n = 400
+    frame = pd.DataFrame(
+        {
+            "label_idx": rng.integers(0, 2, n),
+            "patient_id": [f"p{i // 2}" for i in range(n)],
+            "sex": rng.choice(["F", "M"], n),
+        }
+    )
+    probs = rng.dirichlet([1, 1], n)
+    cal = calibration_by_group(probs, frame, attributes=["sex"], min_patients=20, n_resamples=50)
+    drawn = trust_blocks(TrustSection(reference="test", reliability=cal.reliability))
+    (fig,) = [b for b in drawn if b["kind"] == "figure"]
+    assert fig["uri"].startswith("data:image/png;base64,") and "Reliability per subgroup and site on test" in fig["alt"]
+    assert set(cal.reliability["group"]) == {"all", "F", "M"}  # one panel each
+    empty = cal.reliability.assign(accuracy=np.nan)
+    assert not [b for b in trust_blocks(TrustSection(reference="test", reliability=empty)) if b["kind"] == "figure"]

@@ -133,3 +133,10 @@ def test_evaluate_writes_the_trust_record_and_the_report_quotes_it(evaluated, tm
     shown = f"{test.coverage:.3f}({test.coverage_low:.3f}–{test.coverage_high:.3f})"
     assert f"marginaltest{test.n_patients}{shown}" in cells  # the table's numbers are metrics.json's
     assert "site_ood" in text and "HELD-OUT: does not carry over" in text and "not exchangeable" in text
+    bins = trust.calibration_by_group[trust.reference].reliability
+    assert any(b.accuracy is not None for b in bins)  # so the section draws the per-subgroup reliability diagrams
+    html = out.read_text(encoding="utf-8")
+    assert f"Reliability per subgroup and site on {trust.reference}" in html
+    summary = " ".join(_parse(html).text["summary"].split())
+    assert trust.sentences.coverage in summary  # the one-page summary says when to trust it too
+    assert 'data-topic="trust"' in html

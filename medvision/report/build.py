@@ -256,6 +256,8 @@ def _trust(model: ModelMetrics) -> TrustSection | None:
     conformal, abstain = t.conformal, t.abstain
     calibration = [{"set": s, **r.model_dump()} for s, cal in t.calibration_by_group.items() for r in cal.ece]
     site = t.site_recalibration
+    reference = t.calibration_by_group.get(t.reference) if t.reference else None
+    reliability = _frame(reference.reliability) if reference is not None and reference.reliability else None
     return TrustSection(
         reference=t.reference,
         sentences=[s for s in (t.sentences.coverage, t.sentences.abstention) if s],
@@ -271,6 +273,7 @@ def _trust(model: ModelMetrics) -> TrustSection | None:
         site_recalibration=_frame([{"set": s, **r.model_dump()} for s, rows in site.ece_by_set.items() for r in rows])
         if site
         else None,
+        reliability=reliability,
         skipped=dict(t.skipped),
     )
 

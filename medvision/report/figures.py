@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PALETTE",
     "calibration_reliability",
+    "reliability_by_group",
     "cohort_counts",
     "data_efficiency_curve",
     "deferral_curve",
@@ -149,6 +150,35 @@ def calibration_reliability(rel: pd.DataFrame) -> str:
             title="Reliability diagram",
         )
         ax.legend(fontsize=8, loc="upper left")
+        fig.tight_layout()
+        return _uri(fig)
+
+
+def reliability_by_group(rel: pd.DataFrame, max_panels: int = 12) -> str:
+    """One small reliability diagram per subgroup (the whole set first), each bin's observed accuracy with its 95%
+    patient-level interval: a model calibrated on average can be over-confident for one sex or one site, and the
+    interval says whether a bin's gap is more than its few patients."""
+    keys = list(dict.fromkeys(zip(rel["attribute"].astype(str), rel["group"].astype(str))))[:max_panels]
+    cols = min(4, len(keys))
+    rows = -(-len(keys) // cols)
+    with plt.rc_context(_RC):
+        fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.6 * rows), squeeze=False, sharex=True, sharey=True)
+        for ax, (attribute, group) in zip(axes.flat, keys):
+            d = rel[(rel["attribute"].astype(str) == attribute) & (rel["group"].astype(str) == group)]
+            d = d.dropna(subset=["accuracy"]).sort_values("confidence")
+            ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
+            low = (d["accuracy"] - d["accuracy_low"]).clip(lower=0).fillna(0)
+            high = (d["accuracy_high"] - d["accuracy"]).clip(lower=0).fillna(0)
+            ax.errorbar(d["confidence"], d["accuracy"], yerr=[low, high], fmt="o-", ms=3, lw=1, capsize=2,
+                        color=PALETTE[0])  # fmt: skip
+            ax.set_title("all" if attribute == "all" else f"{attribute} = {group}", fontsize=9)
+            ax.set(xlim=(0, 1), ylim=(0, 1))
+        for ax in list(axes.flat)[len(keys) :]:
+            ax.axis("off")
+        for ax in axes[-1]:
+            ax.set_xlabel("confidence")
+        for ax in axes[:, 0]:
+            ax.set_ylabel("accuracy")
         fig.tight_layout()
         return _uri(fig)
 

@@ -15,6 +15,7 @@ import pandas as pd
 
 from medvision.evaluation.subgroups import flag_words
 from medvision.report.context import OODSection, ReportContext
+from medvision.report.trust import summary_sentence
 
 __all__ = ["Finding", "Summary", "inverted_detector", "label_shift_hurts", "subgroup_flag", "summarize"]
 
@@ -495,7 +496,7 @@ def summarize(ctx: ReportContext) -> Summary:
 
     Returns:
         Findings in a fixed order (study, discrimination, site_ood, prevalence, operating_point, ood, calibration,
-        label_shift, subgroups; absent data is skipped)
+        label_shift, subgroups, trust; absent data is skipped)
         and caveats (missing analyses, wide intervals, flagged groups, then the caller's own caveats).
 
     Example:
@@ -510,5 +511,8 @@ def summarize(ctx: ReportContext) -> Summary:
     _calibration(ctx, out)
     _label_shift(ctx, out)
     _subgroups(ctx, out)
+    trust = summary_sentence(ctx.trust)
+    if trust is not None:
+        out.findings.append(Finding("trust", trust[0], concern=trust[1]))
     out.caveats.extend(ctx.summary.caveats)
     return out

@@ -33,6 +33,7 @@ _COVERAGE = ("method", "set", "attribute", "group", "n_patients", "flag", "cover
              "mean_set_size", "singleton_rate", "guarantee")  # fmt: skip
 _ABSTENTION = ("set", "attribute", "group", "n_patients", "flag", "referral_rate", "referral_rate_low",
                "referral_rate_high", "risk", "risk_low", "risk_high", "guarantee")  # fmt: skip
+_RELIABILITY = ("attribute", "group", "confidence", "accuracy", "accuracy_low", "accuracy_high")
 _CALIBRATION = ("set", "attribute", "group", "n_patients", "flag", "ece", "ece_low", "ece_high")
 
 
@@ -56,6 +57,8 @@ class TrustSection(BaseModel):
         calibration: ECE per subgroup and site (``set``, ``attribute``, ``group``, ``n_patients``, ``flag``, ``ece``
             / ``_low`` / ``_high``).
         site_recalibration: ``set``, ``group``, ``ece_before``, ``ece_after`` (a temperature fitted on one site).
+        reliability: the reliability bins per subgroup and site of the reference set (``attribute``, ``group``,
+            ``confidence``, ``accuracy`` / ``_low`` / ``_high``).
     """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
@@ -73,6 +76,7 @@ class TrustSection(BaseModel):
     site: str | None = None
     site_temperature: float | None = None
     site_recalibration: Any = None
+    reliability: Any = None
     skipped: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("coverage")
@@ -95,6 +99,11 @@ class TrustSection(BaseModel):
     def _site(cls, v: Any) -> pd.DataFrame | None:
         return _columns(v, "site_recalibration", ("set", "group", "ece_before", "ece_after"))
 
+    @field_validator("reliability")
+    @classmethod
+    def _reliability(cls, v: Any) -> pd.DataFrame | None:
+        return _columns(v, "reliability", _RELIABILITY)
+
     @property
     def held_out_sets(self) -> list[str]:
         """Sets flagged ``does_not_carry_over`` in any table."""
@@ -103,6 +112,14 @@ class TrustSection(BaseModel):
             if frame is not None:
                 sets += [str(s) for s in frame.loc[frame["guarantee"] == "does_not_carry_over", "set"]]
         return list(dict.fromkeys(sets))
+
+
+def summary_sentence(section: TrustSection | None) -> tuple[str, bool] | None:
+    """The one-page summary's line on when to trust the model: the section's own sentences (the promise and what
+    was seen, per set), a concern when a set breaks it. ``None`` when no trust record was computed."""
+    if section is None or not section.sentences:
+        return None
+    return " ".join(section.sentences), bool(section.held_out_sets)
 
 
 def _verdict(row: pd.Series) -> str:
@@ -156,6 +173,16 @@ def trust_blocks(section: TrustSection | None) -> list[dict]:
         )
     if s.calibration is not None and len(s.calibration):
         blocks.append(_calibration_table(s.calibration))
+    if s.reliability is not None and s.reliability["accuracy"].notna().any():
+        blocks.append(
+            figure(
+                figures.reliability_by_group(s.reliability),
+                f"Reliability per subgroup and site on {s.reference or 'the reference set'} (uncalibrated "
+                "probabilities): observed accuracy against confidence, 95% CIs over patients",
+                "Dashed: perfect calibration. Points below it: over-confident. Groups with too few patients are "
+                "left out (see the ECE table's flags).",
+            )
+        )
     if s.site_recalibration is not None and len(s.site_recalibration):
         blocks.append(_site_table(s))
     for part, reason in s.skipped.items():
