@@ -10,7 +10,7 @@ TORCH   := torch==2.14.1 torchvision==0.29.1
 # The report tests open the HTML in Debian's headless Chromium.
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install browser servers test test-fast demo lint format bench bench-gpu clean
+.PHONY: install browser servers test test-fast demo lint format bench bench-gpu device-kit clean
 
 install: $(STAMP) browser servers
 
@@ -70,6 +70,11 @@ bench: install
 # On a GPU node: medvision's training step vs a bare loop, images/s and MFU (pass the device's bf16 peak).
 bench-gpu: install
 	$(BIN)/python benchmarks/gpu_throughput.py --peak-tflops $(or $(PEAK_TFLOPS),989)
+
+# For a lent GPU machine that has PyTorch and nothing else, no registry: the wheels both GPU-side benchmarks need
+# beyond PyTorch, packed from this environment without network (at most 60 MiB; README "On a lent GPU machine").
+device-kit: $(STAMP)
+	$(BIN)/python scripts/device_kit.py --out device-kit
 
 clean:
 	rm -rf demo-output .pytest_cache reports/generated

@@ -6,7 +6,6 @@ Only geometry and storage type are fixed here (size, channels, fit, dtype); ever
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 from medvision.cohort.spec import PreprocessSpec
@@ -54,4 +53,6 @@ def _resize_to(hwc: np.ndarray, h: int, w: int) -> np.ndarray:
         return hwc
     # Area averaging when shrinking avoids aliasing of fine structure (e.g. CXR lines); linear when growing.
     shrinking = h < hwc.shape[0] or w < hwc.shape[1]
+    import cv2  # here: importing the cohort recipe (as the GPU benchmark does) needs no OpenCV (scripts/device_kit.py)
+
     return cv2.resize(hwc, (w, h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)

@@ -22,15 +22,16 @@ warning naming the new word (:func:`canonical_preset`).
 from __future__ import annotations
 
 import warnings
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import albumentations as A
-import cv2
 import numpy as np
 from pydantic import Field, field_validator
 
 from medvision.config import StrictModel
 from medvision.errors import InputError
+
+if TYPE_CHECKING:
+    import albumentations as A
 
 __all__ = [
     "RADIOLOGY_MODALITIES",
@@ -109,6 +110,11 @@ def build_preset(preset: Preset, size: int, cfg: FinetuneAugmentConfig, in_chans
     """
     if preset == "none":
         return None
+    # Imported here, not at the top: the configs that import this module are all that the GPU benchmark needs of it,
+    # and the offline device kit (scripts/device_kit.py) leaves OpenCV and albumentations out.
+    import albumentations as A
+    import cv2
+
     if preset == "photo":
         if in_chans != 3:
             raise InputError(

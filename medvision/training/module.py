@@ -14,7 +14,6 @@ from __future__ import annotations
 import lightning as L
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 from torch import Tensor, nn
 
 from medvision.auroc import macro_auroc
@@ -145,6 +144,8 @@ class FinetuneModule(L.LightningModule):
         }
         outlier = ~inlier
         if not np.isnan(s).any() and inlier.any() and outlier.any():
+            from sklearn.metrics import roc_auc_score  # here: the training step needs no scikit-learn (device kit)
+
             metrics["val/ood_auroc"] = float(roc_auc_score(outlier, s))
         return metrics
 

@@ -28,17 +28,18 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import log_loss
-from sklearn.model_selection import StratifiedGroupKFold
-from threadpoolctl import threadpool_limits
 from torch import nn
 
 from medvision.heads import Head
+
+# scikit-learn and threadpoolctl are imported where a probe is fitted: the training configs import this module, and
+# the GPU benchmark's offline device kit (scripts/device_kit.py) leaves SciPy and scikit-learn out.
+if TYPE_CHECKING:
+    from sklearn.linear_model import LogisticRegression
 
 __all__ = ["ABSENT_LOGIT", "DEFAULT_C_GRID", "LogisticProbe", "probe_layer", "probe_supports"]
 
@@ -117,6 +118,8 @@ class LogisticProbe:
         self.folds_ = self._folds(y, patients)
         # Small problems run single-threaded: BLAS threads on matrices of a few hundred rows cost more in
         # hand-offs than they save, and on a loaded machine (CI) they made the fits ten times slower.
+        from threadpoolctl import threadpool_limits
+
         with threadpool_limits(limits=1 if z.size < _THREADED_SIZE else None):
             self.cv_loss_ = np.stack([self._path_loss(z, y, tr, te) for tr, te in self.folds_])
             # Ties (or a flat curve) go to the strongest regularisation: the first minimum of the ascending grid.
@@ -141,6 +144,8 @@ class LogisticProbe:
     # -- internals -------------------------------------------------------------------------------
 
     def _model(self, c: float, warm: bool = False) -> LogisticRegression:
+        from sklearn.linear_model import LogisticRegression
+
         return LogisticRegression(C=c, max_iter=self.max_iter, class_weight=self.class_weight, warm_start=warm)
 
     def _folds(self, y: np.ndarray, groups: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -150,6 +155,8 @@ class LogisticProbe:
             raise ValueError("a linear probe needs at least two training patients to cross-validate C")
         rarest = min(len(np.unique(groups[y == c])) for c in self.classes_)
         k = int(np.clip(rarest, 2, min(self.folds, n_groups)))
+        from sklearn.model_selection import StratifiedGroupKFold
+
         splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=self.seed)
         with warnings.catch_warnings():  # "least populated class has only n members": expected for rare classes
             warnings.simplefilter("ignore", UserWarning)
@@ -157,6 +164,9 @@ class LogisticProbe:
 
     def _path_loss(self, z: np.ndarray, y: np.ndarray, train: np.ndarray, held: np.ndarray) -> np.ndarray:
         """Held-out log-loss along the C grid of one fold, each fit warm-started from the previous (stronger) C."""
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.metrics import log_loss
+
         losses = np.empty(len(self.c_grid))
         if len(np.unique(y[train])) < 2:  # this fold's training part has one class: it cannot rank C
             losses[:] = 0.0
