@@ -9,9 +9,17 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.preprocessing import StandardScaler
 
+from medvision.cohort.build import build_cohort
 from medvision.cohort.cases import SliceGeometry, UnorderableSeries, order_series
+from medvision.cohort.cohort import open_cohort
 from medvision.io import read_header
+from medvision.models import create_backbone
 from medvision.sources.synth import DEFECTS, synthesize
 
 
@@ -101,3 +109,33 @@ def test_same_seed_same_bytes(tmp_path):
     b = synthesize(tmp_path / "b", "ct-series", patients=3, seed=9, size=16, slices=8).parent
     assert digest(a) == digest(b)
     assert np.unique([p.parent for p in (a / "images").rglob("*.dcm")]).size == 3
+
+
+def _constant_share(feats: np.ndarray) -> float:
+    """The share of embedding features that take one value on every slice (they carry nothing)."""
+    return float((feats.max(0) == feats.min(0)).mean())
+
+
+def test_a_frozen_effnet_sees_the_nodule_at_the_size_the_mil_test_trains_on(tmp_path, monkeypatch):
+    """The MIL test (``test_series_mil.py``) trains bag heads on frozen EfficientNet-Lite0 embeddings of 64-px
+    slices; at 32 px it learned nothing, because the network's output stride is 32: a 1x1 final map, and nearly
+    every feature is the same on every slice. Here, fast: most features vary at 64 px and a linear probe on them
+    finds the nodule slices of held-out patients; the same slices shrunk to 32 px collapse."""
+    monkeypatch.setenv("MEDVISION_PSEUDONYM_KEY", "00112233445566778899aabbccddeeff")
+    spec = synthesize(tmp_path / "src", "ct-series", patients=60, seed=0, size=64, slices=12)
+    build_cohort(spec, tmp_path / "cohort")
+    cohort = open_cohort(tmp_path / "cohort")
+    rows = cohort.manifest.merge(pd.read_csv(spec.parent / "slices_truth.csv"), on="relpath")
+    pixels = torch.from_numpy(np.stack([cohort.cache.to_float(cohort.cache.get(k)) for k in rows["cache_key"]]))
+    backbone = create_backbone("effnet-lite0", "hub", in_chans=1).eval()
+    with torch.no_grad():
+        feats = backbone(pixels).numpy()
+        small = backbone(F.interpolate(pixels, size=32, mode="area")).numpy()
+    assert _constant_share(feats) < 0.5 and _constant_share(small) > 0.8
+    patients = rows["patient_id"].to_numpy()
+    first = np.isin(patients, np.unique(patients)[::2])
+    finding = rows["finding"].to_numpy()
+    assert finding[first].sum() >= 5 and finding[~first].sum() >= 5
+    scaler = StandardScaler().fit(feats[first])
+    probe = LogisticRegression(C=0.1, max_iter=2000).fit(scaler.transform(feats[first]), finding[first])
+    assert roc_auc_score(finding[~first], probe.decision_function(scaler.transform(feats[~first]))) > 0.9
