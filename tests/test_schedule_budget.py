@@ -108,6 +108,29 @@ def test_epochs_that_slow_down_after_the_plan_stop_at_the_budget():
     assert budget.spent >= 30
 
 
+def test_a_run_the_budget_stopped_trains_no_more_when_resumed(tmp_path):
+    """A pipeline rerun resumes each member from its last checkpoint; one the budget had stopped is finished, so it
+    must not get one more epoch (and a second budget) from the resumption."""
+    trainer, budget = _fit(lambda epoch: 0.1 if epoch < 2 else 1.0, epochs=40, budget=30)
+    assert trainer.current_epoch == 6 and trainer.should_stop  # stopped by the budget, below its planned 37
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    clock = _Clock()
+    again = TimeBudget(30, clock=clock)
+    resumed = L.Trainer(
+        max_epochs=40,
+        callbacks=[again],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    data = DataLoader(TensorDataset(torch.randn(8, 1)), batch_size=1)
+    resumed.fit(_Timed(clock, lambda epoch: 1.0, 40, 1), train_dataloaders=data, ckpt_path=tmp_path / "last.ckpt")
+    assert again.spent >= 30 and (resumed.current_epoch, resumed.global_step) == (6, trainer.global_step)
+    assert clock.now == 0.0  # not one training step taken
+
+
 def test_the_plan_times_the_second_epoch_not_the_first_ones_start_up_costs():
     # epoch 0 pays a one-time 3 s (its first step); steady epochs take 0.8 s: planning from epoch 0 would allow
     # 1 + (30 - 3.7) / 3.7 = 8 epochs, the steady epoch allows 2 + (30 - 4.5) / 0.8 = 33

@@ -65,6 +65,8 @@ class TimeBudget(Callback):
         self._spent_at_start = self.spent
         if self.planned_epochs is not None and self.planned_epochs < (trainer.max_epochs or 0):
             trainer.fit_loop.max_epochs = self.planned_epochs  # the scheduler's length came back with its state
+        if self.spent >= self.seconds:  # resumed after the budget ran out (the run had stopped): nothing left to train
+            trainer.fit_loop.max_epochs = trainer.current_epoch
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_t0 = self.clock()
