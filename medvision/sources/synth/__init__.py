@@ -27,6 +27,7 @@ writes it the way an archive would; this module lays out the folder, the labels 
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -34,6 +35,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from medvision._atomic import atomic_path, atomic_write_text
 from medvision.sources.synth.ct import DEFECTS, plan_defects, write_series
 from medvision.sources.synth.dicom import seeded_uids, write_cxr, write_derm
 from medvision.sources.synth.pixels import draw_view
@@ -107,7 +109,7 @@ def synthesize(out: Path, kind: Kind, patients: int, seed: int, size: int = 64, 
     _write_csv(out / "labels.csv", [{k: v for k, v in r.items() if k != "_site"} for r in rows])
     _write_phi(out, phi)
     spec = out / "cohort.yaml"
-    spec.write_text(_spec_text(kind, patients, seed, size, labels_present, sites_present))
+    atomic_write_text(spec, _spec_text(kind, patients, seed, size, labels_present, sites_present))
     return spec
 
 
@@ -134,8 +136,8 @@ def _phi_sets() -> dict[str, set[str]]:
 
 def _write_phi(out: Path, phi: dict[str, set[str]]) -> None:
     """``phi_planted.json``: every fake identifier written, sorted, so tests can prove no later output carries one."""
-    (out / "phi_planted.json").write_text(
-        json.dumps({k: sorted(v) for k, v in phi.items()}, indent=1, sort_keys=True) + "\n"
+    atomic_write_text(
+        out / "phi_planted.json", json.dumps({k: sorted(v) for k, v in phi.items()}, indent=1, sort_keys=True) + "\n"
     )
 
 
@@ -160,7 +162,8 @@ def _write_derm_view(
     path = out / "images" / rel
     path.parent.mkdir(parents=True, exist_ok=True)
     if photo:
-        Image.fromarray(pixels).save(path, quality=90)
+        with atomic_path(path) as tmp:  # the temporary keeps the suffix, which names PIL's format
+            Image.fromarray(pixels).save(tmp, quality=90)
     else:
         write_derm(path, pixels, p, site, k, seeded_uids("derm", seed, p.index, k), rng, phi)
     phi["patient_ids"].add(p.mrn)
@@ -207,17 +210,18 @@ def _synthesize_ct(out: Path, patients: int, seed: int, size: int, slices: int) 
     phi = _phi_sets()
     rows: list[dict[str, object]] = []
     (out / "images").mkdir(parents=True)
-    with (out / "slices_truth.csv").open("w", newline="") as fh:
-        truth = csv.DictWriter(fh, ["relpath", "slice_index", "finding", "defect"], lineterminator="\n")
-        truth.writeheader()
-        for p in plan:
-            site = sites[p.site]
-            folder = out / "images" / site.folder / f"s{p.index:04d}"
-            folder.mkdir(parents=True)
-            series_uid, _ = write_series(
-                folder, p, site, defects.get(p.index), slices, size, seed, phi, truth, out / "images"
-            )
-            rows.append({"series_instance_uid": series_uid, "label": p.label, "_site": site.institution})
+    buffer = io.StringIO()  # the slice truth, written whole once every series is
+    truth = csv.DictWriter(buffer, ["relpath", "slice_index", "finding", "defect"], lineterminator="\n")
+    truth.writeheader()
+    for p in plan:
+        site = sites[p.site]
+        folder = out / "images" / site.folder / f"s{p.index:04d}"
+        folder.mkdir(parents=True)
+        series_uid, _ = write_series(
+            folder, p, site, defects.get(p.index), slices, size, seed, phi, truth, out / "images"
+        )
+        rows.append({"series_instance_uid": series_uid, "label": p.label, "_site": site.institution})
+    atomic_write_text(out / "slices_truth.csv", buffer.getvalue())
     _write_csv(out / "labels.csv", [{k: v for k, v in r.items() if k != "_site"} for r in rows])
     _write_phi(out, phi)
     heldout = sites[HELDOUT_SITE].institution
@@ -246,15 +250,16 @@ def _synthesize_ct(out: Path, patients: int, seed: int, size: int, slices: int) 
         "name, ID and date is fake and listed in phi_planted.json (keep that file out of any build output).\n"
     )
     path = out / "cohort.yaml"
-    path.write_text(header + yaml.safe_dump(spec, sort_keys=False))
+    atomic_write_text(path, header + yaml.safe_dump(spec, sort_keys=False))
     return path
 
 
 def _write_csv(path: Path, rows: list[dict[str, object]]) -> None:
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
 
 
 def _spec_text(

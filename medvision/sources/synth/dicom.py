@@ -13,6 +13,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_ROOT_UID, UID, RLELossless
 
+from medvision._atomic import atomic_path
 from medvision.sources.synth.plan import Patient, Site
 
 __all__ = ["seeded_uids", "write_ct_slice", "write_cxr", "write_derm"]
@@ -79,7 +80,8 @@ def _save(ds: Dataset, path: Path, arr: np.ndarray, photometric: str, bits: int,
     ds.set_pixel_data(arr, photometric, bits, generate_instance_uid=False)
     if rle:
         ds.compress(RLELossless, generate_instance_uid=False)
-    ds.save_as(path, enforce_file_format=True)
+    with atomic_path(path) as tmp:
+        ds.save_as(tmp, enforce_file_format=True)
 
 
 def write_cxr(
