@@ -135,6 +135,31 @@ def test_a_model_without_a_recipe_is_refused_before_any_image_is_read(tmp_path):
     assert code == 2 and "exactly one of --images" in output
 
 
+def test_one_source_a_sendable_url_and_a_valid_pacs_spec_are_checked_before_the_model_is_loaded(tmp_path):
+    """Exactly one of --images/--cohort/--pacs, a --send URL naming a PACS and a --pacs spec without typos are
+    checked from the command line alone: the model (here none exists) is not loaded, no PACS is asked anything."""
+    images, out, uri = tmp_path / "images", tmp_path / "out", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    images.mkdir()
+    spec = tmp_path / "request.yaml"
+    spec.write_text("protocol: dimse\nhost: 127.0.0.1\nport: 9\nstore: store\nqeury: {modality: [DX]}\n")
+    missing = str(tmp_path / "no-model")
+    for sources in ([], ["--images", str(images), "--pacs", str(spec)], ["--cohort", str(images), "--pacs", str(spec)]):
+        code, output = _predict([missing, *sources, "--out", str(out)], uri)
+        assert code == 2 and "exactly one of --images" in output and "--pacs SPEC" in output, output
+    for url, why in [
+        ("ftp://pacs/x", "dimse://CALLED_AET@host:port"),
+        ("dimse://ORTHANC@pacs", "dimse://CALLED_AET@host:port"),
+        ("dimse://ORTHANC:Secr3t-pw@pacs:104", "DIMSE has no passwords"),
+        ("dimse://AN-AE-TITLE-TOO-LONG@pacs:104", "invalid called_aet"),
+        ("https://user:Secr3t-pw@pacs/dicom-web", "without credentials"),
+    ]:
+        code, output = _predict([missing, "--images", str(images), "--out", str(out), "--send", url], uri)
+        assert code == 2 and why in output and "Secr3t-pw" not in output, output
+    code, output = _predict([missing, "--pacs", str(spec), "--out", str(out)], uri)
+    assert code == 2 and "pacs.qeury: unknown key. Did you mean 'query'?" in output, output
+    assert not out.exists() and not (tmp_path / "store").exists()  # nothing pulled, nothing written
+
+
 def test_a_bag_model_is_refused_naming_the_command_that_reads_cases(tmp_path):
     """A MIL head reads a bag of images per case; predict writes one row per image, so it refuses before reading."""
     from medvision.cohort.recipe import PreprocessRecipe

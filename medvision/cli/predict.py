@@ -1,4 +1,5 @@
-"""``medvision predict MODEL --images DIR | --cohort DIR --out DIR``: a trained model on new, unlabelled cases."""
+"""``medvision predict MODEL --images DIR | --cohort DIR | --pacs SPEC --out DIR``: a trained model on new,
+unlabelled cases."""
 
 from __future__ import annotations
 
@@ -24,6 +25,13 @@ _Model = Annotated[
 ]
 _Images = Annotated[Path | None, typer.Option(help="A folder of DICOM files or photos (no labels needed).")]
 _Cohort = Annotated[Path | None, typer.Option(help="A cohort built by `medvision cohort build` (every image).")]
+_Pacs = Annotated[
+    Path | None,
+    typer.Option(
+        help="A YAML PACS request (a cohort spec's pacs: section): its instances are pulled into its store "
+        "(resumable) and predicted as --images.",
+    ),
+]
 _Out = Annotated[Path, typer.Option(help="Folder for predictions.parquet/.csv, quarantine.csv (and cohort/).")]
 _BatchSize = Annotated[int, typer.Option(min=1, help="Images per forward pass.")]
 _Evaluation = Annotated[
@@ -47,15 +55,15 @@ _ForSourcePacs = Annotated[
 _Send = Annotated[
     str | None,
     typer.Option(
-        help="Store the DICOM reports by STOW-RS to this DICOMweb base URL, the source PACS (implies "
-        "--for-source-pacs).",
+        help="Store the DICOM reports in the source PACS: by STOW-RS to a DICOMweb base URL (http[s]://...) or by "
+        "C-STORE to dimse://CALLED_AET@host:port[?calling_aet=OURS] (implies --for-source-pacs).",
     ),
 ]
 _SendAuth = Annotated[
     str,
     typer.Option(
-        help="How --send authenticates: none, basic ($MEDVISION_PACS_USER/$MEDVISION_PACS_PASSWORD) or bearer "
-        "($MEDVISION_PACS_TOKEN).",
+        help="How --send authenticates to DICOMweb: none, basic ($MEDVISION_PACS_USER/$MEDVISION_PACS_PASSWORD) or "
+        "bearer ($MEDVISION_PACS_TOKEN); DIMSE has none.",
     ),
 ]
 _TrackingUri = Annotated[
@@ -68,6 +76,7 @@ def predict_command(
     *,
     images: _Images = None,
     cohort: _Cohort = None,
+    pacs: _Pacs = None,
     out: _Out,
     batch_size: _BatchSize = 64,
     evaluation: _Evaluation = None,
@@ -95,6 +104,7 @@ def predict_command(
                 out,
                 images=images,
                 cohort=cohort,
+                pacs=pacs,
                 tracking_uri=uri,
                 batch_size=batch_size,
                 dicom_results=dicom_results,
@@ -115,7 +125,12 @@ def _echo_result(result: PredictionResult, *, sent: bool, uri: str) -> None:
     many the PACS stored when ``sent``) and the MLflow run."""
     from medvision.tracking.uri import redact_uri
 
-    q = result.quarantine
+    q, pulled = result.quarantine, result.pulled
+    if pulled is not None:
+        typer.echo(
+            f"{pulled.matched} instance(s) matched on the PACS: {pulled.retrieved} pulled, {pulled.skipped} already "
+            f"in {pulled.store}, {pulled.quarantined} quarantined (see {pulled.store}/quarantine.jsonl)"
+        )
     typer.echo(f"{len(result.predictions)} image(s) predicted: {result.out / 'predictions.parquet'} (and .csv)")
     if len(q):
         typer.echo(f"{len(q)} file(s) quarantined, not predicted (all in {result.out / 'quarantine.csv'}):")

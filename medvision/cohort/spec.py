@@ -33,6 +33,7 @@ __all__ = [
     "SpecError",
     "SplitSpec",
     "SubgroupSpec",
+    "load_pacs_spec",
     "load_spec",
     "spec_from_folder",
 ]
@@ -494,3 +495,37 @@ def load_spec(path: str | Path) -> CohortSpec:
     except ValidationError as e:
         raise SpecError(explain_validation_error(e, CohortSpec, f"cohort spec {path}")) from e
     return spec.resolved(path.parent.resolve())
+
+
+class _PacsFile(_Strict):
+    """A PACS request alone (``medvision predict --pacs SPEC``), validated under the key ``pacs`` so that a typo is
+    reported exactly as in a cohort spec's ``pacs:`` section (``pacs.qeury: unknown key. Did you mean query?``)."""
+
+    pacs: PacsSpec
+
+
+def load_pacs_spec(path: str | Path) -> PacsSpec:
+    """Load and validate a PACS request file: the mapping a cohort spec holds under ``pacs:`` (or that mapping
+    under a ``pacs:`` key), with relative paths taken from the file's folder, as in :func:`load_spec`.
+
+    Raises:
+        SpecError: no such file, not a mapping, or a key or value the ``pacs`` section does not accept; raised
+            before anything talks to a PACS.
+    """
+    path = Path(path)
+    try:
+        raw = read_yaml(path.read_text(), str(path))
+    except FileNotFoundError as e:
+        raise SpecError(f"{path}: no such PACS request (the pacs section of a cohort spec)") from e
+    except ConfigError as e:
+        raise SpecError(str(e)) from None
+    if isinstance(raw, dict) and set(raw) == {"pacs"}:
+        raw = raw["pacs"]
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: a PACS request is a mapping of keys (protocol, store, query, ...), as under pacs:")
+    try:
+        section = _PacsFile.model_validate({"pacs": raw}).pacs
+    except ValidationError as e:
+        raise SpecError(explain_validation_error(e, _PacsFile, f"PACS request {path}")) from e
+    base = path.parent.resolve()
+    return section.resolved(lambda p: None if p is None else (p if p.is_absolute() else (base / p).resolve()))

@@ -1,4 +1,5 @@
-"""Predictions on new, unlabelled cases: a folder of images (or a built cohort) through a trained classifier.
+"""Predictions on new, unlabelled cases: a folder of images (a built cohort, or a PACS request) through a trained
+classifier.
 
 Why through a cohort build: a silent trial or a new site's archive is read, quarantined, pseudonymised and cached
 exactly as the training cohort was (:func:`medvision.cohort.build.build_cohort` with no labels), and the
@@ -10,7 +11,7 @@ so a case scored here gets the numbers evaluation would give it.
 Outputs in ``out``: ``predictions.parquet`` and ``predictions.csv`` (one row per image, pseudonymous ids only:
 ``image_id``, ``patient_id``, ``study_id``, ``series_id``, ``frame``, the subgroup attributes, ``p:<class>`` and the
 head's ``ood_score`` when it has one), ``quarantine.csv`` (every file not predicted, with its reason) and, for
-``images``, the label-free cohort itself (``cohort/``: owner-only, it holds the file paths). With
+``images`` and ``pacs``, the label-free cohort itself (``cohort/``: owner-only, it holds the file paths). With
 ``dicom_results``, ``dicom/<study pseudonym>.dcm``: one Comprehensive SR per study
 (:mod:`medvision.serving.dicom_results`), pseudonymous unless ``for_source_pacs`` (then with the source's patient,
 study and instance identifiers, owner-only, and never logged). With ``evaluation``, the operating point,
@@ -32,13 +33,14 @@ from medvision.cohort.cohort import Cohort, open_cohort
 from medvision.cohort.progress import counting
 from medvision.cohort.recipe import PreprocessRecipe
 from medvision.cohort.source_instances import source_instances
-from medvision.cohort.spec import CohortSpec, FolderOptions, spec_from_folder
+from medvision.cohort.spec import CohortSpec, FolderOptions, PacsSpec, load_pacs_spec, spec_from_folder
 from medvision.errors import InputError
 from medvision.evaluation.document import ModelMetrics
 from medvision.evaluation.predict import Predictions, predict_rows
 from medvision.serving.decisions import apply_evaluation, evaluated_model
 from medvision.serving.dicom_results import ModelIdentity, study_reports, write_reports
-from medvision.serving.send import send_reports
+from medvision.serving.send import parse_send_target, send_reports
+from medvision.sources.pacs import PullSummary, pull
 from medvision.tracking import load_run_classifier
 from medvision.tracking.model_ref import ModelRef
 from medvision.tracking.store import get_or_create_experiment, open_client
@@ -67,6 +69,8 @@ class PredictionResult:
     dicom_identifiers: str = "none"
     #: Reports the PACS stored (``send``).
     sent: int = 0
+    #: The counts of the pull (``pacs``), None otherwise.
+    pulled: PullSummary | None = None
 
     @property
     def files(self) -> list[Path]:
@@ -111,6 +115,7 @@ def predict(
     *,
     images: str | Path | None = None,
     cohort: str | Path | None = None,
+    pacs: str | Path | None = None,
     tracking_uri: str,
     batch_size: int = 64,
     dicom_results: bool = False,
@@ -120,36 +125,35 @@ def predict(
     workers: int = 0,
     evaluation: str | Path | None = None,
 ) -> PredictionResult:
-    """Predict every image of ``images`` (a folder) or ``cohort`` (a built cohort) with ``model``.
+    """Predict every image of ``images`` (a folder), ``cohort`` (a built cohort) or ``pacs`` (a PACS request) with
+    ``model``.
 
     Args:
         model: a :class:`~medvision.tracking.model_ref.ModelRef` (run id, ``runs:/ID``, ``models:/NAME/VERSION``,
             ``models:/NAME@ALIAS`` or a saved classifier's folder).
         out: the output folder (see the module docstring).
-        images / cohort: exactly one: a folder of DICOM or photos, or a cohort built by ``medvision cohort build``.
+        images / cohort / pacs: exactly one: a folder of DICOM or photos, a cohort built by ``medvision cohort
+            build``, or a YAML file holding a cohort spec's ``pacs:`` section, pulled into its store (resumable,
+            scrubbed, failures quarantined: :func:`~medvision.sources.pacs.pull`) and predicted as ``images``.
         tracking_uri: the MLflow store the model is read from and the prediction run is logged to.
-        workers: processes that index and decode ``images`` (0: one per core), as a build's ``workers``.
+        workers: processes that index and decode the images (0: one per core), as a build's ``workers``.
         evaluation: the folder ``medvision evaluate`` wrote for this model: its operating point, conformal sets and
-            referral rule are applied to every case (:mod:`medvision.serving.decisions`; checked before any image
-            is read).
+            referral rule are applied to every case (:mod:`medvision.serving.decisions`).
         dicom_results: also write one Structured Report per study into ``out/dicom`` (DICOM images only).
-        for_source_pacs: the reports carry the source's patient, study and instance identifiers (to be stored back
-            in the PACS the images came from); implies ``dicom_results``. Otherwise they are pseudonymous.
-        send / send_auth: a DICOMweb base URL the reports are stored to by STOW-RS (:func:`send_reports`), and how
-            to authenticate (``none``, ``basic``, ``bearer``: credentials from the environment as for a pull);
-            implies ``for_source_pacs`` (a report sent back must attach to its source study).
+        for_source_pacs: the reports carry the source's identifiers (to be stored back in the source PACS);
+            implies ``dicom_results``. Otherwise they are pseudonymous.
+        send / send_auth: where the reports are stored (:func:`send_reports`: a DICOMweb base URL, STOW-RS, or
+            ``dimse://AE@host:port``, C-STORE) and how STOW-RS authenticates; implies ``for_source_pacs``.
 
     Raises:
-        InputError: not exactly one of ``images``/``cohort``; a model without a recipe (before any image is read); a
-            case-level (bag) model; a cohort prepared differently from the model's training images; an ``evaluation``
-            folder without ``metrics.json``, of a model with other classes or with a referral rule on an OOD score this
-            model's head does not compute (all three before any image is read).
+        InputError: not exactly one of ``images``/``cohort``/``pacs``, a bad ``send`` URL or ``pacs`` spec (before
+            the model is loaded); a model without a recipe, a case-level (bag) model, an ``evaluation`` of another
+            model (before any image is read or pulled); a cohort prepared differently from the model's images.
     """
-    if (images is None) == (cohort is None):
-        raise InputError("give exactly one of --images DIR (a folder of images) and --cohort DIR (a built cohort)")
+    request = _checked_inputs(images, cohort, pacs, send, send_auth)
     out = Path(out).expanduser().resolve()
     checked = _checked_model(model, tracking_uri, evaluation)  # before any image is read
-    built, rows, quarantine = _cases(images, cohort, checked.recipe, out, workers)
+    built, rows, quarantine, pulled = _cases(images, cohort, request, checked.recipe, out, workers)
     preds = _predict_in_chunks(checked.classifier, built, rows, batch_size)
     table = _public_table(preds, rows, labelled=cohort is not None)
     if checked.evaluated is not None:
@@ -161,9 +165,25 @@ def predict(
         dicom = _dicom_reports(out / "dicom", table, built, rows, checked, preds.ood_score_name, for_source_pacs)
     sent = send_reports(dicom, send, auth=send_auth) if send is not None else 0
     mode = "original" if for_source_pacs else "pseudonymous" if dicom_results else "none"
-    result = PredictionResult(out, table, quarantine, "", preds.ood_score_name, tuple(dicom), mode, sent)
+    result = PredictionResult(out, table, quarantine, "", preds.ood_score_name, tuple(dicom), mode, sent, pulled)
     run_id = _log_run(tracking_uri, checked.ref, checked.card, built, result)
     return replace(result, run_id=run_id)
+
+
+def _checked_inputs(
+    images: str | Path | None, cohort: str | Path | None, pacs: str | Path | None, send: str | None, send_auth: str
+) -> PacsSpec | None:
+    """Refuse, before the model is loaded or a PACS is asked anything, what can be refused from the command line
+    alone: not exactly one source of images, a ``--send`` URL that names no PACS, a ``--pacs`` spec with a typo
+    (the cohort spec's own messages). Returns the PACS request of ``pacs``."""
+    if sum(x is not None for x in (images, cohort, pacs)) != 1:
+        raise InputError(
+            "give exactly one of --images DIR (a folder of images), --cohort DIR (a built cohort) and --pacs SPEC "
+            "(a PACS request: a cohort spec's pacs section)"
+        )
+    if send is not None:
+        parse_send_target(send, send_auth)
+    return None if pacs is None else load_pacs_spec(pacs)
 
 
 @dataclass(frozen=True)
@@ -197,16 +217,26 @@ def _checked_model(model: str, tracking_uri: str, evaluation: str | Path | None)
 
 
 def _cases(
-    images: str | Path | None, cohort: str | Path | None, recipe: PreprocessRecipe, out: Path, workers: int
-) -> tuple[Cohort, pd.DataFrame, pd.DataFrame]:
-    """The cohort to predict (``images`` built label-free into ``out/cohort``, else ``cohort`` opened), its rows of
-    the model's kinds, and the quarantine: the build's and the rows of other kinds."""
+    images: str | Path | None,
+    cohort: str | Path | None,
+    request: PacsSpec | None,
+    recipe: PreprocessRecipe,
+    out: Path,
+    workers: int,
+) -> tuple[Cohort, pd.DataFrame, pd.DataFrame, PullSummary | None]:
+    """The cohort to predict (``images``, or the store ``request`` is pulled into, built label-free into
+    ``out/cohort``; else ``cohort`` opened), its rows of the model's kinds, the quarantine (the build's and the rows
+    of other kinds) and the pull's counts (its failures are in the store's ``quarantine.jsonl``)."""
+    pulled = None
+    if request is not None:
+        pulled = pull(request)
+        images = Path(pulled.store) / "instances"
     if images is not None:
         built, quarantine = _label_free_cohort(Path(images).expanduser().resolve(), recipe, out, workers)
     else:
         built, quarantine = _existing_cohort(Path(cohort).expanduser().resolve(), recipe)  # type: ignore[arg-type]
     rows, refused = _rows_of_kinds(built.manifest, recipe)
-    return built, rows, pd.concat([quarantine, refused], ignore_index=True)
+    return built, rows, pd.concat([quarantine, refused], ignore_index=True), pulled
 
 
 def _dicom_reports(
@@ -347,6 +377,9 @@ def _log_run(uri: str, ref: ModelRef, card: ClassifierCard, built: Cohort, resul
     client.log_param(run_id, "dicom_results", result.dicom_identifiers)
     client.log_metric(run_id, "dicom_reports", float(len(result.dicom)))
     client.log_metric(run_id, "dicom_sent", float(result.sent))
+    if result.pulled is not None:
+        client.log_metric(run_id, "pacs_retrieved", float(result.pulled.retrieved))
+        client.log_metric(run_id, "pacs_quarantined", float(result.pulled.quarantined))
     for path in result.files:
         client.log_artifact(run_id, str(path), "predictions")
     client.set_terminated(run_id)

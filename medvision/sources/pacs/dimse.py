@@ -14,7 +14,9 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (
@@ -40,7 +42,7 @@ from medvision.sources.pacs.errors import InstanceFailedError, PacsAuthError, Pa
 from medvision.sources.pacs.retry import Retriable, with_retries
 from medvision.sources.pacs.source import InstanceRef
 
-__all__ = ["DimseSource"]
+__all__ = ["DimseSource", "Peer", "associate"]
 
 log = logging.getLogger("medvision.sources.pacs")
 
@@ -63,8 +65,8 @@ class DimseSource:
 
     def __init__(self, spec: DimsePacs, storage_classes: Iterable[str] = ()) -> None:
         self.spec = spec
-        self._host, self._port = spec.host, spec.port
-        self.where = f"{spec.host}:{spec.port} (AE title {spec.called_aet})"
+        self.peer = Peer(spec.host, spec.port, spec.called_aet, spec.calling_aet, spec.timeout, spec.retries)
+        self.where = self.peer.where
         self._classes = sorted({c for c in storage_classes if c})
         self._assoc: Association | None = None
         self._message_id = 0  # the ID of the request in flight; responses to any other are stale
@@ -74,9 +76,7 @@ class DimseSource:
     # --- association ---------------------------------------------------------------------------------
 
     def _ae(self) -> tuple[AE, list]:
-        ae = AE(ae_title=self.spec.calling_aet)
-        for t in ("acse_timeout", "dimse_timeout", "network_timeout"):
-            setattr(ae, t, self.spec.timeout)
+        ae = self.peer.ae()
         ae.add_requested_context(FIND_MODEL)
         roles = []
         if self._classes:
@@ -100,34 +100,9 @@ class DimseSource:
         if self._assoc is not None and self._assoc.is_established:
             return self._assoc
         ae, roles = self._ae()
-        assoc = ae.associate(
-            self._host,
-            self._port,
-            ae_title=self.spec.called_aet,
-            ext_neg=roles,
-            evt_handlers=[(evt.EVT_C_STORE, self._on_store)],
-        )
-        if assoc.is_established:
-            # A DIMSE message goes out as several small PDUs; with Nagle on, each waits for the peer's
-            # delayed ACK (about 40 ms), which would cap a pull at a few instances per second.
-            raw = assoc.dul.socket.socket if assoc.dul.socket is not None else None
-            if raw is not None:  # always set once the association is established
-                raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            _leave_responses_to_requests(assoc, lambda: self._message_id)
-            self._assoc = assoc
-            return assoc
-        if assoc.is_rejected:
-            raise PacsAuthError(
-                f"the PACS at {self.where} rejected the association: it must list our AE "
-                f"title {self.spec.calling_aet!r} (pacs.calling_aet) and this host as a "
-                "known modality, and pacs.called_aet must be its AE title"
-            )
-        raise Retriable(
-            PacsUnreachableError(
-                f"cannot reach the PACS at {self.where} after {self.spec.retries} retries; "
-                "check pacs.host, pacs.port and that the server runs"
-            )
-        )
+        handlers = [(evt.EVT_C_STORE, self._on_store)]
+        self._assoc = associate(self.peer, ae, lambda: self._message_id, ext_neg=roles, handlers=handlers)
+        return self._assoc
 
     def _on_store(self, event) -> int:
         ts = str(event.context.transfer_syntax)
@@ -264,6 +239,73 @@ class DimseSource:
                 )
             code = int(status.Status)
         return code
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A DIMSE peer named as a PACS spec names it (``pacs.host``, ``pacs.port``, ``pacs.called_aet``,
+    ``pacs.calling_aet``, ``pacs.timeout``, ``pacs.retries``), so a pull and a ``predict --send dimse://`` open
+    their associations the same way. ``where`` is how every message names the server (no identifier)."""
+
+    host: str
+    port: int
+    called_aet: str
+    calling_aet: str = "MEDVISION"
+    timeout: float = 30.0
+    retries: int = 3
+
+    @property
+    def where(self) -> str:
+        return f"{self.host}:{self.port} (AE title {self.called_aet})"
+
+    def ae(self) -> AE:
+        """Our application entity, with the peer's timeout on every wait (no request hangs for ever)."""
+        ae = AE(ae_title=self.calling_aet)
+        for t in ("acse_timeout", "dimse_timeout", "network_timeout"):
+            setattr(ae, t, self.timeout)
+        return ae
+
+
+def associate(
+    peer: Peer,
+    ae: AE,
+    current: Callable[[], int],
+    *,
+    ext_neg: Sequence[Any] = (),
+    handlers: Sequence[tuple[Any, Callable[..., Any]]] = (),
+) -> Association:
+    """One attempt at an association with ``peer`` for the contexts ``ae`` requests; the request that needs it is
+    what :func:`~medvision.sources.pacs.retry.with_retries` tries again, so no association is retried by two loops.
+
+    ``current()`` is the Message ID of the request in flight (see :func:`_leave_responses_to_requests`).
+
+    Raises:
+        PacsAuthError: the peer rejected the association (our AE title, or its own, is wrong): not worth retrying.
+        Retriable: no answer (the final error names the server and what to check).
+    """
+    assoc = ae.associate(
+        peer.host, peer.port, ae_title=peer.called_aet, ext_neg=list(ext_neg), evt_handlers=list(handlers)
+    )
+    if assoc.is_established:
+        # A DIMSE message goes out as several small PDUs; with Nagle on, each waits for the peer's
+        # delayed ACK (about 40 ms), which would cap a pull at a few instances per second.
+        raw = assoc.dul.socket.socket if assoc.dul.socket is not None else None
+        if raw is not None:  # always set once the association is established
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _leave_responses_to_requests(assoc, current)
+        return assoc
+    if assoc.is_rejected:
+        raise PacsAuthError(
+            f"the PACS at {peer.where} rejected the association: it must list our AE "
+            f"title {peer.calling_aet!r} (pacs.calling_aet) and this host as a "
+            "known modality, and pacs.called_aet must be its AE title"
+        )
+    raise Retriable(
+        PacsUnreachableError(
+            f"cannot reach the PACS at {peer.where} after {peer.retries} retries; "
+            "check pacs.host, pacs.port and that the server runs"
+        )
+    )
 
 
 def _leave_responses_to_requests(assoc: Association, current: Callable[[], int]) -> None:

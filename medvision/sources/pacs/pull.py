@@ -34,7 +34,7 @@ from medvision.sources.pacs.errors import InstanceFailedError, PacsNoMatchError
 from medvision.sources.pacs.source import InstanceRef, Source
 from medvision.sources.pacs.store import InstanceStore, canonical_bytes
 
-__all__ = ["PullSummary", "pull", "pull_cohort"]
+__all__ = ["PullSummary", "pull", "pull_cohort", "quiet_libraries"]
 
 log = logging.getLogger("medvision.sources.pacs")
 
@@ -85,7 +85,7 @@ def pull(pacs: PacsSpec, *, progress: bool = True) -> PullSummary:
     scrubber = Scrubber(identifiers=[*creds.secrets(), *_query_values(pacs), *requests_])
     store = InstanceStore(pacs.store)
     try:
-        with scrubbed_output(scrubber), _quiet_libraries():
+        with scrubbed_output(scrubber), quiet_libraries():
             refs, todo, unmatched = _what_to_pull(pacs, creds, requests_, store)
             classes = sorted({r.sop_class for r in refs})
             retrieved, quarantined = _retrieve(
@@ -292,7 +292,7 @@ def _retrieve(
 
 
 @contextmanager
-def _quiet_libraries() -> Iterator[None]:
+def quiet_libraries() -> Iterator[None]:
     """The HTTP/DIMSE libraries log each request and association below warning level: not shown during a pull,
     unless their logger's level was set on purpose (an operator debugging a pull sets ``urllib3`` to DEBUG).
 
