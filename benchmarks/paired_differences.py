@@ -10,7 +10,8 @@ both models in each resample) evaluated on both models' saved predictions, then 
 
 ``--compare A B`` pairs the members of stages A and B (or the models named A and B) that share a label fraction and
 a seed and reports test AUROC(A) - AUROC(B), per seed and (several seeds) as the mean over seeds, paired across seeds
-and patients; a model compared with itself (one run twice, or identical predictions) is refused.
+and patients; a model compared with itself (one run twice, or identical predictions) is refused, except by
+``--best-of``, where ``auto`` that chose a fixed recipe predicts exactly as that recipe's run (a difference of 0).
 ``--best-of auto linear_probe lp_ft finetune`` holds ``auto`` to the best fixed recipe of each label fraction.
 ``--ood`` reports, for every model with a HOD head, OOD AUROC of ``p_out`` minus that of MSP on the held-out
 conditions (outliers positive). Prints Markdown tables, then one JSON object as the last line.
@@ -51,7 +52,7 @@ def _verdict(low: float, high: float) -> str:
 
 
 def _paired(
-    ev: Evaluation, pairs: list[tuple[ModelMetrics, ModelMetrics]], seed: int
+    ev: Evaluation, pairs: list[tuple[ModelMetrics, ModelMetrics]], seed: int, chosen: bool = False
 ) -> tuple[list[dict], BootstrapResult]:
     """Each pair's test AUROC difference under one shared patient resample, and their mean (paired across the
     pairs, i.e. across seeds, and across patients).
@@ -66,7 +67,8 @@ def _paired(
     for (a, b), (fa, fb) in zip(pairs, frames, strict=True):
         if not (fa[row].equals(first[row]) and fb[row].equals(first[row])):
             raise SystemExit(f"{a.name} and {b.name} were not scored on the same test cases in the same order")
-        _refuse_self_comparison(a, b, _probs(fa, a.classes), _probs(fb, b.classes))
+        if not chosen:
+            _refuse_self_comparison(a, b, _probs(fa, a.classes), _probs(fb, b.classes))
     k = len(pairs[0][0].classes)
     keep = ((first["label_idx"] >= 0) & (first["label_idx"] < k)).to_numpy()
     y = first["label_idx"].to_numpy()[keep]
@@ -96,7 +98,7 @@ def _paired(
     return rows, mean
 
 
-def compare(ev: Evaluation, first: str, second: str, seed: int) -> list[dict]:
+def compare(ev: Evaluation, first: str, second: str, seed: int, chosen: bool = False) -> list[dict]:
     """Test AUROC(first) - AUROC(second) for each label fraction both sides have: one row per seed both sides ran
     (members are paired by label fraction and seed), then, with several seeds, their mean over seeds (``seed``:
     ``"mean"``), its interval from the same patient resamples for every seed.
@@ -113,14 +115,14 @@ def compare(ev: Evaluation, first: str, second: str, seed: int) -> list[dict]:
     names = {m.name for m in ev.metrics.models}
     if first in names and second in names:  # two models named: compare them, whatever their seeds
         (a,), (b,) = side_a.values(), side_b.values()
-        return _paired(ev, [(a, b)], seed)[0]
+        return _paired(ev, [(a, b)], seed, chosen)[0]
     rows = []
     for fraction in sorted({f for f, _ in side_a}):
         seeds = sorted((s for f, s in side_a if f == fraction and (f, s) in side_b), key=lambda s: (s is None, s))
         if not seeds:
             continue
         pairs = [(side_a[(fraction, s)], side_b[(fraction, s)]) for s in seeds]
-        per_seed, mean = _paired(ev, pairs, seed)
+        per_seed, mean = _paired(ev, pairs, seed, chosen)
         rows += per_seed
         if len(seeds) > 1:
             rows.append(
@@ -151,7 +153,7 @@ def best_of(ev: Evaluation, candidate: str, fixed: list[str], seed: int) -> list
         for stage in fixed:
             aurocs = [
                 r["second_auroc"]
-                for r in compare(ev, candidate, stage, seed)
+                for r in compare(ev, candidate, stage, seed, chosen=True)
                 if r["label_fraction"] == fraction and r["seed"] != "mean"
             ]
             if aurocs:
@@ -159,7 +161,7 @@ def best_of(ev: Evaluation, candidate: str, fixed: list[str], seed: int) -> list
         if not means:
             continue
         best = max(means, key=lambda st: means[st])
-        rows = [r for r in compare(ev, candidate, best, seed) if r["label_fraction"] == fraction]
+        rows = [r for r in compare(ev, candidate, best, seed, chosen=True) if r["label_fraction"] == fraction]
         pooled = rows[-1]
         entry = {
             "label_fraction": fraction,
@@ -171,7 +173,7 @@ def best_of(ev: Evaluation, candidate: str, fixed: list[str], seed: int) -> list
             "meets_not_worse": pooled["diff"] >= -0.01 and pooled["high"] >= 0,
         }
         if fraction == lowest:
-            probe = [r for r in compare(ev, candidate, fixed[0], seed) if r["label_fraction"] == fraction]
+            probe = [r for r in compare(ev, candidate, fixed[0], seed, chosen=True) if r["label_fraction"] == fraction]
             p = probe[-1]
             entry["vs_linear_probe"] = {"diff": p["diff"], "low": p["low"], "high": p["high"]}
             entry["meets_at_least_probe"] = p["diff"] >= -0.01 and p["high"] >= 0

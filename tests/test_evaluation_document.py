@@ -116,6 +116,8 @@ def test_evaluating_two_runs_of_one_name_keeps_both_models_predictions(two_start
     twin.predictions = lambda model, split: a  # one model's predictions saved under both names (the old bug)
     with pytest.raises(SystemExit, match="identical test predictions"):
         pd_.compare(twin, names[0], names[1], seed=0)
+    same = pd_.compare(twin, names[0], names[1], seed=0, chosen=True)  # --best-of: auto that chose this recipe
+    assert len(same) == 1 and same[0]["diff"] == 0 and same[0]["low"] == same[0]["high"] == 0
 
     # one run given twice is refused before anything is predicted
     again = CliRunner().invoke(app, ["evaluate", runs[0], f"runs:/{runs[0]}", "--out", str(tmp / "e2")])
