@@ -31,3 +31,17 @@ def test_weights_list_and_offline_fetch(monkeypatch, tmp_path):
     result = CliRunner().invoke(app, ["weights", "fetch", "vit-b16", "--to", str(tmp_path)])
     assert result.exit_code == 2
     assert "file:" in result.output and not list(tmp_path.iterdir())
+
+
+def test_a_malformed_pseudonym_key_is_the_users_input_not_a_bug(monkeypatch, tmp_path):
+    """A key that is not hex (or too short) in $MEDVISION_PSEUDONYM_KEY: exit 2 naming the variable and how to make
+    one, before anything is built, rather than "a bug in medvision" with a traceback file."""
+    from medvision.sources.synth import synthesize
+
+    spec = synthesize(tmp_path / "src", "derm", patients=4, seed=0, size=16)
+    for bad, says in (("benchkey", "must be a hex string"), ("abcd", "too short")):
+        monkeypatch.setenv("MEDVISION_PSEUDONYM_KEY", bad)
+        result = CliRunner().invoke(app, ["cohort", "build", str(spec), "--out", str(tmp_path / "cohort")])
+        assert result.exit_code == 2, result.output
+        assert "$MEDVISION_PSEUDONYM_KEY" in result.output and says in result.output
+        assert "a bug in medvision" not in result.output and not (tmp_path / "cohort" / "manifest.parquet").exists()

@@ -17,6 +17,7 @@ import stat
 from pathlib import Path
 
 from medvision._atomic import atomic_write_text
+from medvision.errors import InputError
 
 __all__ = ["KEY_ENV", "Pseudonymizer", "default_key_file", "key_fingerprint", "resolve_key"]
 
@@ -42,15 +43,15 @@ def resolve_key(key_file: Path | None, out_dir: Path) -> tuple[bytes, str]:
         try:
             key = bytes.fromhex(env.strip())
         except ValueError as e:
-            raise ValueError(f"${KEY_ENV} must be a hex string (e.g. from `openssl rand -hex 32`)") from e
+            raise InputError(f"${KEY_ENV} must be a hex string (e.g. from `openssl rand -hex 32`)") from e
         if len(key) < 16:
-            raise ValueError(f"${KEY_ENV} is too short: use at least 16 bytes (32 hex characters)")
+            raise InputError(f"${KEY_ENV} is too short: use at least 16 bytes (32 hex characters)")
         return key, f"${KEY_ENV}"
     path = key_file or (Path(os.environ[KEY_FILE_ENV]) if os.environ.get(KEY_FILE_ENV) else default_key_file())
     path = path.expanduser().resolve()
     out = out_dir.expanduser().resolve()
     if path == out or out in path.parents:
-        raise ValueError(
+        raise InputError(
             f"pseudonym key file {path} lies inside the output folder {out}; keep it outside, or anyone "
             "holding the cohort could re-identify patients"
         )
