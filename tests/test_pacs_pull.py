@@ -7,7 +7,6 @@ import http.server
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -198,37 +197,39 @@ def test_dimse_responses_wait_for_the_request_that_asked_for_them(pacs, tmp_path
         source.close()
 
 
-def _killed_partway(spec: Path, store: Path, n: int, attempts: int = 3) -> set[str]:
-    """SIGKILL a pull once it has stored five instances; the instances it left. On a loaded machine the test can be
-    starved between seeing five and sending the signal while the pull finishes, so that race (not the behaviour under
-    test) is run again from an empty store, a few times at most."""
-    for _ in range(attempts):
-        shutil.rmtree(store, ignore_errors=True)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "medvision.cli", "cohort", "pull", str(spec), "--no-progress"],
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and proc.poll() is None:
-            if len(_indexed(store)) >= 5:
-                proc.send_signal(signal.SIGKILL)
-                break
-            time.sleep(0.002)
-        proc.wait()
-        present = set(_indexed(store))
-        if proc.returncode == -signal.SIGKILL and len(present) < n:
-            return present
-    pytest.fail(f"the pull finished before it could be killed, {attempts} times")
+def _slow_pacs(pacs, delay: float) -> tuple[str, http.server.ThreadingHTTPServer]:
+    """Orthanc's DICOMweb behind a proxy that answers each request ``delay`` seconds late; its URL and the proxy."""
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FlakyProxy)
+    proxy.upstream, proxy.seen, proxy.fail_first, proxy.delay = pacs["server"].url, [], 0, delay  # type: ignore[attr-defined]
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{proxy.server_address[1]}/dicom-web", proxy
 
 
 @pytest.mark.slow
 def test_a_killed_pull_resumes_without_downloading_again(pacs, env, tmp_path):
+    """Killed once five instances are stored and indexed. Through a PACS that answers 0.1 s late, so the pull is
+    still running when the test sees five (the store flushes its index every 0.25 s: against a fast local Orthanc a
+    whole pull can finish before the first flush, whatever the test's polling)."""
     n = _expected_dx_cr(pacs)
-    spec = _spec(pacs, tmp_path, "dicomweb", concurrency=1)
-    present = _killed_partway(spec, tmp_path / "store", n)
+    url, proxy = _slow_pacs(pacs, delay=0.1)
+    spec = _spec(pacs, tmp_path, "dicomweb", concurrency=1, url=url)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "medvision.cli", "cohort", "pull", str(spec), "--no-progress"],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(_indexed(tmp_path / "store")) >= 5:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the pull finished before it could be killed"
+    present = set(_indexed(tmp_path / "store"))
     assert 5 <= len(present) < n
+    proxy.delay = 0.0  # type: ignore[attr-defined]  # the resumed pull at full speed
 
     summary = pull_cohort(spec, progress=False)
     assert summary.skipped == len(present) and summary.retrieved == n - len(present)
@@ -393,11 +394,13 @@ def test_url_encoded_identifiers_in_library_debug_lines_are_scrubbed(pacs, env, 
 
 
 class _FlakyProxy(http.server.BaseHTTPRequestHandler):
-    """In front of Orthanc's DICOMweb: answers the first ``fail_first`` requests with 503, forwards the rest."""
+    """In front of Orthanc's DICOMweb: answers the first ``fail_first`` requests with 503, forwards the rest, each
+    after ``delay`` seconds (a slow PACS)."""
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         server = self.server
         server.seen.append(self.path)  # type: ignore[attr-defined]
+        time.sleep(getattr(server, "delay", 0.0))
         if len(server.seen) <= server.fail_first:  # type: ignore[attr-defined]
             self.send_response(503)
             self.send_header("Content-Length", "0")
