@@ -50,6 +50,31 @@ def test_the_cross_validated_c_follows_the_signal():
     assert noise.C_ <= 1e-2
 
 
+def test_features_the_backbone_left_nearly_constant_do_not_drown_the_signal():
+    """A collapsed embedding (most coordinates float noise around a constant, as EfficientNet's at 32 px) keeps its
+    geometry under the default global scaling; standardising each feature would make that noise as loud as the few
+    informative coordinates, and the held-out ranking falls (the PneumoniaMNIST finding in RESULTS.md)."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(7)
+
+    def embed(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = rng.integers(0, 2, size=n)
+        informative = rng.normal(size=(n, 8)) + 0.8 * y[:, None]
+        collapsed = 0.5 + 1e-6 * rng.normal(size=(n, 400))  # constant to float noise, but not exactly
+        return np.hstack([informative, collapsed]), y
+
+    x, y = embed(60)
+    xt, yt = embed(2000)
+    auc = {}
+    for scaling in ("global", "per-feature"):
+        probe = LogisticProbe(GRID, seed=0, scaling=scaling).fit(x, y, np.arange(len(y)), num_outputs=2)
+        auc[scaling] = roc_auc_score(yt, probe.predict_proba(xt)[:, 1])
+    assert LogisticProbe().scaling == "global"
+    assert auc["global"] > 0.85
+    assert auc["global"] - auc["per-feature"] > 0.05, auc
+
+
 def test_folds_shrink_to_the_patients_of_the_rarest_class():
     rng = np.random.default_rng(1)
     x, y, groups = _cohort(rng, patients=40, classes=2)

@@ -120,6 +120,9 @@ class ProbeConfig(StrictModel):
     folds: int = Field(5, ge=2)
     #: L-BFGS iterations per fit.
     max_iter: int = Field(1000, ge=10)
+    #: ``global``: one scale for every feature, keeping the pretrained embedding's geometry (the default);
+    #: ``per-feature``: standardise each feature (amplifies features the backbone left nearly constant).
+    scaling: Literal["global", "per-feature"] = "global"
 
     @field_validator("c_grid")
     @classmethod

@@ -65,6 +65,7 @@ def fit_head_probe(classifier: Classifier, datamodule: CohortDataModule, config:
         max_iter=p.max_iter,
         class_weight="balanced" if config.data.balanced else None,
         seed=config.seed,
+        scaling=p.scaling,
     )
     probe.fit(
         _features(classifier, datamodule, rows),
