@@ -3,6 +3,7 @@ same files give through --images, and the reports stored by C-STORE are found in
 
 from __future__ import annotations
 
+import importlib
 import shutil
 from pathlib import Path
 
@@ -108,3 +109,35 @@ def test_reports_sent_by_c_store_are_found_in_their_source_studies(evaluated_hod
         send_reports(reports, f"dimse://NOT-ORTHANC@127.0.0.1:{server.dicom_port}")
     assert f"127.0.0.1:{server.dicom_port}" in str(refused.value)
     assert not {str(h.PatientID) for h in source_pacs["headers"]} & set(str(refused.value).split())
+
+
+def test_an_instance_the_pull_could_not_store_is_in_predicts_quarantine(evaluated_hod_run, source_pacs, monkeypatch):
+    """A case the PACS matched but predict never saw is listed with its reason, as a build lists an unreadable
+    file, named by its record in the owner-only store and never by a DICOM identifier."""
+    pull_module = importlib.import_module("medvision.sources.pacs.pull")  # the package exports its function `pull`
+    run_id, uri, _ = evaluated_hod_run
+    monkeypatch.setenv("MEDVISION_PSEUDONYM_KEY", _TEST_PSEUDONYM_KEY)
+    root, headers = source_pacs["root"], source_pacs["headers"]
+    broken = str(sorted(h.SOPInstanceUID for h in headers)[0])
+    encode = pull_module.canonical_bytes
+
+    def fail_one(ds, syntax):
+        if str(ds.SOPInstanceUID) == broken:
+            raise ValueError("injected")
+        return encode(ds, syntax)
+
+    monkeypatch.setattr(pull_module, "canonical_bytes", fail_one)
+    request = yaml.safe_load((root / "request.yaml").read_text())
+    (root / "failing.yaml").write_text(yaml.safe_dump({**request, "store": "store-failing"}))
+    out = root / "with-failure"
+    code, output = _predict([run_id, "--pacs", str(root / "failing.yaml"), "--out", str(out)], uri)
+    assert code == 0, output
+    n = len(headers)
+    assert len(pd.read_parquet(out / "predictions.parquet")) == n - 1
+    quarantine = pd.read_csv(out / "quarantine.csv")
+    pulled = quarantine[quarantine["stage"] == "pull"]
+    assert len(pulled) == 1 and "cannot be encoded" in pulled["reason"].iloc[0]
+    assert "record 1 of the store's quarantine.jsonl" in pulled["relpath"].iloc[0]
+    uids = {str(h.SOPInstanceUID) for h in headers} | {str(h.PatientID) for h in headers}
+    assert not [u for u in uids if u in (out / "quarantine.csv").read_text()]
+    assert "1 file(s) quarantined, not predicted" in output

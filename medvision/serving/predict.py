@@ -41,6 +41,7 @@ from medvision.serving.decisions import apply_evaluation, evaluated_model
 from medvision.serving.dicom_results import ModelIdentity, study_reports, write_reports
 from medvision.serving.send import parse_send_target, send_reports
 from medvision.sources.pacs import PullSummary, pull
+from medvision.sources.pacs.store import pull_failures
 from medvision.tracking import load_run_classifier
 from medvision.tracking.model_ref import ModelRef
 from medvision.tracking.store import get_or_create_experiment, open_client
@@ -226,17 +227,39 @@ def _cases(
 ) -> tuple[Cohort, pd.DataFrame, pd.DataFrame, PullSummary | None]:
     """The cohort to predict (``images``, or the store ``request`` is pulled into, built label-free into
     ``out/cohort``; else ``cohort`` opened), its rows of the model's kinds, the quarantine (the build's and the rows
-    of other kinds) and the pull's counts (its failures are in the store's ``quarantine.jsonl``)."""
-    pulled = None
+    of other kinds, and the instances a pull could not store) and the pull's counts."""
+    pulled, failed = None, _no_failures()
     if request is not None:
         pulled = pull(request)
         images = Path(pulled.store) / "instances"
+        failed = _pull_quarantine(Path(pulled.store))
     if images is not None:
         built, quarantine = _label_free_cohort(Path(images).expanduser().resolve(), recipe, out, workers)
     else:
         built, quarantine = _existing_cohort(Path(cohort).expanduser().resolve(), recipe)  # type: ignore[arg-type]
     rows, refused = _rows_of_kinds(built.manifest, recipe)
-    return built, rows, pd.concat([quarantine, refused], ignore_index=True), pulled
+    parts = [q for q in (failed, quarantine, refused) if len(q)]
+    return built, rows, pd.concat(parts, ignore_index=True) if parts else quarantine, pulled
+
+
+def _no_failures() -> pd.DataFrame:
+    return pd.DataFrame(columns=["relpath", "stage", "reason"])
+
+
+def _pull_quarantine(store: Path) -> pd.DataFrame:
+    """The instances the pull could not store (still missing), as quarantine rows: so a case the PACS matched but
+    predict never saw is listed with its reason in ``quarantine.csv``, as a build lists an unreadable file. They
+    are named by their record in the store's owner-only ``quarantine.jsonl``, never by a DICOM UID."""
+    failures = pull_failures(store)
+    if not failures:
+        return _no_failures()
+    return pd.DataFrame(
+        {
+            "relpath": [f"(PACS instance: record {f.record} of the store's quarantine.jsonl)" for f in failures],
+            "stage": "pull",
+            "reason": [f.reason for f in failures],
+        }
+    )
 
 
 def _dicom_reports(

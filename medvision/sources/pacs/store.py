@@ -30,6 +30,7 @@ import shutil
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from filelock import FileLock
@@ -39,7 +40,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
 
 from medvision._atomic import FILE_MODE, atomic_path, atomic_write_text, private_dir
 
-__all__ = ["InstanceStore", "canonical_bytes"]
+__all__ = ["InstanceStore", "PullFailure", "canonical_bytes", "pull_failures"]
 
 _VERSION_NAME = "MEDVISION_PULL"
 
@@ -114,6 +115,35 @@ class InstanceStore:
 
     def __len__(self) -> int:
         return len(self._index)
+
+
+@dataclass(frozen=True)
+class PullFailure:
+    """An instance a pull quarantined and no pull has stored since: where its record is, and why it failed.
+
+    Carries no identifier (the SOP Instance UID stays in the owner-only store), so it can be listed in a table that
+    is logged (``medvision predict``'s ``quarantine.csv``)."""
+
+    record: int  # 1-based, the first record of this instance in quarantine.jsonl (segments after it, by name)
+    reason: str
+
+
+def pull_failures(root: str | Path) -> list[PullFailure]:
+    """The instances of the store at ``root`` that failed and are still missing, in record order (last reason).
+
+    Read-only, so it is safe beside a pull still running (unlike opening an :class:`InstanceStore`, which removes
+    a killed pull's temporaries); an instance retried and stored since is not a failure any more.
+    """
+    root = Path(root)
+    stored = {r.get("sop") for r in _RecordLog(root, "index", 1, 0.0).read()}
+    first: dict[str, int] = {}
+    reason: dict[str, str] = {}
+    for number, rec in enumerate(_RecordLog(root, "quarantine", 1, 0.0).read(), start=1):
+        sop = rec.get("sop")
+        if isinstance(sop, str) and sop not in stored:
+            first.setdefault(sop, number)
+            reason[sop] = str(rec.get("reason", "unknown reason"))
+    return [PullFailure(first[sop], reason[sop]) for sop in sorted(first, key=first.__getitem__)]
 
 
 class _RecordLog:
