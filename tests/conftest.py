@@ -49,21 +49,10 @@ def evaluated_hod_run(synth_cxr_cohort, tmp_path_factory: pytest.TempPathFactory
     from typer.testing import CliRunner
 
     from medvision.cli import app
-    from medvision.config import parse_config
-    from medvision.training import FinetuneConfig, finetune
 
     tmp = tmp_path_factory.mktemp("evaluated-hod")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    raw = {
-        "data": {"cohort_dir": str(synth_cxr_cohort), "batch_size": 64},
-        "backbone": {"name": "resnet-tiny", "weights": "none"},
-        "head": {"name": "hod"},
-        "optim": {"name": "adamw", "lr": 0.01, "epochs": 1, "warmup_epochs": 0},
-        "trainer": {"accelerator": "cpu", "progress_bar": False},
-        "output_dir": str(tmp / "run"),
-        "tracking": {"tracking_uri": uri, "experiment": "evaluated", "run_name": "finetune/lf1.0"},
-    }
-    run_id = finetune(parse_config(raw, FinetuneConfig)).run_id
+    run_id = hod_finetune(synth_cxr_cohort, tmp / "run", uri)
     out = tmp / "evaluation"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
@@ -71,3 +60,22 @@ def evaluated_hod_run(synth_cxr_cohort, tmp_path_factory: pytest.TempPathFactory
         result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     return run_id, uri, out
+
+
+def hod_finetune(cohort: Path, folder: Path, uri: str, seed: int = 0) -> str:
+    """A one-epoch HOD fine-tune of a tiny ResNet on ``cohort`` into ``folder``, logged to ``uri``: its run id.
+    Runs of other ``seed`` are members of one seed ensemble (the same recipe, named ``finetune/lf1.0``)."""
+    from medvision.config import parse_config
+    from medvision.training import FinetuneConfig, finetune
+
+    raw = {
+        "data": {"cohort_dir": str(cohort), "batch_size": 64},
+        "backbone": {"name": "resnet-tiny", "weights": "none"},
+        "head": {"name": "hod"},
+        "optim": {"name": "adamw", "lr": 0.01, "epochs": 1, "warmup_epochs": 0},
+        "trainer": {"accelerator": "cpu", "progress_bar": False},
+        "output_dir": str(folder),
+        "seed": seed,
+        "tracking": {"tracking_uri": uri, "experiment": "evaluated", "run_name": "finetune/lf1.0"},
+    }
+    return finetune(parse_config(raw, FinetuneConfig)).run_id

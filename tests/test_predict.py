@@ -229,3 +229,198 @@ def test_predict_with_the_evaluation_applies_its_operating_point_conformal_sets_
         assert codes["Referral decision"] == ("Refer to a human reader" if row["refer"] else "Accept")
         if "ood_flag" in got.columns:
             assert codes["Out-of-distribution"] == ("Yes" if row["ood_flag"] else "No")
+
+
+# --- Seed ensembles and test-time augmentation, as evaluation computes them -------------------------------------
+
+_ENSEMBLE = "finetune-seed-ensemble"
+
+
+@pytest.fixture(scope="module")
+def evaluated_ensemble(evaluated_hod_run, synth_cxr_cohort, tmp_path_factory) -> tuple[list[str], str, Path]:
+    """The HOD run and a second seed of its recipe (in its store), evaluated together with ``--seed-ensemble`` and
+    ``--tta auto`` (radiograph crops on these grey images): ``([run, run], tracking_uri, eval_dir)``."""
+    from tests.conftest import hod_finetune
+
+    run_id, uri, _ = evaluated_hod_run
+    tmp = tmp_path_factory.mktemp("evaluated-ensemble")
+    runs = [run_id, hod_finetune(synth_cxr_cohort, tmp / "run", uri, seed=1)]
+    out = tmp / "evaluation"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        args = [*runs, "--out", str(out), "--bootstrap", "5", "--saliency", "0", "--sets", "test"]
+        result = CliRunner().invoke(app, ["evaluate", *args, "--seed-ensemble", "--tta", "auto"])
+    assert result.exit_code == 0, result.output
+    return runs, uri, out
+
+
+@pytest.fixture(scope="module")
+def few_test_images(evaluated_hod_run, synth_cxr_cohort, tmp_path_factory) -> Path:
+    """40 of the cohort's test images built label-free with the models' recipe and the cohort's pseudonym key (so
+    their image ids are the evaluation's): a small cohort to predict with ``--cohort``, six views and two models
+    per image staying quick."""
+    from medvision.cohort.build import build_cohort
+    from medvision.serving import label_free_spec
+    from medvision.tracking import load_run_classifier
+
+    run_id, uri, _ = evaluated_hod_run
+    recipe = load_run_classifier(run_id, uri)[1].preprocessing
+    cohort = open_cohort(synth_cxr_cohort)
+    tmp = tmp_path_factory.mktemp("test-images")
+    for relpath in cohort.rows("test")["relpath"].iloc[:40]:
+        (tmp / "images" / relpath).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(Path(cohort.card.spec["images"]) / relpath, tmp / "images" / relpath)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDVISION_PSEUDONYM_KEY", _TEST_PSEUDONYM_KEY)
+        build_cohort(label_free_spec(tmp / "images", recipe, workers=1), tmp / "cohort")
+    return tmp / "cohort"
+
+
+def _model_predictions(eval_dir: Path, name: str | None = None, run_id: str | None = None) -> pd.DataFrame:
+    """Evaluate's test predictions of the model called ``name`` (or the single run ``run_id``), by image id."""
+    doc = Evaluation.open(eval_dir)
+    model = next(m for m in doc.metrics.models if m.name == name or (m.run_id == run_id and not m.ensemble_of))
+    return doc.predictions(model.name, "test").set_index("image_id")
+
+
+def _agree(got: pd.DataFrame, expected: pd.DataFrame) -> None:
+    """``got`` (predict's table) has ``expected``'s probabilities and OOD scores on every image of ``expected``."""
+    columns = [c for c in expected.columns if c.startswith("p:") or c == "ood_score"]
+    assert "ood_score" in columns and len(got) == 40 and set(got["image_id"]) <= set(expected.index)
+    got = got.set_index("image_id")
+    np.testing.assert_allclose(got[columns], expected.loc[got.index, columns], atol=1e-5)
+
+
+def _differ(a: pd.DataFrame, b: pd.DataFrame) -> float:
+    """The largest gap between two tables' probabilities on ``a``'s images: what a test relies on to fail."""
+    columns = [c for c in a.columns if c.startswith("p:")]
+    return float(np.abs(a[columns].to_numpy() - b.loc[a.index, columns].to_numpy()).max())
+
+
+def _logged(uri: str, output: str) -> dict[str, str]:
+    return MlflowClient(uri).get_run(output.split("MLflow run ")[1].split()[0]).data.params
+
+
+@pytest.mark.slow
+def test_predict_with_several_runs_gives_the_mean_evaluations_seed_ensemble_gives(
+    evaluated_ensemble, few_test_images, tmp_path
+):
+    runs, uri, eval_dir = evaluated_ensemble
+    ensemble = _model_predictions(eval_dir, name=_ENSEMBLE)
+    first, second = (_model_predictions(eval_dir, run_id=r) for r in runs)
+    assert _differ(first, second) > 1e-3  # two seeds, two models: one member alone is not the ensemble
+    code, output = _predict([*runs, "--tta", "auto", "--cohort", str(few_test_images), "--out", str(tmp_path)], uri)
+    assert code == 0, output
+    _agree(pd.read_parquet(tmp_path / "predictions.parquet"), ensemble)
+    assert "seed ensemble of 2 runs" in output
+    params = _logged(uri, output)
+    assert params["members"] == ",".join(runs) and params["ensemble"] == "seed-mean"
+    record = Evaluation.open(eval_dir).metrics.settings.tta
+    assert params["tta.views"] == ",".join(record.views) and params["tta.preset"] == "radiograph"
+
+
+@pytest.mark.slow
+def test_predict_with_tta_gives_evaluates_tta_probabilities(
+    evaluated_hod_run, evaluated_ensemble, few_test_images, tmp_path
+):
+    runs, uri, eval_dir = evaluated_ensemble
+    augmented = _model_predictions(eval_dir, run_id=runs[0])  # evaluate --tta auto: six views of each image
+    plain = _model_predictions(evaluated_hod_run[2], run_id=runs[0])  # the same run evaluated without
+    assert _differ(augmented, plain) > 1e-4  # the views change the probabilities: ignoring --tta would fail here
+    code, output = _predict([runs[0], "--tta", "auto", "--cohort", str(few_test_images), "--out", str(tmp_path)], uri)
+    assert code == 0, output
+    _agree(pd.read_parquet(tmp_path / "predictions.parquet"), augmented)
+    assert "averaged over 6 views" in output
+
+
+@pytest.mark.slow
+def test_predict_with_a_tta_evaluation_applies_its_views_and_its_ensemble_unasked(
+    evaluated_ensemble, few_test_images, tmp_path
+):
+    runs, uri, eval_dir = evaluated_ensemble
+    # the runs in the other order: an ensemble is its set of members
+    code, output = _predict(
+        [*runs[::-1], "--cohort", str(few_test_images), "--out", str(tmp_path), "--evaluation", str(eval_dir)], uri
+    )
+    assert code == 0, output
+    got = pd.read_parquet(tmp_path / "predictions.parquet")
+    _agree(got, _model_predictions(eval_dir, name=_ENSEMBLE))
+    model = Evaluation.open(eval_dir).metrics.model(_ENSEMBLE)  # its thresholds, not a member's
+    assert got["positive"].tolist() == (got[f"p:{model.positive_class}"] >= model.operating_point.threshold).tolist()
+    params = _logged(uri, output)
+    assert params["evaluation.model"] == _ENSEMBLE and params["tta.preset"] == "radiograph"
+
+
+def _saved_model(folder: Path, classes: list[str], size: int = 32) -> str:
+    """An untrained tiny classifier saved with a recipe (``size`` px, grey): a model predict can load."""
+    from medvision.cohort.recipe import PreprocessRecipe
+    from medvision.heads import create_head
+    from medvision.models import create_backbone
+    from medvision.training import Classifier
+
+    backbone = create_backbone("resnet-tiny", "none", in_chans=1)
+    clf = Classifier(backbone, create_head("linear", backbone.num_features, len(classes)), classes)
+    recipe = PreprocessRecipe(size=size, channels=1, fit="pad", storage="uint8")
+    save_classifier(clf, folder, input_shape=(1, size, size), preprocessing=recipe)
+    return str(folder)
+
+
+def test_ensemble_members_of_other_classes_or_recipes_are_refused_before_any_image_is_read(tmp_path):
+    first = _saved_model(tmp_path / "first", ["a", "b"])
+    other_classes = _saved_model(tmp_path / "other-classes", ["a", "c"])
+    other_size = _saved_model(tmp_path / "other-size", ["a", "b"], size=48)
+    images, out, uri = tmp_path / "images", tmp_path / "out", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    images.mkdir()
+    (images / "broken.dcm").write_bytes(b"DICM" + b"\x00" * 300)
+    source = ["--images", str(images), "--out", str(out)]
+    for models, why in [
+        ([first, other_classes], "classes ['a', 'c'], not ['a', 'b']"),
+        ([first, other_size], "preprocessing.size 48, not 32"),
+        ([first, first], "given more than once"),
+    ]:
+        code, output = _predict([*models, *source], uri)
+        assert code == 2 and why in output, output
+        assert f"model {models[1]}" in output or "more than once" in output
+    code, output = _predict([first, *source, "--tta", "sideways"], uri)
+    assert code == 2 and "--tta" in output and "photo" in output, output
+    assert not out.exists()  # no cohort built, no image read, nothing written
+
+
+@pytest.mark.slow
+def test_runs_or_tta_other_than_the_evaluations_are_refused_before_any_image_is_read(
+    evaluated_hod_run, evaluated_ensemble, tmp_path
+):
+    from medvision.serving.models import load_models
+
+    runs, uri, eval_dir = evaluated_ensemble
+    single_eval = evaluated_hod_run[2]  # evaluated the first run alone, without test-time augmentation
+    images, out = tmp_path / "images", tmp_path / "out"
+    images.mkdir()
+    (images / "broken.dcm").write_bytes(b"DICM" + b"\x00" * 300)
+    source = ["--images", str(images), "--out", str(out)]
+    code, output = _predict([*runs, *source, "--evaluation", str(single_eval)], uri)
+    assert code == 2 and "did not evaluate runs" in output and "--seed-ensemble" in output, output
+    code, output = _predict([*runs, *source, "--evaluation", str(eval_dir), "--tta", "none"], uri)
+    assert code == 2 and "--tta none" in output and "leave --tta out" in output, output
+    code, output = _predict([runs[0], *source, "--evaluation", str(single_eval), "--tta", "auto"], uri)
+    assert code == 2 and "--tta auto" in output, output
+    assert not out.exists()  # no cohort built in --out: refused before any image was read
+    # The evaluation's own views, named as given (auto) or as resolved there (radiograph), are accepted.
+    for asked in ("auto", "radiograph", None):
+        served = load_models(runs, uri, evaluation=eval_dir, tta=asked)
+        assert served.tta.preset == "radiograph" and served.evaluated.metrics.name == _ENSEMBLE
+
+
+def test_a_seed_ensemble_is_named_in_dicom_reports_by_a_version_a_dicom_field_holds(tmp_path):
+    """A DICOM version holds 64 characters: an ensemble is versioned by a digest of its members, not their list."""
+    from medvision.classifier import load_classifier
+    from medvision.serving.predict import model_identity
+    from medvision.tracking.model_ref import ModelRef
+
+    _, card = load_classifier(_saved_model(tmp_path / "clf", ["a", "b"]))
+    runs = ["0" * 32, "1" * 32, "2" * 32]
+    ensemble = model_identity(ModelRef.parse(runs[0]), card, None, runs)
+    assert ensemble.name.startswith("seed ensemble of 3 runs") and len(ensemble.version) <= 64
+    assert model_identity(ModelRef.parse(runs[0]), card, None, runs[::-1]) == ensemble  # the set, not the order
+    assert model_identity(ModelRef.parse(runs[0]), card, None, runs[:2]).version != ensemble.version
+    assert model_identity(ModelRef.parse(runs[0]), card, None, runs[:1]).version == runs[0]  # one run: its id

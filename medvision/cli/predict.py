@@ -1,5 +1,5 @@
-"""``medvision predict MODEL --images DIR | --cohort DIR | --pacs SPEC --out DIR``: a trained model on new,
-unlabelled cases."""
+"""``medvision predict MODEL [MODEL ...] --images DIR | --cohort DIR | --pacs SPEC --out DIR``: a trained model (or
+a seed ensemble of several) on new, unlabelled cases."""
 
 from __future__ import annotations
 
@@ -17,10 +17,12 @@ if TYPE_CHECKING:
 _SHOWN = 10
 
 # The options of ``medvision predict``, declared once here so the command's signature reads as its list of inputs.
-_Model = Annotated[
-    str,
+_Models = Annotated[
+    list[str],
     typer.Argument(
-        help="A fine-tuning run (run id, runs:/RUN_ID), models:/NAME/VERSION, models:/NAME@ALIAS, or a folder."
+        help="A fine-tuning run (run id, runs:/RUN_ID), models:/NAME/VERSION, models:/NAME@ALIAS, or a folder; "
+        "several (runs of one recipe, e.g. its seeds) are one seed ensemble, averaged as `medvision evaluate "
+        "--seed-ensemble` averages them.",
     ),
 ]
 _Images = Annotated[Path | None, typer.Option(help="A folder of DICOM files or photos (no labels needed).")]
@@ -39,6 +41,13 @@ _Evaluation = Annotated[
     typer.Option(
         help="The model's `medvision evaluate` folder: apply its operating point, conformal sets and referral rule "
         "(columns positive, conformal_set, ood_flag, refer).",
+    ),
+]
+_Tta = Annotated[
+    str | None,
+    typer.Option(
+        help="Test-time augmentation, as `medvision evaluate --tta`: none, auto, photo (flips) or radiograph "
+        "(crops, never mirrored); probabilities averaged over the views. Default: the --evaluation's own, else none.",
     ),
 ]
 _DicomResults = Annotated[
@@ -72,7 +81,7 @@ _TrackingUri = Annotated[
 
 
 def predict_command(
-    model: _Model,
+    models: _Models,
     *,
     images: _Images = None,
     cohort: _Cohort = None,
@@ -80,6 +89,7 @@ def predict_command(
     out: _Out,
     batch_size: _BatchSize = 64,
     evaluation: _Evaluation = None,
+    tta: _Tta = None,
     dicom_results: _DicomResults = False,
     for_source_pacs: _ForSourcePacs = False,
     send: _Send = None,
@@ -89,7 +99,9 @@ def predict_command(
     """Class probabilities (p:<class>) and the head's OOD score for every image, keyed by pseudonymous ids.
 
     Images are read, quarantined, pseudonymised and cached as a cohort build does, with the preprocessing recipe
-    recorded in the model's card; each prediction is an MLflow run (experiment "predict")."""
+    recorded in the model's card; each prediction is an MLflow run (experiment "predict"). Several MODELs are one
+    seed ensemble; with --evaluation they must be a model that evaluation evaluated, and its test-time augmentation
+    is applied (its thresholds were certified on those probabilities)."""
 
     def body() -> None:
         from medvision.engine.config import TrackingConfig, resolve_tracking_uri
@@ -100,7 +112,7 @@ def predict_command(
         uri = resolve_tracking_uri(TrackingConfig(tracking_uri=tracking_uri))
         try:
             result = predict(
-                model,
+                models,
                 out,
                 images=images,
                 cohort=cohort,
@@ -112,6 +124,7 @@ def predict_command(
                 send=send,
                 send_auth=send_auth,
                 evaluation=evaluation,
+                tta=tta,
             )
         except ModelRefError as e:
             raise InputError(str(e)) from None
@@ -132,6 +145,7 @@ def _echo_result(result: PredictionResult, *, sent: bool, uri: str) -> None:
             f"in {pulled.store}, {pulled.quarantined} quarantined (see {pulled.store}/quarantine.jsonl)"
         )
     typer.echo(f"{len(result.predictions)} image(s) predicted: {result.out / 'predictions.parquet'} (and .csv)")
+    _echo_model(result)
     if len(q):
         typer.echo(f"{len(q)} file(s) quarantined, not predicted (all in {result.out / 'quarantine.csv'}):")
         for r in q.head(_SHOWN).itertuples(index=False):
@@ -143,3 +157,12 @@ def _echo_result(result: PredictionResult, *, sent: bool, uri: str) -> None:
     if sent:
         typer.echo(f"{result.sent} report(s) stored to the PACS")
     typer.echo(f"MLflow run {result.run_id} (experiment predict) in {redact_uri(uri)}")
+
+
+def _echo_model(result: PredictionResult) -> None:
+    """How the probabilities were made, when not by one model on the plain image: the ensemble and the views."""
+    members, views = result.members, result.tta
+    if len(members) > 1:
+        typer.echo(f"probabilities: the mean of a seed ensemble of {len(members)} runs ({', '.join(members)})")
+    if views is not None and views.active:
+        typer.echo(f"test-time augmentation: {views.preset}, averaged over {len(views.views)} views")

@@ -5,7 +5,10 @@ hold for the thresholds certified on the validation patients; a silent trial mus
 conformal predictor and the referral rule are rebuilt from the recorded thresholds
 (:meth:`~medvision.evaluation.conformal.ConformalClassifier.from_thresholds`,
 :meth:`~medvision.evaluation.risk_control.RiskControlledAbstention.from_thresholds`) and applied to the probabilities
-``predict`` computed, which are the ones evaluation computes for the same images.
+``predict`` computed, which are the ones evaluation computes for the same images. That holds only when predict
+serves the model that was evaluated, computed the same way: so the evaluated model is the one whose members are
+the runs given (a seed ensemble's mean for several), and predict averages over the evaluation's own test-time views
+unless told otherwise, which is refused when it differs (:class:`EvaluatedModel`).
 
 Columns added to the predictions table: ``positive`` (the positive class called at the operating point),
 ``conformal_set`` (the classes of the marginal set, ``|``-separated; empty: the empty set), ``ood_flag`` (the OOD
@@ -14,6 +17,8 @@ score above the rule's τ̂) and ``refer`` (True: to a human reader).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,24 +31,67 @@ from medvision.evaluation.document import (
     AbstainRecord,
     ConformalRecord,
     Evaluation,
+    MetricsDocument,
     ModelMetrics,
+    TTARecord,
 )
 from medvision.evaluation.risk_control import RiskControlledAbstention
+from medvision.evaluation.settings import TTASettings
 
-__all__ = ["DECISION_COLUMNS", "apply_evaluation", "evaluated_model"]
+__all__ = ["DECISION_COLUMNS", "EvaluatedModel", "apply_evaluation", "evaluated_model"]
 
 DECISION_COLUMNS = ("positive", "conformal_set", "ood_flag", "refer")
 
 
+@dataclass(frozen=True)
+class EvaluatedModel:
+    """The evaluated model whose decisions predict applies, and how evaluation computed the probabilities they were
+    certified on (the promise holds for those probabilities only, so predict must compute the same ones)."""
+
+    metrics: ModelMetrics
+    #: The evaluation's seed (the randomised conformal sets draw from it).
+    seed: int
+    #: The evaluation's test-time augmentation (a record of none for an evaluation written before it existed).
+    tta: TTARecord
+    folder: str
+
+    @property
+    def tta_settings(self) -> TTASettings:
+        """The evaluation's views as settings, ``auto`` resolved as it was on the evaluation cohort: re-resolving
+        it on the cases predicted (another modality) could give other views."""
+        return self.tta.settings.model_copy(update={"preset": self.tta.preset})
+
+    def checked_tta(self, asked: TTASettings | None) -> TTASettings:
+        """The test-time augmentation predict applies: the evaluation's own, unless ``asked`` says otherwise.
+
+        Raises:
+            InputError: ``asked`` is not the evaluation's (as given, or as ``auto`` resolved).
+        """
+        if asked is None or asked in (self.tta.settings, self.tta_settings):
+            return self.tta_settings
+        given = self.tta.settings.preset
+        theirs = given if given == self.tta.preset else f"{given}, here {self.tta.preset}"
+        raise InputError(
+            f"--tta {asked.preset}: --evaluation {self.folder} certified model {self.metrics.name}'s thresholds on "
+            f"probabilities averaged over the views of tta {theirs} ({', '.join(self.tta.views)}), and its promises "
+            "hold for those probabilities only; leave --tta out to apply the evaluation's own, or evaluate with "
+            f"--tta {asked.preset} and give that folder"
+        )
+
+
 def evaluated_model(
-    folder: str, classes: list[str], run_id: str | None, ood_score_name: str | None
-) -> tuple[ModelMetrics, int]:
-    """The evaluated model of ``folder`` that is this model (its run, else the primary one) and the seed, checked
-    before any image is read (``ood_score_name``: the head's own OOD score, the only one predict computes).
+    folder: str, classes: list[str], run_ids: Sequence[str | None], ood_score_name: str | None
+) -> EvaluatedModel:
+    """The evaluated model of ``folder`` that is the model predict serves, checked before any image is read
+    (``ood_score_name``: the head's own OOD score, the only one predict computes).
+
+    One model (``run_ids`` of one): the evaluated run of that id, else the primary model (a folder, or a run the
+    evaluation does not name). Several: the seed ensemble whose members are exactly those runs, in any order.
 
     Raises:
-        InputError: no ``metrics.json`` in ``folder`` (or one this medvision cannot read), the evaluation of a
-            model with other classes, or a referral rule on an OOD score predict does not compute.
+        InputError: no ``metrics.json`` in ``folder`` (or one this medvision cannot read), runs the evaluation did
+            not evaluate as one ensemble, the evaluation of a model with other classes, or a referral rule on an
+            OOD score predict does not compute.
     """
     if not (Path(folder) / METRICS_FILE).is_file():  # the folder's name and the fix, not only a missing file's path
         raise InputError(
@@ -51,7 +99,11 @@ def evaluated_model(
             "--out DIR` wrote for this model"
         )
     doc = Evaluation.open(folder).metrics  # a damaged or other-version file: DocumentError names it and the fix
-    model = next((m for m in doc.models if run_id and m.run_id == run_id), doc.primary)
+    if len(run_ids) == 1:
+        run_id = run_ids[0]
+        model = next((m for m in doc.models if run_id and m.run_id == run_id and not m.ensemble_of), doc.primary)
+    else:
+        model = _ensemble_of_runs(folder, doc, run_ids)
     if list(model.classes) != list(classes):
         raise InputError(
             f"--evaluation {folder}: model {model.name} has classes {model.classes}, this model {classes}; give the "
@@ -59,7 +111,35 @@ def evaluated_model(
         )
     if model.trust is not None and model.trust.abstain is not None:
         _check_rule_ood(model.trust.abstain, ood_score_name)
-    return model, doc.settings.seed
+    tta = doc.settings.tta or TTARecord(settings=TTASettings(), preset="none", views=["identity"])
+    return EvaluatedModel(model, doc.settings.seed, tta, folder)
+
+
+def _ensemble_of_runs(folder: str, doc: MetricsDocument, run_ids: Sequence[str | None]) -> ModelMetrics:
+    """The seed ensemble of ``doc`` whose members are the runs ``run_ids`` (order aside).
+
+    Raises:
+        InputError: a member is not a run (a folder), or no ensemble of the evaluation has exactly these members:
+            its thresholds were certified on another model's probabilities.
+    """
+    if any(r is None for r in run_ids):
+        raise InputError(
+            f"--evaluation {folder}: an evaluated ensemble is found by its members' MLflow runs, and a model given "
+            "as a folder has none; give every member as a run (RUN_ID, runs:/RUN_ID or models:/NAME/VERSION)"
+        )
+    names = {m.name: m.run_id for m in doc.models}
+    ensembles = {m.name: sorted(names.get(n, n) for n in m.ensemble_of) for m in doc.models if m.ensemble_of}
+    wanted = sorted(str(r) for r in run_ids)
+    for m in doc.models:
+        if ensembles.get(m.name) == wanted:
+            return m
+    have = "; ".join(f"{n}: {', '.join(runs)}" for n, runs in ensembles.items()) or "none"
+    raise InputError(
+        f"--evaluation {folder} did not evaluate runs {', '.join(wanted)} as one model (its seed ensembles: "
+        f"{have}); its thresholds were certified on its own models' probabilities and hold for no other. Evaluate "
+        "these runs together (`medvision evaluate RUN RUN ... --seed-ensemble --out DIR`) and give that folder, "
+        "or predict with the runs of one of its models"
+    )
 
 
 def apply_evaluation(table: pd.DataFrame, model: ModelMetrics, seed: int, ood_score_name: str | None) -> pd.DataFrame:

@@ -6,7 +6,10 @@ exactly as the training cohort was (:func:`medvision.cohort.build.build_cohort` 
 preprocessing is the model's own recipe (:class:`~medvision.cohort.recipe.PreprocessRecipe` in its
 :class:`~medvision.classifier.ClassifierCard`), never retyped: train and serve cannot prepare an image differently.
 The probabilities come from :func:`medvision.evaluation.predict.predict_rows`, the loop ``medvision evaluate`` uses,
-so a case scored here gets the numbers evaluation would give it.
+so a case scored here gets the numbers evaluation would give it: several runs are combined as evaluation combines a
+seed ensemble (:func:`~medvision.evaluation.seed_ensemble.mean_predictions`), and test-time augmentation averages
+over evaluation's own views (:func:`~medvision.evaluation.tta.cohort_views`). Which model and views, and what is
+refused before any image is read, is :mod:`medvision.serving.models`.
 
 Outputs in ``out``: ``predictions.parquet`` and ``predictions.csv`` (one row per image, pseudonymous ids only:
 ``image_id``, ``patient_id``, ``study_id``, ``series_id``, ``frame``, the subgroup attributes, ``p:<class>`` and the
@@ -20,14 +23,15 @@ conformal set and referral decision that evaluation fixed are columns of the tab
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 
 from medvision._atomic import write_all
-from medvision.classifier import CARD_FILE, Classifier, ClassifierCard
+from medvision.classifier import Classifier, ClassifierCard
 from medvision.cohort.build import build_cohort
 from medvision.cohort.cohort import Cohort, open_cohort
 from medvision.cohort.progress import counting
@@ -35,18 +39,20 @@ from medvision.cohort.recipe import PreprocessRecipe
 from medvision.cohort.source_instances import source_instances
 from medvision.cohort.spec import CohortSpec, FolderOptions, PacsSpec, load_pacs_spec, spec_from_folder
 from medvision.errors import InputError
-from medvision.evaluation.document import ModelMetrics
 from medvision.evaluation.predict import Predictions, predict_rows
-from medvision.serving.decisions import apply_evaluation, evaluated_model
+from medvision.evaluation.seed_ensemble import mean_predictions
+from medvision.evaluation.settings import TTASettings
+from medvision.evaluation.tta import TTAViews, cohort_views
+from medvision.serving.decisions import apply_evaluation
 from medvision.serving.dicom_results import ModelIdentity, study_reports, write_reports
+from medvision.serving.models import ServedModel, load_models
 from medvision.serving.send import parse_send_target, send_reports
 from medvision.sources.pacs import PullSummary, pull
 from medvision.sources.pacs.store import pull_failures
-from medvision.tracking import load_run_classifier
 from medvision.tracking.model_ref import ModelRef
 from medvision.tracking.store import get_or_create_experiment, open_client
 
-__all__ = ["PredictionResult", "label_free_spec", "model_recipe", "predict"]
+__all__ = ["PredictionResult", "label_free_spec", "predict"]
 
 #: The pseudonymous keys of a predictions table, first in every row; nothing else identifies a case.
 ID_COLUMNS = ("image_id", "patient_id", "study_id", "series_id", "frame")
@@ -72,27 +78,14 @@ class PredictionResult:
     sent: int = 0
     #: The counts of the pull (``pacs``), None otherwise.
     pulled: PullSummary | None = None
+    #: The models averaged (run ids; one for a single model) and the test-time views each was averaged over.
+    members: tuple[str, ...] = ()
+    tta: TTAViews | None = None
 
     @property
     def files(self) -> list[Path]:
         """The tables (logged to MLflow; the DICOM results never are: they may hold the source's identifiers)."""
         return [self.out / "predictions.parquet", self.out / "predictions.csv", self.out / "quarantine.csv"]
-
-
-def model_recipe(card: ClassifierCard, model: str) -> PreprocessRecipe:
-    """The recipe in ``card`` (the classifier of ``model``).
-
-    Raises:
-        InputError: the card has no ``preprocessing`` field (trained on data that was not a medvision cohort, or
-            saved by an older medvision): guessing it could prepare images unlike the training images.
-    """
-    if card.preprocessing is None:
-        raise InputError(
-            f"model {model}: its {CARD_FILE} has no 'preprocessing' field (the recipe: size, channels, fit, storage, "
-            "frames, kinds), so its images cannot be prepared as in training; fine-tune it again on a medvision "
-            "cohort (the recipe is recorded then), nothing was read"
-        )
-    return card.preprocessing
 
 
 def label_free_spec(images: Path, recipe: PreprocessRecipe, name: str | None = None, workers: int = 0) -> CohortSpec:
@@ -111,7 +104,7 @@ def label_free_spec(images: Path, recipe: PreprocessRecipe, name: str | None = N
 
 
 def predict(
-    model: str,
+    model: str | Sequence[str],
     out: str | Path,
     *,
     images: str | Path | None = None,
@@ -125,13 +118,15 @@ def predict(
     send_auth: str = "none",
     workers: int = 0,
     evaluation: str | Path | None = None,
+    tta: str | TTASettings | None = None,
 ) -> PredictionResult:
     """Predict every image of ``images`` (a folder), ``cohort`` (a built cohort) or ``pacs`` (a PACS request) with
     ``model``.
 
     Args:
         model: a :class:`~medvision.tracking.model_ref.ModelRef` (run id, ``runs:/ID``, ``models:/NAME/VERSION``,
-            ``models:/NAME@ALIAS`` or a saved classifier's folder).
+            ``models:/NAME@ALIAS`` or a saved classifier's folder), or several: a seed ensemble, their outputs
+            combined as evaluation combines one (:func:`~medvision.evaluation.seed_ensemble.mean_predictions`).
         out: the output folder (see the module docstring).
         images / cohort / pacs: exactly one: a folder of DICOM or photos, a cohort built by ``medvision cohort
             build``, or a YAML file holding a cohort spec's ``pacs:`` section, pulled into its store (resumable,
@@ -139,7 +134,10 @@ def predict(
         tracking_uri: the MLflow store the model is read from and the prediction run is logged to.
         workers: processes that index and decode the images (0: one per core), as a build's ``workers``.
         evaluation: the folder ``medvision evaluate`` wrote for this model: its operating point, conformal sets and
-            referral rule are applied to every case (:mod:`medvision.serving.decisions`).
+            referral rule are applied to every case (:mod:`medvision.serving.decisions`), and its test-time
+            augmentation is the default (the thresholds were certified on those probabilities).
+        tta: test-time augmentation, the values ``evaluate.tta`` takes (``auto``, ``photo``, ``radiograph``,
+            ``none``): probabilities averaged over the views. ``None``: the evaluation's, else none.
         dicom_results: also write one Structured Report per study into ``out/dicom`` (DICOM images only).
         for_source_pacs: the reports carry the source's identifiers (to be stored back in the source PACS);
             implies ``dicom_results``. Otherwise they are pseudonymous.
@@ -148,17 +146,20 @@ def predict(
 
     Raises:
         InputError: not exactly one of ``images``/``cohort``/``pacs``, a bad ``send`` URL or ``pacs`` spec (before
-            the model is loaded); a model without a recipe, a case-level (bag) model, an ``evaluation`` of another
-            model (before any image is read or pulled); a cohort prepared differently from the model's images.
+            the model is loaded); a model without a recipe, a case-level (bag) model, ensemble members with other
+            classes or recipes, an ``evaluation`` of another model or with other test-time views
+            (:func:`~medvision.serving.models.load_models`: before any image is read or pulled); a cohort prepared
+            differently from the model's images.
     """
     request = _checked_inputs(images, cohort, pacs, send, send_auth)
     out = Path(out).expanduser().resolve()
-    checked = _checked_model(model, tracking_uri, evaluation)  # before any image is read
+    checked = load_models(model, tracking_uri, evaluation=evaluation, tta=tta)  # before any image is read
     built, rows, quarantine, pulled = _cases(images, cohort, request, checked.recipe, out, workers)
-    preds = _predict_in_chunks(checked.classifier, built, rows, batch_size)
+    views = cohort_views(checked.tta, built)
+    preds = _predict_in_chunks(checked.classifiers, built, rows, batch_size, views)
     table = _public_table(preds, rows, labelled=cohort is not None)
     if checked.evaluated is not None:
-        table = apply_evaluation(table, checked.evaluated[0], checked.evaluated[1], preds.ood_score_name)
+        table = apply_evaluation(table, checked.evaluated.metrics, checked.evaluated.seed, preds.ood_score_name)
     _write_tables(out, table, quarantine)
     for_source_pacs = for_source_pacs or send is not None
     dicom: list[Path] = []
@@ -167,7 +168,8 @@ def predict(
     sent = send_reports(dicom, send, auth=send_auth) if send is not None else 0
     mode = "original" if for_source_pacs else "pseudonymous" if dicom_results else "none"
     result = PredictionResult(out, table, quarantine, "", preds.ood_score_name, tuple(dicom), mode, sent, pulled)
-    run_id = _log_run(tracking_uri, checked.ref, checked.card, built, result)
+    result = replace(result, members=checked.members, tta=views)
+    run_id = _log_run(tracking_uri, checked, built, result)
     return replace(result, run_id=run_id)
 
 
@@ -185,36 +187,6 @@ def _checked_inputs(
     if send is not None:
         parse_send_target(send, send_auth)
     return None if pacs is None else load_pacs_spec(pacs)
-
-
-@dataclass(frozen=True)
-class _CheckedModel:
-    """The model to predict with and what was checked before any image is read: its recipe and, with
-    ``evaluation``, the evaluated model (and seed) whose decisions are applied."""
-
-    ref: ModelRef
-    classifier: Classifier
-    card: ClassifierCard
-    recipe: PreprocessRecipe
-    evaluated: tuple[ModelMetrics, int] | None
-
-
-def _checked_model(model: str, tracking_uri: str, evaluation: str | Path | None) -> _CheckedModel:
-    """Load ``model`` and refuse, before any image is read, what predict cannot serve: a model without a recipe, a
-    case-level (bag) model, an ``evaluation`` of another model (:func:`evaluated_model`)."""
-    ref = ModelRef.parse(model)
-    classifier, card = load_run_classifier(ref, tracking_uri=tracking_uri)
-    recipe = model_recipe(card, str(ref))
-    if getattr(classifier.head, "takes_bags", False):
-        raise InputError(
-            f"{ref}: this model reads a bag of images per case (series, study or patient); predict writes one row "
-            "per image. Evaluate it on a case-level cohort with `medvision evaluate` instead"
-        )
-    head_ood = getattr(classifier.head, "ood_score_name", None)
-    evaluated = (
-        None if evaluation is None else evaluated_model(str(evaluation), list(card.classes), ref.run_id, head_ood)
-    )
-    return _CheckedModel(ref, classifier, card, recipe, evaluated)
 
 
 def _cases(
@@ -267,14 +239,14 @@ def _dicom_reports(
     table: pd.DataFrame,
     built: Cohort,
     rows: pd.DataFrame,
-    checked: _CheckedModel,
+    checked: ServedModel,
     ood_score_name: str | None,
     original: bool,
 ) -> list[Path]:
     """One Structured Report per study of ``table`` into ``folder``: with the source's identifiers (owner-only) when
     ``original``, else pseudonymous."""
     sources, _ = source_instances(built, rows, original=original)
-    identity = model_identity(checked.ref, checked.card, ood_score_name)
+    identity = model_identity(checked.ref, checked.card, ood_score_name, checked.members)
     return write_reports(study_reports(table, sources, identity), folder, private=original)
 
 
@@ -289,10 +261,16 @@ def _write_tables(out: Path, table: pd.DataFrame, quarantine: pd.DataFrame) -> N
     )
 
 
-def model_identity(ref: ModelRef, card: ClassifierCard, ood_score_name: str | None) -> ModelIdentity:
+def model_identity(
+    ref: ModelRef, card: ClassifierCard, ood_score_name: str | None, members: Sequence[str] = ()
+) -> ModelIdentity:
     """The model's name and version as a DICOM report states them: a registered model's own, else the run (or the
-    folder's name) with the head and backbone."""
-    if ref.kind == "registered" and ref.name:
+    folder's name) with the head and backbone. A seed ensemble (several ``members``) is versioned by a digest of
+    its members' run ids: their list would overflow the 64 characters a DICOM version holds."""
+    if len(members) > 1:
+        digest = hashlib.sha256(",".join(sorted(members)).encode()).hexdigest()[:16]
+        name, version = f"seed ensemble of {len(members)} runs", f"ensemble-{digest}"
+    elif ref.kind == "registered" and ref.name:
         name, version = ref.name, ref.version or f"@{ref.alias}"
     elif ref.kind == "run" and ref.run_id:
         name, version = f"run {ref.run_id}", ref.run_id
@@ -355,14 +333,18 @@ def _rows_of_kinds(manifest: pd.DataFrame, recipe: PreprocessRecipe) -> tuple[pd
     return manifest[ok].reset_index(drop=True), refused.reset_index(drop=True)
 
 
-def _predict_in_chunks(classifier, built: Cohort, rows: pd.DataFrame, batch_size: int) -> Predictions:
-    """:func:`predict_rows` over ``rows`` in chunks, so a terminal shows a bar moving (a log shows nothing)."""
+def _predict_in_chunks(
+    classifiers: Sequence[Classifier], built: Cohort, rows: pd.DataFrame, batch_size: int, views: TTAViews
+) -> Predictions:
+    """:func:`predict_rows` over ``rows`` in chunks, so a terminal shows a bar moving (a log shows nothing): each
+    member averaged over ``views``, then the members combined as evaluation combines a seed ensemble."""
     parts: list[Predictions] = []
     advance: Callable[[int], None]
     with counting("predicting", len(rows)) as advance:
         for start in range(0, max(len(rows), 1), _CHUNK):
             chunk = rows.iloc[start : start + _CHUNK].reset_index(drop=True)
-            parts.append(predict_rows(classifier, built, chunk, batch_size=batch_size))
+            members = [predict_rows(c, built, chunk, batch_size=batch_size, views=views.views) for c in classifiers]
+            parts.append(members[0] if len(members) == 1 else mean_predictions(members))
             advance(len(chunk))
     return Predictions.concat(parts)
 
@@ -377,19 +359,21 @@ def _public_table(preds: Predictions, rows: pd.DataFrame, labelled: bool) -> pd.
     return frame[[*ID_COLUMNS, *[c for c in frame.columns if c not in ID_COLUMNS]]]
 
 
-def _log_run(uri: str, ref: ModelRef, card: ClassifierCard, built: Cohort, result: PredictionResult) -> str:
-    """One MLflow run per prediction: the model, the recipe, counts and the three tables (no path, no identifier)."""
+def _log_run(uri: str, checked: ServedModel, built: Cohort, result: PredictionResult) -> str:
+    """One MLflow run per prediction: the model (an ensemble's members by run id), the test-time views, the recipe,
+    counts and the three tables (no path, no identifier)."""
     client = open_client(uri)
     run = client.create_run(get_or_create_experiment(client, EXPERIMENT), run_name="predict")
     run_id = run.info.run_id
-    recipe = card.preprocessing
+    ref, card, recipe = checked.ref, checked.card, checked.recipe
     params = {
         "model": ref.uri if ref.kind != "path" else "folder:" + Path(str(ref.path)).name,
         "classes": ",".join(card.classes),
         "head": card.head.name,
         "ood_score": result.ood_score_name or "none",
         "cohort.manifest_sha256": built.manifest_sha256,
-        **({f"recipe.{k}": str(v) for k, v in recipe.model_dump().items()} if recipe else {}),
+        **{f"recipe.{k}": str(v) for k, v in recipe.model_dump().items()},
+        **_served_params(checked, result.tta),
     }
     for key, value in params.items():
         client.log_param(run_id, key, value)
@@ -407,3 +391,14 @@ def _log_run(uri: str, ref: ModelRef, card: ClassifierCard, built: Cohort, resul
         client.log_artifact(run_id, str(path), "predictions")
     client.set_terminated(run_id)
     return run_id
+
+
+def _served_params(checked: ServedModel, views: TTAViews | None) -> dict[str, str]:
+    """What the probabilities are: the members averaged (run ids), the test-time views and, with an evaluation,
+    the evaluated model whose decisions were applied."""
+    params = {"members": ",".join(checked.members), "ensemble": "seed-mean" if len(checked.members) > 1 else "none"}
+    if views is not None:
+        params |= {"tta.requested": views.requested, "tta.preset": views.preset, "tta.views": ",".join(views.names)}
+    if checked.evaluated is not None:
+        params["evaluation.model"] = checked.evaluated.metrics.name
+    return params
