@@ -9,7 +9,8 @@ from matplotlib import colormaps
 from torch import nn
 
 from medvision.classifier import Classifier
-from medvision.evaluation.saliency import integrated_gradients, overlay, pick_cases, saliency_maps
+from medvision.evaluation.overlay import COLORMAP, MAX_OPACITY, display_image, overlay
+from medvision.evaluation.saliency import integrated_gradients, pick_cases, saliency_maps
 from medvision.heads import create_head
 from medvision.models import create_backbone
 from medvision.models.backbone import Backbone
@@ -183,23 +184,31 @@ def test_flags_and_batchnorm_statistics_are_untouched(freeze: bool) -> None:
     assert not any(m.training for m in clf.modules())
 
 
-def test_overlay_gray_rgb_and_colormap() -> None:
+def test_overlay_leaves_the_image_where_the_map_is_zero_and_colours_it_by_magnitude() -> None:
+    """The one blend of the report's gallery and the DICOM saliency images: magma at an opacity that follows the
+    map's magnitude (0.65 at its maximum), so a zero map leaves the (grey) image exactly as it was."""
     rng = np.random.default_rng(0)
-    gray = rng.random((1, 8, 10))
+    gray = display_image(rng.random((1, 8, 10)))
+    assert gray.shape == (8, 10, 3) and (gray[..., 0] == gray[..., 2]).all()
     heat = rng.random((8, 10))
-    out = overlay(gray, heat)
+    heat[:4] = 0.0
+    out = overlay(gray, heat * 7.0)  # any scale: the magnitude is divided by its maximum
     assert out.shape == (8, 10, 3) and out.dtype == np.uint8
-    plain = overlay(gray, heat, alpha=0.0)
-    assert (plain[..., 0] == plain[..., 1]).all() and (plain[..., 1] == plain[..., 2]).all()  # gray stays gray
-    np.testing.assert_array_equal(plain[..., 0], np.rint(gray[0] * 255).astype(np.uint8))
-    colour = overlay(gray, heat, alpha=1.0)
-    np.testing.assert_array_equal(colour, np.rint(colormaps["viridis"](heat)[..., :3] * 255).astype(np.uint8))
-    rgb = rng.random((3, 8, 10))
-    np.testing.assert_array_equal(overlay(rgb, heat, alpha=0.0), np.rint(rgb.transpose(1, 2, 0) * 255))
-    with pytest.raises(ValueError, match="heat must be"):
-        overlay(gray, heat.T)
+    np.testing.assert_array_equal(out[:4], gray[:4])  # no attribution: the image, still grey
+    top = np.unravel_index(np.argmax(heat), heat.shape)
+    colour = np.asarray(colormaps[COLORMAP](1.0)[:3])
+    expected = (1 - MAX_OPACITY) * gray[top] / 255.0 + MAX_OPACITY * colour
+    np.testing.assert_allclose(out[top], np.round(expected * 255), atol=1)
+    assert len(set(out[top].tolist())) > 1  # coloured, not grey
+    np.testing.assert_array_equal(overlay(gray, np.zeros((8, 10))), gray)
+    assert overlay(gray[..., 0], heat).shape == (8, 10, 3)  # a 2-D grey image
+    assert overlay(gray, heat[::2, ::2]).shape == (8, 10, 3)  # a coarser map is resized to the image
+    with pytest.raises(ValueError, match="heatmap must be 2-D"):
+        overlay(gray, heat[None])
+    with pytest.raises(ValueError, match="image must be uint8"):
+        overlay(gray.astype(np.float32), heat)
     with pytest.raises(ValueError, match="image must be"):
-        overlay(rng.random((2, 8, 10)), heat)
+        display_image(rng.random((2, 8, 10)))
 
 
 def test_pick_cases_categories_order_and_no_duplicates() -> None:

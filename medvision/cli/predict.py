@@ -75,6 +75,14 @@ _SendAuth = Annotated[
         "bearer ($MEDVISION_PACS_TOKEN); DIMSE has none.",
     ),
 ]
+_Saliency = Annotated[
+    bool,
+    typer.Option(
+        help="Also write each DICOM image's saliency map (Grad-CAM of the predicted class over the model's input "
+        "image) as a Secondary Capture into OUT/dicom/saliency, a new series of its study, marked research only, "
+        "not for diagnosis (implies --dicom-results; identifiers as the reports'; sent with them by --send).",
+    ),
+]
 _TrackingUri = Annotated[
     str | None, typer.Option(help="MLflow store (default: $MLFLOW_TRACKING_URI, else ./mlflow.db).")
 ]
@@ -94,6 +102,7 @@ def predict_command(
     for_source_pacs: _ForSourcePacs = False,
     send: _Send = None,
     send_auth: _SendAuth = "none",
+    saliency: _Saliency = False,
     tracking_uri: _TrackingUri = None,
 ) -> None:
     """Class probabilities (p:<class>) and the head's OOD score for every image, keyed by pseudonymous ids.
@@ -125,6 +134,7 @@ def predict_command(
                 send_auth=send_auth,
                 evaluation=evaluation,
                 tta=tta,
+                saliency=saliency,
             )
         except ModelRefError as e:
             raise InputError(str(e)) from None
@@ -134,8 +144,8 @@ def predict_command(
 
 
 def _echo_result(result: PredictionResult, *, sent: bool, uri: str) -> None:
-    """What a prediction wrote, on the terminal: the tables, the first quarantined files, the DICOM reports (and how
-    many the PACS stored when ``sent``) and the MLflow run."""
+    """What a prediction wrote, on the terminal: the tables, the first quarantined files, the DICOM reports and
+    saliency images (and how many the PACS stored when ``sent``) and the MLflow run."""
     from medvision.tracking.uri import redact_uri
 
     q, pulled = result.quarantine, result.pulled
@@ -154,8 +164,14 @@ def _echo_result(result: PredictionResult, *, sent: bool, uri: str) -> None:
         typer.echo(
             f"{len(result.dicom)} DICOM report(s) ({result.dicom_identifiers} identifiers) in {result.out / 'dicom'}"
         )
+    if result.saliency:
+        typer.echo(
+            f"{len(result.saliency)} saliency image(s), research only, not for diagnosis, in "
+            f"{result.out / 'dicom' / 'saliency'}"
+        )
     if sent:
-        typer.echo(f"{result.sent} report(s) stored to the PACS")
+        what = "DICOM object(s) (reports and saliency images)" if result.saliency else "report(s)"
+        typer.echo(f"{result.sent} {what} stored to the PACS")
     typer.echo(f"MLflow run {result.run_id} (experiment predict) in {redact_uri(uri)}")
 
 

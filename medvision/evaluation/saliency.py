@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from medvision.classifier import Classifier
 from medvision.models import Backbone
 
-__all__ = ["integrated_gradients", "overlay", "pick_cases", "saliency_maps"]
+__all__ = ["integrated_gradients", "pick_cases", "saliency_maps"]
 
 SaliencyMethod = Literal["integrated_gradients", "gradcam"]
 _METHODS = ("integrated_gradients", "gradcam")
@@ -340,39 +340,6 @@ def saliency_maps(
         images, targets = _prepare(classifier, images, targets)
         cam = _gradcam(classifier, images, targets)
     return _normalise(cam, floor=True)
-
-
-def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """Blend a saliency map over its image with the colour-blind-safe, perceptually uniform "viridis" colormap.
-
-    Args:
-        image: ``(C, H, W)`` in ``[0, 1]`` with ``C`` = 1 (shown as gray) or 3 (RGB).
-        heat: ``(H, W)`` in ``[0, 1]``, e.g. one map from :func:`saliency_maps`.
-        alpha: weight of the colormap (0 = image only, 1 = heat only).
-
-    Returns:
-        ``(H, W, 3)`` uint8 RGB.
-
-    Raises:
-        ValueError: wrong shapes, values outside ``[0, 1]`` or ``alpha`` outside ``[0, 1]``.
-    """
-    from matplotlib import colormaps  # imported here: only report rendering needs matplotlib
-
-    image = np.asarray(image, dtype=np.float64)
-    heat = np.asarray(heat, dtype=np.float64)
-    if image.ndim != 3 or image.shape[0] not in (1, 3):
-        raise ValueError(f"image must be (C, H, W) with C = 1 or 3, got shape {image.shape}")
-    if heat.shape != image.shape[1:]:
-        raise ValueError(f"heat must be (H, W) = {image.shape[1:]} to match the image, got shape {heat.shape}")
-    for name, arr in (("image", image), ("heat", heat)):
-        if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
-            raise ValueError(f"{name} must be finite and in [0, 1]; rescale it first")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    rgb = np.repeat(image, 3, axis=0) if image.shape[0] == 1 else image
-    colour = colormaps["viridis"](heat)[..., :3]
-    blended = (1.0 - alpha) * rgb.transpose(1, 2, 0) + alpha * colour
-    return np.clip(np.rint(blended * 255.0), 0, 255).astype(np.uint8)
 
 
 def pick_cases(

@@ -25,6 +25,7 @@ from medvision.evaluation.document import (
     MetricsDocument,
     ModelMetrics,
 )
+from medvision.evaluation.overlay import display_image
 from medvision.evaluation.settings import DeferralCosts
 from medvision.report.context import (
     CalibrationSection,
@@ -369,8 +370,6 @@ def _saliency(ev: Evaluation) -> SaliencySection | None:
     cases = []
     for rec in ev.metrics.saliency:
         arrays = np.load(ev.path(rec.file))
-        image = np.clip(arrays["image"], 0, 1)
-        image = (np.repeat(image, 3, 0) if image.shape[0] == 1 else image).transpose(1, 2, 0)
         cases.append(
             SaliencyCase(
                 case_id=rec.case_id,
@@ -379,7 +378,7 @@ def _saliency(ev: Evaluation) -> SaliencySection | None:
                 predicted_label=rec.predicted_label,
                 confidence=rec.confidence,
                 ood_score=rec.ood_score,
-                image=(image * 255).round().astype(np.uint8),
+                image=display_image(arrays["image"]),
                 integrated_gradients=arrays["integrated_gradients"],
                 gradcam=arrays["gradcam"],
                 instance_rank=rec.instance_rank,

@@ -19,9 +19,10 @@ matplotlib.use("Agg")  # headless: reports are rendered on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from matplotlib import colormaps  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 from PIL import Image  # noqa: E402
+
+from medvision.evaluation.overlay import overlay  # noqa: E402
 
 if TYPE_CHECKING:
     from matplotlib.typing import RcKeyType
@@ -321,18 +322,11 @@ def image_uri(image: np.ndarray | bytes) -> str:
 
 
 def overlay_uri(image: np.ndarray | bytes, heatmap: np.ndarray | bytes) -> str:
-    """An attribution map's magnitude blended over the image (magma colour map; opacity follows the attribution).
+    """An attribution map's magnitude blended over the image (:func:`medvision.evaluation.overlay.overlay`: the
+    blend the DICOM saliency images of ``medvision predict --saliency`` show too).
 
     A 3-D array or bytes is taken as an overlay already made by the caller and embedded as given.
     """
     if isinstance(heatmap, bytes) or heatmap.ndim == 3:
         return image_uri(heatmap)
-    base = _rgb(image).astype(np.float32) / 255.0
-    h = np.abs(np.nan_to_num(heatmap.astype(np.float32)))
-    h = h / h.max() if h.max() > 0 else h
-    if h.shape != base.shape[:2]:
-        h = np.asarray(Image.fromarray(h).resize((base.shape[1], base.shape[0]), Image.Resampling.BILINEAR))
-    colour = colormaps["magma"](h)[..., :3]
-    alpha = 0.65 * h[..., None]
-    out = (1 - alpha) * base + alpha * colour
-    return image_uri((out * 255).round().clip(0, 255).astype(np.uint8))
+    return image_uri(overlay(_rgb(image), heatmap))

@@ -17,8 +17,11 @@ head's ``ood_score`` when it has one), ``quarantine.csv`` (every file not predic
 ``images`` and ``pacs``, the label-free cohort itself (``cohort/``: owner-only, it holds the file paths). With
 ``dicom_results``, ``dicom/<study pseudonym>.dcm``: one Comprehensive SR per study
 (:mod:`medvision.serving.dicom_results`), pseudonymous unless ``for_source_pacs`` (then with the source's patient,
-study and instance identifiers, owner-only, and never logged). With ``evaluation``, the operating point,
-conformal set and referral decision that evaluation fixed are columns of the table (and of the reports).
+study and instance identifiers, owner-only, and never logged). With ``saliency``, also
+``dicom/saliency/<image pseudonym>.dcm``: each image's saliency map as a Secondary Capture in a new series of its
+study, named as the study's report names it (:mod:`medvision.serving.saliency_capture`; research only). With
+``evaluation``, the operating point, conformal set and referral decision that evaluation fixed are columns of the
+table (and of the reports).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from medvision.evaluation.tta import TTAViews, cohort_views
 from medvision.serving.decisions import apply_evaluation
 from medvision.serving.dicom_results import ModelIdentity, study_reports, write_reports
 from medvision.serving.models import ServedModel, load_models
+from medvision.serving.saliency_capture import write_saliency_images
 from medvision.serving.send import parse_send_target, send_reports
 from medvision.sources.pacs import PullSummary, pull
 from medvision.sources.pacs.store import pull_failures
@@ -81,6 +85,8 @@ class PredictionResult:
     #: The models averaged (run ids; one for a single model) and the test-time views each was averaged over.
     members: tuple[str, ...] = ()
     tta: TTAViews | None = None
+    #: The saliency images (``dicom/saliency/*.dcm``, Secondary Captures), empty unless asked for.
+    saliency: tuple[Path, ...] = ()
 
     @property
     def files(self) -> list[Path]:
@@ -119,6 +125,7 @@ def predict(
     workers: int = 0,
     evaluation: str | Path | None = None,
     tta: str | TTASettings | None = None,
+    saliency: bool = False,
 ) -> PredictionResult:
     """Predict every image of ``images`` (a folder), ``cohort`` (a built cohort) or ``pacs`` (a PACS request) with
     ``model``.
@@ -143,6 +150,8 @@ def predict(
             implies ``dicom_results``. Otherwise they are pseudonymous.
         send / send_auth: where the reports are stored (:func:`send_reports`: a DICOMweb base URL, STOW-RS, or
             ``dimse://AE@host:port``, C-STORE) and how STOW-RS authenticates; implies ``for_source_pacs``.
+        saliency: also write each DICOM image's saliency map as a Secondary Capture into ``out/dicom/saliency``
+            (named as the reports name the study; sent with them); implies ``dicom_results``.
 
     Raises:
         InputError: not exactly one of ``images``/``cohort``/``pacs``, a bad ``send`` URL or ``pacs`` spec (before
@@ -162,13 +171,16 @@ def predict(
         table = apply_evaluation(table, checked.evaluated.metrics, checked.evaluated.seed, preds.ood_score_name)
     _write_tables(out, table, quarantine)
     for_source_pacs = for_source_pacs or send is not None
-    dicom: list[Path] = []
+    dicom_results = dicom_results or saliency
+    dicom: tuple[list[Path], list[Path]] = ([], [])  # the reports, the saliency images
     if dicom_results or for_source_pacs:
-        dicom = _dicom_reports(out / "dicom", table, built, rows, checked, preds.ood_score_name, for_source_pacs)
-    sent = send_reports(dicom, send, auth=send_auth) if send is not None else 0
+        dicom = _dicom_reports(
+            out / "dicom", table, built, rows, checked, preds.ood_score_name, for_source_pacs, saliency
+        )
+    sent = send_reports([*dicom[0], *dicom[1]], send, auth=send_auth) if send is not None else 0
     mode = "original" if for_source_pacs else "pseudonymous" if dicom_results else "none"
-    result = PredictionResult(out, table, quarantine, "", preds.ood_score_name, tuple(dicom), mode, sent, pulled)
-    result = replace(result, members=checked.members, tta=views)
+    result = PredictionResult(out, table, quarantine, "", preds.ood_score_name, tuple(dicom[0]), mode, sent, pulled)
+    result = replace(result, members=checked.members, tta=views, saliency=tuple(dicom[1]))
     run_id = _log_run(tracking_uri, checked, built, result)
     return replace(result, run_id=run_id)
 
@@ -242,12 +254,19 @@ def _dicom_reports(
     checked: ServedModel,
     ood_score_name: str | None,
     original: bool,
-) -> list[Path]:
-    """One Structured Report per study of ``table`` into ``folder``: with the source's identifiers (owner-only) when
-    ``original``, else pseudonymous."""
+    saliency: bool,
+) -> tuple[list[Path], list[Path]]:
+    """One Structured Report per study of ``table`` into ``folder`` and, with ``saliency``, each image's saliency map
+    into ``folder/saliency``: with the source's identifiers (owner-only) when ``original``, else pseudonymous."""
     sources, _ = source_instances(built, rows, original=original)
     identity = model_identity(checked.ref, checked.card, ood_score_name, checked.members)
-    return write_reports(study_reports(table, sources, identity), folder, private=original)
+    reports = write_reports(study_reports(table, sources, identity), folder, private=original)
+    if not saliency:
+        return reports, []
+    # an ensemble's maps are its first member's: the members share a backbone and a recipe, and one map per image
+    # is what a reader can look at (the image comments name the model, whose version names every member)
+    model, images = checked.classifier, folder / "saliency"
+    return reports, write_saliency_images(model, built, table, rows, sources, identity, images, private=original)
 
 
 def _write_tables(out: Path, table: pd.DataFrame, quarantine: pd.DataFrame) -> None:
@@ -384,6 +403,7 @@ def _log_run(uri: str, checked: ServedModel, built: Cohort, result: PredictionRe
     client.log_param(run_id, "dicom_results", result.dicom_identifiers)
     client.log_metric(run_id, "dicom_reports", float(len(result.dicom)))
     client.log_metric(run_id, "dicom_sent", float(result.sent))
+    client.log_metric(run_id, "dicom_saliency_images", float(len(result.saliency)))
     if result.pulled is not None:
         client.log_metric(run_id, "pacs_retrieved", float(result.pulled.retrieved))
         client.log_metric(run_id, "pacs_quarantined", float(result.pulled.quarantined))

@@ -173,8 +173,9 @@ def _c_store(paths: Sequence[Path], peer: Peer) -> int:
 
 
 class _StoreSender:
-    """One association proposing each report's SOP class (a Comprehensive SR) in its own transfer syntax and the
-    two uncompressed ones; each C-STORE is one attempt of the pull's retry loop, reopening a lost association."""
+    """One association proposing each object's SOP class (Comprehensive SR, Secondary Capture) in its own transfer
+    syntax and the two uncompressed ones; each C-STORE is one attempt of the pull's retry loop, reopening a lost
+    association."""
 
     def __init__(self, peer: Peer, datasets: Sequence[Dataset]) -> None:
         self.peer = peer
@@ -201,7 +202,7 @@ class _StoreSender:
             self.close()
             raise PacsError(
                 f"the PACS at {self.peer.where} does not accept storage of SOP class {', '.join(missing)}; "
-                "ask its administrator to allow Structured Reports"
+                "ask its administrator to allow Structured Reports (and Secondary Capture images, for --saliency)"
             )
         return assoc
 
