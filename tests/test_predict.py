@@ -400,6 +400,9 @@ def test_runs_or_tta_other_than_the_evaluations_are_refused_before_any_image_is_
     source = ["--images", str(images), "--out", str(out)]
     code, output = _predict([*runs, *source, "--evaluation", str(single_eval)], uri)
     assert code == 2 and "did not evaluate runs" in output and "--seed-ensemble" in output, output
+    # another seed of the same recipe (same classes): the evaluation of the first run certified nothing for it
+    code, output = _predict([runs[1], *source, "--evaluation", str(single_eval)], uri)
+    assert code == 2 and f"did not evaluate run {runs[1]}" in output and "medvision evaluate" in output, output
     code, output = _predict([*runs, *source, "--evaluation", str(eval_dir), "--tta", "none"], uri)
     assert code == 2 and "--tta none" in output and "leave --tta out" in output, output
     code, output = _predict([runs[0], *source, "--evaluation", str(single_eval), "--tta", "auto"], uri)

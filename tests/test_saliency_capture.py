@@ -86,7 +86,10 @@ def test_pseudonymous_saliency_images_are_valid_overlays_of_their_own_image_in_t
         # The study and patient of the study's report (pseudonymous), in a series of their own.
         sr = report_of[row["study_id"]]
         assert sc.StudyInstanceUID == sr.StudyInstanceUID == pseudonymous_uid("study", row["study_id"])
-        assert sc.PatientID == sr.PatientID == row["patient_id"] and sc.PatientIdentityRemoved == "YES"
+        assert sc.PatientID == sr.PatientID == row["patient_id"]
+        # The synthetic sources do not say whether text is burned into their pixels, which the overlay copies: so
+        # the image says there may be, and does not claim the patient's identity removed.
+        assert sc.BurnedInAnnotation == "YES" and "PatientIdentityRemoved" not in sc
         assert sc.SeriesInstanceUID != sr.SeriesInstanceUID
         series.setdefault(row["study_id"], set()).add(sc.SeriesInstanceUID)
         assert sc.SeriesDescription == NOT_FOR_DIAGNOSIS and "NOT FOR DIAGNOSIS" in sc.ImageComments
@@ -103,6 +106,26 @@ def test_pseudonymous_saliency_images_are_valid_overlays_of_their_own_image_in_t
             assert not value or value.encode() not in data, f"{keyword} of the source in {path.name}"
     assert all(len(uids) == 1 for uids in series.values())  # one series per study ...
     assert len({uid for uids in series.values() for uid in uids}) == len(series) > 1  # ... and per study its own
+
+
+def test_only_a_source_without_burned_in_text_gives_an_image_claiming_the_identity_removed(
+    small_cohort, classifier, tmp_path
+):
+    table = _table(small_cohort)
+    sources, _ = source_instances(small_cohort, small_cohort.manifest, original=False)
+    marked = sorted(sources)[: len(sources) // 2]
+    for image_id in marked:
+        sources[image_id].BurnedInAnnotation = "NO"
+    images = write_saliency_images(
+        classifier, small_cohort, table, small_cohort.manifest, sources, _model(small_cohort), tmp_path
+    )
+    for path in images:
+        sc = pydicom.dcmread(path)
+        if path.stem in marked:
+            assert sc.BurnedInAnnotation == "NO" and sc.PatientIdentityRemoved == "YES" and sc.DeidentificationMethod
+        else:
+            assert sc.BurnedInAnnotation == "YES" and "PatientIdentityRemoved" not in sc
+        assert dciodvfy_errors(path) == [], path
 
 
 def test_the_pixels_are_the_overlay_of_that_images_map_of_its_predicted_class(small_cohort, classifier, tmp_path):

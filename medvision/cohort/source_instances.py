@@ -42,7 +42,8 @@ IDENTITY_ATTRIBUTES = (
     "AccessionNumber",
     "ReferringPhysicianName",
 )
-_PUBLIC_ATTRIBUTES = ("SOPClassUID", "Modality", "NumberOfFrames")
+#: ``BurnedInAnnotation``: whether text (a name, an ID) is drawn in the pixels; a result that copies pixels says so.
+_PUBLIC_ATTRIBUTES = ("SOPClassUID", "Modality", "NumberOfFrames", "BurnedInAnnotation")
 #: Study-level attributes that are empty (DICOM type 2) in a pseudonymous result.
 _EMPTY_WHEN_PSEUDONYMOUS = (
     "PatientBirthDate",

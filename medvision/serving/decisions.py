@@ -99,11 +99,8 @@ def evaluated_model(
             "--out DIR` wrote for this model"
         )
     doc = Evaluation.open(folder).metrics  # a damaged or other-version file: DocumentError names it and the fix
-    if len(run_ids) == 1:
-        run_id = run_ids[0]
-        model = next((m for m in doc.models if run_id and m.run_id == run_id and not m.ensemble_of), doc.primary)
-    else:
-        model = _ensemble_of_runs(folder, doc, run_ids)
+    one = len(run_ids) == 1
+    model = _model_of_run(folder, doc, run_ids[0]) if one else _ensemble_of_runs(folder, doc, run_ids)
     if list(model.classes) != list(classes):
         raise InputError(
             f"--evaluation {folder}: model {model.name} has classes {model.classes}, this model {classes}; give the "
@@ -113,6 +110,30 @@ def evaluated_model(
         _check_rule_ood(model.trust.abstain, ood_score_name)
     tta = doc.settings.tta or TTARecord(settings=TTASettings(), preset="none", views=["identity"])
     return EvaluatedModel(model, doc.settings.seed, tta, folder)
+
+
+def _model_of_run(folder: str, doc: MetricsDocument, run_id: str | None) -> ModelMetrics:
+    """The single (not ensemble) model of ``doc`` that is the run ``run_id``.
+
+    Raises:
+        InputError: a model given as a folder (no run to match), or a run the evaluation did not evaluate: another
+            seed of the same recipe has the same classes, but the thresholds were certified on other probabilities.
+    """
+    if run_id is None:
+        raise InputError(
+            f"--evaluation {folder}: an evaluated model is found by its MLflow run, and a model given as a folder has "
+            "none; give the run the evaluation evaluated (RUN_ID, runs:/RUN_ID or models:/NAME/VERSION)"
+        )
+    model = next((m for m in doc.models if m.run_id == run_id and not m.ensemble_of), None)
+    if model is None:
+        evaluated = sorted({m.run_id for m in doc.models if not m.ensemble_of})
+        raise InputError(
+            f"--evaluation {folder} did not evaluate run {run_id} (it evaluated run(s) {', '.join(evaluated)}): its "
+            "operating point, conformal sets and referral rule were certified on another model's probabilities. "
+            f"Evaluate this run (`medvision evaluate {run_id} --out DIR`) and give that folder, or predict with one of "
+            "those runs"
+        )
+    return model
 
 
 def _ensemble_of_runs(folder: str, doc: MetricsDocument, run_ids: Sequence[str | None]) -> ModelMetrics:

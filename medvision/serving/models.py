@@ -105,6 +105,12 @@ def load_models(
     loaded = [load_run_classifier(ref, tracking_uri=tracking_uri) for ref in refs]
     recipe = _agreed_recipe(refs, loaded)
     run_ids = tuple(_run_id(ref, tracking_uri) for ref in refs)
+    twice = sorted({r for r in run_ids if r is not None and run_ids.count(r) > 1})
+    if twice:  # e.g. a run and a registered version of it: the same weights, averaged twice
+        raise InputError(
+            f"run(s) {', '.join(twice)} given more than once (also through a registered model): a seed ensemble "
+            "averages distinct runs; give each once"
+        )
     classifier, card = loaded[0]
     evaluated = None
     if evaluation is not None:

@@ -165,6 +165,13 @@ def predict(
     checked = load_models(model, tracking_uri, evaluation=evaluation, tta=tta)  # before any image is read
     built, rows, quarantine, pulled = _cases(images, cohort, request, checked.recipe, out, workers)
     views = cohort_views(checked.tta, built)
+    if checked.evaluated is not None and views.names != list(checked.evaluated.tta.views):
+        raise InputError(
+            f"--evaluation {checked.evaluated.folder}: its thresholds were certified on the views "
+            f"{', '.join(checked.evaluated.tta.views)}, but on these images tta {checked.tta.preset} gives "
+            f"{', '.join(views.names)}; predict images prepared like the evaluated cohort's (its size and channels), "
+            "or evaluate again on such images"
+        )
     preds = _predict_in_chunks(checked.classifiers, built, rows, batch_size, views)
     table = _public_table(preds, rows, labelled=cohort is not None)
     if checked.evaluated is not None:
@@ -230,6 +237,10 @@ def _no_failures() -> pd.DataFrame:
     return pd.DataFrame(columns=["relpath", "stage", "reason"])
 
 
+#: Where a pull's failures are recorded, in the order :func:`pull_failures` numbers them.
+_RECORDS = "quarantine.jsonl, then quarantine.d/ by name"
+
+
 def _pull_quarantine(store: Path) -> pd.DataFrame:
     """The instances the pull could not store (still missing), as quarantine rows: so a case the PACS matched but
     predict never saw is listed with its reason in ``quarantine.csv``, as a build lists an unreadable file. They
@@ -239,7 +250,7 @@ def _pull_quarantine(store: Path) -> pd.DataFrame:
         return _no_failures()
     return pd.DataFrame(
         {
-            "relpath": [f"(PACS instance: record {f.record} of the store's quarantine.jsonl)" for f in failures],
+            "relpath": [f"(PACS instance: record {f.record} of the store's {_RECORDS})" for f in failures],
             "stage": "pull",
             "reason": [f.reason for f in failures],
         }
@@ -263,10 +274,14 @@ def _dicom_reports(
     reports = write_reports(study_reports(table, sources, identity), folder, private=original)
     if not saliency:
         return reports, []
-    # an ensemble's maps are its first member's: the members share a backbone and a recipe, and one map per image
-    # is what a reader can look at (the image comments name the model, whose version names every member)
+    # one map per image is what a reader can look at: an ensemble's (or an averaged-views prediction's) maps are
+    # its first member's on the plain image, and each image says so
+    averaged = len(checked.members) > 1 or checked.tta.preset != "none"
+    map_of = f"member {checked.members[0]}" if averaged else None
     model, images = checked.classifier, folder / "saliency"
-    return reports, write_saliency_images(model, built, table, rows, sources, identity, images, private=original)
+    return reports, write_saliency_images(
+        model, built, table, rows, sources, identity, images, private=original, map_of=map_of
+    )
 
 
 def _write_tables(out: Path, table: pd.DataFrame, quarantine: pd.DataFrame) -> None:

@@ -69,6 +69,7 @@ def write_saliency_images(
     folder: Path,
     *,
     private: bool = False,
+    map_of: str | None = None,
 ) -> list[Path]:
     """One saliency image per row of ``table`` (the public predictions) that has a source in ``sources``, as
     ``folder/<image pseudonym>.dcm`` (a file name never holds an identifier).
@@ -79,6 +80,8 @@ def write_saliency_images(
         sources: the identity of each DICOM image, keyed by ``image_id`` (:func:`~medvision.cohort.source_instances`).
         model: the model as the images name it (the study's Structured Report names it the same way).
         private: owner-only files (images that carry the source's identifiers).
+        map_of: the member ``classifier`` is, when ``table`` is an ensemble's (or test-time views') prediction: the
+            image says the map is that member's, on the unaugmented image, and the probability the ensemble's.
 
     Returns:
         The files, in ``table``'s order; each chunk of :data:`_CHUNK` images is written whole before the next is
@@ -100,6 +103,10 @@ def write_saliency_images(
             finding = (model.classes[k], float(row[f"p:{model.classes[k]}"]))
             reference = (sources[row["image_id"]], int(row["frame"]))
             ds = saliency_image(picture, reference, model, finding, series_uid=series[row["study_id"]], number=number)
+            if map_of:
+                ds.ImageComments += (
+                    f" The map is {map_of}'s, on the unaugmented image; the probability is the averaged prediction's."
+                )
             items.append((folder / f"{row['image_id']}.dcm", picture.nbytes + 8192, _saver(ds)))
         write_all(items, private=private)
         paths += [path for path, _, _ in items]
@@ -154,14 +161,18 @@ def saliency_image(
     # source_instances reads, and a guess could mislead a reader about left and right.
     sc.PatientOrientation = []
     sc.Laterality = ""
-    sc.BurnedInAnnotation = "NO"
+    # The pixels are the source's: text burned into them (a name on an ultrasound, a screenshot) is in the overlay
+    # too. "NO" only when the source says so; otherwise "YES", so a de-identification gate downstream looks.
+    no_text = str(source.get("BurnedInAnnotation", "")).upper() == "NO"
+    sc.BurnedInAnnotation = "NO" if no_text else "YES"
     sc.ImageComments = _comment(model, finding)
     sc.DerivationDescription = (
         f"Grad-CAM (Selvaraju et al. 2017) of the model's logit for the predicted class, blended (colour map "
         f"{COLORMAP}, opacity up to {MAX_OPACITY:.2f} following the attribution) over the image as the model read it"
     )
     sc.SourceImageSequence = [_source_item(source, frame)]
-    if source.get("PatientIdentityRemoved") == "YES":  # pseudonymous sources: say so, and how (as the report does)
+    # pseudonymous sources: say so, and how (as the report does), unless the pixels may carry identifying text
+    if source.get("PatientIdentityRemoved") == "YES" and no_text:
         sc.PatientIdentityRemoved = "YES"
         sc.DeidentificationMethod = source.DeidentificationMethod
     return sc
