@@ -73,3 +73,26 @@ def test_a_run_a_registered_version_an_alias_and_a_folder_load_the_same_classifi
         torch.testing.assert_close(out, outputs[0])
     with pytest.raises(FileNotFoundError, match="holds no classifier"):
         load_run_classifier("models:/lesions/7", tracking_uri=uri)
+
+
+def test_a_run_and_a_registered_version_of_it_are_one_model_not_an_ensemble_of_two(tmp_path):
+    """``predict RUN models:/NAME/1`` where version 1 is RUN: the same weights, which averaged would count twice."""
+    from mlflow import MlflowClient
+
+    from medvision.errors import InputError
+    from medvision.serving.models import load_models
+    from medvision.tracking import log_classifier
+    from medvision.tracking.store import get_or_create_experiment
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
+    runs = [client.create_run(get_or_create_experiment(client, "refs")).info.run_id for _ in range(2)]
+    recipe = PreprocessRecipe(size=32, channels=1, fit="stretch", storage="uint8")
+    for run_id in runs:
+        log_classifier(client, run_id, _classifier(), preprocessing=recipe)
+    client.create_registered_model("lesions")
+    version = client.create_model_version("lesions", f"runs:/{runs[0]}/model", run_id=runs[0]).version
+    with pytest.raises(InputError, match=rf"run\(s\) {runs[0]} given more than once \(also through a registered"):
+        load_models([runs[0], f"models:/lesions/{version}"], uri)
+    served = load_models([runs[1], f"models:/lesions/{version}"], uri)  # two runs: an ensemble of two
+    assert served.run_ids == (runs[1], runs[0])
