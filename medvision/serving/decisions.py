@@ -85,13 +85,13 @@ def evaluated_model(
     """The evaluated model of ``folder`` that is the model predict serves, checked before any image is read
     (``ood_score_name``: the head's own OOD score, the only one predict computes).
 
-    One model (``run_ids`` of one): the evaluated run of that id, else the primary model (a folder, or a run the
-    evaluation does not name). Several: the seed ensemble whose members are exactly those runs, in any order.
+    One model (``run_ids`` of one): the evaluated single model of that run. Several: the seed ensemble whose
+    members are exactly those runs, in any order. A model given as a folder has no run to match and is refused.
 
     Raises:
-        InputError: no ``metrics.json`` in ``folder`` (or one this medvision cannot read), runs the evaluation did
-            not evaluate as one ensemble, the evaluation of a model with other classes, or a referral rule on an
-            OOD score predict does not compute.
+        InputError: no ``metrics.json`` in ``folder`` (or one this medvision cannot read), a folder model, a run or
+            runs the evaluation did not evaluate as one model, the evaluation of a model with other classes, or a
+            referral rule on an OOD score predict does not compute.
     """
     if not (Path(folder) / METRICS_FILE).is_file():  # the folder's name and the fix, not only a missing file's path
         raise InputError(

@@ -164,14 +164,7 @@ def predict(
     out = Path(out).expanduser().resolve()
     checked = load_models(model, tracking_uri, evaluation=evaluation, tta=tta)  # before any image is read
     built, rows, quarantine, pulled = _cases(images, cohort, request, checked.recipe, out, workers)
-    views = cohort_views(checked.tta, built)
-    if checked.evaluated is not None and views.names != list(checked.evaluated.tta.views):
-        raise InputError(
-            f"--evaluation {checked.evaluated.folder}: its thresholds were certified on the views "
-            f"{', '.join(checked.evaluated.tta.views)}, but on these images tta {checked.tta.preset} gives "
-            f"{', '.join(views.names)}; predict images prepared like the evaluated cohort's (its size and channels), "
-            "or evaluate again on such images"
-        )
+    views = _served_views(checked, built)
     preds = _predict_in_chunks(checked.classifiers, built, rows, batch_size, views)
     table = _public_table(preds, rows, labelled=cohort is not None)
     if checked.evaluated is not None:
@@ -190,6 +183,25 @@ def predict(
     result = replace(result, members=checked.members, tta=views, saliency=tuple(dicom[1]))
     run_id = _log_run(tracking_uri, checked, built, result)
     return replace(result, run_id=run_id)
+
+
+def _served_views(checked: ServedModel, built: Cohort) -> TTAViews:
+    """The test-time views of ``checked.tta`` on ``built``; with an evaluation, exactly the views its thresholds were
+    certified on (the same settings can resolve to other views on images of another size or channels).
+
+    Raises:
+        InputError: the views differ from the evaluation's.
+    """
+    views = cohort_views(checked.tta, built)
+    evaluated = checked.evaluated
+    if evaluated is not None and views.names != list(evaluated.tta.views):
+        raise InputError(
+            f"--evaluation {evaluated.folder}: its thresholds were certified on the views "
+            f"{', '.join(evaluated.tta.views)}, but on these images tta {checked.tta.preset} gives "
+            f"{', '.join(views.names)}; predict images prepared like the evaluated cohort's (its size and channels), "
+            "or evaluate again on such images"
+        )
+    return views
 
 
 def _checked_inputs(
