@@ -36,7 +36,25 @@ def test_c_is_chosen_by_folds_that_never_split_a_patient():
     for train, held in probe.folds_:
         assert not set(groups[train]) & set(groups[held]), "a patient sits in both parts of a fold"
     assert probe.cv_loss_.shape == (5, len(probe.c_grid))
-    assert probe.c_grid[int(np.argmin(probe.cv_loss_.mean(axis=0)))] == probe.C_
+    assert probe.c_grid[int(np.nanargmin(probe.cv_loss_.mean(axis=0)))] == probe.C_
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_c_path_stops_once_the_held_out_loss_has_risen_and_picks_the_full_grids_c(seed):
+    """The walk up the C grid stops ``patience`` points past the best held-out loss (the weak-penalty end is the
+    slow one), and the C it picks is the one the whole grid picks."""
+    rng = np.random.default_rng(seed)
+    x, y, groups = _cohort(rng, patients=80, dim=40, signal=0.6)
+    full = LogisticProbe(patience=None, seed=seed).fit(x, y, groups, num_outputs=3)
+    early = LogisticProbe(seed=seed).fit(x, y, groups, num_outputs=3)
+    assert early.patience == 3 and not np.isnan(full.cv_loss_).any()
+    walked = int(np.isfinite(early.cv_loss_[0]).sum())
+    best = int(np.nanargmin(early.cv_loss_.mean(axis=0)))
+    assert walked == best + 1 + 3 < len(early.c_grid), (walked, best)  # stopped: three points past the best
+    assert np.isnan(early.cv_loss_[:, walked:]).all()
+    np.testing.assert_allclose(early.cv_loss_[:, :walked], full.cv_loss_[:, :walked])  # the same fits, in step
+    assert early.C_ == full.C_
+    np.testing.assert_allclose(early.coef_, full.coef_)
 
 
 def test_the_cross_validated_c_follows_the_signal():

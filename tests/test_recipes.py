@@ -4,6 +4,7 @@ the step schedule meets its budget, ``auto`` records why it chose, and config mi
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 
 import lightning as L
@@ -24,7 +25,7 @@ from medvision.heads import create_head
 from medvision.models import create_backbone
 from medvision.recipes import fit
 from medvision.tracking import load_run_classifier
-from medvision.training import FinetuneConfig, FinetuneModule, finetune
+from medvision.training import FinetuneConfig, FinetuneModule, finetune, linear_probe
 from medvision.training.config import FinetuneOptimConfig
 from medvision.training.probe import LogisticProbe
 from medvision.training.recipe import DECISION_ARTIFACT, RecipeDecision, decision_of_run
@@ -155,9 +156,17 @@ def test_step_schedule_under_a_budget_trains_fewer_epochs_than_the_rule(synth_cx
     assert len(history) <= planned
 
 
-def test_auto_trains_the_fingerprints_candidates_and_records_why(synth_cxr_cohort, tmp_path):
+def test_auto_trains_the_fingerprints_candidates_and_records_why(synth_cxr_cohort, tmp_path, monkeypatch):
     raw = _raw(synth_cxr_cohort, tmp_path, "auto", recipe="auto", tracking={"run_name": "auto"})
+    monkeypatch.setattr(linear_probe, "_FITTED", OrderedDict())  # nothing remembered from other tests
+    fits = []
+    real_fit = LogisticProbe.fit
+    monkeypatch.setattr(LogisticProbe, "fit", lambda self, *a, **k: fits.append(self) or real_fit(self, *a, **k))
     result = fit(parse_config(raw, FinetuneConfig))
+    # the linear-probe candidate's fit is LP-FT's first stage too: fitted once, in the run that records it
+    assert len(fits) == 1
+    lp_run, lpft_run = (_client(tmp_path).get_run(result.candidates[r].run_id) for r in ("linear-probe", "lp-ft"))
+    assert float(lpft_run.data.params["lpft.probe_C"]) == lp_run.data.metrics["probe/C"] == fits[0].C_
     client = _client(tmp_path)
     decision = RecipeDecision.read(
         download_artifacts(

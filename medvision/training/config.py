@@ -31,7 +31,7 @@ from medvision.config import StrictModel
 from medvision.data.augment import FinetuneAugmentConfig
 from medvision.engine.config import OptimConfig, StageConfig
 from medvision.heads import get_head_class
-from medvision.training.probe import DEFAULT_C_GRID, probe_supports
+from medvision.training.probe import DEFAULT_C_GRID, DEFAULT_PATIENCE, probe_supports
 from medvision.training.recipe import Recipe
 
 __all__ = ["DataConfig", "FinetuneConfig", "FinetuneOptimConfig", "HeadConfig", "LpFtConfig", "ProbeConfig"]
@@ -123,6 +123,9 @@ class ProbeConfig(StrictModel):
     #: ``global``: one scale for every feature, keeping the pretrained embedding's geometry (the default);
     #: ``per-feature``: standardise each feature (amplifies features the backbone left nearly constant).
     scaling: Literal["global", "per-feature"] = "global"
+    #: Stop walking the (ascending) C grid after this many points without a lower mean held-out loss; ``null``
+    #: walks it all. The weakly regularised end is the slow one, and past a rise of the loss it cannot win.
+    patience: int | None = Field(DEFAULT_PATIENCE, ge=1)
 
     @field_validator("c_grid")
     @classmethod

@@ -10,6 +10,10 @@ export and the report read it like any other run.
 
 from __future__ import annotations
 
+import hashlib
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +31,8 @@ from medvision.training.module import FinetuneModule
 from medvision.training.probe import LogisticProbe, probe_layer
 
 __all__ = ["ProbeRun", "fit_head_probe", "probe_metrics", "run_linear_probe"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,10 @@ def _features(classifier: Classifier, datamodule: CohortDataModule, rows: pd.Dat
 def fit_head_probe(classifier: Classifier, datamodule: CohortDataModule, config: FinetuneConfig) -> LogisticProbe:
     """Fit the probe on the run's training rows (those the head has a logit for) and write it into the head.
 
+    A probe this process already fitted on the same embeddings, labels, patients, probe settings and seed is reused
+    (:func:`_remembered`): LP-FT starts from exactly the probe the linear-probe run of its config fitted, and a
+    pipeline that runs both, or ``auto`` beside them, fits it once.
+
     Raises:
         ValueError: the head has no single linear layer, or the data module is not a cohort's.
     """
@@ -66,21 +76,54 @@ def fit_head_probe(classifier: Classifier, datamodule: CohortDataModule, config:
         class_weight="balanced" if config.data.balanced else None,
         seed=config.seed,
         scaling=p.scaling,
+        patience=p.patience,
     )
-    probe.fit(
-        _features(classifier, datamodule, rows),
-        rows["label_idx"].to_numpy(),
-        rows["patient_id"].to_numpy(),
-        classifier.head.num_outputs,
-    )
-    probe.to_layer(layer)
+    x, y, groups = _features(classifier, datamodule, rows), rows["label_idx"].to_numpy(), rows["patient_id"].to_numpy()
+    key = _probe_key(probe, x, y, groups, classifier.head.num_outputs)
+    fitted = _remembered(key, lambda: probe.fit(x, y, groups, classifier.head.num_outputs))
+    fitted.to_layer(layer)
+    return fitted
+
+
+#: Probes fitted in this process, newest last, by :func:`_probe_key` (at most :data:`_KEPT_PROBES`).
+_FITTED: OrderedDict[str, LogisticProbe] = OrderedDict()
+_KEPT_PROBES = 32
+
+
+def _probe_key(probe: LogisticProbe, x: np.ndarray, y: np.ndarray, groups: np.ndarray, num_outputs: int) -> str:
+    """Everything a probe's fit depends on: the embeddings themselves (so another backbone, image or checkpoint
+    can never share one), the labels, the patients (the folds), the head's size and every setting of the fit."""
+    h = hashlib.sha256()
+    settings = (probe.c_grid, probe.folds, probe.max_iter, probe.class_weight, probe.seed, probe.scaling)
+    h.update(repr((settings, probe.patience, num_outputs, x.shape, x.dtype.str)).encode())
+    h.update(np.ascontiguousarray(x).tobytes())
+    h.update(np.asarray(y, dtype=np.int64).tobytes())
+    h.update("\x1f".join(map(str, groups)).encode())
+    return h.hexdigest()
+
+
+def _remembered(key: str, fit: Callable[[], LogisticProbe]) -> LogisticProbe:
+    """The probe fitted under ``key`` earlier in this process, else ``fit()``'s, remembered."""
+    if key in _FITTED:
+        _FITTED.move_to_end(key)
+        log.info("linear probe: reusing the fit of the same embeddings, labels and settings made earlier")
+        return _FITTED[key]
+    probe = fit()
+    _FITTED[key] = probe
+    while len(_FITTED) > _KEPT_PROBES:
+        _FITTED.popitem(last=False)
     return probe
 
 
 def probe_metrics(probe: LogisticProbe) -> dict[str, float]:
     """What the probe's fit is worth recording: the chosen C, its cross-validated log-loss, the folds."""
     mean = probe.cv_loss_.mean(axis=0)
-    return {"probe/C": float(probe.C_), "probe/cv_log_loss": float(mean.min()), "probe/folds": float(len(probe.folds_))}
+    return {
+        "probe/C": float(probe.C_),
+        "probe/cv_log_loss": float(np.nanmin(mean)),
+        "probe/folds": float(len(probe.folds_)),
+        "probe/grid_points": float(np.isfinite(mean).sum()),  # the C values the (early-stopped) path tried
+    }
 
 
 @torch.no_grad()
