@@ -4,6 +4,8 @@ groups that follow timm's layers."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 import pytest
 import torch
@@ -54,7 +56,11 @@ class _Timed(L.LightningModule):
         return warmup_cosine(opt, self.trainer, warmup_epochs=self.warmup_epochs, epochs=self.epochs)
 
 
-def _fit(cost, epochs: int, budget: float, warmup_epochs: float = 1) -> tuple[L.Trainer, TimeBudget]:
+def _fit(
+    cost, epochs: int, budget: float, warmup_epochs: float = 1, ckpt_path: Path | None = None
+) -> tuple[L.Trainer, TimeBudget]:
+    """Train a :class:`_Timed` model on a fresh clock under a ``budget``-second :class:`TimeBudget` (resuming from
+    ``ckpt_path`` when given); the model, and so its clock, is ``trainer.lightning_module``."""
     data = DataLoader(TensorDataset(torch.randn(8, 1)), batch_size=1)  # 8 steps per epoch
     clock = _Clock()
     callback = TimeBudget(budget, clock=clock)
@@ -67,7 +73,7 @@ def _fit(cost, epochs: int, budget: float, warmup_epochs: float = 1) -> tuple[L.
         enable_model_summary=False,
         accelerator="cpu",
     )
-    trainer.fit(_Timed(clock, cost, epochs, warmup_epochs), train_dataloaders=data)
+    trainer.fit(_Timed(clock, cost, epochs, warmup_epochs), train_dataloaders=data, ckpt_path=ckpt_path)
     return trainer, callback
 
 
@@ -114,21 +120,9 @@ def test_a_run_the_budget_stopped_trains_no_more_when_resumed(tmp_path):
     trainer, budget = _fit(lambda epoch: 0.1 if epoch < 2 else 1.0, epochs=40, budget=30)
     assert trainer.current_epoch == 6 and trainer.should_stop  # stopped by the budget, below its planned 37
     trainer.save_checkpoint(tmp_path / "last.ckpt")
-    clock = _Clock()
-    again = TimeBudget(30, clock=clock)
-    resumed = L.Trainer(
-        max_epochs=40,
-        callbacks=[again],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-    )
-    data = DataLoader(TensorDataset(torch.randn(8, 1)), batch_size=1)
-    resumed.fit(_Timed(clock, lambda epoch: 1.0, 40, 1), train_dataloaders=data, ckpt_path=tmp_path / "last.ckpt")
+    resumed, again = _fit(lambda epoch: 1.0, epochs=40, budget=30, ckpt_path=tmp_path / "last.ckpt")
     assert again.spent >= 30 and (resumed.current_epoch, resumed.global_step) == (6, trainer.global_step)
-    assert clock.now == 0.0  # not one training step taken
+    assert resumed.lightning_module.clock.now == 0.0  # not one training step taken
 
 
 def test_the_plan_times_the_second_epoch_not_the_first_ones_start_up_costs():

@@ -13,11 +13,12 @@ import pytest
 from report_dom import _parse
 
 from medvision.config import parse_config
-from medvision.evaluation.document import Evaluation, MetricsDocument, Trust
+from medvision.evaluation.document import Evaluation, MetricsDocument
 from medvision.evaluation.predict import Predictions
 from medvision.evaluation.settings import EvaluationSettings
 from medvision.evaluation.stage import EvaluationRequest, evaluate_models
 from medvision.evaluation.trust import TrustInputs, trust_record
+from medvision.evaluation.trust_document import Trust
 from medvision.report.build import report_from_evaluation
 from medvision.training import FinetuneConfig, finetune
 

@@ -25,7 +25,6 @@ from medvision.evaluation.document import (
     OperatingPointRecord,
     SetMetrics,
     Subgroups,
-    Trust,
     ood_scores_path,
 )
 from medvision.evaluation.guards import Guards, choose_detector
@@ -42,6 +41,7 @@ from medvision.evaluation.tables import (
     subgroup_table,
 )
 from medvision.evaluation.trust import TrustInputs, trust_record
+from medvision.evaluation.trust_document import Trust
 
 __all__ = ["Fitted", "Scoring", "fit_on_validation", "inliers", "operating_point_record"]
 

@@ -4,7 +4,7 @@ temperature; and the sentences the report quotes.
 
 The computations are :mod:`~medvision.evaluation.conformal`, :mod:`~medvision.evaluation.risk_control`,
 :mod:`~medvision.evaluation.calibration` and :mod:`~medvision.evaluation.trust_text`; this module only decides what
-they are fitted on and evaluated on, and turns their tables into the typed :class:`~.document.Trust` record.
+they are fitted on and evaluated on, and turns their tables into the typed :class:`~.trust_document.Trust` record.
 
 * **Fitted on** the labelled inlier validation images, never on an evaluation set (method spec §10).
 * **Evaluated on** every requested set: the inlier images of the scored sets, every image of an outlier set (a
@@ -26,7 +26,11 @@ import pandas as pd
 from medvision.evaluation.bootstrap import Bootstrap
 from medvision.evaluation.calibration import calibration_by_group, expected_calibration_error, fit_site_temperature
 from medvision.evaluation.conformal import EXCHANGEABLE_SETS, conformal_table, fit_conformal
-from medvision.evaluation.document import (
+from medvision.evaluation.predict import Predictions
+from medvision.evaluation.risk_control import RiskControlledAbstention, abstention_table
+from medvision.evaluation.settings import EvaluationSettings
+from medvision.evaluation.tables import detector_scores
+from medvision.evaluation.trust_document import (
     AbstainRecord,
     ConformalRecord,
     GroupCalibration,
@@ -34,10 +38,6 @@ from medvision.evaluation.document import (
     Trust,
     TrustSentences,
 )
-from medvision.evaluation.predict import Predictions
-from medvision.evaluation.risk_control import RiskControlledAbstention, abstention_table
-from medvision.evaluation.settings import EvaluationSettings
-from medvision.evaluation.tables import detector_scores
 from medvision.evaluation.trust_text import abstention_sentence, coverage_sentence
 
 __all__ = ["TrustInputs", "trust_record"]

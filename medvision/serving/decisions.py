@@ -28,8 +28,6 @@ from medvision.errors import InputError
 from medvision.evaluation.conformal import ConformalClassifier
 from medvision.evaluation.document import (
     METRICS_FILE,
-    AbstainRecord,
-    ConformalRecord,
     Evaluation,
     MetricsDocument,
     ModelMetrics,
@@ -37,6 +35,7 @@ from medvision.evaluation.document import (
 )
 from medvision.evaluation.risk_control import RiskControlledAbstention
 from medvision.evaluation.settings import TTASettings
+from medvision.evaluation.trust_document import AbstainRecord, ConformalRecord
 
 __all__ = ["DECISION_COLUMNS", "EvaluatedModel", "apply_evaluation", "evaluated_model"]
 
