@@ -75,6 +75,50 @@ def small_cohort(tmp_path_factory: pytest.TempPathFactory) -> Cohort:
     return open_cohort(root / "cohort")
 
 
+#: Patient's Sex as source headers write it (patient ``k`` the ``k % 6``-th) and as a result for the source PACS
+#: states it: DICOM's enumerated M, F or O (PS3.3 C.7.1.1), surrounding spaces dropped; anything else empty (type 2),
+#: never guessed (a lower-case ``m`` is not a CS value, and ``U`` is not among the enumerated values).
+SEXES = (("U", ""), ("m", ""), (" F", "F"), ("X", ""), ("MALE", ""), ("O", "O"))
+
+
+def stated(cohort: Cohort, image_id: str) -> tuple[str, str]:
+    """The entry of :data:`SEXES` that ``image_id`` of :func:`stated_cohort` was written with."""
+    relpath = cohort.manifest.set_index("image_id").loc[image_id, "relpath"]
+    patient = int(Path(relpath).parent.name.removeprefix("s"))  # images/<site>/s<patient>/i<image>.dcm
+    return SEXES[patient % len(SEXES)]
+
+
+@pytest.fixture(scope="module")
+def stated_cohort(tmp_path_factory: pytest.TempPathFactory) -> Cohort:
+    """Six synthetic patients (seven images) whose headers state the patient's sex as archives do, valid or not:
+    :data:`SEXES`, written before the cohort is built."""
+    from pydicom import config
+
+    from medvision.cohort.build import build_cohort
+    from medvision.sources.synth import synthesize
+
+    root = tmp_path_factory.mktemp("stated-cohort")
+    spec = synthesize(root / "source", "cxr", patients=6, seed=5, size=32)
+    images = root / "source" / "images"
+    files = sorted(images.rglob("*.dcm"), key=lambda f: f.relative_to(images).as_posix())
+    assert len({f.parent for f in files}) >= len(SEXES)
+    validation = config.settings.writing_validation_mode
+    config.settings.writing_validation_mode = config.IGNORE  # the invalid values are the point
+    try:
+        for path in files:
+            ds = pydicom.dcmread(path)
+            ds.PatientSex = SEXES[int(path.parent.name.removeprefix("s")) % len(SEXES)][0]
+            ds.save_as(path, enforce_file_format=True)
+    finally:
+        config.settings.writing_validation_mode = validation
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDVISION_PSEUDONYM_KEY", _TEST_PSEUDONYM_KEY)
+        build_cohort(spec, root / "cohort")
+    cohort = open_cohort(root / "cohort")
+    assert set(cohort.manifest["relpath"]) == {f.relative_to(images).as_posix() for f in files}  # none left out
+    return cohort
+
+
 def _table(cohort: Cohort) -> pd.DataFrame:
     table = cohort.manifest[["image_id", "patient_id", "study_id", "series_id", "frame"]].copy()
     probs = np.random.default_rng(0).dirichlet(np.ones(len(cohort.classes)), len(table))
@@ -169,6 +213,21 @@ def test_reports_carry_the_referral_decision_and_the_ood_flag_when_an_evaluation
             assert codes["Referral decision"] == ("Refer to a human reader" if row["refer"] else "Accept")
             assert codes["Out-of-distribution"] == ("Yes" if row["ood_flag"] else "No")
     assert {True, False} <= set(table["refer"]) and {True, False} <= set(table["ood_flag"])  # both answers written
+
+
+def test_reports_for_the_source_pacs_state_a_patient_sex_outside_m_f_o_as_empty(stated_cohort, tmp_path):
+    """highdicom refuses to build a report whose Patient's Sex is not an enumerated value (``U``, ``m``, ``MALE``):
+    such a value is written empty (type 2: present, unknown), never guessed, and the report passes dciodvfy."""
+    table, paths = _write(stated_cohort, tmp_path, original=True)
+    written = set()
+    for path in paths:
+        assert dciodvfy_errors(path) == [], path
+        sr = pydicom.dcmread(path)
+        image_id = table.loc[table["study_id"] == path.stem, "image_id"].iloc[0]
+        _, sex = stated(stated_cohort, image_id)
+        assert "PatientSex" in sr and (sr.PatientSex or "") == sex, path.stem
+        written.add(sex)
+    assert written == {"", "F", "O"}
 
 
 @pytest.mark.slow

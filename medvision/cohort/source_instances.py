@@ -9,6 +9,10 @@ accession number), so the original Study/Series/SOP Instance UIDs and the patien
 attributes only when ``original=True`` (the results go back to the PACS the images came from, where they must attach
 to the source study). Either way each image becomes a small :class:`pydicom.Dataset` of exactly the attributes
 below, never the full header, and nothing here is logged.
+
+A value a result's Patient module cannot hold is not passed on: a Patient's Sex other than DICOM's enumerated
+``M``, ``F`` or ``O`` (PS3.3 C.7.1.1: ``U``, ``X``, lower case, free text) becomes empty (type 2: known to be
+unknown), never a guess; surrounding spaces are not part of a value (PS3.5 6.2) and are dropped.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ IDENTITY_ATTRIBUTES = (
 )
 #: ``BurnedInAnnotation``: whether text (a name, an ID) is drawn in the pixels; a result that copies pixels says so.
 _PUBLIC_ATTRIBUTES = ("SOPClassUID", "Modality", "NumberOfFrames", "BurnedInAnnotation")
+#: Patient's Sex (0010,0040): DICOM's enumerated values (PS3.3 C.7.1.1), compared exactly (a CS value is upper case).
+_PATIENT_SEXES = frozenset({"M", "F", "O"})
 #: Study-level attributes that are empty (DICOM type 2) in a pseudonymous result.
 _EMPTY_WHEN_PSEUDONYMOUS = (
     "PatientBirthDate",
@@ -109,7 +115,8 @@ def _identity(header: Dataset, row, original: bool) -> Dataset:
             setattr(ds, keyword, header[keyword].value)
     if original:
         for keyword in IDENTITY_ATTRIBUTES:
-            setattr(ds, keyword, header[keyword].value if keyword in header else None)
+            value = header[keyword].value if keyword in header else None
+            setattr(ds, keyword, _patient_sex(value) if keyword == "PatientSex" else value)
         return ds
     ds.PatientID = row.patient_id
     ds.PatientName = f"{row.patient_id}^"  # a family name (one component), as PN wants
@@ -121,3 +128,11 @@ def _identity(header: Dataset, row, original: bool) -> Dataset:
     ds.PatientIdentityRemoved = "YES"  # the result's Patient module says so (and how), as a de-identified copy would
     ds.DeidentificationMethod = "medvision keyed pseudonyms (HMAC); UIDs derived from them"
     return ds
+
+
+def _patient_sex(value: object) -> str | None:
+    """``M``, ``F`` or ``O`` as the source states it (surrounding spaces dropped), else ``None`` (empty): a value
+    outside the enumerated ones (``U``, ``X``, ``m``, free text, several values) says nothing a result may repeat, and
+    a writer that checks the enumeration (highdicom) would refuse the whole result over it."""
+    text = value.strip() if isinstance(value, str) else ""
+    return text if text in _PATIENT_SEXES else None
