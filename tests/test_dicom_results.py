@@ -79,19 +79,31 @@ def small_cohort(tmp_path_factory: pytest.TempPathFactory) -> Cohort:
 #: states it: DICOM's enumerated M, F or O (PS3.3 C.7.1.1), surrounding spaces dropped; anything else empty (type 2),
 #: never guessed (a lower-case ``m`` is not a CS value, and ``U`` is not among the enumerated values).
 SEXES = (("U", ""), ("m", ""), (" F", "F"), ("X", ""), ("MALE", ""), ("O", "O"))
+#: What source headers state about an image's side and directions (the ``k % 6``-th file in path order): Image
+#: Laterality, Laterality, Anatomical Orientation Type, Patient Orientation (None: absent), then the laterality and
+#: the orientation a saliency image of it states (None and []: unknown).
+STATED = (
+    ("L", None, None, ["A", "FR"], "L", ["A", "FR"]),  # an oblique column direction: several letters
+    (None, "R", None, ["P", "F"], "R", ["P", "F"]),  # the series' laterality is the image's
+    (None, None, None, None, None, []),  # nothing stated: nothing guessed
+    ("B", None, None, ["L", "F"], "B", ["L", "F"]),
+    ("l", None, None, ["X", "F"], None, []),  # not enumerated values, not letters of a direction: not repeated
+    (None, None, "QUADRUPED", ["L", "PA"], None, []),  # a quadruped's letters (lateral, palmar), not left, P-A
+)
 
 
-def stated(cohort: Cohort, image_id: str) -> tuple[str, str]:
-    """The entry of :data:`SEXES` that ``image_id`` of :func:`stated_cohort` was written with."""
+def stated(cohort: Cohort, image_id: str) -> tuple[tuple[str, str], tuple]:
+    """The entries of :data:`SEXES` and :data:`STATED` that ``image_id`` of :func:`stated_cohort` was written with."""
+    relpaths = sorted(set(cohort.manifest["relpath"]))
     relpath = cohort.manifest.set_index("image_id").loc[image_id, "relpath"]
     patient = int(Path(relpath).parent.name.removeprefix("s"))  # images/<site>/s<patient>/i<image>.dcm
-    return SEXES[patient % len(SEXES)]
+    return SEXES[patient % len(SEXES)], STATED[relpaths.index(relpath) % len(STATED)]
 
 
 @pytest.fixture(scope="module")
 def stated_cohort(tmp_path_factory: pytest.TempPathFactory) -> Cohort:
-    """Six synthetic patients (seven images) whose headers state the patient's sex as archives do, valid or not:
-    :data:`SEXES`, written before the cohort is built."""
+    """Six synthetic patients (seven images) whose headers state sex, laterality and orientation as archives do,
+    valid or not: :data:`SEXES` and :data:`STATED`, written before the cohort is built."""
     from pydicom import config
 
     from medvision.cohort.build import build_cohort
@@ -101,13 +113,24 @@ def stated_cohort(tmp_path_factory: pytest.TempPathFactory) -> Cohort:
     spec = synthesize(root / "source", "cxr", patients=6, seed=5, size=32)
     images = root / "source" / "images"
     files = sorted(images.rglob("*.dcm"), key=lambda f: f.relative_to(images).as_posix())
-    assert len({f.parent for f in files}) >= len(SEXES)
+    assert len(files) >= len(STATED) and len({f.parent for f in files}) >= len(SEXES)
     validation = config.settings.writing_validation_mode
     config.settings.writing_validation_mode = config.IGNORE  # the invalid values are the point
     try:
-        for path in files:
+        for k, path in enumerate(files):
             ds = pydicom.dcmread(path)
             ds.PatientSex = SEXES[int(path.parent.name.removeprefix("s")) % len(SEXES)][0]
+            image_laterality, laterality, anatomy, orientation, *_ = STATED[k % len(STATED)]
+            for keyword, value in (
+                ("ImageLaterality", image_laterality),
+                ("Laterality", laterality),
+                ("AnatomicalOrientationType", anatomy),
+                ("PatientOrientation", orientation),
+            ):
+                if value is None:
+                    ds.pop(keyword, None)
+                else:
+                    setattr(ds, keyword, value)
             ds.save_as(path, enforce_file_format=True)
     finally:
         config.settings.writing_validation_mode = validation
@@ -215,6 +238,21 @@ def test_reports_carry_the_referral_decision_and_the_ood_flag_when_an_evaluation
     assert {True, False} <= set(table["refer"]) and {True, False} <= set(table["ood_flag"])  # both answers written
 
 
+def test_source_instances_carry_the_images_side_and_directions_and_only_an_enumerated_patient_sex(stated_cohort):
+    """The laterality and orientation attributes the source has, as it has them, in both modes (they identify no
+    one); the Patient's Sex only for the source PACS, and only as M, F or O."""
+    for original in (False, True):
+        sources, _ = source_instances(stated_cohort, stated_cohort.manifest, original=original)
+        assert len(sources) == len(stated_cohort.manifest)
+        for image_id, ds in sources.items():
+            (_, sex), (image_laterality, laterality, anatomy, orientation, *_) = stated(stated_cohort, image_id)
+            assert ds.get("ImageLaterality") == image_laterality
+            assert ds.get("Laterality") == laterality
+            assert ds.get("AnatomicalOrientationType") == anatomy
+            assert (list(ds.PatientOrientation) if "PatientOrientation" in ds else None) == orientation
+            assert "PatientSex" in ds and (ds.PatientSex or "") == (sex if original else "")
+
+
 def test_reports_for_the_source_pacs_state_a_patient_sex_outside_m_f_o_as_empty(stated_cohort, tmp_path):
     """highdicom refuses to build a report whose Patient's Sex is not an enumerated value (``U``, ``m``, ``MALE``):
     such a value is written empty (type 2: present, unknown), never guessed, and the report passes dciodvfy."""
@@ -224,7 +262,7 @@ def test_reports_for_the_source_pacs_state_a_patient_sex_outside_m_f_o_as_empty(
         assert dciodvfy_errors(path) == [], path
         sr = pydicom.dcmread(path)
         image_id = table.loc[table["study_id"] == path.stem, "image_id"].iloc[0]
-        _, sex = stated(stated_cohort, image_id)
+        (_, sex), _ = stated(stated_cohort, image_id)
         assert "PatientSex" in sr and (sr.PatientSex or "") == sex, path.stem
         written.add(sex)
     assert written == {"", "F", "O"}

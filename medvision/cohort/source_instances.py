@@ -30,8 +30,8 @@ from medvision.errors import InputError
 __all__ = ["IDENTITY_ATTRIBUTES", "pseudonymous_uid", "source_instances"]
 
 #: What a result copies from its source in ``original`` mode: the Patient and General Study modules' identifying
-#: attributes and the instance's own UIDs. ``SOPClassUID``, ``Modality`` and ``NumberOfFrames`` (not identifying)
-#: are copied in both modes.
+#: attributes and the instance's own UIDs. The attributes of :data:`_PUBLIC_ATTRIBUTES` (not identifying) are copied
+#: in both modes.
 IDENTITY_ATTRIBUTES = (
     "PatientName",
     "PatientID",
@@ -47,7 +47,20 @@ IDENTITY_ATTRIBUTES = (
     "ReferringPhysicianName",
 )
 #: ``BurnedInAnnotation``: whether text (a name, an ID) is drawn in the pixels; a result that copies pixels says so.
-_PUBLIC_ATTRIBUTES = ("SOPClassUID", "Modality", "NumberOfFrames", "BurnedInAnnotation")
+#: The image's laterality (``ImageLaterality``, or its series' ``Laterality``) and the directions of its rows and
+#: columns (``PatientOrientation``, with ``AnatomicalOrientationType`` that says which letters those are): a result
+#: that shows the source's pixels states them as the source does. None identifies anyone; each is copied only when the
+#: source has it, as the source has it (the result that writes it checks the value).
+_PUBLIC_ATTRIBUTES = (
+    "SOPClassUID",
+    "Modality",
+    "NumberOfFrames",
+    "BurnedInAnnotation",
+    "ImageLaterality",
+    "Laterality",
+    "PatientOrientation",
+    "AnatomicalOrientationType",
+)
 #: Patient's Sex (0010,0040): DICOM's enumerated values (PS3.3 C.7.1.1), compared exactly (a CS value is upper case).
 _PATIENT_SEXES = frozenset({"M", "F", "O"})
 #: Study-level attributes that are empty (DICOM type 2) in a pseudonymous result.
