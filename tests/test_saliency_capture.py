@@ -27,7 +27,16 @@ from medvision.heads import create_head
 from medvision.models import create_backbone
 from medvision.serving.dicom_results import ModelIdentity, study_reports, write_reports
 from medvision.serving.saliency_capture import NOT_FOR_DIAGNOSIS, write_saliency_images
-from tests.test_dicom_results import STATED, _source, _table, dciodvfy_errors, stated
+from tests.test_dicom_results import (
+    FACTS,
+    STATED,
+    _source,
+    _table,
+    assert_stated_facts,
+    dciodvfy_errors,
+    stated,
+    stated_facts,
+)
 from tests.test_dicom_results import small_cohort as small_cohort  # the SR tests' cohort: planted PHI in 4 patients
 from tests.test_dicom_results import stated_cohort as stated_cohort  # headers stating sex, side and directions
 
@@ -176,15 +185,16 @@ def test_saliency_images_for_the_source_pacs_carry_the_source_identifiers_and_ar
 
 
 @pytest.mark.parametrize("original", [False, True], ids=["pseudonymous", "for-source-pacs"])
-def test_saliency_images_state_the_sources_side_and_directions_and_only_an_enumerated_patient_sex(
+def test_saliency_images_state_the_sources_side_and_directions_and_only_valid_patient_and_study_values(
     stated_cohort, tmp_path, original
 ):
     """The overlay keeps the source's rows and columns: its Patient Orientation is the source's, and its Image
     Laterality the source image's (or its series'), when the source states valid ones; empty (unknown) otherwise,
-    never guessed. The Patient's Sex, for the source PACS, is M, F or O or empty: highdicom refuses any other."""
+    never guessed. The Patient's Sex, for the source PACS, is M, F or O or empty: highdicom refuses any other; so are
+    a malformed date or time (highdicom converts them) and a name or number its VR cannot hold."""
     table, _, images = _write(stated_cohort, _classifier(stated_cohort), tmp_path, original=original)
     assert sorted(p.stem for p in images) == sorted(table["image_id"])
-    shown = set()
+    shown, facts_shown = set(), set()
     for path in images:
         assert dciodvfy_errors(path) == [], path
         sc = pydicom.dcmread(path)
@@ -197,7 +207,10 @@ def test_saliency_images_state_the_sources_side_and_directions_and_only_an_enume
         else:  # type 2C, present and empty: unknown
             assert "ImageLaterality" not in sc and "Laterality" in sc and not sc.Laterality, path.stem
         assert "PatientSex" in sc and (sc.PatientSex or "") == (sex if original else "")
-    assert shown == set(range(len(STATED)))
+        facts = stated_facts(stated_cohort, path.stem)
+        assert_stated_facts(sc, facts, original)  # malformed dates, times, names, numbers: empty, not refused
+        facts_shown.add(FACTS.index(facts))
+    assert shown == set(range(len(STATED))) and facts_shown == set(range(len(FACTS)))
 
 
 def test_predict_saliency_writes_the_images_beside_the_reports(small_cohort, classifier, tmp_path):
