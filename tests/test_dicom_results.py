@@ -75,6 +75,136 @@ def small_cohort(tmp_path_factory: pytest.TempPathFactory) -> Cohort:
     return open_cohort(root / "cohort")
 
 
+#: Patient's Sex as source headers write it (patient ``k`` the ``k % 6``-th) and as a result for the source PACS
+#: states it: DICOM's enumerated M, F or O (PS3.3 C.7.1.1), surrounding spaces dropped; anything else empty (type 2),
+#: never guessed (a lower-case ``m`` is not a CS value, and ``U`` is not among the enumerated values).
+SEXES = (("U", ""), ("m", ""), (" F", "F"), ("X", ""), ("MALE", ""), ("O", "O"))
+#: What source headers state about an image's side and directions (the ``k % 6``-th file in path order): Image
+#: Laterality, Laterality, Anatomical Orientation Type, Patient Orientation (None: absent), then the laterality and
+#: the orientation a saliency image of it states (None and []: unknown).
+STATED = (
+    ("L", None, None, ["A", "FR"], "L", ["A", "FR"]),  # an oblique column direction: several letters
+    (None, "R", None, ["P", "F"], "R", ["P", "F"]),  # the series' laterality is the image's
+    (None, None, None, None, None, []),  # nothing stated: nothing guessed
+    ("B", None, None, ["L", "F"], "B", ["L", "F"]),
+    ("l", None, None, ["X", "F"], None, []),  # not enumerated values, not letters of a direction: not repeated
+    (None, None, "QUADRUPED", ["L", "PA"], None, []),  # a quadruped's letters (lateral, palmar), not left, P-A
+)
+
+
+#: Patient and General Study values as source headers write them (patient ``k`` the ``k % 6``-th; the others keep the
+#: synthetic, valid ones), each with what a result for the source PACS states: the value exactly, when it is one valid
+#: value of its VR (PS3.5 6.2, as pydicom reads it: DA ``YYYYMMDD``, a calendar date; TM ``HH[MM[SS[.F]]]``; SH at most
+#: 16 characters, a PN component 64); else empty (type 2), never repaired into a valid one.
+FACTS = (
+    {"PatientBirthDate": ("1957-03-12", ""), "StudyDate": ("20231340", ""), "StudyTime": ("25:61", "")},
+    {  # a 30th of February; a time of hours and minutes is valid as it is (not padded to HHMMSS)
+        "PatientBirthDate": ("19570312", "19570312"),
+        "StudyDate": ("20230230", ""),
+        "StudyTime": ("1015", "1015"),
+        "AccessionNumber": ("ACC-0123456789-X", "ACC-0123456789-X"),  # 16 characters: the most an SH holds
+    },
+    {  # ACR-NEMA's dotted date (pydicom reads it; DICOM's DA is not it), a range (a query's), colons; two names
+        "PatientBirthDate": ("1957.03.12", ""),
+        "StudyDate": ("20230101-", ""),
+        "StudyTime": ("12:30:00", ""),
+        "PatientName": (["DOE^JANE", "ROE^JANE"], ""),
+    },
+    {  # a 29th of February of a leap year, fractional seconds; an SH of 17 characters
+        "StudyDate": ("20240229", "20240229"),
+        "StudyTime": ("101500.123", "101500.123"),
+        "AccessionNumber": ("ACC-0123456789-XY", ""),
+        "StudyID": ("S" * 17, ""),
+    },
+    {  # empty (type 2) stays empty; the most precise TM; a PN component of 65 characters
+        "PatientBirthDate": ("", ""),
+        "StudyDate": ("20231231", "20231231"),
+        "StudyTime": ("235959.999999", "235959.999999"),
+        "ReferringPhysicianName": ("R" * 65 + "^B", ""),
+    },
+    {  # two birth dates, a year alone, a one-digit hour
+        "PatientBirthDate": (["19570312", "19570313"], ""),
+        "StudyDate": ("2023", ""),
+        "StudyTime": ("7", ""),
+    },
+)
+
+
+def _patient(cohort: Cohort, image_id: str) -> int:
+    relpath = cohort.manifest.set_index("image_id").loc[image_id, "relpath"]
+    return int(Path(relpath).parent.name.removeprefix("s"))  # images/<site>/s<patient>/i<image>.dcm
+
+
+def stated(cohort: Cohort, image_id: str) -> tuple[tuple[str, str], tuple]:
+    """The entries of :data:`SEXES` and :data:`STATED` that ``image_id`` of :func:`stated_cohort` was written with."""
+    relpaths = sorted(set(cohort.manifest["relpath"]))
+    relpath = cohort.manifest.set_index("image_id").loc[image_id, "relpath"]
+    return SEXES[_patient(cohort, image_id) % len(SEXES)], STATED[relpaths.index(relpath) % len(STATED)]
+
+
+def stated_facts(cohort: Cohort, image_id: str) -> dict[str, tuple[object, str]]:
+    """The entry of :data:`FACTS` that ``image_id`` of :func:`stated_cohort` was written with."""
+    return FACTS[_patient(cohort, image_id) % len(FACTS)]
+
+
+def assert_stated_facts(result: pydicom.Dataset, facts: dict[str, tuple[object, str]], original: bool) -> None:
+    """``result`` (a report or a saliency image) states :data:`FACTS`' values for the source PACS (present, type 2),
+    and none of the source's in a pseudonymous one (where the name and ID are the patient's pseudonym)."""
+    for keyword, (_, value) in facts.items():
+        assert keyword in result, keyword
+        if original:
+            assert str(result[keyword].value or "") == value, keyword
+        elif keyword not in ("PatientName", "PatientID"):
+            assert not result[keyword].value, keyword
+
+
+@pytest.fixture(scope="module")
+def stated_cohort(tmp_path_factory: pytest.TempPathFactory) -> Cohort:
+    """Six synthetic patients (seven images) whose headers state sex, laterality, orientation, dates, times, names and
+    numbers as archives do, valid or not: :data:`SEXES`, :data:`STATED` and :data:`FACTS`, written before the cohort
+    is built."""
+    from pydicom import config
+
+    from medvision.cohort.build import build_cohort
+    from medvision.sources.synth import synthesize
+
+    root = tmp_path_factory.mktemp("stated-cohort")
+    spec = synthesize(root / "source", "cxr", patients=6, seed=5, size=32)
+    images = root / "source" / "images"
+    files = sorted(images.rglob("*.dcm"), key=lambda f: f.relative_to(images).as_posix())
+    assert len(files) >= len(STATED) and len({f.parent for f in files}) >= max(len(SEXES), len(FACTS))
+    validation = config.settings.writing_validation_mode, config.settings.reading_validation_mode
+    config.settings.writing_validation_mode = config.IGNORE  # the invalid values are the point
+    config.settings.reading_validation_mode = config.IGNORE  # (pydicom checks a value set on a dataset with this one)
+    try:
+        for k, path in enumerate(files):
+            ds = pydicom.dcmread(path)
+            patient = int(path.parent.name.removeprefix("s"))
+            ds.PatientSex = SEXES[patient % len(SEXES)][0]
+            for keyword, (value, _) in FACTS[patient % len(FACTS)].items():
+                setattr(ds, keyword, value)
+            image_laterality, laterality, anatomy, orientation, *_ = STATED[k % len(STATED)]
+            for keyword, value in (
+                ("ImageLaterality", image_laterality),
+                ("Laterality", laterality),
+                ("AnatomicalOrientationType", anatomy),
+                ("PatientOrientation", orientation),
+            ):
+                if value is None:
+                    ds.pop(keyword, None)
+                else:
+                    setattr(ds, keyword, value)
+            ds.save_as(path, enforce_file_format=True)
+    finally:
+        config.settings.writing_validation_mode, config.settings.reading_validation_mode = validation
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDVISION_PSEUDONYM_KEY", _TEST_PSEUDONYM_KEY)
+        build_cohort(spec, root / "cohort")
+    cohort = open_cohort(root / "cohort")
+    assert set(cohort.manifest["relpath"]) == {f.relative_to(images).as_posix() for f in files}  # none left out
+    return cohort
+
+
 def _table(cohort: Cohort) -> pd.DataFrame:
     table = cohort.manifest[["image_id", "patient_id", "study_id", "series_id", "frame"]].copy()
     probs = np.random.default_rng(0).dirichlet(np.ones(len(cohort.classes)), len(table))
@@ -169,6 +299,69 @@ def test_reports_carry_the_referral_decision_and_the_ood_flag_when_an_evaluation
             assert codes["Referral decision"] == ("Refer to a human reader" if row["refer"] else "Accept")
             assert codes["Out-of-distribution"] == ("Yes" if row["ood_flag"] else "No")
     assert {True, False} <= set(table["refer"]) and {True, False} <= set(table["ood_flag"])  # both answers written
+
+
+def test_source_instances_carry_the_images_side_and_directions_and_only_an_enumerated_patient_sex(stated_cohort):
+    """The laterality and orientation attributes the source has, as it has them, in both modes (they identify no
+    one); the Patient's Sex only for the source PACS, and only as M, F or O."""
+    for original in (False, True):
+        sources, _ = source_instances(stated_cohort, stated_cohort.manifest, original=original)
+        assert len(sources) == len(stated_cohort.manifest)
+        for image_id, ds in sources.items():
+            (_, sex), (image_laterality, laterality, anatomy, orientation, *_) = stated(stated_cohort, image_id)
+            assert ds.get("ImageLaterality") == image_laterality
+            assert ds.get("Laterality") == laterality
+            assert ds.get("AnatomicalOrientationType") == anatomy
+            assert (list(ds.PatientOrientation) if "PatientOrientation" in ds else None) == orientation
+            assert "PatientSex" in ds and (ds.PatientSex or "") == (sex if original else "")
+
+
+def test_reports_for_the_source_pacs_state_a_patient_sex_outside_m_f_o_as_empty(stated_cohort, tmp_path):
+    """highdicom refuses to build a report whose Patient's Sex is not an enumerated value (``U``, ``m``, ``MALE``):
+    such a value is written empty (type 2: present, unknown), never guessed, and the report passes dciodvfy."""
+    table, paths = _write(stated_cohort, tmp_path, original=True)
+    written = set()
+    for path in paths:
+        assert dciodvfy_errors(path) == [], path
+        sr = pydicom.dcmread(path)
+        image_id = table.loc[table["study_id"] == path.stem, "image_id"].iloc[0]
+        (_, sex), _ = stated(stated_cohort, image_id)
+        assert "PatientSex" in sr and (sr.PatientSex or "") == sex, path.stem
+        written.add(sex)
+    assert written == {"", "F", "O"}
+
+
+def test_source_instances_pass_on_only_valid_dates_times_names_and_numbers(stated_cohort):
+    """For the source PACS, each Patient and General Study value exactly as the source wrote it when it is valid,
+    else empty (never reformatted into a valid one); the source's UIDs as they are. Pseudonymous: none of them."""
+    for original in (False, True):
+        sources, _ = source_instances(stated_cohort, stated_cohort.manifest, original=original)
+        for image_id, ds in sources.items():
+            facts, source = stated_facts(stated_cohort, image_id), _source(stated_cohort, image_id)
+            assert_stated_facts(ds, facts, original)
+            if original:
+                for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+                    assert ds[keyword].value == source[keyword].value, keyword
+                assert ds.PatientID == source.PatientID  # valid: unchanged
+
+
+@pytest.mark.parametrize("original", [False, True], ids=["pseudonymous", "for-source-pacs"])
+def test_reports_state_a_malformed_date_time_name_or_number_of_the_source_as_empty(stated_cohort, tmp_path, original):
+    """highdicom makes Python dates and times of the source's Patient's Birth Date, Study Date and Study Time, and
+    refuses to build a report when one is not a valid DA or TM (``1957-03-12``, ``20231340``, ``25:61``) or when the
+    Patient's Name is several names. Such a value, like an accession number longer than an SH holds, is written empty
+    (type 2); a valid one exactly as the source has it; every report passes dciodvfy."""
+    table, paths = _write(stated_cohort, tmp_path, original=original)
+    assert sorted(p.stem for p in paths) == sorted(table["study_id"].unique())  # every study has its report
+    shown = set()
+    for path in paths:
+        assert dciodvfy_errors(path) == [], path
+        sr = pydicom.dcmread(path)
+        for image_id in table.loc[table["study_id"] == path.stem, "image_id"]:
+            facts = stated_facts(stated_cohort, image_id)
+            assert_stated_facts(sr, facts, original)
+            shown.add(FACTS.index(facts))
+    assert shown == set(range(len(FACTS)))
 
 
 @pytest.mark.slow

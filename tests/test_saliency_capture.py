@@ -27,8 +27,18 @@ from medvision.heads import create_head
 from medvision.models import create_backbone
 from medvision.serving.dicom_results import ModelIdentity, study_reports, write_reports
 from medvision.serving.saliency_capture import NOT_FOR_DIAGNOSIS, write_saliency_images
-from tests.test_dicom_results import _source, _table, dciodvfy_errors
+from tests.test_dicom_results import (
+    FACTS,
+    STATED,
+    _source,
+    _table,
+    assert_stated_facts,
+    dciodvfy_errors,
+    stated,
+    stated_facts,
+)
 from tests.test_dicom_results import small_cohort as small_cohort  # the SR tests' cohort: planted PHI in 4 patients
+from tests.test_dicom_results import stated_cohort as stated_cohort  # headers stating sex, side and directions
 
 _SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 _PLANTED = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "ReferringPhysicianName")
@@ -39,10 +49,14 @@ _SOURCE_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 def classifier(small_cohort: Cohort) -> Classifier:
     """A tiny ViT with random weights: its 4x4 patch grid gives a Grad-CAM map at the cohort's 32 px with zeros and
     peaks (a stride-32 CNN would give one value per image)."""
+    return _classifier(small_cohort)
+
+
+def _classifier(cohort: Cohort) -> Classifier:
     torch.manual_seed(0)
     backbone = create_backbone("vit-tiny", in_chans=1)
-    head = create_head("linear", backbone.num_features, len(small_cohort.classes))
-    return Classifier(backbone, head, small_cohort.classes).eval()
+    head = create_head("linear", backbone.num_features, len(cohort.classes))
+    return Classifier(backbone, head, cohort.classes).eval()
 
 
 def _model(cohort: Cohort) -> ModelIdentity:
@@ -95,6 +109,7 @@ def test_pseudonymous_saliency_images_are_valid_overlays_of_their_own_image_in_t
         assert sc.SeriesDescription == NOT_FOR_DIAGNOSIS and "NOT FOR DIAGNOSIS" in sc.ImageComments
         # The source instance, by its pseudonymous UID.
         source = _source(small_cohort, path.stem)
+        assert list(sc.PatientOrientation) == list(source.PatientOrientation) == ["L", "F"]  # the pixels' directions
         assert source.PatientName and source.PatientID and source.AccessionNumber  # PHI was planted
         (ref,) = sc.SourceImageSequence
         assert ref.ReferencedSOPClassUID == source.SOPClassUID
@@ -167,6 +182,35 @@ def test_saliency_images_for_the_source_pacs_carry_the_source_identifiers_and_ar
         assert (ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID) == (source.SOPClassUID, source.SOPInstanceUID)
         assert sc.SeriesInstanceUID != source.SeriesInstanceUID  # a new series of the source study
     assert stat.S_IMODE(os.stat(images[0].parent).st_mode) & 0o077 == 0
+
+
+@pytest.mark.parametrize("original", [False, True], ids=["pseudonymous", "for-source-pacs"])
+def test_saliency_images_state_the_sources_side_and_directions_and_only_valid_patient_and_study_values(
+    stated_cohort, tmp_path, original
+):
+    """The overlay keeps the source's rows and columns: its Patient Orientation is the source's, and its Image
+    Laterality the source image's (or its series'), when the source states valid ones; empty (unknown) otherwise,
+    never guessed. The Patient's Sex, for the source PACS, is M, F or O or empty: highdicom refuses any other; so are
+    a malformed date or time (highdicom converts them) and a name or number its VR cannot hold."""
+    table, _, images = _write(stated_cohort, _classifier(stated_cohort), tmp_path, original=original)
+    assert sorted(p.stem for p in images) == sorted(table["image_id"])
+    shown, facts_shown = set(), set()
+    for path in images:
+        assert dciodvfy_errors(path) == [], path
+        sc = pydicom.dcmread(path)
+        (_, sex), entry = stated(stated_cohort, path.stem)
+        *_, laterality, orientation = entry
+        shown.add(STATED.index(entry))
+        assert list(sc.PatientOrientation or []) == orientation, path.stem
+        if laterality:  # an instance's own: the series holds every image of the study
+            assert sc.ImageLaterality == laterality and "Laterality" not in sc, path.stem
+        else:  # type 2C, present and empty: unknown
+            assert "ImageLaterality" not in sc and "Laterality" in sc and not sc.Laterality, path.stem
+        assert "PatientSex" in sc and (sc.PatientSex or "") == (sex if original else "")
+        facts = stated_facts(stated_cohort, path.stem)
+        assert_stated_facts(sc, facts, original)  # malformed dates, times, names, numbers: empty, not refused
+        facts_shown.add(FACTS.index(facts))
+    assert shown == set(range(len(STATED))) and facts_shown == set(range(len(FACTS)))
 
 
 def test_predict_saliency_writes_the_images_beside_the_reports(small_cohort, classifier, tmp_path):

@@ -9,25 +9,41 @@ accession number), so the original Study/Series/SOP Instance UIDs and the patien
 attributes only when ``original=True`` (the results go back to the PACS the images came from, where they must attach
 to the source study). Either way each image becomes a small :class:`pydicom.Dataset` of exactly the attributes
 below, never the full header, and nothing here is logged.
+
+A value a result's Patient or General Study module cannot hold is not passed on: a Patient's Sex other than DICOM's
+enumerated ``M``, ``F`` or ``O`` (PS3.3 C.7.1.1: ``U``, ``X``, lower case, free text) becomes empty (type 2: known to
+be unknown), never a guess; surrounding spaces are not part of a value (PS3.5 6.2) and are dropped. So does any other
+copied type 2 value that is not one valid value of its VR (PS3.5 6.2; pydicom's checks are the arbiter): a date that is
+not a calendar date written ``YYYYMMDD`` (``1957-03-12``, ``20231340``, a range), a time that is not ``HH[MM[SS[.F]]]``
+(``25:61``), an accession number or ID longer than its VR allows, several names where one belongs. A writer that
+converts or checks these (highdicom makes dates and times Python ones) would refuse the whole result over one of them.
+A valid value is kept exactly as the source wrote it, never reformatted. The source's UIDs are passed on as they are:
+the results must reference the very instances. Reading the source's values is quiet: pydicom's warnings about a
+malformed one would quote it (a birth date, a name) into the log.
 """
 
 from __future__ import annotations
 
+import datetime
 import uuid
 from pathlib import Path
 
 import pandas as pd
 import pydicom
+from pydicom import config as pydicom_config
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
+from pydicom.valuerep import DA, TM, PersonName, validate_value
 
 from medvision.cohort.cohort import Cohort
 from medvision.errors import InputError
+from medvision.io.dicom import _quiet
 
 __all__ = ["IDENTITY_ATTRIBUTES", "pseudonymous_uid", "source_instances"]
 
 #: What a result copies from its source in ``original`` mode: the Patient and General Study modules' identifying
-#: attributes and the instance's own UIDs. ``SOPClassUID``, ``Modality`` and ``NumberOfFrames`` (not identifying)
-#: are copied in both modes.
+#: attributes and the instance's own UIDs. The attributes of :data:`_PUBLIC_ATTRIBUTES` (not identifying) are copied
+#: in both modes.
 IDENTITY_ATTRIBUTES = (
     "PatientName",
     "PatientID",
@@ -43,7 +59,28 @@ IDENTITY_ATTRIBUTES = (
     "ReferringPhysicianName",
 )
 #: ``BurnedInAnnotation``: whether text (a name, an ID) is drawn in the pixels; a result that copies pixels says so.
-_PUBLIC_ATTRIBUTES = ("SOPClassUID", "Modality", "NumberOfFrames", "BurnedInAnnotation")
+#: The image's laterality (``ImageLaterality``, or its series' ``Laterality``) and the directions of its rows and
+#: columns (``PatientOrientation``, with ``AnatomicalOrientationType`` that says which letters those are): a result
+#: that shows the source's pixels states them as the source does. None identifies anyone; each is copied only when the
+#: source has it, as the source has it (the result that writes it checks the value).
+_PUBLIC_ATTRIBUTES = (
+    "SOPClassUID",
+    "Modality",
+    "NumberOfFrames",
+    "BurnedInAnnotation",
+    "ImageLaterality",
+    "Laterality",
+    "PatientOrientation",
+    "AnatomicalOrientationType",
+)
+#: Patient's Sex (0010,0040): DICOM's enumerated values (PS3.3 C.7.1.1), compared exactly (a CS value is upper case).
+_PATIENT_SEXES = frozenset({"M", "F", "O"})
+#: The identity attributes passed on unchecked: the source instance's UIDs (type 1; a result that references the
+#: source must name them as the source does). Every other one is type 2, and written empty when it cannot be held.
+_REFERENCES = frozenset({"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"})
+#: pydicom's parsers of the VRs a writer (highdicom) converts to Python dates and times: a value they refuse (a 13th
+#: month, a 30th of February, a range) would stop the writer.
+_PARSERS = {"DA": DA, "TM": TM}
 #: Study-level attributes that are empty (DICOM type 2) in a pseudonymous result.
 _EMPTY_WHEN_PSEUDONYMOUS = (
     "PatientBirthDate",
@@ -102,6 +139,7 @@ def _header(images: Path | None, relpath: str, root: Path) -> Dataset:
     )
 
 
+@_quiet  # reading a malformed value would have pydicom warn with the value (a birth date) in the message
 def _identity(header: Dataset, row, original: bool) -> Dataset:
     ds = Dataset()
     for keyword in _PUBLIC_ATTRIBUTES:
@@ -109,7 +147,12 @@ def _identity(header: Dataset, row, original: bool) -> Dataset:
             setattr(ds, keyword, header[keyword].value)
     if original:
         for keyword in IDENTITY_ATTRIBUTES:
-            setattr(ds, keyword, header[keyword].value if keyword in header else None)
+            value = header[keyword].value if keyword in header else None
+            if keyword == "PatientSex":
+                value = _patient_sex(value)
+            elif keyword not in _REFERENCES:
+                value = _holdable(keyword, value)
+            setattr(ds, keyword, value)
         return ds
     ds.PatientID = row.patient_id
     ds.PatientName = f"{row.patient_id}^"  # a family name (one component), as PN wants
@@ -121,3 +164,31 @@ def _identity(header: Dataset, row, original: bool) -> Dataset:
     ds.PatientIdentityRemoved = "YES"  # the result's Patient module says so (and how), as a de-identified copy would
     ds.DeidentificationMethod = "medvision keyed pseudonyms (HMAC); UIDs derived from them"
     return ds
+
+
+def _patient_sex(value: object) -> str | None:
+    """``M``, ``F`` or ``O`` as the source states it (surrounding spaces dropped), else ``None`` (empty): a value
+    outside the enumerated ones (``U``, ``X``, ``m``, free text, several values) says nothing a result may repeat, and
+    a writer that checks the enumeration (highdicom) would refuse the whole result over it."""
+    text = value.strip() if isinstance(value, str) else ""
+    return text if text in _PATIENT_SEXES else None
+
+
+def _holdable(keyword: str, value: object) -> object:
+    """``value`` exactly as the source has it when it is one valid value of ``keyword``'s VR (PS3.5 6.2), else ``None``
+    (empty). pydicom is the arbiter: its writing checks (the length of an SH, LO or PN component; the form of a DA or
+    TM, ``YYYYMMDD`` and ``HH[MM[SS[.F]]]``) and, for a DA or TM, its parser (a real date or time, one value, not a
+    range). Several values (``A\\B``) are not one: each of these attributes holds one (VM 1)."""
+    if value is None:
+        return None
+    if not isinstance(value, (str, PersonName, datetime.date, datetime.time)):  # a MultiValue, bytes
+        return None
+    vr = dictionary_VR(keyword)
+    text = str(value)  # a PersonName's or a DA's or TM's original string
+    try:
+        validate_value(vr, text, pydicom_config.RAISE)
+        if vr in _PARSERS:
+            _PARSERS[vr](text)
+    except (ValueError, TypeError, OverflowError):
+        return None
+    return value

@@ -14,6 +14,11 @@ are one new series of that study, beside the study's Structured Report, and name
 report does: the identity :func:`medvision.cohort.source_instances` chose (pseudonymous unless the caller asked for
 the source's identifiers); this module never reads a source file. Images whose source is not DICOM (photos) get
 none: nothing could place them in a study.
+
+The overlay keeps the source's rows and columns (the cache only resizes and pads), so it states the source's
+Patient Orientation and laterality when the source states valid ones, and leaves them empty (unknown) otherwise,
+never guessed. Laterality is written as Image Laterality (General Image, per instance), not as the series' Laterality:
+one saliency series holds every image of a study, left and right alike.
 """
 
 from __future__ import annotations
@@ -54,6 +59,11 @@ METHOD: SaliencyMethod = "gradcam"
 NOT_FOR_DIAGNOSIS = "medvision saliency map - research only, not for diagnosis"
 #: The saliency series' number (the study's Structured Report is series 9000).
 SERIES_NUMBER = 9001
+#: Patient Orientation's letters for a biped (PS3.3 C.7.6.1.1.1): Anterior, Posterior, Right, Left, Head, Foot.
+_BIPED_DIRECTIONS = frozenset("APRLHF")
+#: The enumerated values of Image Laterality (R, L, unpaired, both) and of the series' Laterality (R, L).
+_IMAGE_LATERALITIES = frozenset({"R", "L", "U", "B"})
+_SERIES_LATERALITIES = frozenset({"R", "L"})
 #: Images attributed and written at a time: memory stays bounded (images, gradients and pixel data of one chunk),
 #: and each chunk's files are written whole before the next is computed.
 _CHUNK = 32
@@ -146,7 +156,7 @@ def saliency_image(
         photometric_interpretation="RGB",
         bits_allocated=8,
         coordinate_system="PATIENT",
-        patient_orientation=("L", "F"),  # highdicom wants one; blanked below
+        patient_orientation=("L", "F"),  # highdicom wants one, of single letters; replaced below
         series_instance_uid=series_uid,
         series_number=SERIES_NUMBER,
         sop_instance_uid=generate_uid(),
@@ -157,10 +167,14 @@ def saliency_image(
         series_description=NOT_FOR_DIAGNOSIS,
         transfer_syntax_uid=ExplicitVRLittleEndian,
     )
-    # Type 2 and 2C, empty = unknown: the source's orientation and laterality are not among the attributes
-    # source_instances reads, and a guess could mislead a reader about left and right.
-    sc.PatientOrientation = []
-    sc.Laterality = ""
+    # The source's, when it states a valid one; else empty (type 2C: unknown): a guess could mislead a reader about
+    # left and right.
+    sc.PatientOrientation = _orientation(source) or []
+    laterality = _laterality(source)
+    if laterality:
+        sc.ImageLaterality = laterality  # then the series' Laterality (type 2C) must be absent, as highdicom leaves it
+    else:
+        sc.Laterality = ""
     # The pixels are the source's: text burned into them (a name on an ultrasound, a screenshot) is in the overlay
     # too. "NO" only when the source says so; otherwise "YES", so a de-identification gate downstream looks.
     no_text = str(source.get("BurnedInAnnotation", "")).upper() == "NO"
@@ -176,6 +190,30 @@ def saliency_image(
         sc.PatientIdentityRemoved = "YES"
         sc.DeidentificationMethod = source.DeidentificationMethod
     return sc
+
+
+def _orientation(source: Dataset) -> list[str] | None:
+    """The source's Patient Orientation (row, then column direction) when it is two biped values of A P R L H F
+    (oblique ones as several letters, ``["P", "FL"]``), else ``None``: absent, empty, malformed, or quadruped
+    letters (another Anatomical Orientation Type, which this image does not state)."""
+    if str(source.get("AnatomicalOrientationType", "") or "BIPED").strip() != "BIPED":
+        return None
+    value = source.get("PatientOrientation")
+    values = [value] if isinstance(value, str) else list(value or [])
+    directions = [str(v).strip() for v in values]
+    if len(directions) == 2 and all(d and set(d) <= _BIPED_DIRECTIONS for d in directions):
+        return directions
+    return None
+
+
+def _laterality(source: Dataset) -> str | None:
+    """The source image's laterality: its Image Laterality (R, L, U, B), else its series' Laterality (R, L, which is
+    every image's of that series), else ``None`` (absent or not an enumerated value)."""
+    image = str(source.get("ImageLaterality", "") or "").strip()
+    if image in _IMAGE_LATERALITIES:
+        return image
+    series = str(source.get("Laterality", "") or "").strip()
+    return series if series in _SERIES_LATERALITIES else None
 
 
 def _comment(model: ModelIdentity, finding: tuple[str, float]) -> str:
