@@ -29,14 +29,18 @@ from medvision.serving.dicom_results import ModelIdentity, study_reports, write_
 from medvision.serving.saliency_capture import NOT_FOR_DIAGNOSIS, write_saliency_images
 from tests.test_dicom_results import (
     FACTS,
+    NAMES,
     STATED,
     _source,
     _table,
+    assert_names_read_back,
     assert_stated_facts,
     dciodvfy_errors,
+    named,
     stated,
     stated_facts,
 )
+from tests.test_dicom_results import named_cohort as named_cohort  # names in many character sets, one of one part
 from tests.test_dicom_results import small_cohort as small_cohort  # the SR tests' cohort: planted PHI in 4 patients
 from tests.test_dicom_results import stated_cohort as stated_cohort  # headers stating sex, side and directions
 
@@ -211,6 +215,17 @@ def test_saliency_images_state_the_sources_side_and_directions_and_only_valid_pa
         assert_stated_facts(sc, facts, original)  # malformed dates, times, names, numbers: empty, not refused
         facts_shown.add(FACTS.index(facts))
     assert shown == set(range(len(STATED))) and facts_shown == set(range(len(FACTS)))
+
+
+def test_saliency_images_for_the_source_pacs_hold_the_sources_names_in_any_character_set(named_cohort, tmp_path):
+    """As the study's report: the source's names, in whatever character set it wrote them, read back exactly (the
+    image declares UTF-8 when one is not ASCII); every image passes dciodvfy."""
+    table, _, images = _write(named_cohort, _classifier(named_cohort), tmp_path, original=True)
+    assert sorted(p.stem for p in images) == sorted(table["image_id"])
+    for path in images:
+        assert dciodvfy_errors(path) == [], path
+        assert_names_read_back(path, pydicom.dcmread(path), named(named_cohort, path.stem))
+    assert {NAMES.index(named(named_cohort, p.stem)) for p in images} == set(range(len(NAMES)))
 
 
 def test_predict_saliency_writes_the_images_beside_the_reports(small_cohort, classifier, tmp_path):

@@ -19,6 +19,10 @@ The overlay keeps the source's rows and columns (the cache only resizes and pads
 Patient Orientation and laterality when the source states valid ones, and leaves them empty (unknown) otherwise,
 never guessed. Laterality is written as Image Laterality (General Image, per instance), not as the series' Laterality:
 one saliency series holds every image of a study, left and right alike.
+
+As the study's report does, each image declares the character set its text needs
+(:func:`~medvision.serving.dicom_results.declare_character_set`: UTF-8 when any of it, the patient's name included,
+is not ASCII).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from medvision.cohort.cohort import Cohort
 from medvision.data.dataset import CohortDataset
 from medvision.evaluation.overlay import COLORMAP, MAX_OPACITY, display_image, overlay
 from medvision.evaluation.saliency import SaliencyMethod, saliency_maps
-from medvision.serving.dicom_results import ModelIdentity
+from medvision.serving.dicom_results import ModelIdentity, declare_character_set
 
 __all__ = [
     "METHOD",
@@ -189,7 +193,7 @@ def saliency_image(
     if source.get("PatientIdentityRemoved") == "YES" and no_text:
         sc.PatientIdentityRemoved = "YES"
         sc.DeidentificationMethod = source.DeidentificationMethod
-    return sc
+    return declare_character_set(sc)
 
 
 def _orientation(source: Dataset) -> list[str] | None:
