@@ -5,8 +5,11 @@ source instance, and whose pixels are the gallery's overlay of the Grad-CAM map 
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import stat
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +33,7 @@ from medvision.serving.saliency_capture import NOT_FOR_DIAGNOSIS, write_saliency
 from tests.test_dicom_results import (
     FACTS,
     NAMES,
+    PLANTED,
     STATED,
     _source,
     _table,
@@ -226,6 +230,34 @@ def test_saliency_images_for_the_source_pacs_hold_the_sources_names_in_any_chara
         assert dciodvfy_errors(path) == [], path
         assert_names_read_back(path, pydicom.dcmread(path), named(named_cohort, path.stem))
     assert {NAMES.index(named(named_cohort, p.stem)) for p in images} == set(range(len(NAMES)))
+
+
+def test_results_for_the_source_pacs_log_no_identity_value_of_the_source(named_cohort, tmp_path, caplog, capfd):
+    """Building and writing the reports and saliency images for the source PACS: no log record of any logger at any
+    level, no warning and nothing on stdout or stderr quotes a source's name (whole, a component group or a part),
+    ID, birth date, accession number or UID. highdicom warns quoting a name of one component (``Zorblaxquux``,
+    valid DICOM) and logs the UID of the instance it copies the patient from."""
+    classifier = _classifier(named_cohort)
+    caplog.set_level(logging.DEBUG)  # the root logger: every record of every library
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        _write(named_cohort, classifier, tmp_path, original=True)
+    out, err = capfd.readouterr()
+    assert any(r.name.startswith("highdicom") for r in caplog.records)  # the libraries' records are all seen
+    records = [caplog.text, *(r.getMessage() for r in caplog.records)]
+    said = "\n".join([*records, *(str(w.message) for w in shown), out, err])
+    values = set(PLANTED.values())
+    for relpath in named_cohort.manifest["relpath"]:
+        source = pydicom.dcmread(Path(named_cohort.card.spec["images"]) / relpath, stop_before_pixels=True)
+        for name in (source.PatientName, source.ReferringPhysicianName):
+            for group in name.components:
+                parts = [p for p in re.split(r"\^+", group) if len(p) >= 4 or not p.isascii()]
+                values.update([group, *parts])
+        for keyword in ("PatientID", "PatientBirthDate", "AccessionNumber", *_SOURCE_UIDS):
+            values.add(str(source[keyword].value))
+    assert "Zorblaxquux" in values and "" not in values
+    leaked = sorted((v for v in values if v.lower() in said.lower()), key=lambda v: (v[:1].isdigit(), v))
+    assert not leaked, leaked  # names and IDs first, then dates and UIDs
 
 
 def test_predict_saliency_writes_the_images_beside_the_reports(small_cohort, classifier, tmp_path):

@@ -14,7 +14,10 @@ private scheme :data:`SCHEME` (declared in the report's Coding Scheme Identifica
 
 The identifiers (patient, study, referenced instances) are whatever :func:`medvision.cohort.source_instances`
 chose: pseudonymous unless the caller asked for the originals. This module never reads a source file. Each result
-declares the character set its text needs (:func:`declare_character_set`: UTF-8 when any of it is not ASCII).
+declares the character set its text needs (:func:`declare_character_set`: UTF-8 when any of it is not ASCII), and
+neither highdicom nor pydicom may quote an identity value into the log while a result is built or written: their
+warnings are not shown (:func:`medvision.io.dicom._quiet`) and their log records are scrubbed of the identities'
+values (:func:`~medvision.cohort.source_instances.identity_scrubber`).
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ from pydicom.uid import generate_uid
 
 from medvision._atomic import write_all
 from medvision._version import __version__
-from medvision.cohort.source_instances import pseudonymous_uid
+from medvision.cohort.logscrub import scrubbed_output
+from medvision.cohort.source_instances import identity_scrubber, pseudonymous_uid
+from medvision.io.dicom import _quiet
 
 __all__ = ["SCHEME", "UTF8", "ModelIdentity", "declare_character_set", "study_reports", "write_reports"]
 
@@ -79,9 +84,10 @@ def study_reports(
     as ``(study_id, dataset)`` in the order of the table."""
     rows = table[table["image_id"].isin(sources.keys())]
     reports = []
-    for number, (study_id, group) in enumerate(rows.groupby("study_id", sort=False), start=1):
-        evidence = [sources[i] for i in dict.fromkeys(group["image_id"])]
-        reports.append((str(study_id), _report(group, evidence, sources, model, number)))
+    with scrubbed_output(identity_scrubber(sources[i] for i in rows["image_id"])):
+        for number, (study_id, group) in enumerate(rows.groupby("study_id", sort=False), start=1):
+            evidence = [sources[i] for i in dict.fromkeys(group["image_id"])]
+            reports.append((str(study_id), _report(group, evidence, sources, model, number)))
     return reports
 
 
@@ -119,6 +125,7 @@ def _beyond_ascii(element: DataElement) -> bool:
     return any(v is not None and not str(v).isascii() for v in (value if isinstance(value, MultiValue) else [value]))
 
 
+@_quiet  # highdicom warns with a Patient's Name of one component in the message; pydicom with a value it refuses
 def _report(
     group: pd.DataFrame, evidence: list[Dataset], sources: Mapping[str, Dataset], model: ModelIdentity, number: int
 ) -> Dataset:
@@ -204,9 +211,10 @@ def write_reports(reports: Sequence[tuple[str, Dataset]], folder: Path, *, priva
     """Each report as ``folder/<study pseudonym>.dcm`` (the file name never holds an identifier); ``private``:
     owner-only files (reports that carry the source's identifiers)."""
     items = [(folder / f"{study_id}.dcm", 4096, _saver(ds)) for study_id, ds in reports]
-    write_all(items, private=private)
+    with scrubbed_output(identity_scrubber(ds for _, ds in reports)):
+        write_all(items, private=private)
     return [path for path, _, _ in items]
 
 
 def _saver(ds: Dataset):
-    return lambda path: ds.save_as(path, enforce_file_format=True)
+    return _quiet(lambda path: ds.save_as(path, enforce_file_format=True))  # pydicom warns with a value it refuses
