@@ -205,6 +205,76 @@ def stated_cohort(tmp_path_factory: pytest.TempPathFactory) -> Cohort:
     return cohort
 
 
+#: Patient's and Referring Physician's Names as archives write them, each in its file's Specific Character Set (patient
+#: ``k`` the ``k % 9``-th; ``None``: none declared): single-byte sets, UTF-8, ISO 2022 code extensions with a name's
+#: three component groups (PS3.5 Annex H, I; the Japanese set's first value empty, as the standard writes it), Latin-1
+#: bytes with no set declared (pydicom reads them as Latin-1), ASCII in a declared Latin-1 set, and a name of one
+#: component (valid DICOM; highdicom warns quoting it).
+NAMES = (
+    ("ISO_IR 144", "Иванов^Иван", "Ковалёв^Пётр"),
+    ("ISO_IR 192", "山田^太郎", "Ωμέγα^Άλφα"),
+    ("ISO_IR 100", "Müller^Hans", "Buc^Jérôme"),
+    (None, "Gómez^Núria", ""),
+    (["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎=やまだ^たろう", ""),
+    (["", "ISO 2022 IR 149"], "Hong^Gildong=洪^吉洞=홍^길동", ""),
+    (["ISO 2022 IR 100", "ISO 2022 IR 126"], "Dionysios^Müller=Διονυσιος^", ""),
+    ("ISO_IR 100", "Smith^John", "Achterberg^Wim"),
+    (None, "Zorblaxquux", ""),
+)
+#: What the headers of the one-component name's patient also state: values found nowhere else, to look for in logs.
+PLANTED = {"PatientID": "MRN-QZ-80417", "PatientBirthDate": "19310817", "AccessionNumber": "ACC-ZQ-5521"}
+
+
+@pytest.fixture(scope="module")
+def named_cohort(tmp_path_factory: pytest.TempPathFactory) -> Cohort:
+    """Nine synthetic patients whose headers state :data:`NAMES` in their character sets (and, for the name of one
+    component, :data:`PLANTED`), written before the cohort is built."""
+    from medvision.cohort.build import build_cohort
+    from medvision.sources.synth import synthesize
+
+    root = tmp_path_factory.mktemp("named-cohort")
+    spec = synthesize(root / "source", "cxr", patients=len(NAMES), seed=7, size=32)
+    images = root / "source" / "images"
+    files = sorted(images.rglob("*.dcm"))
+    assert {int(f.parent.name.removeprefix("s")) for f in files} == set(range(len(NAMES)))
+    for path in files:
+        ds = pydicom.dcmread(path)
+        charset, name, physician = NAMES[int(path.parent.name.removeprefix("s"))]
+        if charset is None:
+            del ds.SpecificCharacterSet  # the synthetic files declare ISO_IR 100
+        else:
+            ds.SpecificCharacterSet = charset
+        ds.PatientName, ds.ReferringPhysicianName = name, physician
+        if "^" not in name:
+            for keyword, value in PLANTED.items():
+                setattr(ds, keyword, value)
+        ds.save_as(path, enforce_file_format=True)
+        written = pydicom.dcmread(path)
+        assert (str(written.PatientName), str(written.ReferringPhysicianName)) == (name, physician), path
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDVISION_PSEUDONYM_KEY", _TEST_PSEUDONYM_KEY)
+        build_cohort(spec, root / "cohort")
+    return open_cohort(root / "cohort")
+
+
+def named(cohort: Cohort, image_id: str) -> tuple[object, str, str]:
+    """The entry of :data:`NAMES` that ``image_id`` of :func:`named_cohort` was written with."""
+    return NAMES[_patient(cohort, image_id)]
+
+
+def assert_names_read_back(path: Path, result: pydicom.Dataset, names: tuple[object, str, str]) -> None:
+    """``result`` (read from ``path``) states the source's Patient's and Referring Physician's Names exactly as
+    pydicom decodes them from the source, and declares UTF-8 (ISO_IR 192, their bytes in the file) when one is not
+    ASCII, else no character set (the default repertoire)."""
+    _, name, physician = names
+    assert (str(result.PatientName), str(result.ReferringPhysicianName or "")) == (name, physician), path.name
+    if (name + physician).isascii():
+        assert "SpecificCharacterSet" not in result, path.name
+    else:
+        assert result.SpecificCharacterSet == "ISO_IR 192", path.name
+        assert name.encode() in path.read_bytes(), path.name
+
+
 def _table(cohort: Cohort) -> pd.DataFrame:
     table = cohort.manifest[["image_id", "patient_id", "study_id", "series_id", "frame"]].copy()
     probs = np.random.default_rng(0).dirichlet(np.ones(len(cohort.classes)), len(table))
@@ -362,6 +432,40 @@ def test_reports_state_a_malformed_date_time_name_or_number_of_the_source_as_emp
             assert_stated_facts(sr, facts, original)
             shown.add(FACTS.index(facts))
     assert shown == set(range(len(FACTS)))
+
+
+def test_reports_for_the_source_pacs_hold_the_sources_names_in_any_character_set(named_cohort, tmp_path):
+    """A name in Cyrillic, Japanese, Korean or Greek, in a single-byte set, UTF-8 or ISO 2022 code extensions, or in
+    Latin-1 with no set declared, reads back from the report exactly as from the source: the report declares UTF-8
+    when a value is not ASCII (not the source's set: see declare_character_set). Every report passes dciodvfy."""
+    table, paths = _write(named_cohort, tmp_path, original=True)
+    shown = set()
+    for path in paths:
+        assert dciodvfy_errors(path) == [], path
+        image_id = table.loc[table["study_id"] == path.stem, "image_id"].iloc[0]  # the report's patient: its first
+        assert_names_read_back(path, pydicom.dcmread(path), named(named_cohort, image_id))
+        shown.add(NAMES.index(named(named_cohort, image_id)))
+    assert shown == set(range(len(NAMES)))
+
+
+def test_pseudonymous_reports_declare_utf8_only_for_text_of_their_own_beyond_ascii(named_cohort, tmp_path):
+    """A pseudonymous report holds no name of the source, in any encoding: all its text is ASCII, in the default
+    repertoire (no Specific Character Set). A model named in Cyrillic makes it UTF-8, and the name reads back."""
+    table = _table(named_cohort)
+    sources, _ = source_instances(named_cohort, named_cohort.manifest, original=False)
+    for model_name, charset in (("cxr-triage", None), ("Пневмония-триаж", "ISO_IR 192")):
+        model = ModelIdentity(model_name, "7", named_cohort.classes)
+        paths = write_reports(study_reports(table, sources, model), tmp_path / str(charset))
+        for path in paths:
+            assert dciodvfy_errors(path) == [], path
+            sr, data = pydicom.dcmread(path), path.read_bytes()
+            assert sr.get("SpecificCharacterSet") == charset and sr.ManufacturerModelName == model_name, path.name
+            assert model_name in {i.TextValue for i in content_items(sr) if i.ValueType == "TEXT"}
+            image_id = table.loc[table["study_id"] == path.stem, "image_id"].iloc[0]
+            source = _source(named_cohort, image_id)
+            for group in source.PatientName.components:
+                assert group.encode() not in data, path.name
+            assert source.PatientName.original_string not in data, path.name
 
 
 @pytest.mark.slow

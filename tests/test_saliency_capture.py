@@ -5,8 +5,11 @@ source instance, and whose pixels are the gallery's overlay of the Grad-CAM map 
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import stat
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,14 +32,19 @@ from medvision.serving.dicom_results import ModelIdentity, study_reports, write_
 from medvision.serving.saliency_capture import NOT_FOR_DIAGNOSIS, write_saliency_images
 from tests.test_dicom_results import (
     FACTS,
+    NAMES,
+    PLANTED,
     STATED,
     _source,
     _table,
+    assert_names_read_back,
     assert_stated_facts,
     dciodvfy_errors,
+    named,
     stated,
     stated_facts,
 )
+from tests.test_dicom_results import named_cohort as named_cohort  # names in many character sets, one of one part
 from tests.test_dicom_results import small_cohort as small_cohort  # the SR tests' cohort: planted PHI in 4 patients
 from tests.test_dicom_results import stated_cohort as stated_cohort  # headers stating sex, side and directions
 
@@ -211,6 +219,45 @@ def test_saliency_images_state_the_sources_side_and_directions_and_only_valid_pa
         assert_stated_facts(sc, facts, original)  # malformed dates, times, names, numbers: empty, not refused
         facts_shown.add(FACTS.index(facts))
     assert shown == set(range(len(STATED))) and facts_shown == set(range(len(FACTS)))
+
+
+def test_saliency_images_for_the_source_pacs_hold_the_sources_names_in_any_character_set(named_cohort, tmp_path):
+    """As the study's report: the source's names, in whatever character set it wrote them, read back exactly (the
+    image declares UTF-8 when one is not ASCII); every image passes dciodvfy."""
+    table, _, images = _write(named_cohort, _classifier(named_cohort), tmp_path, original=True)
+    assert sorted(p.stem for p in images) == sorted(table["image_id"])
+    for path in images:
+        assert dciodvfy_errors(path) == [], path
+        assert_names_read_back(path, pydicom.dcmread(path), named(named_cohort, path.stem))
+    assert {NAMES.index(named(named_cohort, p.stem)) for p in images} == set(range(len(NAMES)))
+
+
+def test_results_for_the_source_pacs_log_no_identity_value_of_the_source(named_cohort, tmp_path, caplog, capfd):
+    """Building and writing the reports and saliency images for the source PACS: no log record of any logger at any
+    level, no warning and nothing on stdout or stderr quotes a source's name (whole, a component group or a part),
+    ID, birth date, accession number or UID. highdicom warns quoting a name of one component (``Zorblaxquux``,
+    valid DICOM) and logs the UID of the instance it copies the patient from."""
+    classifier = _classifier(named_cohort)
+    caplog.set_level(logging.DEBUG)  # the root logger: every record of every library
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        _write(named_cohort, classifier, tmp_path, original=True)
+    out, err = capfd.readouterr()
+    assert any(r.name.startswith("highdicom") for r in caplog.records)  # the libraries' records are all seen
+    records = [caplog.text, *(r.getMessage() for r in caplog.records)]
+    said = "\n".join([*records, *(str(w.message) for w in shown), out, err])
+    values = set(PLANTED.values())
+    for relpath in named_cohort.manifest["relpath"]:
+        source = pydicom.dcmread(Path(named_cohort.card.spec["images"]) / relpath, stop_before_pixels=True)
+        for name in (source.PatientName, source.ReferringPhysicianName):
+            for group in name.components:
+                parts = [p for p in re.split(r"\^+", group) if len(p) >= 4 or not p.isascii()]
+                values.update([group, *parts])
+        for keyword in ("PatientID", "PatientBirthDate", "AccessionNumber", *_SOURCE_UIDS):
+            values.add(str(source[keyword].value))
+    assert "Zorblaxquux" in values and "" not in values
+    leaked = sorted((v for v in values if v.lower() in said.lower()), key=lambda v: (v[:1].isdigit(), v))
+    assert not leaked, leaked  # names and IDs first, then dates and UIDs
 
 
 def test_predict_saliency_writes_the_images_beside_the_reports(small_cohort, classifier, tmp_path):

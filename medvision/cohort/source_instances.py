@@ -19,13 +19,15 @@ not a calendar date written ``YYYYMMDD`` (``1957-03-12``, ``20231340``, a range)
 converts or checks these (highdicom makes dates and times Python ones) would refuse the whole result over one of them.
 A valid value is kept exactly as the source wrote it, never reformatted. The source's UIDs are passed on as they are:
 the results must reference the very instances. Reading the source's values is quiet: pydicom's warnings about a
-malformed one would quote it (a birth date, a name) into the log.
+malformed one would quote it (a birth date, a name) into the log. The writers of the results keep their libraries'
+logs clean of these values with :func:`identity_scrubber`.
 """
 
 from __future__ import annotations
 
 import datetime
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
@@ -33,13 +35,16 @@ import pydicom
 from pydicom import config as pydicom_config
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.valuerep import DA, TM, PersonName, validate_value
 
 from medvision.cohort.cohort import Cohort
+from medvision.cohort.identifiers import name_tokens
+from medvision.cohort.logscrub import Scrubber
 from medvision.errors import InputError
 from medvision.io.dicom import _quiet
 
-__all__ = ["IDENTITY_ATTRIBUTES", "pseudonymous_uid", "source_instances"]
+__all__ = ["IDENTITY_ATTRIBUTES", "identity_scrubber", "pseudonymous_uid", "source_instances"]
 
 #: What a result copies from its source in ``original`` mode: the Patient and General Study modules' identifying
 #: attributes and the instance's own UIDs. The attributes of :data:`_PUBLIC_ATTRIBUTES` (not identifying) are copied
@@ -125,6 +130,27 @@ def source_instances(cohort: Cohort, rows: pd.DataFrame, *, original: bool) -> t
             headers[row.relpath] = _header(Path(str(images)) if images else None, row.relpath, cohort.root)
         out[row.image_id] = _identity(headers[row.relpath], row, original)
     return out, pd.DataFrame(skipped, columns=["image_id", "reason"])
+
+
+def identity_scrubber(datasets: Iterable[Dataset]) -> Scrubber:
+    """A :class:`~medvision.cohort.logscrub.Scrubber` of every identity value of ``datasets`` (identities from
+    :func:`source_instances`, or results made from them): IDs, UIDs, dates, numbers, and each person name as
+    :func:`~medvision.cohort.identifiers.name_tokens` spells it (its parts, and the whole name as people write it).
+
+    For :func:`~medvision.cohort.logscrub.scrubbed_output` around building and writing DICOM results: highdicom
+    logs the UID of the instance it copies the patient from and quotes a Patient's Name of one component (``DOE``,
+    valid DICOM) in a warning, and pydicom's messages may quote a value they refuse.
+    """
+    values: list[str] = []
+    for ds in datasets:
+        for keyword in IDENTITY_ATTRIBUTES:
+            value = ds.get(keyword)
+            for one in value if isinstance(value, MultiValue) else [value]:
+                if isinstance(one, PersonName):  # each group (alphabetic, ideographic, phonetic) on its own too
+                    values += [token for group in one.components for token in name_tokens(group)]
+                if one is not None and str(one):
+                    values.append(str(one))
+    return Scrubber(identifiers=values)
 
 
 def _header(images: Path | None, relpath: str, root: Path) -> Dataset:

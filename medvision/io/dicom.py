@@ -52,11 +52,14 @@ _IDENTIFYING = {"identifying": True}
 
 
 def _quiet(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Run a read with pydicom's value validation off.
+    """Run a read, or the building of a DICOM object from what was read, with pydicom's value validation
+    off and pydicom's and highdicom's warnings not shown.
 
     pydicom's validation warnings quote the offending value ("Invalid value for VR DA: '19570312'"),
-    so on real headers they would copy birth dates and names into logs. The reader validates what it
-    needs itself; malformed tags simply read as ``None``.
+    and highdicom's quote a Patient's Name of one component ("The string \"DOE\" is unlikely to
+    represent the intended person name"), so on real headers they would copy birth dates and names into
+    logs. The reader validates what it needs itself; malformed tags simply read as ``None``. (What the
+    libraries log rather than warn is scrubbed by :mod:`medvision.cohort.logscrub`.)
     """
 
     @functools.wraps(fn)
@@ -66,7 +69,7 @@ def _quiet(fn: Callable[..., Any]) -> Callable[..., Any]:
         settings.reading_validation_mode = pydicom_config.IGNORE
         try:
             with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", module=r"pydicom\.")
+                warnings.filterwarnings("ignore", module=r"(pydicom|highdicom)\.")
                 return fn(*args, **kwargs)
         finally:
             settings.reading_validation_mode = before

@@ -13,7 +13,11 @@ the refer/accept decision are qualitative evaluations too. Classes have no stand
 private scheme :data:`SCHEME` (declared in the report's Coding Scheme Identification Sequence).
 
 The identifiers (patient, study, referenced instances) are whatever :func:`medvision.cohort.source_instances`
-chose: pseudonymous unless the caller asked for the originals. This module never reads a source file.
+chose: pseudonymous unless the caller asked for the originals. This module never reads a source file. Each result
+declares the character set its text needs (:func:`declare_character_set`: UTF-8 when any of it is not ASCII), and
+neither highdicom nor pydicom may quote an identity value into the log while a result is built or written: their
+warnings are not shown (:func:`medvision.io.dicom._quiet`) and their log records are scrubbed of the identities'
+values (:func:`~medvision.cohort.source_instances.identity_scrubber`).
 """
 
 from __future__ import annotations
@@ -24,16 +28,20 @@ from pathlib import Path
 
 import highdicom as hd
 import pandas as pd
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 from medvision._atomic import write_all
 from medvision._version import __version__
-from medvision.cohort.source_instances import pseudonymous_uid
+from medvision.cohort.logscrub import scrubbed_output
+from medvision.cohort.source_instances import identity_scrubber, pseudonymous_uid
+from medvision.io.dicom import _quiet
 
-__all__ = ["SCHEME", "ModelIdentity", "study_reports", "write_reports"]
+__all__ = ["SCHEME", "UTF8", "ModelIdentity", "declare_character_set", "study_reports", "write_reports"]
 
 #: The private coding scheme of medvision's concepts (class findings, probabilities, OOD, referral).
 SCHEME = "99MEDVISION"
@@ -44,6 +52,11 @@ _OOD_FLAG = Code("ood-flag", SCHEME, "Out-of-distribution")
 _REFERRAL = Code("referral", SCHEME, "Referral decision")
 _YES, _NO = codes.SCT.Yes, codes.SCT.No
 _REFER, _ACCEPT = Code("refer", SCHEME, "Refer to a human reader"), Code("accept", SCHEME, "Accept")
+#: Specific Character Set (0008,0005) of a result with text beyond ASCII: Unicode in UTF-8 (PS3.3 C.12.1.1.2).
+UTF8 = "ISO_IR 192"
+#: The VRs whose values may hold characters beyond the default repertoire (PS3.5 6.1.2.2, 6.2); the others (CS, DA,
+#: UI, ...) are ASCII by definition.
+_TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UT", "UC", "PN"})
 
 
 @dataclass(frozen=True)
@@ -71,12 +84,48 @@ def study_reports(
     as ``(study_id, dataset)`` in the order of the table."""
     rows = table[table["image_id"].isin(sources.keys())]
     reports = []
-    for number, (study_id, group) in enumerate(rows.groupby("study_id", sort=False), start=1):
-        evidence = [sources[i] for i in dict.fromkeys(group["image_id"])]
-        reports.append((str(study_id), _report(group, evidence, sources, model, number)))
+    with scrubbed_output(identity_scrubber(sources[i] for i in rows["image_id"])):
+        for number, (study_id, group) in enumerate(rows.groupby("study_id", sort=False), start=1):
+            evidence = [sources[i] for i in dict.fromkeys(group["image_id"])]
+            reports.append((str(study_id), _report(group, evidence, sources, model, number)))
     return reports
 
 
+def declare_character_set(ds: Dataset) -> Dataset:
+    """``ds`` (a result, as built) declaring the character set its text needs: ``ISO_IR 192`` (UTF-8) when any text
+    value, in any sequence item, is not ASCII; else none, the default repertoire (PS3.5 6.1.2.1), which every
+    receiver reads. Returns ``ds``.
+
+    Why UTF-8 and not the source's Specific Character Set, which highdicom would copy from the reference dataset
+    (``evidence[0]`` of an SR, ``ref_dataset`` of an SC) if :func:`~medvision.cohort.source_instances` passed it on:
+    what is written is the text pydicom decoded from the source, Unicode, and UTF-8 holds every character of it, so
+    it reads back exactly, whatever the source's set was. The source's own set fails in cases archives have:
+
+    - none declared, with Latin-1 bytes (``Müller``): pydicom reads them as Latin-1, and a result that declares none
+      either would hold the same undeclared bytes;
+    - ISO 2022 code extensions: highdicom refuses the standard's own Japanese value ``\\ISO 2022 IR 87`` (an empty
+      first value, as in PS3.5 Annex H) and a misspelled term (``ISO-IR 100``), which would stop the whole result, and
+      re-encoding each value with escape sequences gains nothing over UTF-8, which needs none;
+    - a result holds text of its own (the model's name, its class names) and a study's images may state different
+      sets, where the first image's set might hold neither.
+
+    ISO_IR 192 is written as the one value, without code extensions, as DICOM requires of it. It is declared only
+    when needed: an ASCII result (every pseudonymous one of a model with an ASCII name and classes) stays in the
+    default repertoire, as before.
+    """
+    if any(_beyond_ascii(element) for element in ds.iterall() if element.VR in _TEXT_VRS):
+        ds.SpecificCharacterSet = UTF8
+    elif "SpecificCharacterSet" in ds:
+        del ds.SpecificCharacterSet
+    return ds
+
+
+def _beyond_ascii(element: DataElement) -> bool:
+    value = element.value
+    return any(v is not None and not str(v).isascii() for v in (value if isinstance(value, MultiValue) else [value]))
+
+
+@_quiet  # highdicom warns with a Patient's Name of one component in the message; pydicom with a value it refuses
 def _report(
     group: pd.DataFrame, evidence: list[Dataset], sources: Mapping[str, Dataset], model: ModelIdentity, number: int
 ) -> Dataset:
@@ -113,7 +162,7 @@ def _report(
     if evidence[0].get("PatientIdentityRemoved") == "YES":  # pseudonymous sources: say so, and how
         sr.PatientIdentityRemoved = "YES"
         sr.DeidentificationMethod = evidence[0].DeidentificationMethod
-    return sr
+    return declare_character_set(sr)
 
 
 def _scheme_item() -> Dataset:
@@ -162,9 +211,10 @@ def write_reports(reports: Sequence[tuple[str, Dataset]], folder: Path, *, priva
     """Each report as ``folder/<study pseudonym>.dcm`` (the file name never holds an identifier); ``private``:
     owner-only files (reports that carry the source's identifiers)."""
     items = [(folder / f"{study_id}.dcm", 4096, _saver(ds)) for study_id, ds in reports]
-    write_all(items, private=private)
+    with scrubbed_output(identity_scrubber(ds for _, ds in reports)):
+        write_all(items, private=private)
     return [path for path, _, _ in items]
 
 
 def _saver(ds: Dataset):
-    return lambda path: ds.save_as(path, enforce_file_format=True)
+    return _quiet(lambda path: ds.save_as(path, enforce_file_format=True))  # pydicom warns with a value it refuses

@@ -19,6 +19,11 @@ The overlay keeps the source's rows and columns (the cache only resizes and pads
 Patient Orientation and laterality when the source states valid ones, and leaves them empty (unknown) otherwise,
 never guessed. Laterality is written as Image Laterality (General Image, per instance), not as the series' Laterality:
 one saliency series holds every image of a study, left and right alike.
+
+As the study's report does, each image declares the character set its text needs
+(:func:`~medvision.serving.dicom_results.declare_character_set`: UTF-8 when any of it, the patient's name included,
+is not ASCII), and while it is built and written highdicom's and pydicom's warnings are not shown and their log
+records are scrubbed of the source's identity values.
 """
 
 from __future__ import annotations
@@ -38,10 +43,13 @@ from medvision._atomic import write_all
 from medvision._version import __version__
 from medvision.classifier import Classifier
 from medvision.cohort.cohort import Cohort
+from medvision.cohort.logscrub import scrubbed_output
+from medvision.cohort.source_instances import identity_scrubber
 from medvision.data.dataset import CohortDataset
 from medvision.evaluation.overlay import COLORMAP, MAX_OPACITY, display_image, overlay
 from medvision.evaluation.saliency import SaliencyMethod, saliency_maps
-from medvision.serving.dicom_results import ModelIdentity
+from medvision.io.dicom import _quiet
+from medvision.serving.dicom_results import ModelIdentity, declare_character_set
 
 __all__ = [
     "METHOD",
@@ -117,9 +125,10 @@ def write_saliency_images(
                 ds.ImageComments += (
                     f" The map is {map_of}'s, on the unaugmented image; the probability is the averaged prediction's."
                 )
-            items.append((folder / f"{row['image_id']}.dcm", picture.nbytes + 8192, _saver(ds)))
-        write_all(items, private=private)
-        paths += [path for path, _, _ in items]
+            items.append((folder / f"{row['image_id']}.dcm", picture.nbytes + 8192, _saver(ds), ds))
+        with scrubbed_output(identity_scrubber(image for *_, image in items)):
+            write_all([(path, size, save) for path, size, save, _ in items], private=private)
+        paths += [path for path, *_ in items]
     return paths
 
 
@@ -149,6 +158,20 @@ def saliency_image(
 ) -> Dataset:
     """The Secondary Capture of one overlay (``picture``, uint8 ``(H, W, 3)``) of the source ``reference`` (its
     identity dataset and the 0-based frame predicted), explaining ``finding`` (the class and its probability)."""
+    with scrubbed_output(identity_scrubber([reference[0]])):
+        return _saliency_image(picture, reference, model, finding, series_uid=series_uid, number=number)
+
+
+@_quiet  # highdicom warns with a Patient's Name of one component in the message; pydicom with a value it refuses
+def _saliency_image(
+    picture: np.ndarray,
+    reference: tuple[Dataset, int],
+    model: ModelIdentity,
+    finding: tuple[str, float],
+    *,
+    series_uid: str,
+    number: int,
+) -> Dataset:
     source, frame = reference
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,  # the patient and study, as source_instances chose them
@@ -189,7 +212,7 @@ def saliency_image(
     if source.get("PatientIdentityRemoved") == "YES" and no_text:
         sc.PatientIdentityRemoved = "YES"
         sc.DeidentificationMethod = source.DeidentificationMethod
-    return sc
+    return declare_character_set(sc)
 
 
 def _orientation(source: Dataset) -> list[str] | None:
@@ -238,4 +261,4 @@ def _source_item(source: Dataset, frame: int) -> Dataset:
 
 
 def _saver(ds: Dataset) -> Callable[[Path], None]:
-    return lambda path: ds.save_as(path, enforce_file_format=True)
+    return _quiet(lambda path: ds.save_as(path, enforce_file_format=True))  # pydicom warns with a value it refuses
