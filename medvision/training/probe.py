@@ -191,7 +191,7 @@ class LogisticProbe:
 
         Why stop early: the held-out loss of an L2 path falls while the penalty removes variance and rises once it
         stops removing bias, and the weakly regularised end is where L-BFGS needs hundreds of iterations (on
-        PneumoniaMNIST embeddings, C >= 1 cost three quarters of the whole path's time, with a minimum at
+        PneumoniaMNIST embeddings, C >= 1 cost about 70% of the whole path's time, with a minimum at
         C = 0.003; ``benchmarks/probe_fit.py``). Walking on past ``patience`` grid points of rising loss buys nothing
         the minimum can use.
         """
