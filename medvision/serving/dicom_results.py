@@ -22,7 +22,7 @@ values (:func:`~medvision.cohort.source_instances.identity_scrubber`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +41,15 @@ from medvision.cohort.logscrub import scrubbed_output
 from medvision.cohort.source_instances import identity_scrubber, pseudonymous_uid
 from medvision.io.dicom import _quiet
 
-__all__ = ["SCHEME", "UTF8", "ModelIdentity", "declare_character_set", "study_reports", "write_reports"]
+__all__ = [
+    "SCHEME",
+    "UTF8",
+    "ModelIdentity",
+    "dataset_saver",
+    "declare_character_set",
+    "study_reports",
+    "write_reports",
+]
 
 #: The private coding scheme of medvision's concepts (class findings, probabilities, OOD, referral).
 SCHEME = "99MEDVISION"
@@ -210,11 +218,13 @@ def _image_group(
 def write_reports(reports: Sequence[tuple[str, Dataset]], folder: Path, *, private: bool = False) -> list[Path]:
     """Each report as ``folder/<study pseudonym>.dcm`` (the file name never holds an identifier); ``private``:
     owner-only files (reports that carry the source's identifiers)."""
-    items = [(folder / f"{study_id}.dcm", 4096, _saver(ds)) for study_id, ds in reports]
+    items = [(folder / f"{study_id}.dcm", 4096, dataset_saver(ds)) for study_id, ds in reports]
     with scrubbed_output(identity_scrubber(ds for _, ds in reports)):
         write_all(items, private=private)
     return [path for path, _, _ in items]
 
 
-def _saver(ds: Dataset):
-    return _quiet(lambda path: ds.save_as(path, enforce_file_format=True))  # pydicom warns with a value it refuses
+def dataset_saver(ds: Dataset) -> Callable[[Path], None]:
+    """What :func:`medvision._atomic.write_all` calls to save ``ds`` as a DICOM file (quiet: pydicom warns with a
+    value it refuses)."""
+    return _quiet(lambda path: ds.save_as(path, enforce_file_format=True))

@@ -28,7 +28,7 @@ records are scrubbed of the source's identity values.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import highdicom as hd
@@ -49,14 +49,13 @@ from medvision.data.dataset import CohortDataset
 from medvision.evaluation.overlay import COLORMAP, MAX_OPACITY, display_image, overlay
 from medvision.evaluation.saliency import SaliencyMethod, saliency_maps
 from medvision.io.dicom import _quiet
-from medvision.serving.dicom_results import ModelIdentity, declare_character_set
+from medvision.serving.dicom_results import ModelIdentity, dataset_saver, declare_character_set
 
 __all__ = [
     "METHOD",
     "NOT_FOR_DIAGNOSIS",
     "SERIES_NUMBER",
     "predicted_classes",
-    "saliency_image",
     "saliency_pictures",
     "write_saliency_images",
 ]
@@ -114,20 +113,23 @@ def write_saliency_images(
     for start in range(0, len(shown), _CHUNK):
         part = slice(start, start + _CHUNK)
         pictures = saliency_pictures(classifier, cohort, manifest.iloc[part], targets[part])
+        chunk = shown.iloc[part].to_dict("records")
         items = []
-        for picture, row, k, number in zip(
-            pictures, shown.iloc[part].to_dict("records"), targets[part], numbers[part], strict=True
-        ):
-            finding = (model.classes[k], float(row[f"p:{model.classes[k]}"]))
-            reference = (sources[row["image_id"]], int(row["frame"]))
-            ds = saliency_image(picture, reference, model, finding, series_uid=series[row["study_id"]], number=number)
-            if map_of:
-                ds.ImageComments += (
-                    f" The map is {map_of}'s, on the unaugmented image; the probability is the averaged prediction's."
+        # building (highdicom logs the source UID it copies from) and writing, scrubbed of the sources' identities
+        with scrubbed_output(identity_scrubber(sources[row["image_id"]] for row in chunk)):
+            for picture, row, k, number in zip(pictures, chunk, targets[part], numbers[part], strict=True):
+                finding = (model.classes[k], float(row[f"p:{model.classes[k]}"]))
+                reference = (sources[row["image_id"]], int(row["frame"]))
+                ds = _saliency_image(
+                    picture, reference, model, finding, series_uid=series[row["study_id"]], number=number
                 )
-            items.append((folder / f"{row['image_id']}.dcm", picture.nbytes + 8192, _saver(ds), ds))
-        with scrubbed_output(identity_scrubber(image for *_, image in items)):
-            write_all([(path, size, save) for path, size, save, _ in items], private=private)
+                if map_of:
+                    ds.ImageComments += (
+                        f" The map is {map_of}'s, on the unaugmented image; the probability is the averaged "
+                        "prediction's."
+                    )
+                items.append((folder / f"{row['image_id']}.dcm", picture.nbytes + 8192, dataset_saver(ds)))
+            write_all(items, private=private)
         paths += [path for path, *_ in items]
     return paths
 
@@ -147,21 +149,6 @@ def saliency_pictures(classifier: Classifier, cohort: Cohort, rows: pd.DataFrame
     return np.stack([overlay(display_image(image.numpy()), heat) for image, heat in zip(images, maps, strict=True)])
 
 
-def saliency_image(
-    picture: np.ndarray,
-    reference: tuple[Dataset, int],
-    model: ModelIdentity,
-    finding: tuple[str, float],
-    *,
-    series_uid: str,
-    number: int,
-) -> Dataset:
-    """The Secondary Capture of one overlay (``picture``, uint8 ``(H, W, 3)``) of the source ``reference`` (its
-    identity dataset and the 0-based frame predicted), explaining ``finding`` (the class and its probability)."""
-    with scrubbed_output(identity_scrubber([reference[0]])):
-        return _saliency_image(picture, reference, model, finding, series_uid=series_uid, number=number)
-
-
 @_quiet  # highdicom warns with a Patient's Name of one component in the message; pydicom with a value it refuses
 def _saliency_image(
     picture: np.ndarray,
@@ -172,6 +159,10 @@ def _saliency_image(
     series_uid: str,
     number: int,
 ) -> Dataset:
+    """The Secondary Capture of one overlay (``picture``, uint8 ``(H, W, 3)``) of the source ``reference`` (its
+    identity dataset and the 0-based frame predicted), explaining ``finding`` (the class and its probability).
+    Build it inside :func:`~medvision.cohort.logscrub.scrubbed_output` of the source's identity: highdicom logs the
+    UID of the instance it copies the patient from."""
     source, frame = reference
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,  # the patient and study, as source_instances chose them
@@ -258,7 +249,3 @@ def _source_item(source: Dataset, frame: int) -> Dataset:
         item.ReferencedFrameNumber = frame + 1
     item.PurposeOfReferenceCodeSequence = [hd.sr.CodedConcept(*codes.DCM.SourceImageForImageProcessingOperation)]
     return item
-
-
-def _saver(ds: Dataset) -> Callable[[Path], None]:
-    return _quiet(lambda path: ds.save_as(path, enforce_file_format=True))  # pydicom warns with a value it refuses
