@@ -287,22 +287,41 @@ def test_postgresql_asks_every_connection_for_a_password_and_another_account_rea
         assert read.returncode != 0 and "Permission denied" in read.stderr, (target, read.stdout)
 
 
-def _sessions(*pids: int) -> set[int]:
-    return {int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[3]) for pid in pids}
-
-
-def _alive_in(sessions: set[int]) -> list[str]:
-    """Live (not zombie) processes whose session is one of ``sessions``: "pid name"."""
-    alive = []
+def _processes() -> dict[int, tuple[int, int, str]]:
+    """Every live (not zombie) process: pid -> (parent pid, session, name)."""
+    found = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             text = stat.read_text()
         except OSError:
             continue  # it ended while we looked
         name, rest = text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :].split()
-        if rest[0] != "Z" and int(rest[3]) in sessions:
-            alive.append(f"{stat.parent.name} {name}")
-    return alive
+        if rest[0] != "Z":
+            found[int(stat.parent.name)] = (int(rest[1]), int(rest[3]), name)
+    return found
+
+
+def _family(*pids: int) -> dict[int, str]:
+    """The live processes in the sessions of ``pids``, and all their descendants: pid -> name.
+
+    Sessions alone are not enough: every PostgreSQL child process calls ``setsid()`` (so the postmaster can signal
+    its group), so checkpointer, background writer and the rest each sit in a session of their own, under the
+    postmaster as parent."""
+    procs = _processes()
+    sessions = {procs[pid][1] for pid in pids if pid in procs}
+    family = {pid for pid, (_, session, _) in procs.items() if session in sessions}
+    grown = True
+    while grown:
+        children = {pid for pid, (parent, _, _) in procs.items() if parent in family} - family
+        family |= children
+        grown = bool(children)
+    return {pid: procs[pid][2] for pid in sorted(family)}
+
+
+def _alive_in(sessions: set[int]) -> list[str]:
+    """Live processes whose session is one of ``sessions`` (a process orphaned by its parent's end keeps its
+    session, so this still finds it): "pid name"."""
+    return [f"{pid} {name}" for pid, (_, session, name) in _processes().items() if session in sessions]
 
 
 def _mlflow_pid(folder: Path) -> int | None:
@@ -344,9 +363,11 @@ def _sigterm_at(moment: str, cmd: list[str], env: dict[str, str], folder: Path, 
         else:
             _wait_for(lambda: "team server at" in out.read_text())
         ml = _mlflow_pid(folder)
-        sessions = _sessions(proc.pid, _postmaster_ready(postmaster), *([ml] if ml else []))
-        # the supervisor and PostgreSQL's processes; once running, MLflow's too
-        assert len(_alive_in(sessions)) >= (3 if moment == "starting" else 6), _alive_in(sessions)
+        family = _family(proc.pid, _postmaster_ready(postmaster), *([ml] if ml else []))
+        # the supervisor, the postmaster and its children (checkpointer, writers, launchers); once running, MLflow's
+        assert len(family) >= (4 if moment == "starting" else 8), family
+        live = _processes()
+        sessions = {live[pid][1] for pid in family if pid in live}  # each PostgreSQL child's own session too
     finally:
         proc.send_signal(signal.SIGTERM)  # the signal under test (and the cleanup should an assertion fail)
     assert proc.wait(timeout=120) == 0, out.read_text()[-2000:]
