@@ -8,6 +8,7 @@ packages; a machine without them fails the test with one line saying so (``servi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -26,9 +27,16 @@ CALLING_AET = "MEDVISION"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports: every socket stays bound until all are chosen, so none is handed out twice."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
 
 
 @dataclass
@@ -73,7 +81,7 @@ def start_orthanc(folder: Path, user: str, password: str) -> Orthanc:
     """Start Orthanc with storage under ``folder``; returns when its REST API answers."""
     need("orthanc")  # one line naming the packages and `make install` when they are missing
     folder.mkdir(parents=True, exist_ok=True)
-    http_port, dicom_port = free_port(), free_port()
+    http_port, dicom_port, scu_port = free_ports(3)
     config = {
         "Name": "medvision-test",
         "StorageDirectory": str(folder / "db"),
@@ -86,7 +94,7 @@ def start_orthanc(folder: Path, user: str, password: str) -> Orthanc:
         "RegisteredUsers": {user: password},
         "Plugins": [str(DICOMWEB_PLUGIN)],
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-        "DicomModalities": {"medvision": [CALLING_AET, "127.0.0.1", free_port()]},
+        "DicomModalities": {"medvision": [CALLING_AET, "127.0.0.1", scu_port]},
         "DicomCheckModalityHost": True,
         "DicomCheckCalledAet": True,
         "DicomAlwaysAllowEcho": False,

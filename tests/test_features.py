@@ -214,7 +214,8 @@ def test_two_processes_embedding_one_cohort_at_once_get_identical_uncorrupted_fe
     for p, (_, err) in zip(procs, results):
         assert p.returncode == 0, err[-3000:]
     computed = [int(out.split()[-1]) for out, _ in results]
-    assert computed == [b - a for a, b in halves]  # both embedded at once: each found the store empty
+    # Both usually find the store empty; one starved past the other's whole pass finds the shared third stored.
+    assert all(0 < c <= b - a for c, (a, b) in zip(computed, halves)) and sum(computed) >= n, computed
     first, second = np.load(tmp_path / "out0.npy"), np.load(tmp_path / "out1.npy")
     np.testing.assert_array_equal(first[n // 3 :], second[: 2 * n // 3 - n // 3])  # the shared third agrees
 

@@ -29,6 +29,7 @@ from medvision.ssl import (
     build_pretrain_module,
     pretrain,
 )
+from medvision.tracking.store import using_tracking_uri
 
 
 @pytest.fixture(autouse=True)
@@ -97,8 +98,8 @@ def test_pretrain_raises_knn_accuracy_and_logs_a_backbone_finetune_can_load(derm
     result = pretrain(cfg)
 
     # the logged backbone is the kept (best kNN) epoch's, loadable as a fine-tuning weight source
-    mlflow.set_tracking_uri(cfg.tracking.tracking_uri)
-    loaded = create_backbone("resnet-tiny", weights=result.backbone_uri, in_chans=3)
+    with using_tracking_uri(cfg.tracking.tracking_uri):  # put back afterwards: later tests keep their stores
+        loaded = create_backbone("resnet-tiny", weights=result.backbone_uri, in_chans=3)
     kept = build_pretrain_module(cfg, in_chans=3)
     kept.load_state_dict(torch.load(result.best_checkpoint, map_location="cpu", weights_only=False)["state_dict"])
     x = torch.rand(5, 3, 32, 32)

@@ -55,7 +55,7 @@ def _team_folder() -> Path:
 def team():
     need("postgresql")
     folder = _team_folder()
-    server = start_team_server(folder / "server", admin_password=ADMIN_PW, workers=2)
+    server = start_team_server(folder / "server", admin_password=ADMIN_PW, workers=2, timeout=300)
     try:
         for name, pw in USERS.items():
             add_user(server.url, server.admin_user, ADMIN_PW, name, pw)
@@ -371,7 +371,14 @@ def _sigterm_at(moment: str, cmd: list[str], env: dict[str, str], folder: Path, 
     finally:
         proc.send_signal(signal.SIGTERM)  # the signal under test (and the cleanup should an assertion fail)
     assert proc.wait(timeout=120) == 0, out.read_text()[-2000:]
-    assert _alive_in(sessions) == [], out.read_text()[-2000:]
+    # stop() waits for MLflow's leader and pg_ctl for the pid file, not for every child (a multiprocessing
+    # resource tracker, the postmaster's last moments): gone within seconds, or orphaned
+    left = _alive_in(sessions)
+    deadline = time.monotonic() + 30
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = _alive_in(sessions)
+    assert left == [], (left, out.read_text()[-2000:])
     assert not postmaster.exists()  # PostgreSQL shut down cleanly (fast mode), not killed
 
 
