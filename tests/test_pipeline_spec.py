@@ -278,3 +278,28 @@ def test_check_validates_the_values_of_a_synthetic_cohorts_overrides(tmp_path, o
         "preprocess": {"size": 48},
     }
     assert load_pipeline(_write(tmp_path, data))  # good values pass: the stand-in spec's own keys are never blamed
+
+
+def test_a_value_only_a_generated_cohort_can_refute_fails_right_after_it_is_built(tmp_path, monkeypatch):
+    """A synthetic cohort has no labels before it runs, so `--check` defers its classes to the build. The study is
+    checked again once the cohort exists: a misspelt positive_class stops the run before any training stage (it
+    used to fail at the evaluate stage, after every model had trained, as "a bug in medvision")."""
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    data = _base()
+    data["stages"]["evaluate"]["positive_class"] = "melanomma"
+    pipeline = _write(tmp_path, data)
+    checked = CliRunner().invoke(app, ["run", str(pipeline), "--check"])
+    assert checked.exit_code == 0 and "checked when its cohort is built" in checked.output, checked.output
+
+    result = CliRunner().invoke(app, ["run", str(pipeline), "--set", "params.patients=44", "--set", "params.size=32"])
+    assert result.exit_code == 2, result.output
+    assert f"{pipeline}: stages.evaluate" in result.output
+    assert "positive_class: class 'melanomma' does not exist" in result.output and "'melanoma'" in result.output
+    assert "a bug in medvision" not in result.output
+    runs = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_runs(
+        [e.experiment_id for e in MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_experiments()]
+    )
+    stages = {r.data.tags.get("medvision.stage") for r in runs}
+    assert "cohort" in stages and not stages & {"micle", "hod", "transfer", "pretrain", "finetune"}, stages

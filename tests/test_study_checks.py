@@ -8,14 +8,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import typer
 from PIL import Image
 from typer.testing import CliRunner
 
 from medvision.cli import app
+from medvision.cli._errors import run_guarded
 from medvision.cohort.build import build_cohort
 from medvision.cohort.cohort import open_cohort
 from medvision.cohort.named_values import facts_from_card
 from medvision.cohort.spec import BUILTIN_COLUMNS, SpecError, spec_from_folder
+from medvision.errors import InputError
 
 LABELS = ["nev", "mel", "df", "akiec"]
 SITES = ["vienna_dias", "rosario"]
@@ -185,9 +188,15 @@ def test_evaluation_refuses_unknown_subgroups_and_classes_before_predicting(synt
     request = EvaluationRequest(
         cohort_dir=synth_cxr_cohort, models=[{"run_id": "never-looked-up"}], subgroups=["agegroup", "skin"]
     )
-    with pytest.raises(ValueError, match=r"(?s)subgroup attribute 'agegroup'.*'age_band'.*Existing: age_band, sex"):
+    with pytest.raises(InputError, match=r"(?s)subgroup attribute 'agegroup'.*'age_band'.*Existing: age_band, sex"):
         evaluate_models(request, tmp_path / "eval")
     assert not (tmp_path / "eval" / "metrics.json").exists()
+    # the user's to fix: the command line ends with exit code 2 and the whole message, not "a bug in medvision"
+    with pytest.raises(typer.Exit) as ended:
+        run_guarded(lambda: evaluate_models(request, tmp_path / "eval"))
+    assert ended.value.exit_code == 2
+    with pytest.raises(InputError, match=r"label fraction 0.05 was not declared.*splits.label_fractions"):
+        open_cohort(synth_cxr_cohort).rows("train", label_fraction=0.05)
     facts = facts_from_card(open_cohort(synth_cxr_cohort).card)
     with pytest.raises(ValueError, match=r"positive_class: class 'Pneumonia'"):
         EvaluationSettings(positive_class="Pneumonia").check_against(facts)

@@ -29,6 +29,6 @@ def run_command(
             for note in check_study(spec, str(pipeline)):
                 typer.echo(f"  {note}")
             return
-        print_summary(run_pipeline(spec, echo=typer.echo))
+        print_summary(run_pipeline(spec, echo=typer.echo, source=str(pipeline)))
 
     run_guarded(body)

@@ -70,7 +70,7 @@ class Cohort:
         if label_fraction is not None and label_fraction < 1.0:
             declared = self.card.label_fractions
             if not any(abs(label_fraction - f) < 1e-9 for f in declared):
-                raise ValueError(
+                raise InputError(
                     f"label fraction {label_fraction} was not declared for cohort "
                     f"{self.card.name}; declared: {declared} (splits.label_fractions)"
                 )

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from medvision.cohort.spec import SPLITS
 from medvision.config import StrictModel, did_you_mean
+from medvision.errors import InputError
 
 if TYPE_CHECKING:
     from medvision.cohort.named_values import CohortFacts
@@ -246,7 +247,7 @@ class EvaluationSettings(StrictModel):
             what = "held-out condition" if self.outlier_sets == ["condition_ood"] else "label value"
             problems += unknown_values(what, "risk", list(self.risk), screened, facts.source)
         if problems:
-            raise ValueError("evaluation settings name values the cohort does not have:\n" + "\n".join(problems))
+            raise InputError("evaluation settings name values the cohort does not have:\n" + "\n".join(problems))
 
     @model_validator(mode="after")
     def _known_risk_levels(self) -> EvaluationSettings:

@@ -23,11 +23,14 @@ from typing import Any
 import pandas as pd
 
 from medvision._version import code_version
+from medvision.cohort.card import CohortCard
+from medvision.cohort.cohort import open_cohort
 from medvision.engine.config import TrackingConfig, resolve_tracking_uri
 from medvision.errors import MedvisionError
 from medvision.pipeline import executors
 from medvision.pipeline.kinds import StageContext, StageOutput, stage_kind
 from medvision.pipeline.spec import PipelineSpec
+from medvision.pipeline.study import check_study
 from medvision.pipeline.tracker import Tracker
 from medvision.plugins import load_all
 from medvision.tracking.uri import redact_uri
@@ -114,12 +117,16 @@ class PipelineResult:
         return self.files[-1][1] if self.files else None
 
 
-def run_pipeline(spec: PipelineSpec, *, echo: Callable[[str], None] = print) -> PipelineResult:
+def run_pipeline(
+    spec: PipelineSpec, *, echo: Callable[[str], None] = print, source: str | None = None
+) -> PipelineResult:
     """Run every stage of ``spec`` in order (reusing finished identical stages); return the outputs.
 
     A failing stage marks its run and the parent run FAILED and re-raises; the stages that finished
     before it are kept and are reused by the next attempt. SIGTERM stops the running stage and raises
-    :class:`PipelineInterrupted` (the parent run is marked KILLED).
+    :class:`PipelineInterrupted` (the parent run is marked KILLED). After each cohort stage the study is checked
+    again against the cohort it built (``source``, the pipeline file, starts those errors), so a value only the
+    built cohort can refute stops the run before its training stages.
     """
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -135,6 +142,7 @@ def run_pipeline(spec: PipelineSpec, *, echo: Callable[[str], None] = print) -> 
         f"experiment {spec.tracking.experiment}"
     )
     ok, killed = False, False
+    built: dict[str, CohortCard] = {}
     try:
         with _sigterm_raises() as received:
             for stage_id, stage in spec.stages.items():
@@ -160,6 +168,9 @@ def run_pipeline(spec: PipelineSpec, *, echo: Callable[[str], None] = print) -> 
                     killed = True
                     raise PipelineInterrupted(stage_id, stage.kind, received[0]) from None
                 result.outputs[stage_id] = output
+                if stage.kind == "cohort" and output.cohort_dir is not None:
+                    built[stage_id] = open_cohort(output.cohort_dir).card
+                    check_study(spec, source or f"pipeline {spec.name}", built)
                 for row in rows:
                     row.setdefault("seconds", round(time.perf_counter() - started, 1))
                     result.rows.append({"stage": stage_id, "kind": stage.kind, **row})

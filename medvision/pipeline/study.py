@@ -6,10 +6,15 @@ cohort stage assembles and validates the spec it will build and reads its labels
 checks its label fractions against its cohort's, and its head against the cohort's unit (a series-level
 cohort needs a head that reads bags); an evaluate stage checks the classes, conditions and subgroup
 attributes it names against the cohort's. What one kind learns for the next travels in :class:`Study`.
+
+A cohort the pipeline generates (``synth``, ``medmnist``) has no labels to read before it runs, so
+:func:`~medvision.pipeline.run.run_pipeline` checks the study again after each cohort stage, with the built
+cohort's card: a misspelt ``positive_class`` then fails before the first training stage, not after the last.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -17,6 +22,7 @@ from medvision.cohort.named_values import CohortFacts
 from medvision.pipeline.kinds import stage_kind
 
 if TYPE_CHECKING:
+    from medvision.cohort.card import CohortCard
     from medvision.pipeline.spec import PipelineSpec
 
 __all__ = ["Study", "check_study"]
@@ -34,6 +40,7 @@ class Study:
         fractions: cohort stage → the label fractions it declares, when known now.
         units: cohort stage → what one case of it is (``image``, ``series``, ``study``, ``patient``), when known
             now; a fine-tune on a case cohort needs a head that reads bags.
+        built: cohort stage → the card of the cohort it has built in this run (what it holds, not a guess).
     """
 
     spec: PipelineSpec
@@ -42,15 +49,16 @@ class Study:
     facts: dict[str, CohortFacts | None] = field(default_factory=dict)
     fractions: dict[str, list[float]] = field(default_factory=dict)
     units: dict[str, str] = field(default_factory=dict)
+    built: dict[str, CohortCard] = field(default_factory=dict)
 
 
-def check_study(spec: PipelineSpec, source: str) -> list[str]:
-    """Check every stage against the data; return notes saying what was checked for each.
+def check_study(spec: PipelineSpec, source: str, built: Mapping[str, CohortCard] | None = None) -> list[str]:
+    """Check every stage against the data (``built``: the cohorts built so far); return what was checked.
 
     Raises:
         ConfigError: naming the stage, the key, the value, what exists and the closest spelling.
     """
-    study = Study(spec, source)
+    study = Study(spec, source, built=dict(built or {}))
     notes: list[str] = []
     for stage_id, stage in spec.stages.items():
         notes += stage_kind(stage.kind).check(stage_id, stage, study)

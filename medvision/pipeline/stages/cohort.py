@@ -22,7 +22,7 @@ from pydantic import Field, ValidationError
 from medvision._atomic import atomic_write_text
 from medvision.cohort.build import build_cohort
 from medvision.cohort.labels import check_label_keys
-from medvision.cohort.named_values import CohortFacts, check_named_values, facts_from_labels
+from medvision.cohort.named_values import CohortFacts, check_named_values, facts_from_card, facts_from_labels
 from medvision.cohort.spec import CohortSpec, FolderOptions, SpecError, load_spec, spec_from_folder
 from medvision.config import ConfigError, StrictModel, explain_validation_error
 from medvision.pipeline.executors import record_output, reused_output
@@ -166,6 +166,12 @@ class CohortKind(StageKind[CohortStage]):
         """Validate the spec this stage will build; record its label fractions and (readable) facts for the
         stages that read it."""
         study.cohort_of[stage_id] = stage_id
+        card = study.built.get(stage_id)
+        if card is not None:  # built in this run: its card says what it holds
+            study.facts[stage_id] = facts_from_card(card)
+            study.fractions[stage_id] = list(card.label_fractions)
+            study.units[stage_id] = card.unit
+            return [f"{stage_id}: built ({card.images} images); named values checked against its card"]
         where = f"{study.source}: stages.{stage_id}"
         unit = _known_unit(stage)
         if unit is not None:
