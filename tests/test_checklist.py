@@ -143,3 +143,12 @@ def test_checklists_answer_from_the_records_cite_them_and_leave_the_rest_todo(ev
     # logged beside the report in the evaluated run
     logged = {a.path for a in MlflowClient(uri).list_artifacts(run_id, "report")}
     assert {"report/report.html", "report/tripod-ai.md", "report/claim.html", "report/model-card.md"} <= logged
+
+
+def test_a_misspelt_checklist_fails_before_the_report_is_written(tmp_path):
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "metrics.json").write_text("{}")  # never read: the option is checked first
+    out = tmp_path / "r" / "report.html"
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "eval"), "--out", str(out), "--checklist", "tripodai"])
+    assert result.exit_code == 2 and "--checklist 'tripodai' is not one of" in result.output, result.output
+    assert not out.exists() and "report:" not in result.output

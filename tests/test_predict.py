@@ -179,6 +179,29 @@ def test_a_bag_model_is_refused_naming_the_command_that_reads_cases(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_folder_named_by_a_patient_id_is_refused_with_a_fix_predict_offers(tmp_path):
+    """The cohort build's advice (`--no-record-paths`) is not an option of predict, whose DICOM results find their
+    sources by path: predict says to rename, and quotes the path redacted."""
+    from medvision.cohort.recipe import PreprocessRecipe
+    from medvision.heads import create_head
+    from medvision.models import create_backbone
+    from medvision.training import Classifier
+    from tests.dicom_factory import dicom_image, write
+
+    backbone = create_backbone("resnet-tiny", "none", in_chans=1)
+    clf = Classifier(backbone, create_head("linear", backbone.num_features, 2), ["a", "b"])
+    recipe = PreprocessRecipe(size=32, channels=1, fit="pad", storage="uint8")
+    save_classifier(clf, tmp_path / "clf", input_shape=(1, 32, 32), preprocessing=recipe)
+    pid = "PLANTID0XYZ"
+    (tmp_path / "images" / pid).mkdir(parents=True)
+    write(dicom_image(np.zeros((16, 16), np.uint8), PatientID=pid), tmp_path / "images" / pid / "case0.dcm")
+    args = [str(tmp_path / "clf"), "--images", str(tmp_path / "images"), "--out", str(tmp_path / "o")]
+    code, output = _predict(args, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert code == 2, output
+    assert "<patient>/case0.dcm" in output and "rename those folders or files" in output, output
+    assert "--no-record-paths" not in output and pid not in output
+
+
 @pytest.mark.slow
 def test_predict_with_the_evaluation_applies_its_operating_point_conformal_sets_and_referral(
     evaluated_hod_run, synth_cxr_cohort, tmp_path

@@ -214,9 +214,12 @@ def report_command(
 
     def body() -> None:
         from medvision.report.build import report_from_evaluation
+        from medvision.report.checklist import load_checklist_spec
 
         if not (evaluation / "metrics.json").exists():
             raise InputError(f"{evaluation} holds no metrics.json; run `medvision evaluate RUN --out {evaluation}`")
+        for name in checklist or []:
+            load_checklist_spec(name)  # a misspelt name fails before the report is written
         path = report_from_evaluation(evaluation, out, title=title)
         typer.echo(f"report: {path.resolve()}")
         if checklist:
@@ -229,11 +232,9 @@ def _checklists(evaluation: Path, report: Path, names: list[str], tracking_uri: 
     """Write each checklist beside the report; log them and the report to the evaluation's runs when they exist."""
     from medvision.engine.config import TrackingConfig, resolve_tracking_uri
     from medvision.report.build import evaluation_key
-    from medvision.report.checklist import fill_checklist, load_checklist_spec, records_of, write_checklist
+    from medvision.report.checklist import fill_checklist, records_of, write_checklist
     from medvision.tracking.uri import redact_uri
 
-    for name in names:
-        load_checklist_spec(name)  # an unknown name fails before anything is read
     uri = resolve_tracking_uri(TrackingConfig(tracking_uri=tracking_uri))
     records = records_of(evaluation, uri)
     written = []

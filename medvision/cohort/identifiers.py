@@ -27,6 +27,7 @@ from medvision.errors import MedvisionError
 
 __all__ = [
     "CohortBuildError",
+    "IdentifyingPathsError",
     "TokenSet",
     "check_copied_values",
     "check_paths",
@@ -47,6 +48,15 @@ _EXAMPLES = 5
 
 class CohortBuildError(MedvisionError, RuntimeError):
     """The cohort cannot be built as specified; the message says what to change."""
+
+
+class IdentifyingPathsError(CohortBuildError):
+    """Image paths spell a patient identifier; ``offending`` holds them redacted, so a caller that cannot offer
+    ``record_paths: false`` (``predict``, whose DICOM results find their sources by path) can give its own fix."""
+
+    def __init__(self, message: str, offending: str) -> None:
+        super().__init__(message)
+        self.offending = offending
 
 
 class TokenSet:
@@ -177,12 +187,15 @@ def check_paths(rows: pd.DataFrame, spec: CohortSpec, root: str | None = None) -
     if offending:
         shown = "; ".join(offending[:_EXAMPLES])
         more = f" and {len(offending) - _EXAMPLES} more" if len(offending) > _EXAMPLES else ""
-        raise CohortBuildError(
+        found = (
             f"{len(offending)} image path(s) contain a patient identifier (PatientID, PatientName, AccessionNumber "
-            f"or the labels CSV's patient column) in a folder or file name: {shown}{more}. The manifest and card "
-            "record paths, so they would carry them. Set `record_paths: false` in the cohort spec "
-            "(`--no-record-paths` on the command line; paths are then kept out of every output), or rename the "
-            "folders."
+            f"or the labels CSV's patient column) in a folder or file name: {shown}{more}"
+        )
+        raise IdentifyingPathsError(
+            f"{found}. The manifest and card record paths, so they would carry them. Set `record_paths: false` in "
+            "the cohort spec (`medvision cohort build --no-record-paths`; paths are then kept out of every output), "
+            "or rename the folders.",
+            found,
         )
 
 

@@ -37,6 +37,7 @@ from medvision._atomic import write_all
 from medvision.classifier import Classifier, ClassifierCard
 from medvision.cohort.build import build_cohort
 from medvision.cohort.cohort import Cohort, open_cohort
+from medvision.cohort.identifiers import IdentifyingPathsError
 from medvision.cohort.progress import counting
 from medvision.cohort.recipe import PreprocessRecipe
 from medvision.cohort.source_instances import source_instances
@@ -332,7 +333,13 @@ def _label_free_cohort(
     """The build of ``images`` with no labels into ``out/cohort`` (a re-run decodes only new files)."""
     if not images.is_dir():
         raise InputError(f"--images {images} is not a folder; give the folder of DICOM files or photos to predict")
-    build_cohort(label_free_spec(images, recipe, workers=workers), out / "cohort")
+    try:
+        build_cohort(label_free_spec(images, recipe, workers=workers), out / "cohort")
+    except IdentifyingPathsError as e:  # predict records every path: its results find their sources by them
+        raise InputError(
+            f"--images {images}: {e.offending}. predict records each image's path (its DICOM results reference the "
+            "source files by it), so rename those folders or files so that no path holds a patient identifier"
+        ) from None
     built = open_cohort(out / "cohort")
     return built, pd.read_csv(out / "cohort" / "quarantine.csv")
 
