@@ -71,8 +71,9 @@ def test_a_run_a_registered_version_an_alias_and_a_folder_load_the_same_classifi
             outputs.append(clf(x).probs)
     for out in outputs[1:]:
         torch.testing.assert_close(out, outputs[0])
-    with pytest.raises(FileNotFoundError, match="holds no classifier"):
+    with pytest.raises(FileNotFoundError, match="holds no classifier") as missing:
         load_run_classifier("models:/lesions/7", tracking_uri=uri)
+    assert f"in MLflow store {uri}" in str(missing.value) and "--tracking-uri" in str(missing.value)  # where it looked
 
 
 def test_a_run_and_a_registered_version_of_it_are_one_model_not_an_ensemble_of_two(tmp_path):

@@ -30,6 +30,7 @@ from medvision.models import save_backbone
 from medvision.tracking import served_model
 from medvision.tracking.model_ref import ModelRef
 from medvision.tracking.served_model import ClassifierModel
+from medvision.tracking.uri import redact_uri
 
 __all__ = ["ClassifierModel", "load_run_classifier", "log_classifier", "pip_requirements"]
 
@@ -168,9 +169,11 @@ def load_run_classifier(
                 )
                 local = str(_classifier_folder(Path(downloaded)))
         except (MlflowException, OSError) as e:
+            store = redact_uri(tracking_uri or mlflow.get_tracking_uri())
             raise FileNotFoundError(
-                f"{ref} holds no classifier ({e}); give a finished fine-tuning run (runs:/RUN_ID) or a registered "
-                "version of one"
+                f"{ref} holds no classifier in MLflow store {store} ({e}); give a finished fine-tuning run "
+                "(runs:/RUN_ID) or a registered version of one, and --tracking-uri (or $MLFLOW_TRACKING_URI) when "
+                "it is in another store"
             ) from None
         return load_classifier(local)
 
