@@ -250,3 +250,19 @@ def test_a_build_shows_counts_on_a_terminal_and_nothing_in_a_log(source, tmp_pat
     )
     assert piped.returncode == 0
     assert "indexing" not in piped.stderr and "decoding" not in piped.stderr
+
+
+def test_a_class_with_no_training_image_is_a_warning_on_the_card(tmp_path, caplog):
+    """80 synthetic patients, seed 0: the patient-level split puts every image of the training outlier condition
+    'vascular' in test and the held-out site, so the model could never learn to abstain with it."""
+    import logging
+
+    from medvision.sources.synth import synthesize
+
+    spec = synthesize(tmp_path / "derm", "derm", patients=80, seed=0)
+    with caplog.at_level(logging.WARNING, logger="medvision.cohort"):
+        card = build_cohort(spec, tmp_path / "out")
+    assert "vascular" in card.outlier_conditions
+    said = [w for w in card.warnings if w.startswith("class 'vascular' has no training image")]
+    assert len(said) == 1 and "in test" in said[0] and "cannot learn it" in caplog.text, card.warnings
+    assert not [w for w in card.warnings if w.startswith("class 'melanoma'")]  # the classes it trains on: no word

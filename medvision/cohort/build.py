@@ -77,6 +77,7 @@ def build_cohort(spec: CohortSpec | str | Path, out: str | Path, *, new_key: boo
     if "images_without_label" in label_stats:  # each instance once, however many copies of it were found
         label_stats["images_without_label"] = int(labelled.loc[~labelled["relpath"].isin(copies), "label"].isna().sum())
     manifest, classes = _manifest(rows, spec, pseudo)
+    warnings_ += _untrained_class_warnings(manifest, classes)
     quarantine = _quarantine_frame(rejected, entries, spec, scrubber)
     _check_every_file_accounted(entries, rows, quarantine, spec)
 
@@ -468,6 +469,27 @@ def _no_images(root: Path, entries: list[str], rejected: list[Rejected]) -> str:
     common = pd.Series([r.reason for r in rejected]).value_counts()
     why = f"; most common reason: {common.index[0]} ({int(common.iloc[0])} files)" if len(common) else ""
     return f"no images found under {root} ({len(entries)} other file(s){why}; supported: {supported})"
+
+
+def _untrained_class_warnings(manifest: pd.DataFrame, classes: list[str]) -> list[str]:
+    """A class (an abstention class too) with no training image is an output the model never learns to give: a
+    small cohort's patient-level split can put all of a rare class's patients in test. Said on the card, with where
+    its images went, rather than found in the report. Multi-label cohorts' ``label`` joins the positive names (not
+    a class), so they are not checked here."""
+    if any(c.startswith("label__") for c in manifest.columns):
+        return []
+    train = manifest.loc[manifest["split"] == "train", "label"].value_counts()
+    texts = []
+    for name in classes:
+        if train.get(name, 0) == 0:
+            where = manifest.loc[manifest["label"] == name, "split"].value_counts()
+            went = ", ".join(f"{int(n)} in {split}" for split, n in where.items())
+            texts.append(
+                f"class {name!r} has no training image ({went}): the model cannot learn it. Add patients of it, "
+                "change splits.seed or the split fractions, or leave it out (splits.heldout_conditions)."
+            )
+            log.warning(texts[-1])
+    return texts
 
 
 def _kind_warnings(indexed: list[IndexedFile], spec: CohortSpec) -> list[str]:
