@@ -89,5 +89,14 @@ def macro_auroc(
     else:
         onehot = y.astype(bool) if multilabel else y[:, None] == np.arange(k)
         per_class = [batched_auroc(onehot[:, c], p[:, c], w) for c in present_classes(y, k, multilabel)]
-        out = np.nanmean(np.stack(per_class), axis=0) if per_class else np.full(len(w), np.nan)
+        out = _mean_of_defined(np.stack(per_class)) if per_class else np.full(len(w), np.nan)
     return float(out[0]) if weights is None else out
+
+
+def _mean_of_defined(values: np.ndarray) -> np.ndarray:
+    """The column means over the classes whose AUROC is defined; NaN where none is (a bootstrap resample that
+    holds one outcome only). ``np.nanmean`` gives the same numbers but warns on every such resample."""
+    defined = ~np.isnan(values)
+    count = defined.sum(axis=0)
+    total = np.where(defined, values, 0.0).sum(axis=0)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
