@@ -303,3 +303,14 @@ def test_a_value_only_a_generated_cohort_can_refute_fails_right_after_it_is_buil
     )
     stages = {r.data.tags.get("medvision.stage") for r in runs}
     assert "cohort" in stages and not stages & {"micle", "hod", "transfer", "pretrain", "finetune"}, stages
+
+
+def test_a_stage_config_error_at_run_time_names_the_key_as_the_pipeline_sets_it(tmp_path, monkeypatch):
+    """The pretraining pool check names `data.batch_size`, the stage config's key; from `run` the key to set is
+    `stages.micle.config.data.batch_size`, and the message says so."""
+    monkeypatch.chdir(tmp_path)
+    pipeline = _write(tmp_path, _base())
+    result = CliRunner().invoke(app, ["run", str(pipeline), "--set", "params.patients=44", "--set", "params.size=32"])
+    assert result.exit_code == 2, result.output
+    assert "fewer than one global batch" in result.output
+    assert "--set stages.micle.config.KEY=VALUE" in result.output and "a bug in medvision" not in result.output

@@ -48,7 +48,7 @@ def run_guarded(fn: Callable[[], T]) -> T:
     except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
         raise  # the command's own exit, or typer's usage errors
     except MedvisionError as e:
-        _fail(str(e), e.exit_code)
+        _fail(" ".join([str(e), *getattr(e, "__notes__", [])]), e.exit_code)
     except (FileNotFoundError, FileExistsError) as e:  # a path the user named: the message says which
         _fail(str(e), 2)
     except Exception as e:  # noqa: BLE001 - whatever is left is medvision's bug, and is reported as one

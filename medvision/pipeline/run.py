@@ -26,7 +26,7 @@ from medvision._version import code_version
 from medvision.cohort.card import CohortCard
 from medvision.cohort.cohort import open_cohort
 from medvision.engine.config import TrackingConfig, resolve_tracking_uri
-from medvision.errors import MedvisionError
+from medvision.errors import InputError, MedvisionError
 from medvision.pipeline import executors
 from medvision.pipeline.kinds import StageContext, StageOutput, stage_kind
 from medvision.pipeline.spec import PipelineSpec
@@ -162,6 +162,9 @@ def run_pipeline(
                 )
                 try:
                     output, rows = executors.execute(ctx)
+                except InputError as e:
+                    _say_in_pipeline_terms(e, stage_id, stage)
+                    raise
                 except (_Terminated, SystemExit):  # SystemExit: Lightning's SIGTERMException
                     if not received:
                         raise
@@ -178,3 +181,14 @@ def run_pipeline(
     finally:
         tracker.end(tracker.parent_run_id, ok, killed=killed)
     return result
+
+
+def _say_in_pipeline_terms(error: InputError, stage_id: str, stage: Any) -> None:
+    """A stage's config error names its keys as the stage's own config does (``data.batch_size``); inside a
+    pipeline the key a user can set is ``stages.ID.config.data.batch_size``, so a note says so (the error keeps
+    its type for library callers; the command line prints notes after the message)."""
+    if getattr(stage, "config", None) is not None and f"stages.{stage_id}" not in str(error):
+        error.add_note(
+            f"(stage {stage_id}: in this pipeline its keys are under stages.{stage_id}.config, e.g. "
+            f"`--set stages.{stage_id}.config.KEY=VALUE`)"
+        )
