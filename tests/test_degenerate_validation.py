@@ -6,14 +6,18 @@ threshold or a guarantee that the evaluation never had.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from report_factory import full_context
 
+from medvision.cli.predict import _echo_result
 from medvision.evaluation.document import Estimate, ModelMetrics, SetMetrics
 from medvision.evaluation.scoring import no_operating_point_reason
 from medvision.evaluation.trust_document import Trust
 from medvision.report.build import _performance, _trust
 from medvision.report.sections import section_blocks
 from medvision.report.trust import trust_blocks
+from medvision.serving.decisions import apply_evaluation, decision_notes
+from medvision.serving.predict import PredictionResult
 
 
 def _model(**update: object) -> ModelMetrics:
@@ -86,3 +90,20 @@ def test_the_report_calls_sets_with_no_threshold_vacuous_not_a_guarantee_that_ho
         assert "holds" not in cells and any("too few calibration patients" in str(c) for c in cells)
         text = " ".join(b["text"] for b in blocks if b["kind"] == "p") + " ".join(section.sentences)
         assert "covered 100%" not in text and "carry no information" in text
+
+
+def test_predict_says_once_that_no_operating_point_means_no_positive_column(tmp_path, capsys) -> None:
+    model = _model(no_operating_point="validation holds no case of melanoma")
+    table = pd.DataFrame({"image_id": ["img-0001", "img-0002"], "p:nevus": [0.8, 0.3], "p:melanoma": [0.2, 0.7]})
+    out = apply_evaluation(table, model, seed=0, ood_score_name=None)
+    assert "positive" not in out.columns
+    notes = decision_notes(model)
+    assert len(notes) == 1 and "no `positive` column" in notes[0] and "validation holds no case of melanoma" in notes[0]
+    assert "img-" not in notes[0] and model.run_id not in notes[0]  # no case or run named
+    result = PredictionResult(tmp_path, out, pd.DataFrame(), "b" * 32, None, notes=tuple(notes))
+    _echo_result(result, sent=False, uri="sqlite:///mlflow.db")
+    assert capsys.readouterr().out.count("no `positive` column") == 1
+    # a model with an operating point gets its column and no note
+    chosen = _model(operating_point={"rule": "Youden's J on validation", "threshold": 0.5})
+    assert list(apply_evaluation(table, chosen, seed=0, ood_score_name=None)["positive"]) == [False, True]
+    assert decision_notes(chosen) == []
