@@ -20,6 +20,7 @@ from medvision.evaluation.conformal import (
     fit_conformal,
     hierarchical_quantile,
 )
+from medvision.evaluation.trust_text import coverage_sentence
 
 K = 3
 
@@ -307,3 +308,20 @@ def test_a_predictor_rebuilt_from_its_recorded_thresholds_gives_the_same_sets():
         np.testing.assert_array_equal(
             rebuilt.predict_set(p_test, test_cats, u=u), fitted.predict_set(p_test, test_cats, u=u)
         )
+
+
+def test_too_few_calibration_patients_give_vacuous_sets_not_a_guarantee():
+    rng = np.random.default_rng(7)
+    p_val, val = _cohort(rng, 4)  # 0.9 * (4 + 1) > 4: no finite threshold
+    p_test, test = _cohort(rng, 30)
+    fitted = fit_conformal(p_val, val, target=0.9)
+    assert not np.isfinite(fitted["marginal"].thresholds_["threshold"]).any()
+    table = conformal_table(fitted, p_test, test, set_name="test", min_patients=1, n_resamples=20)
+    whole = table[table["attribute"] == "all"].iloc[0]
+    assert whole["mean_set_size"] == pytest.approx(K) and whole["coverage"] == pytest.approx(1.0)
+    assert whole["guarantee"] == "vacuous"  # every set holds every class: nothing is guaranteed
+    assert "carry no information" in coverage_sentence(table, reference="test")
+    # enough patients: the verdict is as before
+    p_big, big = _cohort(rng, 60)
+    calibrated = conformal_table(fit_conformal(p_big, big), p_test, test, set_name="test", n_resamples=20)
+    assert "vacuous" not in set(calibrated["guarantee"])

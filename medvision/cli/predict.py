@@ -156,6 +156,8 @@ def _echo_result(result: PredictionResult, *, sent: bool, uri: str) -> None:
         )
     typer.echo(f"{len(result.predictions)} image(s) predicted: {result.out / 'predictions.parquet'} (and .csv)")
     _echo_model(result)
+    for note in result.notes:
+        typer.echo(note)
     if len(q):
         typer.echo(f"{len(q)} file(s) quarantined, not predicted (all in {result.out / 'quarantine.csv'}):")
         for r in q.head(_SHOWN).itertuples(index=False):

@@ -266,15 +266,26 @@ class ConformalClassifier:
             raise ValueError("this predictor is Mondrian: pass `categories` (one per image) to predict_set.")
         cats = np.full(n, ALL, dtype=object) if not self.mondrian_ else as_1d(categories, "categories").astype(str)
         same_length(y_prob=p, categories=cats)
+        return self.scores(p, u, stream=1) <= self._thresholds(cats, k)
+
+    def calibrated(self, n: int, categories: object | None = None) -> np.ndarray:
+        """Per image (``n`` of them): whether any of its classes has a finite threshold. An image without one gets
+        every class in its set whatever the model says (too few calibration patients in its category): its set
+        carries no information, and its coverage of 100% proves nothing."""
+        cats = np.full(n, ALL, dtype=object) if not self.mondrian_ else as_1d(categories, "categories").astype(str)
+        return np.isfinite(self._thresholds(cats, self.n_classes_)).any(axis=1)
+
+    def _thresholds(self, cats: np.ndarray, k: int) -> np.ndarray:
+        """The (n, K) threshold of every image's every class (``inf`` where nothing was calibrated)."""
         table = {(r.category, r.label): r.threshold for r in self.thresholds_.itertuples()}
-        thresholds = np.full((n, k), np.inf)
+        thresholds = np.full((len(cats), k), np.inf)
         for cat in set(cats.tolist()):
             rows = cats == cat
             if self.class_conditional:
                 thresholds[rows] = [table.get((cat, y), np.inf) for y in range(k)]
             else:
                 thresholds[rows] = table.get((cat, -1), np.inf)
-        return self.scores(p, u, stream=1) <= thresholds
+        return thresholds
 
 
 def fit_conformal(
@@ -323,6 +334,7 @@ def coverage_table(
     bootstrap: Bootstrap | None = None,
     n_resamples: int = 1000,
     seed: int = 0,
+    calibrated: object | None = None,
 ) -> pd.DataFrame:
     """Coverage (with a patient-level bootstrap interval), mean set size, singleton and empty rates: for the whole
     set, each subgroup in ``features`` and, when ``classes`` is given, each true class.
@@ -341,6 +353,8 @@ def coverage_table(
         exchangeable: whether these patients are exchangeable with the validation patients.
         min_patients: smaller groups are flagged ``few_patients`` and get no metrics.
         bootstrap: a :class:`Bootstrap` over ``groups`` to share resamples with other tables.
+        calibrated: per image, whether its set had a finite threshold (:meth:`ConformalClassifier.calibrated`);
+            ``None``: every image's had.
 
     Returns:
         One row per group: ``attribute``, ``group``, ``n_patients``, ``n_images``, ``flag``, ``target``,
@@ -353,6 +367,8 @@ def coverage_table(
         - ``not_promised``: a subgroup the sets were not calibrated per (marginal sets promise the average only);
         - ``does_not_carry_over``: not exchangeable with validation (a held-out site or condition): the promise
           does not apply, ``shortfall`` shows how far it missed;
+        - ``vacuous``: no image of the group had a calibrated threshold (too few calibration patients): every set
+          holds every class, so its coverage proves nothing and the sets carry no information;
         - empty for a flagged group.
     """
     sets = np.asarray(prediction_sets, dtype=bool)
@@ -362,6 +378,8 @@ def coverage_table(
     g = as_1d(groups, "groups")
     same_length(prediction_sets=sets, y_true=y, groups=g)
     n = len(sets)
+    fitted = np.ones(n, bool) if calibrated is None else np.asarray(calibrated, dtype=bool)
+    same_length(prediction_sets=sets, calibrated=fitted)
     covered = _covered(sets, y)
     size = sets.sum(axis=1).astype(float)
     boot = bootstrap or Bootstrap(g, n_resamples=max(n_resamples, 1), seed=seed)
@@ -374,7 +392,8 @@ def coverage_table(
         if not grp.flag:
             cov = _coverage(grp.mask, g, covered, size, boot, target)
             promise = _is_promised(grp.attribute, promised)
-            row.update(cov, guarantee=_verdict(exchangeable, promise, cov["coverage"], cov["coverage_high"], target))
+            verdict = _verdict(exchangeable, promise, cov["coverage"], cov["coverage_high"], target)
+            row.update(cov, guarantee=verdict if fitted[grp.mask].any() else "vacuous")
         rows.append(row)
     out = pd.DataFrame(rows).reindex(columns=_COVERAGE_COLUMNS)
     out["guarantee"] = out["guarantee"].astype(object).where(out["guarantee"].notna(), "")
@@ -481,6 +500,7 @@ def conformal_table(
             exchangeable=exch,
             min_patients=min_patients,
             bootstrap=boot,
+            calibrated=predictor.calibrated(len(sets), cats),
         )
         table.insert(0, "set", set_name)
         table.insert(0, "method", name)

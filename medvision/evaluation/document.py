@@ -260,6 +260,9 @@ class ModelMetrics(_Part):
     classes: list[str]
     positive_class: str
     operating_point: OperatingPointRecord | None = None
+    #: Why no operating point was chosen, e.g. "validation holds no case of melanoma" (``None``: one was chosen,
+    #: or the document predates this field): without it no sensitivity or specificity is measured anywhere.
+    no_operating_point: str | None = None
     temperature: float
     sets: dict[str, SetMetrics]
     calibration: Calibration | None = None

@@ -43,7 +43,14 @@ from medvision.evaluation.tables import (
 from medvision.evaluation.trust import TrustInputs, trust_record
 from medvision.evaluation.trust_document import Trust
 
-__all__ = ["Fitted", "Scoring", "fit_on_validation", "inliers", "operating_point_record"]
+__all__ = [
+    "Fitted",
+    "Scoring",
+    "fit_on_validation",
+    "inliers",
+    "no_operating_point_reason",
+    "operating_point_record",
+]
 
 
 @dataclass
@@ -56,6 +63,9 @@ class Fitted:
     detectors: Any
     #: The pretrained-feature guards (``evaluation/guards.py``); their detectors are in ``detectors`` too.
     guards: Guards | None = None
+    #: Why no operating point was chosen (``None`` when one was): the report must say so rather than imply a
+    #: threshold that does not exist.
+    no_operating_point: str | None = None
 
 
 def inliers(p: Predictions, k: int) -> Predictions:
@@ -68,17 +78,30 @@ def operating_point_record(op: OperatingPoint | None) -> OperatingPointRecord | 
     return None if op is None else OperatingPointRecord(rule="Youden's J on validation", threshold=op.threshold)
 
 
+def no_operating_point_reason(is_positive: np.ndarray, positive_class: str) -> str | None:
+    """Why validation cannot choose a threshold (``None`` when it can): Youden's J needs at least one case of the
+    positive class and one of the rest, and a reader of the report must learn which was missing."""
+    n_positive = int(is_positive.sum())
+    if not len(is_positive):
+        return "validation holds no labelled case"
+    if n_positive == 0:
+        return f"validation holds no case of {positive_class}"
+    if n_positive == len(is_positive):
+        return f"validation holds only cases of {positive_class}, none of the other classes"
+    return None
+
+
 def fit_on_validation(
     classes: list[str], request: EvaluationSettings, preds: dict[str, Predictions], val: Predictions
 ) -> Fitted:
     k = len(classes)
     positive = classes.index(request.positive_class) if request.positive_class else (1 if k == 2 else 0)
     y_val = val.frame["label_idx"].to_numpy()
-    has_both = bool((y_val == positive).any() and (y_val != positive).any())
     # No operating point without both outcomes on validation: the test set may never choose it (spec §10).
-    op = choose_operating_point(y_val == positive, val.probs[:, positive], rule="youden") if has_both else None
+    missing = no_operating_point_reason(y_val == positive, classes[positive])
+    op = None if missing else choose_operating_point(y_val == positive, val.probs[:, positive], rule="youden")
     scaler = TemperatureScaler().fit(np.log(np.clip(val.probs, 1e-12, None)), y_val)
-    return Fitted(positive, op, scaler, fit_detectors(preds["train"], k))
+    return Fitted(positive, op, scaler, fit_detectors(preds["train"], k), no_operating_point=missing)
 
 
 class Scoring:

@@ -255,6 +255,7 @@ def _scored(
         classes=classes,
         positive_class=classes[fitted.positive],
         operating_point=operating_point_record(fitted.operating_point),
+        no_operating_point=fitted.no_operating_point,
         temperature=float(fitted.scaler.temperature_),
         sets={},
     )

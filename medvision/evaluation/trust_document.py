@@ -64,7 +64,8 @@ class CoverageRow(_Part):
     mean_set_size: float | None = None
     singleton_rate: float | None = None
     empty_rate: float | None = None
-    #: ``holds``, ``below_target``, ``not_promised``, ``does_not_carry_over``; empty for a flagged row.
+    #: ``holds``, ``below_target``, ``not_promised``, ``does_not_carry_over``, ``vacuous`` (no calibrated
+    #: threshold: every set holds every class); empty for a flagged row.
     guarantee: str = ""
 
 

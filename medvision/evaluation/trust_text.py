@@ -83,6 +83,11 @@ def coverage_sentence(
     ref = _whole(rows, reference)
     if ref is None:
         return f"No conformal sets were evaluated on {SET_PHRASES.get(reference, reference)}."
+    if ref["guarantee"] == "vacuous":
+        return (
+            f"Too few validation patients to calibrate the sets at a {_pct(ref['target'])} target: every set holds "
+            "all classes, so the sets carry no information and guarantee nothing."
+        )
     parts = [
         f"At a {_pct(ref['target'])} target, the sets covered {_pct(ref['coverage'])}"
         f"{_interval(ref['coverage_low'], ref['coverage_high'])} of {SET_PHRASES.get(reference, reference)}, "

@@ -27,6 +27,8 @@ from medvision.evaluation.document import (
 )
 from medvision.evaluation.overlay import display_image
 from medvision.evaluation.settings import DeferralCosts
+from medvision.evaluation.trust_document import ConformalRecord
+from medvision.evaluation.trust_text import coverage_sentence
 from medvision.report.context import (
     CalibrationSection,
     CohortSection,
@@ -192,7 +194,10 @@ def _performance(model: ModelMetrics) -> PerformanceSection | None:
     if not rows:
         return None
     op = model.operating_point
-    where = f"Youden's J on validation ({model.positive_class} vs rest), threshold {op.threshold:.3f}" if op else None
+    if op is None:
+        why = model.no_operating_point or "the evaluation records no reason"
+        return PerformanceSection(table=pd.DataFrame(rows), no_operating_point=why)
+    where = f"Youden's J on validation ({model.positive_class} vs rest), threshold {op.threshold:.3f}"
     return PerformanceSection(table=pd.DataFrame(rows), operating_point=where)
 
 
@@ -259,14 +264,18 @@ def _trust(model: ModelMetrics) -> TrustSection | None:
     site = t.site_recalibration
     reference = t.calibration_by_group.get(t.reference) if t.reference else None
     reliability = _frame(reference.reliability) if reference is not None and reference.reliability else None
+    coverage = _coverage(conformal) if conformal else None
+    said = t.sentences.coverage
+    if said and coverage is not None and t.reference and _vacuous_reference(coverage, t.reference):
+        said = coverage_sentence(coverage, reference=t.reference)  # an older document's "covered 100%"
     return TrustSection(
         reference=t.reference,
-        sentences=[s for s in (t.sentences.coverage, t.sentences.abstention) if s],
+        sentences=[s for s in (said, t.sentences.abstention) if s],
         target=conformal.target if conformal else None,
         alpha=abstain.alpha if abstain else None,
         on=abstain.on if abstain else "error",
         positive_class=abstain.positive_class if abstain else None,
-        coverage=_frame(conformal.coverage) if conformal else None,
+        coverage=coverage,
         abstention=_frame(abstain.sets) if abstain else None,
         calibration=_frame(calibration) if calibration else None,
         site=site.site if site else None,
@@ -277,6 +286,26 @@ def _trust(model: ModelMetrics) -> TrustSection | None:
         reliability=reliability,
         skipped=dict(t.skipped),
     )
+
+
+def _coverage(conformal: ConformalRecord) -> pd.DataFrame:
+    """The coverage rows, with every unflagged row of a taxonomy that has no finite threshold read as ``vacuous``:
+    its sets hold every class, so a coverage of 100% proves nothing. Documents written before the evaluation said
+    so themselves called those rows ``holds``."""
+    uncalibrated = {t.method for t in conformal.thresholds} - {
+        t.method for t in conformal.thresholds if t.threshold is not None
+    }
+    frame = _frame(conformal.coverage)
+    if uncalibrated and len(frame):
+        rows = frame["method"].isin(uncalibrated) & (frame["flag"].fillna("") == "")
+        frame.loc[rows, "guarantee"] = "vacuous"
+    return frame
+
+
+def _vacuous_reference(coverage: pd.DataFrame, reference: str) -> bool:
+    """Whether the marginal sets' row on the whole reference set (the one the coverage sentence quotes) is vacuous."""
+    row = (coverage["method"] == "marginal") & (coverage["set"] == reference) & (coverage["attribute"] == "all")
+    return bool((coverage.loc[row, "guarantee"] == "vacuous").any())
 
 
 def _frame(rows: list) -> pd.DataFrame:

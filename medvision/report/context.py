@@ -225,6 +225,9 @@ class PerformanceSection(_Model):
 
     table: pd.DataFrame
     operating_point: str | None = None  # how the threshold was chosen, e.g. "Youden on validation"
+    #: Why no threshold was chosen (e.g. "validation holds no case of melanoma"): then no sensitivity or
+    #: specificity exists, and the section must say why rather than describe a threshold.
+    no_operating_point: str | None = None
 
     @field_validator("table")
     @classmethod

@@ -20,7 +20,7 @@ from medvision.report._blocks import num as _f
 from medvision.report._blocks import para as _para
 from medvision.report._blocks import table as _table
 from medvision.report._blocks import text as _text
-from medvision.report.context import SALIENCY_CATEGORIES, OODSection, ReportContext
+from medvision.report.context import SALIENCY_CATEGORIES, OODSection, PerformanceSection, ReportContext
 from medvision.report.detectors import detector_choice_blocks
 from medvision.report.study import StudySection
 from medvision.report.summary import (
@@ -146,6 +146,20 @@ def _training(ctx: ReportContext) -> list[dict]:
 _METRIC_ORDER = ["auroc", "accuracy", "sensitivity", "specificity"]
 
 
+def _threshold_sentence(p: PerformanceSection) -> str:
+    """What sensitivity and specificity rest on: the validation threshold, or, when none was chosen, that none was
+    and why (the table then has no such columns, and a reader must not look for a threshold that does not exist)."""
+    measured = p.table["metric"].astype(str).isin(["sensitivity", "specificity"]).any()
+    if p.no_operating_point is not None or (p.operating_point is None and not measured):
+        why = p.no_operating_point or "the evaluation records no reason"
+        return (
+            f"No operating point was chosen on validation ({why}), so no sensitivity or specificity was measured "
+            "on any set."
+        )
+    op = f" Operating point: {p.operating_point}." if p.operating_point else ""
+    return "Sensitivity and specificity are at a threshold chosen on validation data." + op
+
+
 def _performance(ctx: ReportContext) -> list[dict]:
     p = ctx.performance
     if p is None or p.table.empty:
@@ -160,12 +174,11 @@ def _performance(ctx: ReportContext) -> list[dict]:
             r = t[(t["eval_set"] == s) & (t["metric"] == m)]
             cells.append(_DASH if r.empty else _est(r["value"].iloc[0], r["low"].iloc[0], r["high"].iloc[0]))
         rows.append([s, *cells])
-    op = f" Operating point: {p.operating_point}." if p.operating_point else ""
     labels = {m: metric_label(m) for m in metrics}
     return [
         _para(
             "Each evaluation set is scored by the same model, with no retraining for other sites or "
-            "scanners. Sensitivity and specificity are at a threshold chosen on validation data." + op
+            "scanners. " + _threshold_sentence(p)
         ),
         _table(
             "Point estimate (95% bootstrap CI over patients) per evaluation set",

@@ -28,6 +28,7 @@ GUARANTEE_WORDS = {
     "above_alpha": "above the bound (beyond sampling error)",
     "not_promised": "not promised for a subgroup",
     "does_not_carry_over": "HELD-OUT: does not carry over",
+    "vacuous": "none: too few calibration patients, every set holds all classes",
 }
 _COVERAGE = ("method", "set", "attribute", "group", "n_patients", "flag", "coverage", "coverage_low", "coverage_high",
              "mean_set_size", "singleton_rate", "guarantee")  # fmt: skip

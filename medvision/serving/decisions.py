@@ -37,7 +37,7 @@ from medvision.evaluation.risk_control import RiskControlledAbstention
 from medvision.evaluation.settings import TTASettings
 from medvision.evaluation.trust_document import AbstainRecord, ConformalRecord
 
-__all__ = ["DECISION_COLUMNS", "EvaluatedModel", "apply_evaluation", "evaluated_model"]
+__all__ = ["DECISION_COLUMNS", "EvaluatedModel", "apply_evaluation", "decision_notes", "evaluated_model"]
 
 DECISION_COLUMNS = ("positive", "conformal_set", "ood_flag", "refer")
 
@@ -186,6 +186,19 @@ def apply_evaluation(table: pd.DataFrame, model: ModelMetrics, seed: int, ood_sc
             out["ood_flag"] = ood > rule.ood_threshold
         out["refer"] = RiskControlledAbstention.from_thresholds(rule.threshold, rule.ood_threshold).refer(probs, ood)
     return out
+
+
+def decision_notes(model: ModelMetrics) -> list[str]:
+    """One line per decision column :func:`apply_evaluation` leaves out although an evaluation was given, saying why:
+    a silent trial reading the table must not take a missing ``positive`` column for a lost one. The lines name
+    only the class and the evaluation's recorded reason, never a case, run or folder."""
+    if model.operating_point is not None:
+        return []
+    why = f" ({model.no_operating_point})" if model.no_operating_point else ""
+    return [
+        f"no `positive` column: the evaluation chose no operating point for {model.positive_class}{why}, so no "
+        "threshold calls the positive class"
+    ]
 
 
 def _check_rule_ood(rule: AbstainRecord, ood_score_name: str | None) -> None:

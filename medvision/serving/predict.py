@@ -47,7 +47,7 @@ from medvision.evaluation.predict import Predictions, predict_rows
 from medvision.evaluation.seed_ensemble import mean_predictions
 from medvision.evaluation.settings import TTASettings
 from medvision.evaluation.tta import TTAViews, cohort_views
-from medvision.serving.decisions import apply_evaluation
+from medvision.serving.decisions import apply_evaluation, decision_notes
 from medvision.serving.dicom_results import ModelIdentity, study_reports, write_reports
 from medvision.serving.models import ServedModel, load_models
 from medvision.serving.saliency_capture import write_saliency_images
@@ -88,6 +88,9 @@ class PredictionResult:
     tta: TTAViews | None = None
     #: The saliency images (``dicom/saliency/*.dcm``, Secondary Captures), empty unless asked for.
     saliency: tuple[Path, ...] = ()
+    #: Decisions of the evaluation left out of the table, one line each, with why (:func:`decision_notes`): the
+    #: terminal says them once, since a column that is absent says nothing by itself.
+    notes: tuple[str, ...] = ()
 
     @property
     def files(self) -> list[Path]:
@@ -168,8 +171,10 @@ def predict(
     views = _served_views(checked, built)
     preds = _predict_in_chunks(checked.classifiers, built, rows, batch_size, views)
     table = _public_table(preds, rows, labelled=cohort is not None)
+    notes: tuple[str, ...] = ()
     if checked.evaluated is not None:
         table = apply_evaluation(table, checked.evaluated.metrics, checked.evaluated.seed, preds.ood_score_name)
+        notes = tuple(decision_notes(checked.evaluated.metrics))
     _write_tables(out, table, quarantine)
     for_source_pacs = for_source_pacs or send is not None
     dicom_results = dicom_results or saliency
@@ -181,7 +186,7 @@ def predict(
     sent = send_reports([*dicom[0], *dicom[1]], send, auth=send_auth) if send is not None else 0
     mode = "original" if for_source_pacs else "pseudonymous" if dicom_results else "none"
     result = PredictionResult(out, table, quarantine, "", preds.ood_score_name, tuple(dicom[0]), mode, sent, pulled)
-    result = replace(result, members=checked.members, tta=views, saliency=tuple(dicom[1]))
+    result = replace(result, members=checked.members, tta=views, saliency=tuple(dicom[1]), notes=notes)
     run_id = _log_run(tracking_uri, checked, built, result)
     return replace(result, run_id=run_id)
 
