@@ -192,6 +192,9 @@ def apply_overrides(
             raise ConfigError(f"{source}: override {item!r} must look like section.key=value (e.g. optim.lr=0.01)")
         parts = key.split(".")
         _check_path(model, parts, source)
+        keyed = _list_mapping_depth(model, parts)
+        if keyed is not None and len(parts) > keyed + 1:  # `sweep.backbone.weights`: one key, `backbone.weights`
+            parts = [*parts[:keyed], ".".join(parts[keyed:])]
         try:
             value = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError as e:
@@ -311,6 +314,41 @@ def _check_path(model: type[BaseModel], parts: list[str], source: str) -> None:
                 break
             next_models.extend(sub)
         models = next_models
+
+
+def _list_mapping_depth(model: type[BaseModel], parts: list[str]) -> int | None:
+    """How many parts of an override's path lead to a mapping of lists (a stage's ``sweep``, a spec's
+    ``include``), or ``None``. Its keys are never paths (a sweep's are dotted config keys themselves), so the rest
+    of the path is one key. Walks through mappings of sections (``stages.ID``) and unions without judging keys:
+    :func:`_check_path` does that."""
+    models: list[type[BaseModel]] = [model]
+    depth = 0
+    while depth < len(parts) and models:
+        holders = [m for m in models if parts[depth] in m.model_fields]
+        if not holders:
+            return None
+        annotations = [h.model_fields[parts[depth]].annotation for h in holders]
+        value = _mapping_value(annotations[0])
+        if value is not None and typing.get_origin(value) in (list, Sequence):
+            return depth + 1
+        sections = _models_in(value) if value is not None else None
+        if sections:  # ``stages``: the next part is a key the user chose, then one of these sections
+            models, depth = sections, depth + 2
+        else:
+            models, depth = [m for a in annotations for m in (_models_in(a) or [])], depth + 1
+    return None
+
+
+def _mapping_value(annotation: Any) -> Any | None:
+    """The ``V`` of a ``dict[str, V]`` (also inside ``Annotated`` or ``| None``); ``None`` for anything else."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _mapping_value(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        values = [_mapping_value(a) for a in typing.get_args(annotation) if a is not type(None)]
+        return next((v for v in values if v is not None), None)
+    args = typing.get_args(annotation)
+    return args[1] if origin in (dict, Mapping) and len(args) == 2 else None
 
 
 def _walk(model: type[BaseModel], loc: list[str]) -> tuple[list[str], list[str]]:

@@ -314,3 +314,13 @@ def test_a_stage_config_error_at_run_time_names_the_key_as_the_pipeline_sets_it(
     assert result.exit_code == 2, result.output
     assert "fewer than one global batch" in result.output
     assert "--set stages.micle.config.KEY=VALUE" in result.output and "a bug in medvision" not in result.output
+
+
+def test_a_sweep_key_with_dots_can_be_overridden_on_the_command_line():
+    """A sweep's keys are dotted config keys themselves: `--set stages.transfer.sweep.backbone.weights=[none]` sets
+    the key `backbone.weights` (it was split into sweep.backbone.weights and refused as 'not a valid list')."""
+    spec = load_pipeline(REPO / "pipelines" / "demo.yaml", ["stages.transfer.sweep.backbone.weights=[none]"])
+    assert spec.stages["transfer"].sweep["backbone.weights"] == ["none"]
+    assert spec.stages["transfer"].sweep["data.label_fraction"] == [0.25, 1.0]  # the other key kept
+    members = [name for name, _ in sweep_members(spec.stages["transfer"])]
+    assert members == ["weights=none-label_fraction=0.25", "weights=none-label_fraction=1.0"]

@@ -70,3 +70,18 @@ def test_the_banner_filter_drops_only_advertisements_and_device_banners():
         "`Trainer.fit` stopped: `max_epochs=1` reached.",
     ]
     assert not any(BANNERS.match(m) for m in kept)
+
+
+def test_the_command_line_drops_highdicom_info_and_keeps_medvision_info(caplog):
+    """`predict --dicom-results` printed highdicom's "copy attributes of module ..." dozens of times per result."""
+    import logging
+
+    from medvision.cli._errors import run_guarded
+
+    def body() -> None:
+        logging.getLogger("highdicom.base").info("copy attributes of module 'Patient'")
+        logging.getLogger("medvision.serving").info("3 DICOM reports written")
+
+    with caplog.at_level(logging.INFO):
+        run_guarded(body)
+    assert "3 DICOM reports written" in caplog.text and "copy attributes" not in caplog.text

@@ -239,6 +239,7 @@ def test_results_for_the_source_pacs_log_no_identity_value_of_the_source(named_c
     valid DICOM) and logs the UID of the instance it copies the patient from."""
     classifier = _classifier(named_cohort)
     caplog.set_level(logging.DEBUG)  # the root logger: every record of every library
+    caplog.set_level(logging.DEBUG, logger="highdicom")  # the command line quiets its INFO; here it must speak
     with warnings.catch_warnings(record=True) as shown:
         warnings.simplefilter("always")
         _write(named_cohort, classifier, tmp_path, original=True)

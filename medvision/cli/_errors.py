@@ -38,8 +38,9 @@ def run_guarded(fn: Callable[[], T]) -> T:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     # Lightning prints through its own handler; propagating too would print each line twice.
     logging.getLogger("lightning.pytorch").propagate = False
-    # Store migrations, and MLflow's "Validating input example against model signature" once per logged model.
-    for noisy in ("mlflow.store.db.utils", "alembic", "mlflow.pyfunc"):
+    # Store migrations, MLflow's "Validating input example against model signature" once per logged model, and
+    # highdicom's "copy attributes of module ..." a few dozen times per DICOM result.
+    for noisy in ("mlflow.store.db.utils", "alembic", "mlflow.pyfunc", "highdicom"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     _quiet_third_party_advice()
     try:
@@ -80,6 +81,8 @@ _ADVICE = (
     r".*Add type hints to the `predict` method",  # MLflow on PythonModel subclasses
     r".*Passing a Python object as python_model",  # MLflow on pickled models (we log ours from code)
     r".*cloudpickle",
+    # Lightning, when a resumed run finds its own checkpoints (a different run in that folder is refused first)
+    r".*Checkpoint directory .* exists and is not empty",
 )
 
 
