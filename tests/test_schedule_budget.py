@@ -165,3 +165,30 @@ def test_layer_decay_scales_each_timm_layer_by_its_depth_below_the_top():
     every = {id(p) for p in [*backbone.model.parameters(), *head.parameters()]}
     assert set(scale) == every  # every parameter in exactly one group
     assert sum(len(g["params"]) for g in groups) == len(every)
+
+
+def test_an_epoch_longer_than_the_budget_is_planned_in_steps_and_its_cosine_still_ends_at_zero():
+    """One epoch (8 s) is most of the 12 s budget: planned after it, its learning rate would never have decayed.
+    Steps 2 and 3 time the run (1 s each; the first step's start-up excluded), so at step 3 the plan is 12 steps:
+    the cosine ends there, in the second epoch, and the run stops at it."""
+    trainer, budget = _fit(lambda epoch: 1.0, epochs=40, budget=12)
+    assert budget.planned_steps == 12 and budget.planned_epochs == 2
+    assert trainer.global_step == 12 and budget.spent == pytest.approx(12.0)
+    rule = trainer.lr_scheduler_configs[0].scheduler.lr_lambdas[0]
+    assert (rule.warmup_steps, rule.total_steps) == (4, 12)  # the warm-up keeps its share, one past the steps taken
+    assert trainer.lr_scheduler_configs[0].scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-9)
+    assert trainer.callback_metrics["budget/steps"] == 12
+
+
+def test_a_budget_shorter_than_one_epoch_stops_inside_it_with_the_cosine_at_zero(tmp_path):
+    trainer, budget = _fit(lambda epoch: 1.0, epochs=40, budget=5)
+    assert (budget.planned_steps, trainer.global_step, trainer.current_epoch) == (5, 5, 1)
+    assert trainer.lr_scheduler_configs[0].scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-9)
+    trainer.save_checkpoint(tmp_path / "last.ckpt")  # a rerun resumes it: finished, it trains no more
+    resumed, again = _fit(lambda epoch: 1.0, epochs=40, budget=5, ckpt_path=tmp_path / "last.ckpt")
+    assert again.planned_steps == 5 and resumed.global_step == 5 and resumed.lightning_module.clock.now == 0.0
+
+
+def test_an_epoch_well_inside_the_budget_is_not_planned_in_steps():
+    trainer, budget = _fit(lambda epoch: 1.0, epochs=40, budget=32, warmup_epochs=10)  # 8 s epochs: 4 fit
+    assert budget.planned_steps is None and budget.planned_epochs == 4 and trainer.global_step == 32

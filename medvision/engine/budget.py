@@ -9,6 +9,13 @@ allocations), which would make a short epoch look several times longer than it i
 takes a quarter of the budget is planned from directly. If later epochs turn out slower (a shared machine), it stops
 once the budget is spent. What it decided is logged as ``budget/epochs`` every epoch and travels in checkpoints, so a
 resumed run keeps its plan and its remaining time.
+
+Whole epochs are too coarse when one epoch is a large share of the budget (all the labels of a cohort on a CPU):
+planned after it, "one epoch" has already run on the long schedule, its learning rate never decayed. So while no
+plan exists, each training step projects the epoch's end (from the steps after the first, whose one-time costs
+would mislead); when the budget will not hold one more whole epoch after it, the plan is made in steps there and
+then: the cosine is shortened to the steps that fit (a validation pass counted at a third of a training step per
+batch) and the run stops at its last step, validating first (``budget/steps``).
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ class TimeBudget(Callback):
 
     Attributes:
         planned_epochs: the epoch count chosen after the first epoch (``None`` before).
+        planned_steps: the optimiser step the run stops at, when the plan was made in steps (``None`` otherwise).
         spent: seconds used so far, across resumptions.
     """
 
@@ -45,16 +53,19 @@ class TimeBudget(Callback):
         self.seconds = float(seconds)
         self.clock = clock
         self.planned_epochs: int | None = None
+        self.planned_steps: int | None = None
         self.spent = 0.0
         self._t0 = clock()
         self._spent_at_start = 0.0
         self._epoch_t0 = self._t0
+        self._after_first_step: tuple[float, int] | None = None  # (clock, batches) at the end of an epoch's first
 
     def state_dict(self) -> dict[str, Any]:
-        return {"planned_epochs": self.planned_epochs, "spent": self._now_spent()}
+        return {"planned_epochs": self.planned_epochs, "planned_steps": self.planned_steps, "spent": self._now_spent()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.planned_epochs = state_dict.get("planned_epochs")
+        self.planned_steps = state_dict.get("planned_steps")
         self.spent = float(state_dict.get("spent", 0.0))
 
     def _now_spent(self) -> float:
@@ -65,11 +76,52 @@ class TimeBudget(Callback):
         self._spent_at_start = self.spent
         if self.planned_epochs is not None and self.planned_epochs < (trainer.max_epochs or 0):
             trainer.fit_loop.max_epochs = self.planned_epochs  # the scheduler's length came back with its state
-        if self.spent >= self.seconds:  # resumed after the budget ran out (the run had stopped): nothing left to train
+        finished = self.planned_steps is not None and trainer.global_step >= self.planned_steps
+        if self.spent >= self.seconds or finished:  # resumed after the run had stopped: nothing left to train
             trainer.fit_loop.max_epochs = trainer.current_epoch
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_t0 = self.clock()
+        self._after_first_step = None
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self.planned_steps is not None:
+            if trainer.global_step >= self.planned_steps:
+                trainer.should_stop = True  # Lightning validates at this step, then stops
+            return
+        if self.planned_epochs is not None:
+            return
+        now = self.clock()
+        if self._after_first_step is None:
+            self._after_first_step = (now, batch_idx)
+            return
+        since, first = self._after_first_step
+        if batch_idx - first < 2:  # two steps at least: one step's time is too noisy to plan a run on
+            return
+        per_batch = (now - since) / (batch_idx - first)
+        self._plan_steps(trainer, per_batch, batch_idx)
+
+    def _plan_steps(self, trainer: L.Trainer, per_batch: float, batch_idx: int) -> None:
+        """Plan in steps when the budget will not hold one more whole epoch after this one (see the module)."""
+        batches = int(trainer.num_training_batches) if math.isfinite(trainer.num_training_batches) else 0
+        val_batches = sum(n for n in (trainer.num_val_batches or []) if math.isfinite(n))
+        validation = per_batch * val_batches / 3.0  # a forward pass: about a third of a training step
+        epoch = per_batch * batches + validation
+        spent = self._now_spent()
+        epoch_end = spent + per_batch * (batches - batch_idx - 1) + validation
+        if batches == 0 or epoch_end + epoch <= self.seconds:
+            return
+        accumulate = max(1, int(trainer.accumulate_grad_batches))
+        more_batches = max(0, math.floor((self.seconds - spent - validation) / max(per_batch, 1e-9)))
+        self.planned_steps = trainer.global_step + more_batches // accumulate
+        steps_per_epoch = max(1, batches // accumulate)
+        self.planned_epochs = max(trainer.current_epoch + 1, math.ceil(self.planned_steps / steps_per_epoch))
+        trainer.fit_loop.max_epochs = min(int(trainer.max_epochs or self.planned_epochs), self.planned_epochs)
+        _fit_schedule(trainer, max(self.planned_steps, trainer.global_step + 1))
+        if trainer.global_step >= self.planned_steps:
+            trainer.should_stop = True
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.spent = self._now_spent()
@@ -86,12 +138,18 @@ class TimeBudget(Callback):
             trainer.should_stop = True  # slower than planned: the budget is a cap
         planned = self.planned_epochs if self.planned_epochs is not None else max_epochs
         pl_module.log("budget/epochs", float(planned), logger=False, on_epoch=True)
+        if self.planned_steps is not None:
+            pl_module.log("budget/steps", float(self.planned_steps), logger=False, on_epoch=True)
 
 
 def _shrink(trainer: L.Trainer, epochs: int, steps_per_epoch: float) -> None:
     """Fewer epochs, and the warm-up + cosine schedule rescaled to end with them."""
     trainer.fit_loop.max_epochs = epochs
-    total = max(1, round(steps_per_epoch * epochs))
+    _fit_schedule(trainer, max(1, round(steps_per_epoch * epochs)))
+
+
+def _fit_schedule(trainer: L.Trainer, total: int) -> None:
+    """The warm-up + cosine schedule rescaled to end at optimiser step ``total`` (when that is sooner)."""
     step = trainer.global_step
     for config in trainer.lr_scheduler_configs:
         sched = config.scheduler
