@@ -172,7 +172,8 @@ class FinetuneConfig(StageConfig):
     #: label fraction keeps its step count; pair it with ``budget_minutes`` where CPU time is short.
     schedule: Literal["fixed", "bit-hyperrule", "steps"] = "fixed"
     #: Wall-clock budget of the training loop, in minutes; the epochs and the cosine schedule shrink to fit it
-    #: after the first epoch is timed (:class:`medvision.engine.TimeBudget`). ``None``: no budget.
+    #: once an epoch is timed, or in steps within the first epoch when it is most of the budget
+    #: (:class:`medvision.engine.TimeBudget`). ``None``: no budget.
     budget_minutes: float | None = Field(None, gt=0.0)
     #: What the budget counts: ``wall`` (elapsed time) or ``cpu`` (this process's CPU time, all threads: two busy
     #: cores spend two CPU-minutes a minute). ``cpu`` trains the same epochs on a busy shared machine as on a
