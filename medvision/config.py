@@ -317,10 +317,11 @@ def _check_path(model: type[BaseModel], parts: list[str], source: str) -> None:
 
 
 def _list_mapping_depth(model: type[BaseModel], parts: list[str]) -> int | None:
-    """How many parts of an override's path lead to a mapping of lists (a stage's ``sweep``, a spec's
-    ``include``), or ``None``. Its keys are never paths (a sweep's are dotted config keys themselves), so the rest
-    of the path is one key. Walks through mappings of sections (``stages.ID``) and unions without judging keys:
-    :func:`_check_path` does that."""
+    """How many parts of an override's path lead to a typed mapping of lists (a stage's ``sweep``, a cohort spec's
+    ``labels.include``), or ``None``. Its keys are never paths (a sweep's are dotted config keys themselves), so the
+    rest of the path is one key. A free-form mapping (a pipeline cohort stage's ``overrides``) has no type to say
+    so, and its values nest as before. Walks through mappings of sections (``stages.ID``) and unions without judging
+    keys: :func:`_check_path` does that."""
     models: list[type[BaseModel]] = [model]
     depth = 0
     while depth < len(parts) and models:

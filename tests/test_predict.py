@@ -193,13 +193,14 @@ def test_a_folder_named_by_a_patient_id_is_refused_with_a_fix_predict_offers(tmp
     recipe = PreprocessRecipe(size=32, channels=1, fit="pad", storage="uint8")
     save_classifier(clf, tmp_path / "clf", input_shape=(1, 32, 32), preprocessing=recipe)
     pid = "PLANTID0XYZ"
-    (tmp_path / "images" / pid).mkdir(parents=True)
-    write(dicom_image(np.zeros((16, 16), np.uint8), PatientID=pid), tmp_path / "images" / pid / "case0.dcm")
-    args = [str(tmp_path / "clf"), "--images", str(tmp_path / "images"), "--out", str(tmp_path / "o")]
-    code, output = _predict(args, f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert code == 2, output
-    assert "<patient>/case0.dcm" in output and "rename those folders or files" in output, output
-    assert "--no-record-paths" not in output and pid not in output
+    for images in (tmp_path / "images", tmp_path / pid / "scans"):  # the ID in a subfolder, then in the root's path
+        (images / pid).mkdir(parents=True)
+        write(dicom_image(np.zeros((16, 16), np.uint8), PatientID=pid), images / pid / "case0.dcm")
+        args = [str(tmp_path / "clf"), "--images", str(images), "--out", str(tmp_path / "o")]
+        code, output = _predict(args, f"sqlite:///{tmp_path / 'mlflow.db'}")
+        assert code == 2, output
+        assert "<patient>/case0.dcm" in output and "rename those folders or files" in output, output
+        assert "--no-record-paths" not in output and pid not in output, output
 
 
 @pytest.mark.slow

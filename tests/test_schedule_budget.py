@@ -192,3 +192,11 @@ def test_a_budget_shorter_than_one_epoch_stops_inside_it_with_the_cosine_at_zero
 def test_an_epoch_well_inside_the_budget_is_not_planned_in_steps():
     trainer, budget = _fit(lambda epoch: 1.0, epochs=40, budget=32, warmup_epochs=10)  # 8 s epochs: 4 fit
     assert budget.planned_steps is None and budget.planned_epochs == 4 and trainer.global_step == 32
+
+
+def test_a_last_epoch_that_fits_is_not_planned_in_steps():
+    """One 8 s epoch allowed, 12 s of budget: nothing to shorten, and nothing planned or logged as if a second epoch
+    were coming."""
+    trainer, budget = _fit(lambda epoch: 1.0, epochs=1, budget=12)
+    assert budget.planned_steps is None and trainer.global_step == 8
+    assert trainer.callback_metrics["budget/epochs"] == 1 and "budget/steps" not in trainer.callback_metrics

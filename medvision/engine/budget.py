@@ -88,8 +88,8 @@ class TimeBudget(Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         if self.planned_steps is not None:
-            if trainer.global_step >= self.planned_steps:
-                trainer.should_stop = True  # Lightning validates at this step, then stops
+            if trainer.global_step >= self.planned_steps or self._now_spent() >= self.seconds:
+                trainer.should_stop = True  # Lightning validates at this step, then stops (slower steps: a cap)
             return
         if self.planned_epochs is not None:
             return
@@ -110,15 +110,24 @@ class TimeBudget(Callback):
         validation = per_batch * val_batches / 3.0  # a forward pass: about a third of a training step
         epoch = per_batch * batches + validation
         spent = self._now_spent()
-        epoch_end = spent + per_batch * (batches - batch_idx - 1) + validation
-        if batches == 0 or epoch_end + epoch <= self.seconds:
+        left_in_epoch = batches - batch_idx - 1
+        epoch_end = spent + per_batch * left_in_epoch + validation
+        max_epochs = int(trainer.max_epochs or trainer.current_epoch + 1)
+        last_epoch = trainer.current_epoch + 1 >= max_epochs
+        if batches == 0 or epoch_end + epoch <= self.seconds or (last_epoch and epoch_end <= self.seconds):
             return
-        accumulate = max(1, int(trainer.accumulate_grad_batches))
         more_batches = max(0, math.floor((self.seconds - spent - validation) / max(per_batch, 1e-9)))
+        if more_batches > left_in_epoch:  # each epoch end crossed validates once more
+            crossed = math.ceil((more_batches - left_in_epoch) / batches)
+            more_batches = max(
+                0, math.floor((self.seconds - spent - validation * (1 + crossed)) / max(per_batch, 1e-9))
+            )
+        accumulate = max(1, int(trainer.accumulate_grad_batches))
         self.planned_steps = trainer.global_step + more_batches // accumulate
         steps_per_epoch = max(1, batches // accumulate)
-        self.planned_epochs = max(trainer.current_epoch + 1, math.ceil(self.planned_steps / steps_per_epoch))
-        trainer.fit_loop.max_epochs = min(int(trainer.max_epochs or self.planned_epochs), self.planned_epochs)
+        wanted = max(trainer.current_epoch + 1, math.ceil(self.planned_steps / steps_per_epoch))
+        self.planned_epochs = min(max_epochs, wanted)
+        trainer.fit_loop.max_epochs = self.planned_epochs
         _fit_schedule(trainer, max(self.planned_steps, trainer.global_step + 1))
         if trainer.global_step >= self.planned_steps:
             trainer.should_stop = True

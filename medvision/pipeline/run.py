@@ -171,9 +171,7 @@ def run_pipeline(
                     killed = True
                     raise PipelineInterrupted(stage_id, stage.kind, received[0]) from None
                 result.outputs[stage_id] = output
-                if stage.kind == "cohort" and output.cohort_dir is not None:
-                    built[stage_id] = open_cohort(output.cohort_dir).card
-                    check_study(spec, source or f"pipeline {spec.name}", built)
+                _check_again_if_built(spec, source, stage_id, output, built)
                 for row in rows:
                     row.setdefault("seconds", round(time.perf_counter() - started, 1))
                     result.rows.append({"stage": stage_id, "kind": stage.kind, **row})
@@ -189,6 +187,15 @@ def _say_in_pipeline_terms(error: InputError, stage_id: str, stage: Any) -> None
     its type for library callers; the command line prints notes after the message)."""
     if getattr(stage, "config", None) is not None and f"stages.{stage_id}" not in str(error):
         error.add_note(
-            f"(stage {stage_id}: in this pipeline its keys are under stages.{stage_id}.config, e.g. "
-            f"`--set stages.{stage_id}.config.KEY=VALUE`)"
+            f"(stage {stage_id}: where this names a key of the stage's config, in this pipeline it is under "
+            f"stages.{stage_id}.config: `--set stages.{stage_id}.config.KEY=VALUE`)"
         )
+
+
+def _check_again_if_built(
+    spec: PipelineSpec, source: str | None, stage_id: str, output: StageOutput, built: dict[str, CohortCard]
+) -> None:
+    """After a cohort stage: the study checked again with that cohort's card, before any stage that reads it."""
+    if output.kind == "cohort" and output.cohort_dir is not None:
+        built[stage_id] = open_cohort(output.cohort_dir).card
+        check_study(spec, source or f"pipeline {spec.name}", built)

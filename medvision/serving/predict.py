@@ -342,7 +342,7 @@ def _label_free_cohort(
         build_cohort(label_free_spec(images, recipe, workers=workers), out / "cohort")
     except IdentifyingPathsError as e:  # predict records every path: its results find their sources by them
         raise InputError(
-            f"--images {images}: {e.offending}. predict records each image's path (its DICOM results reference the "
+            f"--images: {e.offending}. predict records each image's path (its DICOM results reference the "
             "source files by it), so rename those folders or files so that no path holds a patient identifier"
         ) from None
     built = open_cohort(out / "cohort")
