@@ -4,6 +4,7 @@ groups that follow timm's layers."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import lightning as L
@@ -200,3 +201,69 @@ def test_a_last_epoch_that_fits_is_not_planned_in_steps():
     trainer, budget = _fit(lambda epoch: 1.0, epochs=1, budget=12)
     assert budget.planned_steps is None and trainer.global_step == 8
     assert trainer.callback_metrics["budget/epochs"] == 1 and "budget/steps" not in trainer.callback_metrics
+
+
+_DDP_SCRIPT = """
+import json, os
+import lightning as L, torch
+from torch.utils.data import DataLoader, TensorDataset
+from medvision.engine.budget import TimeBudget
+from medvision.engine.schedule import warmup_cosine
+
+rank = int(os.environ.get("LOCAL_RANK", "0"))
+
+
+class Clock:
+    now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+clock = Clock()
+
+
+class Timed(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def training_step(self, batch, batch_idx):
+        clock.now += 1.0 if rank == 0 else 1.5  # rank 1's steps look slower: alone it would plan 8 steps, not 12
+        return (self.w - batch[0].mean()) ** 2
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=1.0)
+        return warmup_cosine(opt, self.trainer, warmup_epochs=1, epochs=40)
+
+
+budget = TimeBudget(12, clock=clock)
+trainer = L.Trainer(
+    max_epochs=40, accelerator="cpu", devices=2, strategy="ddp", callbacks=[budget], logger=False,
+    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+)
+trainer.fit(Timed(), DataLoader(TensorDataset(torch.randn(16, 1)), batch_size=1))  # 8 steps per rank and epoch
+with open(f"result-{rank}.json", "w") as out:
+    json.dump({"rank": rank, "steps": trainer.global_step, "planned": budget.planned_steps}, out)
+"""
+
+
+@pytest.mark.slow
+def test_ranks_whose_clocks_differ_follow_rank_0s_plan_instead_of_hanging(tmp_path):
+    """Two DDP processes on CPU whose steps take 1 s and 1.5 s on their own clocks: each would plan its own stop
+    (12 and 8 steps), and the rank stopping first would leave the other waiting in an all-reduce for ever. Both
+    follow rank 0's plan."""
+    import json
+    import subprocess
+    import sys
+
+    script = tmp_path / "ddp_budget.py"
+    script.write_text(_DDP_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("result-*.json"))]
+    assert sorted(r["rank"] for r in results) == [0, 1], done.stderr[-3000:]
+    assert [(r["steps"], r["planned"]) for r in results] == [(12, 12), (12, 12)]

@@ -88,7 +88,8 @@ class TimeBudget(Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         if self.planned_steps is not None:
-            if trainer.global_step >= self.planned_steps or self._now_spent() >= self.seconds:
+            spent = _agreed(trainer, self._now_spent() >= self.seconds)
+            if trainer.global_step >= self.planned_steps or spent:
                 trainer.should_stop = True  # Lightning validates at this step, then stops (slower steps: a cap)
             return
         if self.planned_epochs is not None:
@@ -100,11 +101,13 @@ class TimeBudget(Callback):
         since, first = self._after_first_step
         if batch_idx - first < 2:  # two steps at least: one step's time is too noisy to plan a run on
             return
-        per_batch = (now - since) / (batch_idx - first)
-        self._plan_steps(trainer, per_batch, batch_idx)
+        planned = _agreed(trainer, self._steps_that_fit(trainer, (now - since) / (batch_idx - first), batch_idx))
+        if planned is not None:
+            self._adopt_steps(trainer, planned)
 
-    def _plan_steps(self, trainer: L.Trainer, per_batch: float, batch_idx: int) -> None:
-        """Plan in steps when the budget will not hold one more whole epoch after this one (see the module)."""
+    def _steps_that_fit(self, trainer: L.Trainer, per_batch: float, batch_idx: int) -> int | None:
+        """The optimiser step to stop at, when the budget will not hold one more whole epoch after this one (see
+        the module); ``None`` while whole epochs still fit."""
         batches = int(trainer.num_training_batches) if math.isfinite(trainer.num_training_batches) else 0
         val_batches = sum(n for n in (trainer.num_val_batches or []) if math.isfinite(n))
         validation = per_batch * val_batches / 3.0  # a forward pass: about a third of a training step
@@ -115,21 +118,25 @@ class TimeBudget(Callback):
         max_epochs = int(trainer.max_epochs or trainer.current_epoch + 1)
         last_epoch = trainer.current_epoch + 1 >= max_epochs
         if batches == 0 or epoch_end + epoch <= self.seconds or (last_epoch and epoch_end <= self.seconds):
-            return
+            return None
         more_batches = max(0, math.floor((self.seconds - spent - validation) / max(per_batch, 1e-9)))
         if more_batches > left_in_epoch:  # each epoch end crossed validates once more
             crossed = math.ceil((more_batches - left_in_epoch) / batches)
             more_batches = max(
                 0, math.floor((self.seconds - spent - validation * (1 + crossed)) / max(per_batch, 1e-9))
             )
-        accumulate = max(1, int(trainer.accumulate_grad_batches))
-        self.planned_steps = trainer.global_step + more_batches // accumulate
-        steps_per_epoch = max(1, batches // accumulate)
-        wanted = max(trainer.current_epoch + 1, math.ceil(self.planned_steps / steps_per_epoch))
-        self.planned_epochs = min(max_epochs, wanted)
+        return int(trainer.global_step + more_batches // max(1, int(trainer.accumulate_grad_batches)))
+
+    def _adopt_steps(self, trainer: L.Trainer, planned: int) -> None:
+        """Stop at step ``planned``: the epochs it reaches, and the cosine ending there."""
+        self.planned_steps = planned
+        batches = int(trainer.num_training_batches)
+        steps_per_epoch = max(1, batches // max(1, int(trainer.accumulate_grad_batches)))
+        wanted = max(trainer.current_epoch + 1, math.ceil(planned / steps_per_epoch))
+        self.planned_epochs = min(int(trainer.max_epochs or wanted), wanted)
         trainer.fit_loop.max_epochs = self.planned_epochs
-        _fit_schedule(trainer, max(self.planned_steps, trainer.global_step + 1))
-        if trainer.global_step >= self.planned_steps:
+        _fit_schedule(trainer, max(planned, trainer.global_step + 1))
+        if trainer.global_step >= planned:
             trainer.should_stop = True
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -138,17 +145,29 @@ class TimeBudget(Callback):
         per_epoch = self.clock() - self._epoch_t0  # this epoch alone (training and validation)
         max_epochs = int(trainer.max_epochs or done)
         first_is_short = done == 1 and self.spent < 0.25 * self.seconds and max_epochs > 2
-        if self.planned_epochs is None and not first_is_short:
+        plan, stop = self.planned_epochs, False
+        if plan is None and not first_is_short:
             affordable = done + math.floor(max(0.0, self.seconds - self.spent) / max(per_epoch, 1e-9))
-            self.planned_epochs = max(done, min(max_epochs, affordable))
-            if self.planned_epochs < max_epochs:
-                _shrink(trainer, self.planned_epochs, trainer.global_step / done)
-        elif self.planned_epochs is not None and self.spent >= self.seconds and done < max_epochs:
-            trainer.should_stop = True  # slower than planned: the budget is a cap
+            plan = max(done, min(max_epochs, affordable))
+        elif plan is not None and self.spent >= self.seconds and done < max_epochs:
+            stop = True  # slower than planned: the budget is a cap
+        plan, stop = _agreed(trainer, (plan, stop))
+        if self.planned_epochs is None and plan is not None:
+            self.planned_epochs = plan
+            if plan < max_epochs:
+                _shrink(trainer, plan, trainer.global_step / done)
+        if stop:
+            trainer.should_stop = True
         planned = self.planned_epochs if self.planned_epochs is not None else max_epochs
         pl_module.log("budget/epochs", float(planned), logger=False, on_epoch=True)
         if self.planned_steps is not None:
             pl_module.log("budget/steps", float(self.planned_steps), logger=False, on_epoch=True)
+
+
+def _agreed(trainer: L.Trainer, value: Any) -> Any:
+    """Rank 0's ``value`` on every rank. Each rank's own clock would plan, and stop, at its own step, and a rank that
+    stops alone leaves the others waiting in their next all-reduce (a hung DDP run). One process: ``value``."""
+    return trainer.strategy.broadcast(value, src=0)
 
 
 def _shrink(trainer: L.Trainer, epochs: int, steps_per_epoch: float) -> None:
